@@ -1,0 +1,3 @@
+from piml.cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""The `piml` command line. Only typer is imported at start: each command imports what it needs,
+so `piml --help` stays fast (kubernetes, ansible_runner, fabric, jinja2 load only where used)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from piml import __version__
+
+app = typer.Typer(
+    name="piml",
+    help="Turn Raspberry Pi 5 / CM4 boards into a verified ML platform: k3s, MLflow, Dask, Ray and a job queue.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+inventory_app = typer.Typer(help="Show and check the inventory.", no_args_is_help=True)
+app.add_typer(inventory_app, name="inventory")
+
+ProjectOpt = Annotated[Optional[Path], typer.Option("--project", "-C", help="Project directory [default: current directory].", show_default=False)]
+InventoryOpt = Annotated[Optional[Path], typer.Option("--inventory", "-i", help="Inventory file [default: PROJECT/inventory/hosts.yml].", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for programs instead of tables.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"piml {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Turn Raspberry Pi 5 / CM4 boards into a verified ML platform.
+
+    [bold]Start here[/]:  piml init myrack --node pi1=192.168.1.21 --node pi2=192.168.1.22
+    """
+
+
+@app.command()
+def init(
+    directory: Annotated[Optional[Path], typer.Argument(help="Where to create the project [default: -C or the current directory].", show_default=False)] = None,
+    node: Annotated[Optional[list[str]], typer.Option("--node", "-n", help="NAME=ADDRESS[:ROLE], repeatable. ROLE: server | agent | external; default: first node server, rest agents.", show_default=False)] = None,
+    user: Annotated[Optional[str], typer.Option("--user", "-u", help="SSH user on the nodes [default: pi].", show_default=False)] = None,
+    ssh_key: Annotated[Optional[Path], typer.Option("--ssh-key", help="Use this existing private key instead of making a new one.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Board model of every node: pi5 | cm4 | other.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rewrite an existing project's inventory and piml.yaml (old ones kept as .bak; the SSH key is kept).")] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Create a project: inventory/hosts.yml, piml.yaml and .piml/ with an SSH key pair.
+
+    Without --node, asks for the nodes one by one.
+
+    [bold]Examples[/]
+      piml init myrack --node pi1=192.168.1.21 --node pi2=192.168.1.22 --node pi3=192.168.1.23
+      piml init myrack --node cp=10.0.0.2:server --node pi1=10.0.0.11 --node mac=10.0.0.50:external
+      piml init . --user ubuntu --ssh-key ~/.ssh/id_ed25519 --model cm4 --node cm1=cm1.lan
+    """
+    from piml.commands.init import run_init
+
+    run_init(directory or project or Path.cwd(), node or [], user, ssh_key, model, force)
+
+
+@inventory_app.command("show")
+def inventory_show(project: ProjectOpt = None, inventory: InventoryOpt = None, json: JsonOpt = False) -> None:
+    """List the nodes: name, address, role, user, model, labels.
+
+    [bold]Examples[/]
+      piml inventory show
+      piml inventory show -i ~/k3s-ansible/inventory.yml --json
+    """
+    from piml.commands.inventory import show
+
+    show(project, inventory, json)
+
+
+@inventory_app.command("check")
+def inventory_check(project: ProjectOpt = None, inventory: InventoryOpt = None, json: JsonOpt = False) -> None:
+    """Validate the inventory and piml.yaml; exit 0 if good, 2 with every problem listed.
+
+    [bold]Examples[/]
+      piml inventory check
+      piml inventory check -C myrack
+    """
+    from piml.commands.inventory import check
+
+    check(project, inventory, json)
+
+
+def main() -> None:
+    """Entry point: run the app, turning every error into one line and an exit code."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place that stops tracebacks reaching users
+        from piml.errors import PimlError
+        from piml.output import error_line
+
+        if isinstance(exc, PimlError):
+            for problem in exc.problems:
+                error_line(str(problem))
+            sys.exit(exc.exit_code)
+        if os.environ.get("PIML_DEBUG"):
+            raise
+        error_line(f"internal error: {type(exc).__name__}: {exc} (a bug in piml; rerun with PIML_DEBUG=1 for details and report it)")
+        sys.exit(1)

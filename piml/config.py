@@ -1,0 +1,195 @@
+"""piml.yaml: the platform settings, with defaults so that an empty file is valid.
+
+pydantic does the type checking (strict models: unknown keys are errors); this module turns its
+errors into piml's one-line `piml.yaml:LINE: what; how to fix` form with the nearest valid key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from piml.errors import InputError, Problem, by_line
+from piml.inventory.ansible import did_you_mean
+from piml.yamlsrc import YamlDoc, read_yaml
+
+K3S_VERSION = "v1.36.3+k3s1"  # the stable channel, November 2026 (FACTS.md)
+KUBERAY_CHART = "1.7.0"
+KEDA_CHART = "2.20.2"
+MLFLOW_VERSION = "3.18.0"
+RAY_VERSION = "2.60.0"
+DASK_VERSION = "2026.8.0"
+
+CpuQuantity = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?m?$")]
+MemoryQuantity = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")]
+Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+$")]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Quantities(Settings):
+    cpu: CpuQuantity | None = Field(None, description="CPU, e.g. 500m or 2")
+    memory: MemoryQuantity | None = Field(None, description="memory, e.g. 512Mi or 2Gi")
+
+
+class Size(Settings):
+    """Requests and limits for one container; unset values come from the capacity plan."""
+
+    requests: Quantities = Quantities()
+    limits: Quantities = Quantities()
+
+
+class K3s(Settings):
+    version: Annotated[str, StringConstraints(pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$")] = Field(
+        K3S_VERSION, description="pinned k3s release (INSTALL_K3S_VERSION)")
+    airgap_dir: str | None = Field(None, description="directory with k3s binary, images tarball and install.sh")
+    disable: list[str] = Field(default_factory=list, description="packaged components to disable, e.g. [servicelb]")
+
+
+class NodeSetup(Settings):
+    pi5_4k_pages: bool | Literal["auto"] = Field(
+        "auto", description="boot Pi 5 with kernel8.img (4 KB pages); auto: when the platform runs Redis")
+    reboot_timeout: int = Field(600, ge=30, le=3600, description="seconds to wait for a node to come back")
+
+
+class MLflow(Settings):
+    enabled: bool = True
+    version: Version = MLFLOW_VERSION
+    backend: Literal["sqlite", "postgresql"] = Field("sqlite", description="tracking store")
+    backend_uri: str | None = Field(None, description="external PostgreSQL URI instead of a deployed one")
+    artifacts: Literal["pvc", "minio", "s3"] = Field("pvc", description="artifact store")
+    artifacts_uri: str | None = Field(None, description="external s3:// bucket URI for artifacts: s3")
+    storage: MemoryQuantity = Field("10Gi", description="size of the MLflow volume")
+    resources: Size = Size()
+
+
+class Dask(Settings):
+    enabled: bool = True
+    version: Annotated[str, StringConstraints(pattern=r"^\d{4}\.\d+\.\d+$")] = DASK_VERSION
+    extra_pip_packages: list[str] = Field(default_factory=list, description="installed in the images at start")
+    scheduler: Size = Size()
+    worker: Size = Size()
+
+
+class Ray(Settings):
+    enabled: bool = True
+    version: Version = RAY_VERSION
+    operator_chart: Version = Field(KUBERAY_CHART, description="kuberay-operator chart version")
+    idle_timeout_seconds: int = Field(60, ge=10, le=86400, description="autoscaler scale-down delay")
+    gcs_fault_tolerance: bool = Field(False, description="keep GCS state in Redis")
+    head: Size = Size()
+    worker: Size = Size()
+
+
+class Queue(Settings):
+    enabled: bool = True
+    kind: Literal["redis", "rabbitmq"] = "redis"
+    keda_chart: Version = Field(KEDA_CHART, description="keda chart version")
+    max_jobs: int | None = Field(None, ge=1, le=1000, description="most Jobs at once; default from the plan")
+    retries: int = Field(3, ge=0, le=20, description="attempts before a request goes to the dead-letter list")
+    resources: Size = Size()
+
+
+class PimlConfig(Settings):
+    namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")] = Field(
+        "piml", description="namespace for the platform")
+    k3s: K3s = K3s()
+    nodes: NodeSetup = NodeSetup()
+    mlflow: MLflow = MLflow()
+    dask: Dask = Dask()
+    ray: Ray = Ray()
+    queue: Queue = Queue()
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys of the settings block at `loc`, for a "did you mean" hint."""
+    for key in loc:
+        field = model.model_fields.get(str(key))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _problem(doc: YamlDoc, error: dict) -> Problem:
+    loc = tuple(error["loc"])
+    dotted = ".".join(str(k) for k in loc) or "(top)"
+    where = doc.where(loc)
+    if error["type"] == "extra_forbidden":
+        choices = _fields_at(PimlConfig, loc[:-1])
+        return Problem(where, f"unknown setting '{dotted}'", did_you_mean(str(loc[-1]), choices) if choices else "remove it")
+    if error["type"] == "model_type":
+        return Problem(where, f"'{dotted}' must be a mapping of settings", "indent its settings below it")
+    if error["type"] == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        return Problem(where, f"'{dotted}' is {error['input']!r}", f"use {allowed}")
+    if error["type"] == "string_type":
+        return Problem(where, f"'{dotted}' must be text, not {error['input']!r}", "put the value in quotes")
+    if error["type"] == "string_pattern_mismatch":
+        field = _field(loc)
+        hint = f"like {field.default!r}" if field is not None and isinstance(field.default, str) else "see the comments in a new `piml init` piml.yaml"
+        return Problem(where, f"'{dotted}' is {error['input']!r}, not a valid value", f"write it {hint}")
+    return Problem(where, f"'{dotted}': {error['msg'].lower()}", "see the comments in a new `piml init` piml.yaml")
+
+
+def _field(loc: tuple):
+    model: Any = PimlConfig
+    field = None
+    for key in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def parse_config(doc: YamlDoc) -> PimlConfig:
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise InputError(Problem(doc.where(), "piml.yaml must be a mapping of settings", "start with a key such as `mlflow:`"))
+    try:
+        return PimlConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem(doc, e) for e in exc.errors()]
+        raise InputError(by_line(problems)) from None
+
+
+def load_config(path: Path, source: str | None = None) -> PimlConfig:
+    """piml.yaml's settings; the defaults when the file does not exist."""
+    if not Path(path).exists():
+        return PimlConfig()
+    return parse_config(read_yaml(path, source))
+
+
+def commented_defaults() -> str:
+    """piml.yaml for a new project: every setting, commented out, at its default, with what it means."""
+    lines = [
+        "# piml platform settings. Every setting is shown at its default, commented out:",
+        "# uncomment and change what you need. `piml inventory check` validates this file.",
+    ]
+
+    def emit(model: BaseModel, indent: int) -> None:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            pad = "  " * indent
+            note = f"  # {field.description}" if field.description else ""
+            if isinstance(value, Size):  # empty by default: one line, not a block of nulls
+                lines.append(f"# {pad}{name}: {{}}  # requests/limits, e.g. {{requests: {{cpu: 500m, memory: 1Gi}}}}")
+            elif isinstance(value, BaseModel):
+                lines.append(f"# {pad}{name}:{note}")
+                emit(value, indent + 1)
+            else:
+                import yaml
+
+                text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").removesuffix("...").strip()
+                lines.append(f"# {pad}{name}: {text}{note}")
+
+    emit(PimlConfig(), 0)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,285 @@
+"""Turn the hosts of an Ansible inventory into validated piml nodes, reporting every problem at once."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any
+
+from piml.errors import InputError, Problem, by_line
+from piml.inventory.ansible import HostEntry, did_you_mean, read_groups
+from piml.inventory.model import ARCHES, MODELS, STORAGE_KINDS, TAINT_EFFECTS, Inventory, Node, Role, Taint
+from piml.yamlsrc import YamlDoc, read_yaml
+
+# piml's own host variables; any other `piml_*` name is a typo we catch.
+PIML_VARS = ("piml_model", "piml_arch", "piml_memory_gb", "piml_labels", "piml_taints", "piml_storage")
+# k3s-ansible settings that apply to the whole cluster; understood and passed on, never rejected.
+K3S_ANSIBLE_VARS = (
+    "k3s_version", "token", "api_endpoint", "api_port", "extra_server_args", "extra_agent_args",
+    "server_config_yaml", "agent_config_yaml", "cluster_context", "user_kubectl", "kubeconfig",
+    "airgap_dir", "extra_manifests", "server_group", "agent_group", "use_external_database",
+)
+ROLE_GROUPS = {"server": Role.SERVER, "agent": Role.AGENT, "ray_external": Role.EXTERNAL}
+ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
+PI_MODELS = ("pi5", "cm4")
+
+_DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+NODE_NAME_RE = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+TAINT_RE = re.compile(r"^(?P<key>[^=:\s]+)(=(?P<value>[^:\s]*))?:(?P<effect>\S+)$")
+
+
+def is_address(text: str) -> bool:
+    """An IPv4/IPv6 address or a valid host name."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return bool(HOSTNAME_RE.match(text)) and not text.replace(".", "").isdigit()
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def check_node_name(name: str) -> str | None:
+    """Why `name` cannot name a node, or None. Names become host names and Kubernetes node names."""
+    if is_ip(name):
+        return None  # k3s-ansible style: the address is the name
+    if not NODE_NAME_RE.match(name) or len(name) > 253:
+        return f"node name '{name}' is not a valid host name (lowercase letters, digits and '-', at most 63 per label)"
+    return None
+
+
+def check_label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not NODE_NAME_RE.match(prefix)):
+        return False
+    return bool(LABEL_NAME_RE.match(name))
+
+
+class _HostChecker:
+    """Collects the problems of one host while building its Node."""
+
+    def __init__(self, doc: YamlDoc, entry: HostEntry, inventory_dir: Path, problems: list[Problem]):
+        self.doc, self.entry, self.inventory_dir, self.problems = doc, entry, inventory_dir, problems
+
+    def where(self, var: str | None = None) -> str:
+        path = self.entry.var_paths.get(var) if var else None
+        return self.doc.where(path or self.entry.path)
+
+    def bad(self, var: str | None, what: str, fix: str) -> None:
+        self.problems.append(Problem(self.where(var), what, fix))
+
+    def literal(self, var: str) -> Any:
+        """The variable's value, refusing Jinja piml cannot evaluate."""
+        value = self.entry.vars.get(var)
+        if isinstance(value, str) and "{{" in value:
+            self.bad(var, f"{var} of '{self.entry.name}' is a Jinja template, which piml does not evaluate", "give a literal value")
+            return None
+        return value
+
+    def node(self) -> Node | None:
+        entry, name = self.entry, self.entry.name
+        role = self.role()
+        reason = check_node_name(name)
+        if reason:
+            self.bad(None, reason, "rename the host; set its address with `ansible_host`")
+
+        for var in entry.vars:
+            if isinstance(var, str) and var.startswith("piml_") and var not in PIML_VARS:
+                self.bad(var, f"unknown piml variable '{var}'", did_you_mean(var, PIML_VARS))
+
+        address = self.literal("ansible_host") or name
+        name_is_address = "ansible_host" not in entry.vars
+        if not (reason and name_is_address) and (not isinstance(address, str) or not is_address(address)):
+            self.bad("ansible_host", f"'{address}' is not a valid address for '{name}'", "use an IPv4/IPv6 address or a host name")
+
+        user = self.literal("ansible_user")
+        if user is not None and (not isinstance(user, str) or not user or any(c.isspace() for c in user)):
+            self.bad("ansible_user", f"ansible_user of '{name}' must be a user name", "for example `ansible_user: pi`")
+            user = None
+
+        port = self.literal("ansible_port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            self.bad("ansible_port", f"ansible_port of '{name}' must be a port number, not '{port}'", "use a number from 1 to 65535")
+            port = None
+
+        key_file = self.key_file()
+        model = self.choice("piml_model", MODELS)
+        arch = self.arch(model)
+        memory = self.memory()
+        storage = self.choice("piml_storage", STORAGE_KINDS)
+        labels = self.labels()
+        taints = self.taints()
+        if role is None:
+            return None
+        return Node(
+            name=name, address=str(address), role=role, user=user, port=port, key_file=key_file,
+            model=model, arch=arch, memory_gb=memory, labels=labels, taints=taints, storage=storage,
+            vars=dict(entry.vars), where=self.where(),
+        )
+
+    def role(self) -> Role | None:
+        roles = {ROLE_GROUPS[g] for g in self.entry.groups if g in ROLE_GROUPS}
+        if len(roles) == 1:
+            return roles.pop()
+        if not roles:
+            self.bad(None, f"host '{self.entry.name}' is in none of the groups server, agent, ray_external", "move it under `k3s_cluster: children: server:` or `agent:`")
+        else:
+            names = " and ".join(sorted(r.value for r in roles))
+            self.bad(None, f"host '{self.entry.name}' is in both {names}", "keep it in one role group")
+        return None
+
+    def key_file(self) -> Path | None:
+        value = self.entry.vars.get("ansible_ssh_private_key_file")
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self.bad("ansible_ssh_private_key_file", "ansible_ssh_private_key_file must be a path", "give the path to a private key")
+            return None
+        # `{{ inventory_dir }}` keeps scaffolded projects movable; it is the one Jinja variable we resolve.
+        value = re.sub(r"\{\{\s*inventory_dir\s*\}\}", str(self.inventory_dir), value)
+        if "{{" in value:
+            self.bad("ansible_ssh_private_key_file", "ansible_ssh_private_key_file uses Jinja other than {{ inventory_dir }}", "give a literal path")
+            return None
+        return Path(value).expanduser()
+
+    def choice(self, var: str, choices: tuple[str, ...]) -> str | None:
+        value = self.literal(var)
+        if value is None:
+            return None
+        if not isinstance(value, str) or value.lower() not in choices:
+            self.bad(var, f"{var} of '{self.entry.name}' is '{value}'", did_you_mean(str(value), choices))
+            return None
+        return value.lower()
+
+    def arch(self, model: str | None) -> str | None:
+        value = self.literal("piml_arch")
+        if value is None:
+            return "arm64" if model in PI_MODELS else None
+        arch = ARCH_ALIASES.get(str(value).lower())
+        if arch is None:
+            self.bad("piml_arch", f"piml_arch of '{self.entry.name}' is '{value}'", did_you_mean(str(value), ARCHES))
+        elif model in PI_MODELS and arch != "arm64":
+            self.bad("piml_arch", f"'{self.entry.name}' is a {model} but piml_arch says {arch}", "Raspberry Pis are arm64: remove piml_arch")
+        return arch
+
+    def memory(self) -> float | None:
+        value = self.literal("piml_memory_gb")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 4096:
+            self.bad("piml_memory_gb", f"piml_memory_gb of '{self.entry.name}' must be a number of GB, not '{value}'", "for example `piml_memory_gb: 8`")
+            return None
+        return float(value)
+
+    def labels(self) -> dict[str, str]:
+        value = self.literal("piml_labels")
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.bad("piml_labels", f"piml_labels of '{self.entry.name}' must be a mapping", "for example `piml_labels: {disk: nvme}`")
+            return {}
+        labels = {}
+        for key, label in value.items():
+            text = "" if label is None else str(label).lower() if isinstance(label, bool) else str(label)
+            if not check_label_key(str(key)) or not LABEL_VALUE_RE.match(text):
+                self.bad("piml_labels", f"label '{key}: {label}' of '{self.entry.name}' is not a valid Kubernetes label", "use letters, digits, '-', '_', '.' (at most 63), optionally `prefix/` before the key")
+                continue
+            labels[str(key)] = text
+        return labels
+
+    def taints(self) -> tuple[Taint, ...]:
+        value = self.literal("piml_taints")
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            self.bad("piml_taints", f"piml_taints of '{self.entry.name}' must be a list", "for example `piml_taints: [\"gpu=true:NoSchedule\"]`")
+            return ()
+        taints = []
+        for item in value:
+            match = TAINT_RE.match(str(item))
+            if not match or match["effect"] not in TAINT_EFFECTS or not check_label_key(match["key"]):
+                self.bad("piml_taints", f"taint '{item}' of '{self.entry.name}' is not KEY[=VALUE]:EFFECT", f"EFFECT is one of {', '.join(TAINT_EFFECTS)}")
+                continue
+            taints.append(Taint(match["key"], match["value"] or "", match["effect"]))
+        return tuple(taints)
+
+
+def _check_cluster_vars(doc: YamlDoc, tree, problems: list[Problem]) -> dict[str, Any]:
+    """k3s-ansible settings from the cluster's groups; `server_config_yaml` and friends must be YAML."""
+    settings: dict[str, Any] = {}
+    for group in ("all", "k3s_cluster"):
+        settings.update({k: v for k, v in tree.group_vars.get(group, {}).items() if k in K3S_ANSIBLE_VARS})
+    for var in ("server_config_yaml", "agent_config_yaml"):
+        text = settings.get(var)
+        if text is None:
+            continue
+        group = "k3s_cluster" if var in tree.group_vars.get("k3s_cluster", {}) else "all"
+        where = doc.where(tree.group_paths.get(group, ()) + ("vars", var))
+        if not isinstance(text, str):
+            problems.append(Problem(where, f"{var} must be a YAML text block", f"write `{var}: |` followed by the YAML"))
+            continue
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" (its line {mark.line + 1})" if mark else ""
+            problems.append(Problem(where, f"{var} is not valid YAML{at}", "fix the YAML inside the text block"))
+            continue
+        if parsed is not None and not isinstance(parsed, dict):
+            problems.append(Problem(where, f"{var} must hold a YAML mapping of k3s settings", "for example `write-kubeconfig-mode: \"0644\"`"))
+    return settings
+
+
+def build_inventory(doc: YamlDoc, path: Path) -> Inventory:
+    tree = read_groups(doc)
+    problems = list(tree.problems)
+    nodes: list[Node] = []
+    for entry in tree.hosts.values():
+        node = _HostChecker(doc, entry, path.parent.resolve(), problems).node()
+        if node:
+            nodes.append(node)
+    k3s_vars = _check_cluster_vars(doc, tree, problems)
+
+    seen: dict[str, Node] = {}
+    for node in nodes:
+        other = seen.get(node.address)
+        if other:
+            problems.append(Problem(node.where, f"'{node.name}' and '{other.name}' have the same address {node.address}", "give each node its own address"))
+        seen.setdefault(node.address, node)
+    servers = [n for n in nodes if n.role is Role.SERVER]
+    warnings = []
+    if not servers and not any("no groups" in p.what for p in problems):
+        problems.append(Problem(doc.where(tree.group_paths.get("k3s_cluster", ())), "no server: k3s needs at least one", "put a host under `k3s_cluster: children: server: hosts:`"))
+    elif len(servers) % 2 == 0 and servers:
+        warnings.append(Problem(doc.where(tree.group_paths.get("server", ())), f"{len(servers)} servers: an even number cannot keep etcd quorum when one fails", "use 1, 3 or 5 servers", warning=True))
+    if problems:
+        raise InputError(by_line(problems))
+    # Servers first, then agents, then external workers; inventory order within a role.
+    nodes.sort(key=lambda n: list(Role).index(n.role))
+    return Inventory(path=path, source=doc.source, nodes=tuple(nodes), k3s_vars=k3s_vars, warnings=tuple(warnings))
+
+
+def parse_inventory_text(text: str, source: str, path: Path) -> Inventory:
+    """Validate inventory text that is not (yet) a file, e.g. one `piml init` is about to write."""
+    from piml.yamlsrc import parse_yaml
+
+    return build_inventory(parse_yaml(text, source), Path(path))
+
+
+def load_inventory(path: Path, source: str | None = None) -> Inventory:
+    """Read, parse and validate an inventory file. Raises InputError listing every problem."""
+    return build_inventory(read_yaml(path, source), Path(path))
