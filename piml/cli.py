@@ -18,7 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain click help: rich's help renderer would double start-up time
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 inventory_app = typer.Typer(help="Show and check the inventory.", no_args_is_help=True)
@@ -41,7 +41,8 @@ def _root(
 ) -> None:
     """Turn Raspberry Pi 5 / CM4 boards into a verified ML platform.
 
-    [bold]Start here[/]:  piml init myrack --node pi1=192.168.1.21 --node pi2=192.168.1.22
+    \b
+    Start here:  piml init myrack --node pi1=192.168.1.21 --node pi2=192.168.1.22
     """
 
 
@@ -59,7 +60,8 @@ def init(
 
     Without --node, asks for the nodes one by one.
 
-    [bold]Examples[/]
+    \b
+    Examples:
       piml init myrack --node pi1=192.168.1.21 --node pi2=192.168.1.22 --node pi3=192.168.1.23
       piml init myrack --node cp=10.0.0.2:server --node pi1=10.0.0.11 --node mac=10.0.0.50:external
       piml init . --user ubuntu --ssh-key ~/.ssh/id_ed25519 --model cm4 --node cm1=cm1.lan
@@ -73,7 +75,8 @@ def init(
 def inventory_show(project: ProjectOpt = None, inventory: InventoryOpt = None, json: JsonOpt = False) -> None:
     """List the nodes: name, address, role, user, model, labels.
 
-    [bold]Examples[/]
+    \b
+    Examples:
       piml inventory show
       piml inventory show -i ~/k3s-ansible/inventory.yml --json
     """
@@ -86,7 +89,8 @@ def inventory_show(project: ProjectOpt = None, inventory: InventoryOpt = None, j
 def inventory_check(project: ProjectOpt = None, inventory: InventoryOpt = None, json: JsonOpt = False) -> None:
     """Validate the inventory and piml.yaml; exit 0 if good, 2 with every problem listed.
 
-    [bold]Examples[/]
+    \b
+    Examples:
       piml inventory check
       piml inventory check -C myrack
     """

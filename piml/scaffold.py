@@ -38,7 +38,7 @@ def parse_node_spec(text: str) -> NodeSpec:
     head, colon, tail = rest.rpartition(":")
     if colon and tail.lower() in ROLE_WORDS:
         rest, role = head, ROLE_WORDS[tail.lower()]
-    elif colon and tail.isalpha() and "." not in rest:
+    elif colon and tail.isalpha() and is_address(head.strip("[]")):
         raise InputError(Problem(where, f"unknown role '{tail}'", "use server, agent or external"))
     address = rest.strip("[]")
     if not name:
@@ -151,6 +151,7 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".piml-init-", dir=root))
     placed: list[tuple[Path, Path | None]] = []  # (target, backup of what was there)
+    made_dirs: list[Path] = []
     try:
         files: dict[Path, tuple[bytes, int]] = {
             INVENTORY: (inventory.encode(), 0o644),
@@ -169,10 +170,14 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.chmod(staged, mode)  # os.open's mode is masked by the umask
+        if not (root / STATE_DIR).exists():
+            made_dirs.append(root / STATE_DIR)
         make_private_dir(root / STATE_DIR)
         for rel in files:
             target = root / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.exists():
+                target.parent.mkdir(parents=True)
+                made_dirs.append(target.parent)
             backup = None
             if target.exists():
                 backup = target.with_name(target.name + ".bak")
@@ -184,6 +189,8 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
             target.unlink(missing_ok=True)
             if backup:
                 os.replace(backup, target)
+        for directory in reversed(made_dirs):
+            shutil.rmtree(directory, ignore_errors=True)
         if created_root:
             shutil.rmtree(root, ignore_errors=True)
         raise

@@ -38,12 +38,13 @@ def public_key_of(path: Path) -> bytes:
         line = pub.read_bytes().strip()
         if line.startswith((b"ssh-", b"ecdsa-")):
             return line + b"\n"
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     try:
         key = serialization.load_ssh_private_key(raw, password=None)
     except TypeError:
         raise InputError(Problem(where, "the key has a passphrase and no .pub file beside it", f"create {pub.name} with `ssh-keygen -y -f {path} > {pub}`")) from None
-    except (ValueError, serialization.UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm):
         raise InputError(Problem(where, "not an OpenSSH private key", "name the private key file (not the .pub)")) from None
     return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"

@@ -104,6 +104,7 @@ def parse_yaml(text: str, source: str) -> YamlDoc:
     if root is None:
         return YamlDoc(source, None)
     walker = _Walker(source)
+    walker.lines[()] = root.start_mark.line + 1
     try:
         data = walker.value(root, ())
     except yaml.YAMLError as exc:  # a value YAML cannot construct, e.g. a bad timestamp

@@ -32,15 +32,13 @@ def run_init(directory: Path, nodes: list[str], user: str | None, ssh_key: Path 
     if nodes:
         specs = [parse_node_spec(text) for text in nodes]
     else:
-        import click
+        import typer
 
         try:
             if user is None:
-                import typer
-
                 user = typer.prompt("SSH user on the nodes", default="pi")
             specs = _ask_nodes()
-        except (EOFError, click.exceptions.Abort):
+        except (EOFError, typer.Abort):  # no terminal, or stdin closed
             specs = []
         if not specs:
             raise InputError(Problem("piml init", "no nodes given", "pass --node NAME=ADDRESS[:ROLE] (repeatable), or run it in a terminal and enter them"))

@@ -254,12 +254,16 @@ def build_inventory(doc: YamlDoc, path: Path) -> Inventory:
             nodes.append(node)
     k3s_vars = _check_cluster_vars(doc, tree, problems)
 
-    seen: dict[str, Node] = {}
-    for node in nodes:
-        other = seen.get(node.address)
-        if other:
-            problems.append(Problem(node.where, f"'{node.name}' and '{other.name}' have the same address {node.address}", "give each node its own address"))
-        seen.setdefault(node.address, node)
+    # Checked over every host entry, so a host with other problems still counts.
+    seen: dict[str, str] = {}
+    for entry in tree.hosts.values():
+        address = entry.vars.get("ansible_host") or entry.name
+        if not isinstance(address, str):
+            continue
+        if address in seen:
+            where = doc.where(entry.var_paths.get("ansible_host") or entry.path)
+            problems.append(Problem(where, f"'{entry.name}' and '{seen[address]}' have the same address {address}", "give each node its own address"))
+        seen.setdefault(address, entry.name)
     servers = [n for n in nodes if n.role is Role.SERVER]
     warnings = []
     if not servers and not any("no groups" in p.what for p in problems):

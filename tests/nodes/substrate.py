@@ -32,7 +32,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -81,6 +83,8 @@ MASKED_UNITS = (
     "e2scrub_reap.service",
     "fstrim.timer",
     "man-db.timer",
+    # flaky under parallel boot (left nodes "degraded"); test nodes keep their journal in /run anyway
+    "systemd-journal-flush.service",
 )
 
 # Shell script run (chroot) once on the freshly debootstrapped rootfs. Part of the cache key.
@@ -208,6 +212,10 @@ class SubstrateError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------------
 # Small helpers
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _run(argv: Sequence[str], check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -350,7 +358,7 @@ def rootfs_path() -> Path:
     return CACHE_DIR / f"{SUITE}-{rootfs_key()}"
 
 
-def ensure_rootfs(log=print) -> Path:
+def ensure_rootfs(log=_log) -> Path:
     """Build the shared bookworm rootfs once (debootstrap + PREPARE_ROOTFS); return its path.
 
     Built in a temp dir next to the cache and renamed into place, so a killed build leaves no half cache.
@@ -433,7 +441,7 @@ class Substrate:
     """A set of test nodes on bridge pimlbr<instance>. Use as a context manager or call teardown()."""
 
     def __init__(self, instance: int = 0, hostname_all: str | None = None, boot_timeout: float = BOOT_TIMEOUT,
-                 log=print):
+                 log=_log):
         if not 0 <= instance <= 9:
             raise ValueError("instance must be 0..9")
         self.instance = instance
@@ -450,7 +458,7 @@ class Substrate:
         self.dirty: set[str] = set()  # nodes a fault helper touched
         self._procs: dict[str, subprocess.Popen] = {}
         self._rootfs: Path | None = None
-        self._lock_state = __import__("threading").Lock()
+        self._lock_state = threading.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -461,7 +469,7 @@ class Substrate:
         self.teardown()
 
     @classmethod
-    def load(cls, instance: int, log=print) -> "Substrate":
+    def load(cls, instance: int, log=_log) -> "Substrate":
         """Re-attach to nodes another process brought up (the CLI's `up`)."""
         sub = cls(instance=instance, log=log)
         state = sub.run_dir / "state.json"
@@ -868,7 +876,7 @@ def port_open(address: str, port: int = 22, timeout: float = 2.0) -> bool:
         return False
 
 
-def cleanup_stale(instance: int | None = None, log=print) -> None:
+def cleanup_stale(instance: int | None = None, log=_log) -> None:
     """Remove everything test nodes leave behind, by name prefix: nspawn processes, overlay mounts,
     network namespaces (and so the veth pairs), bridges, run dirs. instance=None: all instances."""
     inst = "" if instance is None else str(instance)
