@@ -10,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.nodes.pytest_plugin"]  # real SSH test nodes: node_factory, three_nodes
+
 
 def run_piml(*args: str, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess:
     """Run the real `piml` entry point in a subprocess, as a user would."""
