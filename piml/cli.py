@@ -99,6 +99,63 @@ def inventory_check(project: ProjectOpt = None, inventory: InventoryOpt = None, 
     check(project, inventory, json)
 
 
+LimitOpt = Annotated[Optional[str], typer.Option("--limit", "-l", help="Only these nodes: NAME[,NAME] or a group (server, agent, external).", show_default=False)]
+AcceptKeysOpt = Annotated[bool, typer.Option("--accept-new-host-keys", help="Trust and record the host keys of nodes not seen before (.piml/known_hosts).")]
+
+
+@app.command()
+def up(
+    only: Annotated[Optional[str], typer.Option("--only", help="Run only these stages (comma-separated).", show_default=False)] = None,
+    start: Annotated[Optional[str], typer.Option("--from", help="Start at this stage.", show_default=False)] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="Stop after this stage.", show_default=False)] = None,
+    limit: LimitOpt = None,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what each stage would do per node; touch nothing.")] = False,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Bring the cluster up, stage by stage. Stages so far: preflight.
+
+    preflight reaches every node over SSH, gathers its facts in one round trip and checks it
+    against what k3s and the platform need: pass / warn / fail with the fix. Exit 1 if any fails.
+
+    \b
+    Examples:
+      piml up --only preflight --accept-new-host-keys     # first contact: record host keys
+      piml up --only preflight --limit pi1,pi2
+      piml up --dry-run
+    """
+    from piml.commands.up import run_up
+
+    run_up(project, inventory, only, start, until, limit, accept_new_host_keys, dry_run, json)
+
+
+@app.command()
+def status(
+    limit: LimitOpt = None,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh in place until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 5.0,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Every node's health: reachable, model, arch, CPU, memory, disk, temperature, throttling, k3s.
+
+    Every inventory node appears, reachable or not. Exit 0 when all are healthy, 1 otherwise.
+
+    \b
+    Examples:
+      piml status
+      piml status --json | jq '.nodes[] | {name, temperature_c}'
+      piml status --watch --interval 10
+    """
+    from piml.commands.status import run_status
+
+    run_status(project, inventory, limit, accept_new_host_keys, json, watch, interval)
+
+
 def main() -> None:
     """Entry point: run the app, turning every error into one line and an exit code."""
     try:

@@ -8,18 +8,27 @@ from functools import cache
 from typing import Any
 
 
+def _width(stream) -> int | None:
+    """Rich assumes 80 columns when output is not a terminal; logs and pipes read better wider."""
+    import os
+
+    if stream.isatty() or os.environ.get("COLUMNS"):
+        return None
+    return 120
+
+
 @cache
 def console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
 
 
 @cache
 def err_console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 
 def print_json(data: Any) -> None:

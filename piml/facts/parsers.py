@@ -372,7 +372,8 @@ def parse_timesync(text: str) -> tuple[str | None, bool | None]:
             synced = line == "yes"
         elif source == "chronyc" and line.startswith("Leap status"):
             status = line.partition(":")[2].strip().lower()
-            synced = status != "not synchronised" and bool(status)
+            if status:
+                synced = status != "not synchronised"
     return (source if synced is not None else None), synced
 
 

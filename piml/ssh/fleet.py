@@ -1,0 +1,185 @@
+"""A fleet of SSH connections: one per node, opened in parallel, reused for the whole command.
+
+Every host is accounted for: a host that cannot be reached, refuses our key, presents a changed
+host key or wants a sudo password gets a Failure naming it; the other hosts carry on.
+Connection settings come from the inventory first, then from the user's ~/.ssh/config (fabric).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable
+
+import paramiko
+
+from piml.inventory import Node
+from piml.ssh import results as R
+from piml.ssh.hostkeys import KnownHosts, UnknownHostKey, fingerprint, host_entry_name
+from piml.ssh.results import CommandOutput, Failure, HostResult
+
+MAX_PARALLEL = 32  # enough for a rack; keeps file descriptors and threads modest
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0  # TCP connect, SSH banner and authentication, each
+    command: float = 60.0
+
+
+class Fleet:
+    def __init__(self, nodes: Iterable[Node], known_hosts: KnownHosts, timeouts: Timeouts = Timeouts()):
+        self.nodes = {n.name: n for n in nodes}
+        self.known_hosts = known_hosts
+        self.timeouts = timeouts
+        self._connections: dict[str, object] = {}
+        self.failures: dict[str, Failure] = {}
+
+    # -- connecting -------------------------------------------------------------------------
+    def connect(self) -> dict[str, HostResult[None]]:
+        """Open every connection at once; returns a result per node."""
+        results = self._parallel(self._connect_one, list(self.nodes.values()))
+        for result in results.values():
+            if not result.ok:
+                self.failures[result.node] = result.failure
+        return results
+
+    def _connect_one(self, node: Node) -> HostResult[None]:
+        from fabric import Config, Connection
+
+        connect_kwargs = {"banner_timeout": self.timeouts.connect, "auth_timeout": self.timeouts.connect}
+        if node.key_file:
+            connect_kwargs["key_filename"] = [str(node.key_file)]
+        conn = Connection(
+            host=node.address, user=node.user, port=node.port, config=_fabric_config(Config),
+            connect_timeout=int(max(1, self.timeouts.connect)), connect_kwargs=connect_kwargs,
+        )
+        self.known_hosts.install(conn.client)
+        port = int(conn.port or 22)
+        try:
+            conn.open()
+        except Exception as exc:  # noqa: BLE001 - every way SSH can fail becomes a per-host Failure
+            conn.close()
+            return HostResult(node.name, failure=_classify(exc, node, port, self.known_hosts))
+        self._connections[node.name] = conn
+        return HostResult(node.name)
+
+    @property
+    def connected(self) -> list[str]:
+        return [name for name in self.nodes if name in self._connections]
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, command: str, stdin: str | None = None, sudo: bool = False,
+            names: Iterable[str] | None = None, timeout: float | None = None) -> dict[str, HostResult[CommandOutput]]:
+        """Run `command` on every connected node (or `names`), in parallel; `stdin` is fed to it.
+
+        With sudo, `sudo -n` is used: a node whose sudo asks for a password fails clearly instead
+        of hanging on a prompt.
+        """
+        targets = [self.nodes[n] for n in (names or self.connected) if n in self._connections]
+        if sudo:
+            command = f"sudo -n -- sh -c {_quote(command)}"
+        return self._parallel(lambda node: self._run_one(node, command, stdin, sudo, timeout or self.timeouts.command), targets)
+
+    def _run_one(self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float) -> HostResult[CommandOutput]:
+        client: paramiko.SSHClient = self._connections[node.name].client
+        started = time.monotonic()
+        try:
+            channel = client.get_transport().open_session(timeout=self.timeouts.connect)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            if stdin is not None:
+                channel.sendall(stdin.encode())
+            channel.shutdown_write()
+            stdout, stderr = _drain(channel, started + timeout)
+            code = channel.recv_exit_status()
+            channel.close()
+        except (socket.timeout, TimeoutError):
+            return HostResult(node.name, failure=Failure(R.TIMEOUT, f"{node.name}: command did not finish within {timeout:.0f} s", "check the node's load, or raise the timeout"))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            return HostResult(node.name, failure=Failure(R.UNREACHABLE, f"{node.name}: connection lost ({exc or type(exc).__name__})", "check that the node is up and on the network"))
+        out = CommandOutput(code, stdout, stderr, time.monotonic() - started)
+        if sudo and code != 0 and "password is required" in stderr:
+            return HostResult(node.name, failure=Failure(R.SUDO, f"{node.name}: sudo asks {node.user or 'the user'} for a password", f"allow passwordless sudo: `echo '{node.user or 'USER'} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/010_piml`"))
+        return HostResult(node.name, value=out)
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
+
+    def __enter__(self) -> "Fleet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _parallel(self, work, nodes: list[Node]) -> dict:
+        if not nodes:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(nodes))) as pool:
+            return {r.node: r for r in pool.map(work, nodes)}
+
+
+def _fabric_config(config_class):
+    # Read the user's ~/.ssh/config (Host aliases, User, Port, IdentityFile, ProxyJump) but no
+    # project-level fabric/invoke files.
+    return config_class(lazy=False, runtime_ssh_path=None)
+
+
+def _drain(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
+    """Read stdout and stderr until the remote end closes them (EOF), or the deadline passes.
+
+    EOF, not the exit status, marks the end: sshd may send the exit status before the last data.
+    """
+    out, err = bytearray(), bytearray()
+    while True:
+        if time.monotonic() > deadline:
+            raise socket.timeout()
+        progressed = False
+        while channel.recv_ready():
+            out += channel.recv(65536)
+            progressed = True
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(65536)
+            progressed = True
+        if (channel.eof_received or channel.closed) and not channel.recv_ready() and not channel.recv_stderr_ready():
+            break
+        if not progressed:  # sleep until data, EOF or the deadline, not in a busy loop
+            select.select([channel], [], [], min(0.5, max(0.0, deadline - time.monotonic())))
+    return out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _classify(exc: Exception, node: Node, port: int, known: KnownHosts) -> Failure:
+    """Turn whatever connecting raised into one clear, per-node failure."""
+    name, where = node.name, f"{node.address}:{port}"
+    if isinstance(exc, UnknownHostKey):
+        return Failure(R.HOST_KEY, f"{name}: host key {fingerprint(exc.key)} is not yet known", "check it, then rerun with --accept-new-host-keys to record it")
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return Failure(R.HOST_KEY, f"{name}: HOST KEY CHANGED: expected {fingerprint(exc.expected_key)}, got {fingerprint(exc.key)}",
+                       f"if the node was reinstalled, remove its line '{host_entry_name(node.address, port)}' from {known.path}; otherwise someone may be intercepting")
+    if isinstance(exc, paramiko.AuthenticationException):
+        key = f" with key {node.key_file}" if node.key_file else ""
+        return Failure(R.AUTH, f"{name}: {node.user or 'the user'}@{where} refused our login{key}", "put the project's public key (.piml/id_ed25519.pub) in ~/.ssh/authorized_keys on the node, or fix ansible_user / ansible_ssh_private_key_file")
+    if isinstance(exc, (FileNotFoundError, PermissionError)) and getattr(exc, "filename", None):
+        return Failure(R.AUTH, f"{name}: cannot read key file {exc.filename}", "fix ansible_ssh_private_key_file in the inventory")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return Failure(R.UNREACHABLE, f"{name}: no answer from {where} within the timeout", "check that the node is powered, booted and on the network")
+    if isinstance(exc, ConnectionRefusedError):
+        return Failure(R.UNREACHABLE, f"{name}: {where} refused the connection", "check that sshd runs on the node and the port is right")
+    if isinstance(exc, socket.gaierror):
+        return Failure(R.UNREACHABLE, f"{name}: cannot resolve {node.address}", "use an IP address or fix DNS")
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return Failure(R.UNREACHABLE, f"{name}: cannot connect to {where}", "check that the node is up and sshd runs")
+    if isinstance(exc, OSError):
+        return Failure(R.UNREACHABLE, f"{name}: cannot reach {where} ({exc.strerror or exc})", "check the address and the network")
+    if isinstance(exc, paramiko.SSHException):
+        return Failure(R.UNREACHABLE, f"{name}: SSH failed: {exc}", "check that the node's sshd is healthy")
+    return Failure(R.UNREACHABLE, f"{name}: {type(exc).__name__}: {exc}", "check the node")
