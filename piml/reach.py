@@ -5,7 +5,6 @@ Preflight and status both start here. Every node in the selection gets a NodeRep
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
@@ -55,18 +54,15 @@ def reach(cluster: "Cluster", nodes: list[Node], accept_new_host_keys: bool, con
     known = KnownHosts(cluster.paths.state / "known_hosts", accept_new=accept_new_host_keys)
     reports: dict[str, NodeReport] = {}
     with Fleet(nodes, known, Timeouts(connect=connect_timeout, command=60.0)) as fleet:
-        for name, result in fleet.connect().items():
-            if not result.ok:
-                reports[name] = NodeReport(fleet.nodes[name], failure=result.failure)
-        started = time.time()
+        # Each node connects and runs the facts script in one go (see Fleet.run).
         outputs = fleet.run("sh -s", stdin=gather_script())
-        finished = time.time()
-    for name, result in outputs.items():
-        node = next(n for n in nodes if n.name == name)
+    for node in nodes:
+        result = outputs[node.name]
         if not result.ok:
-            reports[name] = NodeReport(node, failure=result.failure)
+            reports[node.name] = NodeReport(node, failure=result.failure)
             continue
         facts = parse_facts(result.value.stdout)
-        skew = facts.epoch - (started + finished) / 2 if facts.epoch is not None else None
-        reports[name] = NodeReport(node, facts=facts, clock_skew_s=skew)
+        # The script reads the clock about halfway through the command's run.
+        skew = facts.epoch - (result.value.started + result.value.seconds / 2) if facts.epoch is not None else None
+        reports[node.name] = NodeReport(node, facts=facts, clock_skew_s=skew)
     return [reports[n.name] for n in nodes]

@@ -92,8 +92,12 @@ fi""",
     ),
     (
         "timesync",
-        r"""if has timedatectl && { echo source=timedatectl; $T timedatectl show -p NTPSynchronized --value 2>/dev/null; }; then :
-elif has chronyc; then echo source=chronyc; $T chronyc -n tracking 2>/dev/null; fi""",
+        # timesyncd keeps its state in /run (no D-Bus, no process); timedatectl would wake
+        # systemd-timedated, ~80 ms on a small board, so it is only the last resort.
+        r"""if [ -e /run/systemd/timesync/synchronized ]; then echo source=timesyncd; echo yes
+elif [ -d /run/systemd/timesync ]; then echo source=timesyncd; echo no
+elif has chronyc; then echo source=chronyc; $T chronyc -n tracking 2>/dev/null
+elif has timedatectl; then echo source=timedatectl; $T timedatectl show -p NTPSynchronized --value 2>/dev/null; fi""",
     ),
     ("epoch", "date +%s 2>/dev/null"),
     ("temperature", "rd /sys/class/thermal/thermal_zone0/temp"),

@@ -47,7 +47,7 @@ class NodeFacts:
     dphys_swapfile_active: bool | None = None  # dphys-swapfile's swap file is in use
     zram_active: bool | None = None  # swap on a zram device
     time_synced: bool | None = None  # NTP synchronised, per timedatectl or chronyc
-    time_source: str | None = None  # timedatectl | chronyc: which tool answered
+    time_source: str | None = None  # timesyncd | chronyc | timedatectl: which answered
     epoch: int | None = None  # the node's clock, seconds since 1970, when the script ran
     temperature_c: float | None = None  # thermal_zone0
     throttled: Throttled | None = None  # None without vcgencmd

@@ -360,7 +360,7 @@ def parse_services(text: str) -> dict[str, ServiceState]:
 
 
 def parse_timesync(text: str) -> tuple[str | None, bool | None]:
-    """(timedatectl | chronyc | None, clock synchronised?). Unknown when no tool answered."""
+    """(timesyncd | chronyc | timedatectl | None, clock synchronised?). Unknown when none answered."""
     source: str | None = None
     synced: bool | None = None
     for line in _lines(text):
@@ -368,7 +368,7 @@ def parse_timesync(text: str) -> tuple[str | None, bool | None]:
             if synced is not None:
                 break
             source = line[len("source=") :]
-        elif source == "timedatectl" and line in ("yes", "no"):
+        elif source in ("timesyncd", "timedatectl") and line in ("yes", "no"):
             synced = line == "yes"
         elif source == "chronyc" and line.startswith("Leap status"):
             status = line.partition(":")[2].strip().lower()

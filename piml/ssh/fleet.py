@@ -37,6 +37,7 @@ class Fleet:
         self.timeouts = timeouts
         self._connections: dict[str, object] = {}
         self.failures: dict[str, Failure] = {}
+        self._fabric_config = None  # built once: it reads ~/.ssh/config
 
     # -- connecting -------------------------------------------------------------------------
     def connect(self) -> dict[str, HostResult[None]]:
@@ -50,11 +51,14 @@ class Fleet:
     def _connect_one(self, node: Node) -> HostResult[None]:
         from fabric import Config, Connection
 
+        if self._fabric_config is None:
+            self._fabric_config = _fabric_config(Config)
+
         connect_kwargs = {"banner_timeout": self.timeouts.connect, "auth_timeout": self.timeouts.connect}
         if node.key_file:
             connect_kwargs["key_filename"] = [str(node.key_file)]
         conn = Connection(
-            host=node.address, user=node.user, port=node.port, config=_fabric_config(Config),
+            host=node.address, user=node.user, port=node.port, config=self._fabric_config,
             connect_timeout=int(max(1, self.timeouts.connect)), connect_kwargs=connect_kwargs,
         )
         self.known_hosts.install(conn.client)
@@ -74,19 +78,33 @@ class Fleet:
     # -- running ----------------------------------------------------------------------------
     def run(self, command: str, stdin: str | None = None, sudo: bool = False,
             names: Iterable[str] | None = None, timeout: float | None = None) -> dict[str, HostResult[CommandOutput]]:
-        """Run `command` on every connected node (or `names`), in parallel; `stdin` is fed to it.
+        """Run `command` on every node (or `names`), in parallel; `stdin` is fed to it.
 
         With sudo, `sudo -n` is used: a node whose sudo asks for a password fails clearly instead
         of hanging on a prompt.
+        If a node has not been connected yet, its worker connects first, so each node starts its
+        command as soon as its own connection is up (no waiting for the slowest handshake).
+        A node that cannot be connected gets its connection failure as its result.
         """
-        targets = [self.nodes[n] for n in (names or self.connected) if n in self._connections]
+        wanted = list(names) if names is not None else list(self.nodes)
+        targets = [self.nodes[n] for n in wanted if n in self.nodes]
         if sudo:
             command = f"sudo -n -- sh -c {_quote(command)}"
-        return self._parallel(lambda node: self._run_one(node, command, stdin, sudo, timeout or self.timeouts.command), targets)
+        return self._parallel(lambda node: self._connect_and_run(node, command, stdin, sudo, timeout or self.timeouts.command), targets)
+
+    def _connect_and_run(self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float) -> HostResult:
+        if node.name in self.failures:
+            return HostResult(node.name, failure=self.failures[node.name])
+        if node.name not in self._connections:
+            connected = self._connect_one(node)
+            if not connected.ok:
+                self.failures[node.name] = connected.failure
+                return connected
+        return self._run_one(node, command, stdin, sudo, timeout)
 
     def _run_one(self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float) -> HostResult[CommandOutput]:
         client: paramiko.SSHClient = self._connections[node.name].client
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         try:
             channel = client.get_transport().open_session(timeout=self.timeouts.connect)
             channel.settimeout(timeout)
@@ -101,7 +119,7 @@ class Fleet:
             return HostResult(node.name, failure=Failure(R.TIMEOUT, f"{node.name}: command did not finish within {timeout:.0f} s", "check the node's load, or raise the timeout"))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             return HostResult(node.name, failure=Failure(R.UNREACHABLE, f"{node.name}: connection lost ({exc or type(exc).__name__})", "check that the node is up and on the network"))
-        out = CommandOutput(code, stdout, stderr, time.monotonic() - started)
+        out = CommandOutput(code, stdout, stderr, time.monotonic() - started, wall)
         if sudo and code != 0 and "password is required" in stderr:
             return HostResult(node.name, failure=Failure(R.SUDO, f"{node.name}: sudo asks {node.user or 'the user'} for a password", f"allow passwordless sudo: `echo '{node.user or 'USER'} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/010_piml`"))
         return HostResult(node.name, value=out)

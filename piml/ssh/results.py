@@ -43,3 +43,4 @@ class CommandOutput:
     stdout: str
     stderr: str
     seconds: float
+    started: float  # wall clock (time.time()) when the command was sent

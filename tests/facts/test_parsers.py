@@ -501,3 +501,10 @@ def test_script_parses_as_posix_sh(script):
 def test_script_sections_match_parsers(script):
     assert [line for line in script.splitlines() if line.startswith("m ")] == [f"m {n}" for n in (*NAMES, "end")]
     assert "cat " not in script  # files are read with the `read` builtin: no fork per file
+
+
+def test_timesync_from_timesyncd_state_files():
+    from piml.facts.parsers import parse_timesync
+
+    assert parse_timesync("source=timesyncd\nyes\n") == ("timesyncd", True)
+    assert parse_timesync("source=timesyncd\nno\n") == ("timesyncd", False)
