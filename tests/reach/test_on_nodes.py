@@ -165,3 +165,30 @@ def test_limit(piml, tmp_path, three_nodes):
     assert [n["name"] for n in json.loads(out.stdout)["nodes"]] == [three_nodes[0].name, three_nodes[2].name]
     bad = piml("status", "--limit", "nodez", cwd=project)
     assert bad.returncode == 2 and "no node or group named 'nodez'" in bad.stderr
+
+
+def test_watch_refreshes_in_place_until_ctrl_c(piml, tmp_path, three_nodes):
+    import pty
+    import select
+    import signal
+    import sys
+
+    project = make_project(piml, tmp_path, three_nodes)
+    assert piml("status", "--accept-new-host-keys", cwd=project).returncode == 0
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "piml", "status", "--watch", "--interval", "1"], cwd=project,
+                            stdin=follower, stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "150"})
+    os.close(follower)
+    screen = b""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and screen.count(b"nodes (") < 3:  # three renders of the table
+        if select.select([leader], [], [], 0.5)[0]:
+            try:
+                screen += os.read(leader, 65536)
+            except OSError:
+                break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0  # all healthy, stopped by Ctrl-C, no traceback
+    os.close(leader)
+    assert screen.count(b"nodes (") >= 3 and b"\x1b[" in screen  # redrawn with cursor movement
+    assert b"Traceback" not in screen and all(n.name.encode() in screen for n in three_nodes)
