@@ -156,6 +156,47 @@ def status(
     run_status(project, inventory, limit, accept_new_host_keys, json, watch, interval)
 
 
+@app.command()
+def plan(
+    reach: Annotated[bool, typer.Option("--reach", help="Size from the nodes' facts (SSH) instead of the inventory's declarations.")] = False,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """The capacity plan: which node runs each component, requests and limits, what is left for work.
+
+    Exit 2, naming the node and the shortfall, when the platform does not fit.
+
+    \b
+    Examples:
+      piml plan
+      piml plan --reach --json
+    """
+    from piml.commands.plan import run_plan
+
+    run_plan(project, inventory, reach, accept_new_host_keys, json)
+
+
+@app.command()
+def render(
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write one file per component into this directory [default: stdout].", show_default=False)] = None,
+    include_secrets: Annotated[bool, typer.Option("--include-secrets", help="Put secret values into the Secret objects (files get mode 0600).")] = False,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+) -> None:
+    """The platform's Kubernetes manifests, rendered from the plan, for review or GitOps.
+
+    \b
+    Examples:
+      piml render --out manifests/
+      piml render | less
+    """
+    from piml.commands.render import run_render
+
+    run_render(project, inventory, out, include_secrets)
+
+
 def main() -> None:
     """Entry point: run the app, turning every error into one line and an exit code."""
     try:

@@ -94,7 +94,7 @@ def inventory_text(specs: list[NodeSpec], user: str, key_path: str, model: str |
     lines = [
         "# piml inventory: an Ansible inventory in k3s-ansible's layout. `ansible-playbook -i` reads it as is.",
         "# Per host you may add: ansible_host, ansible_user, ansible_port, ansible_ssh_private_key_file,",
-        "#   piml_model (pi5|cm4|other), piml_arch (arm64|amd64), piml_memory_gb, piml_storage (sd|emmc|nvme|usb),",
+        "#   piml_model (pi5|cm4|other), piml_arch (arm64|amd64), piml_memory_gb, piml_cpus, piml_storage (sd|emmc|nvme|usb),",
         "#   piml_labels {key: value}, piml_taints [\"key=value:NoSchedule\"].",
         "k3s_cluster:",
         "  children:",

@@ -43,6 +43,7 @@ class Node:
     model: str | None = None  # pi5 | cm4 | other; None until facts tell
     arch: str | None = None  # arm64 | amd64; implied by the model for Pis
     memory_gb: float | None = None  # declared, for planning when the node cannot be reached
+    cpus: int | None = None  # declared likewise; Pis imply 4
     labels: dict[str, str] = field(default_factory=dict)
     taints: tuple[Taint, ...] = ()
     storage: str | None = None  # sd | emmc | nvme | usb
@@ -60,6 +61,7 @@ class Node:
             "model": self.model,
             "arch": self.arch,
             "memory_gb": self.memory_gb,
+            "cpus": self.cpus,
             "storage": self.storage,
             "labels": dict(self.labels),
             "taints": [str(t) for t in self.taints],

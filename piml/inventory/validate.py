@@ -13,7 +13,7 @@ from piml.inventory.model import ARCHES, MODELS, STORAGE_KINDS, TAINT_EFFECTS, I
 from piml.yamlsrc import YamlDoc, read_yaml
 
 # piml's own host variables; any other `piml_*` name is a typo we catch.
-PIML_VARS = ("piml_model", "piml_arch", "piml_memory_gb", "piml_labels", "piml_taints", "piml_storage")
+PIML_VARS = ("piml_model", "piml_arch", "piml_memory_gb", "piml_cpus", "piml_labels", "piml_taints", "piml_storage")
 # k3s-ansible settings that apply to the whole cluster; understood and passed on, never rejected.
 K3S_ANSIBLE_VARS = (
     "k3s_version", "token", "api_endpoint", "api_port", "extra_server_args", "extra_agent_args",
@@ -116,6 +116,7 @@ class _HostChecker:
         model = self.choice("piml_model", MODELS)
         arch = self.arch(model)
         memory = self.memory()
+        cpus = self.cpus()
         storage = self.choice("piml_storage", STORAGE_KINDS)
         labels = self.labels()
         taints = self.taints()
@@ -123,7 +124,7 @@ class _HostChecker:
             return None
         return Node(
             name=name, address=str(address), role=role, user=user, port=port, key_file=key_file,
-            model=model, arch=arch, memory_gb=memory, labels=labels, taints=taints, storage=storage,
+            model=model, arch=arch, memory_gb=memory, cpus=cpus, labels=labels, taints=taints, storage=storage,
             vars=dict(entry.vars), where=self.where(),
         )
 
@@ -180,6 +181,15 @@ class _HostChecker:
             self.bad("piml_memory_gb", f"piml_memory_gb of '{self.entry.name}' must be a number of GB, not '{value}'", "for example `piml_memory_gb: 8`")
             return None
         return float(value)
+
+    def cpus(self) -> int | None:
+        value = self.literal("piml_cpus")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1024:
+            self.bad("piml_cpus", f"piml_cpus of '{self.entry.name}' must be a whole number of CPUs, not '{value}'", "for example `piml_cpus: 4`")
+            return None
+        return value
 
     def labels(self) -> dict[str, str]:
         value = self.literal("piml_labels")

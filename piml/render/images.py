@@ -1,0 +1,23 @@
+"""Which image each component runs: pinned tags, never `latest`, the right one per architecture."""
+
+from __future__ import annotations
+
+# Multi-arch images (amd64 + arm64), pinned. Re-check a tag before changing it.
+REDIS = "redis:7.4.1"
+POSTGRES = "postgres:16.4"
+MINIO = "minio/minio:RELEASE.2024-10-13T13-34-11Z"
+RABBITMQ = "rabbitmq:3.13.7-management"
+PYTHON_TAG = "py311"  # Ray images are built per Python; the runner and clients use the same
+
+
+def mlflow(version: str) -> str:
+    return f"ghcr.io/mlflow/mlflow:v{version}"
+
+
+def dask(version: str) -> str:
+    return f"ghcr.io/dask/dask:{version}"
+
+
+def ray(version: str, arch: str) -> str:
+    """Ray publishes no multi-arch manifest: no suffix is amd64 only, arm64 needs `-aarch64`."""
+    return f"rayproject/ray:{version}-{PYTHON_TAG}" + ("-aarch64" if arch == "arm64" else "")

@@ -1,0 +1,105 @@
+"""Turn the plan into manifests: one YAML document list per component, ready to apply or write out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from piml.render import images
+
+if TYPE_CHECKING:
+    from piml.plan import Plan
+    from piml.project import Cluster
+
+COMPONENTS = ("namespace", "mlflow", "dask", "ray", "queue", "ingress")
+MANAGED_BY = {"app.kubernetes.io/managed-by": "piml"}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    component: str
+    objects: tuple[dict, ...]
+
+    def text(self) -> str:
+        return yaml.dump_all(list(self.objects), Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (Helm values, config files) as readable `|` blocks."""
+
+
+_BlockDumper.add_representer(
+    str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
+def _environment():
+    import jinja2
+
+    from piml.paths import templates_dir
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,  # a missing value is a bug, never an empty string
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["cpu"] = lambda m: f"{m}m"
+    env.filters["mem"] = lambda mi: f"{mi}Mi"
+    env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), default_style='"').strip()
+    return env
+
+
+def context(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None) -> dict[str, Any]:
+    config = cluster.config
+    servers = [n.address for n in cluster.inventory.servers]
+    ns = config.namespace
+    service_names = [f"mlflow{suffix}" for suffix in ("", f".{ns}", f".{ns}.svc", f".{ns}.svc.cluster.local")]
+    allowed_hosts = service_names + [f"{h}:5000" for h in service_names] + ["localhost", "localhost:5000", "127.0.0.1", "127.0.0.1:5000"]
+    allowed_hosts += [n.address for n in cluster.inventory.cluster_nodes]  # the UI through the ingress, from the LAN
+    return {
+        "project": cluster.name,
+        "ns": ns,
+        "config": config,
+        "plan": plan,
+        "place": {p.component: p for p in plan.services},
+        "images": {
+            "mlflow": images.mlflow(config.mlflow.version),
+            "dask": images.dask(config.dask.version),
+            "ray": {arch: images.ray(config.ray.version, arch) for arch in ("arm64", "amd64")},
+            "redis": images.REDIS, "postgres": images.POSTGRES, "minio": images.MINIO, "rabbitmq": images.RABBITMQ,
+        },
+        "secrets": secrets,  # None: Secret objects are rendered without values
+        "allowed_hosts": allowed_hosts,
+        "ui_host": servers[0],
+        "common_labels": {**MANAGED_BY, "app.kubernetes.io/part-of": "piml", "piml.io/project": cluster.name},
+    }
+
+
+def render_platform(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None = None) -> list[Rendered]:
+    """Every component's objects, in apply order. `secrets` None leaves Secret values out."""
+    env = _environment()
+    ctx = context(cluster, plan, secrets)
+    result = []
+    for component in COMPONENTS:
+        text = env.get_template(f"{component}.yaml.j2").render(**ctx)
+        objects = tuple(doc for doc in yaml.safe_load_all(text) if doc)
+        if objects:
+            result.append(Rendered(component, objects))
+    return result
+
+
+def urls(cluster: "Cluster") -> dict[str, str]:
+    """Where the UIs answer on the LAN, through the k3s ingress on the first server."""
+    host = cluster.inventory.servers[0].address
+    config = cluster.config
+    found = {}
+    if config.mlflow.enabled:
+        found["mlflow"] = f"http://{host}/mlflow/"
+    if config.ray.enabled:
+        found["ray dashboard"] = f"http://{host}/ray/"
+    if config.dask.enabled:
+        found["dask dashboard"] = f"http://{host}/dask/status"
+    return found

@@ -1,0 +1,31 @@
+"""Platform secrets: generated once, kept in .piml/secrets.yaml (0600), never printed or logged.
+
+They reach the cluster only as Kubernetes Secrets; rendered files carry them only when the user
+asks (`piml render --include-secrets`).
+"""
+
+from __future__ import annotations
+
+import secrets as _random
+from pathlib import Path
+
+import yaml
+
+from piml.fsutil import make_private_dir, write_atomic
+
+NAMES = ("mlflow_admin_password", "mlflow_flask_secret_key", "redis_password", "postgres_password",
+         "minio_access_key", "minio_secret_key", "rabbitmq_password")
+
+
+def load_or_create(state_dir: Path) -> dict[str, str]:
+    """The project's secrets, creating any that are missing (existing ones are never changed)."""
+    path = Path(state_dir) / "secrets.yaml"
+    current = yaml.safe_load(path.read_text()) if path.exists() else {}
+    current = current if isinstance(current, dict) else {}
+    missing = [n for n in NAMES if not current.get(n)]
+    if missing:
+        for name in missing:
+            current[name] = _random.token_urlsafe(24) if name != "minio_access_key" else "piml" + _random.token_hex(8)
+        make_private_dir(path.parent)
+        write_atomic(path, yaml.safe_dump(current, sort_keys=True), mode=0o600)
+    return {n: str(current[n]) for n in NAMES}
