@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from piml.render import render_platform
 from piml.secrets import load_or_create
 
 HERE = Path(__file__).resolve().parent
-SCHEMAS = HERE.parents[2] / "shared" / "schemas"  # ../shared beside the checkout: read there, never copied
+# ../shared beside the checkout (as CI has it): read there, never copied. PIML_SHARED overrides.
+SCHEMAS = Path(os.environ.get("PIML_SHARED", HERE.parents[2] / "shared")) / "schemas"
 K8S_VERSION = "1.36.0"  # the pinned k3s is v1.36.3
 CRDS = {("helm.cattle.io/v1", "HelmChart"): "helm.cattle.io_helmcharts.yaml",
         ("ray.io/v1", "RayCluster"): "ray.io_rayclusters.yaml",
@@ -42,6 +44,8 @@ def cluster_for(scenario: str, tmp_path: Path, settings: dict) -> Cluster:
 
 @cache
 def crd_schema(api_version: str, kind: str) -> dict:
+    if not SCHEMAS.is_dir():
+        pytest.fail(f"CRD schemas not found at {SCHEMAS}: put shared/ beside the checkout or set PIML_SHARED")
     doc = yaml.safe_load((SCHEMAS / CRDS[(api_version, kind)]).read_text())
     version = api_version.split("/")[1]
     return next(v for v in doc["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
