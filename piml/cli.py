@@ -99,6 +99,46 @@ def inventory_check(project: ProjectOpt = None, inventory: InventoryOpt = None, 
     check(project, inventory, json)
 
 
+@app.command()
+def flash(
+    image: Annotated[Optional[str], typer.Argument(help="A .img, .img.xz, .img.gz, .img.zst or .zip file, or an https:// URL (with --sha256).", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Argument(help="The whole disk to write, e.g. /dev/sdb or /dev/mmcblk0 (see --list).", show_default=False)] = None,
+    node: Annotated[Optional[str], typer.Option("--node", "-n", help="Customise the first boot for this inventory node: hostname, user + project SSH key, network, cgroup flags.", show_default=False)] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before overwriting the disk.")] = False,
+    list_disks: Annotated[bool, typer.Option("--list", help="List the disks that could be flashed, and exit.")] = False,
+    json: JsonOpt = False,
+    sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected SHA-256 of IMAGE (required for a URL).", show_default=False)] = None,
+    unmount: Annotated[bool, typer.Option("--unmount", help="Unmount the disk's mounted partitions first instead of refusing.")] = False,
+    allow_fixed: Annotated[bool, typer.Option("--allow-fixed", help="Allow a non-removable disk (an internal NVMe or SATA drive).")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip reading the disk back to compare.")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write an image file (with --all: a directory, one NODE.img each) instead of a disk.", show_default=False)] = None,
+    all_nodes: Annotated[bool, typer.Option("--all", help="With --output DIR: one customised image per inventory node.")] = False,
+    cm4: Annotated[bool, typer.Option("--cm4", help="Flash a Compute Module 4's eMMC: runs rpiboot and waits for the eMMC to appear.")] = False,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+) -> None:
+    """Write an OS image to a card, NVMe or eMMC, set up for a node's first boot, and verify it.
+
+    Refuses the system disk, mounted disks (see --unmount), fixed disks (see --allow-fixed) and disks
+    too small; asks before writing unless -y. Wi-Fi (piml.yaml flash.wifi_ssid) takes its passphrase
+    from $PIML_WIFI_PASSPHRASE, .piml/wifi-passphrase (mode 0600) or a prompt; it is never printed.
+
+    \b
+    Examples:
+      piml flash --list
+      sudo piml flash 2025-11-24-raspios-bookworm-arm64-lite.img.xz /dev/sdb --node pi1
+      sudo piml flash https://example.org/raspios.img.xz --sha256 3f2a...e9 /dev/mmcblk0 --node pi2 -y
+      piml flash raspios.img.xz --output pi3.img --node pi3
+      piml flash raspios.img.xz --all --output images/
+      sudo piml flash ubuntu-24.04-preinstalled-server-arm64+raspi.img.xz --cm4 --node cm1
+    """
+    from piml.commands.flash import Options, run
+
+    run(Options(image=image, device=device, node=node, yes=yes, list_disks=list_disks, json=json, sha256=sha256,
+                unmount=unmount, allow_fixed=allow_fixed, verify=not no_verify, output=output, all_nodes=all_nodes,
+                cm4=cm4, project=project, inventory=inventory))
+
+
 LimitOpt = Annotated[Optional[str], typer.Option("--limit", "-l", help="Only these nodes: NAME[,NAME] or a group (server, agent, external).", show_default=False)]
 AcceptKeysOpt = Annotated[bool, typer.Option("--accept-new-host-keys", help="Trust and record the host keys of nodes not seen before (.piml/known_hosts).")]
 

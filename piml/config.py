@@ -48,6 +48,7 @@ class K3s(Settings):
         K3S_VERSION, description="pinned k3s release (INSTALL_K3S_VERSION)")
     airgap_dir: str | None = Field(None, description="directory with k3s binary, images tarball and install.sh")
     disable: list[str] = Field(default_factory=list, description="packaged components to disable, e.g. [servicelb]")
+    wait_timeout: int = Field(180, ge=10, le=3600, description="seconds to wait for the API port and each node to be Ready")
 
 
 class NodeSetup(Settings):
@@ -94,6 +95,27 @@ class Queue(Settings):
     resources: Size = Size()
 
 
+class Flash(Settings):
+    """`piml flash --node`: first-boot settings shared by every node (the node's own come from the inventory).
+
+    The Wi-Fi passphrase is never kept here: piml reads it from $PIML_WIFI_PASSPHRASE, else from
+    .piml/wifi-passphrase (mode 0600), else asks for it.
+    """
+
+    timezone: str | None = Field(None, description="e.g. Europe/Berlin; unset: keep the image's")
+    wifi_country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = Field(
+        None, description="Wi-Fi regulatory country, e.g. DE; needed with wifi_ssid")
+    wifi_ssid: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[^\n\r]*$")] | None = Field(
+        None, description="Wi-Fi network to join; unset: wired only")
+    network: Literal["auto", "dhcp", "static"] = Field(
+        "auto", description="auto: a static address when the node's address is an IP and gateway is set")
+    prefix_length: int = Field(24, ge=1, le=32, description="netmask length of static addresses")
+    gateway: str | None = Field(None, description="default gateway for static addresses, e.g. 192.168.1.1")
+    dns: list[str] = Field(default_factory=list, description="name servers for static addresses")
+    interface: Literal["eth0", "wlan0"] = Field("eth0", description="which interface gets the static address")
+    cgroup_flags: bool = Field(True, description="add cgroup_enable=memory cgroup_memory=1 to cmdline.txt")
+
+
 class PimlConfig(Settings):
     namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")] = Field(
         "piml", description="namespace for the platform")
@@ -103,6 +125,7 @@ class PimlConfig(Settings):
     dask: Dask = Dask()
     ray: Ray = Ray()
     queue: Queue = Queue()
+    flash: Flash = Flash()
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -26,9 +26,9 @@ def test_version(piml):
 
 
 def test_every_command_has_examples(piml):
-    for command in (["init"], ["inventory", "show"], ["inventory", "check"]):
+    for command in (["init"], ["inventory", "show"], ["inventory", "check"], ["up"], ["status"], ["plan"], ["render"], ["flash"]):
         out = piml(*command, "--help")
-        assert out.returncode == 0 and "Examples" in out.stdout, command
+        assert out.returncode == 0 and "Examples:\n    piml " in out.stdout and "[bold]" not in out.stdout, command
 
 
 def test_inventory_show_json_and_table(piml, tmp_path):

@@ -214,7 +214,7 @@ class FatVolume:
 
     def entries(self) -> list[Entry]:
         result: list[Entry] = []
-        lfn_parts: dict[int, str] = {}
+        lfn_parts: dict[int, bytes] = {}
         lfn_offsets: list[int] = []
         lfn_sum = None
         for off in self._root_slots():
@@ -229,12 +229,10 @@ class FatVolume:
             if attr == ATTR_LFN:
                 seq = first & 0x1F
                 chars = bytes(raw[1:11]) + bytes(raw[14:26]) + bytes(raw[28:32])
-                text = chars.decode("utf-16-le", errors="replace")
-                text = text.split("\x00", 1)[0].rstrip("\uffff")
                 if first & 0x40:
                     lfn_parts, lfn_offsets = {}, []
                     lfn_sum = raw[13]
-                lfn_parts[seq] = text
+                lfn_parts[seq] = chars
                 lfn_offsets.append(off)
                 continue
             short = bytes(raw[0:11])
@@ -243,7 +241,11 @@ class FatVolume:
                 continue
             name = _short_display(short, raw[12])
             if lfn_parts and lfn_sum == lfn_checksum(short):
-                name = "".join(lfn_parts[k] for k in sorted(lfn_parts))
+                units = b"".join(lfn_parts[k] for k in sorted(lfn_parts))
+                units = b"".join(units[i:i + 2] for i in range(0, len(units), 2)
+                                 if units[i:i + 2] not in (b"\xff\xff",))
+                end = next((i for i in range(0, len(units), 2) if units[i:i + 2] == b"\x00\x00"), len(units))
+                name = units[:end].decode("utf-16-le", errors="replace")
             cluster = int.from_bytes(raw[26:28], "little")
             if self.fat32:
                 cluster |= int.from_bytes(raw[20:22], "little") << 16

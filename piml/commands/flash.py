@@ -1,0 +1,305 @@
+"""`piml flash`: write an OS image to a disk or an image file, customised for a node, and verify it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
+from piml.output import console, err_console, print_json
+
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class Options:
+    image: str | None
+    device: str | None
+    node: str | None = None
+    yes: bool = False
+    list_disks: bool = False
+    json: bool = False
+    sha256: str | None = None
+    unmount: bool = False
+    allow_fixed: bool = False
+    verify: bool = True
+    output: Path | None = None
+    all_nodes: bool = False
+    cm4: bool = False
+    rpiboot_timeout: float = 60.0
+    project: Path | None = None
+    inventory: Path | None = None
+
+
+def run(opts: Options) -> None:
+    if opts.list_disks:
+        return show_disks(opts.json)
+    _check_usage(opts)
+    image = _resolve_image(opts)
+    setups = _setups(opts)
+    if opts.output is not None:
+        targets = _output_targets(opts, setups)
+        for path, setup in targets:
+            _flash_to_file(image, path, setup, opts)
+        return
+    device = opts.device
+    if opts.cm4:
+        from piml.flash.rpiboot import wait_for_cm4
+
+        device = wait_for_cm4(opts.rpiboot_timeout, console().print)
+    setup = setups.get(opts.node) if opts.node else None
+    _flash_to_disk(image, device, setup, opts)
+
+
+def _check_usage(opts: Options) -> None:
+    if not opts.image:
+        raise InputError(Problem("piml flash", "no IMAGE given", "e.g. `piml flash 2025-11-24-raspios-bookworm-arm64-lite.img.xz /dev/sdb --node pi1`, or `piml flash --list`"))
+    if opts.all_nodes and opts.output is None:
+        raise InputError(Problem("--all", "writes one image file per node and needs --output DIR", "add --output images/ (flash disks one at a time with --node NAME)"))
+    if opts.all_nodes and opts.node:
+        raise InputError(Problem("--all", "--all and --node exclude each other", "use --all for every node, or --node NAME for one"))
+    if opts.output is not None and (opts.device or opts.cm4):
+        raise InputError(Problem("--output", "writes a file, not a DEVICE", "drop DEVICE (or --cm4), or drop --output"))
+    if opts.output is None and not opts.device and not opts.cm4:
+        raise InputError(Problem("piml flash", "no DEVICE given", "name the disk (see `piml flash --list`), use --cm4 for a Compute Module's eMMC, or --output FILE"))
+    if opts.cm4 and opts.device:
+        raise InputError(Problem("--cm4", "finds the eMMC itself; do not give a DEVICE too", "drop DEVICE"))
+
+
+def show_disks(as_json: bool) -> None:
+    from piml.flash.disks import human_size, list_disks
+
+    disks = list_disks()
+    if as_json:
+        print_json({"disks": [d.as_dict() for d in disks]})
+        return
+    if not disks:
+        console().print("No disks found. Plug in the card reader (or run `piml flash --cm4` for a Compute Module).")
+        return
+    from rich.table import Table
+
+    table = Table(title="Disks", title_justify="left")
+    for column in ("device", "size", "model", "transport", "removable", "mounted"):
+        table.add_column(column)
+    for d in disks:
+        note = "SYSTEM DISK" if d.system else ", ".join(d.mounts) or "-"
+        table.add_row(d.path, human_size(d.size), d.model or "-", d.transport or "-", "yes" if d.removable else "no", note)
+    console().print(table)
+
+
+def _resolve_image(opts: Options):
+    from piml.flash.sources import SourceError, inspect
+
+    text = opts.image
+    if text.startswith(("https://", "http://")):
+        from piml.flash.download import fetch
+
+        path = fetch(text, opts.sha256, console().print)
+    else:
+        path = Path(text).expanduser()
+        if opts.sha256:
+            from piml.flash.download import check_file_sha256
+
+            check_file_sha256(path, opts.sha256, text)
+    try:
+        return inspect(path)
+    except SourceError as exc:
+        raise InputError(Problem(text, str(exc))) from None
+
+
+def _setups(opts: Options) -> dict:
+    if not opts.node and not opts.all_nodes:
+        return {}
+    from piml.flash.settings import SetupFactory
+    from piml.project import ProjectPaths, load_cluster
+
+    cluster = load_cluster(ProjectPaths.resolve(opts.project, opts.inventory))
+
+    def ask(prompt: str) -> str:
+        import typer
+
+        return typer.prompt(prompt, hide_input=True)
+
+    factory = SetupFactory(cluster, ask)
+    names = factory.names() if opts.all_nodes else [opts.node]
+    return {name: factory.for_node(name) for name in names}
+
+
+def _output_targets(opts: Options, setups: dict) -> list[tuple[Path, object]]:
+    out = Path(opts.output).expanduser()
+    if opts.all_nodes:
+        if out.exists() and not out.is_dir():
+            raise InputError(Problem(f"--output {out}", "is a file; --all writes one image per node into a directory", "name a directory"))
+        out.mkdir(parents=True, exist_ok=True)
+        return [(out / f"{name}.img", setup) for name, setup in setups.items()]
+    if out.is_dir():
+        name = opts.node or "image"
+        out = out / f"{name}.img"
+    if out.exists() and out.is_block_device():
+        raise InputError(Problem(f"--output {out}", "is a block device", "give it as DEVICE (without --output) to flash it"))
+    if not out.parent.is_dir():
+        raise InputError(Problem(f"--output {out}", "its directory does not exist", f"create {out.parent} first"))
+    return [(out, setups.get(opts.node) if opts.node else None)]
+
+
+class _Progress:
+    """A rich progress bar with throughput and ETA on a terminal; nothing otherwise."""
+
+    def __init__(self, label: str, total: int | None):
+        self.bar = None
+        if err_console().is_terminal:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                                TransferSpeedColumn(), TimeRemainingColumn(), console=err_console(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total)
+
+    def __call__(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _editor(setup, applied: list):
+    if setup is None:
+        return None
+
+    def edit(view) -> None:
+        from piml.flash import firstboot
+        from piml.flash.fat import FatVolume
+
+        applied.append(firstboot.apply(FatVolume(view), setup))
+
+    return edit
+
+
+def _write(image, target, setup, where: str, opts: Options):
+    """Write and verify; turns every failure into one line with the fix."""
+    from piml.flash import writer
+    from piml.flash.disks import human_size
+    from piml.flash.fat import FatError
+    from piml.flash.firstboot import FirstBootError
+    from piml.flash.sources import SourceError, Stream
+    from piml.flash.verify import verify
+
+    applied: list = []
+    progress = _Progress(f"writing {where}", image.size)
+    again = "run the same command again to start over"
+    try:
+        stream = Stream(image)
+        result = writer.write_image(stream, target, size_hint=image.size or image.size_hint,
+                                    edit=_editor(setup, applied), progress=progress, digest=opts.verify)
+    except writer.TooLarge as exc:
+        raise InputError(Problem(where, f"is too small: {human_size(exc.capacity)} for an image of at least {human_size(exc.needed)}", "use a larger card")) from None
+    except (FirstBootError, FatError, writer.EditError) as exc:
+        raise InputError(Problem(opts.image, f"{exc}", "flash it without --node and set it up by hand, or use a Raspberry Pi OS or Ubuntu image")) from None
+    except SourceError as exc:
+        raise PimlError(Problem(opts.image, f"{exc}; {where} was left incomplete", again), EXIT_FAILED) from None
+    except writer.Interrupted as exc:
+        raise PimlError(Problem(where, f"interrupted after {human_size(exc.done)}: it holds no usable image now", again), EXIT_INTERRUPTED) from None
+    except writer.TargetError as exc:
+        gone = exc.errno in (5, 6, 19)  # EIO, ENXIO, ENODEV: the disk went away or failed
+        what = "stopped answering (unplugged or failing)" if gone else f"write failed: {exc}"
+        raise PimlError(Problem(where, f"{what} after {human_size(exc.done)}; it holds no usable image now",
+                                "plug it in again (or try another card) and " + again), EXIT_FAILED) from None
+    finally:
+        progress.close()
+    for item in applied:
+        console().print(f"customised ({item.mechanism}): {', '.join(item.files)}", markup=False)
+    rate = result.size / result.seconds / (1 << 20) if result.seconds else 0
+    console().print(f"wrote {human_size(result.size)} in {result.seconds:.1f} s ({rate:.0f} MiB/s; "
+                    f"{human_size(result.zeroed)} of zeros left to the {'disk' if target.device else 'file system'})", markup=False)
+    if not opts.verify:
+        return result
+    vprog = _Progress(f"verifying {where}", result.size)
+    try:
+        check = verify(target.path, result.size, result.regions, vprog)
+    except KeyboardInterrupt:
+        raise PimlError(Problem(where, "verification interrupted: the image was written but not checked", "run again, or pass --no-verify to skip the check"), EXIT_INTERRUPTED) from None
+    except OSError as exc:
+        raise PimlError(Problem(where, f"cannot read it back: {exc.strerror or exc}", "plug it in again and " + again), EXIT_FAILED) from None
+    finally:
+        vprog.close()
+    if not check.ok:
+        raise PimlError(Problem(where, f"reads back different data from {human_size(check.bad_offset or 0)} on (a failing card or reader?)", "try another card or reader and " + again), EXIT_FAILED)
+    console().print(f"verified: {where} reads back what was written (sha256 {check.digest[:16]})", markup=False)
+    return result
+
+
+def _flash_to_file(image, path: Path, setup, opts: Options) -> None:
+    """An image file, written under a temporary name and renamed when complete and verified."""
+    from piml.flash.writer import Target
+
+    tmp = path.with_name(f".{path.name}.piml-partial")
+    try:
+        target = Target(str(tmp), device=False)
+    except OSError as exc:
+        raise InputError(Problem(f"--output {path}", f"cannot create it: {exc.strerror}", "check the directory's permissions and free space")) from None
+    try:
+        try:
+            _write(image, target, setup, str(path), opts)
+        finally:
+            target.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    console().print(f"done: {path}", markup=False)
+
+
+def _flash_to_disk(image, device: str, setup, opts: Options) -> None:
+    from piml.flash.disks import check_target, find_disk, human_size, unmount_all
+    from piml.flash.writer import Target, TargetError
+
+    disk = find_disk(device)
+    size = image.size or image.size_hint
+    check_target(disk, size, unmount=opts.unmount, allow_fixed=opts.allow_fixed)
+    what = f"{disk.path}: {disk.model or 'unknown model'}, {human_size(disk.size)}, {disk.transport or 'unknown transport'}"
+    node = f" for node {opts.node}" if opts.node else ""
+    console().print(f"About to write {image.describe()}{node} to {what}. Everything on it will be lost.", markup=False)
+    if not opts.yes:
+        if not sys.stdin.isatty():
+            raise InputError(Problem(disk.path, "not confirmed", "pass -y to confirm without a terminal"))
+        import typer
+
+        if not typer.confirm("Write it?", default=False):
+            raise InputError(Problem(disk.path, "not confirmed: nothing was written", "answer y, or pass -y"))
+    if disk.mounts and opts.unmount:
+        unmount_all(disk)
+    try:
+        target = Target(disk.path, device=True, capacity=disk.size or None)
+    except OSError as exc:
+        if exc.errno == 16:  # EBUSY: O_EXCL refused, something holds it
+            raise InputError(Problem(disk.path, "is in use (mounted or held by another program)", "unmount it or pass --unmount, and close programs using it")) from None
+        if exc.errno in (1, 13):
+            raise InputError(Problem(disk.path, "permission denied", "run piml flash with sudo, or add yourself to the disk group")) from None
+        raise InputError(Problem(disk.path, f"cannot open it: {exc.strerror}", "check the device")) from None
+    except TargetError as exc:
+        raise InputError(Problem(disk.path, str(exc), "name a disk")) from None
+    try:
+        _write(image, target, setup, disk.path, opts)
+    finally:
+        target.close()
+    _reread_partitions(disk.path)
+    console().print(f"done: {disk.path} is ready{node}; you can remove it.", markup=False)
+
+
+def _reread_partitions(path: str) -> None:
+    """Tell the kernel about the new partition table (BLKRRPART); harmless when it cannot."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.ioctl(fd, 0x125F)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
