@@ -53,6 +53,7 @@ def init(
     user: Annotated[Optional[str], typer.Option("--user", "-u", help="SSH user on the nodes [default: pi].", show_default=False)] = None,
     ssh_key: Annotated[Optional[Path], typer.Option("--ssh-key", help="Use this existing private key instead of making a new one.", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Board model of every node: pi5 | cm4 | other.", show_default=False)] = None,
+    memory_gb: Annotated[Optional[float], typer.Option("--memory-gb", help="RAM of every board in GB, for planning before the nodes are reached.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Rewrite an existing project's inventory and piml.yaml (old ones kept as .bak; the SSH key is kept).")] = False,
     project: ProjectOpt = None,
 ) -> None:
@@ -62,13 +63,13 @@ def init(
 
     \b
     Examples:
-      piml init myrack --node pi1=192.168.1.21 --node pi2=192.168.1.22 --node pi3=192.168.1.23
+      piml init myrack --model pi5 --memory-gb 8 --node pi1=192.168.1.21 --node pi2=192.168.1.22 --node pi3=192.168.1.23
       piml init myrack --node cp=10.0.0.2:server --node pi1=10.0.0.11 --node mac=10.0.0.50:external
       piml init . --user ubuntu --ssh-key ~/.ssh/id_ed25519 --model cm4 --node cm1=cm1.lan
     """
     from piml.commands.init import run_init
 
-    run_init(directory or project or Path.cwd(), node or [], user, ssh_key, model, force)
+    run_init(directory or project or Path.cwd(), node or [], user, ssh_key, model, force, memory_gb)
 
 
 @inventory_app.command("show")

@@ -79,7 +79,7 @@ def _scalar(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def inventory_text(specs: list[NodeSpec], user: str, key_path: str, model: str | None) -> str:
+def inventory_text(specs: list[NodeSpec], user: str, key_path: str, model: str | None, memory_gb: float | None = None) -> str:
     """The inventory in k3s-ansible's layout, readable by `ansible-inventory` and by people."""
 
     def hosts(role: Role, indent: str) -> list[str]:
@@ -109,6 +109,8 @@ def inventory_text(specs: list[NodeSpec], user: str, key_path: str, model: str |
     lines += ["  vars:", *access]
     if model:
         lines.append(f"    piml_model: {model}")
+    if memory_gb:
+        lines.append(f"    piml_memory_gb: {memory_gb:g}")
     external = hosts(Role.EXTERNAL, "    ")
     if external:
         lines += ["# Machines outside Kubernetes that join Ray as workers.", "ray_external:", "  hosts:", *external, "  vars:", *access]
@@ -120,7 +122,7 @@ def existing_project_files(root: Path) -> list[Path]:
 
 
 def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | None,
-                 model: str | None, force: bool) -> list[Path]:
+                 model: str | None, force: bool, memory_gb: float | None = None) -> list[Path]:
     """Create the project at `root`. Returns the files written. All or nothing.
 
     With `force`, an existing inventory and piml.yaml are replaced (the old ones kept as *.bak);
@@ -128,6 +130,8 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
     """
     if model is not None and model not in MODELS:
         raise InputError(Problem("--model", f"unknown model '{model}'", f"use one of {', '.join(MODELS)}"))
+    if memory_gb is not None and not 0 < memory_gb <= 4096:
+        raise InputError(Problem("--memory-gb", f"'{memory_gb:g}' is not a memory size", "give the boards' RAM in GB, e.g. --memory-gb 8"))
     if not user or any(c.isspace() for c in user):
         raise InputError(Problem("--user", f"'{user}' is not a user name", "for example --user pi"))
     existing = existing_project_files(root)
@@ -144,7 +148,7 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
         key_ref = str(Path(ssh_key).expanduser().resolve())
     else:
         key_ref = "{{ inventory_dir }}/../" + str(SSH_KEY)
-    inventory = inventory_text(specs, user, key_ref, model)
+    inventory = inventory_text(specs, user, key_ref, model, memory_gb)
     parse_inventory_text(inventory, "generated inventory", root / INVENTORY)  # never write what we cannot read
 
     created_root = not root.exists()

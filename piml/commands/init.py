@@ -28,7 +28,7 @@ def _ask_nodes() -> list[NodeSpec]:
 
 
 def run_init(directory: Path, nodes: list[str], user: str | None, ssh_key: Path | None,
-             model: str | None, force: bool) -> None:
+             model: str | None, force: bool, memory_gb: float | None = None) -> None:
     if nodes:
         specs = [parse_node_spec(text) for text in nodes]
     else:
@@ -42,7 +42,7 @@ def run_init(directory: Path, nodes: list[str], user: str | None, ssh_key: Path 
             specs = []
         if not specs:
             raise InputError(Problem("piml init", "no nodes given", "pass --node NAME=ADDRESS[:ROLE] (repeatable), or run it in a terminal and enter them"))
-    written = init_project(Path(directory), specs, user or "pi", ssh_key, model, force)
+    written = init_project(Path(directory), specs, user or "pi", ssh_key, model, force, memory_gb)
     shown = directory if str(directory) != "." else Path.cwd().name
     console().print(f"Created project [bold]{shown}[/]:")
     for path in written:
