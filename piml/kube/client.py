@@ -1,0 +1,100 @@
+"""Talking to the cluster: an API client built from a kubeconfig, and plain JSON requests over it.
+
+piml uses the official `kubernetes` client for configuration, authentication and TLS, and sends
+its own requests over it (any kind, mapped by discovery), so nothing here needs a generated model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from piml.errors import EXIT_FAILED, PimlError, Problem
+
+
+class KubeError(Exception):
+    """The API answered with an error status."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason, self.message = status, reason, message
+
+
+class Kube:
+    """One API server. `request` returns parsed JSON (or text for logs); errors raise KubeError."""
+
+    def __init__(self, api_client, where: str, request_timeout: float = 15.0):
+        self.api_client = api_client
+        self.where = where  # what to name in error lines: the kubeconfig as the user knows it
+        self.request_timeout = request_timeout
+
+    @property
+    def server(self) -> str:
+        return self.api_client.configuration.host
+
+    def request(self, method: str, path: str, query: dict | None = None, body: Any = None,
+                content_type: str = "application/json", text: bool = False) -> Any:
+        import urllib3
+
+        full = path + ("?" + urlencode({k: v for k, v in query.items() if v is not None}) if query else "")
+        headers = {"Accept": "text/plain" if text else "application/json", "Content-Type": content_type}
+        request = self.api_client.param_serialize(method, full, header_params=headers, body=body,
+                                                  auth_settings=["BearerToken"])
+        try:
+            response = self.api_client.call_api(*request, _request_timeout=self.request_timeout)
+            data = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise PimlError(Problem(self.where, f"cannot reach the Kubernetes API at {self.server} ({type(exc).__name__})",
+                                    "check that k3s runs on the first server (piml status) and that this machine can reach it"),
+                            EXIT_FAILED) from None
+        except Exception as exc:  # kubernetes.client.ApiException with status 0: TLS and the like
+            if getattr(exc, "status", None) == 0:
+                raise PimlError(Problem(self.where, f"cannot talk to the Kubernetes API at {self.server}: "
+                                        f"{str(getattr(exc, 'reason', exc)).splitlines()[0]}",
+                                        "fetch a fresh kubeconfig with `piml up --only kubeconfig`"), EXIT_FAILED) from None
+            raise
+        if not 200 <= response.status <= 299:
+            message = ""
+            try:
+                message = json.loads(data).get("message", "")
+            except (ValueError, AttributeError):
+                message = data.decode(errors="replace")[:200] if data else ""
+            if response.status in (401, 403):
+                raise PimlError(Problem(self.where, f"the Kubernetes API refused piml's credentials ({response.status}: {message})",
+                                        "fetch a fresh kubeconfig with `piml up --only kubeconfig`"), EXIT_FAILED)
+            raise KubeError(response.status, response.reason or "", message)
+        if text:
+            return data.decode(errors="replace")
+        return json.loads(data) if data else {}
+
+    def get(self, path: str, query: dict | None = None) -> dict | None:
+        """The object at `path`, or None when it does not exist."""
+        try:
+            return self.request("GET", path, query)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def close(self) -> None:
+        self.api_client.close()
+
+
+def connect(kubeconfig: Path, where: str | None = None, request_timeout: float = 15.0) -> Kube:
+    """A client for the cluster in `kubeconfig` (.piml/kubeconfig). Raises PimlError when it cannot be read."""
+    from kubernetes import client as k8s
+    from kubernetes.config import ConfigException, load_kube_config
+
+    where = where or str(kubeconfig)
+    if not Path(kubeconfig).is_file():
+        raise PimlError(Problem(where, "no kubeconfig here", "run `piml up` (the kubeconfig stage writes it)"), EXIT_FAILED)
+    configuration = k8s.Configuration()
+    try:
+        load_kube_config(config_file=str(kubeconfig), client_configuration=configuration, persist_config=False)
+    except (ConfigException, ValueError, OSError) as exc:
+        raise PimlError(Problem(where, f"not a usable kubeconfig: {str(exc).splitlines()[0]}",
+                                "fetch it again with `piml up --only kubeconfig`"), EXIT_FAILED) from None
+    configuration.retries = 1  # bounded: one retry on a dropped connection, then a plain error
+    return Kube(k8s.ApiClient(configuration), where, request_timeout)

@@ -1,0 +1,173 @@
+"""Why something is not ready, in plain words, from its pods' container statuses, their logs and events.
+
+Each finding is one Problem: where (the object), what happened, how to fix it.
+"""
+
+from __future__ import annotations
+
+from piml.errors import Problem
+from piml.kube.client import Kube, KubeError
+from piml.plan.quantities import memory_mi
+
+LOG_LINES = 10
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+# Which piml.yaml block sizes the pods of each component (app.kubernetes.io/name).
+SETTINGS = {"mlflow": "mlflow.resources", "dask-scheduler": "dask.scheduler", "dask-worker": "dask.worker",
+            "ray-head": "ray.head", "ray-worker": "ray.worker", "redis": "queue.resources", "rabbitmq": "queue.resources"}
+
+
+def pod_selector(obj: dict) -> str | None:
+    """The label selector of the pods behind a Deployment or a RayCluster."""
+    if obj["kind"] == "RayCluster":
+        return f"ray.io/cluster={obj['metadata']['name']}"
+    labels = obj.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None
+
+
+def diagnose(kube: Kube, obj: dict, where: str, waited: float) -> list[Problem]:
+    """Problems explaining why `obj` (the live Deployment / RayCluster) is not ready after `waited` seconds."""
+    namespace = obj["metadata"].get("namespace", "")
+    selector = pod_selector(obj)
+    found = pod_problems(kube, namespace, selector, where) if selector else []
+    if found:
+        return found
+    hint = f"see `kubectl -n {namespace} describe pod -l {selector}`" if selector else f"see `kubectl -n {namespace} describe {obj['kind'].lower()} {obj['metadata']['name']}`"
+    return [Problem(where, f"not ready after {waited:.0f} s ({progress_text(obj)})", hint)]
+
+
+def progress_text(obj: dict) -> str:
+    status = obj.get("status") or {}
+    if obj["kind"] == "Deployment":
+        want = obj.get("spec", {}).get("replicas", 1)
+        return f"{status.get('availableReplicas', 0)} of {want} replicas available"
+    if obj["kind"] == "RayCluster":
+        return f"state {status.get('state') or 'not set yet'}"
+    return "no status"
+
+
+def pod_problems(kube: Kube, namespace: str, selector: str, where: str) -> list[Problem]:
+    pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector}).get("items", [])
+    problems: list[Problem] = []
+    for pod in pods:
+        for problem in _pod(kube, pod, where):
+            if str(problem) not in {str(p) for p in problems}:  # replicas fail alike: say it once
+                problems.append(problem)
+    return problems
+
+
+def _pod(kube: Kube, pod: dict, where: str) -> list[Problem]:
+    spec, status = pod.get("spec", {}), pod.get("status") or {}
+    name = pod["metadata"]["name"]
+    containers = {c["name"]: c for c in spec.get("initContainers", []) + spec.get("containers", [])}
+    problems = []
+    for cs in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
+        container = containers.get(cs["name"], {})
+        image = container.get("image") or cs.get("image", "?")
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        last = ((cs.get("lastState") or {}).get("terminated")) or ((cs.get("state") or {}).get("terminated")) or {}
+        if waiting.get("reason") in PULL_REASONS:
+            problems.append(Problem(where, f"image {image} cannot be pulled ({waiting['reason']}{_pull_detail(kube, pod)})",
+                                    "check the image name and tag, and that the nodes can reach its registry"))
+        elif last.get("reason") == "OOMKilled":
+            limit = container.get("resources", {}).get("limits", {}).get("memory", "unset")
+            setting = SETTINGS.get(pod["metadata"].get("labels", {}).get("app.kubernetes.io/name", ""))
+            problems.append(Problem(where, f"container {cs['name']} was killed for using more than its memory limit {limit}",
+                                    f"raise it in piml.yaml ({setting}.limits.memory)" if setting else "raise it in piml.yaml"))
+        elif waiting.get("reason") in ("CrashLoopBackOff", "RunContainerError") or (last.get("exitCode", 0) != 0 and not cs.get("ready")):
+            lines = _logs(kube, pod, cs["name"])
+            if any("exec format error" in line for line in lines) or "exec format error" in (last.get("message") or ""):
+                node = spec.get("nodeName", "?")
+                problems.append(Problem(where, f"image {image} is built for another architecture than node {node} ({_arch(kube, node)})",
+                                        "use an image built for that architecture, or a multi-arch one"
+                                        + ("; Ray's arm64 images are the tags ending in -aarch64" if "rayproject/ray" in image else "")))
+            else:
+                code = last.get("exitCode", "?")
+                shown = "\n".join(f"    | {line}" for line in lines) if lines else "    (the log is empty)"
+                problems.append(Problem(where, f"container {cs['name']} keeps crashing (exit code {code}, pod {name})",
+                                        f"its last log lines say what went wrong:\n{shown}"))
+    if status.get("phase") == "Pending" and not spec.get("nodeName"):
+        problems += _unschedulable(kube, pod, where)
+    return problems
+
+
+def _events(kube: Kube, pod: dict) -> list[dict]:
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    try:
+        events = kube.request("GET", f"/api/v1/namespaces/{namespace}/events",
+                              {"fieldSelector": f"involvedObject.name={name}"}).get("items", [])
+    except KubeError:
+        return []
+    return sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+
+def _pull_detail(kube: Kube, pod: dict) -> str:
+    for event in reversed(_events(kube, pod)):
+        message = event.get("message") or ""
+        if event.get("reason") == "Failed" and "pull" in message.lower():
+            tail = message.rsplit(": ", 1)[-1].strip()
+            return f": {tail}" if tail and len(tail) < 120 else ""
+    return ""
+
+
+def _logs(kube: Kube, pod: dict, container: str) -> list[str]:
+    path = f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}/log"
+    for previous in ("true", None):  # the crashed run's log, else the current one
+        try:
+            text = kube.request("GET", path, {"container": container, "tailLines": LOG_LINES, "previous": previous}, text=True)
+        except KubeError:
+            continue
+        return [line for line in text.splitlines() if line.strip()][-LOG_LINES:]
+    return []
+
+
+def _arch(kube: Kube, node: str) -> str:
+    obj = kube.get(f"/api/v1/nodes/{node}") if node and node != "?" else None
+    if not obj:
+        return "unknown architecture"
+    return obj.get("status", {}).get("nodeInfo", {}).get("architecture") or obj["metadata"].get("labels", {}).get("kubernetes.io/arch", "unknown architecture")
+
+
+def fmt_memory(mebibytes: int) -> str:
+    return f"{mebibytes // 1024}Gi" if mebibytes and mebibytes % 1024 == 0 else f"{mebibytes}Mi"
+
+
+def _requested_memory(spec: dict) -> int:
+    def mem(c):
+        value = c.get("resources", {}).get("requests", {}).get("memory")
+        return memory_mi(value) if value else 0
+
+    return max(sum(mem(c) for c in spec.get("containers", [])), max((mem(c) for c in spec.get("initContainers", [])), default=0))
+
+
+def free_memory(kube: Kube) -> dict[str, tuple[int, int]]:
+    """Per node: (MiB allocatable minus what scheduled pods request, MiB allocatable)."""
+    nodes = kube.request("GET", "/api/v1/nodes").get("items", [])
+    pods = kube.request("GET", "/api/v1/pods").get("items", [])
+    free = {}
+    for node in nodes:
+        name = node["metadata"]["name"]
+        allocatable = memory_mi(node.get("status", {}).get("allocatable", {}).get("memory", "0"))
+        used = sum(_requested_memory(p.get("spec", {})) for p in pods
+                   if p.get("spec", {}).get("nodeName") == name and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+        free[name] = (allocatable - used, allocatable)
+    return free
+
+
+def _unschedulable(kube: Kube, pod: dict, where: str) -> list[Problem]:
+    name = pod["metadata"]["name"]
+    messages = [e.get("message", "") for e in _events(kube, pod) if e.get("reason") == "FailedScheduling"]
+    messages += [c.get("message", "") for c in (pod.get("status") or {}).get("conditions", [])
+                 if c.get("type") == "PodScheduled" and c.get("status") == "False"]
+    messages = [m for m in messages if m]
+    if not messages:
+        return []
+    message = messages[-1] if not any("Insufficient memory" in m for m in messages) else next(m for m in messages if "Insufficient memory" in m)
+    if "Insufficient memory" in message:
+        wanted = _requested_memory(pod.get("spec", {}))
+        nodes = ", ".join(f"{n} {fmt_memory(max(f, 0))} of {fmt_memory(a)}" for n, (f, a) in sorted(free_memory(kube).items()))
+        return [Problem(where, f"pod {name} stays Pending: it requests {fmt_memory(wanted)} of memory and no node has that much free "
+                               f"(free: {nodes or 'no nodes'})",
+                        "lower its memory request in piml.yaml, switch a component off, or add a node")]
+    first = message.split(". preemption:")[0].strip().rstrip(".")
+    return [Problem(where, f"pod {name} cannot be scheduled: {first}",
+                    "check the node labels and taints the pod needs (piml plan shows where each part goes)")]

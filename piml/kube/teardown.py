@@ -1,0 +1,83 @@
+"""`piml teardown` (without --k3s): delete the project's platform from the cluster.
+
+Custom resources go first and are waited for (their operators remove finalizers), then the rest in
+reverse apply order, then the HelmCharts (k3s's Helm controller uninstalls the charts when they go).
+PersistentVolumeClaims, and the namespace holding them, are kept unless `purge`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from piml.kube.client import connect
+from piml.kube.discovery import Discovery
+from piml.kube.objects import Ref
+from piml.kube.prune import delete_objects, project_objects
+
+if TYPE_CHECKING:
+    from piml.project import Cluster
+
+BUILTIN_GROUPS = ("", "apps", "networking.k8s.io", "helm.cattle.io")
+
+
+@dataclass
+class TeardownReport:
+    deleted: list[Ref] = field(default_factory=list)
+    kept: list[Ref] = field(default_factory=list)
+    still_going: list[Ref] = field(default_factory=list)  # deletion asked, not finished in time (finalizers)
+    purge: bool = False
+
+    def as_dict(self) -> dict:
+        return {"purge": self.purge, "deleted": [r.as_dict() for r in self.deleted], "kept": [r.as_dict() for r in self.kept],
+                "still_deleting": [r.as_dict() for r in self.still_going]}
+
+
+def teardown_platform(cluster: "Cluster", kubeconfig: Path, purge: bool = False, timeout: float = 120.0,
+                      poll: float = 2.0, progress: Callable[[str], None] | None = None) -> TeardownReport:
+    """Delete the platform. `purge` also deletes the PersistentVolumeClaims (the data) and the namespace:
+    the caller confirms that first (the project name typed, or --yes)."""
+    kube = connect(kubeconfig, cluster.paths.show(kubeconfig))
+    try:
+        return _teardown(kube, cluster.name, purge, timeout, poll, progress)
+    finally:
+        kube.close()
+
+
+def _teardown(kube, project: str, purge: bool, timeout: float, poll: float, progress) -> TeardownReport:
+    discovery = Discovery(kube)
+    report = TeardownReport(purge=purge)
+    until = time.monotonic() + timeout
+    live = project_objects(kube, discovery, project)
+    custom = [o for o in live if o["apiVersion"].rpartition("/")[0] not in BUILTIN_GROUPS]
+    charts = [o for o in live if o["kind"] == "HelmChart"]
+    others = [o for o in live if o not in custom and o not in charts]
+    last = []
+    for batch in (custom, others, charts):
+        result = delete_objects(kube, discovery, batch, purge, progress)
+        report.deleted += result.deleted
+        report.kept += result.kept
+        if batch is custom:  # the operators must still run to finish these
+            report.still_going += _wait_gone(kube, discovery, result.deleted, until, poll)
+        else:
+            last += [r for r in result.deleted if r.kind in ("HelmChart", "Namespace")]
+    # k3s uninstalls a chart before its HelmChart goes; a namespace empties before it goes. Wait, bounded.
+    report.still_going += _wait_gone(kube, discovery, last, until, poll)
+    return report
+
+
+def _wait_gone(kube, discovery: Discovery, refs: list[Ref], until: float, poll: float) -> list[Ref]:
+    pending = list(refs)
+    while pending:
+        for target in list(pending):
+            resource = discovery.resource(target.api_version, target.kind)
+            if resource is None or kube.get(resource.path(target.namespace or None, target.name)) is None:
+                pending.remove(target)
+        remaining = until - time.monotonic()
+        if not pending or remaining <= 0:
+            break
+        time.sleep(min(poll, remaining))
+    return pending

@@ -1,0 +1,95 @@
+"""On a readiness timeout, say plainly why: each case injected into the stand-in's pods."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from piml.errors import EXIT_FAILED
+from piml.kube.deploy import DeployError, deploy
+from tests.platform.conftest import SHORT
+
+
+def failed_deploy(project, settings=None) -> tuple[DeployError, float]:
+    cluster, rendered = project.render(settings)
+    started = time.monotonic()
+    with pytest.raises(DeployError) as caught:
+        deploy(cluster, project.kubeconfig, rendered, SHORT)
+    assert caught.value.exit_code == EXIT_FAILED
+    return caught.value, time.monotonic() - started
+
+
+def rendered_container(project, kind, name, container=0):
+    _, rendered = project.render()
+    obj = next(o for r in rendered for o in r.objects if o["kind"] == kind and o["metadata"]["name"] == name)
+    spec = obj["spec"]["template"]["spec"] if kind == "Deployment" else obj["spec"]["headGroupSpec"]["template"]["spec"]
+    return spec["containers"][container]
+
+
+def test_image_pull_failure(project, kubeapi):
+    kubeapi.inject("mlflow", "image-pull")
+    error, took = failed_deploy(project)
+    image = rendered_container(project, "Deployment", "mlflow")["image"]
+    assert [str(p) for p in error.problems] == [(
+        f"Deployment piml/mlflow: image {image} cannot be pulled (ImagePullBackOff: not found); "
+        "check the image name and tag, and that the nodes can reach its registry")]
+    assert took < SHORT.ready + 3  # bounded: the ready timeout, plus the diagnosis
+    assert {str(r) for r in error.report.ready} >= {"Deployment piml/redis", "RayCluster piml/ray"}
+
+
+def test_wrong_architecture(project, kubeapi):
+    kubeapi.inject("ray", "exec-format")  # e.g. a Ray image without the -aarch64 suffix on a Pi
+    error, _ = failed_deploy(project)
+    image = rendered_container(project, "RayCluster", "ray")["image"]
+    (problem,) = error.problems
+    assert str(problem).startswith(f"RayCluster piml/ray: image {image} is built for another architecture than node pi1 (arm64); ")
+
+
+def test_oom_killed(project, kubeapi):
+    kubeapi.inject("redis", "oom")
+    error, _ = failed_deploy(project)
+    limit = rendered_container(project, "Deployment", "redis")["resources"]["limits"]["memory"]
+    assert [str(p) for p in error.problems] == [(
+        f"Deployment piml/redis: container redis was killed for using more than its memory limit {limit}; "
+        "raise it in piml.yaml (queue.resources.limits.memory)")]
+
+
+def test_pending_for_lack_of_memory_gives_the_numbers(make_api, make_project):
+    api = make_api(node_memory="1Gi")
+    project = make_project(api)
+    api.inject("mlflow", "insufficient-memory")
+    error, _ = failed_deploy(project)
+    request = rendered_container(project, "Deployment", "mlflow")["resources"]["requests"]["memory"]
+    (problem,) = [p for p in error.problems if "mlflow" in p.where]
+    text = str(problem)
+    assert text.startswith("Deployment piml/mlflow: pod mlflow-") and "stays Pending" in text
+    assert f"it requests {request} of memory and no node has that much free (free: pi1 " in text
+    assert "of 1Gi, pi2 " in text and text.endswith("lower its memory request in piml.yaml, switch a component off, or add a node")
+
+
+def test_crash_loop_shows_the_last_log_lines(project, kubeapi):
+    log = [f"line {i}" for i in range(1, 31)] + ["Error: dashboard port 8787 already in use"]
+    kubeapi.inject("dask-scheduler", "crash", logs=log)
+    error, _ = failed_deploy(project)
+    (problem,) = error.problems
+    text = str(problem)
+    assert text.startswith("Deployment piml/dask-scheduler: container scheduler keeps crashing (exit code 1, pod dask-scheduler-")
+    shown = [line.removeprefix("    | ") for line in text.splitlines()[1:]]
+    assert shown == log[-10:]
+
+
+def test_every_failure_is_reported_together(project, kubeapi):
+    kubeapi.inject("mlflow", "image-pull")
+    kubeapi.inject("redis", "oom")
+    error, _ = failed_deploy(project)
+    assert [p.where for p in error.problems] == ["Deployment piml/mlflow", "Deployment piml/redis"]
+
+
+def test_replicas_failing_alike_are_reported_once(project, kubeapi):
+    _, rendered = project.render()
+    workers = next(o for r in rendered for o in r.objects if o["metadata"]["name"] == "dask-worker-arm64")
+    assert workers["spec"]["replicas"] > 1
+    kubeapi.inject("dask-worker-arm64", "image-pull")
+    error, _ = failed_deploy(project)
+    assert len(error.problems) == 1
