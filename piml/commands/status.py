@@ -1,4 +1,4 @@
-"""`piml status`: every node's health in one table (the cluster and platform parts come later)."""
+"""`piml status`: every node's health, and once k3s is up, the cluster and the platform's components."""
 
 from __future__ import annotations
 
@@ -80,33 +80,82 @@ def _view(rows: list[dict]):
     return Group(table, *notes)
 
 
+def _cluster_view(data: dict):
+    """The Kubernetes part: nodes as the cluster sees them, the platform's components, the URLs."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    if not data.get("reachable"):
+        return Text(f"cluster: {data.get('error', 'unreachable')}", style="red")
+    nodes = Table(title=f"cluster {data.get('server', '')} ({data.get('version') or 'unknown version'})", title_justify="left")
+    for column in ("node", "ready", "pressure", "roles", "kubelet", "arch"):
+        nodes.add_column(column)
+    for n in data["nodes"]:
+        nodes.add_row(n["name"], "[green]yes[/]" if n["ready"] else "[red]no[/]", ", ".join(n["pressure"]) or "-",
+                      ", ".join(n["roles"]) or "-", n.get("kubelet") or "-", n.get("arch") or "-")
+    parts = [nodes]
+    if data["components"]:
+        components = Table(title="platform", title_justify="left")
+        for column in ("component", "kind", "ready", "state"):
+            components.add_column(column)
+        for c in data["components"]:
+            detail = c.get("state") or ""
+            if "replicas" in c:
+                detail = f"{c['ready_replicas']}/{c['replicas']} ready" + (f" ({detail})" if detail and not c["ready"] else "")
+            elif c["kind"] == "HelmChart":
+                detail = f"{c['chart']}: {detail}"
+            components.add_row(c["component"], c["kind"], "[green]yes[/]" if c["ready"] else "[yellow]no[/]", detail)
+        parts.append(components)
+    parts += [Text(f"{name}: {url}") for name, url in data.get("urls", {}).items()]
+    return Group(*parts)
+
+
 def run_status(project: Path | None, inventory: Path | None, limit: str | None, accept_new: bool,
                as_json: bool, watch: bool, interval: float) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import reach, select_nodes
 
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     nodes = select_nodes(cluster.inventory.nodes, limit)
+    kubeconfig = cluster.paths.state / "kubeconfig"  # written by `piml up`'s kubeconfig stage
 
-    def snapshot() -> list[dict]:
-        return [node_status(r) for r in reach(cluster, nodes, accept_new, connect_timeout=5.0)]
+    def snapshot() -> tuple[list[dict], dict | None]:
+        """Nodes over SSH and the cluster over its API, at the same time."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            kube = None
+            if kubeconfig.exists():
+                from piml.kube.status import cluster_status
 
-    rows = snapshot()
+                kube = pool.submit(cluster_status, cluster, kubeconfig)
+            rows = [node_status(r) for r in reach(cluster, nodes, accept_new, connect_timeout=5.0)]
+            return rows, kube.result() if kube else None
+
+    def view(rows, kube):
+        from rich.console import Group
+
+        return Group(_view(rows), _cluster_view(kube)) if kube is not None else _view(rows)
+
+    rows, kube = snapshot()
     if watch and not as_json:
         from rich.live import Live
 
         try:
-            with Live(_view(rows), console=console(), auto_refresh=False) as live:
+            with Live(view(rows, kube), console=console(), auto_refresh=False) as live:
                 while True:  # until Ctrl-C: that is what --watch is for
                     time.sleep(max(1.0, interval))
-                    rows = snapshot()
-                    live.update(_view(rows), refresh=True)
+                    rows, kube = snapshot()
+                    live.update(view(rows, kube), refresh=True)
         except KeyboardInterrupt:
             pass
     elif as_json:
-        print_json({"nodes": rows})
+        print_json({"nodes": rows, "cluster": kube})
     else:
-        console().print(_view(rows))
+        console().print(view(rows, kube))
     unhealthy = [r["name"] for r in rows if not r["healthy"]]
+    if kube is not None and not kube.get("healthy"):
+        unhealthy.append("the cluster")
     if unhealthy:
-        raise PimlError(Problem("piml status", f"not healthy: {', '.join(unhealthy)}", "see the table above"), EXIT_FAILED)
+        raise PimlError(Problem("piml status", f"not healthy: {', '.join(unhealthy)}", "see above"), EXIT_FAILED)

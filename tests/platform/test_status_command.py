@@ -1,0 +1,43 @@
+"""`piml status` with a cluster: the node part over SSH, the cluster part over the (stand-in) API."""
+
+import json
+
+from piml.kube.deploy import deploy
+
+from tests.platform.conftest import FAST
+
+# Nodes on loopback ports where nothing listens: SSH fails at once, and no traffic leaves the machine.
+INVENTORY = """
+k3s_cluster:
+  children:
+    server:
+      hosts:
+        pi1: {ansible_host: 127.0.0.1, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
+    agent:
+      hosts:
+        pi2: {ansible_host: 127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
+"""
+
+
+def test_status_shows_cluster_components_and_urls(piml, project, kubeapi):
+    (project.root / "inventory").mkdir(exist_ok=True)
+    (project.root / "inventory/hosts.yml").write_text(INVENTORY)
+    cluster, rendered = project.render()
+    deploy(cluster, project.kubeconfig, rendered, FAST)
+    out = piml("status", "--json", cwd=project.root)
+    assert out.returncode == 1  # the nodes cannot be reached over SSH
+    data = json.loads(out.stdout)
+    assert [n["reachable"] for n in data["nodes"]] == [False, False]
+    assert data["cluster"]["reachable"] and data["cluster"]["healthy"]
+    components = {c["component"] for c in data["cluster"]["components"]}
+    assert {"mlflow", "ray", "redis", "dask-scheduler"} <= components
+    table = piml("status", cwd=project.root).stdout
+    assert "platform" in table and "mlflow" in table and "/mlflow/" in table
+    assert all(secret not in out.stdout + table for secret in project.secrets.values())
+
+
+def test_status_without_a_kubeconfig_has_no_cluster_part(piml, tmp_path):
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory/hosts.yml").write_text(INVENTORY)
+    out = piml("status", "--json", cwd=tmp_path)
+    assert json.loads(out.stdout)["cluster"] is None
