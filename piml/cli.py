@@ -238,6 +238,61 @@ def render(
     run_render(project, inventory, out, include_secrets)
 
 
+QueueUrlOpt = Annotated[Optional[str], typer.Option("--queue-url", help="Talk to this broker directly (redis://[:PASSWORD@]HOST:PORT/DB or amqp://USER:PASSWORD@HOST:PORT/) instead of the cluster's through the Kubernetes API [default: $PIML_QUEUE_URL].", show_default=False)]
+
+
+@app.command()
+def submit(
+    model: Annotated[str, typer.Argument(help="MLflow model URI: models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH.", show_default=False)],
+    input: Annotated[str, typer.Argument(help="A .csv, .parquet or .jsonl dataset: runs:/... or mlflow-artifacts:/... URI, http(s) URL, absolute path, or a path on the artifact store.", show_default=False)],
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="NAME=VALUE, repeatable: batch_size for the runner, the rest for the model's predict().", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("--output", help="The predictions' file name in the MLflow run [default: predictions.csv].", show_default=False)] = None,
+    request_id: Annotated[Optional[str], typer.Option("--id", help="Use this request id instead of a fresh one.", show_default=False)] = None,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Follow the request to the end; exit 1 if it failed.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")] = 3600.0,
+    queue_url: QueueUrlOpt = None,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Queue a request to run a registered model on a dataset; print its id.
+
+    The request is validated first. Each request becomes a Kubernetes Job (KEDA) that logs the
+    predictions as an artifact of an MLflow run in the experiment piml-jobs.
+
+    \b
+    Examples:
+      piml submit models:/iris/3 datasets/iris.csv
+      piml submit models:/churn@champion https://data.lan/customers.parquet --param batch_size=5000 --wait
+      piml submit runs:/0a1b2c3d4e5f60718293a4b5c6d7e8f9/model /data/x.jsonl --queue-url redis://:PASSWORD@127.0.0.1:6379/0
+    """
+    from piml.commands.submit import run_submit
+
+    run_submit(model, input, param or [], output, request_id, wait, timeout, queue_url, project, inventory, json)
+
+
+@app.command()
+def jobs(
+    request_id: Annotated[Optional[str], typer.Argument(help="Show this request only.", show_default=False)] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many recent requests to list.")] = 50,
+    queue_url: QueueUrlOpt = None,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Recent requests: state, times, node, attempts, MLflow run and error.
+
+    \b
+    Examples:
+      piml jobs
+      piml jobs 20261124-153000-3f2a9c1e
+      piml jobs --json | jq '.jobs[] | select(.state == "failed") | {id, error}'
+    """
+    from piml.commands.jobs import run_jobs
+
+    run_jobs(request_id, limit, queue_url, project, inventory, json)
+
+
 def main() -> None:
     """Entry point: run the app, turning every error into one line and an exit code."""
     try:

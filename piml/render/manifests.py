@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from piml.plan import Plan
     from piml.project import Cluster
 
-COMPONENTS = ("namespace", "mlflow", "dask", "ray", "queue", "ingress")
+COMPONENTS = ("namespace", "mlflow", "dask", "ray", "queue", "runner", "ingress")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "piml"}
 
 
@@ -75,7 +75,17 @@ def context(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None) ->
         "allowed_hosts": allowed_hosts,
         "ui_host": servers[0],
         "common_labels": {**MANAGED_BY, "app.kubernetes.io/part-of": "piml", "piml.io/project": cluster.name},
+        **_runner(config),
     }
+
+
+def _runner(config) -> dict[str, Any]:
+    """The queue runner's source files and pinned broker client, for templates/runner.yaml.j2."""
+    if not config.queue.enabled:
+        return {"runner_source": [], "runner_pip": {}}
+    from piml.runner.ship import PIP, source_files
+
+    return {"runner_source": source_files(), "runner_pip": PIP}
 
 
 def render_platform(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None = None) -> list[Rendered]:

@@ -26,7 +26,7 @@ def test_render_files_and_secrets(piml, tmp_path):
     out = piml("render", "-i", inventory, "--out", "plain", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     files = sorted(p.name for p in (tmp_path / "plain").iterdir())
-    assert files == ["00-namespace.yaml", "01-mlflow.yaml", "02-dask.yaml", "03-ray.yaml", "04-queue.yaml", "05-ingress.yaml"]
+    assert files == ["00-namespace.yaml", "01-mlflow.yaml", "02-dask.yaml", "03-ray.yaml", "04-queue.yaml", "05-runner.yaml", "06-ingress.yaml"]
     assert not (tmp_path / ".piml/secrets.yaml").exists()  # nothing secret was needed or made
     out = piml("render", "-i", inventory, "--out", "secret", "--include-secrets", cwd=tmp_path)
     assert out.returncode == 0

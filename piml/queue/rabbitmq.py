@@ -1,0 +1,191 @@
+"""The request queue on RabbitMQ (queue.kind: rabbitmq).
+
+    piml.requests  durable queue of request messages (persistent); KEDA's rabbitmq trigger counts it.
+                   Runners take one with manual ack (basic.get, so at most one unacknowledged message per
+                   runner, like prefetch 1); a runner that dies loses its connection and RabbitMQ delivers
+                   the message again (redelivered flag), so nothing is lost.
+    piml.dead      durable dead-letter queue: {"id", "message", "error", "attempts", "failed_at"}
+    piml.state     a stream (append-only, kept 7 days): one event per state change of a request
+                   ({"id", "state", ...fields}). `piml jobs` replays it and keeps each request's latest fields.
+
+Retries: a failed attempt is published again with header x-piml-attempts + 1 and the original acked; after
+the last attempt it goes to piml.dead. A redelivery after a runner died counts as one more attempt (the
+header cannot be rewritten on redelivery, so several deaths in a row count as one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from piml.errors import InputError, PimlError, Problem
+from piml.queue.base import FAILED, QUEUED, RUNNING, SUCCEEDED, Delivery, job_record, now, redact
+from piml.queue.request import Request, id_of
+
+QUEUE, DEAD, STATE = "piml.requests", "piml.dead", "piml.state"
+ATTEMPTS = "x-piml-attempts"
+
+
+class RabbitBroker:
+    kind = "rabbitmq"
+    lease_seconds = 30  # heartbeats are not needed: the connection is the lease
+
+    def __init__(self, url: str, *, password: str | None = None, **_: Any):
+        import pika
+
+        self._pika = pika
+        params = pika.URLParameters(url)
+        if password is not None:
+            params.credentials = pika.PlainCredentials(params.credentials.username, password)
+        params.heartbeat = 0  # a long predict() runs no I/O loop; a lost connection is noticed by TCP instead
+        params.blocked_connection_timeout = 30
+        params.socket_timeout = 10
+        params.connection_attempts = 1
+        try:
+            self.conn = pika.BlockingConnection(params)
+        except pika.exceptions.ProbableAuthenticationError:
+            raise PimlError(Problem(redact(url), "RabbitMQ refused the user or password", "check the URL or $PIML_QUEUE_PASSWORD"), 1) from None
+        except pika.exceptions.AMQPError as exc:
+            raise PimlError(Problem(redact(url), f"cannot reach RabbitMQ ({type(exc).__name__})", "check the address and that RabbitMQ runs"), 1) from None
+        self.ch = self.conn.channel()
+        self.ch.confirm_delivery()
+        self.ch.queue_declare(QUEUE, durable=True)
+        self.ch.queue_declare(DEAD, durable=True)
+        self.ch.queue_declare(STATE, durable=True, arguments={"x-queue-type": "stream", "x-max-age": "7D",
+                                                                              "x-max-length-bytes": 256 * 1024 * 1024})
+
+    def _publish(self, queue: str, body: bytes, headers: dict | None = None) -> None:
+        props = self._pika.BasicProperties(delivery_mode=2, headers=headers or {}, content_type="application/json")
+        self.ch.basic_publish("", queue, body, props, mandatory=True)
+
+    def _event(self, request_id: str, **fields: Any) -> None:
+        event = {"id": request_id, "at": time.time(), **{k: ("" if v is None else v) for k, v in fields.items()}}
+        self._publish(STATE, json.dumps(event).encode())
+
+    def _events(self) -> list[dict]:
+        """Every state event in the stream, oldest first.
+
+        A stream does not say how long it is, so a marker event is appended first and the stream read up to it.
+        """
+        marker = f"sync-{time.time_ns()}-{id(self)}"
+        self._publish(STATE, json.dumps({"sync": marker}).encode())
+        channel = self.conn.channel()
+        try:
+            channel.basic_qos(prefetch_count=500)
+            events: list[dict] = []
+            for method, _, body in channel.consume(STATE, arguments={"x-stream-offset": "first"}, inactivity_timeout=10.0):
+                if method is None:  # bounded: the marker is there, so this only happens if the stream broke
+                    break
+                channel.basic_ack(method.delivery_tag, multiple=True)
+                try:
+                    event = json.loads(body)
+                except ValueError:
+                    continue
+                if event.get("sync") == marker:
+                    break
+                if "id" in event:
+                    events.append(event)
+            return events
+        finally:
+            if channel.is_open:
+                channel.close()
+
+    def _fold(self) -> dict[str, dict]:
+        jobs: dict[str, dict] = {}
+        for event in self._events():
+            request_id = str(event.get("id", ""))
+            record = jobs.setdefault(request_id, {"id": request_id})
+            record.update({k: v for k, v in event.items() if k != "at"})
+        return jobs
+
+    # -- the client's side ---------------------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        if self.get(request.id) is not None:
+            raise InputError(Problem("id", f"a request '{request.id}' exists already", "leave the id out for a fresh one"))
+        self._event(request.id, state=QUEUED, model=request.model, input=request.input, output=request.output,
+                    params=json.dumps(request.params), submitted_at=now(), attempts=0)
+        self._publish(QUEUE, request.to_json().encode(), {ATTEMPTS: 0})
+
+    def get(self, request_id: str) -> dict | None:
+        record = self._fold().get(request_id)
+        return job_record(record) if record else None
+
+    def jobs(self, limit: int = 50) -> list[dict]:
+        records = sorted(self._fold().values(), key=lambda r: str(r.get("submitted_at", "")), reverse=True)
+        return [job_record(r) for r in records[:limit]]
+
+    def dead_letters(self, limit: int = 50) -> list[dict]:
+        channel = self.conn.channel()  # read without taking: closing the channel puts them back
+        letters = []
+        try:
+            for _ in range(limit):
+                method, _, body = channel.basic_get(DEAD, auto_ack=False)
+                if method is None:
+                    break
+                letters.append(json.loads(body))
+        finally:
+            channel.close()
+        return letters
+
+    def queue_length(self) -> int:
+        return int(self.ch.queue_declare(QUEUE, passive=True).method.message_count)
+
+    # -- the runner's side ---------------------------------------------------------------------------
+    def take(self, runner: str, wait: float = 0.0) -> Delivery | None:
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            method, props, body = self.ch.basic_get(QUEUE, auto_ack=False)
+            if method is not None:
+                break
+            if time.monotonic() >= deadline:
+                return None
+            self.conn.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+        headers = props.headers or {}
+        attempts = int(headers.get(ATTEMPTS, 0) or 0) + 1 + (1 if method.redelivered else 0)
+        request_id = id_of(body)
+        if request_id is not None:
+            self._event(request_id, attempts=attempts)
+        return Delivery(raw=body, id=request_id, attempts=attempts, runner=runner, tag=method.delivery_tag)
+
+    def heartbeat(self, runner: str) -> None:
+        """Nothing to do: RabbitMQ notices a dead runner by its closed connection (pika is not thread-safe)."""
+
+    def running(self, delivery: Delivery, node: str) -> None:
+        if delivery.id:
+            self._event(delivery.id, state=RUNNING, node=node, runner=delivery.runner, started_at=now(), finished_at=None, error=None)
+
+    def progress(self, delivery: Delivery, **fields: Any) -> None:
+        if delivery.id:
+            self._event(delivery.id, **fields)
+
+    def succeed(self, delivery: Delivery, **fields: Any) -> None:
+        if delivery.id:
+            self._event(delivery.id, state=SUCCEEDED, finished_at=now(), error=None, **fields)
+        self.ch.basic_ack(delivery.tag)
+
+    def fail(self, delivery: Delivery, error: str, retry: bool, retries: int) -> str:
+        request_id = delivery.id or "invalid-" + hashlib.sha256(delivery.raw).hexdigest()[:12]
+        if retry and delivery.attempts <= retries:
+            self._event(request_id, state=QUEUED, error=error, finished_at=now())
+            self._publish(QUEUE, delivery.raw, {ATTEMPTS: delivery.attempts})
+            self.ch.basic_ack(delivery.tag)
+            return QUEUED
+        if delivery.id is None:
+            self._event(request_id, submitted_at=now(), model="", input="", attempts=delivery.attempts)
+        self._event(request_id, state=FAILED, error=error, finished_at=now(), dead_letter=1)
+        letter = {"id": request_id, "message": delivery.raw.decode("utf-8", "replace"), "error": error,
+                  "attempts": delivery.attempts, "failed_at": now()}
+        self._publish(DEAD, json.dumps(letter).encode())
+        self.ch.basic_ack(delivery.tag)
+        return FAILED
+
+    def release(self, runner: str) -> None:
+        """Nothing held: unacknowledged messages go back when the connection closes."""
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass

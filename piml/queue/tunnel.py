@@ -1,0 +1,125 @@
+"""Reach the cluster's broker from the user's machine through the Kubernetes API: nothing extra is exposed.
+
+The broker's pod is found by its label, its password read from its Secret, and a local loopback port is
+bridged to the pod's port by the kubernetes client's port-forward (one port-forward stream per connection).
+"""
+
+from __future__ import annotations
+
+import base64
+import select
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from piml.errors import InputError, PimlError, Problem
+
+PORTS = {"redis": 6379, "rabbitmq": 5672}
+RABBITMQ_USER = "piml"
+
+
+def pick_pod(pods: list[Any], kind: str) -> str:
+    """The name of a running, ready pod of the broker."""
+    for pod in pods:
+        status = pod.status
+        if status is None or status.phase != "Running" or pod.metadata.deletion_timestamp:
+            continue
+        if any(c.type == "Ready" and c.status == "True" for c in status.conditions or []):
+            return pod.metadata.name
+    raise PimlError(Problem(kind, "no ready broker pod in the cluster", "check it with `piml status`, or wait for `piml up` to finish"), 1)
+
+
+def secret_password(secret: Any, kind: str) -> str:
+    data = (secret.data or {}) if secret is not None else {}
+    if "password" not in data:
+        raise PimlError(Problem(f"Secret {kind}", "has no password", "rerun `piml up` to recreate it"), 1)
+    return base64.b64decode(data["password"]).decode()
+
+
+class Forwarder:
+    """A loopback listener; each connection to it is bridged to a new remote socket from `open_remote`."""
+
+    def __init__(self, open_remote: Callable[[], socket.socket]):
+        self.open_remote = open_remote
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._keep: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True, name="piml-forward").start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                local, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                remote = self.open_remote()
+            except Exception:  # noqa: BLE001 - the client sees a closed connection and reports it
+                local.close()
+                continue
+            threading.Thread(target=self._pump, args=(local, remote), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peers = {a: b, b: a}
+        try:
+            while not self._closed.is_set():
+                ready, _, _ = select.select([a, b], [], [], 0.5)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+        except OSError:
+            return
+        finally:
+            a.close()
+            b.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.listener.close()
+
+
+@dataclass
+class Tunnel:
+    url: str
+    password: str
+    forwarder: Forwarder
+
+    def close(self) -> None:
+        self.forwarder.close()
+
+
+def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:
+    """A broker URL on 127.0.0.1 that reaches the cluster's broker, and the broker's password."""
+    from pathlib import Path
+
+    if not Path(kubeconfig).is_file():
+        raise InputError(Problem(str(kubeconfig), "no kubeconfig", "run `piml up` first, or pass --queue-url redis://... / amqp://..."))
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+    from kubernetes.stream import portforward
+
+    api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+    port = PORTS[kind]
+    try:
+        password = secret_password(api.read_namespaced_secret(kind, namespace), kind)
+        pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/name={kind}").items, kind)
+    except ApiException as exc:
+        raise PimlError(Problem(f"cluster ({namespace})", f"cannot read the {kind} Secret and pods: HTTP {exc.status} {exc.reason}",
+                                "check the kubeconfig and that `piml up` finished"), 1) from None
+
+    def open_remote() -> socket.socket:
+        forward = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+        remote = forward.socket(port)
+        forwarder._keep.append(forward)  # the stream lives as long as its socket
+        return remote
+
+    forwarder = Forwarder(open_remote)
+    url = f"redis://127.0.0.1:{forwarder.port}/0" if kind == "redis" else f"amqp://{RABBITMQ_USER}@127.0.0.1:{forwarder.port}/"
+    return Tunnel(url, password, forwarder)

@@ -1,0 +1,75 @@
+"""Helpers shared by the queue tests and their fixtures (one module, so SECRETS is one list)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SECRETS: list[str] = []  # the Redis and MLflow admin passwords: never in anything piml prints
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.1)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    pytest.fail(f"{what} not ready within {timeout} s{' (exited)' if proc is not None and proc.poll() is not None else ''}\n{tail}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def assert_no_secrets(text: str) -> None:
+    leaked = [i for i, value in enumerate(SECRETS) if value in text]
+    assert not leaked, "a password appeared in piml's output"
+
+
+def run_runner(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "piml.runner", *args], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout)
+    assert_no_secrets(out.stdout + out.stderr)
+    return out
+
+
+def start_runner(env: dict, *args: str, log: Path) -> subprocess.Popen:
+    handle = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", "piml.runner", *args], env=env, cwd=REPO, stdout=handle,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_piml(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "piml", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert_no_secrets(out.stdout + out.stderr)
+    return out

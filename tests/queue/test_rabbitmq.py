@@ -1,0 +1,85 @@
+"""The same runner and commands with queue.kind rabbitmq, against a real RabbitMQ node on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pandas as pd
+import pytest
+
+from tests.queue.helpers import assert_no_secrets, run_piml, run_runner, start_runner, wait_for
+
+from piml.queue import make_request
+
+
+@pytest.fixture
+def rabbit(rabbitmq_server):
+    import pika
+
+    from piml.queue import connect
+
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_server.url))
+    channel = connection.channel()
+    for queue in ("piml.requests", "piml.dead", "piml.state"):
+        channel.queue_delete(queue)
+    connection.close()
+    broker = connect(rabbitmq_server.url)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def rabbit_env(runner_env, rabbitmq_server):
+    return {**runner_env, "PIML_QUEUE_URL": rabbitmq_server.url}
+
+
+def test_request_runs_and_state_is_kept(rabbit, rabbit_env, rabbitmq_server, registered_model, dataset, tmp_path):
+    from tests.queue.test_runner import assert_predictions
+
+    env = {k: v for k, v in rabbit_env.items() if k != "PIML_QUEUE_URL"}
+    out = run_piml(env, "submit", registered_model.uri, str(dataset), "--queue-url", rabbitmq_server.url)
+    assert out.returncode == 0, out.stderr
+    request_id = out.stdout.strip()
+    assert rabbit.queue_length() == 1 and rabbit.get(request_id)["state"] == "queued"
+    assert run_runner(rabbit_env, "--once").returncode == 0
+    job = rabbit.get(request_id)
+    assert job["attempts"] == 1
+    assert_predictions(job, registered_model, pd.read_csv(dataset), tmp_path)
+    listed = json.loads(run_piml(env, "jobs", "--json", "--queue-url", rabbitmq_server.url).stdout)["jobs"]
+    assert [(j["id"], j["state"], j["run_id"]) for j in listed] == [(request_id, "succeeded", job["run_id"])]
+    assert rabbit.queue_length() == 0
+
+
+def test_failures_retry_then_dead_letter_and_malformed_fails_at_once(rabbit, rabbit_env, registered_model, dataset):
+    unknown = make_request("models:/no-such-model/1", str(dataset))
+    rabbit.submit(unknown)
+    rabbit._publish("piml.requests", b'{"id": "bad-2", "model": "models:/m/1"}')
+    out = run_runner(rabbit_env, "--drain", "--wait", "1")
+    assert out.returncode == 0, out.stderr
+    job = rabbit.get(unknown.id)
+    assert job["state"] == "failed" and job["attempts"] == 3 and job["error"].startswith("model: cannot load models:/no-such-model/1")
+    bad = rabbit.get("bad-2")
+    assert bad["state"] == "failed" and bad["attempts"] == 1 and bad["error"] == "malformed request: request: has no 'input'; add \"input\""
+    assert {letter["id"] for letter in rabbit.dead_letters()} == {unknown.id, "bad-2"}
+    assert rabbit.queue_length() == 0
+
+
+def test_killed_runner_request_is_delivered_again(rabbit, rabbit_env, registered_model, dataset, tmp_path):
+    request = make_request(registered_model.uri, str(dataset))
+    rabbit.submit(request)
+    victim = start_runner(rabbit_env, "--once", log=tmp_path / "victim.log")
+    try:
+        wait_for(lambda: rabbit.get(request.id)["state"] == "running", 30, "the first runner to start the request", victim)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=10)
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=10)
+    out = run_runner(rabbit_env, "--once", "--wait", "20")
+    assert out.returncode == 0, out.stderr
+    job = rabbit.get(request.id)
+    assert job["state"] == "succeeded" and job["attempts"] == 2
+    assert_no_secrets((tmp_path / "victim.log").read_text())
