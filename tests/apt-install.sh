@@ -13,4 +13,4 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086 # word splitting of the package list is intended
     apt-get install -y -q --no-install-recommends $missing >/dev/null
 fi
-echo "$(basename "$(dirname "$0")") packages: ${missing:-all present}"
+echo "apt-install: installed:${missing:- nothing, all present} (asked for: $*)"
