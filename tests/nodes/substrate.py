@@ -437,6 +437,21 @@ def _node_from_json(d: dict) -> Node:
     return Node(**{k: v for k, v in d.items() if k in fields})
 
 
+# Every node's systemd takes inotify instances, all counted against root on this one machine: the
+# kernel default (128) runs out at a few dozen nodes ("Failed to allocate manager object: Too many open files").
+INOTIFY_LIMITS = {"fs/inotify/max_user_instances": 8192, "fs/inotify/max_user_watches": 1048576}
+
+
+def _raise_inotify_limits() -> None:
+    for key, wanted in INOTIFY_LIMITS.items():
+        path = Path("/proc/sys") / key
+        try:
+            if int(path.read_text()) < wanted:
+                path.write_text(str(wanted))
+        except (OSError, ValueError):
+            pass  # a read-only /proc/sys: boot anyway and let a failure say why
+
+
 class Substrate:
     """A set of test nodes on bridge pimlbr<instance>. Use as a context manager or call teardown()."""
 
@@ -502,6 +517,7 @@ class Substrate:
         if problems:
             raise SubstrateError("this machine cannot run test nodes:\n  " + "\n  ".join(problems))
         self._rootfs = ensure_rootfs(self.log)
+        _raise_inotify_limits()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o755)
         if not self.key_path.exists():
