@@ -152,24 +152,30 @@ def up(
     limit: LimitOpt = None,
     accept_new_host_keys: AcceptKeysOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what each stage would do per node; touch nothing.")] = False,
+    no_merge: Annotated[bool, typer.Option("--no-merge", help="Keep the kubeconfig in .piml/kubeconfig only; do not merge it into ~/.kube/config.")] = False,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Bring the cluster up, stage by stage. Stages so far: preflight.
+    """Bring the cluster up, stage by stage: preflight, prepare, k3s, kubeconfig.
 
     preflight reaches every node over SSH, gathers its facts in one round trip and checks it
-    against what k3s and the platform need: pass / warn / fail with the fix. Exit 1 if any fails.
+    against what k3s and the platform need: pass / warn / fail with the fix. prepare readies the OS
+    (hostname, memory cgroup, 4 KB pages on a Pi 5, swap, sysctls; reboots only if needed), k3s
+    installs the pinned k3s (servers, then agents), kubeconfig stores .piml/kubeconfig and merges it
+    into ~/.kube/config as a context named after the project. A re-run changes nothing. Exit 1 if
+    any node fails (the others carry on).
 
     \b
     Examples:
-      piml up --only preflight --accept-new-host-keys     # first contact: record host keys
+      piml up --accept-new-host-keys                      # first contact: record host keys
       piml up --only preflight --limit pi1,pi2
+      piml up --from k3s --limit pi4                      # join a node added to the inventory
       piml up --dry-run
     """
     from piml.commands.up import run_up
 
-    run_up(project, inventory, only, start, until, limit, accept_new_host_keys, dry_run, json)
+    run_up(project, inventory, only, start, until, limit, accept_new_host_keys, dry_run, json, merge=not no_merge)
 
 
 @app.command()
@@ -195,6 +201,28 @@ def status(
     from piml.commands.status import run_status
 
     run_status(project, inventory, limit, accept_new_host_keys, json, watch, interval)
+
+
+@app.command()
+def teardown(
+    k3s: Annotated[bool, typer.Option("--k3s", help="Uninstall k3s from the nodes (required for now: the platform part comes with the platform stage).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    limit: LimitOpt = None,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Uninstall k3s: drain and delete the agents, run k3s's uninstall scripts (agents, then servers),
+    remove the project's context from ~/.kube/config. A node that is gone is reported and skipped.
+
+    \b
+    Examples:
+      piml teardown --k3s
+      piml teardown --k3s --yes --limit pi4
+    """
+    from piml.commands.teardown import run_teardown
+
+    run_teardown(project, inventory, k3s, yes, limit, json)
 
 
 @app.command()

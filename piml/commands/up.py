@@ -1,4 +1,8 @@
-"""`piml up`: run the stages in order. Today: preflight (the k3s and platform issues add theirs)."""
+"""`piml up`: run the stages in order: preflight -> prepare -> k3s -> kubeconfig (later: platform, verify).
+
+Nodes that fail a stage drop out of the later ones; the others carry on. The summary at the end names
+every node that failed and what to do; the exit code is 1 if any did.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.inventory.ansible import did_you_mean
 from piml.output import console, print_json
 
-STAGES = ("preflight",)
+STAGES = ("preflight", "prepare", "k3s", "kubeconfig")
+NODE_STAGES = ("preflight", "prepare", "k3s")
 
 
 def select_stages(only: str | None, start: str | None, until: str | None) -> list[str]:
@@ -16,6 +21,8 @@ def select_stages(only: str | None, start: str | None, until: str | None) -> lis
         for word in (value or "").split(","):
             if word and word not in STAGES:
                 raise InputError(Problem(option, f"no stage '{word}'", did_you_mean(word, STAGES)))
+    if only and (start or until):
+        raise InputError(Problem("--only", "cannot be combined with --from/--until", "use either --only STAGES or --from/--until"))
     if only:
         wanted = set(only.split(","))
         return [s for s in STAGES if s in wanted]
@@ -27,47 +34,143 @@ def select_stages(only: str | None, start: str | None, until: str | None) -> lis
 
 
 def run_up(project: Path | None, inventory: Path | None, only, start, until, limit, accept_new: bool,
-           dry_run: bool, as_json: bool) -> None:
+           dry_run: bool, as_json: bool, merge: bool = True) -> None:
+    from piml.inventory import Role
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import select_nodes
 
     stages = select_stages(only, start, until)
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     nodes = select_nodes(cluster.inventory.nodes, limit)
+    k3s_nodes = [n for n in nodes if n.role is not Role.EXTERNAL]
     if dry_run:
-        plan = {"preflight": [f"{n.name}: connect to {n.user or 'ssh'}@{n.address}, gather facts (read-only)" for n in nodes]}
-        if as_json:
-            print_json({"dry_run": True, "stages": {s: plan[s] for s in stages}})
-            return
-        for stage in stages:
-            console().print(f"[bold]{stage}[/]")
-            for line in plan[stage]:
-                console().print(f"  {line}", markup=False)
+        _dry_run(cluster, stages, nodes, merge, as_json)
         return
-    failed = False
-    summary = {}
+
+    from piml.k3s import stages as st
+
+    show = not as_json
+    summary: dict[str, object] = {}
+    failed: dict[str, str] = {}  # node -> "stage: what went wrong", first failure only
+    first = cluster.inventory.servers[0]
+    arches: set[str] = set()
+    if any(s in stages for s in NODE_STAGES):
+        ok, rows, reports = _reach(cluster, nodes, accept_new, as_json, table="preflight" in stages)
+        arches = {r.facts.arch for r in reports if r.reachable and r.facts.arch in ("arm64", "amd64")}
+        if "preflight" in stages:
+            summary["preflight"] = rows
+            if not ok:
+                _finish(summary, failed, as_json, stopped="preflight failed: fix what the table says and run piml up again")
+        for report in reports:
+            if not report.reachable and report.node.role is not Role.EXTERNAL:
+                failed.setdefault(report.node.name, f"reach: {report.failure.reason}; {report.failure.fix}")
+    airgap = None
+    if "prepare" in stages or "k3s" in stages:
+        airgap = st.check_airgap(cluster, arches)
+
+    for stage in ("prepare", "k3s"):
+        if stage not in stages:
+            continue
+        targets = [n for n in k3s_nodes if n.name not in failed]
+        if stage == "k3s" and first.name in failed:
+            summary[stage] = st.StageResult(stage, skipped=f"the first server {first.name} failed").as_dict()
+            continue
+        if not targets:
+            summary[stage] = st.StageResult(stage, skipped="no node left to run it on").as_dict()
+            continue
+        if stage == "prepare":
+            extravars = st.prepare_vars(cluster, airgap)
+        else:
+            from piml.k3s.token import cluster_token
+
+            token, _source = cluster_token(cluster)
+            extravars = st.k3s_vars(cluster, airgap, token)
+        result = st.run_playbook_stage(cluster, stage, targets, extravars, show)
+        summary[stage] = result.as_dict()
+        for host, message in result.failures.items():
+            failed.setdefault(host, f"{stage}: {message}")
+
+    if "kubeconfig" in stages:
+        if first.name in failed:
+            summary["kubeconfig"] = st.StageResult("kubeconfig", skipped=f"the first server {first.name} failed").as_dict()
+        else:
+            result = st.kubeconfig_stage(cluster, merge, show)
+            summary["kubeconfig"] = result.as_dict()
+            for host, message in result.failures.items():
+                failed.setdefault(host, f"kubeconfig: {message}")
+    _finish(summary, failed, as_json)
+
+
+def _finish(summary: dict, failed: dict[str, str], as_json: bool, stopped: str = "") -> None:
+    ok = not failed and not stopped
+    if as_json:
+        print_json({"stages": summary, "ok": ok, "failed": failed})
+    else:
+        _print_summary(summary, failed)
+    if stopped:
+        raise PimlError(Problem("piml up", stopped), EXIT_FAILED)
+    if failed:
+        problems = [Problem(node, message, "") for node, message in failed.items()]
+        problems.append(Problem("piml up", f"{len(failed)} node(s) failed: {', '.join(failed)}",
+                                "fix what is said above, then run piml up again (the nodes that succeeded are not changed again)"))
+        raise PimlError(problems, EXIT_FAILED)
+
+
+def _print_summary(summary: dict, failed: dict[str, str]) -> None:
+    from rich.table import Table
+
+    rows = [(stage, data) for stage, data in summary.items() if stage != "preflight" and isinstance(data, dict)]
+    if not rows:
+        return
+    table = Table(title="piml up", title_justify="left")
+    for column in ("stage", "nodes", "ok", "changed", "failed", "unreachable", "seconds"):
+        table.add_column(column, justify="left" if column in ("stage",) else "right")
+    for stage, data in rows:
+        if data.get("skipped"):
+            table.add_row(stage, "-", "-", "-", "-", "-", f"skipped: {data['skipped']}")
+            continue
+        hosts = data["hosts"].values()
+        total = {k: sum(h.get(k, 0) for h in hosts) for k in ("ok", "changed", "failed", "unreachable")}
+        table.add_row(stage, str(len(data["hosts"])), str(total["ok"]), str(total["changed"]),
+                      f"[red]{total['failed']}[/]" if total["failed"] else "0",
+                      f"[red]{total['unreachable']}[/]" if total["unreachable"] else "0", f"{data['seconds']:.1f}")
+    console().print(table)
+    console().print("[green]all stages ok[/]" if not failed else f"[red]failed:[/] {', '.join(failed)}")
+
+
+def _dry_run(cluster, stages: list[str], nodes, merge: bool, as_json: bool) -> None:
+    from piml.k3s.stages import describe
+
+    plan = {}
     for stage in stages:
         if stage == "preflight":
-            ok, summary[stage] = _preflight(cluster, nodes, accept_new, as_json)
-            failed |= not ok
-        if failed:
-            break
+            plan[stage] = [f"{n.name}: connect to {n.user or 'ssh'}@{n.address}, gather facts (read-only)" for n in nodes]
+        else:
+            plan[stage] = describe(cluster, stage, nodes, merge)
     if as_json:
-        print_json({"stages": summary, "ok": not failed})
-    if failed:
-        raise PimlError(Problem("piml up", f"stage {stage} failed", "fix what the table says and run piml up again"), EXIT_FAILED)
+        print_json({"dry_run": True, "stages": plan})
+        return
+    for stage in stages:
+        console().print(f"[bold]{stage}[/]")
+        for line in plan[stage]:
+            console().print(f"  {line}", markup=False)
+    console().print("(dry run: nothing was touched)")
 
 
-def _preflight(cluster, nodes, accept_new: bool, as_json: bool) -> tuple[bool, list[dict]]:
+def _reach(cluster, nodes, accept_new: bool, as_json: bool, table: bool):
+    """Reach every node (one SSH round trip each); with `table`, check and print preflight."""
     from piml.preflight import FAIL, preflight
     from piml.reach import reach
 
-    with console().status(f"preflight: reaching {len(nodes)} nodes") if not as_json and console().is_terminal else _nothing():
+    busy = console().status(f"reaching {len(nodes)} nodes") if not as_json and console().is_terminal else _nothing()
+    with busy:
         reports = reach(cluster, nodes, accept_new)
+    if not table:
+        return True, [], reports
     checks = preflight(reports, cluster.config, ha=len(cluster.inventory.servers) > 1)
     if not as_json:
         render_checks(checks)
-    return not any(c.status == FAIL for c in checks), [c.as_dict() for c in checks]
+    return not any(c.status == FAIL for c in checks), [c.as_dict() for c in checks], reports
 
 
 def render_checks(checks) -> None:

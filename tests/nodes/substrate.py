@@ -203,6 +203,7 @@ MODELS: dict[str, tuple[str, Sequence[str], str] | None] = {
 }
 
 BOOT_TIMEOUT = 60.0
+REBOOT_EXIT_CODE = 133  # systemd-nspawn's exit status when the container's systemd reboots
 STOP_TIMEOUT = 20.0
 
 
@@ -472,6 +473,7 @@ class Substrate:
         self.nodes: dict[str, Node] = {}
         self.dirty: set[str] = set()  # nodes a fault helper touched
         self._procs: dict[str, subprocess.Popen] = {}
+        self._stopping: set[str] = set()  # nodes stop() is powering off: their exit is not a reboot
         self._rootfs: Path | None = None
         self._lock_state = threading.Lock()
 
@@ -629,6 +631,16 @@ class Substrate:
         os.chmod(upper / "home/pi", 0o755)
         os.chmod(ssh_dir, 0o700)
         os.chmod(ssh_dir / "authorized_keys", 0o600)
+        # A node that reboots itself (prepare's reboot) must not hang in shutdown: in these containers the
+        # per-user systemd manager (started by pam_systemd for an SSH login) sometimes never finishes stopping,
+        # which holds the reboot for its 2-minute stop timeout. Bound it; a real Pi does not need this.
+        (upper / "etc/systemd/system/user@.service.d").mkdir(parents=True)
+        (upper / "etc/systemd/system/user@.service.d/piml-test.conf").write_text(
+            "# piml test node: bound the user manager's stop (see tests/nodes/README.md)\n[Service]\nTimeoutStopSec=3s\n")
+        (upper / "etc/systemd/system.conf.d").mkdir(parents=True)
+        (upper / "etc/systemd/system.conf.d/piml-test.conf").write_text(
+            "# piml test node: no unit may hold a shutdown for long (see tests/nodes/README.md)\n"
+            "[Manager]\nDefaultTimeoutStopSec=5s\n")
         # time sync only towards the host's bridge address (nothing listens there; it never leaves the box)
         (upper / "etc/systemd/timesyncd.conf.d/piml-test.conf").write_text(
             f"# piml test node: only the test bridge\n[Time]\nNTP={self.gateway}\nFallbackNTP=\n")
@@ -691,9 +703,24 @@ class Substrate:
         console.write(f"\n==== piml testnodes: boot at {time.ctime()} ====\n".encode())
         console.flush()
         env = dict(os.environ, SYSTEMD_LOG_COLOR="0")
-        self._procs[node.name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
-                                                  stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self._procs[node.name] = proc
         console.close()
+        threading.Thread(target=self._restart_on_reboot, args=(node, proc), daemon=True,
+                         name=f"reboot-watch-{node.name}").start()
+
+    def _restart_on_reboot(self, node: Node, proc: subprocess.Popen) -> None:
+        """A node that reboots itself (`reboot`, Ansible's reboot module) makes systemd-nspawn exit with
+        133; boot it again on the same disk, as systemd-nspawn@.service does (RestartForceExitStatus=133).
+        Works while the process that booted the node lives (pytest, benchmarks), not for CLI `up` nodes."""
+        if proc.wait() != REBOOT_EXIT_CODE or node.name in self._stopping or self._procs.get(node.name) is not proc:
+            return
+        self.log(f"[testnodes] {node.name} rebooted itself: booting it again")
+        try:
+            self._spawn(node)
+        except Exception as exc:  # noqa: BLE001 - a daemon thread: report, the test sees the node down
+            self.log(f"[testnodes] {node.name}: boot after reboot failed: {exc}")
 
     # ---- observing -----------------------------------------------------------------------------
 
@@ -774,6 +801,13 @@ class Substrate:
         """Power the node off: clean shutdown (SIGTERM to nspawn -> systemd halts), or hard=True: kill its
         PID 1 with SIGKILL (like pulling the plug). Its disk (overlay upper) is kept for start()."""
         self.dirty.add(node.name)
+        self._stopping.add(node.name)
+        try:
+            self._stop(node, hard, timeout)
+        finally:
+            self._stopping.discard(node.name)
+
+    def _stop(self, node: Node, hard: bool, timeout: float) -> None:
         pid = self.nspawn_pid(node)
         if pid is not None:
             leader = self.leader_pid(node)

@@ -1,0 +1,35 @@
+"""The k3s join token: the inventory's `token` when it gives one, else generated once and kept in
+.piml/k3s-token (0600). Never printed or logged; handed to Ansible only in a 0600 vars file."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from piml.errors import InputError, Problem
+from piml.fsutil import make_private_dir, write_atomic
+
+if TYPE_CHECKING:
+    from piml.project import Cluster
+
+TOKEN_FILE = "k3s-token"
+
+
+def cluster_token(cluster: "Cluster") -> tuple[str, str]:
+    """(token, where it comes from: "inventory" | "generated" | ".piml/k3s-token")."""
+    given = cluster.inventory.k3s_vars.get("token")
+    if given is not None and str(given).strip():
+        text = str(given).strip()
+        if "{{" in text:
+            raise InputError(Problem(cluster.inventory.source, "`token` is a Jinja template, which piml does not evaluate",
+                                     "give the token literally, or remove it and let piml generate one"))
+        return text, "inventory"
+    path = cluster.paths.state / TOKEN_FILE
+    if path.exists():
+        text = path.read_text().strip()
+        if text:
+            return text, ".piml/k3s-token"
+    token = secrets.token_hex(32)
+    make_private_dir(cluster.paths.state)
+    write_atomic(path, token + "\n", mode=0o600)
+    return token, "generated"
