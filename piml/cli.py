@@ -205,24 +205,28 @@ def status(
 
 @app.command()
 def teardown(
-    k3s: Annotated[bool, typer.Option("--k3s", help="Uninstall k3s from the nodes (required for now: the platform part comes with the platform stage).")] = False,
+    k3s: Annotated[bool, typer.Option("--k3s", help="Uninstall k3s from the nodes instead (the platform goes with it).")] = False,
+    purge: Annotated[bool, typer.Option("--purge", help="Delete the platform's volumes and their data too (asks for the project name unless --yes).")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     limit: LimitOpt = None,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Uninstall k3s: drain and delete the agents, run k3s's uninstall scripts (agents, then servers),
+    """Remove the platform (volumes kept unless --purge), or with --k3s uninstall k3s from the nodes.
+
+    With --k3s: drain and delete the agents, run k3s's uninstall scripts (agents, then servers),
     remove the project's context from ~/.kube/config. A node that is gone is reported and skipped.
 
     \b
     Examples:
-      piml teardown --k3s
+      piml teardown                      # the platform; MLflow's and Redis's data stay
+      piml teardown --purge              # the platform and its data (type the project name)
       piml teardown --k3s --yes --limit pi4
     """
     from piml.commands.teardown import run_teardown
 
-    run_teardown(project, inventory, k3s, yes, limit, json)
+    run_teardown(project, inventory, k3s, yes, limit, json, purge)
 
 
 @app.command()

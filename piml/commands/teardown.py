@@ -1,8 +1,10 @@
-"""`piml teardown --k3s`: take k3s off the nodes.
+"""`piml teardown`: remove the platform, or with `--k3s` take k3s off the nodes.
 
-Agents are drained and deleted from the cluster, then k3s's uninstall scripts run (agents first, then
-servers, the first server last) and the project's context leaves ~/.kube/config. A node that cannot be
-reached is reported and skipped, not fatal. Removing the platform comes with the platform stage.
+Without --k3s: the platform's objects are deleted; PersistentVolumeClaims (and their data) are kept
+unless --purge, which asks for the project's name to be typed (or --yes).
+With --k3s: agents are drained and deleted from the cluster, then k3s's uninstall scripts run (agents
+first, then servers, the first server last) and the project's context leaves ~/.kube/config. A node that
+cannot be reached is reported and skipped, not fatal.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ from piml.output import console, print_json, warning_line
 
 
 def run_teardown(project: Path | None, inventory: Path | None, k3s: bool, yes: bool, limit: str | None,
-                 as_json: bool) -> None:
+                 as_json: bool, purge: bool = False) -> None:
     from piml.inventory import Role
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import select_nodes
 
-    if not k3s:
-        raise InputError(Problem("piml teardown", "removing the platform comes with the platform stage; so far only `--k3s` (uninstall k3s) exists",
-                                 "run `piml teardown --k3s` to uninstall k3s from the nodes"))
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
+    if not k3s:
+        _teardown_platform(cluster, yes, purge, as_json)
+        return
     nodes = [n for n in select_nodes(cluster.inventory.nodes, limit) if n.role is not Role.EXTERNAL]
     whole = {n.name for n in cluster.inventory.servers} <= {n.name for n in nodes}
     if not yes:
@@ -61,3 +63,34 @@ def run_teardown(project: Path | None, inventory: Path | None, k3s: bool, yes: b
                      f"when it is back, run `piml teardown --k3s --limit {host}`")
     if broken:
         raise PimlError([Problem(h, m) for h, m in broken.items()], EXIT_FAILED)
+
+
+def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
+    """Delete the platform; volumes stay unless purge, which wants the project's name typed."""
+    kubeconfig = cluster.paths.state / "kubeconfig"
+    if not kubeconfig.exists():
+        raise InputError(Problem(cluster.paths.show(kubeconfig), "no kubeconfig: there is no cluster piml set up here",
+                                 "run it in the project directory (-C DIR), or nothing needs tearing down"))
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError(Problem("piml teardown", "asks for confirmation, but there is no terminal to ask on", "pass --yes"))
+        import typer
+
+        if purge:
+            answer = typer.prompt(f"This deletes the platform AND its data (MLflow runs, models, queued requests). "
+                                  f"Type the project name '{cluster.name}' to go on", default="", show_default=False)
+            if answer.strip() != cluster.name:
+                console().print("the name did not match: nothing was changed")
+                raise SystemExit(1)
+        elif not typer.confirm(f"Delete the platform of '{cluster.name}'? Its volumes (data) are kept", default=False):
+            console().print("nothing was changed")
+            raise SystemExit(1)
+    from piml.kube.teardown import teardown_platform
+
+    progress = None if as_json else (lambda line: console().print(f"  {line}", markup=False))
+    report = teardown_platform(cluster, kubeconfig, purge=purge, progress=progress)
+    if as_json:
+        print_json({"teardown": report.as_dict(), "ok": True})
+        return
+    kept = f"; kept {len(report.kept)}: {', '.join(str(r) for r in report.kept)} (--purge deletes them)" if report.kept else ""
+    console().print(f"platform removed: {len(report.deleted)} object(s) deleted{kept}", markup=False)

@@ -1,4 +1,4 @@
-"""`piml up`: run the stages in order: preflight -> prepare -> k3s -> kubeconfig (later: platform, verify).
+"""`piml up`: run the stages in order: preflight -> prepare -> k3s -> kubeconfig -> platform.
 
 Nodes that fail a stage drop out of the later ones; the others carry on. The summary at the end names
 every node that failed and what to do; the exit code is 1 if any did.
@@ -12,7 +12,7 @@ from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.inventory.ansible import did_you_mean
 from piml.output import console, print_json
 
-STAGES = ("preflight", "prepare", "k3s", "kubeconfig")
+STAGES = ("preflight", "prepare", "k3s", "kubeconfig", "platform")
 NODE_STAGES = ("preflight", "prepare", "k3s")
 
 
@@ -54,6 +54,7 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
     failed: dict[str, str] = {}  # node -> "stage: what went wrong", first failure only
     first = cluster.inventory.servers[0]
     arches: set[str] = set()
+    reports = []
     if any(s in stages for s in NODE_STAGES):
         ok, rows, reports = _reach(cluster, nodes, accept_new, as_json, table="preflight" in stages)
         arches = {r.facts.arch for r in reports if r.reachable and r.facts.arch in ("arm64", "amd64")}
@@ -98,7 +99,41 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
             summary["kubeconfig"] = result.as_dict()
             for host, message in result.failures.items():
                 failed.setdefault(host, f"kubeconfig: {message}")
+    if "platform" in stages:
+        if failed and first.name in failed:
+            summary["platform"] = {"skipped": f"the first server {first.name} failed"}
+        else:
+            facts = {r.node.name: r.facts for r in reports if r.reachable}
+            summary["platform"] = _platform(cluster, facts, as_json, failed)
     _finish(summary, failed, as_json)
+
+
+def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> dict:
+    """Render the platform from the plan and apply it; a failure is recorded under "platform"."""
+    from piml.kube.deploy import DeployError, deploy
+    from piml.plan import make_plan
+    from piml.render import render_platform
+    from piml.secrets import load_or_create
+
+    kubeconfig = cluster.paths.state / "kubeconfig"
+    if not kubeconfig.exists():
+        raise InputError(Problem(cluster.paths.show(kubeconfig), "no kubeconfig yet", "run the earlier stages first: piml up (or piml up --until kubeconfig)"))
+    plan = make_plan(cluster, facts if len(facts) == len(cluster.inventory.cluster_nodes) else None)
+    rendered = render_platform(cluster, plan, load_or_create(cluster.paths.state))
+    progress = None if as_json else (lambda line: console().print(f"  platform: {line}", markup=False))
+    try:
+        report = deploy(cluster, kubeconfig, rendered, progress=progress)
+    except DeployError as exc:
+        failed["platform"] = "; ".join(str(problem) for problem in exc.problems)
+        return exc.report.as_dict() if exc.report else {"failed": True}
+    if not as_json:
+        from piml.render.manifests import urls
+
+        console().print(f"platform: {report.created} created, {report.changed} changed, {report.unchanged} unchanged, "
+                        f"{len(report.pruned)} pruned in {report.seconds:.0f} s")
+        for name, url in urls(cluster).items():
+            console().print(f"  {name}: {url}", markup=False)
+    return report.as_dict()
 
 
 def _finish(summary: dict, failed: dict[str, str], as_json: bool, stopped: str = "") -> None:
@@ -119,8 +154,11 @@ def _finish(summary: dict, failed: dict[str, str], as_json: bool, stopped: str =
 def _print_summary(summary: dict, failed: dict[str, str]) -> None:
     from rich.table import Table
 
-    rows = [(stage, data) for stage, data in summary.items() if stage != "preflight" and isinstance(data, dict)]
+    # preflight has its own table and platform its own line; the rest are per-host Ansible counts
+    rows = [(stage, data) for stage, data in summary.items() if stage not in ("preflight", "platform") and isinstance(data, dict)]
     if not rows:
+        if failed:
+            console().print(f"[red]failed:[/] {', '.join(failed)}")
         return
     table = Table(title="piml up", title_justify="left")
     for column in ("stage", "nodes", "ok", "changed", "failed", "unreachable", "seconds"):
@@ -142,19 +180,42 @@ def _dry_run(cluster, stages: list[str], nodes, merge: bool, as_json: bool) -> N
     from piml.k3s.stages import describe
 
     plan = {}
+    capacity = None
     for stage in stages:
         if stage == "preflight":
             plan[stage] = [f"{n.name}: connect to {n.user or 'ssh'}@{n.address}, gather facts (read-only)" for n in nodes]
+        elif stage == "platform":
+            capacity, plan[stage] = _platform_dry_run(cluster)
         else:
             plan[stage] = describe(cluster, stage, nodes, merge)
     if as_json:
-        print_json({"dry_run": True, "stages": plan})
+        print_json({"dry_run": True, "stages": plan, "plan": capacity.as_dict() if capacity else None})
         return
     for stage in stages:
         console().print(f"[bold]{stage}[/]")
+        if stage == "platform" and capacity is not None:
+            from piml.commands.plan import show_plan
+
+            show_plan(cluster, capacity)
         for line in plan[stage]:
             console().print(f"  {line}", markup=False)
-    console().print("(dry run: nothing was touched)")
+    console().print("(dry run: nothing was touched; `piml render --out DIR` writes the manifests)")
+
+
+def _platform_dry_run(cluster):
+    """The capacity plan (from the inventory: a dry run reaches nothing) and what would be applied."""
+    from piml.plan import make_plan
+    from piml.render import render_platform
+
+    try:
+        plan = make_plan(cluster)
+    except InputError as exc:  # e.g. memory unknown until the nodes are reached: say so, plan the rest
+        return None, [f"cannot plan yet: {p}" for p in exc.problems]
+    lines = []
+    for part in render_platform(cluster, plan, None):
+        kinds = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in part.objects)
+        lines.append(f"apply {part.component}: {kinds}")
+    return plan, lines
 
 
 def _reach(cluster, nodes, accept_new: bool, as_json: bool, table: bool):

@@ -121,7 +121,7 @@ def test_stage_selection():
     assert select_stages(None, None, None) == list(STAGES)
     assert select_stages("k3s,prepare", None, None) == ["prepare", "k3s"]
     assert select_stages(None, "prepare", "k3s") == ["prepare", "k3s"]
-    assert select_stages(None, "k3s", None) == ["k3s", "kubeconfig"]
+    assert select_stages(None, "k3s", None) == ["k3s", "kubeconfig", "platform"]
     for bad in (("k3", None, None), (None, "kubeconfig", "prepare"), ("k3s", "prepare", None)):
         with pytest.raises(InputError):
             select_stages(*bad)
@@ -174,8 +174,8 @@ def test_cli_guards_and_dry_run_without_nodes(tmp_path, piml):
     assert piml("init", "p", "--ssh-key", str(key), "--node", "s1=10.0.0.1:server", "--node", "s2=10.0.0.2:server",
                 "--node", "s3=10.0.0.3:server", "--node", "a1=10.0.0.4", cwd=tmp_path).returncode == 0
     project = tmp_path / "p"
-    out = piml("teardown", cwd=project)
-    assert out.returncode == 2 and "--k3s" in out.stderr and "platform" in out.stderr
+    out = piml("teardown", cwd=project)  # the platform: there is no cluster yet
+    assert out.returncode == 2 and "no kubeconfig" in out.stderr
     out = piml("teardown", "--k3s", cwd=project, input="")
     assert out.returncode == 2 and "--yes" in out.stderr
     out = piml("up", "--dry-run", "--from", "k3s", cwd=project)
@@ -183,6 +183,7 @@ def test_cli_guards_and_dry_run_without_nodes(tmp_path, piml):
     assert "s1: k3s v1.36.3+k3s1 as first server with --cluster-init" in out.stdout
     assert "s2: k3s v1.36.3+k3s1 as server joining https://10.0.0.1:6443" in out.stdout
     assert "a1: k3s v1.36.3+k3s1 as agent joining" in out.stdout and "preflight" not in out.stdout
+    assert "cannot plan yet" in out.stdout and "memory" in out.stdout  # no piml_memory_gb, nodes not reached
     assert not (project / ".piml/k3s-token").exists()
     (project / "piml.yaml").write_text("k3s:\n  airgap_dir: nowhere\n")
     out = piml("up", "--only", "k3s", cwd=project)
