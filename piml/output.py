@@ -37,7 +37,7 @@ def print_json(data: Any) -> None:
 
 def error_line(text: str) -> None:
     """One problem, on stderr, without rich markup interpretation (user text may contain brackets)."""
-    err_console().print(f"[bold red]error:[/] ", end="")
+    err_console().print("[bold red]error:[/] ", end="")
     err_console().print(text, markup=False)
 
 

@@ -1,5 +1,4 @@
 import pytest
-import yaml
 
 from piml.config import PimlConfig, commented_defaults, load_config, parse_config
 from piml.errors import InputError

@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 
-from piml.errors import InputError
 from piml.inventory import Role, load_inventory
 from piml.scaffold import init_project, parse_node_spec
 

@@ -69,6 +69,17 @@ def start_runner(env: dict, *args: str, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def kill_runner_mid_request(broker, env: dict, request, log: Path) -> None:
+    """Start a runner, wait until it holds `request` (state running), then SIGKILL it, as a node loss would."""
+    victim = start_runner(env, "--once", log=log)
+    try:
+        wait_for(lambda: broker.get(request.id)["state"] == "running", 30, "the first runner to start the request", victim)
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=10)
+
+
 def run_piml(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-m", "piml", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert_no_secrets(out.stdout + out.stderr)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pandas as pd
 import pytest
 
-from tests.queue.helpers import assert_no_secrets, run_piml, run_runner, start_runner, wait_for
+from tests.queue.helpers import assert_no_secrets, kill_runner_mid_request, run_piml, run_runner
 
 from piml.queue import make_request
 
@@ -69,15 +67,7 @@ def test_failures_retry_then_dead_letter_and_malformed_fails_at_once(rabbit, rab
 def test_killed_runner_request_is_delivered_again(rabbit, rabbit_env, registered_model, dataset, tmp_path):
     request = make_request(registered_model.uri, str(dataset))
     rabbit.submit(request)
-    victim = start_runner(rabbit_env, "--once", log=tmp_path / "victim.log")
-    try:
-        wait_for(lambda: rabbit.get(request.id)["state"] == "running", 30, "the first runner to start the request", victim)
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=10)
-    finally:
-        if victim.poll() is None:
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=10)
+    kill_runner_mid_request(rabbit, rabbit_env, request, tmp_path / "victim.log")
     out = run_runner(rabbit_env, "--once", "--wait", "20")
     assert out.returncode == 0, out.stderr
     job = rabbit.get(request.id)

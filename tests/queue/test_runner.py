@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import signal
 import threading
 import time
 from functools import partial
@@ -13,7 +12,7 @@ from functools import partial
 import pandas as pd
 import pytest
 
-from tests.queue.helpers import assert_no_secrets, run_runner, start_runner, wait_for
+from tests.queue.helpers import assert_no_secrets, kill_runner_mid_request, run_runner
 
 from piml.queue import make_request
 
@@ -138,15 +137,7 @@ def test_unknown_model_and_unreadable_dataset_are_dead_lettered_after_retries(br
 def test_killed_runner_request_is_taken_again_and_succeeds(broker, runner_env, registered_model, dataset, tmp_path):
     request = make_request(registered_model.uri, str(dataset))
     broker.submit(request)
-    victim = start_runner({**runner_env, "PIML_RUNNER_ID": "victim"}, "--once", log=tmp_path / "victim.log")
-    try:
-        wait_for(lambda: broker.get(request.id)["state"] == "running", 30, "the first runner to start the request", victim)
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=10)
-    finally:
-        if victim.poll() is None:
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=10)
+    kill_runner_mid_request(broker, {**runner_env, "PIML_RUNNER_ID": "victim"}, request, tmp_path / "victim.log")
     assert broker.get(request.id)["state"] == "running"  # killed mid-request: nothing recorded it finished
     assert broker.r.lrange("piml:processing:victim", 0, -1) == [request.to_json().encode()]
     assert broker.queue_length() == 0  # not in the queue: KEDA would start no Job; the lease must expire
