@@ -110,7 +110,7 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
 
 def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> dict:
     """Render the platform from the plan and apply it; a failure is recorded under "platform"."""
-    from piml.kube.deploy import DeployError, deploy
+    from piml.kube.deploy import deploy
     from piml.plan import make_plan
     from piml.render import render_platform
     from piml.secrets import load_or_create
@@ -123,9 +123,10 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
     progress = None if as_json else (lambda line: console().print(f"  platform: {line}", markup=False))
     try:
         report = deploy(cluster, kubeconfig, rendered, progress=progress)
-    except DeployError as exc:
+    except PimlError as exc:  # DeployError, or the API unreachable: the summary still says what happened
         failed["platform"] = "; ".join(str(problem) for problem in exc.problems)
-        return exc.report.as_dict() if exc.report else {"failed": True}
+        report = getattr(exc, "report", None)
+        return report.as_dict() if report else {"failed": True}
     if not as_json:
         from piml.render.manifests import urls
 
