@@ -45,3 +45,13 @@ def test_platform_stage_needs_a_kubeconfig(piml, tmp_path):
     (tmp_path / "inventory/hosts.yml").write_text(INVENTORY)
     out = piml("up", "--only", "platform", cwd=tmp_path)
     assert out.returncode == 2 and "no kubeconfig yet" in out.stderr
+
+
+def test_unreachable_api_is_a_reported_failure(piml, project, kubeapi):
+    root = _project(project)
+    kubeapi.stop()  # the kubeconfig now points at a loopback port where nothing answers
+    out = piml("up", "--only", "platform", "--json", cwd=root)
+    assert out.returncode == 1
+    data = json.loads(out.stdout)  # the summary is printed even so
+    assert not data["ok"] and "platform" in data["failed"]
+    assert "Traceback" not in out.stderr
