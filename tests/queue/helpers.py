@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,36 @@ def start_runner(env: dict, *args: str, log: Path) -> subprocess.Popen:
     handle = open(log, "w")
     return subprocess.Popen([sys.executable, "-m", "piml.runner", *args], env=env, cwd=REPO, stdout=handle,
                             stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@contextmanager
+def held_dataset(path: Path):
+    """Serve `path` over loopback HTTP, holding every answer until the test sets the returned event
+    (bounded: 60 s). A runner reading it stays mid-request for as long as a test needs, so "kill it
+    mid-request" does not race a small dataset's quick run. Yields (url, release event)."""
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            release.wait(60)
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{path.name}", release
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
 
 
 def kill_runner_mid_request(broker, env: dict, request, log: Path) -> None:

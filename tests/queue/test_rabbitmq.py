@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.queue.helpers import assert_no_secrets, kill_runner_mid_request, run_piml, run_runner
+from tests.queue.helpers import assert_no_secrets, held_dataset, kill_runner_mid_request, run_piml, run_runner
 
 from piml.queue import make_request
 
@@ -65,10 +65,12 @@ def test_failures_retry_then_dead_letter_and_malformed_fails_at_once(rabbit, rab
 
 
 def test_killed_runner_request_is_delivered_again(rabbit, rabbit_env, registered_model, dataset, tmp_path):
-    request = make_request(registered_model.uri, str(dataset))
-    rabbit.submit(request)
-    kill_runner_mid_request(rabbit, rabbit_env, request, tmp_path / "victim.log")
-    out = run_runner(rabbit_env, "--once", "--wait", "20")
+    with held_dataset(dataset) as (url, release):  # the victim waits on its data until killed
+        request = make_request(registered_model.uri, url)
+        rabbit.submit(request)
+        kill_runner_mid_request(rabbit, rabbit_env, request, tmp_path / "victim.log")
+        release.set()
+        out = run_runner(rabbit_env, "--once", "--wait", "20")
     assert out.returncode == 0, out.stderr
     job = rabbit.get(request.id)
     assert job["state"] == "succeeded" and job["attempts"] == 2

@@ -12,7 +12,7 @@ from functools import partial
 import pandas as pd
 import pytest
 
-from tests.queue.helpers import assert_no_secrets, kill_runner_mid_request, run_runner
+from tests.queue.helpers import assert_no_secrets, held_dataset, kill_runner_mid_request, run_runner
 
 from piml.queue import make_request
 
@@ -135,13 +135,15 @@ def test_unknown_model_and_unreadable_dataset_are_dead_lettered_after_retries(br
 
 
 def test_killed_runner_request_is_taken_again_and_succeeds(broker, runner_env, registered_model, dataset, tmp_path):
-    request = make_request(registered_model.uri, str(dataset))
-    broker.submit(request)
-    kill_runner_mid_request(broker, {**runner_env, "PIML_RUNNER_ID": "victim"}, request, tmp_path / "victim.log")
-    assert broker.get(request.id)["state"] == "running"  # killed mid-request: nothing recorded it finished
-    assert broker.r.lrange("piml:processing:victim", 0, -1) == [request.to_json().encode()]
-    assert broker.queue_length() == 0  # not in the queue: KEDA would start no Job; the lease must expire
-    out = run_runner({**runner_env, "PIML_RUNNER_ID": "rescuer"}, "--once")
+    with held_dataset(dataset) as (url, release):  # the victim waits on its data until killed
+        request = make_request(registered_model.uri, url)
+        broker.submit(request)
+        kill_runner_mid_request(broker, {**runner_env, "PIML_RUNNER_ID": "victim"}, request, tmp_path / "victim.log")
+        assert broker.get(request.id)["state"] == "running"  # killed mid-request: nothing recorded it finished
+        assert broker.r.lrange("piml:processing:victim", 0, -1) == [request.to_json().encode()]
+        assert broker.queue_length() == 0  # not in the queue: KEDA would start no Job; the lease must expire
+        release.set()
+        out = run_runner({**runner_env, "PIML_RUNNER_ID": "rescuer"}, "--once")
     assert out.returncode == 0, out.stderr
     job = broker.get(request.id)
     assert job["attempts"] == 2 and job["runner"] == "rescuer"
