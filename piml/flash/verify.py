@@ -5,12 +5,11 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import queue
 import stat
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from piml.flash.readahead import read_ahead
 from piml.flash.writer import BLKFLSBUF, REGION, Digest
 
 READ = 8 << 20
@@ -49,50 +48,33 @@ def verify(path: str, size: int, regions: list[str], progress: Callable[[int], N
     """Hash the first `size` bytes of `path` region by region, as writer.Digest does, and compare."""
     fd, direct = _open_for_reading(path)
     digest = Digest()
-    q: queue.Queue = queue.Queue(maxsize=4)
-    stop = threading.Event()
 
-    def reader() -> None:
-        try:
-            offset = 0
-            while offset < size and not stop.is_set():
-                want = min(READ, size - offset)
-                if direct:
-                    aligned = (want + 4095) // 4096 * 4096
-                    buf = mmap.mmap(-1, aligned)
-                    got = os.preadv(fd, [buf], offset)
-                    data = memoryview(buf)[:min(got, want)]
-                else:
-                    data = memoryview(os.pread(fd, want, offset))
-                if not len(data):
-                    raise OSError(5, f"the target ends after {offset} bytes")
-                q.put(data)
-                offset += len(data)
-            q.put(None)
-        except BaseException as exc:  # noqa: BLE001
-            q.put(exc)
+    def chunks():
+        offset = 0
+        while offset < size:
+            want = min(READ, size - offset)
+            if direct:
+                aligned = (want + 4095) // 4096 * 4096
+                buf = mmap.mmap(-1, aligned)
+                got = os.preadv(fd, [buf], offset)
+                data = memoryview(buf)[:min(got, want)]
+            else:
+                data = memoryview(os.pread(fd, want, offset))
+            if not len(data):
+                raise OSError(5, f"the target ends after {offset} bytes")
+            yield data
+            offset += len(data)
 
-    thread = threading.Thread(target=reader, name="piml-verify-reader", daemon=True)
-    thread.start()
     done = 0
+    pieces = read_ahead(chunks(), depth=4, name="piml-verify-reader")
     try:
-        while True:
-            item = q.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            digest.update(item)
-            done += len(item)
+        for data in pieces:
+            digest.update(data)
+            done += len(data)
             if progress:
                 progress(done)
     finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
+        pieces.close()  # stops and joins the reader before the descriptor closes
         os.close(fd)
     total, got = digest.finish()
     bad = next((i * REGION for i, (a, b) in enumerate(zip(got, regions)) if a != b), None)

@@ -18,15 +18,14 @@ import ctypes.util
 import errno
 import hashlib
 import os
-import queue
 import stat
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 from piml.flash import partitions
+from piml.flash.readahead import read_ahead
 from piml.flash.sources import SourceError, Stream
 
 CHUNK = 4 << 20  # unit of reading, hashing and writing
@@ -198,45 +197,18 @@ class Target:
             self.fd = -1
 
 
-def _reader(stream: Stream, out: queue.Queue, stop: threading.Event) -> None:
-    """Fill CHUNK-sized buffers from the stream; put (buffer, length), then None; or the exception."""
-    try:
-        while not stop.is_set():
+def _pieces(stream: Stream):
+    """Chunks of the stream as (buffer, length), read ahead in a thread."""
+
+    def chunks():
+        while True:
             buf = bytearray(CHUNK)
             n = stream.readinto(buf)
-            item = (buf, n) if n else None
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            if item is None:
+            if not n:
                 return
-    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-        while not stop.is_set():
-            try:
-                out.put(exc, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+            yield buf, n
 
-
-def _pieces(stream: Stream, stop: threading.Event):
-    """Chunks of the stream as (buffer, length), read ahead in a thread."""
-    q: queue.Queue = queue.Queue(maxsize=16)
-    thread = threading.Thread(target=_reader, args=(stream, q, stop), name="piml-flash-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+    return read_ahead(chunks(), depth=16, name="piml-flash-reader")
 
 
 def _aligned(pieces, edit: Callable[[memoryview], None] | None, edited: list[bool]):
@@ -300,7 +272,6 @@ def write_image(stream: Stream, target: Target, *, size_hint: int = 0,
     hashing = digest
     digest = Digest()
     hasher = ThreadPoolExecutor(1, thread_name_prefix="piml-flash-hash")
-    stop = threading.Event()
     done = written = zeroed = 0
     zero_run: tuple[int, int] | None = None  # pending [start, end) of zero grains
     head: bytes | None = None
@@ -319,8 +290,9 @@ def write_image(stream: Stream, target: Target, *, size_hint: int = 0,
             target.write_zeros(start, end - start)
             written += end - start
 
+    pieces = _pieces(stream)
     try:
-        for offset, data in _aligned(_pieces(stream, stop), edit, edited):
+        for offset, data in _aligned(pieces, edit, edited):
             length = len(data)
             if offset == 0:
                 needed = max(size_hint, partitions.image_extent(bytes(data[:partitions.HEADER_BYTES])))
@@ -378,7 +350,7 @@ def write_image(stream: Stream, target: Target, *, size_hint: int = 0,
     except OSError as exc:
         raise TargetError(exc.strerror or str(exc), exc.errno or 0, done) from None
     finally:
-        stop.set()
+        pieces.close()  # stops and joins the reader before the stream closes
         hasher.shutdown(wait=True)
         stream.close()
     total, regions = digest.finish()
