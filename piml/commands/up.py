@@ -6,6 +6,7 @@ every node that failed and what to do; the exit code is 1 if any did.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
@@ -224,7 +225,7 @@ def _reach(cluster, nodes, accept_new: bool, as_json: bool, table: bool):
     from piml.preflight import FAIL, preflight
     from piml.reach import reach
 
-    busy = console().status(f"reaching {len(nodes)} nodes") if not as_json and console().is_terminal else _nothing()
+    busy = console().status(f"reaching {len(nodes)} nodes") if not as_json and console().is_terminal else nullcontext()
     with busy:
         reports = reach(cluster, nodes, accept_new)
     if not table:
@@ -247,11 +248,3 @@ def render_checks(checks) -> None:
     console().print(table)
     counts = {s: sum(c.status == s for c in checks) for s in style}
     console().print(f"preflight: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail")
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

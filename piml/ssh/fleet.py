@@ -39,15 +39,7 @@ class Fleet:
         self.failures: dict[str, Failure] = {}
         self._fabric_config = None  # built once: it reads ~/.ssh/config
 
-    # -- connecting -------------------------------------------------------------------------
-    def connect(self) -> dict[str, HostResult[None]]:
-        """Open every connection at once; returns a result per node."""
-        results = self._parallel(self._connect_one, list(self.nodes.values()))
-        for result in results.values():
-            if not result.ok:
-                self.failures[result.node] = result.failure
-        return results
-
+    # -- connecting ----------------------------------------------------------------------------
     def _connect_one(self, node: Node) -> HostResult[None]:
         from fabric import Config, Connection
 
@@ -71,10 +63,6 @@ class Fleet:
         self._connections[node.name] = conn
         return HostResult(node.name)
 
-    @property
-    def connected(self) -> list[str]:
-        return [name for name in self.nodes if name in self._connections]
-
     # -- running ----------------------------------------------------------------------------
     def run(self, command: str, stdin: str | None = None, sudo: bool = False,
             names: Iterable[str] | None = None, timeout: float | None = None) -> dict[str, HostResult[CommandOutput]]:
@@ -86,7 +74,7 @@ class Fleet:
         command as soon as its own connection is up (no waiting for the slowest handshake).
         A node that cannot be connected gets its connection failure as its result.
         """
-        wanted = list(names) if names is not None else list(self.nodes)
+        wanted = list(names) if names is not None else list(self.nodes)  # connecting happens in the workers
         targets = [self.nodes[n] for n in wanted if n in self.nodes]
         if sudo:
             command = f"sudo -n -- sh -c {_quote(command)}"
