@@ -43,6 +43,7 @@ class RabbitBroker:
         params.blocked_connection_timeout = 30
         params.socket_timeout = 10
         params.connection_attempts = 1
+        self._params = params
         try:
             self.conn = pika.BlockingConnection(params)
         except pika.exceptions.ProbableAuthenticationError:
@@ -68,11 +69,16 @@ class RabbitBroker:
         """Every state event in the stream, oldest first.
 
         A stream does not say how long it is, so a marker event is appended first and the stream read up to it.
+        Events written after the marker are often in flight when the reader stops; pika rejects those when
+        it cancels the consumer, and a stream answers a reject by closing the connection (auto-ack, which
+        would avoid the reject, is not allowed on streams). So the stream is read on a connection of its
+        own, and an error while closing it is of no account.
         """
         marker = f"sync-{time.time_ns()}-{id(self)}"
         self._publish(STATE, json.dumps({"sync": marker}).encode())
-        channel = self.conn.channel()
+        reader = self._pika.BlockingConnection(self._params)
         try:
+            channel = reader.channel()
             channel.basic_qos(prefetch_count=500)
             events: list[dict] = []
             for method, _, body in channel.consume(STATE, arguments={"x-stream-offset": "first"}, inactivity_timeout=10.0):
@@ -89,8 +95,10 @@ class RabbitBroker:
                     events.append(event)
             return events
         finally:
-            if channel.is_open:
-                channel.close()
+            try:
+                reader.close()
+            except self._pika.exceptions.AMQPError:
+                pass
 
     def _fold(self) -> dict[str, dict]:
         jobs: dict[str, dict] = {}

@@ -75,3 +75,29 @@ def test_killed_runner_request_is_delivered_again(rabbit, rabbit_env, registered
     job = rabbit.get(request.id)
     assert job["state"] == "succeeded" and job["attempts"] == 2
     assert_no_secrets((tmp_path / "victim.log").read_text())
+
+
+def test_reading_state_while_others_write_it(rabbit, rabbitmq_server):
+    """Events written while a client reads the state stream arrive after its marker; the reader must drop
+    them without rejecting (a stream closes the connection on a reject)."""
+    import threading
+
+    from piml.queue import connect
+
+    writer = connect(rabbitmq_server.url)
+    writer._event("busy", state="running")
+    stop = threading.Event()
+
+    def write():  # a steady trickle, as runners write; the stream (replayed on every read) stays small
+        while not stop.wait(0.002):
+            writer._event("busy", state="running")
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    try:
+        for _ in range(20):
+            assert rabbit.get("busy")["state"] == "running"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        writer.close()
