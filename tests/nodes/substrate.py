@@ -751,13 +751,16 @@ class Substrate:
         return r.stdout + r.stderr
 
     def wait_ssh(self, node: Node, timeout: float | None = None) -> None:
-        """Wait (bounded) until sshd on the node sends its banner; raise with console/journal tail if not."""
+        """Wait (bounded) until sshd on the node answers and logins are allowed; raise with console/journal
+        tail if not. sshd is up before systemd-user-sessions removes /run/nologin, and until then pam_nologin
+        refuses the pi user ("System is booting up"); under load that window is long enough to fail a test."""
         deadline = time.monotonic() + (timeout or self.boot_timeout)
         while time.monotonic() < deadline:
             if not self.is_running(node):
                 raise SubstrateError(f"node {node.name}: systemd-nspawn exited during boot\n"
                                      f"--- console tail ---\n{self.console_tail(node)}")
-            if port_open(node.address, node.port, timeout=1.0):
+            if port_open(node.address, node.port, timeout=1.0) and \
+                    self.run(node, "test ! -e /run/nologin", check=False, timeout=10).returncode == 0:
                 return
             time.sleep(0.2)
         raise SubstrateError(f"node {node.name} ({node.address}): sshd not answering after "

@@ -27,7 +27,14 @@ def preflight(piml, project, *extra):
 
 
 def by_check(rows, node, check):
-    return next((r for r in rows if r["node"] == node and r["check"] == check), None)
+    row = next((r for r in rows if r["node"] == node and r["check"] == check), None)
+    assert row is not None, f"no {check!r} row for {node}; rows: {rows}"
+    return row
+
+
+def statuses(rows, check, *nodes):
+    """{node: status} for one check, so a failed comparison shows every node's row."""
+    return {n.name: by_check(rows, n.name, check)["status"] for n in nodes}
 
 
 def test_preflight_on_three_nodes_passes_and_records_host_keys(piml, tmp_path, three_nodes):
@@ -81,7 +88,7 @@ def test_stopped_node_is_one_error_and_the_others_are_reported(piml, tmp_path, n
     assert out.returncode == 1
     assert by_check(rows, b.name, "reach")["status"] == "fail"
     assert [r["check"] for r in rows if r["node"] == b.name] == ["reach"]
-    assert by_check(rows, a.name, "reach")["status"] == by_check(rows, c.name, "reach")["status"] == "pass"
+    assert statuses(rows, "reach", a, c) == {a.name: "pass", c.name: "pass"}, rows
     status = json.loads(piml("status", "--json", cwd=project).stdout)["nodes"]
     assert [(n["name"], n["reachable"]) for n in status] == [(a.name, True), (b.name, False), (c.name, True)]
     assert b.name in status[1]["error"]
@@ -131,7 +138,7 @@ def test_wrong_key_file_names_the_node(piml, tmp_path, three_nodes):
     assert out.returncode == 1
     row = by_check(rows, b.name, "reach")
     assert row["status"] == "fail" and "refused our login" in row["detail"] and str(other_key) in row["detail"]
-    assert by_check(rows, a.name, "reach")["status"] == by_check(rows, c.name, "reach")["status"] == "pass"
+    assert statuses(rows, "reach", a, c) == {a.name: "pass", c.name: "pass"}, rows
 
 
 def test_sudo_wanting_a_password_fails_that_node_only(piml, tmp_path, node_factory):
@@ -142,7 +149,7 @@ def test_sudo_wanting_a_password_fails_that_node_only(piml, tmp_path, node_facto
     assert out.returncode == 1
     row = by_check(rows, c.name, "sudo")
     assert row["status"] == "fail" and "password" in row["detail"] and "NOPASSWD" in row["fix"]
-    assert by_check(rows, a.name, "sudo")["status"] == "pass"
+    assert statuses(rows, "sudo", a, b) == {a.name: "pass", b.name: "pass"}, rows
 
 
 def test_duplicate_hostnames_and_throttling(piml, tmp_path, node_factory):
