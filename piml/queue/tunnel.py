@@ -20,14 +20,14 @@ RABBITMQ_USER = "piml"
 
 
 def pick_pod(pods: list[Any], kind: str) -> str:
-    """The name of a running, ready pod of the broker."""
+    """The name of a running, ready pod of `kind`."""
     for pod in pods:
         status = pod.status
         if status is None or status.phase != "Running" or pod.metadata.deletion_timestamp:
             continue
         if any(c.type == "Ready" and c.status == "True" for c in status.conditions or []):
             return pod.metadata.name
-    raise PimlError(Problem(kind, "no ready broker pod in the cluster", "check it with `piml status`, or wait for `piml up` to finish"), 1)
+    raise PimlError(Problem(kind, "no ready pod in the cluster", "check it with `piml status`, or wait for `piml up` to finish"), 1)
 
 
 def secret_password(secret: Any, kind: str) -> str:
@@ -103,23 +103,34 @@ def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:
         raise InputError(Problem(str(kubeconfig), "no kubeconfig", "run `piml up` first, or pass --queue-url redis://... / amqp://..."))
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
-    from kubernetes.stream import portforward
 
     api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
-    port = PORTS[kind]
     try:
         password = secret_password(api.read_namespaced_secret(kind, namespace), kind)
-        pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/name={kind}").items, kind)
     except ApiException as exc:
-        raise PimlError(Problem(f"cluster ({namespace})", f"cannot read the {kind} Secret and pods: HTTP {exc.status} {exc.reason}",
+        raise PimlError(Problem(f"cluster ({namespace})", f"cannot read the {kind} Secret: HTTP {exc.status} {exc.reason}",
+                                "check the kubeconfig and that `piml up` finished"), 1) from None
+    forwarder = forward(api, namespace, f"app.kubernetes.io/name={kind}", PORTS[kind], kind)
+    url = f"redis://127.0.0.1:{forwarder.port}/0" if kind == "redis" else f"amqp://{RABBITMQ_USER}@127.0.0.1:{forwarder.port}/"
+    return Tunnel(url, password, forwarder)
+
+
+def forward(api: Any, namespace: str, selector: str, port: int, what: str) -> Forwarder:
+    """A loopback listener bridged to `port` of a ready pod matching the label `selector` (a CoreV1Api)."""
+    from kubernetes.client.rest import ApiException
+    from kubernetes.stream import portforward
+
+    try:
+        pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=selector).items, what)
+    except ApiException as exc:
+        raise PimlError(Problem(f"cluster ({namespace})", f"cannot list the {what} pods: HTTP {exc.status} {exc.reason}",
                                 "check the kubeconfig and that `piml up` finished"), 1) from None
 
     def open_remote() -> socket.socket:
-        forward = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
-        remote = forward.socket(port)
-        forwarder._keep.append(forward)  # the stream lives as long as its socket
+        stream = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+        remote = stream.socket(port)
+        forwarder._keep.append(stream)  # the stream lives as long as its socket
         return remote
 
     forwarder = Forwarder(open_remote)
-    url = f"redis://127.0.0.1:{forwarder.port}/0" if kind == "redis" else f"amqp://{RABBITMQ_USER}@127.0.0.1:{forwarder.port}/"
-    return Tunnel(url, password, forwarder)
+    return forwarder

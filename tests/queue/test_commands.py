@@ -107,7 +107,7 @@ def test_tunnel_picks_a_ready_pod_and_reads_the_secret():
 
     pods = [_pod("redis-a", phase="Pending"), _pod("redis-b", ready="False"), _pod("redis-c", deleting="now"), _pod("redis-d")]
     assert pick_pod(pods, "redis") == "redis-d"
-    with pytest.raises(PimlError, match="redis: no ready broker pod"):
+    with pytest.raises(PimlError, match="redis: no ready pod"):
         pick_pod(pods[:3], "redis")
     secret = SimpleNamespace(data={"password": base64.b64encode(b"pw-123").decode()})
     assert secret_password(secret, "redis") == "pw-123"

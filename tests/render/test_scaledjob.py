@@ -100,3 +100,23 @@ def test_configmap_carries_the_runner_source_it_mounts(tmp_path):
 def test_no_runner_without_the_queue(tmp_path):
     _, _, _, rendered = render(tmp_path, "pi5-3x8gb", {"queue": {"enabled": False}})
     assert "runner" not in rendered
+
+
+@pytest.mark.parametrize("mlflow", [True, False])
+def test_ray_and_dask_pods_log_to_mlflow_with_the_secret(tmp_path, mlflow):
+    """Ray jobs (the deep check's training job among them) and Dask tasks find MLflow through their
+    environment; the password comes from MLflow's Secret and never appears in a manifest."""
+    _, _, secrets, rendered = render(tmp_path, "pi5-3x8gb", {"mlflow": {"enabled": mlflow}})
+    ray = next(o for o in rendered["ray"] if o["kind"] == "RayCluster")["spec"]
+    pods = [ray["headGroupSpec"]["template"]] + [g["template"] for g in ray["workerGroupSpecs"]]
+    pods += [o["spec"]["template"] for o in rendered["dask"] if o["kind"] == "Deployment" and "worker" in o["metadata"]["name"]]
+    assert len(pods) >= 3
+    for pod in pods:
+        env = {e["name"]: e for e in pod["spec"]["containers"][0].get("env", [])}
+        if not mlflow:
+            assert "MLFLOW_TRACKING_URI" not in env
+            continue
+        assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.piml.svc:5000/mlflow"
+        assert env["MLFLOW_TRACKING_USERNAME"]["value"] == "admin"
+        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow", "key": "admin-password"}
+    assert secrets["mlflow_admin_password"] not in json.dumps(pods)
