@@ -6,6 +6,8 @@ apply / wait / diagnose / prune / teardown / status code. See README.md for what
     api = FakeKubeAPI().start()          # 127.0.0.1:<free port>
     api.write_kubeconfig(path)
     api.inject("mlflow", "image-pull")   # the pods of Deployment mlflow cannot pull their image
+    api.forward("piml", pod, 6379, local_port)   # pods/portforward of that pod port reaches 127.0.0.1:local_port
+    api.on_exec("piml", pod, api.run_locally())  # pods/exec of that pod runs the command here
     ...
     api.stop()
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import re
 import threading
@@ -24,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
+from tests.standins.kubeapi import streams, websocket
 
 K8S_VERSION = "v1.36.3+k3s1"
 
@@ -66,6 +71,8 @@ CHART_CRDS = {
 }
 FAULTS = ("image-pull", "exec-format", "oom", "crash", "insufficient-memory")
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
+# pods/exec and pods/portforward: WebSocket upgrades, served by streams.py (the only streaming subresources here)
+STREAM_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/(exec|portforward)$")
 
 
 class ApiError(Exception):
@@ -134,6 +141,9 @@ class FakeKubeAPI:
         self._rv = 0
         self._lock = threading.RLock()
         self._timers: list[tuple[float, callable]] = []  # (when, action): the "controllers"
+        self.forwards: dict[tuple[str, str, int], int] = {}  # (namespace, pod, pod port) -> loopback port
+        self.exec_handlers: dict[tuple[str, str], streams.ExecHandler] = {}  # (namespace, pod) -> handler
+        self._streams: set[websocket.WebSocket] = set()  # open exec / port-forward connections, ended by stop()
         self._server: ThreadingHTTPServer | None = None
         self._stopping = threading.Event()
         for name in ("default", "kube-system"):
@@ -155,6 +165,9 @@ class FakeKubeAPI:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+        with self._lock:
+            for ws in list(self._streams):  # handler threads blocked on a stream wake up and end
+                ws.abort()
 
     @property
     def url(self) -> str:
@@ -190,6 +203,32 @@ class FakeKubeAPI:
                            "nodeInfo": {"kubeletVersion": K8S_VERSION, "architecture": arch, "osImage": "Debian GNU/Linux 12 (bookworm)"}}}
         with self._lock:
             self._store(self.kind("Node"), node)
+
+    def add_pod(self, namespace: str, name: str, labels: dict | None = None, containers: tuple[str, ...] = ("main",)) -> dict:
+        """A Running, Ready pod of its own (no owner), e.g. to exec into or forward to. The namespace must exist."""
+        with self._lock:
+            self._check_namespace(self.kind("Pod"), namespace)
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+                   "spec": {"nodeName": self._nodes()[0], "containers": [{"name": c, "image": "standin"} for c in containers]},
+                   "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                              "containerStatuses": [{"name": c, "image": "standin", "imageID": _image_id("standin"),
+                                                     "ready": True, "restartCount": 0,
+                                                     "state": {"running": {"startedAt": _now()}}} for c in containers]}}
+            return copy.deepcopy(self._store(self.kind("Pod"), pod))
+
+    def forward(self, namespace: str, pod: str, pod_port: int, local_port: int) -> None:
+        """pods/portforward to `pod_port` of that pod reaches 127.0.0.1:`local_port` (a port nothing is registered
+        for is refused, as a port nothing listens on in a real pod). The pod must exist when the client connects."""
+        with self._lock:
+            self.forwards[(namespace, pod, int(pod_port))] = int(local_port)
+
+    def on_exec(self, namespace: str, pod: str, handler: streams.ExecHandler) -> None:
+        """pods/exec into that pod calls handler(argv) -> (exit code, stdout bytes, stderr bytes)."""
+        with self._lock:
+            self.exec_handlers[(namespace, pod)] = handler
+
+    run_locally = staticmethod(streams.run_locally)  # api.on_exec(ns, pod, api.run_locally(env={...}, timeout=60))
 
     def get(self, plural: str, namespace: str, name: str) -> dict | None:
         with self._lock:
@@ -305,6 +344,8 @@ class FakeKubeAPI:
                                   "kind": k.kind, "verbs": ["get", "patch", "update"]})
             if k.kind == "Pod":
                 resources.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+                resources += [{"name": f"pods/{sub}", "singularName": "", "namespaced": True, "kind": f"Pod{kind}Options",
+                               "verbs": ["create", "get"]} for sub, kind in (("exec", "Exec"), ("portforward", "PortForward"))]
         return 200, {"kind": "APIResourceList", "apiVersion": "v1",
                      "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
 
@@ -397,6 +438,59 @@ class FakeKubeAPI:
             if owned or (kind.kind == "Namespace" and key[1] == name):
                 del self.objects[key]
         return {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name, "kind": kind.plural}}
+
+    def stream(self, method: str, raw_path: str, headers) -> tuple[tuple[str, ...], callable]:
+        """Check a pods/exec or pods/portforward request as the API server does before it upgrades the connection.
+
+        Returns (the subprotocols spoken for it, the session to run on the WebSocket); an ApiError is answered
+        as plain HTTP, before any upgrade, as the real server answers these.
+        """
+        parts = urlsplit(raw_path)
+        namespace, name, sub = STREAM_PATH.match(parts.path).groups()
+        query = parse_qs(parts.query)
+        flag = lambda key: (query.get(key) or ["false"])[-1].lower() in ("true", "1", "t")  # noqa: E731 - Go's ParseBool
+        with self._lock:
+            self.requests.append((method, raw_path))
+            if method not in ("GET", "POST"):
+                raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on pods/{sub}")
+            pod = self._get(self.kind("Pod"), namespace, name)  # 404 for an unknown pod (or namespace)
+            if problem := websocket.upgrade_problem(headers):
+                raise ApiError(400, "BadRequest", problem)
+            if not pod["spec"].get("nodeName"):
+                raise ApiError(400, "BadRequest", f"pod {name} does not have a host assigned")
+            phase = pod.get("status", {}).get("phase")
+            if sub == "exec" and phase in ("Succeeded", "Failed"):
+                raise ApiError(400, "BadRequest", f"cannot exec into a container in a completed pod; current phase is {phase}")
+            if phase != "Running":
+                raise ApiError(400, "BadRequest", f"unable to upgrade connection: pod {name} is not running (phase {phase})")
+            uid = pod["metadata"]["uid"]
+            if sub == "portforward":
+                try:
+                    ports = [int(p) for value in query.get("ports", []) for p in value.split(",")]  # repeated or a,b
+                except ValueError:
+                    raise ApiError(400, "BadRequest", f"invalid ports {query.get('ports')}") from None
+                if not ports or not all(0 < p < 65536 for p in ports):
+                    raise ApiError(400, "BadRequest", "at least one port between 1 and 65535 is required")
+                targets = {p: self.forwards[(namespace, name, p)] for p in ports if (namespace, name, p) in self.forwards}
+                return streams.PORTFORWARD_PROTOCOLS, lambda ws: streams.serve_portforward(ws, name, uid, ports, targets)
+            command, containers = query.get("command", []), [c["name"] for c in pod["spec"].get("containers", [])]
+            container = (query.get("container") or [""])[-1]
+            if container and container not in containers:
+                raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
+            if not container and len(containers) > 1:
+                raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, "
+                                                  f"choose one of: [{' '.join(containers)}]")
+            if flag("stdin") or flag("tty"):
+                raise ApiError(400, "BadRequest", "the stand-in's exec takes no stdin and no tty")
+            if not (flag("stdout") or flag("stderr")):
+                raise ApiError(400, "BadRequest", "you must specify at least 1 of stdin, stdout, stderr")
+            if not command:
+                raise ApiError(400, "BadRequest", "you must specify at least one command for the container")
+            handler = self.exec_handlers.get((namespace, name))
+            if handler is None:
+                raise ApiError(400, "BadRequest", f"stand-in: no exec handler for pod {namespace}/{name} (api.on_exec)")
+            stdout, stderr = flag("stdout"), flag("stderr")
+            return streams.EXEC_PROTOCOLS, lambda ws: streams.serve_exec(ws, command, handler, stdout, stderr)
 
     def _log(self, namespace: str, pod: str, query: dict) -> str:
         obj = self._get(self.kind("Pod"), namespace, pod)
@@ -493,7 +587,8 @@ class FakeKubeAPI:
         for key, pod in self.objects.items():
             if key[0] == "pods" and any(r.get("uid") == uid for r in pod["metadata"].get("ownerReferences", [])):
                 pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
-                                 "containerStatuses": [{"name": c["name"], "image": c.get("image"), "ready": True,
+                                 "containerStatuses": [{"name": c["name"], "image": c.get("image", ""),
+                                                        "imageID": _image_id(c.get("image", "")), "ready": True,
                                                         "restartCount": 0, "state": {"running": {"startedAt": _now()}}}
                                                        for c in pod["spec"].get("containers", [])]}
                 pod["metadata"]["resourceVersion"] = self._next_rv()
@@ -514,7 +609,9 @@ class FakeKubeAPI:
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         container = pod["spec"]["containers"][0]
         image, cname = container.get("image", ""), container["name"]
-        status = {"name": cname, "image": image, "ready": False, "restartCount": 4}
+        # imageID: "" until the image was pulled (the typed client requires the field, as the API always sends it)
+        status = {"name": cname, "image": image, "imageID": "" if fault.kind == "image-pull" else _image_id(image),
+                  "ready": False, "restartCount": 4}
         if fault.kind == "image-pull":
             status["state"] = {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}}
             self._event(pod, "Failed", f'Failed to pull image "{image}": rpc error: code = NotFound desc = '
@@ -549,6 +646,11 @@ class FakeKubeAPI:
         self._store(self.kind("Event"), event)
 
 
+def _image_id(image: str) -> str:
+    """A stable made-up digest: real container statuses carry the pulled image's ID."""
+    return f"{image.split(':')[0]}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+
+
 def _parse(body: bytes) -> dict:
     text = body.decode() if body else "{}"
     try:
@@ -578,6 +680,8 @@ def _handler(api: FakeKubeAPI):
             pass
 
         def _serve(self):
+            if STREAM_PATH.match(urlsplit(self.path).path):
+                return self._stream()
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             try:
@@ -586,11 +690,38 @@ def _handler(api: FakeKubeAPI):
                 code, result = exc.code, exc.status()
             except Exception as exc:  # noqa: BLE001 - a stand-in bug: say so as a 500, do not hang the client
                 code, result = 500, ApiError(500, "InternalError", f"stand-in error: {exc!r}").status()
+            self._reply(code, result)
+
+        def _stream(self):
+            """pods/exec, pods/portforward: checks answered as HTTP, then the upgrade and the session."""
+            try:
+                protocols, session = api.stream(self.command, self.path, self.headers)
+                if (protocol := websocket.choose_protocol(self.headers, protocols)) is None:
+                    raise ApiError(400, "BadRequest", f"unable to upgrade: the stand-in speaks only {', '.join(protocols)}")
+            except Exception as exc:  # noqa: BLE001 - ApiError as the API answers it; anything else is a stand-in bug
+                error = exc if isinstance(exc, ApiError) else ApiError(500, "InternalError", f"stand-in error: {exc!r}")
+                self.close_connection = True  # a refused upgrade ends the connection (the client drops it anyway)
+                return self._reply(error.code, error.status())
+            ws = websocket.accept(self, protocol)
+            with api._lock:
+                api._streams.add(ws)
+            try:
+                session(ws)
+            except OSError:
+                pass  # the client went away mid-session
+            finally:
+                ws.abort()
+                with api._lock:
+                    api._streams.discard(ws)
+
+        def _reply(self, code: int, result) -> None:
             if isinstance(result, str):
                 data, ctype = result.encode(), "text/plain"
             else:
                 data, ctype = json.dumps(result).encode(), "application/json"
             self.send_response(code)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
