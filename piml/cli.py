@@ -157,14 +157,15 @@ def up(
     inventory: InventoryOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Bring the cluster up, stage by stage: preflight, prepare, k3s, kubeconfig.
+    """Bring the cluster up, stage by stage: preflight, prepare, k3s, kubeconfig, platform, verify.
 
     preflight reaches every node over SSH, gathers its facts in one round trip and checks it
     against what k3s and the platform need: pass / warn / fail with the fix. prepare readies the OS
     (hostname, memory cgroup, 4 KB pages on a Pi 5, swap, sysctls; reboots only if needed), k3s
     installs the pinned k3s (servers, then agents), kubeconfig stores .piml/kubeconfig and merges it
-    into ~/.kube/config as a context named after the project. A re-run changes nothing. Exit 1 if
-    any node fails (the others carry on).
+    into ~/.kube/config as a context named after the project, platform deploys MLflow, Dask, Ray and
+    the queue sized by the capacity plan, and verify runs `piml check`. A re-run changes nothing.
+    Exit 1 if any node or check fails (the other nodes carry on).
 
     \b
     Examples:
@@ -201,6 +202,35 @@ def status(
     from piml.commands.status import run_status
 
     run_status(project, inventory, limit, accept_new_host_keys, json, watch, interval)
+
+
+@app.command()
+def check(
+    deep: Annotated[bool, typer.Option("--deep", help="Also run work end to end: a Ray job trains and registers a model, a Dask computation, a queued request becomes a Job.")] = False,
+    limit: LimitOpt = None,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Prove the platform works: one table of pass / fail with timings. Exit 1 on any failure.
+
+    Nodes (testinfra over SSH): k3s running and enabled, the API port on servers, memory cgroup,
+    no throttling. Cluster: nodes Ready without pressure, workloads ready, KEDA serving metrics.
+    Components, through port-forwards: MLflow health and an authenticated call, Dask workers, Ray
+    resources, the queue broker. --deep trains a model with Ray, registers it in MLflow, runs a Dask
+    computation and sends a request through the queue; its Ray job installs mlflow-skinny and
+    scikit-learn from PyPI.
+
+    \b
+    Examples:
+      piml check
+      piml check --deep
+      piml check --json | jq '.checks[] | select(.status == "fail")'
+      piml check --limit pi1,pi2
+    """
+    from piml.commands.check import run_check
+
+    run_check(project, inventory, deep, limit, json)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""`piml up`: run the stages in order: preflight -> prepare -> k3s -> kubeconfig -> platform.
+"""`piml up`: run the stages in order: preflight -> prepare -> k3s -> kubeconfig -> platform -> verify.
 
 Nodes that fail a stage drop out of the later ones; the others carry on. The summary at the end names
 every node that failed and what to do; the exit code is 1 if any did.
@@ -13,7 +13,7 @@ from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.inventory.ansible import did_you_mean
 from piml.output import console, print_json
 
-STAGES = ("preflight", "prepare", "k3s", "kubeconfig", "platform")
+STAGES = ("preflight", "prepare", "k3s", "kubeconfig", "platform", "verify")
 NODE_STAGES = ("preflight", "prepare", "k3s")
 
 
@@ -106,7 +106,29 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
         else:
             facts = {r.node.name: r.facts for r in reports if r.reachable}
             summary["platform"] = _platform(cluster, facts, as_json, failed)
+    if "verify" in stages:
+        if first.name in failed or "platform" in failed:
+            summary["verify"] = {"skipped": "an earlier stage failed"}
+        else:
+            summary["verify"] = _verify(cluster, limit, as_json, failed)
     _finish(summary, failed, as_json)
+
+
+def _verify(cluster, limit, as_json: bool, failed: dict[str, str]) -> list[dict]:
+    """`piml check` without --deep: nodes, cluster, components; each failure is one line of the summary."""
+    import time
+
+    from piml.commands.check import check_cluster
+    from piml.health import report
+
+    started = time.monotonic()
+    results = check_cluster(cluster, limit=limit)
+    if not as_json:
+        report.show(results, time.monotonic() - started, title="verify")
+    for r in results:
+        if r.failed:
+            failed.setdefault(r.target, f"verify {r.check}: {r.detail}" + (f"; {r.fix}" if r.fix else ""))
+    return [r.as_dict() for r in results]
 
 
 def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> dict:
@@ -188,6 +210,10 @@ def _dry_run(cluster, stages: list[str], nodes, merge: bool, as_json: bool) -> N
             plan[stage] = [f"{n.name}: connect to {n.user or 'ssh'}@{n.address}, gather facts (read-only)" for n in nodes]
         elif stage == "platform":
             capacity, plan[stage] = _platform_dry_run(cluster)
+        elif stage == "verify":
+            plan[stage] = ["nodes: k3s service running and enabled, API port on servers, memory cgroup, throttling (testinfra over SSH)",
+                           "cluster: every node Ready without pressure, every workload ready, KEDA serving metrics",
+                           "components: MLflow health and an authenticated call, Dask workers, Ray resources, the queue broker"]
         else:
             plan[stage] = describe(cluster, stage, nodes, merge)
     if as_json:

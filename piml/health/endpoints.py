@@ -28,3 +28,4 @@ class Endpoints:
     ray_dashboard_url: str | None = None  # http://host:8265
     queue_url: str | None = None  # redis://… or amqp://…
     queue_password: str | None = field(default=None, repr=False)
+    unreachable: dict[str, str] = field(default_factory=dict)  # component -> why it has no URL (a cluster's)

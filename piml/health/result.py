@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from piml.errors import PimlError
+
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
 
@@ -51,6 +53,9 @@ def timed(group: str, target: str, check: str, body: Callable[[], str]) -> Resul
         status, detail, fix = FAIL, exc.detail, exc.fix
     except CheckSkipped as exc:
         status, detail, fix = SKIP, str(exc), ""
+    except PimlError as exc:  # e.g. the API unreachable: piml's own one-line problem
+        problem = exc.problems[0]
+        status, detail, fix = FAIL, f"{problem.where}: {problem.what}", problem.fix
     except Exception as exc:  # noqa: BLE001 - a check must report, never crash the others
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         status, detail, fix = FAIL, f"{type(exc).__name__}: {first}" if first else type(exc).__name__, ""

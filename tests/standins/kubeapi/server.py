@@ -61,6 +61,7 @@ BUILTIN = [
     Kind("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False),
     Kind("helm.cattle.io", "v1", "HelmChart", "helmcharts", True),  # k3s's Helm controller
     Kind("traefik.io", "v1alpha1", "Middleware", "middlewares", True),  # k3s ships Traefik
+    Kind("apiregistration.k8s.io", "v1", "APIService", "apiservices", False),
 ]
 # What a HelmChart of that name "installs": the CRDs (served after `crd_delay` seconds).
 CHART_CRDS = {
@@ -516,12 +517,32 @@ class FakeKubeAPI:
         name = obj["metadata"]["name"]
         if kind.kind == "HelmChart" and name in CHART_CRDS:
             self._later(self.crd_delay, lambda: self._install_crds(CHART_CRDS[name]))
+        if kind.kind == "HelmChart" and name == "keda":
+            self._later(self.crd_delay, lambda: self._install_keda(obj.get("spec", {}).get("targetNamespace", "keda")))
         if kind.kind in ("Deployment", "RayCluster"):
             self._sync_pods(obj)
 
     def _changed(self, kind: Kind, obj: dict, old: dict) -> None:
         if kind.kind in ("Deployment", "RayCluster") and obj.get("spec") != old.get("spec"):
             self._sync_pods(obj)
+
+    def _install_keda(self, namespace: str) -> None:
+        """What the KEDA chart runs: its operator and metrics server (pods ready like any Deployment's), and
+        the external metrics APIService, Available (`piml check` looks at all three)."""
+        if ("namespaces", "", namespace) not in self.objects:
+            self._store(self.kind("Namespace"), {"metadata": {"name": namespace}})
+        for name in ("keda-operator", "keda-operator-metrics-apiserver"):
+            labels = {"app.kubernetes.io/name": name}
+            deployment = self._store(self.kind("Deployment"), {
+                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
+                "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                         "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": name, "image": f"ghcr.io/kedacore/{name}"}]}}}})
+            self._sync_pods(deployment)
+        self._store(self.kind("APIService"), {
+            "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+            "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
+                     "service": {"namespace": namespace, "name": "keda-operator-metrics-apiserver"}},
+            "status": {"conditions": [{"type": "Available", "status": "True", "reason": "Passed"}]}})
 
     def _install_crds(self, kinds: list[Kind]) -> None:
         for k in kinds:

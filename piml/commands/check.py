@@ -1,0 +1,92 @@
+"""`piml check` (and the `verify` stage of `piml up`): prove the platform works, one table of pass/fail.
+
+Node checks (SSH) run beside the cluster and component checks (Kubernetes API), so the slowest group
+sets the time, not their sum.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from piml.errors import EXIT_FAILED, PimlError, Problem
+
+if TYPE_CHECKING:
+    from piml.health.result import Result
+    from piml.project import Cluster
+
+GROUPS = ("nodes", "cluster", "components")
+
+
+def run_check(project: Path | None, inventory: Path | None, deep: bool, limit: str | None, as_json: bool) -> None:
+    from piml.health import report
+    from piml.project import ProjectPaths, load_cluster
+
+    cluster = load_cluster(ProjectPaths.resolve(project, inventory))
+    started = time.monotonic()
+    results = check_cluster(cluster, deep=deep, limit=limit)
+    report.show(results, time.monotonic() - started, "piml check --deep" if deep else "piml check", json=as_json)
+    raise_on_failure(results)
+
+
+def check_cluster(cluster: "Cluster", deep: bool = False, limit: str | None = None) -> list["Result"]:
+    from piml.health.nodes import node_checks
+    from piml.inventory import Role
+    from piml.reach import select_nodes
+
+    nodes = [n for n in select_nodes(cluster.inventory.nodes, limit) if n.role is not Role.EXTERNAL]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="piml-node-checks") as pool:
+        on_nodes = pool.submit(node_checks, cluster, nodes)
+        rest = _platform_checks(cluster, deep)
+        return on_nodes.result() + rest
+
+
+def _platform_checks(cluster: "Cluster", deep: bool) -> list["Result"]:
+    from piml.health.cluster import cluster_checks
+    from piml.health.connect import open_cluster_endpoints
+    from piml.health.probes import component_checks
+    from piml.health.result import FAIL, Result
+    from piml.kube.client import connect
+
+    kubeconfig = cluster.paths.state / "kubeconfig"
+    try:
+        kube = connect(kubeconfig, cluster.paths.show(kubeconfig))
+    except PimlError as exc:
+        problem = exc.problems[0]
+        return [Result("cluster", "cluster", "API", FAIL, f"{problem.where}: {problem.what}", problem.fix)]
+    try:
+        results = cluster_checks(kube, cluster)
+    finally:
+        kube.close()
+    if results and results[0].target == "cluster" and results[0].failed:
+        return results  # no API, so no port-forward either: one clear failure instead of one per component
+    with open_cluster_endpoints(cluster) as endpoints:
+        results += _unreachable(endpoints.unreachable)
+        results += [r for r in component_checks(endpoints, cluster.config) if r.target not in endpoints.unreachable]
+        if deep:
+            from piml.health.deep import deep_checks
+
+            results += deep_checks(endpoints, cluster.config, ray_pip=ray_pip(cluster))
+    return results
+
+
+def _unreachable(reasons: dict[str, str]) -> list["Result"]:
+    from piml.health.result import FAIL, Result
+
+    return [Result("components", component, "reachable", FAIL, reason,
+                   "see `piml status` for the component, and `kubectl -n <namespace> get pods`") for component, reason in reasons.items()]
+
+
+def ray_pip(cluster: "Cluster") -> list[str]:
+    """What the deep check's Ray job needs beyond the Ray image: an MLflow client matching the server, and
+    scikit-learn. Ray installs them into the job's environment (this needs PyPI from the cluster)."""
+    return [f"mlflow-skinny=={cluster.config.mlflow.version}", "scikit-learn"]
+
+
+def raise_on_failure(results: list["Result"]) -> None:
+    failed = [r for r in results if r.failed]
+    if failed:
+        names = ", ".join(f"{r.target} {r.check}" for r in failed[:6]) + (", ..." if len(failed) > 6 else "")
+        raise PimlError(Problem("piml check", f"{len(failed)} check(s) failed: {names}", "see the detail and fix columns above"), EXIT_FAILED)

@@ -1,0 +1,88 @@
+"""Cluster checks through the Kubernetes API: every node registered and Ready without pressure, every
+platform workload ready, KEDA serving external metrics (without it no request ever becomes a Job)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from piml.health.result import CheckFailed, Result, timed
+from piml.kube.status import component_row, node_row
+
+if TYPE_CHECKING:
+    from piml.kube.client import Kube
+    from piml.project import Cluster
+
+KEDA_NAMESPACE = "keda"
+KEDA_DEPLOYMENTS = ("keda-operator", "keda-operator-metrics-apiserver")
+KEDA_APISERVICE = "v1beta1.external.metrics.k8s.io"
+
+
+def cluster_checks(kube: "Kube", cluster: "Cluster") -> list[Result]:
+    from piml.kube.discovery import Discovery
+    from piml.kube.prune import project_objects
+
+    results = _node_results(kube, cluster)
+    if results[0].target == "cluster" and results[0].failed:  # the API did not answer: nothing more to ask it
+        return results
+    live = project_objects(kube, Discovery(kube), cluster.name)
+    for obj in live:
+        if obj["kind"] in ("Deployment", "RayCluster", "HelmChart"):
+            results.append(_workload_result(obj, cluster.config.namespace))
+    if cluster.config.queue.enabled:
+        results.append(timed("cluster", "keda", "serving metrics", lambda: _keda(kube)))
+    return results
+
+
+def _node_results(kube: "Kube", cluster: "Cluster") -> list[Result]:
+    found: dict[str, dict] = {}
+
+    def listing() -> str:
+        found.update((row["name"], row) for row in (node_row(n) for n in kube.request("GET", "/api/v1/nodes").get("items", [])))
+        return f"{len(found)} registered"
+
+    listed = timed("cluster", "cluster", "nodes", listing)
+    if listed.failed:
+        return [listed]
+    return [timed("cluster", node.name, "Ready", lambda node=node: _node_ready(found.get(node.name), node.name))
+            for node in cluster.inventory.cluster_nodes]
+
+
+def _node_ready(row: dict | None, name: str) -> str:
+    if row is None:
+        raise CheckFailed("not registered in the cluster", f"see why k3s did not join: on {name}, sudo journalctl -u k3s-agent -n 50 (k3s on servers)")
+    if not row["ready"]:
+        raise CheckFailed("NotReady", f"kubectl describe node {name}; on the node: sudo journalctl -u k3s -n 50")
+    if row["pressure"]:
+        raise CheckFailed(", ".join(row["pressure"]), f"kubectl describe node {name}: free memory or disk on it, or move work off it")
+    return f"Ready, no pressure ({row['kubelet'] or 'k3s'}, {row['arch']})"
+
+
+def _workload_result(obj: dict, namespace: str) -> Result:
+    row = component_row(obj)
+
+    def body() -> str:
+        if not row["ready"]:
+            where = row["namespace"] or namespace
+            look = (f"kubectl -n {where} describe {row['kind'].lower()} {row['name']}" if row["kind"] != "HelmChart"
+                    else f"kubectl -n kube-system logs job/helm-install-{row['name']}")
+            raise CheckFailed(f"{row['kind']} {row['name']} not ready ({row['state']})", look)
+        return f"{row['kind']} {row['name']} {row['state']}"
+
+    return timed("cluster", row["component"], "ready", body)
+
+
+def _keda(kube: "Kube") -> str:
+    for name in KEDA_DEPLOYMENTS:
+        deployment = kube.get(f"/apis/apps/v1/namespaces/{KEDA_NAMESPACE}/deployments/{name}")
+        if deployment is None:
+            raise CheckFailed(f"no {name} Deployment in namespace {KEDA_NAMESPACE}",
+                              "see how the KEDA chart install went: kubectl -n kube-system logs job/helm-install-keda")
+        if not (deployment.get("status") or {}).get("availableReplicas"):
+            raise CheckFailed(f"{name} has no available replica", f"kubectl -n {KEDA_NAMESPACE} describe deploy/{name}")
+    service = kube.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{KEDA_APISERVICE}")
+    conditions = {c.get("type"): c for c in ((service or {}).get("status") or {}).get("conditions", [])}
+    available = conditions.get("Available", {})
+    if available.get("status") != "True":
+        raise CheckFailed(f"the external metrics API is not available ({available.get('message') or 'no APIService'})",
+                          f"kubectl -n {KEDA_NAMESPACE} logs deploy/keda-operator-metrics-apiserver")
+    return "operator and metrics server available"
