@@ -1,4 +1,4 @@
-"""Shared test fixtures. Test nodes (systemd-nspawn machines) come from tests/nodes/."""
+"""Shared test fixtures. Test nodes (systemd-nspawn machines) come from tests/nodes/, real services from tests/services.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.nodes.pytest_plugin"]  # real SSH test nodes: node_factory, three_nodes
+pytest_plugins = [
+    "tests.nodes.pytest_plugin",  # real SSH test nodes: node_factory, three_nodes
+    "tests.services",  # real Redis, MLflow (basic auth, a registered model), RabbitMQ on loopback
+]
 
 
 def run_piml(*args: str, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess:

@@ -1,0 +1,181 @@
+"""Real services on loopback for the health checks: a Ray head (`ray start --head`, with the dashboard and its
+Jobs API) and a Dask scheduler with one worker, once per session; Redis and MLflow come from tests/services.py.
+
+Ray's processes all bind to 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps its node address on
+loopback), on free ports, in a temp dir of their own. The head's environment carries MLFLOW_TRACKING_*, as
+the cluster's Ray pods do, so the deep check's job logs to the test MLflow without being handed a password.
+Every process a fixture starts is ended at teardown, also on failure: its process group, plus any process
+that carries the fixture's marker variable (Ray starts job drivers in sessions of their own).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.health.helpers import local_dask_python
+from tests.queue.helpers import REPO, free_port, wait_for
+
+from piml.health.endpoints import Endpoints
+
+VENV_BIN = str(Path(sys.executable).parent)
+MARKER = "PIML_TEST_SERVICE"
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL every process whose environment has MARKER=marker (the fixture's own processes only)."""
+    needle = f"{MARKER}={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def end(proc: subprocess.Popen, marker: str) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    kill_marked(marker)
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+
+
+def alive_nodes(url: str) -> int:
+    import json
+
+    with urllib.request.urlopen(f"{url}/api/v0/nodes", timeout=5) as response:
+        return sum(node["state"] == "ALIVE" for node in json.load(response)["data"]["result"]["result"])
+
+
+@dataclass
+class RayHead:
+    dashboard_url: str
+    log: Path
+    env: dict
+
+
+@pytest.fixture(scope="session")
+def ray_head(mlflow_server):
+    """A Ray head with one CPU; its dashboard at `dashboard_url`."""
+    marker = secrets.token_hex(8)
+    temp = Path(tempfile.mkdtemp(prefix="piml-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
+                                             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+                                             "node-manager-port", "object-manager-port")}
+    env = {**os.environ, **mlflow_server.env, MARKER: marker, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+    log = temp / "ray-start.log"
+    args = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--num-cpus=1", "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}", "--object-store-memory=100000000"]
+    args += [f"--{name}={port}" for name, port in ports.items()]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{ports['dashboard-port']}"
+    try:
+        wait_for(lambda: http_ok(f"{url}/api/jobs/") and alive_nodes(url), 90, "ray head", proc, log)
+        yield RayHead(url, log, env)
+    finally:
+        end(proc, marker)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@dataclass
+class DaskCluster:
+    address: str
+    dashboard_url: str
+
+    def python(self, script: str) -> str:
+        return local_dask_python(self.address)(script)
+
+
+def start_dask(tmp: Path, marker: str, workers: int) -> tuple[DaskCluster, list[subprocess.Popen]]:
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, MARKER: marker}
+    procs = []
+    with open(tmp / "scheduler.log", "w") as out:
+        procs.append(subprocess.Popen([os.path.join(VENV_BIN, "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                       "--dashboard-address", f"127.0.0.1:{dashboard}", "--dashboard-prefix", "/dask"],
+                                      env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    cluster = DaskCluster(f"tcp://127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}/dask")  # the cluster's prefix
+    for i in range(workers):
+        with open(tmp / f"worker-{i}.log", "w") as out:
+            procs.append(subprocess.Popen([os.path.join(VENV_BIN, "dask"), "worker", cluster.address, "--host", "127.0.0.1",
+                                           "--nthreads", "1", "--no-nanny", "--name", f"worker-{i}", "--local-directory", str(tmp),
+                                           "--dashboard-address", f"127.0.0.1:{free_port()}"],
+                                          env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    return cluster, procs
+
+
+def dask_workers(cluster: DaskCluster) -> int:
+    import json
+
+    with urllib.request.urlopen(f"{cluster.dashboard_url}/json/counts.json", timeout=2) as response:
+        return json.load(response)["workers"]
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory):
+    """A Dask scheduler and one worker (one thread) on loopback ports."""
+    marker = secrets.token_hex(8)
+    tmp = tmp_path_factory.mktemp("dask")
+    cluster, procs = start_dask(tmp, marker, workers=1)
+    try:
+        wait_for(lambda: dask_workers(cluster) == 1, 60, "dask scheduler and worker", procs[0], tmp / "scheduler.log")
+        yield cluster
+    finally:
+        for proc in reversed(procs):
+            end(proc, marker)
+
+
+@pytest.fixture(scope="session")
+def idle_dask(tmp_path_factory):
+    """A Dask scheduler without workers (as when every worker pod is gone)."""
+    marker = secrets.token_hex(8)
+    tmp = tmp_path_factory.mktemp("dask-idle")
+    cluster, procs = start_dask(tmp, marker, workers=0)
+    try:
+        wait_for(lambda: http_ok(f"{cluster.dashboard_url}/health"), 60, "dask scheduler", procs[0], tmp / "scheduler.log")
+        yield cluster
+    finally:
+        end(procs[0], marker)
+
+
+@pytest.fixture
+def endpoints(mlflow_server, redis_server, dask_cluster, ray_head) -> Endpoints:
+    """Every component healthy, as `piml check` would see a cluster through its port-forwards."""
+    return Endpoints(mlflow_url=mlflow_server.url, mlflow_user=mlflow_server.username, mlflow_password=mlflow_server.password,
+                     dask_dashboard_url=dask_cluster.dashboard_url, dask_python=dask_cluster.python,
+                     ray_dashboard_url=ray_head.dashboard_url,
+                     queue_url=f"redis://127.0.0.1:{redis_server.port}/0", queue_password=redis_server.password)
+
+
+@pytest.fixture
+def clean_redis(redis_server):
+    import redis
+
+    client = redis.Redis(port=redis_server.port, password=redis_server.password)
+    client.flushdb()
+    client.close()

@@ -1,0 +1,170 @@
+"""`piml check` and `piml up --only verify` as a user runs them, end to end through the Kubernetes API.
+
+The API is the stand-in (tests/standins/kubeapi): the platform is applied to it, and its pods' port-forwards
+lead to the real services on loopback (MLflow with basic auth, a Dask scheduler and worker, a Ray head,
+Redis). So piml finds the pods by label, reads the Redis password from its Secret, port-forwards through
+the kubernetes client's WebSocket streams and probes real servers. The nodes sit on loopback ports where
+nothing listens: their checks fail at once (the node checks themselves are tested on real SSH test nodes
+in tests/nodechecks).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+
+import pytest
+
+from tests.platform.conftest import FAST, Project
+from tests.queue.helpers import assert_no_secrets, free_port
+from tests.standins.kubeapi.server import FakeKubeAPI
+
+from piml.fsutil import write_atomic
+from piml.kube.deploy import deploy
+from piml.secrets import load_or_create
+
+INVENTORY = """
+k3s_cluster:
+  children:
+    server:
+      hosts:
+        pi1: {ansible_host: 127.0.0.1, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
+    agent:
+      hosts:
+        pi2: {ansible_host: 127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
+"""
+NAMESPACE = "piml"
+
+
+@contextmanager
+def prefixed(target: str, prefix: str = "/mlflow"):
+    """The cluster serves MLflow under /mlflow (--static-prefix); the test server has no prefix. This loopback
+    proxy strips it, passing method, headers (Authorization too), body and status through."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _relay(self):
+            path = self.path[len(prefix):] if self.path.startswith(prefix) else self.path
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
+            request = urllib.request.Request(target + (path or "/"), data=body, headers=headers, method=self.command)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    status, data, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+            except urllib.error.HTTPError as exc:
+                status, data, kind = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+            self.send_response(status)
+            self.send_header("Content-Type", kind or "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _relay
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def pods_by_component(api: FakeKubeAPI) -> dict[str, str]:
+    found = {}
+    for name in api.names("pods", NAMESPACE):
+        labels = api.get("pods", NAMESPACE, name)["metadata"].get("labels", {})
+        found[labels.get("app.kubernetes.io/name", "")] = name
+    return found
+
+
+@pytest.fixture
+def lab(tmp_path, mlflow_server, redis_server, dask_cluster, ray_head):
+    """A project whose platform is applied to the API stand-in, each pod's port leading to a real service."""
+    root = tmp_path / "lab"
+    state = root / ".piml"
+    secrets = load_or_create(state)  # then the services' own passwords, as `piml up` would have put them there
+    secrets.update(mlflow_admin_password=mlflow_server.password, redis_password=redis_server.password)
+    write_atomic(state / "secrets.yaml", json.dumps(secrets), mode=0o600)
+    (root / "inventory").mkdir()
+    (root / "inventory/hosts.yml").write_text(INVENTORY)
+    api = FakeKubeAPI(nodes=0).start()
+    for name in ("pi1", "pi2"):
+        api.add_node(name)
+    with prefixed(mlflow_server.url.rstrip("/")) as mlflow_port:
+        try:
+            project = Project(root, api)
+            cluster, rendered = project.render()
+            deploy(cluster, project.kubeconfig, rendered, FAST)
+            pods = pods_by_component(api)
+            dask_dashboard = int(dask_cluster.dashboard_url.split(":")[2].split("/")[0])
+            ray_dashboard = int(ray_head.dashboard_url.rsplit(":", 1)[1])
+            api.forward(NAMESPACE, pods["mlflow"], 5000, mlflow_port)
+            api.forward(NAMESPACE, pods["dask-scheduler"], 8787, dask_dashboard)
+            api.forward(NAMESPACE, pods["ray-head"], 8265, ray_dashboard)
+            api.forward(NAMESPACE, pods["redis"], 6379, redis_server.port)
+            project.pods = pods
+            yield project
+        finally:
+            api.stop()
+
+
+def rows_of(out) -> dict[tuple[str, str], dict]:
+    return {(r["target"], r["check"]): r for r in json.loads(out.stdout)["checks"]}
+
+
+def test_check_proves_cluster_and_components_and_names_the_unreachable_nodes(piml, lab):
+    out = piml("check", "--json", cwd=lab.root)
+    assert "Traceback" not in out.stdout + out.stderr
+    assert_no_secrets(out.stdout + out.stderr)
+    assert out.returncode == 1, out.stderr  # the nodes cannot be reached over SSH
+    data = json.loads(out.stdout)
+    rows = rows_of(out)
+    failed = {key for key, row in rows.items() if row["status"] == "fail"}
+    assert failed == {("pi1", "reach"), ("pi2", "reach")}, json.dumps(data, indent=1)
+    groups = {row["group"] for row in data["checks"]}
+    assert groups == {"nodes", "cluster", "components"}
+    for key in [("pi1", "Ready"), ("pi2", "Ready"), ("keda", "serving metrics"), ("mlflow", "ready"), ("ray", "ready"),
+                ("mlflow", "health"), ("mlflow", "auth"), ("dask", "health"), ("dask", "workers"),
+                ("ray", "dashboard"), ("ray", "nodes"), ("queue", "broker"), ("queue", "queues")]:
+        assert rows[key]["status"] == "pass", (key, rows.get(key))
+    assert "1 worker" in rows[("dask", "workers")]["detail"]
+    assert all(isinstance(r["seconds"], (int, float)) for r in data["checks"]) and data["ok"] is False
+    assert "pi1" in out.stderr and "check(s) failed" in out.stderr  # one summary line on stderr
+    table = piml("check", cwd=lab.root)
+    assert table.returncode == 1 and "piml check" in table.stdout and "mlflow" in table.stdout
+    assert_no_secrets(table.stdout + table.stderr)
+
+
+def test_a_component_gone_fails_its_own_rows_only(piml, lab):
+    lab.api.forward(NAMESPACE, lab.pods["redis"], 6379, free_port())  # nothing listens there: Redis is "down"
+    rows = rows_of(piml("check", "--json", cwd=lab.root))
+    assert rows[("queue", "broker")]["status"] == "fail" and rows[("queue", "broker")]["fix"]
+    assert rows[("mlflow", "auth")]["status"] == rows[("dask", "workers")]["status"] == rows[("ray", "nodes")]["status"] == "pass"
+
+
+def test_up_verify_stage_reports_in_the_summary(piml, lab):
+    out = piml("up", "--only", "verify", "--json", cwd=lab.root)
+    assert out.returncode == 1
+    data = json.loads(out.stdout)
+    statuses = {(r["target"], r["check"]): r["status"] for r in data["stages"]["verify"]}
+    assert statuses[("mlflow", "auth")] == "pass" and statuses[("pi1", "reach")] == "fail"
+    assert set(data["failed"]) == {"pi1", "pi2"}
+    assert_no_secrets(out.stdout + out.stderr)
+
+
+def test_no_kubeconfig_is_one_clear_failure(piml, tmp_path):
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory/hosts.yml").write_text(INVENTORY)
+    out = piml("check", "--json", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    rows = rows_of(out)
+    assert rows[("cluster", "API")]["status"] == "fail" and "no kubeconfig" in rows[("cluster", "API")]["detail"]
+    assert not [r for r in rows.values() if r["group"] == "components"]
