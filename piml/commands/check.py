@@ -62,9 +62,8 @@ def _platform_checks(cluster: "Cluster", deep: bool) -> list["Result"]:
         kube.close()
     if results and results[0].target == "cluster" and results[0].failed:
         return results  # no API, so no port-forward either: one clear failure instead of one per component
-    with open_cluster_endpoints(cluster) as endpoints:
-        results += _unreachable(endpoints.unreachable)
-        results += [r for r in component_checks(endpoints, cluster.config) if r.target not in endpoints.unreachable]
+    with open_cluster_endpoints(cluster) as endpoints:  # a component it cannot bridge fails its probe, saying why
+        results += component_checks(endpoints, cluster.config)
         if deep:
             from piml.health.deep import deep_checks
 
@@ -72,17 +71,10 @@ def _platform_checks(cluster: "Cluster", deep: bool) -> list["Result"]:
     return results
 
 
-def _unreachable(reasons: dict[str, str]) -> list["Result"]:
-    from piml.health.result import FAIL, Result
-
-    return [Result("components", component, "reachable", FAIL, reason,
-                   "see `piml status` for the component, and `kubectl -n <namespace> get pods`") for component, reason in reasons.items()]
-
-
 def ray_pip(cluster: "Cluster") -> list[str]:
-    """What the deep check's Ray job needs beyond the Ray image: an MLflow client matching the server, and
-    scikit-learn. Ray installs them into the job's environment (this needs PyPI from the cluster)."""
-    return [f"mlflow-skinny=={cluster.config.mlflow.version}", "scikit-learn"]
+    """What the deep check's Ray job needs beyond the Ray image: an MLflow client matching the server,
+    scikit-learn and pandas. Ray installs them into the job's environment (this needs PyPI from the cluster)."""
+    return [f"mlflow-skinny=={cluster.config.mlflow.version}", "scikit-learn", "pandas"]
 
 
 def raise_on_failure(results: list["Result"]) -> None:

@@ -49,8 +49,9 @@ def open_cluster_endpoints(cluster: "Cluster") -> Iterator[Endpoints]:
             endpoints.mlflow_password = load_or_create(cluster.paths.state)["mlflow_admin_password"]
             endpoints.mlflow_url_inside = f"http://mlflow.{namespace}.svc:{MLFLOW_PORT}/mlflow"
         if config.dask.enabled:
-            endpoints.dask_dashboard_url = bridge("dask", "app.kubernetes.io/name=dask-scheduler", DASK_DASHBOARD_PORT)
-            if endpoints.dask_dashboard_url:
+            base = bridge("dask", "app.kubernetes.io/name=dask-scheduler", DASK_DASHBOARD_PORT)
+            if base:
+                endpoints.dask_dashboard_url = base + "/dask"  # the scheduler runs with --dashboard-prefix /dask
                 endpoints.dask_python = pod_python(api, namespace, "app.kubernetes.io/name=dask-scheduler", "dask")
         if config.ray.enabled:
             endpoints.ray_dashboard_url = bridge("ray", "app.kubernetes.io/name=ray-head", RAY_DASHBOARD_PORT)
