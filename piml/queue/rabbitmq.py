@@ -28,6 +28,17 @@ QUEUE, DEAD, STATE = "piml.requests", "piml.dead", "piml.state"
 ATTEMPTS = "x-piml-attempts"
 
 
+def _with_password(url: str, password: str) -> str:
+    from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    user = unquote(parts.username or "guest")
+    host = parts.hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class RabbitBroker:
     kind = "rabbitmq"
     lease_seconds = 30  # heartbeats are not needed: the connection is the lease
@@ -36,9 +47,9 @@ class RabbitBroker:
         import pika
 
         self._pika = pika
-        params = pika.URLParameters(url)
-        if password is not None:
-            params.credentials = pika.PlainCredentials(params.credentials.username, password)
+        # pika cannot parse a URL with a user but no password ("amqp://piml@host/", as the runner's and the
+        # tunnel's URLs are): put a separately given password into the URL first.
+        params = pika.URLParameters(_with_password(url, password) if password is not None else url)
         params.heartbeat = 0  # a long predict() runs no I/O loop; a lost connection is noticed by TCP instead
         params.blocked_connection_timeout = 30
         params.socket_timeout = 10

@@ -101,3 +101,20 @@ def test_reading_state_while_others_write_it(rabbit, rabbitmq_server):
         stop.set()
         thread.join(timeout=10)
         writer.close()
+
+
+def test_a_user_without_password_in_the_url_takes_the_given_password(rabbit, rabbitmq_server):
+    """The runner's and the tunnel's URLs name the user only (amqp://piml@host/); the password comes apart."""
+    from urllib.parse import urlsplit
+
+    from piml.queue import connect
+
+    parts = urlsplit(rabbitmq_server.url)
+    url = f"amqp://{parts.username}@127.0.0.1:{parts.port}/"
+    broker = connect(url, password=rabbitmq_server.password)
+    try:
+        assert broker.queue_length() == 0
+    finally:
+        broker.close()
+    with pytest.raises(Exception, match="refused the user or password"):
+        connect(url, password="wrong-" + rabbitmq_server.password[:4])
