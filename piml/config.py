@@ -82,6 +82,9 @@ class Ray(Settings):
     operator_chart: Version = Field(KUBERAY_CHART, description="kuberay-operator chart version")
     idle_timeout_seconds: int = Field(60, ge=10, le=86400, description="autoscaler scale-down delay")
     gcs_fault_tolerance: bool = Field(False, description="keep GCS state in Redis")
+    check_pip: list[str] | None = Field(
+        None, description="what `piml check --deep`'s Ray job pip-installs; unset: mlflow-skinny (the server's version), "
+                          "scikit-learn, pandas; [] when the Ray image has them (air-gapped clusters)")
     head: Size = Size()
     worker: Size = Size()
 

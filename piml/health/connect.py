@@ -47,7 +47,7 @@ def open_cluster_endpoints(cluster: "Cluster") -> Iterator[Endpoints]:
             endpoints.mlflow_url = base + "/mlflow"  # served under the ingress prefix (--static-prefix)
             endpoints.mlflow_user = "admin"
             endpoints.mlflow_password = load_or_create(cluster.paths.state)["mlflow_admin_password"]
-            endpoints.mlflow_url_inside = f"http://mlflow.{namespace}.svc:{MLFLOW_PORT}/mlflow"
+            # mlflow_url_inside stays unset: the Ray pods carry MLFLOW_TRACKING_* from the templates already
         if config.dask.enabled:
             base = bridge("dask", "app.kubernetes.io/name=dask-scheduler", DASK_DASHBOARD_PORT)
             if base:
@@ -71,14 +71,14 @@ def open_cluster_endpoints(cluster: "Cluster") -> Iterator[Endpoints]:
 
 def pod_python(api: Any, namespace: str, selector: str, what: str) -> Callable[[str], str]:
     """Run a Python script in a ready pod matching `selector` (kubectl exec), return its stdout."""
-    from piml.queue.tunnel import pick_pod
+    from piml.queue.tunnel import open_stream, pick_pod
 
     def run(script: str) -> str:
         from kubernetes.stream import stream
 
         pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=selector).items, what)
-        response = stream(api.connect_get_namespaced_pod_exec, pod, namespace, command=["python", "-c", script],
-                          stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+        response = open_stream(stream, api.connect_get_namespaced_pod_exec, pod, namespace, command=["python", "-c", script],
+                               stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
         try:
             response.run_forever(timeout=EXEC_TIMEOUT)
             if response.is_open():

@@ -17,6 +17,15 @@ from piml.errors import InputError, PimlError, Problem
 
 PORTS = {"redis": 6379, "rabbitmq": 5672}
 RABBITMQ_USER = "piml"
+# The kubernetes client opens a port-forward or exec stream by swapping its ApiClient's call_api for the
+# duration of the call: two threads doing it at once on one client leave it swapped for good. One at a time.
+_STREAM_OPENING = threading.Lock()
+
+
+def open_stream(opener: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """kubernetes.stream.stream / portforward(*args, **kwargs), never two at once in this process."""
+    with _STREAM_OPENING:
+        return opener(*args, **kwargs)
 
 
 def pick_pod(pods: list[Any], kind: str) -> str:
@@ -127,7 +136,7 @@ def forward(api: Any, namespace: str, selector: str, port: int, what: str) -> Fo
                                 "check the kubeconfig and that `piml up` finished"), 1) from None
 
     def open_remote() -> socket.socket:
-        stream = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+        stream = open_stream(portforward, api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
         remote = stream.socket(port)
         forwarder._keep.append(stream)  # the stream lives as long as its socket
         return remote

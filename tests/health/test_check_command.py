@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import sys
 import threading
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from tests.platform.conftest import FAST, Project
-from tests.queue.helpers import assert_no_secrets, free_port
+from tests.queue.helpers import assert_no_secrets, free_port, start_runner, stop
 from tests.standins.kubeapi.server import FakeKubeAPI
 
 from piml.fsutil import write_atomic
@@ -95,6 +98,7 @@ def lab(tmp_path, mlflow_server, redis_server, dask_cluster, ray_head):
     write_atomic(state / "secrets.yaml", json.dumps(secrets), mode=0o600)
     (root / "inventory").mkdir()
     (root / "inventory/hosts.yml").write_text(INVENTORY)
+    (root / "piml.yaml").write_text("ray:\n  check_pip: []  # the local Ray has mlflow and scikit-learn: no pip from PyPI\n")
     api = FakeKubeAPI(nodes=0).start()
     for name in ("pi1", "pi2"):
         api.add_node(name)
@@ -110,6 +114,11 @@ def lab(tmp_path, mlflow_server, redis_server, dask_cluster, ray_head):
             api.forward(NAMESPACE, pods["dask-scheduler"], 8787, dask_dashboard)
             api.forward(NAMESPACE, pods["ray-head"], 8265, ray_dashboard)
             api.forward(NAMESPACE, pods["redis"], 6379, redis_server.port)
+            # `kubectl exec` into the scheduler's pod runs here, next to the local scheduler
+            # (`python` there is this venv's, which has distributed, as the Dask image's has)
+            path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+            api.on_exec(NAMESPACE, pods["dask-scheduler"],
+                        api.run_locally(env={"DASK_SCHEDULER_ADDRESS": dask_cluster.address, "PATH": path}))
             project.pods = pods
             yield project
         finally:
@@ -168,3 +177,21 @@ def test_no_kubeconfig_is_one_clear_failure(piml, tmp_path):
     rows = rows_of(out)
     assert rows[("cluster", "API")]["status"] == "fail" and "no kubeconfig" in rows[("cluster", "API")]["detail"]
     assert not [r for r in rows.values() if r["group"] == "components"]
+
+
+def test_deep_check_runs_work_through_the_api(piml, lab, runner_env, redis_server, tmp_path):
+    """--deep through the API: the Ray job goes in through the dashboard's port-forward, the Dask computation
+    through exec into the scheduler's pod, the request through the Redis tunnel; a runner here plays the
+    Job KEDA would start."""
+    runner = start_runner({**runner_env, "PIML_QUEUE_URL": redis_server.url, "PIML_NODE_NAME": "pi2"},
+                          "--once", "--wait", "240", log=tmp_path / "runner.log")
+    try:
+        out = piml("check", "--deep", "--json", cwd=lab.root)
+    finally:
+        stop(runner)
+    assert_no_secrets(out.stdout + out.stderr)
+    rows = rows_of(out)
+    deep = {key: row for key, row in rows.items() if row["group"] == "deep"}
+    assert {key for key in deep} >= {("ray", "train and register"), ("dask", "computation"), ("queue", "request")}, deep
+    assert all(row["status"] == "pass" for row in deep.values()), json.dumps(list(deep.values()), indent=1)
+    assert "pi2" in deep[("queue", "request")]["detail"]
