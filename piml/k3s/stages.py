@@ -101,7 +101,27 @@ def k3s_vars(cluster: "Cluster", airgap: Path | None, token: str) -> dict:
             "piml_k3s_wait_timeout": cluster.config.k3s.wait_timeout}
     if airgap:
         data["airgap_dir"] = str(airgap)
+        data["piml_airgap_sha1"] = airgap_checksums(airgap)
     return data
+
+
+def airgap_checksums(airgap: Path) -> dict[str, str]:
+    """sha1 of each air-gap file the k3s playbook copies (name -> hex): with them it can tell, from one probe,
+    that a node already has exactly these files and leave it (the copy tasks compare the same checksums)."""
+    import hashlib
+
+    sums = {}
+    for path in sorted(airgap.iterdir()):
+        if not (path.name in ("k3s", "install.sh") or path.name.startswith(("k3s-", "k3s-airgap-images-"))):
+            continue
+        if not path.is_file():
+            continue
+        digest = hashlib.sha1()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        sums[path.name] = digest.hexdigest()
+    return sums
 
 
 # -- running ---------------------------------------------------------------------------------------

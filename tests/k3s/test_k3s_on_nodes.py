@@ -191,6 +191,31 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
     assert {n.name: service_pid(sub, n, "k3s" if n is server else "k3s-agent") for n in nodes} == pids
     assert sc.kubeconfig.read_text() == merged_text
     print(f"second run {time.monotonic() - started:.1f} s")
+    # ... and cheaply: every node is left after its probe (a handful of tasks, not the whole playbooks)
+    for stage in ("prepare", "k3s"):
+        assert all(h["ok"] <= 6 for h in data["stages"][stage]["hosts"].values()), (stage, data["stages"][stage])
+
+    # a changed setting is applied on re-run, on that node only: a new label (k3s restarts there) and a
+    # tampered sysctl file (prepare rewrites it); the rest is left alone
+    sc.write_inventory(_with_host_var(sc.inventory(), "k1ag1", "piml_labels", {"zone": "b"}))
+    sub.run(agent2, "chmod 0600 /etc/sysctl.d/90-piml-k3s.conf && echo '# edited' >> /etc/sysctl.d/90-piml-k3s.conf")
+    out, data = sc.up()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert changed_counts(data, "prepare") == {"k1srv": 0, "k1ag1": 0, "k1ag2": 1}
+    k3s_changed = changed_counts(data, "k3s")
+    assert k3s_changed["k1ag1"] > 0 and k3s_changed["k1srv"] == 0 and k3s_changed["k1ag2"] == 0
+    assert sub.run(agent2, "stat -c %a /etc/sysctl.d/90-piml-k3s.conf").stdout.strip() == "644"
+    assert "edited" not in sub.run(agent2, "cat /etc/sysctl.d/90-piml-k3s.conf").stdout
+    now = {n.name: service_pid(sub, n, "k3s" if n is server else "k3s-agent") for n in nodes}
+    assert now["k1ag1"] != pids["k1ag1"] and now["k1srv"] == pids["k1srv"] and now["k1ag2"] == pids["k1ag2"]
+    listed = cluster_nodes(sub, server)
+    assert listed["k1ag1"]["metadata"]["labels"]["zone"] == "b" and is_ready(listed["k1ag1"])
+    # a stopped k3s is started again
+    sub.run(agent2, "systemctl stop k3s-agent")
+    out, data = sc.up("--only", "k3s")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert changed_counts(data, "k3s") == {"k1srv": 0, "k1ag1": 0, "k1ag2": 1}
+    assert sub.run(agent2, "systemctl is-active k3s-agent", check=False).stdout.strip() == "active"
 
     # --no-merge: the stored kubeconfig only
     sc.kubeconfig.write_text(OTHER_KUBECONFIG)
@@ -292,3 +317,11 @@ def test_node_lost_mid_run_then_rerun_converges_and_teardown_skips_a_gone_node(n
     assert "k3ag1: unreachable, skipped" in out.stderr
     for n in (server, victim):
         assert sub.run(n, "test -e /usr/local/bin/k3s", check=False).returncode == 1
+
+
+def _with_host_var(inventory: dict, host: str, key: str, value) -> dict:
+    for group in ("server", "agent"):
+        hosts = inventory["k3s_cluster"]["children"][group].get("hosts") or {}
+        if host in hosts:
+            hosts[host] = {**(hosts[host] or {}), key: value}
+    return inventory
