@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from piml.queue.base import DEFAULT_RETRIES, FAILED, SUCCEEDED, Broker, Delivery, redact
 from piml.queue.request import Request, RequestError, input_format, parse_message
-from piml.runner.data import DEFAULT_BATCH, DataError, PredictionWriter, as_frame, fetch, first_line, read_batches
+from piml.runner.data import DataError, PredictionWriter, as_frame, fetch, first_line, read_batches
 
 EXPERIMENT = "piml-jobs"
 SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "PIML_QUEUE_PASSWORD", "AWS_SECRET_ACCESS_KEY")
@@ -53,7 +53,8 @@ class Runner:
     runner_id: str = field(default_factory=lambda: os.environ.get("PIML_RUNNER_ID") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     node: str = field(default_factory=lambda: os.environ.get("PIML_NODE_NAME") or socket.gethostname())
     retries: int = field(default_factory=lambda: int(os.environ.get("PIML_RETRIES", DEFAULT_RETRIES)))
-    batch_size: int = field(default_factory=lambda: int(os.environ.get("PIML_BATCH_SIZE", DEFAULT_BATCH)))
+    # rows per batch; unset: by memory (piml.runner.data.rows_per_batch)
+    batch_size: int | None = field(default_factory=lambda: int(os.environ["PIML_BATCH_SIZE"]) if os.environ.get("PIML_BATCH_SIZE") else None)
     log: Callable[[str], None] = field(default=lambda line: print(f"piml-runner: {line}", file=sys.stderr, flush=True))
     _models: dict = field(default_factory=dict)
 
