@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import sys
-import threading
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -22,24 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.platform.conftest import FAST, Project
-from tests.queue.helpers import assert_no_secrets, free_port, start_runner, stop
+from tests.platform.conftest import FAST, LOOPBACK_INVENTORY as INVENTORY, Project
+from tests.queue.helpers import assert_no_secrets, free_port, loopback_http, start_runner, stop
 from tests.standins.kubeapi.server import FakeKubeAPI
 
 from piml.fsutil import write_atomic
 from piml.kube.deploy import deploy
 from piml.secrets import load_or_create
 
-INVENTORY = """
-k3s_cluster:
-  children:
-    server:
-      hosts:
-        pi1: {ansible_host: 127.0.0.1, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
-    agent:
-      hosts:
-        pi2: {ansible_host: 127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
-"""
 NAMESPACE = "piml"
 
 
@@ -70,14 +59,8 @@ def prefixed(target: str, prefix: str = "/mlflow"):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http(Handler) as port:
+        yield port
 
 
 def pods_by_component(api: FakeKubeAPI) -> dict[str, str]:

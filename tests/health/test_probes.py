@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from tests.health.helpers import assert_rows_clean, by_key, rows_text
-from tests.queue.helpers import free_port
+from tests.queue.helpers import free_port, loopback_http
 
 from piml.config import PimlConfig
 from piml.health import probes
@@ -50,15 +50,11 @@ def stand_in(answer, delay: float = 0.0):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with loopback_http(Handler) as port:
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            release.set()
 
 
 def test_healthy_platform_passes_every_probe(endpoints, mlflow_server, redis_server):

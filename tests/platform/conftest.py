@@ -15,6 +15,17 @@ from piml.render import render_platform
 from piml.secrets import load_or_create
 from tests.standins.kubeapi.server import FakeKubeAPI
 
+# Nodes on loopback ports where nothing listens: SSH fails at once, and no traffic leaves the machine.
+LOOPBACK_INVENTORY = """
+k3s_cluster:
+  children:
+    server:
+      hosts:
+        pi1: {ansible_host: 127.0.0.1, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
+    agent:
+      hosts:
+        pi2: {ansible_host: 127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
+"""
 SCENARIO = Path(__file__).resolve().parents[1] / "render" / "scenarios" / "pi5-3x8gb.yml"
 # Small, bounded waits: the stand-in "installs" CRDs after 0.3 s and makes pods ready after 0.1 s.
 FAST = Timeouts(crds=5.0, ready=5.0, total=30.0, poll=0.05, request=5.0)

@@ -143,7 +143,7 @@ def test_portforward_round_trips_bytes_and_ends_the_pod_connection(kubeapi, core
 def test_portforward_two_connections_at_once(kubeapi, core, echo):
     kubeapi.add_pod("default", "web")
     kubeapi.forward("default", "web", 8080, echo.port)
-    (fa, a), (fb, b) = open_forward(core, "web", 8080), open_forward(core, "web", 8080)
+    (_stream_a, a), (_stream_b, b) = open_forward(core, "web", 8080), open_forward(core, "web", 8080)  # streams kept open
     for i in range(20):  # interleaved: each stream gets back only its own bytes
         a.sendall(b"a%03d" % i)
         b.sendall(b"b%03d" % i)

@@ -4,19 +4,7 @@ import json
 
 from piml.kube.deploy import deploy
 
-from tests.platform.conftest import FAST
-
-# Nodes on loopback ports where nothing listens: SSH fails at once, and no traffic leaves the machine.
-INVENTORY = """
-k3s_cluster:
-  children:
-    server:
-      hosts:
-        pi1: {ansible_host: 127.0.0.1, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
-    agent:
-      hosts:
-        pi2: {ansible_host: 127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
-"""
+from tests.platform.conftest import FAST, LOOPBACK_INVENTORY as INVENTORY
 
 
 def test_status_shows_cluster_components_and_urls(piml, project, kubeapi):

@@ -73,6 +73,19 @@ def start_runner(env: dict, *args: str, log: Path) -> subprocess.Popen:
 
 
 @contextmanager
+def loopback_http(handler: type):
+    """A threaded HTTP server on 127.0.0.1 serving `handler`; yields its port; always shut down."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
 def held_dataset(path: Path):
     """Serve `path` over loopback HTTP, holding every answer until the test sets the returned event
     (bounded: 60 s). A runner reading it stays mid-request for as long as a test needs, so "kill it
@@ -91,15 +104,11 @@ def held_dataset(path: Path):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{path.name}", release
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with loopback_http(Handler) as port:
+        try:
+            yield f"http://127.0.0.1:{port}/{path.name}", release
+        finally:
+            release.set()
 
 
 def kill_runner_mid_request(broker, env: dict, request, log: Path) -> None:
