@@ -759,13 +759,23 @@ class Substrate:
             if not self.is_running(node):
                 raise SubstrateError(f"node {node.name}: systemd-nspawn exited during boot\n"
                                      f"--- console tail ---\n{self.console_tail(node)}")
-            if port_open(node.address, node.port, timeout=1.0) and \
-                    self.run(node, "test ! -e /run/nologin", check=False, timeout=10).returncode == 0:
-                return
+            if port_open(node.address, node.port, timeout=1.0):
+                if self.run(node, "test ! -e /run/nologin", check=False, timeout=10).returncode == 0:
+                    return
+                self._retry_user_sessions(node)
             time.sleep(0.2)
         raise SubstrateError(f"node {node.name} ({node.address}): sshd not answering after "
                              f"{timeout or self.boot_timeout:.0f}s\n--- console tail ---\n{self.console_tail(node)}"
                              f"\n--- journal tail ---\n{self.journal_tail(node)}")
+
+    def _retry_user_sessions(self, node: Node) -> None:
+        """Under heavy load systemd-user-sessions has failed in a node (seen once in CI), leaving /run/nologin
+        and every login refused; start it again (it only removes that file) and say so."""
+        failed = self.run(node, "systemctl is-failed --quiet systemd-user-sessions", check=False, timeout=10).returncode == 0
+        if failed:
+            why = self.run(node, "journalctl -u systemd-user-sessions --no-pager -o cat -n 5", check=False, timeout=10).stdout
+            _log(f"{node.name}: systemd-user-sessions failed, starting it again ({' | '.join(why.split(chr(10))[-5:])})")
+            self.run(node, "systemctl restart systemd-user-sessions", check=False, timeout=30)
 
     # ---- running commands ----------------------------------------------------------------------
 

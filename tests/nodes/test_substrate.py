@@ -136,3 +136,18 @@ def test_other_model_has_no_device_tree(node_factory):
     (n,) = node_factory(1, model="other")
     assert sub.run(n, "test -e /sys/firmware/devicetree/base/model", check=False).returncode != 0
     node_factory.destroy([n])
+
+
+def test_ready_waits_for_logins_and_restarts_failed_user_sessions(node_factory):
+    """sshd answers before logins are allowed; a failed systemd-user-sessions (seen under load) is started again."""
+    (node,) = node_factory(1)
+    sub = node_factory.substrate
+    drop_in = "/run/systemd/system/systemd-user-sessions.service.d"
+    sub.run(node, f"mkdir -p {drop_in} && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {drop_in}/fail.conf"
+                  " && systemctl daemon-reload && systemctl restart systemd-user-sessions", check=False)
+    assert sub.run(node, "systemctl is-failed --quiet systemd-user-sessions", check=False).returncode == 0
+    sub.run(node, f"rm -r {drop_in} && systemctl daemon-reload && touch /run/nologin")
+    assert sub.ssh(node, "true", check=False).returncode != 0  # "System is booting up": the pi user is refused
+    sub.wait_ssh(node, timeout=30)
+    assert sub.ssh(node, "true").returncode == 0
+    node_factory.destroy([node])
