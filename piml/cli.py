@@ -218,8 +218,8 @@ def check(
     no throttling. Cluster: nodes Ready without pressure, workloads ready, KEDA serving metrics.
     Components, through port-forwards: MLflow health and an authenticated call, Dask workers, Ray
     resources, the queue broker. --deep trains a model with Ray, registers it in MLflow, runs a Dask
-    computation and sends a request through the queue; its Ray job installs mlflow-skinny and
-    scikit-learn from PyPI.
+    computation and sends a request through the queue; its Ray job pip-installs mlflow-skinny,
+    scikit-learn and pandas (piml.yaml ray.check_pip: [] when the Ray image has them).
 
     \b
     Examples:
