@@ -1,8 +1,9 @@
 """Image sources: what kind an image file is, how big it is unpacked, and a stream of its raw bytes.
 
-Decompression uses every core where the format allows: `xz -T0` decodes multi-block .xz files in
-parallel (xz >= 5.4), `pigz`/`zstd` run in their own process beside piml's writer. When a tool is
-missing, Python's own decoder is used (slower, same result), so `--output` works anywhere.
+Decompression uses every core where the format allows: multi-block .xz files are decoded block by
+block in piml's own threads (xzblocks: no pipe, no second process, no copy), other .xz files by
+`xz -T0`; `pigz`/`zstd` run in their own process beside piml's writer. When a tool is missing,
+Python's own decoder is used (slower, same result), so `--output` works anywhere.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import subprocess
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+from piml.flash import xzblocks
+from piml.flash.xzblocks import BlockError, BlockReader
 
 KINDS = ("raw", "xz", "gz", "zst", "zip")
 SUFFIXES = {".img": "raw", ".bin": "raw", ".raw": "raw", ".xz": "xz", ".gz": "gz", ".zst": "zst", ".zstd": "zst", ".zip": "zip"}
@@ -216,8 +221,24 @@ def inspect(path: Path) -> Image:
     raise SourceError("is too short to be a gzip file (truncated); download it again")
 
 
+def _block_reader(path: Path, threads: int) -> BlockReader | None:
+    """A parallel in-process decoder for a multi-block .xz file; None when anything about the file
+    is unusual (then `xz`, or Python's streaming decoder, reads it and reports what is wrong)."""
+    try:
+        handle, read = _file_reader(path)
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            blocks = xz_blocks(read, size)
+        if not xzblocks.usable(blocks, size):
+            return None
+        return BlockReader(path, blocks, workers=threads)
+    except (SourceError, OSError):
+        return None
+
+
 class Stream:
-    """The unpacked bytes of an image, read with `readinto`. Raises SourceError on corrupt data."""
+    """The unpacked bytes of an image, read with `readinto` (or `chunks`, where the source allows).
+    Raises SourceError on corrupt data."""
 
     def __init__(self, image: Image, threads: int | None = None):
         self.image = image
@@ -229,6 +250,12 @@ class Stream:
         threads = threads or os.cpu_count() or 1
         path = str(image.path)
         command = None
+        if image.kind == "xz" and image.blocks > 1:
+            reader = _block_reader(image.path, threads)
+            if reader is not None:
+                self.tool = "python-xz-blocks"
+                self._file = reader
+                return
         if image.kind == "xz" and shutil.which("xz"):
             command = ["xz", "-dc", f"-T{threads}", "--", path]
         elif image.kind == "gz" and (shutil.which("pigz") or shutil.which("gzip")):
@@ -265,6 +292,22 @@ class Stream:
             self._raw = open(image.path, "rb")
             self._file = zstandard.ZstdDecompressor().stream_reader(self._raw, read_across_frames=True)
 
+    def chunks(self, size: int) -> Iterator[memoryview] | None:
+        """The data as read-only views of up to `size` bytes without copying, where the source can
+        (block-decoded .xz); None otherwise: then use `readinto`."""
+        if not isinstance(self._file, BlockReader):
+            return None
+        return self._chunks(self._file.chunks(size))
+
+    @staticmethod
+    def _chunks(views: Iterator[memoryview]) -> Iterator[memoryview]:
+        try:
+            yield from views
+        except BlockError as exc:
+            raise SourceError(f"{exc}; download it again") from None
+        finally:
+            views.close()
+
     def readinto(self, buf) -> int:
         """Fill `buf` as far as the data goes; 0 only at the end."""
         view = memoryview(buf)
@@ -277,6 +320,8 @@ class Stream:
                 got += n
         except SourceError:
             raise
+        except BlockError as exc:
+            raise SourceError(f"{exc}; download it again") from None
         except (EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
             raise SourceError(f"is corrupt or truncated ({type(exc).__name__}: {exc}); download it again") from None
         except Exception as exc:  # zstandard.ZstdError, lzma.LZMAError, zlib.error: all mean bad data

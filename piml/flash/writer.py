@@ -197,8 +197,20 @@ class Target:
             self.fd = -1
 
 
+def _handed_over(views):
+    try:
+        for view in views:
+            yield view, len(view)
+    finally:
+        views.close()  # stops the source's decoders before the stream closes
+
+
 def _pieces(stream: Stream):
-    """Chunks of the stream as (buffer, length), read ahead in a thread."""
+    """Chunks of the stream as (buffer, length), read ahead in a thread; a source that decodes ahead
+    in its own threads hands its buffers over as they are."""
+    views = stream.chunks(CHUNK)
+    if views is not None:
+        return _handed_over(views)
 
     def chunks():
         while True:
