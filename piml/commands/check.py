@@ -44,7 +44,7 @@ def check_cluster(cluster: "Cluster", deep: bool = False, limit: str | None = No
 
 
 def _platform_checks(cluster: "Cluster", deep: bool) -> list["Result"]:
-    from piml.health.cluster import cluster_checks
+    from piml.health.cluster import api_down, cluster_checks
     from piml.health.connect import open_cluster_endpoints
     from piml.health.probes import component_checks
     from piml.health.result import FAIL, Result
@@ -60,7 +60,7 @@ def _platform_checks(cluster: "Cluster", deep: bool) -> list["Result"]:
         results = cluster_checks(kube, cluster)
     finally:
         kube.close()
-    if results and results[0].target == "cluster" and results[0].failed:
+    if api_down(results):
         return results  # no API, so no port-forward either: one clear failure instead of one per component
     with open_cluster_endpoints(cluster) as endpoints:  # a component it cannot bridge fails its probe, saying why
         results += component_checks(endpoints, cluster.config)

@@ -22,7 +22,7 @@ def cluster_checks(kube: "Kube", cluster: "Cluster") -> list[Result]:
     from piml.kube.prune import project_objects
 
     results = _node_results(kube, cluster)
-    if results[0].target == "cluster" and results[0].failed:  # the API did not answer: nothing more to ask it
+    if api_down(results):  # nothing more to ask it
         return results
     live = project_objects(kube, Discovery(kube), cluster.name)
     for obj in live:
@@ -31,6 +31,11 @@ def cluster_checks(kube: "Kube", cluster: "Cluster") -> list[Result]:
     if cluster.config.queue.enabled:
         results.append(timed("cluster", "keda", "serving metrics", lambda: _keda(kube)))
     return results
+
+
+def api_down(results: list[Result]) -> bool:
+    """Whether the cluster rows say the API did not answer (then they are that one row)."""
+    return len(results) == 1 and results[0].target == "cluster" and results[0].failed
 
 
 def _node_results(kube: "Kube", cluster: "Cluster") -> list[Result]:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from piml.config import PimlConfig
 from piml.errors import PimlError
@@ -323,14 +323,8 @@ def open_broker(endpoints: Endpoints, config: PimlConfig):
         raise CheckFailed(f"the broker URL {redact(url)} is not {config.queue.kind} (piml.yaml's queue.kind)",
                           "pass the broker's URL (redis://... or amqp://...) that matches queue.kind")
     options: dict[str, Any] = {"socket_timeout": HTTP_TIMEOUT} if scheme.startswith("redis") else {}
-    target = url
-    parts = urlsplit(url)
-    if scheme.startswith("amqp") and parts.username and parts.password is None and endpoints.queue_password:
-        # pika cannot parse amqp://USER@HOST (a user without a password): give it one to replace
-        target = urlunsplit((parts.scheme, f"{parts.username}:{quote(endpoints.queue_password, safe='')}@{parts.netloc.rsplit('@', 1)[1]}",
-                             parts.path, parts.query, parts.fragment))
     try:
-        return connect(target, password=endpoints.queue_password, **options)
+        return connect(url, password=endpoints.queue_password, **options)
     except PimlError as exc:
         problem = exc.problems[0]
         raise CheckFailed(f"{problem.what} at {redact(url)}", f"{problem.fix}; {queue_fix(config)}" if problem.fix else queue_fix(config)) from None
