@@ -64,6 +64,17 @@ class Scenario:
             raise AssertionError(f"piml up printed no JSON (exit {out.returncode}):\n{out.stdout}\n{out.stderr}") from None
         return out, data
 
+    @staticmethod
+    def failure(out: subprocess.CompletedProcess, data: dict | None = None) -> str:
+        """What went wrong in a `piml up --json` run, short enough to survive a CI log's tail: the failed
+        nodes, each stage's result without the preflight rows, then the end of stderr."""
+        data = data or {}
+        stages = {stage: value for stage, value in (data.get("stages") or {}).items() if stage != "preflight"}
+        preflight = [row for row in (data.get("stages") or {}).get("preflight") or [] if row.get("status") == "fail"]
+        return "\n".join([f"exit {out.returncode}; failed: {json.dumps(data.get('failed'))}",
+                          f"preflight failures: {json.dumps(preflight)}", f"stages: {json.dumps(stages)[:6000]}",
+                          "--- stderr (tail):", out.stderr[-4000:]])
+
     def inventory(self) -> dict:
         return yaml.safe_load((self.root / "inventory/hosts.yml").read_text())
 

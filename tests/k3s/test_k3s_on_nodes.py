@@ -135,7 +135,7 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
 
     # first run
     out, data = sc.up("--accept-new-host-keys")
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, sc.failure(out, data)
     assert data["ok"] and all(v > 0 for v in changed_counts(data, "prepare").values())
     for n in nodes:
         cmdline = sub.run(n, "cat /boot/firmware/cmdline.txt").stdout
@@ -184,7 +184,7 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
     pids = {n.name: service_pid(sub, n, "k3s" if n is server else "k3s-agent") for n in nodes}
     started = time.monotonic()
     out, data = sc.up()
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, sc.failure(out, data)
     assert changed_counts(data, "prepare") == {n.name: 0 for n in nodes}
     assert changed_counts(data, "k3s") == {n.name: 0 for n in nodes}
     assert data["stages"]["kubeconfig"]["hosts"]["k1srv"]["changed"] == 0
@@ -200,7 +200,7 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
     sc.write_inventory(_with_host_var(sc.inventory(), "k1ag1", "piml_labels", {"zone": "b"}))
     sub.run(agent2, "chmod 0600 /etc/sysctl.d/90-piml-k3s.conf && echo '# edited' >> /etc/sysctl.d/90-piml-k3s.conf")
     out, data = sc.up()
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, sc.failure(out, data)
     assert changed_counts(data, "prepare") == {"k1srv": 0, "k1ag1": 0, "k1ag2": 1}
     k3s_changed = changed_counts(data, "k3s")
     assert k3s_changed["k1ag1"] > 0 and k3s_changed["k1srv"] == 0 and k3s_changed["k1ag2"] == 0
@@ -213,7 +213,7 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
     # a stopped k3s is started again
     sub.run(agent2, "systemctl stop k3s-agent")
     out, data = sc.up("--only", "k3s")
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, sc.failure(out, data)
     assert changed_counts(data, "k3s") == {"k1srv": 0, "k1ag1": 0, "k1ag2": 1}
     assert sub.run(agent2, "systemctl is-active k3s-agent", check=False).stdout.strip() == "active"
 
@@ -246,7 +246,7 @@ def test_ha_given_token_and_a_node_added_later(node_factory, fresh_nodes, piml, 
     sc = make_scenario(piml, tmp_path, nodes[:4], servers=3, name="harack", token=given,
                        config={"nodes": {"pi5_4k_pages": False}})
     out, data = sc.up("--accept-new-host-keys")
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, sc.failure(out, data)
     assert not (sc.root / ".piml/k3s-token").exists()  # the inventory's token is used, not a generated one
     configs = {n.name: json.loads(sub.run(n, "grep -v '^#' /etc/rancher/k3s/config.yaml").stdout) for n in nodes[:4]}
     assert configs["k2s1"]["cluster-init"] is True and "server" not in configs["k2s1"]
@@ -268,7 +268,7 @@ def test_ha_given_token_and_a_node_added_later(node_factory, fresh_nodes, piml, 
     # a node added to the inventory later joins; the others are not touched
     sc.add_node(nodes[4])
     out, data = sc.up("--accept-new-host-keys")
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, sc.failure(out, data)
     for stage in ("prepare", "k3s"):
         counts = changed_counts(data, stage)
         assert counts.pop("k2ag2") > 0
@@ -305,7 +305,7 @@ def test_node_lost_mid_run_then_rerun_converges_and_teardown_skips_a_gone_node(n
 
     sub.restore_link(victim)
     out, data = sc.up()
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, sc.failure(out, data)
     assert changed_counts(data, "k3s")["k3srv"] == 0 and changed_counts(data, "k3s")["k3ag1"] == 0
     listed = cluster_nodes(sub, server)
     assert set(listed) == {"k3srv", "k3ag1", "k3ag2"} and all(is_ready(n) for n in listed.values())

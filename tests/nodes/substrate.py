@@ -474,6 +474,7 @@ class Substrate:
         self.dirty: set[str] = set()  # nodes a fault helper touched
         self._procs: dict[str, subprocess.Popen] = {}
         self._stopping: set[str] = set()  # nodes stop() is powering off: their exit is not a reboot
+        self.login_grace = 20.0  # seconds sshd may answer while logins are still refused before we step in
         self._rootfs: Path | None = None
         self._lock_state = threading.Lock()
 
@@ -637,6 +638,11 @@ class Substrate:
         (upper / "etc/systemd/system/user@.service.d").mkdir(parents=True)
         (upper / "etc/systemd/system/user@.service.d/piml-test.conf").write_text(
             "# piml test node: bound the user manager's stop (see tests/nodes/README.md)\n[Service]\nTimeoutStopSec=3s\n")
+        # systemd-user-sessions removes /run/nologin; until it has, every login is refused. It has failed
+        # under load (CI): let systemd retry it, as wait_ssh would, also after a reboot nobody watches.
+        (upper / "etc/systemd/system/systemd-user-sessions.service.d").mkdir(parents=True)
+        (upper / "etc/systemd/system/systemd-user-sessions.service.d/piml-test.conf").write_text(
+            "# piml test node: retry a failed start (see tests/nodes/README.md)\n[Service]\nRestart=on-failure\nRestartSec=1s\n")
         (upper / "etc/systemd/system.conf.d").mkdir(parents=True)
         (upper / "etc/systemd/system.conf.d/piml-test.conf").write_text(
             "# piml test node: no unit may hold a shutdown for long (see tests/nodes/README.md)\n"
@@ -719,6 +725,8 @@ class Substrate:
         self.log(f"[testnodes] {node.name} rebooted itself: booting it again")
         try:
             self._spawn(node)
+            # the same readiness as a first boot, so a login refused after the reboot is mended here too
+            self.wait_ssh(node)
         except Exception as exc:  # noqa: BLE001 - a daemon thread: report, the test sees the node down
             self.log(f"[testnodes] {node.name}: boot after reboot failed: {exc}")
 
@@ -755,6 +763,7 @@ class Substrate:
         tail if not. sshd is up before systemd-user-sessions removes /run/nologin, and until then pam_nologin
         refuses the pi user ("System is booting up"); under load that window is long enough to fail a test."""
         deadline = time.monotonic() + (timeout or self.boot_timeout)
+        sshd_since = 0.0  # when sshd first answered
         while time.monotonic() < deadline:
             if not self.is_running(node):
                 raise SubstrateError(f"node {node.name}: systemd-nspawn exited during boot\n"
@@ -762,19 +771,22 @@ class Substrate:
             if port_open(node.address, node.port, timeout=1.0):
                 if self.run(node, "test ! -e /run/nologin", check=False, timeout=10).returncode == 0:
                     return
-                self._retry_user_sessions(node)
+                sshd_since = sshd_since or time.monotonic()
+                self._retry_user_sessions(node, stuck=time.monotonic() - sshd_since > self.login_grace)
             time.sleep(0.2)
         raise SubstrateError(f"node {node.name} ({node.address}): sshd not answering after "
                              f"{timeout or self.boot_timeout:.0f}s\n--- console tail ---\n{self.console_tail(node)}"
                              f"\n--- journal tail ---\n{self.journal_tail(node)}")
 
-    def _retry_user_sessions(self, node: Node) -> None:
+    def _retry_user_sessions(self, node: Node, stuck: bool = False) -> None:
         """Under heavy load systemd-user-sessions has failed in a node (seen once in CI), leaving /run/nologin
-        and every login refused; start it again (it only removes that file) and say so."""
+        and every login refused; start it again (it only removes that file) and say so. `stuck`: sshd has
+        answered for a while and the unit has still not run (a dependency's job failed, say): start it too."""
         failed = self.run(node, "systemctl is-failed --quiet systemd-user-sessions", check=False, timeout=10).returncode == 0
-        if failed:
+        if failed or stuck:
             why = self.run(node, "journalctl -u systemd-user-sessions --no-pager -o cat -n 5", check=False, timeout=10).stdout
-            _log(f"{node.name}: systemd-user-sessions failed, starting it again ({' | '.join(why.split(chr(10))[-5:])})")
+            state = "failed" if failed else "has not run"
+            _log(f"{node.name}: systemd-user-sessions {state}, starting it again ({' | '.join(why.split(chr(10))[-5:])})")
             self.run(node, "systemctl restart systemd-user-sessions", check=False, timeout=30)
 
     # ---- running commands ----------------------------------------------------------------------

@@ -139,15 +139,30 @@ def test_other_model_has_no_device_tree(node_factory):
 
 
 def test_ready_waits_for_logins_and_restarts_failed_user_sessions(node_factory):
-    """sshd answers before logins are allowed; a failed systemd-user-sessions (seen under load) is started again."""
+    """sshd answers before logins are allowed; a failed systemd-user-sessions (seen under load) is started again,
+    and so is one that never ran."""
     (node,) = node_factory(1)
     sub = node_factory.substrate
     drop_in = "/run/systemd/system/systemd-user-sessions.service.d"
     sub.run(node, f"mkdir -p {drop_in} && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {drop_in}/fail.conf"
                   " && systemctl daemon-reload && systemctl restart systemd-user-sessions", check=False)
-    assert sub.run(node, "systemctl is-failed --quiet systemd-user-sessions", check=False).returncode == 0
+    # the node's own Restart=on-failure tries a few times, then systemd gives up (its start limit)
+    deadline = time.monotonic() + 30
+    while sub.run(node, "systemctl is-failed --quiet systemd-user-sessions", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "systemd-user-sessions never reached the failed state"
+        time.sleep(0.5)
     sub.run(node, f"rm -r {drop_in} && systemctl daemon-reload && touch /run/nologin")
     assert sub.ssh(node, "true", check=False).returncode != 0  # "System is booting up": the pi user is refused
     sub.wait_ssh(node, timeout=30)
+    assert sub.ssh(node, "true").returncode == 0
+
+    # stopped, not failed (its stop writes /run/nologin): started again once sshd has answered for login_grace
+    sub.run(node, "systemctl stop systemd-user-sessions")
+    assert sub.ssh(node, "true", check=False).returncode != 0
+    grace, sub.login_grace = sub.login_grace, 1.0
+    try:
+        sub.wait_ssh(node, timeout=30)
+    finally:
+        sub.login_grace = grace
     assert sub.ssh(node, "true").returncode == 0
     node_factory.destroy([node])
