@@ -772,7 +772,10 @@ class Substrate:
                 if self.run(node, "test ! -e /run/nologin", check=False, timeout=10).returncode == 0:
                     return
                 sshd_since = sshd_since or time.monotonic()
-                self._retry_user_sessions(node, stuck=time.monotonic() - sshd_since > self.login_grace)
+                stuck = time.monotonic() - sshd_since > self.login_grace
+                self._retry_user_sessions(node, stuck=stuck)
+                if stuck:
+                    sshd_since = time.monotonic()  # give that start its own grace before the next
             time.sleep(0.2)
         raise SubstrateError(f"node {node.name} ({node.address}): sshd not answering after "
                              f"{timeout or self.boot_timeout:.0f}s\n--- console tail ---\n{self.console_tail(node)}"
