@@ -179,8 +179,13 @@ def unreachable(endpoints: Endpoints, component: str, what: str) -> str:
     return f"could not be reached: {why}" if why else f"could not be reached: no address for {what}"
 
 
-def not_answering(what: str, url: str, exc: Unreachable) -> str:
-    return f"{what} does not answer at {show_url(url)} ({exc})"
+def ask(who: str, fix: str, url: str, path: str, *, as_json: bool = False, **options: Any) -> tuple[int, Any]:
+    """GET `path` under `url`: (status, body), the body JSON-decoded with `as_json`. When nothing answers,
+    a CheckFailed saying that `who` does not answer at `url`, with `fix`."""
+    try:
+        return (http_json if as_json else http)("GET", join(url, path), **options)
+    except Unreachable as exc:
+        raise CheckFailed(f"{who} does not answer at {show_url(url)} ({exc})", fix) from None
 
 
 # -- MLflow -----------------------------------------------------------------------------------------------
@@ -194,32 +199,26 @@ def mlflow_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
         return [Result(GROUP, "mlflow", "health", FAIL, unreachable(endpoints, "mlflow", "the MLflow server"), _mlflow_fix(ns))]
 
     def health() -> str:
-        try:
-            status, content = http("GET", join(url, "health"))
-        except Unreachable as exc:
-            raise CheckFailed(not_answering("MLflow", url, exc), _mlflow_fix(ns)) from None
+        status, content = ask("MLflow", _mlflow_fix(ns), url, "health")
         if status != 200 or snippet(content).upper() != "OK":
             raise CheckFailed(f"{show_url(join(url, 'health'))} answered HTTP {status} {snippet(content, 80)!r}, not 200 OK: "
                               "is this MLflow (and its URL prefix right)?", _mlflow_fix(ns))
         return f"answers at {show_url(url)}"
 
     def auth() -> str:
-        search = join(url, "api/2.0/mlflow/experiments/search?max_results=1")
+        search = "api/2.0/mlflow/experiments/search?max_results=1"
         user, password = endpoints.mlflow_user, endpoints.mlflow_password
         if not user or not password:
             raise CheckFailed("no MLflow user and password to test its basic auth with",
                               f"piml reads them from the project's secrets, or from the cluster: kubectl -n {ns} get secret mlflow")
-        try:
-            status, content = http("GET", search, auth=(user, password))
-            if status == 401:
-                raise CheckFailed(f"MLflow refused user '{user}' (HTTP 401): the password piml has is not the server's",
-                                  f"MLflow keeps the admin password of its first start in its auth database; compare piml's with "
-                                  f"kubectl -n {ns} get secret mlflow, and see kubectl -n {ns} logs deploy/mlflow")
-            if status != 200:
-                raise CheckFailed(f"an API call as '{user}' answered HTTP {status}: {snippet(content)}", _mlflow_fix(ns))
-            anonymous, _ = http("GET", search)
-        except Unreachable as exc:
-            raise CheckFailed(not_answering("MLflow's API", url, exc), _mlflow_fix(ns)) from None
+        status, content = ask("MLflow's API", _mlflow_fix(ns), url, search, auth=(user, password))
+        if status == 401:
+            raise CheckFailed(f"MLflow refused user '{user}' (HTTP 401): the password piml has is not the server's",
+                              f"MLflow keeps the admin password of its first start in its auth database; compare piml's with "
+                              f"kubectl -n {ns} get secret mlflow, and see kubectl -n {ns} logs deploy/mlflow")
+        if status != 200:
+            raise CheckFailed(f"an API call as '{user}' answered HTTP {status}: {snippet(content)}", _mlflow_fix(ns))
+        anonymous, _ = ask("MLflow's API", _mlflow_fix(ns), url, search)
         if anonymous != 401:
             raise CheckFailed(f"MLflow answers its API without credentials (HTTP {anonymous}, not 401): basic auth is off",
                               f"the server must run with --app-name basic-auth: kubectl -n {ns} get deploy mlflow -o yaml")
@@ -238,20 +237,14 @@ def dask_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
         return [Result(GROUP, "dask", "health", FAIL, unreachable(endpoints, "dask", "the Dask scheduler's dashboard"), scheduler_fix)]
 
     def health() -> str:
-        try:
-            status, content = http("GET", join(url, "health"))
-        except Unreachable as exc:
-            raise CheckFailed(not_answering("the Dask scheduler", url, exc), scheduler_fix) from None
+        status, content = ask("the Dask scheduler", scheduler_fix, url, "health")
         if status != 200 or snippet(content) != "ok":
             raise CheckFailed(f"{show_url(join(url, 'health'))} answered HTTP {status} {snippet(content, 80)!r}, not 200 ok: "
                               "is this the Dask dashboard (and its prefix right)?", scheduler_fix)
         return f"the scheduler answers at {show_url(url)}"
 
     def workers() -> str:
-        try:
-            status, counts = http_json("GET", join(url, "json/counts.json"))
-        except Unreachable as exc:
-            raise CheckFailed(not_answering("the Dask scheduler", url, exc), scheduler_fix) from None
+        status, counts = ask("the Dask scheduler", scheduler_fix, url, "json/counts.json", as_json=True)
         if status != 200 or not isinstance(counts, dict) or not isinstance(counts.get("workers"), int):
             raise CheckFailed(f"json/counts.json answered HTTP {status} without a worker count", scheduler_fix)
         n, cores, hosts = counts["workers"], counts.get("cores", 0), counts.get("hosts", 0)
@@ -270,10 +263,7 @@ def ray_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
         return [Result(GROUP, "ray", "dashboard", FAIL, unreachable(endpoints, "ray", "the Ray head's dashboard"), head_fix)]
 
     def dashboard() -> str:
-        try:
-            status, version = http_json("GET", join(url, "api/version"))
-        except Unreachable as exc:
-            raise CheckFailed(not_answering("the Ray dashboard", url, exc), head_fix) from None
+        status, version = ask("the Ray dashboard", head_fix, url, "api/version", as_json=True)
         if status != 200 or not isinstance(version, dict) or "ray_version" not in version:
             raise CheckFailed(f"{show_url(join(url, 'api/version'))} answered HTTP {status} without a Ray version: "
                               "is this the Ray dashboard?", head_fix)
@@ -282,10 +272,7 @@ def ray_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
         return f"Ray {running}{note} answers at {show_url(url)}"
 
     def nodes() -> str:
-        try:
-            status, answer = http_json("GET", join(url, "api/v0/nodes?limit=1000"))
-        except Unreachable as exc:
-            raise CheckFailed(not_answering("the Ray dashboard", url, exc), head_fix) from None
+        status, answer = ask("the Ray dashboard", head_fix, url, "api/v0/nodes?limit=1000", as_json=True)
         try:
             listed = answer["data"]["result"]["result"]
             assert isinstance(listed, list)

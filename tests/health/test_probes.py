@@ -3,8 +3,6 @@ Redis (and RabbitMQ); then each one down, wrong or misconfigured, alone."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -12,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from tests.health.helpers import assert_rows_clean, by_key, rows_text
-from tests.queue.helpers import free_port, loopback_http
+from tests.queue.helpers import answering_http, free_port
 
 from piml.config import PimlConfig
 from piml.health import probes
@@ -34,27 +32,8 @@ def dead_url(scheme: str = "http") -> str:
 @contextmanager
 def stand_in(answer, delay: float = 0.0):
     """A loopback HTTP server answering every GET with answer(path, headers) -> (status, text), after `delay` s."""
-    release = threading.Event()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if delay:
-                release.wait(delay)
-            status, text = answer(self.path, self.headers)
-            data = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    with loopback_http(Handler) as port:
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            release.set()
+    with answering_http(answer, hold=delay) as (url, _release):
+        yield url
 
 
 def test_healthy_platform_passes_every_probe(endpoints, mlflow_server, redis_server):

@@ -91,6 +91,17 @@ class Rack:
     def check(self, timeout: float = 20.0):
         return check(self.project, timeout)
 
+    def check_broken(self, node, fault: str, repair: str):
+        """check() while `node` has `fault` (a shell command run as root), then `repair` it, also when
+        check() fails; on the server, until the stand-in listens on 6443 again."""
+        self.sub.run(node, fault)
+        try:
+            return self.check()
+        finally:
+            self.sub.run(node, repair)
+            if node is self.server:
+                wait_api_port(self.sub, node)
+
 
 @pytest.fixture(scope="module")
 def rack(node_factory, tmp_path_factory):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodechecks.conftest import check, install_standin, make_project, wait_api_port
+from tests.nodechecks.conftest import check, install_standin, make_project
 
 pytestmark = pytest.mark.nodes
 
@@ -60,12 +60,7 @@ def test_reuses_one_connection_per_node(rack):
 
 
 def test_k3s_stopped_fails_that_node_only(rack):
-    rack.sub.run(rack.server, "systemctl stop k3s")
-    try:
-        by, rows = rack.check()
-    finally:
-        rack.sub.run(rack.server, "systemctl start k3s")
-        wait_api_port(rack.sub, rack.server)
+    by, rows = rack.check_broken(rack.server, "systemctl stop k3s", "systemctl start k3s")
     row = by[rack.server.name, "k3s service"]
     assert row.status == "fail" and "k3s not running (inactive/dead)" in row.detail, row
     assert "journalctl -u k3s" in row.fix and "systemctl enable --now k3s" in row.fix
@@ -74,11 +69,7 @@ def test_k3s_stopped_fails_that_node_only(rack):
 
 
 def test_disabled_service_fails(rack):
-    rack.sub.run(rack.agent, "systemctl disable k3s-agent")
-    try:
-        by, rows = rack.check()
-    finally:
-        rack.sub.run(rack.agent, "systemctl enable k3s-agent")
+    by, rows = rack.check_broken(rack.agent, "systemctl disable k3s-agent", "systemctl enable k3s-agent")
     row = by[rack.agent.name, "k3s service"]
     assert row.status == "fail" and "not enabled (disabled)" in row.detail and "not running" not in row.detail, row
     assert row.fix == "on the node: sudo systemctl enable k3s-agent"
@@ -86,24 +77,19 @@ def test_disabled_service_fails(rack):
 
 
 def test_missing_unit_says_k3s_is_not_installed(rack):
-    rack.sub.run(rack.agent, "systemctl disable --now k3s-agent && mv /etc/systemd/system/k3s-agent.service /root/ && systemctl daemon-reload")
-    try:
-        by, _ = rack.check()
-    finally:
-        rack.sub.run(rack.agent, "mv /root/k3s-agent.service /etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now k3s-agent")
+    by, _ = rack.check_broken(
+        rack.agent, "systemctl disable --now k3s-agent && mv /etc/systemd/system/k3s-agent.service /root/ && systemctl daemon-reload",
+        "mv /root/k3s-agent.service /etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now k3s-agent")
     row = by[rack.agent.name, "k3s service"]
     assert row.status == "fail" and "not installed" in row.detail and "piml up --only k3s" in row.fix, row
 
 
 def test_api_port_not_listening_fails(rack):
     # The stand-in keeps running but listens nowhere.
-    rack.sub.run(rack.server, "mkdir -p /run/systemd/system/k3s.service.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/sleep infinity\\n'"
-                              " > /run/systemd/system/k3s.service.d/no-listen.conf && systemctl daemon-reload && systemctl restart k3s")
-    try:
-        by, _ = rack.check()
-    finally:
-        rack.sub.run(rack.server, "rm -r /run/systemd/system/k3s.service.d && systemctl daemon-reload && systemctl restart k3s")
-        wait_api_port(rack.sub, rack.server)
+    by, _ = rack.check_broken(
+        rack.server, "mkdir -p /run/systemd/system/k3s.service.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/sleep infinity\\n'"
+                     " > /run/systemd/system/k3s.service.d/no-listen.conf && systemctl daemon-reload && systemctl restart k3s",
+        "rm -r /run/systemd/system/k3s.service.d && systemctl daemon-reload && systemctl restart k3s")
     assert by[rack.server.name, "k3s service"].status == "pass"
     row = by[rack.server.name, "api port"]
     assert row.status == "fail" and "nothing listens on TCP 6443" in row.detail, row
@@ -125,11 +111,7 @@ def test_throttled_now_fails_naming_the_reasons(rack):
 
 
 def test_no_vcgencmd_is_a_skip(rack):
-    rack.sub.run(rack.agent, "mv /usr/bin/vcgencmd /usr/bin/vcgencmd.away")
-    try:
-        by, _ = rack.check()
-    finally:
-        rack.sub.run(rack.agent, "mv /usr/bin/vcgencmd.away /usr/bin/vcgencmd")
+    by, _ = rack.check_broken(rack.agent, "mv /usr/bin/vcgencmd /usr/bin/vcgencmd.away", "mv /usr/bin/vcgencmd.away /usr/bin/vcgencmd")
     row = by[rack.agent.name, "throttling"]
     assert (row.status, row.detail) == ("skip", "no vcgencmd: not a Raspberry Pi OS node")
     assert by[rack.server.name, "throttling"].status == "pass"

@@ -86,17 +86,18 @@ def loopback_http(handler: type):
 
 
 @contextmanager
-def held_dataset(path: Path):
-    """Serve `path` over loopback HTTP, holding every answer until the test sets the returned event
-    (bounded: 60 s). A runner reading it stays mid-request for as long as a test needs, so "kill it
-    mid-request" does not race a small dataset's quick run. Yields (url, release event)."""
+def answering_http(answer, hold: float = 0.0):
+    """A loopback HTTP server answering every GET with answer(path, headers) -> (status, text or bytes),
+    each answer held for up to `hold` s or until the yielded event is set. Yields (base URL, that event)."""
     release = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            release.wait(60)
-            data = path.read_bytes()
-            self.send_response(200)
+            if hold:
+                release.wait(hold)
+            status, body = answer(self.path, self.headers)
+            data = body.encode() if isinstance(body, str) else body
+            self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -106,9 +107,18 @@ def held_dataset(path: Path):
 
     with loopback_http(Handler) as port:
         try:
-            yield f"http://127.0.0.1:{port}/{path.name}", release
+            yield f"http://127.0.0.1:{port}", release
         finally:
             release.set()
+
+
+@contextmanager
+def held_dataset(path: Path):
+    """Serve `path` over loopback HTTP, holding every answer until the test sets the returned event
+    (bounded: 60 s). A runner reading it stays mid-request for as long as a test needs, so "kill it
+    mid-request" does not race a small dataset's quick run. Yields (url, release event)."""
+    with answering_http(lambda path_, headers: (200, path.read_bytes()), hold=60) as (url, release):
+        yield f"{url}/{path.name}", release
 
 
 def kill_runner_mid_request(broker, env: dict, request, log: Path) -> None:
