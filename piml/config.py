@@ -25,6 +25,8 @@ DASK_VERSION = "2026.8.0"
 CpuQuantity = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?m?$")]
 MemoryQuantity = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")]
 Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+$")]
+# A DNS name or an IPv4 address as a browser puts it in the Host header (lower case, no port, no scheme).
+HostName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")]
 
 
 class Settings(BaseModel):
@@ -65,6 +67,8 @@ class MLflow(Settings):
     artifacts: Literal["pvc", "minio", "s3"] = Field("pvc", description="artifact store")
     artifacts_uri: str | None = Field(None, description="external s3:// bucket URI for artifacts: s3")
     storage: MemoryQuantity = Field("10Gi", description="size of the MLflow volume")
+    ui_hosts: list[HostName] = Field(
+        default_factory=list, description="other names browsers reach the UI by (e.g. a DNS name); nodes' names and addresses are in")
     resources: Size = Size()
 
 

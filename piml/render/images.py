@@ -21,3 +21,13 @@ def dask(version: str) -> str:
 def ray(version: str, arch: str) -> str:
     """Ray publishes no multi-arch manifest: no suffix is amd64 only, arm64 needs `-aarch64`."""
     return f"rayproject/ray:{version}-{PYTHON_TAG}" + ("-aarch64" if arch == "arm64" else "")
+
+
+# What the MLflow pods add to the plain `pip install mlflow` image, each pinned with its dependencies that the
+# image lacks, installed with --no-deps into a volume: an unpinned `pip install --target` pulls a second Flask
+# stack ahead of the image's own (--target implies --ignore-installed). Re-check against the image on a bump.
+MLFLOW_EXTRA = {
+    "auth": ["Flask-WTF==1.3.0", "WTForms==3.3.2"],  # --app-name basic-auth
+    "postgresql": ["psycopg2-binary==2.9.13"],
+    "s3": ["boto3==1.44.5", "botocore==1.44.5", "s3transfer==0.19.3", "jmespath==1.1.0"],
+}

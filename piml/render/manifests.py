@@ -56,9 +56,7 @@ def context(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None) ->
     config = cluster.config
     servers = [n.address for n in cluster.inventory.servers]
     ns = config.namespace
-    service_names = [f"mlflow{suffix}" for suffix in ("", f".{ns}", f".{ns}.svc", f".{ns}.svc.cluster.local")]
-    allowed_hosts = service_names + [f"{h}:5000" for h in service_names] + ["localhost", "localhost:5000", "127.0.0.1", "127.0.0.1:5000"]
-    allowed_hosts += [n.address for n in cluster.inventory.cluster_nodes]  # the UI through the ingress, from the LAN
+    mlflow_hosts, mlflow_origins = _mlflow_access(cluster)
     return {
         "project": cluster.name,
         "ns": ns,
@@ -72,11 +70,44 @@ def context(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None) ->
             "redis": images.REDIS, "postgres": images.POSTGRES, "minio": images.MINIO, "rabbitmq": images.RABBITMQ,
         },
         "secrets": secrets,  # None: Secret objects are rendered without values
-        "allowed_hosts": allowed_hosts,
+        "mlflow_allowed_hosts": mlflow_hosts,
+        "mlflow_cors_origins": mlflow_origins,
+        "mlflow_pip": _mlflow_pip(config.mlflow),
         "ui_host": servers[0],
         "common_labels": {**MANAGED_BY, "app.kubernetes.io/part-of": "piml", "piml.io/project": cluster.name},
         **_runner(config),
     }
+
+
+def _mlflow_access(cluster: "Cluster") -> tuple[list[str], list[str]]:
+    """The Host headers and browser origins MLflow's security middleware must accept, one per way it is reached.
+
+    MLflow compares the Host header exactly, port included, and setting the list replaces its defaults; it
+    refuses a state-changing API call whose Origin is not listed (the UI's own POSTs through the ingress).
+    - pods: the Service by every DNS form, with and without the port;
+    - piml and `kubectl port-forward`: a loopback address on whatever local port was free;
+    - browsers through the ingress (ports 80/443, so no port in Host): each node's address and name, and the
+      names in `mlflow.ui_hosts`. The kubelet's probe goes to `<prefix>/health`, which MLflow exempts.
+    """
+    ns = cluster.config.namespace
+    names = [f"mlflow{suffix}" for suffix in ("", f".{ns}", f".{ns}.svc", f".{ns}.svc.cluster.local")]
+    hosts = names + [f"{name}:5000" for name in names] + ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*"]
+    ui = []
+    for node in cluster.inventory.cluster_nodes:
+        ui += [node.address, node.name]
+    ui += cluster.config.mlflow.ui_hosts
+    ui = list(dict.fromkeys(ui))
+    return hosts + ui, [f"{scheme}://{host}" for host in ui for scheme in ("http", "https")]
+
+
+def _mlflow_pip(mlflow) -> list[str]:
+    """The pinned packages MLflow's init container adds to the image, for the stores in use."""
+    wanted = list(images.MLFLOW_EXTRA["auth"])
+    if mlflow.backend == "postgresql" or mlflow.backend_uri:
+        wanted += images.MLFLOW_EXTRA["postgresql"]
+    if mlflow.artifacts != "pvc":
+        wanted += images.MLFLOW_EXTRA["s3"]
+    return wanted
 
 
 def _runner(config) -> dict[str, Any]:

@@ -1,0 +1,104 @@
+"""A rendered platform, run by the contract kubelet: render a scenario exactly as `piml up` would apply it
+(Secrets with their values), then start its workloads' pods and reach them the ways the cluster does."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from piml.config import PimlConfig
+from piml.inventory import load_inventory
+from piml.plan import make_plan
+from piml.project import Cluster, ProjectPaths
+from piml.render import render_platform
+from piml.secrets import load_or_create
+from tests.contract import images
+from tests.contract.kubelet import Kubelet, Pod
+from tests.contract.netns import Network, PortForward
+
+SCENARIOS_DIR = Path(__file__).resolve().parents[1] / "render" / "scenarios"
+
+
+@dataclass
+class Platform:
+    cluster: Cluster
+    objects: list[dict]
+    secrets: dict[str, str]
+    kubelet: Kubelet
+    mirrors: dict[str, images.Mirror]
+    forwards: list[PortForward] = field(default_factory=list)
+
+    @property
+    def ns(self) -> str:
+        return self.cluster.config.namespace
+
+    @property
+    def node_addresses(self) -> list[str]:
+        return [n.address for n in self.cluster.inventory.cluster_nodes]
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.cluster.inventory.cluster_nodes]
+
+    def notes(self) -> list[str]:
+        """What differs from the real images (printed by the tests)."""
+        return [f"{image}: {m.note}" for image, m in sorted(self.mirrors.items()) if m.note]
+
+    def deployment(self, name: str, extra_env: dict | None = None) -> Pod:
+        """Start the pod of a rendered Deployment."""
+        obj = self.kubelet.find("Deployment", name, self.ns)
+        template = obj["spec"]["template"]
+        return self.kubelet.start(f"{name}-0", self.ns, template["metadata"]["labels"], template["spec"], extra_env)
+
+    def job_pod(self, scaled_job: str, job_name: str) -> Pod:
+        """A pod of the Job that KEDA makes from a ScaledJob (its jobTargetRef template, the Job's labels)."""
+        obj = self.kubelet.find("ScaledJob", scaled_job, self.ns)
+        template = obj["spec"]["jobTargetRef"]["template"]
+        labels = {**template["metadata"].get("labels", {}), "job-name": job_name, "batch.kubernetes.io/job-name": job_name}
+        return self.kubelet.start(f"{job_name}-x", self.ns, labels, template["spec"])
+
+    def forward(self, pod: Pod, port: int) -> PortForward:
+        forward = PortForward(pod.netns, port)
+        self.forwards.append(forward)
+        return forward
+
+    def secret(self, name: str, key: str) -> str:
+        return self.kubelet.secret_value(name, key, self.ns)
+
+    def close(self) -> None:
+        for forward in self.forwards:
+            forward.close()
+        self.kubelet.close()
+
+
+def render(scenario: str, settings: dict, project: Path) -> tuple[Cluster, list[dict], dict[str, str]]:
+    path = SCENARIOS_DIR / f"{scenario}.yml"
+    cluster = Cluster(ProjectPaths(project, path), load_inventory(path), PimlConfig.model_validate(settings))
+    secrets = load_or_create(project / ".piml")
+    objects = [obj for rendered in render_platform(cluster, make_plan(cluster), secrets) for obj in rendered.objects]
+    return cluster, objects, secrets
+
+
+def start_platform(scenario: str, settings: dict, workdir: Path, network: Network) -> Platform:
+    cluster, objects, secrets = render(scenario, settings, workdir / "project")
+    used = {c["image"] for obj in objects for spec in pod_specs(obj) for c in spec.get("containers", []) + spec.get("initContainers", [])}
+    mirrors = images.for_images(used)
+    node = cluster.inventory.cluster_nodes[0]
+    kubelet = Kubelet(objects, mirrors, workdir / "pods", network, node_name=node.name)
+    return Platform(cluster, objects, secrets, kubelet, mirrors)
+
+
+def pod_specs(obj: dict):
+    if obj["kind"] == "Deployment":
+        yield obj["spec"]["template"]["spec"]
+    elif obj["kind"] == "RayCluster":
+        yield obj["spec"]["headGroupSpec"]["template"]["spec"]
+        for group in obj["spec"].get("workerGroupSpecs", []):
+            yield group["template"]["spec"]
+    elif obj["kind"] == "ScaledJob":
+        yield obj["spec"]["jobTargetRef"]["template"]["spec"]
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
