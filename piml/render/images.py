@@ -7,7 +7,11 @@ REDIS = "redis:7.4.1"
 POSTGRES = "postgres:16.4"
 MINIO = "minio/minio:RELEASE.2024-10-13T13-34-11Z"
 RABBITMQ = "rabbitmq:3.13.7-management"
-PYTHON_TAG = "py311"  # Ray images are built per Python; the runner and clients use the same
+# One Python for every image that runs user code: Dask and Ray ship pickled functions between clients, schedulers
+# and workers, and cloudpickle's code objects do not cross Python minor versions. The MLflow image (the runner's)
+# is python:3.11-slim; Ray and Dask publish per-Python tags.
+PYTHON = "3.11"
+PYTHON_TAG = "py" + PYTHON.replace(".", "")  # Ray's tag form (py311)
 
 
 def mlflow(version: str) -> str:
@@ -15,7 +19,8 @@ def mlflow(version: str) -> str:
 
 
 def dask(version: str) -> str:
-    return f"ghcr.io/dask/dask:{version}"
+    """The tag without -pyX.Y is the Python 3.10 build (dask-docker's build.yml: defaultpython 3.10)."""
+    return f"ghcr.io/dask/dask:{version}-py{PYTHON}"
 
 
 def ray(version: str, arch: str) -> str:

@@ -14,6 +14,8 @@ from tests.contract.kubelet import http_get
 from tests.contract.netns import NODE_IP
 from tests.contract.platform import basic, start_platform
 
+pytestmark = pytest.mark.contract
+
 SCENARIOS = {"default": ("pi5-3x8gb", {})}
 
 
