@@ -156,8 +156,27 @@ def redis(image: str) -> Mirror:
                   note=f"Debian's redis-server {here} stands in for {image}")
 
 
+def rabbitmq(image: str) -> Mirror:
+    """rabbitmq:X-management (docker-library/rabbitmq 3.13/ubuntu, management/): ENTRYPOINT docker-entrypoint.sh
+    (drops to the rabbitmq user, refuses deprecated RABBITMQ_* variables), CMD rabbitmq-server, HOME and data in
+    /var/lib/rabbitmq, conf.d/10-defaults.conf (loopback_users.guest = false, log.console = true), plugins
+    rabbitmq_prometheus and rabbitmq_management enabled. The server itself reads RABBITMQ_DEFAULT_USER/PASS.
+    Debian's rabbitmq-server stands in, with the image's config files (written under the cache, not /etc)."""
+    etc = CACHE / "rabbitmq-image-etc"
+    (etc / "conf.d").mkdir(parents=True, exist_ok=True)
+    (etc / "conf.d" / "10-defaults.conf").write_text("loopback_users.guest = false\nlog.console = true\n")
+    (etc / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
+    found = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"], capture_output=True, text=True, timeout=30)
+    here = found.stdout.split("-")[0] or "?"
+    env = {"RABBITMQ_CONFIG_FILES": str(etc / "conf.d"), "RABBITMQ_ENABLED_PLUGINS_FILE": str(etc / "enabled_plugins"),
+           "RABBITMQ_MNESIA_BASE": "/var/lib/rabbitmq/mnesia", "RABBITMQ_LOG_BASE": "/var/lib/rabbitmq/log"}
+    return Mirror(image, Path("/usr/lib/rabbitmq/bin"), cmd=("rabbitmq-server",), env=env, home="/var/lib/rabbitmq",
+                  note=f"Debian's rabbitmq-server {here} stands in for {image}")
+
+
 def for_images(images: set[str]) -> dict[str, Mirror]:
-    makers = {"ghcr.io/mlflow/mlflow": mlflow, "ghcr.io/dask/dask": dask, "rayproject/ray": ray, "redis": redis}
+    makers = {"ghcr.io/mlflow/mlflow": mlflow, "ghcr.io/dask/dask": dask, "rayproject/ray": ray, "redis": redis,
+              "rabbitmq": rabbitmq}
     found = {}
     for image in images:
         repo = image.rsplit(":", 1)[0]

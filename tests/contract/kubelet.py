@@ -184,6 +184,14 @@ class Kubelet:
             lines.append(f"{ip}\t{name}")
         return "\n".join(lines) + "\n"
 
+    def resolve(self, name: str) -> str:
+        """What a Service name (any form) resolves to in the pods' /etc/hosts."""
+        for line in self.hosts().splitlines():
+            ip, _, names = line.partition("\t")
+            if name in names.split():
+                return ip
+        raise KeyError(f"{name} resolves to nothing (no such Service, or no pod behind it yet)")
+
     # --- running pods -------------------------------------------------------------------------------------
     def start(self, name: str, namespace: str, labels: dict, spec: dict, extra_env: dict | None = None) -> Pod:
         pod = Pod(name, namespace, dict(labels), spec, node=self.node_name)
@@ -242,6 +250,10 @@ class Kubelet:
                     target.write_text(data[item["key"]])
                     target.chmod(item.get("mode", source.get("defaultMode", 0o644)))
             pod.mounts[vname] = path
+
+    def preview(self, name: str, namespace: str, labels: dict, spec: dict) -> Container:
+        """A container as it would be started (its env resolved), without starting anything."""
+        return self._container(Pod(name, namespace, dict(labels), spec, node=self.node_name), spec["containers"][0], None)
 
     def _container(self, pod: Pod, spec: dict, extra_env: dict | None) -> Container:
         image = spec["image"]

@@ -58,6 +58,12 @@ class Platform:
         labels = {**template["metadata"].get("labels", {}), "job-name": job_name, "batch.kubernetes.io/job-name": job_name}
         return self.kubelet.start(f"{job_name}-x", self.ns, labels, template["spec"])
 
+    def job_pod_preview(self, scaled_job: str):
+        """The scaled Job's main container with its env resolved, not started (what KEDA reads *FromEnv from)."""
+        obj = self.kubelet.find("ScaledJob", scaled_job, self.ns)
+        template = obj["spec"]["jobTargetRef"]["template"]
+        return self.kubelet.preview(f"{scaled_job}-preview", self.ns, template["metadata"].get("labels", {}), template["spec"])
+
     def forward(self, pod: Pod, port: int) -> PortForward:
         forward = PortForward(pod.netns, port)
         self.forwards.append(forward)
