@@ -14,7 +14,7 @@ import yaml
 from piml.fsutil import make_private_dir, write_atomic
 
 NAMES = ("mlflow_admin_password", "mlflow_flask_secret_key", "redis_password", "postgres_password",
-         "minio_access_key", "minio_secret_key", "rabbitmq_password")
+         "minio_access_key", "minio_secret_key", "rabbitmq_password", "ray_auth_token")
 
 
 def load_or_create(state_dir: Path) -> dict[str, str]:

@@ -54,7 +54,9 @@ def open_cluster_endpoints(cluster: "Cluster") -> Iterator[Endpoints]:
                 endpoints.dask_dashboard_url = base + "/dask"  # the scheduler runs with --dashboard-prefix /dask
                 endpoints.dask_python = pod_python(api, namespace, "app.kubernetes.io/name=dask-scheduler", "dask")
         if config.ray.enabled:
-            endpoints.ray_dashboard_url = bridge("ray", "app.kubernetes.io/name=ray-head", RAY_DASHBOARD_PORT)
+            # KubeRay's own labels: it needs app.kubernetes.io/name=kuberay on the head for its Service.
+            endpoints.ray_dashboard_url = bridge("ray", "ray.io/cluster=ray,ray.io/node-type=head", RAY_DASHBOARD_PORT)
+            endpoints.ray_token = load_or_create(cluster.paths.state)["ray_auth_token"]
         if config.queue.enabled:
             try:
                 tunnel = open_tunnel(path, namespace, config.queue.kind)

@@ -131,9 +131,9 @@ def last_error(text: str, chars: int = 300) -> str:
     return snippet(found[-1], chars) if found else ""
 
 
-def _job_logs(base: str, job_id: str) -> str:
+def _job_logs(base: str, job_id: str, token: str | None) -> str:
     try:
-        status, answer = http_json("GET", join(base, f"api/jobs/{quote(job_id)}/logs"))
+        status, answer = http_json("GET", join(base, f"api/jobs/{quote(job_id)}/logs"), bearer=token)
     except Unreachable:
         return ""
     return str(answer.get("logs") or "") if status == 200 and isinstance(answer, dict) else ""
@@ -154,7 +154,8 @@ def train_and_register(endpoints: Endpoints, config: PimlConfig, ray_pip: list[s
     job_id = f"piml-check-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     submission = job_submission(endpoints, job_id, ray_pip)
     try:
-        status, answer = http_json("POST", join(base, "api/jobs/"), body=submission, timeout=min(SUBMIT_TIMEOUT, max(1.0, deadline.left())))
+        status, answer = http_json("POST", join(base, "api/jobs/"), body=submission, timeout=min(SUBMIT_TIMEOUT, max(1.0, deadline.left())),
+                                     bearer=endpoints.ray_token)
     except Unreachable as exc:
         raise CheckFailed(f"the Ray dashboard does not take jobs at {show_url(base)} ({exc})", ray_fix(endpoints, config)) from None
     if status != 200:
@@ -164,7 +165,8 @@ def train_and_register(endpoints: Endpoints, config: PimlConfig, ray_pip: list[s
     state, message, misses = "PENDING", "", 0
     while True:
         try:
-            status, info = http_json("GET", join(base, f"api/jobs/{quote(job_id)}"), timeout=min(probes.HTTP_TIMEOUT, max(1.0, deadline.left())))
+            status, info = http_json("GET", join(base, f"api/jobs/{quote(job_id)}"), timeout=min(probes.HTTP_TIMEOUT, max(1.0, deadline.left())),
+                                         bearer=endpoints.ray_token)
             misses = 0 if status == 200 else misses + 1
             if status == 200 and isinstance(info, dict):
                 state, message = str(info.get("status") or state), str(info.get("message") or "")
@@ -175,16 +177,16 @@ def train_and_register(endpoints: Endpoints, config: PimlConfig, ray_pip: list[s
         if misses >= 5:
             raise CheckFailed(f"lost the Ray dashboard while job {job_id} was {state}", ray_fix(endpoints, config, job_id))
         if deadline.left() <= 0:
-            tail = log_tail(_job_logs(base, job_id))
+            tail = log_tail(_job_logs(base, job_id, endpoints.ray_token))
             try:
-                http_json("POST", join(base, f"api/jobs/{quote(job_id)}/stop"))
+                http_json("POST", join(base, f"api/jobs/{quote(job_id)}/stop"), bearer=endpoints.ray_token)
             except Unreachable:
                 pass
             raise CheckFailed(f"Ray job {job_id} still {state} after {deadline.elapsed():.0f} s (stopped it)"
                               + (f"; log tail: {tail}" if tail else ""), ray_fix(endpoints, config, job_id))
         time.sleep(min(POLL, max(0.0, deadline.left())))
 
-    logs = _job_logs(base, job_id)
+    logs = _job_logs(base, job_id, endpoints.ray_token)
     if state != "SUCCEEDED":
         said = snippet(message.split(", last available logs")[0], 200)  # Ray appends the log to its message
         error = last_error(logs)

@@ -26,6 +26,7 @@ class Endpoints:
     # the scheduler at $DASK_SCHEDULER_ADDRESS, default tcp://127.0.0.1:8786.
     dask_python: Callable[[str], str] | None = field(default=None, repr=False)
     ray_dashboard_url: str | None = None  # http://host:8265
+    ray_token: str | None = field(default=None, repr=False)  # Ray's token authentication (Bearer)
     queue_url: str | None = None  # redis://… or amqp://…
     queue_password: str | None = field(default=None, repr=False)
     unreachable: dict[str, str] = field(default_factory=dict)  # component -> why it has no URL (a cluster's)

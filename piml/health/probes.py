@@ -69,10 +69,10 @@ def join(base: str, path: str) -> str:
 
 
 def http(method: str, url: str, *, auth: tuple[str, str] | None = None, body: Any = None,
-         timeout: float | None = None) -> tuple[int, bytes]:
+         timeout: float | None = None, bearer: str | None = None) -> tuple[int, bytes]:
     """(status, body) of one request bounded by `timeout` (default HTTP_TIMEOUT, AUTH_FACTOR times that with
     basic auth); an HTTP error status is an answer, not an exception. Raises Unreachable when nothing answers.
-    `body` is sent as JSON.
+    `body` is sent as JSON; `bearer` is a token for `Authorization: Bearer` (Ray's token authentication).
     """
     if timeout is None:
         timeout = HTTP_TIMEOUT * (AUTH_FACTOR if auth is not None else 1)
@@ -84,6 +84,8 @@ def http(method: str, url: str, *, auth: tuple[str, str] | None = None, body: An
     if auth is not None:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
+    elif bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     opener = _direct if (urlsplit(url).hostname or "") in LOOPBACK else _default
     try:
@@ -135,7 +137,7 @@ def snippet(content: bytes | str | None, limit: int = 160) -> str:
 
 # -- secrets ----------------------------------------------------------------------------------------------
 def secrets_of(endpoints: Endpoints) -> list[str]:
-    found = [endpoints.mlflow_password, endpoints.queue_password]
+    found = [endpoints.mlflow_password, endpoints.queue_password, endpoints.ray_token]
     for url in (endpoints.queue_url, endpoints.mlflow_url, endpoints.mlflow_url_inside, endpoints.dask_dashboard_url,
                 endpoints.ray_dashboard_url):
         if url:
@@ -263,7 +265,10 @@ def ray_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
         return [Result(GROUP, "ray", "dashboard", FAIL, unreachable(endpoints, "ray", "the Ray head's dashboard"), head_fix)]
 
     def dashboard() -> str:
-        status, version = ask("the Ray dashboard", head_fix, url, "api/version", as_json=True)
+        status, version = ask("the Ray dashboard", head_fix, url, "api/version", as_json=True, bearer=endpoints.ray_token)
+        if status in (401, 403):
+            raise CheckFailed(f"the Ray dashboard refused piml's token (HTTP {status})",
+                              f"the token is in .piml/secrets.yaml (ray_auth_token) and Secret ray-auth; {head_fix}")
         if status != 200 or not isinstance(version, dict) or "ray_version" not in version:
             raise CheckFailed(f"{show_url(join(url, 'api/version'))} answered HTTP {status} without a Ray version: "
                               "is this the Ray dashboard?", head_fix)
@@ -271,8 +276,15 @@ def ray_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
         note = "" if running == config.ray.version else f" (piml.yaml says {config.ray.version})"
         return f"Ray {running}{note} answers at {show_url(url)}"
 
+    def auth() -> str:
+        status, _ = ask("the Ray dashboard", head_fix, url, "api/version")
+        if status not in (401, 403):
+            raise CheckFailed(f"the Ray dashboard answers HTTP {status} without a token: its Jobs API runs any code "
+                              "for anyone who can reach it", f"kubectl -n {ns} get raycluster ray -o jsonpath='{{.spec.authOptions}}'")
+        return "token authentication on (no token: HTTP %d)" % status
+
     def nodes() -> str:
-        status, answer = ask("the Ray dashboard", head_fix, url, "api/v0/nodes?limit=1000", as_json=True)
+        status, answer = ask("the Ray dashboard", head_fix, url, "api/v0/nodes?limit=1000", as_json=True, bearer=endpoints.ray_token)
         try:
             listed = answer["data"]["result"]["result"]
             assert isinstance(listed, list)
@@ -290,7 +302,10 @@ def ray_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
             detail += " (workers start on demand)"
         return detail
 
-    return sequence(GROUP, "ray", [("dashboard", dashboard), ("nodes", nodes)])
+    steps = [("dashboard", dashboard), ("nodes", nodes)]
+    if endpoints.ray_token is not None:
+        steps.insert(1, ("auth", auth))
+    return sequence(GROUP, "ray", steps)
 
 
 # -- the queue --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from piml.plan.quantities import memory_mi
 
 LOG_LINES = 10
 PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
-# Which piml.yaml block sizes the pods of each component (app.kubernetes.io/name).
+# Which piml.yaml block sizes the pods of each component (piml.io/component on KubeRay's pods, else app.kubernetes.io/name).
 SETTINGS = {"mlflow": "mlflow.resources", "dask-scheduler": "dask.scheduler", "dask-worker": "dask.worker",
             "ray-head": "ray.head", "ray-worker": "ray.worker", "redis": "queue.resources", "rabbitmq": "queue.resources"}
 
@@ -70,7 +70,8 @@ def _pod(kube: Kube, pod: dict, where: str) -> list[Problem]:
                                     "check the image name and tag, and that the nodes can reach its registry"))
         elif last.get("reason") == "OOMKilled":
             limit = container.get("resources", {}).get("limits", {}).get("memory", "unset")
-            setting = SETTINGS.get(pod["metadata"].get("labels", {}).get("app.kubernetes.io/name", ""))
+            labels = pod["metadata"].get("labels", {})
+            setting = SETTINGS.get(labels.get("piml.io/component") or labels.get("app.kubernetes.io/name", ""))
             problems.append(Problem(where, f"container {cs['name']} was killed for using more than its memory limit {limit}",
                                     f"raise it in piml.yaml ({setting}.limits.memory)" if setting else "raise it in piml.yaml"))
         elif waiting.get("reason") in ("CrashLoopBackOff", "RunContainerError") or (last.get("exitCode", 0) != 0 and not cs.get("ready")):

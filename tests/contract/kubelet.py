@@ -315,13 +315,16 @@ class Kubelet:
 
     def _run(self, container: Container, wait: bool) -> int:
         env = {**container.env, "PIML_WORKDIR": container.mirror.workdir}
-        argv = self._wrapper(container.pod, container.spec, network=not wait) + container.argv()
+        # An init container that installs packages reaches the registry through this machine's network (a pod
+        # namespace here has no route out; a real pod's goes through the node). Others run in the pod's network.
+        installs = wait and Path(container.argv()[0]).name in ("pip", "pip3")
+        argv = self._wrapper(container.pod, container.spec, network=not installs) + container.argv()
         with open(container.log, "ab") as out:
             container.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               start_new_session=True)
         if wait:
             try:
-                return container.proc.wait(timeout=900)
+                return container.proc.wait(timeout=300)  # a real init container may wait forever; a test may not
             except subprocess.TimeoutExpired:
                 self._kill(container.proc)
                 return -1

@@ -13,7 +13,7 @@ from piml.plan import make_plan
 from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform
 from piml.secrets import load_or_create
-from tests.contract import images
+from tests.contract import images, kuberay
 from tests.contract.kubelet import Kubelet, Pod
 from tests.contract.netns import Network, PortForward
 
@@ -57,6 +57,23 @@ class Platform:
         template = obj["spec"]["jobTargetRef"]["template"]
         labels = {**template["metadata"].get("labels", {}), "job-name": job_name, "batch.kubernetes.io/job-name": job_name}
         return self.kubelet.start(f"{job_name}-x", self.ns, labels, template["spec"])
+
+    def ray_cluster(self, worker_groups: int = 1) -> tuple[Pod, list[Pod]]:
+        """The RayCluster's head and one worker per group, as KubeRay builds their Pods and head Service.
+
+        The head's `autoscaler` sidecar is not started: it is a Kubernetes client of the API server (it
+        patches the RayCluster), which these tests do not have."""
+        cluster = self.kubelet.find("RayCluster", "ray", self.ns)
+        built = kuberay.operator_objects(cluster)
+        self.kubelet.objects.append(built["headService"])
+        head = built["head"]
+        spec = dict(head["spec"])
+        spec["containers"] = [c for c in spec["containers"] if c["name"] != "autoscaler"]
+        head_pod = self.kubelet.start("ray-head-0", self.ns, head["metadata"]["labels"], spec)
+        workers = []
+        for group, pod in list(built["workers"].items())[:worker_groups]:
+            workers.append(self.kubelet.start(f"ray-{group}-0", self.ns, pod["metadata"]["labels"], pod["spec"]))
+        return head_pod, workers
 
     def job_pod_preview(self, scaled_job: str):
         """The scaled Job's main container with its env resolved, not started (what KEDA reads *FromEnv from)."""

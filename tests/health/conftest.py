@@ -57,15 +57,17 @@ def end(proc: subprocess.Popen, marker: str) -> None:
     kill_marked(marker)
 
 
-def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
+def http_ok(url: str, token: str | None = None) -> bool:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=2) as response:
         return response.status == 200
 
 
-def alive_nodes(url: str) -> int:
+def alive_nodes(url: str, token: str) -> int:
     import json
 
-    with urllib.request.urlopen(f"{url}/api/v0/nodes", timeout=5) as response:
+    request = urllib.request.Request(f"{url}/api/v0/nodes", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         return sum(node["state"] == "ALIVE" for node in json.load(response)["data"]["result"]["result"])
 
 
@@ -74,18 +76,21 @@ class RayHead:
     dashboard_url: str
     log: Path
     env: dict
+    token: str  # token authentication on, as the platform runs Ray (authOptions mode token)
 
 
 @pytest.fixture(scope="session")
 def ray_head(mlflow_server):
-    """A Ray head with one CPU; its dashboard at `dashboard_url`."""
+    """A Ray head with one CPU and token authentication; its dashboard at `dashboard_url`."""
     marker = secrets.token_hex(8)
+    token = secrets.token_hex(32)
     temp = Path(tempfile.mkdtemp(prefix="piml-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
                                              "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
                                              "node-manager-port", "object-manager-port")}
     env = {**os.environ, **mlflow_server.env, MARKER: marker, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(REPO)}
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(REPO),
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
     log = temp / "ray-start.log"
     args = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--num-cpus=1", "--dashboard-host=127.0.0.1",
@@ -95,8 +100,8 @@ def ray_head(mlflow_server):
         proc = subprocess.Popen(args, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
-        wait_for(lambda: http_ok(f"{url}/api/jobs/") and alive_nodes(url), 90, "ray head", proc, log)
-        yield RayHead(url, log, env)
+        wait_for(lambda: http_ok(f"{url}/api/jobs/", token) and alive_nodes(url, token), 90, "ray head", proc, log)
+        yield RayHead(url, log, env, token)
     finally:
         end(proc, marker)
         shutil.rmtree(temp, ignore_errors=True)
@@ -168,7 +173,7 @@ def endpoints(mlflow_server, redis_server, dask_cluster, ray_head) -> Endpoints:
     """Every component healthy, as `piml check` would see a cluster through its port-forwards."""
     return Endpoints(mlflow_url=mlflow_server.url, mlflow_user=mlflow_server.username, mlflow_password=mlflow_server.password,
                      dask_dashboard_url=dask_cluster.dashboard_url, dask_python=dask_cluster.python,
-                     ray_dashboard_url=ray_head.dashboard_url,
+                     ray_dashboard_url=ray_head.dashboard_url, ray_token=ray_head.token,
                      queue_url=f"redis://127.0.0.1:{redis_server.port}/0", queue_password=redis_server.password)
 
 

@@ -67,7 +67,7 @@ def pods_by_component(api: FakeKubeAPI) -> dict[str, str]:
     found = {}
     for name in api.names("pods", NAMESPACE):
         labels = api.get("pods", NAMESPACE, name)["metadata"].get("labels", {})
-        found[labels.get("app.kubernetes.io/name", "")] = name
+        found[labels.get("piml.io/component") or labels.get("app.kubernetes.io/name", "")] = name
     return found
 
 
@@ -77,7 +77,8 @@ def lab(tmp_path, mlflow_server, redis_server, dask_cluster, ray_head):
     root = tmp_path / "lab"
     state = root / ".piml"
     secrets = load_or_create(state)  # then the services' own passwords, as `piml up` would have put them there
-    secrets.update(mlflow_admin_password=mlflow_server.password, redis_password=redis_server.password)
+    secrets.update(mlflow_admin_password=mlflow_server.password, redis_password=redis_server.password,
+                   ray_auth_token=ray_head.token)
     write_atomic(state / "secrets.yaml", json.dumps(secrets), mode=0o600)
     (root / "inventory").mkdir()
     (root / "inventory/hosts.yml").write_text(INVENTORY)

@@ -42,7 +42,8 @@ def runner(runner_env, clean_redis, tmp_path):
 
 
 def ray_jobs(ray_head) -> list[dict]:
-    with urllib.request.urlopen(f"{ray_head.dashboard_url}/api/jobs/", timeout=5) as response:
+    request = urllib.request.Request(f"{ray_head.dashboard_url}/api/jobs/", headers={"Authorization": f"Bearer {ray_head.token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
 
 

@@ -67,7 +67,7 @@ def test_switching_ray_off_prunes_it(project, kubeapi):
     cluster, rendered = project.render({"ray": {"enabled": False}})
     report = deploy(cluster, project.kubeconfig, rendered, FAST)
     pruned = {str(r) for r in report.pruned}
-    assert pruned == {"RayCluster piml/ray", "HelmChart kube-system/kuberay-operator", "Middleware piml/strip-ray"}
+    assert pruned == {"RayCluster piml/ray", "HelmChart kube-system/kuberay-operator", "Middleware piml/strip-ray", "Secret piml/ray-auth"}
     assert not kubeapi.names("rayclusters") and "kuberay-operator" not in kubeapi.names("helmcharts")
     assert "keda" in kubeapi.names("helmcharts")  # the other chart stays
     order = [h[1] for h in kubeapi.history if h[0] == "delete"]
