@@ -264,8 +264,8 @@ class Kubelet:
         env.update(service_links(self.services(pod.namespace), self.service_ip))
         env.update({"KUBERNETES_SERVICE_HOST": "198.19.0.253", "KUBERNETES_SERVICE_PORT": "443"})
         for item in spec.get("env", []):
-            if "value" in item:
-                env[item["name"]] = expand(str(item["value"]), env)
+            if "valueFrom" not in item:  # a missing value is the empty string
+                env[item["name"]] = expand(str(item.get("value", "")), env)
                 continue
             source = item["valueFrom"]
             if "secretKeyRef" in source:
@@ -412,6 +412,14 @@ class Kubelet:
                 pass
             proc.wait(timeout=10)
 
+    def delete(self, pod: Pod) -> None:
+        """The pod is gone (deleted, its node lost): its processes end and its Services stop resolving to it."""
+        self.stop(pod)
+        for name, ip in list(self.service_ip.items()):
+            if ip == pod.ip:
+                del self.service_ip[name]
+        self.refresh_hosts()
+
     def stop(self, pod: Pod) -> None:
         for container in pod.containers:
             if container.proc is not None:
@@ -435,13 +443,13 @@ class Kubelet:
 
 
 def http_get(host: str, port: int, path: str, headers: dict, timeout: float, method: str = "GET",
-             body: bytes | None = None, redirects: int = 10) -> tuple[bool, str]:
+             body: bytes | None = None, redirects: int = 10, limit: int = 300) -> tuple[bool, str]:
     """One HTTP request as Go's client in the kubelet makes it; 200-399 passes, same-host redirects followed."""
     try:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
-        text = response.read(2000).decode(errors="replace")
+        text = response.read(max(limit, 2000)).decode(errors="replace")
         conn.close()
     except OSError as error:
         return False, f"{type(error).__name__}: {error}"
@@ -451,6 +459,6 @@ def http_get(host: str, port: int, path: str, headers: dict, timeout: float, met
             target = location.path or "/"
             if location.query:
                 target += "?" + location.query
-            return http_get(host, location.port or port, target, headers, timeout, redirects=redirects - 1)
+            return http_get(host, location.port or port, target, headers, timeout, redirects=redirects - 1, limit=limit)
         return True, f"redirect to another host: {response.status}"
-    return 200 <= response.status < 400, f"{response.status} {text[:300]}"
+    return 200 <= response.status < 400, f"{response.status} {text[:limit]}"

@@ -28,6 +28,7 @@ class Platform:
     kubelet: Kubelet
     mirrors: dict[str, images.Mirror]
     forwards: list[PortForward] = field(default_factory=list)
+    ray_built: dict = field(default_factory=dict)  # KubeRay's Pods and Service for the RayCluster
 
     @property
     def ns(self) -> str:
@@ -64,16 +65,20 @@ class Platform:
         The head's `autoscaler` sidecar is not started: it is a Kubernetes client of the API server (it
         patches the RayCluster), which these tests do not have."""
         cluster = self.kubelet.find("RayCluster", "ray", self.ns)
-        built = kuberay.operator_objects(cluster)
+        built = self.ray_built = kuberay.operator_objects(cluster)
         self.kubelet.objects.append(built["headService"])
-        head = built["head"]
-        spec = dict(head["spec"])
-        spec["containers"] = [c for c in spec["containers"] if c["name"] != "autoscaler"]
-        head_pod = self.kubelet.start("ray-head-0", self.ns, head["metadata"]["labels"], spec)
+        head_pod = self.ray_head()
         workers = []
         for group, pod in list(built["workers"].items())[:worker_groups]:
             workers.append(self.kubelet.start(f"ray-{group}-0", self.ns, pod["metadata"]["labels"], pod["spec"]))
         return head_pod, workers
+
+    def ray_head(self, name: str = "ray-head-0") -> Pod:
+        """(Re)start the head pod KubeRay built, as the operator does when the head pod is gone."""
+        head = self.ray_built["head"]
+        spec = dict(head["spec"])
+        spec["containers"] = [c for c in spec["containers"] if c["name"] != "autoscaler"]
+        return self.kubelet.start(name, self.ns, head["metadata"]["labels"], spec)
 
     def job_pod_preview(self, scaled_job: str):
         """The scaled Job's main container with its env resolved, not started (what KEDA reads *FromEnv from)."""

@@ -1,0 +1,51 @@
+"""Ray with GCS fault tolerance (`ray.gcs_fault_tolerance: true`): the head keeps its GCS state in the
+platform's Redis, found by the Service name the RayCluster gives, with the password from Redis's Secret. A
+head that is replaced comes back with the cluster's state (a finished job is still listed)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.contract.kubelet import http_get
+from tests.contract.platform import start_platform
+
+pytestmark = pytest.mark.contract
+
+
+def jobs_api(pod, token: str, method: str = "GET", body: dict | None = None, path: str = "/api/jobs/"):
+    headers = {"Host": f"{pod.ip}:8265", "Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    ok, answer = http_get(pod.ip, 8265, path, headers, timeout=30, method=method,
+                          body=json.dumps(body).encode() if body is not None else None, limit=1 << 20)
+    status, _, text = answer.partition(" ")
+    assert ok, f"{method} {path}: {answer[:300]}"
+    return json.loads(text)
+
+
+def test_a_replaced_head_keeps_the_clusters_state_in_redis(pod_network, tmp_path):
+    platform = start_platform("pi5-3x8gb", {"ray": {"gcs_fault_tolerance": True}}, tmp_path, pod_network)
+    try:
+        redis = platform.deployment("redis")
+        platform.kubelet.wait_probe(redis.container(), "readinessProbe", budget=60)
+        head, _ = platform.ray_cluster(worker_groups=0)
+        container = head.container("ray-head")
+        assert container.env.get("RAY_REDIS_ADDRESS") == "redis:6379", "KubeRay did not pass the Redis address"
+        platform.kubelet.wait_probe(container, "readinessProbe", budget=180)
+        token = platform.secret("ray-auth", "auth_token")
+        job = jobs_api(head, token, "POST", {"entrypoint": "echo piml-ft", "submission_id": "piml-ft-check"})
+        deadline = time.monotonic() + 120
+        while jobs_api(head, token, path=f"/api/jobs/{job['submission_id']}")["status"] not in ("SUCCEEDED", "FAILED"):
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(1)
+        keys = platform.kubelet.exec(redis, ["sh", "-c", 'redis-cli --no-auth-warning -a "$REDIS_PASSWORD" DBSIZE'])
+        assert int(keys.stdout.strip() or 0) > 0, f"the head stored nothing in Redis: {keys.stdout}{keys.stderr}"
+
+        platform.kubelet.delete(head)
+        again = platform.ray_head("ray-head-1")
+        platform.kubelet.wait_probe(again.container("ray-head"), "readinessProbe", budget=180)
+        listed = {j.get("submission_id") for j in jobs_api(again, token)}
+        assert "piml-ft-check" in listed, f"the new head does not know the job: {listed}\n{again.container('ray-head').tail()}"
+    finally:
+        platform.close()
