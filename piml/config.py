@@ -6,10 +6,13 @@ errors into piml's one-line `piml.yaml:LINE: what; how to fix` form with the nea
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from piml.errors import InputError, Problem, by_line
 from piml.inventory.ansible import did_you_mean
@@ -63,13 +66,92 @@ class MLflow(Settings):
     enabled: bool = True
     version: Version = MLFLOW_VERSION
     backend: Literal["sqlite", "postgresql"] = Field("sqlite", description="tracking store")
-    backend_uri: str | None = Field(None, description="external PostgreSQL URI instead of a deployed one")
-    artifacts: Literal["pvc", "minio", "s3"] = Field("pvc", description="artifact store")
-    artifacts_uri: str | None = Field(None, description="external s3:// bucket URI for artifacts: s3")
+    backend_uri: str | None = Field(
+        None, description="external PostgreSQL instead of a deployed one: postgresql://USER@HOST[:PORT]/DB, no password "
+                          "(mlflow_backend_password in .piml/secrets.yaml or $PIML_MLFLOW_BACKEND_PASSWORD)")
+    artifacts: Literal["pvc", "minio", "s3"] = Field("pvc", description="artifact store; s3: your own, see artifacts_uri")
+    artifacts_uri: str | None = Field(
+        None, description="artifacts: s3 (required then): s3://BUCKET[/PATH]; keys: mlflow_s3_access_key and "
+                          "mlflow_s3_secret_key in .piml/secrets.yaml or $PIML_MLFLOW_S3_ACCESS_KEY / _SECRET_KEY")
+    s3_endpoint_url: str | None = Field(
+        None, description="artifacts: s3 elsewhere than AWS (MinIO, Garage, a NAS): http(s)://HOST[:PORT]")
+    s3_region: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = Field(
+        None, description="artifacts: s3 region, e.g. eu-west-1 (Garage: garage); unset: the client's default")
     storage: MemoryQuantity = Field("10Gi", description="size of the MLflow volume")
     ui_hosts: list[HostName] = Field(
         default_factory=list, description="other names browsers reach the UI by (e.g. a DNS name); nodes' names and addresses are in")
     resources: Size = Size()
+
+    @field_validator("backend_uri")
+    @classmethod
+    def _backend_uri(cls, value: str | None) -> str | None:
+        # Never echo the value: it may hold a password.
+        if value is None:
+            return value
+        fix = "write it like postgresql://mlflow@db.lan:5432/mlflow"
+        parts = _split_url(value)
+        if parts is None or parts.scheme not in BACKEND_SCHEMES or not parts.hostname or parts.path in ("", "/"):
+            raise _setting("'mlflow.backend_uri' is not a postgresql://USER@HOST[:PORT]/DB URI", fix)
+        if parts.password or "password=" in parts.query.lower():
+            raise _setting("'mlflow.backend_uri' has a password in it (piml.yaml is no place for secrets)",
+                           "remove it there and put it in .piml/secrets.yaml as mlflow_backend_password "
+                           "(or in $PIML_MLFLOW_BACKEND_PASSWORD)")
+        return value
+
+    @field_validator("artifacts_uri")
+    @classmethod
+    def _artifacts_uri(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?", value):
+            raise _setting("'mlflow.artifacts_uri' is not an s3://BUCKET[/PATH] URI", "write it like s3://mlflow/artifacts")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = _split_url(value)
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")
+                or parts.query or parts.fragment):
+            raise _setting("'mlflow.s3_endpoint_url' is not an http(s)://HOST[:PORT] URL", "write it like http://nas.lan:9000")
+        if parts.username is not None:
+            raise _setting("'mlflow.s3_endpoint_url' has credentials in it",
+                           "remove them (the keys go in .piml/secrets.yaml as mlflow_s3_access_key and mlflow_s3_secret_key)")
+        return value
+
+    @model_validator(mode="after")
+    def _stores(self) -> "MLflow":
+        if self.artifacts == "s3" and not self.artifacts_uri:
+            raise _setting("'mlflow.artifacts' is 's3' but no bucket is named",
+                           "add artifacts_uri: s3://BUCKET[/PATH] (and s3_endpoint_url for a store other than AWS)", "artifacts")
+        if self.artifacts != "s3":
+            for key in ("artifacts_uri", "s3_endpoint_url", "s3_region"):
+                if getattr(self, key) is not None:
+                    other = " (piml deploys MinIO; for your own, artifacts: s3 with s3_endpoint_url)" if self.artifacts == "minio" else ""
+                    raise _setting(f"'mlflow.{key}' is only used with artifacts: s3, not {self.artifacts!r}{other}",
+                                   f"set artifacts: s3, or remove {key}", key)
+        return self
+
+
+BACKEND_SCHEMES = ("postgresql", "postgresql+psycopg2")  # the driver piml installs (psycopg2)
+
+
+def _split_url(value: str):
+    """urlsplit, or None for what is no URL at all (spaces, control characters, a bad port or IPv6 address)."""
+    if any(c.isspace() or ord(c) < 32 for c in value):
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return None
+    return parts
+
+
+def _setting(what: str, fix: str, key: str | None = None) -> PydanticCustomError:
+    """A problem found by piml's own checks; `key`: the setting to point at (a model validator's own errors
+    would point at the block)."""
+    return PydanticCustomError("piml_setting", "{what}; {fix}", {"what": what, "fix": fix, "key": key})
 
 
 class Dask(Settings):
@@ -149,6 +231,9 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 def _problem(doc: YamlDoc, error: dict) -> Problem:
     loc = tuple(error["loc"])
     dotted = ".".join(str(k) for k in loc) or "(top)"
+    if error["type"] == "piml_setting":  # piml's own checks (MLflow's stores): what and fix are already worded
+        ctx = error["ctx"]
+        return Problem(doc.where(loc + ((ctx["key"],) if ctx.get("key") else ())), ctx["what"], ctx["fix"])
     where = doc.where(loc)
     if error["type"] == "extra_forbidden":
         choices = _fields_at(PimlConfig, loc[:-1])

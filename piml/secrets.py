@@ -2,10 +2,15 @@
 
 They reach the cluster only as Kubernetes Secrets; rendered files carry them only when the user
 asks (`piml render --include-secrets`).
+
+Some are the user's own and never generated (USER_GIVEN: an external database's password, external S3
+keys): piml reads each from its environment variable, else from the same .piml/secrets.yaml, where the
+user adds it (`mlflow_backend_password: ...`). piml.yaml only says where those stores are.
 """
 
 from __future__ import annotations
 
+import os
 import secrets as _random
 from pathlib import Path
 
@@ -15,10 +20,15 @@ from piml.fsutil import make_private_dir, write_atomic
 
 NAMES = ("mlflow_admin_password", "mlflow_flask_secret_key", "redis_password", "postgres_password",
          "minio_access_key", "minio_secret_key", "rabbitmq_password", "ray_auth_token")
+# The user's own secrets (name in secrets.yaml -> environment variable that overrides it); piml makes none of them.
+USER_GIVEN = {"mlflow_backend_password": "PIML_MLFLOW_BACKEND_PASSWORD",
+              "mlflow_s3_access_key": "PIML_MLFLOW_S3_ACCESS_KEY",
+              "mlflow_s3_secret_key": "PIML_MLFLOW_S3_SECRET_KEY"}
 
 
 def load_or_create(state_dir: Path) -> dict[str, str]:
-    """The project's secrets, creating any that are missing (existing ones are never changed)."""
+    """The project's secrets, creating any that are missing (existing ones are never changed), and the
+    user-given ones that are set (environment first)."""
     path = Path(state_dir) / "secrets.yaml"
     current = yaml.safe_load(path.read_text()) if path.exists() else {}
     current = current if isinstance(current, dict) else {}
@@ -28,4 +38,9 @@ def load_or_create(state_dir: Path) -> dict[str, str]:
             current[name] = _random.token_urlsafe(24) if name != "minio_access_key" else "piml" + _random.token_hex(8)
         make_private_dir(path.parent)
         write_atomic(path, yaml.safe_dump(current, sort_keys=True), mode=0o600)
-    return {n: str(current[n]) for n in NAMES}
+    found = {n: str(current[n]) for n in NAMES}
+    for name, variable in USER_GIVEN.items():
+        value = os.environ.get(variable) or current.get(name)
+        if value not in (None, ""):
+            found[name] = str(value)
+    return found

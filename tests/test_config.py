@@ -33,6 +33,25 @@ def test_settings_are_read():
         ("queue: 5\n", "piml.yaml:1: 'queue' must be a mapping of settings"),
         ("dask:\n  worker:\n    limits: {memory: lots}\n", "piml.yaml:3: 'dask.worker.limits.memory' is 'lots'"),
         ("- a\n", "piml.yaml:1: piml.yaml must be a mapping"),
+        # MLflow's own stores (issue 10)
+        ("mlflow:\n  enabled: true\n  artifacts: s3\n",
+         "piml.yaml:3: 'mlflow.artifacts' is 's3' but no bucket is named; add artifacts_uri: s3://BUCKET[/PATH]"),
+        ("mlflow:\n  artifacts: s3\n  artifacts_uri: https://bucket\n",
+         "piml.yaml:3: 'mlflow.artifacts_uri' is not an s3://BUCKET[/PATH] URI; write it like s3://mlflow/artifacts"),
+        ("mlflow:\n  artifacts: minio\n  artifacts_uri: s3://mine\n",
+         "piml.yaml:3: 'mlflow.artifacts_uri' is only used with artifacts: s3, not 'minio'"),
+        ("mlflow:\n  s3_endpoint_url: http://nas.lan:9000\n",
+         "piml.yaml:2: 'mlflow.s3_endpoint_url' is only used with artifacts: s3, not 'pvc'; set artifacts: s3, or remove s3_endpoint_url"),
+        ("mlflow:\n  artifacts: s3\n  artifacts_uri: s3://b0b\n  s3_endpoint_url: nas.lan:9000\n",
+         "piml.yaml:4: 'mlflow.s3_endpoint_url' is not an http(s)://HOST[:PORT] URL; write it like http://nas.lan:9000"),
+        ("mlflow:\n  artifacts: s3\n  artifacts_uri: s3://b0b\n  s3_endpoint_url: http://key:secret@nas.lan:9000\n",
+         "piml.yaml:4: 'mlflow.s3_endpoint_url' has credentials in it; remove them (the keys go in .piml/secrets.yaml"),
+        ("mlflow:\n  artifacts: s3\n  artifacts_uri: s3://b0b\n  s3_region: Not A Region\n",
+         "piml.yaml:4: 'mlflow.s3_region' is 'Not A Region', not a valid value"),
+        ("mlflow:\n  backend_uri: mysql://mlflow@db/mlflow\n",
+         "piml.yaml:2: 'mlflow.backend_uri' is not a postgresql://USER@HOST[:PORT]/DB URI"),
+        ("mlflow:\n  backend_uri: postgresql://mlflow@db.lan:99999/mlflow\n",
+         "piml.yaml:2: 'mlflow.backend_uri' is not a postgresql://USER@HOST[:PORT]/DB URI"),
     ],
 )
 def test_errors_name_line_and_fix(text, expected):
@@ -45,3 +64,23 @@ def test_all_errors_at_once_in_line_order():
     with pytest.raises(InputError) as info:
         parse_config(parse_yaml("queue:\n  kind: kafka\nmlflow:\n  backend: mysql\nbogus: 1\n", "piml.yaml"))
     assert [p.where for p in info.value.problems] == ["piml.yaml:2", "piml.yaml:4", "piml.yaml:5"]
+
+
+@pytest.mark.parametrize("uri", ["postgresql://mlflow:hunter2@db.lan/mlflow", "postgresql://db.lan/mlflow?user=m&password=hunter2",
+                                 "mysql://mlflow:hunter2@db.lan/mlflow", "postgresql://mlflow:hunter2@db.lan:70000/mlflow"])
+def test_a_password_in_backend_uri_is_refused_and_never_echoed(uri):
+    with pytest.raises(InputError) as info:
+        parse_config(parse_yaml(f"mlflow:\n  backend: postgresql\n  backend_uri: {uri}\n", "piml.yaml"))
+    text = str(info.value)
+    assert text.startswith("piml.yaml:3: 'mlflow.backend_uri' ") and "\n" not in text
+    assert "hunter2" not in text
+    if uri.startswith("postgresql://") and ("hunter2@db.lan/" in uri or "password=" in uri):
+        assert "has a password in it" in text and "mlflow_backend_password" in text and "PIML_MLFLOW_BACKEND_PASSWORD" in text
+
+
+def test_external_stores_are_read():
+    cfg = parse_config(parse_yaml(
+        "mlflow:\n  backend_uri: postgresql+psycopg2://mlflow@db.lan:5432/mlflow?sslmode=require\n  artifacts: s3\n"
+        "  artifacts_uri: s3://ml-artifacts/piml\n  s3_endpoint_url: https://[fd00::5]:3900/\n  s3_region: garage\n", "p"))
+    assert cfg.mlflow.backend_uri.endswith("?sslmode=require") and cfg.mlflow.s3_endpoint_url == "https://[fd00::5]:3900/"
+    assert (cfg.mlflow.artifacts_uri, cfg.mlflow.s3_region) == ("s3://ml-artifacts/piml", "garage")

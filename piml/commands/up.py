@@ -134,6 +134,7 @@ def _verify(cluster, limit, as_json: bool, failed: dict[str, str]) -> list[dict]
 def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> dict:
     """Render the platform from the plan and apply it; a failure is recorded under "platform"."""
     from piml.kube.deploy import deploy
+    from piml.kube.node_labels import reconcile_node_labels
     from piml.plan import make_plan
     from piml.render import render_platform
     from piml.secrets import load_or_create
@@ -145,6 +146,9 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
     rendered = render_platform(cluster, plan, load_or_create(cluster.paths.state))
     progress = None if as_json else (lambda line: console().print(f"  platform: {line}", markup=False))
     try:
+        # k3s applies the inventory's labels/taints only when a node registers: later changes go through the API
+        labels = reconcile_node_labels(cluster, kubeconfig, progress=progress)
+        failed.update({node: f"labels: {message}" for node, message in labels.failed.items() if node not in failed})
         report = deploy(cluster, kubeconfig, rendered, progress=progress)
     except PimlError as exc:  # DeployError, or the API unreachable: the summary still says what happened
         failed["platform"] = "; ".join(str(problem) for problem in exc.problems)
@@ -157,7 +161,7 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
                         f"{len(report.pruned)} pruned in {report.seconds:.0f} s")
         for name, url in urls(cluster).items():
             console().print(f"  {name}: {url}", markup=False)
-    return report.as_dict()
+    return {**report.as_dict(), "node_labels": labels.as_dict()}
 
 
 def _finish(summary: dict, failed: dict[str, str], as_json: bool, stopped: str = "") -> None:

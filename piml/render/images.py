@@ -33,6 +33,7 @@ def ray(version: str, arch: str) -> str:
 # stack ahead of the image's own (--target implies --ignore-installed). Re-check against the image on a bump.
 MLFLOW_EXTRA = {
     "auth": ["Flask-WTF==1.3.0", "WTForms==3.3.2"],  # --app-name basic-auth
-    "postgresql": ["psycopg2-binary==2.9.13"],
+    # SQLAlchemy 2.1 (in the image) maps postgresql:// to psycopg 3, not psycopg2
+    "postgresql": ["psycopg==3.3.9", "psycopg-binary==3.3.9"],
     "s3": ["boto3==1.44.5", "botocore==1.44.5", "s3transfer==0.19.3", "jmespath==1.1.0"],
 }

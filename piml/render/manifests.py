@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 
+from piml.errors import InputError, Problem
 from piml.render import images
 
 if TYPE_CHECKING:
@@ -69,7 +71,7 @@ def context(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None) ->
             "ray": {arch: images.ray(config.ray.version, arch) for arch in ("arm64", "amd64")},
             "redis": images.REDIS, "postgres": images.POSTGRES, "minio": images.MINIO, "rabbitmq": images.RABBITMQ,
         },
-        "secrets": secrets,  # None: Secret objects are rendered without values
+        "secrets": _with_mlflow_stores(cluster, secrets),  # None: Secret objects are rendered without values
         "mlflow_allowed_hosts": mlflow_hosts,
         "mlflow_cors_origins": mlflow_origins,
         "mlflow_pip": _mlflow_pip(config.mlflow),
@@ -108,6 +110,41 @@ def _mlflow_pip(mlflow) -> list[str]:
     if mlflow.artifacts != "pvc":
         wanted += images.MLFLOW_EXTRA["s3"]
     return wanted
+
+
+def _with_mlflow_stores(cluster: "Cluster", secrets: dict[str, str] | None) -> dict[str, str] | None:
+    """`secrets` plus what the mlflow Secret carries for the user's own stores: the external database's URI with
+    its password (`mlflow_backend_uri`), and a check that external S3's keys were given. The Deployment names
+    these only by secretKeyRef; the URI reaches `--backend-store-uri` through `$(MLFLOW_BACKEND_STORE_URI)`."""
+    mlflow = cluster.config.mlflow
+    if secrets is None or not mlflow.enabled:
+        return secrets
+    secrets = dict(secrets)
+    where = cluster.paths.show(cluster.paths.state / "secrets.yaml")
+    if mlflow.backend_uri:
+        secrets["mlflow_backend_uri"] = backend_uri(mlflow.backend_uri, secrets.get("mlflow_backend_password"), where)
+    if mlflow.artifacts == "s3":
+        from piml.secrets import USER_GIVEN
+
+        missing = [n for n in ("mlflow_s3_access_key", "mlflow_s3_secret_key") if not secrets.get(n)]
+        if missing:
+            raise InputError(Problem(where, f"mlflow.artifacts is s3, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not given",
+                                     f"add {', '.join(f'{n}: ...' for n in missing)} to {where} (or set "
+                                     f"{', '.join('$' + USER_GIVEN[n] for n in missing)}): your S3 store's keys"))
+    return secrets
+
+
+def backend_uri(uri: str, password: str | None, where: str = ".piml/secrets.yaml") -> str:
+    """piml.yaml's `mlflow.backend_uri` (no password there) with the user's password put in, escaped."""
+    if not password:
+        return uri
+    parts = urlsplit(uri)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    if not user:
+        raise InputError(Problem(where, "mlflow_backend_password is given, but mlflow.backend_uri names no user",
+                                 "write the user into the URI in piml.yaml: postgresql://USER@HOST/DB"))
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def _runner(config) -> dict[str, Any]:

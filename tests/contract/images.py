@@ -33,6 +33,7 @@ class Mirror:
     env: dict[str, str] = field(default_factory=dict)
     home: str = "/root"
     workdir: str = "/"
+    private_dirs: tuple[str, ...] = ()  # directories the image has of its own (an empty one per container here)
     note: str = ""  # what differs from the real image, said in the test output
 
     def path(self) -> str:
@@ -174,9 +175,46 @@ def rabbitmq(image: str) -> Mirror:
                   note=f"Debian's rabbitmq-server {here} stands in for {image}")
 
 
+def postgres(image: str) -> Mirror:
+    """postgres:X (docker-library/postgres X/bookworm): ENTRYPOINT docker-entrypoint.sh, CMD postgres, PGDATA from
+    the env. On an empty PGDATA the entrypoint runs initdb as the postgres user with POSTGRES_USER as superuser and
+    POSTGRES_PASSWORD, `listen_addresses = '*'`, `host all all all scram-sha-256` (POSTGRES_HOST_AUTH_METHOD's
+    default), creates POSTGRES_DB, then execs postgres as the postgres user (gosu). The image sets LANG en_US.utf8,
+    so its databases are UTF8 (C.UTF-8 here: same encoding). Debian's PostgreSQL stands in;
+    POSTGRES_ENTRYPOINT does those steps (the image's own script is not copied)."""
+    bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    if not bindir:
+        raise RuntimeError("PostgreSQL is not installed: run tests/contract/install-deps.sh as root")
+    here = bindir[-1].parent.name
+    return Mirror(image, bindir[-1], entrypoint=("sh", "-ec", POSTGRES_ENTRYPOINT, "docker-entrypoint.sh"),
+                  cmd=("postgres",), private_dirs=("/var/run/postgresql",),
+                  note=f"Debian's PostgreSQL {here} stands in for {image}")
+
+
+POSTGRES_ENTRYPOINT = r"""
+if [ "$1" != postgres ]; then exec "$@"; fi
+mkdir -p "$PGDATA"; chown -R postgres "$PGDATA" /var/run/postgresql; chmod 700 "$PGDATA"
+as_pg() { runuser -u postgres -- "$@"; }
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    pwfile=$(mktemp); printf '%s' "$POSTGRES_PASSWORD" > "$pwfile"; chown postgres "$pwfile"
+    as_pg initdb -D "$PGDATA" --username="${POSTGRES_USER:-postgres}" --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+    rm -f "$pwfile"
+    echo "listen_addresses = '*'" >> "$PGDATA/postgresql.conf"
+    echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+    as_pg pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+    db="${POSTGRES_DB:-${POSTGRES_USER:-postgres}}"
+    if [ "$db" != postgres ]; then
+        as_pg psql -v ON_ERROR_STOP=1 -U "${POSTGRES_USER:-postgres}" -d postgres -c "CREATE DATABASE "$db"" >/dev/null
+    fi
+    as_pg pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+fi
+exec runuser -u postgres -- "$@"
+"""
+
+
 def for_images(images: set[str]) -> dict[str, Mirror]:
     makers = {"ghcr.io/mlflow/mlflow": mlflow, "ghcr.io/dask/dask": dask, "rayproject/ray": ray, "redis": redis,
-              "rabbitmq": rabbitmq}
+              "rabbitmq": rabbitmq, "postgres": postgres}
     found = {}
     for image in images:
         repo = image.rsplit(":", 1)[0]

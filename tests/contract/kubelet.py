@@ -309,6 +309,11 @@ class Kubelet:
             steps.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))}")
             if mount.get("readOnly"):
                 steps.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
+        mirror = self.mirrors.get(spec.get("image", ""))
+        for private in (mirror.private_dirs if mirror else ()):
+            own = pod.workdir / "image" / spec["name"] / private.strip("/").replace("/", "_")
+            own.mkdir(parents=True, exist_ok=True)
+            steps.append(f"mount --bind {shlex.quote(str(own))} {shlex.quote(private)}")
         script = "; ".join(steps) + '; cd "$PIML_WORKDIR" && exec "$@"'
         enter = ["ip", "netns", "exec", pod.netns] if network else []
         return [*enter, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-ec", script, "sh"]

@@ -16,7 +16,8 @@ from tests.contract.platform import basic, start_platform
 
 pytestmark = pytest.mark.contract
 
-SCENARIOS = {"default": ("pi5-3x8gb", {})}
+SCENARIOS = {"default": ("pi5-3x8gb", {}), "postgresql": ("pi5-3x8gb", {"mlflow": {"backend": "postgresql"}}),
+             "amd64-server": ("amd64-server-arm64-agents", {})}
 
 
 @pytest.fixture(scope="module", params=SCENARIOS, ids=SCENARIOS)
@@ -26,6 +27,9 @@ def mlflow_pod(request, pod_network, tmp_path_factory):
     try:
         for note in platform.notes():
             print("mirror:", note)
+        if any(o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow-postgres" for o in platform.objects):
+            postgres = platform.deployment("mlflow-postgres")
+            platform.kubelet.wait_probe(postgres.container(), "readinessProbe", budget=120)
         pod = platform.deployment("mlflow")
         yield platform, pod
     finally:

@@ -144,6 +144,7 @@ class FakeKubeAPI:
         self._timers: list[tuple[float, callable]] = []  # (when, action): the "controllers"
         self.forwards: dict[tuple[str, str, int], int] = {}  # (namespace, pod, pod port) -> loopback port
         self.exec_handlers: dict[tuple[str, str], streams.ExecHandler] = {}  # (namespace, pod) -> handler
+        self._races: dict[tuple[str, str, str], callable] = {}  # (plural, namespace, name) -> change, see race()
         self._streams: set[websocket.WebSocket] = set()  # open exec / port-forward connections, ended by stop()
         self._server: ThreadingHTTPServer | None = None
         self._stopping = threading.Event()
@@ -228,6 +229,12 @@ class FakeKubeAPI:
         """pods/exec into that pod calls handler(argv) -> (exit code, stdout bytes, stderr bytes)."""
         with self._lock:
             self.exec_handlers[(namespace, pod)] = handler
+
+    def race(self, plural: str, name: str, change, namespace: str = "") -> None:
+        """Once: just before the next non-apply PATCH of that object lands, `change(object) -> object` is stored as
+        another client's write (a new resourceVersion), so a patch carrying the old resourceVersion gets a 409."""
+        with self._lock:
+            self._races[(plural, namespace, name)] = change
 
     run_locally = staticmethod(streams.run_locally)  # api.on_exec(ns, pod, api.run_locally(env={...}, timeout=60))
 
@@ -421,9 +428,16 @@ class FakeKubeAPI:
                 self.history.append(("apply", kind.kind, namespace, name))
                 self._created(kind, stored) if old is None else self._changed(kind, stored, old)
             return (201 if old is None else 200), stored
+        if (kind.plural, namespace, name) in self._races:  # another client changes it just before this patch lands
+            old = self._store(kind, self._races.pop((kind.plural, namespace, name))(copy.deepcopy(old)), old)
         if old is None:
             raise ApiError(404, "NotFound", f'{kind.plural} "{name}" not found')
         if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            # A resourceVersion in the patch is a precondition, as on the real server (optimistic concurrency).
+            wanted = (patch.get("metadata") or {}).get("resourceVersion")
+            if wanted is not None and wanted != old["metadata"].get("resourceVersion"):
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural} "{name}": the object has '
+                                                "been modified; please apply your changes to the latest version and try again")
             stored = self._store(kind, _merge(copy.deepcopy(old), patch), old)
             self._changed(kind, stored, old)
             return 200, stored
