@@ -133,7 +133,7 @@ class MLflow(Settings):
         return self
 
 
-BACKEND_SCHEMES = ("postgresql", "postgresql+psycopg2")  # the driver piml installs (psycopg2)
+BACKEND_SCHEMES = ("postgresql", "postgresql+psycopg")  # the driver piml installs: psycopg 3 (images.MLFLOW_EXTRA)
 
 
 def _split_url(value: str):

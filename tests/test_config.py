@@ -50,6 +50,8 @@ def test_settings_are_read():
          "piml.yaml:4: 'mlflow.s3_region' is 'Not A Region', not a valid value"),
         ("mlflow:\n  backend_uri: mysql://mlflow@db/mlflow\n",
          "piml.yaml:2: 'mlflow.backend_uri' is not a postgresql://USER@HOST[:PORT]/DB URI"),
+        ("mlflow:\n  backend_uri: postgresql+psycopg2://mlflow@db/mlflow\n",  # no psycopg2 in the image
+         "piml.yaml:2: 'mlflow.backend_uri' is not a postgresql://USER@HOST[:PORT]/DB URI"),
         ("mlflow:\n  backend_uri: postgresql://mlflow@db.lan:99999/mlflow\n",
          "piml.yaml:2: 'mlflow.backend_uri' is not a postgresql://USER@HOST[:PORT]/DB URI"),
     ],
@@ -80,7 +82,7 @@ def test_a_password_in_backend_uri_is_refused_and_never_echoed(uri):
 
 def test_external_stores_are_read():
     cfg = parse_config(parse_yaml(
-        "mlflow:\n  backend_uri: postgresql+psycopg2://mlflow@db.lan:5432/mlflow?sslmode=require\n  artifacts: s3\n"
+        "mlflow:\n  backend_uri: postgresql+psycopg://mlflow@db.lan:5432/mlflow?sslmode=require\n  artifacts: s3\n"
         "  artifacts_uri: s3://ml-artifacts/piml\n  s3_endpoint_url: https://[fd00::5]:3900/\n  s3_region: garage\n", "p"))
     assert cfg.mlflow.backend_uri.endswith("?sslmode=require") and cfg.mlflow.s3_endpoint_url == "https://[fd00::5]:3900/"
     assert (cfg.mlflow.artifacts_uri, cfg.mlflow.s3_region) == ("s3://ml-artifacts/piml", "garage")

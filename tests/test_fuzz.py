@@ -21,7 +21,7 @@ keys = st.one_of(st.text(max_size=15), st.sampled_from([
 PASSWORD = "hunter2"
 uris = st.one_of(st.text(max_size=40), st.builds(
     lambda scheme, user, host, port, path: f"{scheme}{user}{host}{port}{path}",
-    st.sampled_from(["postgresql://", "postgresql+psycopg2://", "mysql://", "s3://", "http://", "https://", "", "s3:/"]),
+    st.sampled_from(["postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://", "mysql://", "s3://", "http://", "https://", "", "s3:/"]),
     st.sampled_from(["", "mlflow@", f"mlflow:{PASSWORD}@", f":{PASSWORD}@", "a b@"]),
     st.sampled_from(["db.lan", "Bucket", "nas", "[::1]", "[fe80::", "10.0.0.5", "", "b"]),
     st.sampled_from(["", ":5432", ":99999", ":x", ":0"]),
