@@ -17,9 +17,12 @@ from tests.contract.platform import start_platform
 pytestmark = pytest.mark.contract
 
 
-@pytest.fixture(scope="module")
-def ray_pods(pod_network, tmp_path_factory):
-    platform = start_platform("pi5-3x8gb", {}, tmp_path_factory.mktemp("ray"), pod_network)
+SCENARIOS = {"default": "pi5-3x8gb", "amd64-server": "amd64-server-arm64-agents"}
+
+
+@pytest.fixture(scope="module", params=SCENARIOS, ids=SCENARIOS)
+def ray_pods(request, pod_network, tmp_path_factory):
+    platform = start_platform(SCENARIOS[request.param], {}, tmp_path_factory.mktemp("ray"), pod_network)
     try:
         print(f"mirror: KubeRay's pod builders from ray-operator {KUBERAY_MODULE_VERSION} "
               f"(piml installs chart {platform.cluster.config.ray.operator_chart})")
