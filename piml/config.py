@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from piml.errors import InputError, Problem, by_line
@@ -57,8 +57,12 @@ class K3s(Settings):
 
 
 class NodeSetup(Settings):
-    pi5_4k_pages: bool | Literal["auto"] = Field(
-        "auto", description="boot Pi 5 with kernel8.img (4 KB pages); auto: when the platform runs Redis")
+    # auto: 4 KB pages only for an image known to need them, and none of the pinned ones does (the official
+    # redis image and Ray's arm64 wheels build jemalloc for up to 64 KB pages; docs/facts.md), so auto is
+    # false for now, resolved here once for every reader of the setting.
+    pi5_4k_pages: Annotated[bool | Literal["auto"], AfterValidator(lambda v: False if v == "auto" else v)] = Field(
+        "auto", description="true: boot a Pi 5 that runs 16 KB pages with kernel8.img (4 KB pages) where its boot "
+                            "partition has one; false or auto: keep the image's kernel, no platform image needs 4 KB (docs/facts.md)")
     reboot_timeout: int = Field(600, ge=30, le=3600, description="seconds to wait for a node to come back")
 
 

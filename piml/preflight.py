@@ -2,13 +2,15 @@
 
 A pure function of the cluster model and what `reach` learned, so each rule is unit-testable.
 Problems that the `prepare` stage fixes by itself are warnings saying what it will do; problems the
-user must fix are failures saying how.
+user must fix are failures saying how. Hosts in `ray_external` (outside Kubernetes) never fail preflight:
+nothing in the cluster's stages runs on them, so what is wrong with them (asleep, unreachable, too small)
+is a warning on their own rows and `piml up` goes on.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from piml.inventory import Role
@@ -49,6 +51,14 @@ def preflight(reports: list["NodeReport"], config: "PimlConfig", ha: bool) -> li
 
 
 def _node_checks(report: "NodeReport", config: "PimlConfig", ha: bool) -> list[Check]:
+    checks = _rules(report, config, ha)
+    if report.node.role is Role.EXTERNAL:
+        return [replace(c, status=WARN, detail=f"{c.detail} (ray_external: piml up goes on without it)") if c.status == FAIL else c
+                for c in checks]
+    return checks
+
+
+def _rules(report: "NodeReport", config: "PimlConfig", ha: bool) -> list[Check]:
     node, facts = report.node, report.facts
     name = node.name
     if report.failure is not None:
@@ -102,14 +112,8 @@ def _node_checks(report: "NodeReport", config: "PimlConfig", ha: bool) -> list[C
         if facts.swap_total_mb:
             checks.append(Check(name, "swap", WARN, f"{facts.swap_total_mb} MiB swap on", "prepare turns swap off"))
 
-    if facts.model == "pi5" and facts.page_size == 16384 and needs_redis(config):
-        wants_4k = config.nodes.pi5_4k_pages
-        if wants_4k is False:
-            checks.append(Check(name, "page size", FAIL, "16 KB pages: Redis aborts with 'Unsupported system page size'",
-                                "set nodes.pi5_4k_pages: auto in piml.yaml, or use queue.kind: rabbitmq"))
-        else:
-            checks.append(Check(name, "page size", WARN, "16 KB pages (kernel_2712.img): Redis would abort",
-                                "prepare sets kernel=kernel8.img in config.txt and reboots"))
+    if node.role is not Role.EXTERNAL and facts.model == "pi5" and facts.page_size == 16384:
+        checks.append(_page_size(name, facts, config))
 
     if report.clock_skew_s is not None and abs(report.clock_skew_s) > MAX_CLOCK_SKEW_S:
         checks.append(Check(name, "clock", FAIL, f"{report.clock_skew_s:+.0f} s off this machine's clock", "enable NTP on the node (timedatectl set-ntp true) and check its network"))
@@ -121,6 +125,20 @@ def _node_checks(report: "NodeReport", config: "PimlConfig", ha: bool) -> list[C
     if facts.throttled and facts.throttled.now:
         checks.append(Check(name, "power", WARN, "throttled now: " + ", ".join(facts.throttled.now), "use the official power supply and a cooler"))
     return checks
+
+
+def _page_size(name: str, facts, config: "PimlConfig") -> Check:
+    """A Pi 5 on 16 KB pages. The platform's images all run on them (the official redis image builds jemalloc
+    for up to 64 KB pages, so do Ray's arm64 wheels: docs/facts.md), so only an explicit
+    `nodes.pi5_4k_pages: true` switches it, and only where kernel8.img is on the boot partition."""
+    if config.nodes.pi5_4k_pages is not True:
+        return Check(name, "page size", PASS, "16 KB pages (kernel_2712.img): the platform's images run on them")
+    if facts.boot_kernel8 is False:
+        where = facts.boot_cmdline_path.rsplit("/", 1)[0] if facts.boot_cmdline_path else "the boot partition"
+        return Check(name, "page size", WARN, f"16 KB pages, and no kernel8.img in {where} to switch to (nodes.pi5_4k_pages: true)",
+                     "prepare leaves the kernel as it is; install the 4 KB kernel (Raspberry Pi OS has it) or set nodes.pi5_4k_pages: auto")
+    return Check(name, "page size", WARN, "16 KB pages (kernel_2712.img); nodes.pi5_4k_pages: true asks for 4 KB",
+                 "prepare sets kernel=kernel8.img in config.txt and reboots" + ("" if facts.boot_kernel8 else " (if kernel8.img is there)"))
 
 
 def _cluster_checks(reached: list["NodeReport"]) -> list[Check]:

@@ -104,7 +104,8 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
         if failed and first.name in failed:
             summary["platform"] = {"skipped": f"the first server {first.name} failed"}
         else:
-            facts = {r.node.name: r.facts for r in reports if r.reachable}
+            # the k3s nodes' facts: a ray_external host (reached or not) is no part of the plan
+            facts = {r.node.name: r.facts for r in reports if r.reachable and r.node.role is not Role.EXTERNAL}
             summary["platform"] = _platform(cluster, facts, as_json, failed)
     if "verify" in stages:
         if first.name in failed or "platform" in failed:
@@ -251,13 +252,14 @@ def _platform_dry_run(cluster):
 
 
 def _reach(cluster, nodes, accept_new: bool, as_json: bool, table: bool):
-    """Reach every node (one SSH round trip each); with `table`, check and print preflight."""
+    """Reach every node (one SSH round trip each); with `table`, check and print preflight. ray_external hosts
+    are not waited for (OUTSIDE_GRACE_S after the k3s nodes at most) and never stop the stages: preflight warns."""
     from piml.preflight import FAIL, preflight
-    from piml.reach import reach
+    from piml.reach import OUTSIDE_GRACE_S, reach
 
     busy = console().status(f"reaching {len(nodes)} nodes") if not as_json and console().is_terminal else nullcontext()
     with busy:
-        reports = reach(cluster, nodes, accept_new)
+        reports = reach(cluster, nodes, accept_new, outside_grace=OUTSIDE_GRACE_S)
     if not table:
         return True, [], reports
     checks = preflight(reports, cluster.config, ha=len(cluster.inventory.servers) > 1)

@@ -78,6 +78,16 @@ fi""",
   if [ -e "$f" ]; then printf 'path=%s\n' "$f"; rd "$f"; break; fi
 done""",
     ),
+    (
+        # The Pi 5's 4 KB-page kernel, next to that cmdline.txt (the firmware boots from that partition).
+        # Raspberry Pi OS has it; Ubuntu for Pi boots vmlinuz and has none.
+        "boot_kernel8",
+        r"""for d in /boot/firmware /boot; do
+  if [ -e "$d/cmdline.txt" ]; then
+    if [ -f "$d/kernel8.img" ]; then echo kernel8=yes; else echo kernel8=no; fi; break
+  fi
+done""",
+    ),
     ("swaps", "rd /proc/swaps"),
     (
         "dphys_swapfile",

@@ -42,6 +42,7 @@ class NodeFacts:
     kernel_cmdline: str | None = None  # /proc/cmdline
     boot_cmdline_path: str | None = None  # /boot/firmware/cmdline.txt or /boot/cmdline.txt, whichever exists
     boot_cmdline: str | None = None  # its content as is (should be ONE line)
+    boot_kernel8: bool | None = None  # kernel8.img (the Pi 5's 4 KB-page kernel) next to that cmdline.txt
     swap_total_mb: int | None = None  # MiB, active swap (sum of /proc/swaps)
     swap_devices: tuple[str, ...] | None = None  # active swap files/devices: /var/swap, /dev/zram0
     dphys_swapfile_active: bool | None = None  # dphys-swapfile's swap file is in use
@@ -154,6 +155,7 @@ def parse_facts(output: str) -> NodeFacts:
 
     values["kernel_cmdline"] = fact("cmdline", p.parse_cmdline)
     values["boot_cmdline_path"], values["boot_cmdline"] = fact("boot_cmdline", p.parse_boot_cmdline, (None, None))
+    values["boot_kernel8"] = fact("boot_kernel8", p.parse_boot_kernel8)
 
     swaps = fact("swaps", p.parse_swaps)
     if swaps is not None:

@@ -6,7 +6,8 @@ Two mechanisms, chosen by what the image's boot partition holds:
   firstrun     Raspberry Pi OS Bookworm: `firstrun.sh` on the boot partition, run once by
                `systemd.run=` on the kernel command line, which removes itself and reboots.
 Both also get the memory cgroup flags in cmdline.txt (kept one line) and, on a Pi 5 that should
-run 4 KB pages, `kernel=kernel8.img` in config.txt.
+run 4 KB pages, `kernel=kernel8.img` in config.txt, if the image has kernel8.img to boot (Raspberry Pi
+OS has; Ubuntu boots vmlinuz and has none: pointing its firmware at kernel8.img leaves it unbootable).
 
 Rendering is pure (settings in, file contents out); `apply()` writes them with piml.flash.fat.
 The Wi-Fi passphrase only ever reaches the card as its WPA PSK (PBKDF2 of passphrase and SSID).
@@ -77,7 +78,7 @@ class NodeSetup:
     wifi: Wifi | None = None
     static: StaticAddress | None = None
     cgroup: bool = True
-    pi5_4k_pages: bool = False
+    pi5_4k_pages: bool = False  # asked for; written only where the boot partition has kernel8.img
 
 
 # --- detection ---------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def edit_config(text: str, pi5_4k_pages: bool) -> str:
     if not pi5_4k_pages or CONFIG_MARKER in text:
         return text
     body = text if text.endswith("\n") or not text else text + "\n"
-    return body + f"\n{CONFIG_MARKER} (kernel8.img): jemalloc programs such as Redis need them\n[pi5]\nkernel=kernel8.img\n[all]\n"
+    return body + f"\n{CONFIG_MARKER} (kernel8.img), asked for by nodes.pi5_4k_pages\n[pi5]\nkernel=kernel8.img\n[all]\n"
 
 
 # --- cloud-init ---------------------------------------------------------------------------------
@@ -294,6 +295,12 @@ def mechanism_of(vol: FatVolume) -> str | None:
     return detect(vol.names(), read_text(vol, "cmdline.txt"), read_text(vol, "issue.txt"))
 
 
+def has_kernel8(vol: FatVolume) -> bool:
+    """The image's boot partition has kernel8.img, the kernel `kernel=kernel8.img` would make the firmware boot."""
+    entry = vol.find("kernel8.img")
+    return entry is not None and not entry.is_dir
+
+
 def apply(vol: FatVolume, setup: NodeSetup, now: float | None = None) -> Applied:
     """Write the node's first-boot files into the boot file system `vol`."""
     mechanism = mechanism_of(vol)
@@ -317,7 +324,7 @@ def apply(vol: FatVolume, setup: NodeSetup, now: float | None = None) -> Applied
         vol.write("cmdline.txt", new_cmdline.encode(), now)
         files.append("cmdline.txt")
     config = read_text(vol, "config.txt")
-    if setup.pi5_4k_pages:
+    if setup.pi5_4k_pages and has_kernel8(vol):
         new_config = edit_config(config or "", True)
         if new_config != (config or ""):
             vol.write("config.txt", new_config.encode(), now)

@@ -22,15 +22,10 @@ DEFAULT_USER = "pi"
 
 
 def wants_4k_pages(cluster: Cluster, model: str | None) -> bool:
-    """Pi 5 boots 16 KB pages; jemalloc programs (Redis) need 4 KB. `nodes.pi5_4k_pages: auto` means
-    "when the platform runs Redis": the Redis queue, or Ray's GCS fault tolerance."""
-    if model != "pi5":
-        return False
-    setting = cluster.config.nodes.pi5_4k_pages
-    if setting != "auto":
-        return bool(setting)
-    cfg = cluster.config
-    return (cfg.queue.enabled and cfg.queue.kind == "redis") or (cfg.ray.enabled and cfg.ray.gcs_fault_tolerance)
+    """A Pi 5 boots 16 KB pages (kernel_2712.img). Only `nodes.pi5_4k_pages: true` asks for 4 KB pages (auto is
+    false: the platform's images all run on 16 KB pages, docs/facts.md); firstboot.apply() then writes
+    kernel=kernel8.img only if the image's boot partition has kernel8.img (Ubuntu's has not)."""
+    return model == "pi5" and cluster.config.nodes.pi5_4k_pages is True
 
 
 def project_public_key(cluster: Cluster) -> str:

@@ -4,7 +4,10 @@
 #
 # want (all optional):
 #   prepare: what prepare.yml would make true (hostname, /etc/hosts line, cmdline flags, config.txt block,
-#            swap, modules, sysctls, packages); the answer's `prepare_differs` lists what is not so yet.
+#            swap, modules, sysctls, packages); the answer's `prepare_differs` lists what is not so yet, and
+#            `pages_block` whether config.txt holds piml's 4 KB pages block. The block belongs on a Pi 5 only
+#            where 4 KB pages are wanted, kernel8.img is next to config.txt and the node runs 16 KB pages (or
+#            already runs 4 KB pages through that block): pages_4k() here, `_pages_4k` in prepare.yml.
 #   k3s:     {unit, hash: [paths or globs], port: bool, ready: bool}; the answer's `k3s` holds what k3s.yml compares
 #            (installed version, unit file, marker, config.yaml checksum and mode, directories, checksums of
 #            the given files, unit state, port 6443, and on the first server the Ready node names).
@@ -79,6 +82,23 @@ def dir_is(path, mode):
     return stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == int(mode, 8)
 
 
+def pages_block(boot, markers):
+    """Whether config.txt holds piml's block (both marker lines), as blockinfile finds it; False when unknown."""
+    if not boot or not isinstance(markers, list) or len(markers) != 2 or not all(isinstance(m, str) for m in markers):
+        return False
+    lines = (read_bytes(boot + "/config.txt") or b"").splitlines(True)
+    return all((marker.encode() + b"\n") in lines for marker in markers)
+
+
+def pages_4k(want_4k, node):
+    """Whether piml's kernel=kernel8.img block belongs in config.txt (prepare.yml's `_pages_4k`, same rule):
+    only on a Pi 5, only when 4 KB pages are wanted, only when kernel8.img is there to boot (Ubuntu boots
+    vmlinuz and has none), and only while the node runs 16 KB pages, or already runs 4 KB pages through
+    piml's block (which is then kept)."""
+    return bool(want_4k and node["kind"] == "pi5" and node["boot_dir"] and node["kernel8"]
+                and (node["page_size"] == 16384 or node["pages_block"]))
+
+
 def prepare_differs(want, node):
     """What prepare.yml would still change (or fail on) on this node; empty when nothing."""
     differs = []
@@ -102,7 +122,7 @@ def prepare_differs(want, node):
             lines = (text or b"").splitlines(True)
             if text is None:
                 differs.append("config.txt")
-            elif want["want_4k"]:
+            elif pages_4k(want["want_4k"], node):
                 block = [begin + b"\n"] + want["config_block"].encode().splitlines(True) + [end + b"\n"]
                 if lines.count(begin + b"\n") != 1 or lines.count(end + b"\n") != 1:
                     differs.append("config.txt")
@@ -112,7 +132,7 @@ def prepare_differs(want, node):
                 differs.append("config.txt")
     if not node["memory_cgroup"]:
         differs.append("memory cgroup")
-    if node["kind"] == "pi5" and want["want_4k"] and node["page_size"] != 4096:
+    if pages_4k(want["want_4k"], node) and node["page_size"] != 4096:
         differs.append("page size")
     if node["swap_active"]:
         differs.append("swap")
@@ -199,6 +219,8 @@ def main():
         "model": model,
         "kind": "pi5" if "Raspberry Pi 5" in model else "cm4" if "Compute Module 4" in model else "other",
         "boot_dir": boot,
+        # the firmware loads the kernel from the boot partition, next to config.txt (Ubuntu has vmlinuz there)
+        "kernel8": bool(boot) and os.path.isfile(boot + "/kernel8.img"),
         "memory_cgroup": "memory" in controllers or any(f[0] == "memory" and f[-1] == "1" for f in v1),
         "page_size": os.sysconf("SC_PAGESIZE"),
         "swap_active": len(swaps),
@@ -207,6 +229,7 @@ def main():
         "arch": {"aarch64": "arm64", "x86_64": "amd64"}.get(platform.machine(), platform.machine()),
         "hostname": socket.gethostname(),
     }
+    node["pages_block"] = pages_block(boot, (want.get("prepare") or {}).get("config_markers"))
     # A check that breaks (something unforeseen on the node) only means "differs": the tasks then decide.
     if "prepare" in want:
         try:

@@ -508,3 +508,16 @@ def test_timesync_from_timesyncd_state_files():
 
     assert parse_timesync("source=timesyncd\nyes\n") == ("timesyncd", True)
     assert parse_timesync("source=timesyncd\nno\n") == ("timesyncd", False)
+
+
+def test_boot_kernel8():
+    # Raspberry Pi OS ships kernel8.img on the boot partition (the Pi 5 boots kernel_2712.img unless told);
+    # Ubuntu for Pi boots vmlinuz and has none; no boot partition at all: unknown
+    assert p.parse_boot_kernel8("kernel8=yes\n") is True
+    assert p.parse_boot_kernel8("kernel8=no\n") is False
+    assert p.parse_boot_kernel8("") is None
+    for bad in ("kernel8=maybe", "???"):
+        with pytest.raises(ValueError):
+            p.parse_boot_kernel8(bad)
+    assert parse_facts(captured("pi5-bookworm-nvme-6.6.txt")).boot_kernel8 is True
+    assert parse_facts(captured("x86-debian-server.txt")).boot_kernel8 is None

@@ -66,3 +66,63 @@ def test_firstrun_quotes_hostile_values():
     script = firstboot.render_firstrun(evil)
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
     assert "'x'\"'\"'; rm -rf / #'" in script
+
+
+# --- kernel=kernel8.img: only where asked for and where the image has that kernel --------------------------------
+
+def _boot_partition(tmp_path, files: dict[str, bytes]) -> bytearray:
+    """A FAT boot partition made by mkfs.vfat and mtools (an independent implementation), as a buffer."""
+    from .conftest import run
+
+    path = tmp_path / "boot.part"
+    with open(path, "wb") as f:
+        f.truncate(34 << 20)
+    run("mkfs.vfat", "-F", "32", "-s", "1", "-n", "bootfs", path)
+    for name, data in files.items():
+        src = tmp_path / "src.bin"
+        src.write_bytes(data)
+        run("mcopy", "-i", path, src, f"::{name}")
+    return bytearray(path.read_bytes())
+
+
+CONFIG = b"dtparam=audio=on\n[all]\n"
+RPI_OS = {"cmdline.txt": b"console=tty1 root=PARTUUID=6c586e13-02 rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n",
+          "config.txt": CONFIG, "issue.txt": b"Raspberry Pi reference 2025-11-24\n", "kernel8.img": b"\0" * 4096,
+          "kernel_2712.img": b"\0" * 4096}
+UBUNTU = {"cmdline.txt": b"console=tty1 root=LABEL=writable rootwait ds=nocloud;s=file:///boot/firmware/\n",
+          "config.txt": CONFIG, "vmlinuz": b"\0" * 4096, "initrd.img": b"\0" * 4096, "user-data": b"#cloud-config\n",
+          "meta-data": b"instance-id: ubuntu\n"}
+
+
+def test_kernel8_only_where_the_image_has_it(tmp_path):
+    from piml.flash.fat import FatVolume
+
+    wanted = setup(pi5_4k_pages=True)
+    rpi = FatVolume(_boot_partition(tmp_path, RPI_OS))
+    applied = firstboot.apply(rpi, wanted)
+    assert "config.txt" in applied.files and rpi.read("config.txt").decode().endswith("[pi5]\nkernel=kernel8.img\n[all]\n")
+    # Ubuntu for Pi boots vmlinuz and has no kernel8.img: pointing its firmware there would leave it unbootable
+    ubuntu = FatVolume(_boot_partition(tmp_path, UBUNTU))
+    applied = firstboot.apply(ubuntu, wanted)
+    assert applied.mechanism == firstboot.CLOUD_INIT and "config.txt" not in applied.files
+    assert ubuntu.read("config.txt") == CONFIG
+    # not asked for: left alone on either
+    rpi = FatVolume(_boot_partition(tmp_path, RPI_OS))
+    assert "config.txt" not in firstboot.apply(rpi, setup(pi5_4k_pages=False)).files and rpi.read("config.txt") == CONFIG
+
+
+def test_only_an_explicit_true_asks_for_4k_pages(project):
+    from piml.flash.settings import wants_4k_pages
+    from piml.project import ProjectPaths, load_cluster
+
+    def cluster(text: str):
+        (project / "piml.yaml").write_text(text)
+        return load_cluster(ProjectPaths.resolve(project, None))
+
+    # the default platform runs Redis: that no longer switches a Pi 5 (the official image runs on 16 KB pages)
+    for text in ("", "nodes: {pi5_4k_pages: auto}\n", "queue: {kind: redis}\nray: {gcs_fault_tolerance: true}\n",
+                 "nodes: {pi5_4k_pages: false}\n"):
+        assert wants_4k_pages(cluster(text), "pi5") is False, text
+    explicit = cluster("nodes: {pi5_4k_pages: true}\n")
+    assert wants_4k_pages(explicit, "pi5") is True
+    assert wants_4k_pages(explicit, "cm4") is False and wants_4k_pages(explicit, None) is False

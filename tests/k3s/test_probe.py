@@ -80,3 +80,141 @@ def test_a_check_that_breaks_means_differs():
     node = probe({"prepare": {"hostname": ""}, "k3s": {}})  # both wants lack keys the checks need
     assert node["prepare_differs"] and node["prepare_differs"][0].startswith("probe: ")
     assert node["k3s"]["error"] and node["k3s"]["active"] == "" and node["k3s"]["ready"] is None
+
+
+# --- 4 KB pages: the probe and prepare.yml decide alike ------------------------------------------------------------
+# The probe's "nothing to change" must hold exactly when the playbook would change nothing, or the fast path
+# skips a needed change (or a re-run is never fast). prepare.yml's own expressions are evaluated here with
+# Ansible's templating, on the same node states the probe's functions see.
+
+PLAYBOOK = playbooks_dir() / "prepare.yml"
+
+
+def probe_functions() -> dict:
+    """probe.py's functions, without running its main()."""
+    body, last = PROBE.read_text().rstrip().rsplit("\n", 1)
+    assert last == "main()"
+    namespace: dict = {"__name__": "piml_probe"}
+    exec(compile(body, str(PROBE), "exec"), namespace)
+    return namespace
+
+
+def _trusted(value):
+    from ansible.template import trust_as_template
+
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, dict):
+        return {k: _trusted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_trusted(v) for v in value]
+    return value
+
+
+class Prepare:
+    """prepare.yml's vars and the `when` / `state` of its page-size tasks, templated by Ansible itself."""
+
+    def __init__(self):
+        from ansible.parsing.dataloader import DataLoader
+
+        self.loader = DataLoader()
+        play = self.loader.load_from_file(str(PLAYBOOK))[0]
+        self.vars = _trusted(dict(play["vars"]))
+        tasks = play["tasks"]
+        self.block_task = next(t for t in tasks if "ansible.builtin.blockinfile" in t)
+        self.reboot_task = next(t for t in tasks if "block" in t and any("ansible.builtin.reboot" in b for b in t["block"]))
+        self.verify_task = next(t for t in tasks if t["name"] == "Verify the page size")
+
+    def templar(self, want_4k, node):
+        from ansible.template import Templar
+
+        variables = {**self.vars, "_node": node, "inventory_hostname": "pi1", "_cmdline_changed": {"changed": False}}
+        if want_4k is not None:
+            variables["piml_pi5_4k_pages"] = want_4k
+        return Templar(loader=self.loader, variables=variables)
+
+    @staticmethod
+    def value(templar, text):
+        from ansible.template import trust_as_template
+
+        return templar.template(trust_as_template(text))
+
+    def condition(self, templar, when) -> bool:
+        return bool(self.value(templar, "{{ (%s) | bool }}" % " ".join(str(when).split())))
+
+    def decide(self, want_4k, node) -> dict:
+        t = self.templar(want_4k, node)
+        block = self.block_task
+        runs = self.condition(t, block["when"])
+        state = self.value(t, block["ansible.builtin.blockinfile"]["state"]) if runs else None
+        return {"want": self.value(t, "{{ _probe_want }}"), "state": state,
+                "reboot": self.condition(t, self.reboot_task["when"]), "verify": self.condition(t, self.verify_task["when"])}
+
+
+def _pages_node(tmp_path, want, kind, page_size, kernel8, block):
+    """A node state as probe.py's main() would report it, with a real boot dir holding config.txt (with or
+    without piml's block, exactly as blockinfile writes it) and, or not, kernel8.img."""
+    boot = tmp_path / f"{kind}-{page_size}-{kernel8}-{block}"
+    boot.mkdir()
+    text = "dtparam=audio=on\n[all]\n"
+    if block:
+        begin, end = want["config_markers"]
+        text += begin + "\n" + want["config_block"] + end + "\n"
+    (boot / "config.txt").write_text(text)
+    (boot / "cmdline.txt").write_text("console=tty1 root=PARTUUID=x cgroup_enable=memory cgroup_memory=1\n")
+    if kernel8:
+        (boot / "kernel8.img").write_bytes(b"kernel")
+    node = {"kind": kind, "boot_dir": str(boot), "kernel8": kernel8, "page_size": page_size, "memory_cgroup": True,
+            "swap_active": 0, "dphys_swapfile": False, "container": False}
+    node["pages_block"] = block  # what probe.py's pages_block() finds there (test_probe_reports_kernel8_and_piml_block)
+    return node
+
+
+def test_page_size_decisions_agree_between_probe_and_playbook(tmp_path):
+    probe = probe_functions()
+    prepare = Prepare()
+    want_on = prepare.decide(True, {"kind": "other", "boot_dir": "", "kernel8": False, "page_size": 4096, "pages_block": False})["want"]["prepare"]
+    assert want_on["want_4k"] is True and len(want_on["config_markers"]) == 2
+    outcomes = {}
+    for kind in ("pi5", "cm4"):
+        for want_4k in (True, False, None):  # None: the variable unset (someone running the playbook by hand)
+            for page_size in (4096, 16384):
+                for kernel8 in (True, False):
+                    for block in (True, False):
+                        base = tmp_path / f"w{want_4k}"
+                        base.mkdir(exist_ok=True)
+                        node = _pages_node(base, want_on, kind, page_size, kernel8, block)
+                        decided = prepare.decide(want_4k, node)
+                        want = dict(decided["want"]["prepare"], hostname="", files={}, modules=[], sysctls={}, packages=[],
+                                    fstab_regexp="^$^")
+                        differs = probe["prepare_differs"](want, node)
+                        changes = decided["state"] is not None and (decided["state"] == "present") != block
+                        key = (kind, want_4k, page_size, kernel8, block)
+                        assert ("config.txt" in differs) == changes, (key, differs, decided)
+                        assert ("page size" in differs) == decided["reboot"], (key, differs, decided)
+                        assert decided["verify"] == (decided["state"] == "present"), (key, decided)  # 4 KB checked where asked
+                        outcomes[key] = (decided["state"], decided["reboot"])
+    # What the issue asks for, case by case (state of piml's block in config.txt, reboot):
+    assert outcomes["pi5", True, 16384, True, False] == ("present", True)  # Raspberry Pi OS on a Pi 5, 4 KB asked for
+    assert outcomes["pi5", True, 4096, False, False] == ("absent", False)  # Ubuntu: vmlinuz, 4 KB already, no kernel8.img
+    assert outcomes["pi5", True, 16384, False, False] == ("absent", False)  # 16 KB but no kernel8.img: left alone
+    assert outcomes["pi5", False, 16384, True, False] == ("absent", False)  # not asked for (auto): no switch, no reboot
+    assert outcomes["pi5", None, 16384, True, False] == ("absent", False)  # by hand, unset: the same
+    assert outcomes["pi5", True, 4096, True, True] == ("present", False)  # switched earlier: kept, nothing to do
+    assert outcomes["pi5", True, 16384, True, True] == ("present", True)  # written but not yet booted: reboot
+    assert outcomes["pi5", False, 4096, True, True] == ("absent", False)  # no longer asked for: removed, no reboot
+    assert outcomes["pi5", True, 4096, True, False] == ("absent", False)  # 4 KB already without piml: nothing
+    assert all(state is None and not reboot for (kind, *_), (state, reboot) in outcomes.items() if kind == "cm4")
+
+
+def test_probe_reports_kernel8_and_piml_block(tmp_path):
+    functions = probe_functions()
+    pages_block = functions["pages_block"]
+    markers = ["# BEGIN piml", "# END piml"]
+    (tmp_path / "config.txt").write_text("a=1\n# BEGIN piml\n[all]\nkernel=kernel8.img\n# END piml\n")
+    assert pages_block(str(tmp_path), markers) is True
+    assert pages_block(str(tmp_path), None) is False and pages_block("", markers) is False
+    (tmp_path / "config.txt").write_text("a=1\n# BEGIN piml\n")
+    assert pages_block(str(tmp_path), markers) is False
+    node = probe({})  # the real probe on this machine: the fields the playbook reads are there
+    assert isinstance(node["kernel8"], bool) and node["pages_block"] is False

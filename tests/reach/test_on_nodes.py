@@ -199,3 +199,26 @@ def test_watch_refreshes_in_place_until_ctrl_c(piml, tmp_path, three_nodes):
     os.close(leader)
     assert screen.count(b"nodes (") >= 3 and b"\x1b[" in screen  # redrawn with cursor movement
     assert b"Traceback" not in screen and all(n.name.encode() in screen for n in three_nodes)
+
+
+def test_asleep_ray_external_host_is_a_warning_and_preflight_goes_on(piml, tmp_path, node_factory):
+    """A ray_external host (a Mac mini joining Ray, outside Kubernetes) that is off: a warning on its own row;
+    the k3s nodes pass and `piml up` is not stopped (exit 0), nor held up by its connect timeout."""
+    a, b, mac = node_factory.trio()
+    args = ["init", "rack", "--ssh-key", a.key_path, "--node", f"{a.name}={a.address}:server",
+            "--node", f"{b.name}={b.address}", "--node", f"{mac.name}={mac.address}:external"]
+    assert piml(*args, cwd=tmp_path).returncode == 0
+    project = tmp_path / "rack"
+    out, rows = preflight(piml, project, "--accept-new-host-keys")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert by_check(rows, mac.name, "reach")["status"] == "pass"  # awake: reached and checked like the others
+    node_factory.substrate.stop(mac, hard=True)
+    started = time.monotonic()
+    out, rows = preflight(piml, project)
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [(r["check"], r["status"]) for r in rows if r["node"] == mac.name] == [("reach", "warn")]
+    assert "piml up goes on without it" in by_check(rows, mac.name, "reach")["detail"]
+    assert statuses(rows, "reach", a, b) == {a.name: "pass", b.name: "pass"}, rows
+    assert "fail" not in {r["status"] for r in rows}, rows
+    assert took < 10, took  # not the 10 s connect timeout on top of the k3s nodes' time
