@@ -147,7 +147,9 @@ class Prepare:
         block = self.block_task
         runs = self.condition(t, block["when"])
         state = self.value(t, block["ansible.builtin.blockinfile"]["state"]) if runs else None
-        return {"want": self.value(t, "{{ _probe_want }}"), "state": state,
+        changed = state is not None and (state == "present") != node["pages_block"]  # our configs: block exact or absent
+        t.available_variables = {**t.available_variables, "_config_changed": {"changed": changed}}  # as registered
+        return {"want": self.value(t, "{{ _probe_want }}"), "state": state, "changed": changed,
                 "reboot": self.condition(t, self.reboot_task["when"]), "verify": self.condition(t, self.verify_task["when"])}
 
 
@@ -188,9 +190,8 @@ def test_page_size_decisions_agree_between_probe_and_playbook(tmp_path):
                         want = dict(decided["want"]["prepare"], hostname="", files={}, modules=[], sysctls={}, packages=[],
                                     fstab_regexp="^$^")
                         differs = probe["prepare_differs"](want, node)
-                        changes = decided["state"] is not None and (decided["state"] == "present") != block
                         key = (kind, want_4k, page_size, kernel8, block)
-                        assert ("config.txt" in differs) == changes, (key, differs, decided)
+                        assert ("config.txt" in differs) == decided["changed"], (key, differs, decided)
                         assert ("page size" in differs) == decided["reboot"], (key, differs, decided)
                         assert decided["verify"] == (decided["state"] == "present"), (key, decided)  # 4 KB checked where asked
                         outcomes[key] = (decided["state"], decided["reboot"])
