@@ -212,10 +212,21 @@ exec runuser -u postgres -- "$@"
 """
 
 
+# Not an image: a stand-in for MinIO, which cannot be had here (no release binary, no Debian package, the Go
+# proxy serves no version of github.com/minio/minio). moto's S3 server answers the S3 calls MLflow makes; it
+# checks no credentials and has no MinIO health endpoints or `mc`.
+S3_STANDIN = "standin:moto-s3-server"
+
+
+def s3_standin() -> Mirror:
+    return Mirror(S3_STANDIN, venv("moto", "3.11", ["moto[server]==5.2.5"]),
+                  note="moto's S3 server stands in for MinIO (MinIO itself cannot be had here)")
+
+
 def for_images(images: set[str]) -> dict[str, Mirror]:
     makers = {"ghcr.io/mlflow/mlflow": mlflow, "ghcr.io/dask/dask": dask, "rayproject/ray": ray, "redis": redis,
               "rabbitmq": rabbitmq, "postgres": postgres}
-    found = {}
+    found = {S3_STANDIN: s3_standin()} if any(image.startswith("minio/minio:") for image in images) else {}
     for image in images:
         repo = image.rsplit(":", 1)[0]
         if repo in makers:

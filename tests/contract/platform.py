@@ -52,6 +52,31 @@ class Platform:
         template = obj["spec"]["template"]
         return self.kubelet.start(f"{name}-0", self.ns, template["metadata"]["labels"], template["spec"], extra_env)
 
+    def s3_standin_for_minio(self) -> Pod:
+        """MinIO cannot run here (see images.S3_STANDIN): moto's S3 server in a pod the mlflow-minio Service selects,
+        and the bucket MinIO's postStart hook would make, made with the Secret's keys."""
+        obj = self.kubelet.find("Deployment", "mlflow-minio", self.ns)
+        template = obj["spec"]["template"]
+        spec = {"containers": [{"name": "minio", "image": images.S3_STANDIN, "env": template["spec"]["containers"][0]["env"],
+                                "command": ["moto_server", "-H", "0.0.0.0", "-p", "9000"]}]}
+        pod = self.kubelet.start("mlflow-minio-0", self.ns, template["metadata"]["labels"], spec)
+        # What MinIO's postStart hook does (`mc mb local/mlflow` against 127.0.0.1:9000), inside the pod, bounded.
+        make_bucket = (
+            "import os, time, boto3\n"
+            "s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:9000', region_name='us-east-1',\n"
+            "                  aws_access_key_id=os.environ['MINIO_ROOT_USER'], aws_secret_access_key=os.environ['MINIO_ROOT_PASSWORD'])\n"
+            "for _ in range(120):\n"
+            "    try:\n"
+            "        s3.create_bucket(Bucket='mlflow'); break\n"
+            "    except Exception:\n"
+            "        time.sleep(0.5)\n"
+            "else:\n"
+            "    raise SystemExit('the S3 stand-in never answered')\n")
+        result = self.kubelet.exec(pod, ["python", "-c", make_bucket], timeout=90)
+        if result.returncode:
+            raise RuntimeError(f"the bucket could not be made: {result.stderr[-1000:]}")
+        return pod
+
     def job_pod(self, scaled_job: str, job_name: str) -> Pod:
         """A pod of the Job that KEDA makes from a ScaledJob (its jobTargetRef template, the Job's labels)."""
         obj = self.kubelet.find("ScaledJob", scaled_job, self.ns)

@@ -16,7 +16,8 @@ from tests.contract.platform import basic, start_platform
 
 pytestmark = pytest.mark.contract
 
-SCENARIOS = {"default": ("pi5-3x8gb", {}), "postgresql": ("pi5-3x8gb", {"mlflow": {"backend": "postgresql"}}),
+SCENARIOS = {"default": ("pi5-3x8gb", {}),
+             "postgresql-minio": ("pi5-3x8gb", {"mlflow": {"backend": "postgresql", "artifacts": "minio"}}),
              "amd64-server": ("amd64-server-arm64-agents", {})}
 
 
@@ -30,6 +31,9 @@ def mlflow_pod(request, pod_network, tmp_path_factory):
         if any(o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow-postgres" for o in platform.objects):
             postgres = platform.deployment("mlflow-postgres")
             platform.kubelet.wait_probe(postgres.container(), "readinessProbe", budget=120)
+        if any(o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow-minio" for o in platform.objects):
+            print("stand-in: moto's S3 server for MinIO, which cannot be had here")
+            platform.s3_standin_for_minio()
         pod = platform.deployment("mlflow")
         yield platform, pod
     finally:
@@ -106,7 +110,33 @@ def test_other_pods_by_every_service_name(mlflow_pod):
     assert client.container().env["MLFLOW_TRACKING_URI"] == f"http://mlflow.{ns}.svc:5000/mlflow"
 
 
-def _client_pod(platform):
+def test_artifacts_through_the_servers_proxy(mlflow_pod):
+    """A pod logs an artifact through MLflow (mlflow-artifacts:), the server stores it in the configured store
+    (the volume, or S3 with the boto3 its init container installed) and serves it back."""
+    platform, pod = mlflow_pod
+    platform.kubelet.wait_probe(pod.container("mlflow"), "readinessProbe", budget=120)
+    client = _client_pod(platform, "artifact-client")
+    script = (
+        "import mlflow, tempfile, pathlib\n"
+        "mlflow.set_experiment('artifacts')\n"
+        "with mlflow.start_run() as run:\n"
+        "    mlflow.log_text('piml contract', 'note.txt')\n"
+        "local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path='note.txt', dst_path=tempfile.mkdtemp())\n"
+        "assert pathlib.Path(local).read_text() == 'piml contract'\n"
+        "print(mlflow.get_run(run.info.run_id).info.artifact_uri)\n")
+    result = platform.kubelet.exec(client, ["python", "-c", script], timeout=180, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:] + pod.container("mlflow").tail(2000)
+    assert result.stdout.strip().splitlines()[-1].startswith("mlflow-artifacts:/"), result.stdout
+    if platform.cluster.config.mlflow.artifacts == "minio":  # the object really is in the bucket
+        store = next(p for p in platform.kubelet.pods if p.name == "mlflow-minio-0")
+        listing = platform.kubelet.exec(store, ["python", "-c", (
+            "import os, boto3; s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:9000', region_name='us-east-1', "
+            "aws_access_key_id=os.environ['MINIO_ROOT_USER'], aws_secret_access_key=os.environ['MINIO_ROOT_PASSWORD']); "
+            "print([o['Key'] for o in s3.list_objects_v2(Bucket='mlflow').get('Contents', [])])")], timeout=60)
+        assert "note.txt" in listing.stdout, listing.stdout + listing.stderr
+
+
+def _client_pod(platform, name: str = "mlflow-client"):
     """A pod running the MLflow image with the runner's env (MLflow's address and credentials from its Secret)."""
     obj = platform.kubelet.find("ScaledJob", "piml-runner", platform.ns)
     template = obj["spec"]["jobTargetRef"]["template"]
@@ -115,7 +145,7 @@ def _client_pod(platform):
     runner.pop("args", None)
     spec = {"containers": [runner], "volumes": []}
     labels = {**template["metadata"]["labels"], "job-name": "client"}
-    return platform.kubelet.start("mlflow-client", platform.ns, labels, spec)
+    return platform.kubelet.start(name, platform.ns, labels, spec)
 
 
 def test_piml_through_a_port_forward(mlflow_pod):
