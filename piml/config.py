@@ -174,7 +174,7 @@ class Ray(Settings):
     gcs_fault_tolerance: bool = Field(False, description="keep GCS state in Redis")
     check_pip: list[str] | None = Field(
         None, description="what `piml check --deep`'s Ray job pip-installs; unset: mlflow-skinny (the server's version), "
-                          "scikit-learn, pandas; [] when the Ray image has them (air-gapped clusters)")
+                          "scikit-learn, skops, pandas; [] when the Ray image has them (air-gapped clusters)")
     head: Size = Size()
     worker: Size = Size()
 

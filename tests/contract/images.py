@@ -136,15 +136,16 @@ def dask(image: str) -> Mirror:
 DASK_PREPARE = 'if [ -n "$EXTRA_PIP_PACKAGES" ]; then pip install $EXTRA_PIP_PACKAGES; fi; exec "$@"'
 
 
-def ray(image: str) -> Mirror:
+def ray(image: str, extra: tuple[str, ...] = ()) -> Mirror:
     """rayproject/ray:X-pyPQ[-aarch64] (ray-project/ray docker/base-deps, docker/ray): Ubuntu with a conda Python
     P.Q in /home/ray/anaconda3, user ray (uid 1000), `pip install ray[all]==X`; no ENTRYPOINT (bash)."""
     tag = image.rsplit(":", 1)[1]
     version = tag.split("-")[0]
     py = next(part for part in tag.split("-") if part.startswith("py"))[2:]
     minor = f"{py[0]}.{py[1:]}"
-    bin, installed = pinned_venv("ray", minor, "ray", version, ("default",))
-    return Mirror(image, bin, note="ray[default] (the image has ray[all]); runs as root, not uid 1000 "
+    bin, installed = pinned_venv("ray", minor, "ray", version, ("default",), extra)
+    added = f" plus {', '.join(extra)} (a user's Ray image, for ray.check_pip: [])" if extra else ""
+    return Mirror(image, bin, note=f"ray[default]{added} (the image has ray[all]); runs as root, not uid 1000 "
                   + _differs("ray", version, installed))
 
 
@@ -223,12 +224,14 @@ def s3_standin() -> Mirror:
                   note="moto's S3 server stands in for MinIO (MinIO itself cannot be had here)")
 
 
-def for_images(images: set[str]) -> dict[str, Mirror]:
+def for_images(images: set[str], ray_extra: tuple[str, ...] = ()) -> dict[str, Mirror]:
     makers = {"ghcr.io/mlflow/mlflow": mlflow, "ghcr.io/dask/dask": dask, "rayproject/ray": ray, "redis": redis,
               "rabbitmq": rabbitmq, "postgres": postgres}
     found = {S3_STANDIN: s3_standin()} if any(image.startswith("minio/minio:") for image in images) else {}
     for image in images:
         repo = image.rsplit(":", 1)[0]
-        if repo in makers:
+        if repo == "rayproject/ray" and ray_extra:
+            found[image] = ray(image, ray_extra)
+        elif repo in makers:
             found[image] = makers[repo](image)
     return found
