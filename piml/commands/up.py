@@ -137,13 +137,19 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
     from piml.kube.deploy import deploy
     from piml.kube.node_labels import reconcile_node_labels
     from piml.plan import make_plan
+    from piml.plan.pins import read_pins
     from piml.render import render_platform
     from piml.secrets import load_or_create
 
     kubeconfig = cluster.paths.state / "kubeconfig"
     if not kubeconfig.exists():
         raise InputError(Problem(cluster.paths.show(kubeconfig), "no kubeconfig yet", "run the earlier stages first: piml up (or piml up --until kubeconfig)"))
-    plan = make_plan(cluster, facts if len(facts) == len(cluster.inventory.cluster_nodes) else None)
+    try:  # which nodes the stateful services' volumes are on: the plan keeps them there (or says why it cannot)
+        pins = read_pins(cluster, kubeconfig)
+    except PimlError as exc:  # the API unreachable: reported like any other platform failure
+        failed["platform"] = "; ".join(str(problem) for problem in exc.problems)
+        return {"failed": True}
+    plan = make_plan(cluster, facts if len(facts) == len(cluster.inventory.cluster_nodes) else None, pins)
     rendered = render_platform(cluster, plan, load_or_create(cluster.paths.state))
     progress = None if as_json else (lambda line: console().print(f"  platform: {line}", markup=False))
     try:

@@ -97,8 +97,12 @@ def prepare_vars(cluster: "Cluster", airgap: Path | None) -> dict:
 
 
 def k3s_vars(cluster: "Cluster", airgap: Path | None, token: str) -> dict:
+    from piml.plan.capacity import kubelet_args
+
     data = {"token": token, "k3s_version": k3s_version(cluster), "piml_k3s_disable": list(cluster.config.k3s.disable),
-            "piml_k3s_wait_timeout": cluster.config.k3s.wait_timeout}
+            "piml_k3s_wait_timeout": cluster.config.k3s.wait_timeout,
+            # the capacity plan's reservations, as each node's kubelet-arg: its allocatable is what the plan counts
+            "piml_kubelet_args": kubelet_args(cluster)}
     if airgap:
         data["airgap_dir"] = str(airgap)
         data["piml_airgap_sha1"] = airgap_checksums(airgap)
@@ -215,6 +219,7 @@ def _current_context(path: Path) -> str:
 def describe(cluster: "Cluster", stage: str, nodes: list[Node], merge: bool) -> list[str]:
     """What `stage` would do on each node, without touching anything."""
     from piml.k3s import kubeconfig as kc
+    from piml.plan.capacity import reservation
 
     inventory = cluster.inventory
     servers = inventory.servers
@@ -238,6 +243,8 @@ def describe(cluster: "Cluster", stage: str, nodes: list[Node], merge: bool) -> 
             else:
                 role = f"agent joining https://{inventory.api_endpoint}:6443"
             extras = [f"label {k}={v}" for k, v in n.labels.items()] + [f"taint {t}" for t in n.taints]
+            kept = reservation(n)
+            extras.append(f"the kubelet keeps {kept.cpu}m CPU, {kept.memory}Mi from pods")
             lines.append(f"{n.name}: k3s {version} as {role} from {source}" + (f"; {', '.join(extras)}" if extras else "")
                          + f"; wait <= {cluster.config.k3s.wait_timeout} s for Ready; nothing if already so")
         return lines

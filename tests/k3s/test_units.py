@@ -188,3 +188,61 @@ def test_cli_guards_and_dry_run_without_nodes(tmp_path, piml):
     (project / "piml.yaml").write_text("k3s:\n  airgap_dir: nowhere\n")
     out = piml("up", "--only", "k3s", cwd=project)
     assert out.returncode == 2 and "airgap_dir" in out.stderr and "not a directory" in out.stderr
+
+
+def test_k3s_config_carries_the_plans_kubelet_reservations(tmp_path):
+    """k3s_vars hands the plan's reservations to the playbook, and the playbook's own task (run here with a local
+    connection) writes them into each node's config.yaml as kubelet-arg; without them, none is written."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from piml.config import PimlConfig
+    from piml.inventory import load_inventory
+    from piml.k3s.stages import k3s_vars
+    from piml.plan.capacity import kubelet_args
+    from piml.plan.sizes import RESERVED
+    from piml.project import Cluster, ProjectPaths
+
+    repo = Path(__file__).resolve().parents[2]
+    scenario = repo / "tests/render/scenarios/pi5-3x8gb.yml"
+    cluster = Cluster(ProjectPaths(tmp_path, scenario), load_inventory(scenario), PimlConfig())
+    extravars = k3s_vars(cluster, None, "test-token")
+    assert extravars["piml_kubelet_args"] == kubelet_args(cluster)
+    assert extravars["piml_kubelet_args"]["pi1"] == RESERVED["server"].kubelet_args()
+    assert extravars["piml_kubelet_args"]["pi2"] == RESERVED["agent"].kubelet_args()
+
+    tasks = yaml.safe_load((repo / "playbooks/tasks/k3s-probe.yml").read_text())
+    task = next(t for t in tasks if t["name"] == "Work out this node's k3s configuration")
+    task.pop("no_log", None)
+    out = tmp_path / "out"
+    out.mkdir()
+    playbook = [{"hosts": "all", "gather_facts": False,
+                 "vars": {"_role": "{{ 'server' if inventory_hostname in groups['server'] else 'agent' }}",
+                          "_first": "{{ inventory_hostname == 'pi1' }}", "_node": {"kind": "pi5"},
+                          "_tls_sans": ["10.0.0.1"], "_server_url": "https://10.0.0.1:6443",
+                          "extra_server_args": "", "extra_agent_args": ""},
+                 "tasks": [task, {"name": "keep it", "ansible.builtin.copy": {"content": "{{ _config_text }}",
+                                                                            "dest": f"{out}/{{{{ inventory_hostname }}}}.yaml"}}]}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
+    (tmp_path / "hosts.ini").write_text(f"[server]\npi1\n[agent]\npi2\n[all:vars]\nansible_connection=local\n"
+                                        f"ansible_python_interpreter={sys.executable}\n")
+    ansible = Path(sys.executable).parent / "ansible-playbook"
+
+    def run(variables: dict) -> dict[str, dict]:
+        (tmp_path / "vars.json").write_text(json.dumps(variables))
+        done = subprocess.run([str(ansible), "-i", str(tmp_path / "hosts.ini"), str(tmp_path / "play.yml"), "-e", f"@{tmp_path}/vars.json"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp")})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        return {name: json.loads("\n".join(l for l in (out / f"{name}.yaml").read_text().splitlines() if not l.startswith("#")))
+                for name in ("pi1", "pi2")}
+
+    configs = run({"token": "test-token", "piml_kubelet_args": extravars["piml_kubelet_args"]})
+    for name in ("pi1", "pi2"):
+        assert configs[name]["kubelet-arg"] == extravars["piml_kubelet_args"][name]
+        assert configs[name]["node-name"] == name and configs[name]["token"] == "test-token"
+    plain = run({"token": "test-token"})  # the playbook run by hand, without piml's plan
+    assert all("kubelet-arg" not in c for c in plain.values())
+    assert {k: v for k, v in configs["pi2"].items() if k != "kubelet-arg"} == plain["pi2"]

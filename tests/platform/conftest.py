@@ -10,6 +10,7 @@ from piml.config import PimlConfig
 from piml.inventory import load_inventory
 from piml.kube.wait import Timeouts
 from piml.plan import make_plan
+from piml.plan.pins import read_pins
 from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform
 from piml.secrets import load_or_create
@@ -46,9 +47,14 @@ class Project:
     def cluster(self, settings: dict | None = None) -> Cluster:
         return Cluster(ProjectPaths(self.root, SCENARIO), load_inventory(SCENARIO), PimlConfig.model_validate(settings or {}))
 
+    def plan(self, settings: dict | None = None):
+        """Plan as `piml up` does: against the live cluster, so services stay where their volumes are."""
+        cluster = self.cluster(settings)
+        return make_plan(cluster, pins=read_pins(cluster, self.kubeconfig))
+
     def render(self, settings: dict | None = None):
         cluster = self.cluster(settings)
-        return cluster, render_platform(cluster, make_plan(cluster), self.secrets)
+        return cluster, render_platform(cluster, self.plan(settings), self.secrets)
 
 
 @pytest.fixture

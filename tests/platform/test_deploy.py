@@ -123,9 +123,9 @@ def test_an_unreachable_api_is_one_plain_line(project, tmp_path):
     with socket.socket() as sock:  # a loopback port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    cluster, rendered = project.render()
     text = project.kubeconfig.read_text().replace(project.api.url, f"http://127.0.0.1:{port}")
     project.kubeconfig.write_text(text)
-    cluster, rendered = project.render()
     with pytest.raises(PimlError) as caught:
         deploy(cluster, project.kubeconfig, rendered, FAST)
     assert caught.value.exit_code == EXIT_FAILED

@@ -53,6 +53,7 @@ BUILTIN = [
     Kind("", "v1", "ConfigMap", "configmaps", True),
     Kind("", "v1", "Service", "services", True),
     Kind("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True),
+    Kind("", "v1", "PersistentVolume", "persistentvolumes", False),
     Kind("", "v1", "Pod", "pods", True),
     Kind("", "v1", "Event", "events", True),
     Kind("apps", "v1", "Deployment", "deployments", True),
@@ -72,6 +73,8 @@ CHART_CRDS = {
 }
 FAULTS = ("image-pull", "exec-format", "oom", "crash", "insufficient-memory")
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
+HOSTNAME = "kubernetes.io/hostname"
+LOCAL_PATH = "local-path"  # k3s's default StorageClass: rancher.io/local-path, a directory on one node
 # pods/exec and pods/portforward: WebSocket upgrades, served by streams.py (the only streaming subresources here)
 STREAM_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/(exec|portforward)$")
 
@@ -448,10 +451,17 @@ class FakeKubeAPI:
         del self.objects[(kind.plural, namespace, name)]
         self.history.append(("delete", kind.kind, namespace, name))
         uid = obj["metadata"].get("uid")
+        gone = [obj] if kind.kind == "PersistentVolumeClaim" else []
         for key, other in list(self.objects.items()):  # garbage collection, at once
             owned = any(ref.get("uid") == uid for ref in other["metadata"].get("ownerReferences", []))
             if owned or (kind.kind == "Namespace" and key[1] == name):
                 del self.objects[key]
+                gone += [other] if key[0] == "persistentvolumeclaims" else []
+        for claim in gone:  # local-path's reclaimPolicy is Delete: a claim's volume (and its data) goes with it
+            for key, pv in list(self.objects.items()):
+                if key[0] == "persistentvolumes" and _claim_ref_is(pv, claim):
+                    del self.objects[key]
+                    self.history.append(("delete", "PersistentVolume", "", key[2]))
         return {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name, "kind": kind.plural}}
 
     def stream(self, method: str, raw_path: str, headers) -> tuple[tuple[str, ...], callable]:
@@ -591,12 +601,14 @@ class FakeKubeAPI:
                 del self.objects[key]
         fault = self.faults.get(owner["metadata"]["name"])
         created = []
+        unschedulable = []
         for prefix, template, replicas in self._pod_templates(owner):
             for i in range(replicas):
-                node = self._nodes()[i % len(self._nodes())]
                 spec = copy.deepcopy(template.get("spec", {}))
-                if not (fault and fault.kind == "insufficient-memory"):
+                node, why = self._schedule(namespace, spec, i)
+                if why is None and not (fault and fault.kind == "insufficient-memory"):
                     spec["nodeName"] = node
+                    self._provision(namespace, spec, node)
                 pod = {"apiVersion": "v1", "kind": "Pod",
                        "metadata": {"name": f"{prefix}-{uuid.uuid4().hex[:5]}-{i}", "namespace": namespace,
                                     "labels": dict(template.get("metadata", {}).get("labels", {})),
@@ -604,7 +616,14 @@ class FakeKubeAPI:
                                                          "name": owner["metadata"]["name"], "uid": uid, "controller": True}]},
                        "spec": spec, "status": {"phase": "Pending"}}
                 created.append(self._store(pods, pod))
+                if why is not None:
+                    unschedulable.append((created[-1], why))
         self._set_owner_status(owner, ready=0)
+        for pod, why in unschedulable:  # as the scheduler leaves it: Pending, PodScheduled False, an event
+            pod["status"] = {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}]}
+            self._event(pod, "FailedScheduling", why + " preemption: 0/%d nodes are available: %d Preemption is not "
+                        "helpful for scheduling." % (len(self._nodes()), len(self._nodes())))
         if fault:
             for pod in created:
                 self._apply_fault(pod, fault)
@@ -614,13 +633,67 @@ class FakeKubeAPI:
     def _nodes(self) -> list[str]:
         return sorted(n for (p, _, n) in self.objects if p == "nodes")
 
+    def _schedule(self, namespace: str, spec: dict, i: int) -> tuple[str | None, str | None]:
+        """(node, None), or (None, why) for a pod the scheduler cannot place. The node its nodeSelector's
+        kubernetes.io/hostname names (when that node exists), else round-robin; a claim whose local volume is on
+        another node moves it there, or, with the hostname fixed, makes it unschedulable (a volume node affinity
+        conflict, as rancher/local-path-provisioner#111 describes)."""
+        nodes = self._nodes()
+        if not nodes:
+            return None, "0/0 nodes are available: no nodes available to schedule pods."
+        wanted = (spec.get("nodeSelector") or {}).get(HOSTNAME)
+        node = wanted if wanted in nodes else nodes[i % len(nodes)]
+        for claim in _claim_names(spec):
+            held = self.volume_node(namespace, claim)
+            if held and held != node:
+                if wanted in nodes:
+                    others = len(nodes) - 1
+                    return None, (f"0/{len(nodes)} nodes are available: 1 node(s) had volume node affinity conflict, "
+                                  f"{others} node(s) didn't match Pod's node affinity/selector.")
+                node = held
+        return node, None
+
+    def volume_node(self, namespace: str, claim: str) -> str | None:
+        """The node the volume bound to that claim lives on (None: no volume yet, or not a local one)."""
+        pvc = self.objects.get(("persistentvolumeclaims", namespace, claim))
+        for key, pv in self.objects.items():
+            if key[0] == "persistentvolumes" and pvc is not None and _claim_ref_is(pv, pvc):
+                for term in pv["spec"].get("nodeAffinity", {}).get("required", {}).get("nodeSelectorTerms", []):
+                    for expression in term.get("matchExpressions", []):
+                        if expression.get("key") == HOSTNAME:
+                            return expression["values"][0]
+        return None
+
+    def _provision(self, namespace: str, spec: dict, node: str) -> None:
+        """k3s's local-path provisioner: the first pod of a local-path claim makes its volume, on that pod's node
+        (a hostPath directory there, and a required nodeAffinity to it). The claim is left as applied (its
+        volumeName and Bound phase are not written back: the volume's claimRef says which claim it is)."""
+        for claim in _claim_names(spec):
+            pvc = self.objects.get(("persistentvolumeclaims", namespace, claim))
+            if pvc is None or self.volume_node(namespace, claim) or (pvc.get("spec", {}).get("storageClassName") or LOCAL_PATH) != LOCAL_PATH:
+                continue
+            name = f"pvc-{pvc['metadata']['uid']}"
+            self._store(self.kind("PersistentVolume"), {
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": name, "annotations": {"local.path.provisioner/selected-node": node,
+                                                           "pv.kubernetes.io/provisioned-by": "rancher.io/local-path"}},
+                "spec": {"capacity": {"storage": pvc.get("spec", {}).get("resources", {}).get("requests", {}).get("storage", "1Gi")},
+                         "accessModes": pvc.get("spec", {}).get("accessModes", ["ReadWriteOnce"]),
+                         "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace,
+                                      "name": claim, "uid": pvc["metadata"]["uid"]},
+                         "hostPath": {"path": f"/var/lib/rancher/k3s/storage/{name}_{namespace}_{claim}", "type": "DirectoryOrCreate"},
+                         "nodeAffinity": {"required": {"nodeSelectorTerms": [
+                             {"matchExpressions": [{"key": HOSTNAME, "operator": "In", "values": [node]}]}]}},
+                         "persistentVolumeReclaimPolicy": "Delete", "storageClassName": LOCAL_PATH, "volumeMode": "Filesystem"},
+                "status": {"phase": "Bound"}})
+
     def _become_ready(self, kind: str, namespace: str, name: str, uid: str) -> None:
         owner = self.objects.get((self.kind(kind).plural, namespace, name))
         if owner is None or owner["metadata"]["uid"] != uid or name in self.faults:
             return
         ready = 0
         for key, pod in self.objects.items():
-            if key[0] == "pods" and any(r.get("uid") == uid for r in pod["metadata"].get("ownerReferences", [])):
+            if key[0] == "pods" and pod["spec"].get("nodeName") and any(r.get("uid") == uid for r in pod["metadata"].get("ownerReferences", [])):
                 pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
                                  "containerStatuses": [{"name": c["name"], "image": c.get("image", ""),
                                                         "imageID": _image_id(c.get("image", "")), "ready": True,
@@ -679,6 +752,16 @@ class FakeKubeAPI:
                  "reason": reason, "message": message, "type": "Warning", "count": 3,
                  "firstTimestamp": _now(), "lastTimestamp": _now()}
         self._store(self.kind("Event"), event)
+
+
+def _claim_names(spec: dict) -> list[str]:
+    return [v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", []) if v.get("persistentVolumeClaim")]
+
+
+def _claim_ref_is(pv: dict, pvc: dict) -> bool:
+    ref = pv.get("spec", {}).get("claimRef") or {}
+    meta = pvc["metadata"]
+    return (ref.get("namespace"), ref.get("name"), ref.get("uid")) == (meta.get("namespace"), meta["name"], meta.get("uid"))
 
 
 def _image_id(image: str) -> str:

@@ -1,0 +1,50 @@
+"""Which node each PersistentVolumeClaim's volume lives on (for volumes tied to one node, as local-path's are)."""
+
+from __future__ import annotations
+
+from piml.kube.client import Kube
+
+HOSTNAME = "kubernetes.io/hostname"
+SELECTED_NODE = "volume.kubernetes.io/selected-node"  # set on a claim by the scheduler, before the volume exists
+
+
+def volume_node(pv: dict) -> str | None:
+    """The one node a PersistentVolume's required nodeAffinity allows, or None (a network volume, several nodes)."""
+    terms = (((pv.get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}).get("nodeSelectorTerms") or []
+    nodes = set()
+    for term in terms:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") == HOSTNAME and expression.get("operator") == "In":
+                nodes.update(expression.get("values") or [])
+    return next(iter(nodes)) if len(nodes) == 1 else None
+
+
+def claim_nodes(kube: Kube, namespace: str) -> dict[str, str]:
+    """{claim name: node} for the claims in `namespace` whose volume is tied to one node.
+
+    Two bounded list requests: the namespace's claims, then the PersistentVolumes (cluster-wide), matched by the
+    volume's claimRef (and uid, so a volume left from a deleted claim of the same name does not count). A claim
+    whose volume is still being made counts with the node the scheduler chose for it."""
+    claims = kube.request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims").get("items", [])
+    if not claims:
+        return {}
+    volumes = kube.request("GET", "/api/v1/persistentvolumes").get("items", [])
+    found: dict[str, str] = {}
+    for claim in claims:
+        meta = claim.get("metadata") or {}
+        name, uid = meta.get("name"), meta.get("uid")
+        bound = [pv for pv in volumes if _claims(pv, namespace, name, uid)]
+        if bound:
+            node = volume_node(bound[0])
+        else:
+            node = (meta.get("annotations") or {}).get(SELECTED_NODE)
+        if node:
+            found[name] = node
+    return found
+
+
+def _claims(pv: dict, namespace: str, name: str, uid: str | None) -> bool:
+    ref = (pv.get("spec") or {}).get("claimRef") or {}
+    if ref.get("namespace") != namespace or ref.get("name") != name:
+        return False
+    return not (uid and ref.get("uid") and ref["uid"] != uid)
