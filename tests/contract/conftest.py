@@ -7,7 +7,16 @@ import os
 
 import pytest
 
+from tests.contract.images import NOTES
 from tests.contract.netns import Network
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say, in every run's output, where what ran differs from the pinned images."""
+    if NOTES:
+        terminalreporter.section("contract tests: what stood in for the pinned images")
+        for note in sorted(NOTES):
+            terminalreporter.write_line(note)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CACHE = Path(os.environ.get("PIML_CONTRACT_CACHE", "/var/cache/piml-contract"))
+NOTES: set[str] = set()  # what differs from the real images, printed in pytest's summary (conftest.py)
 PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
 
 
@@ -234,4 +235,5 @@ def for_images(images: set[str], ray_extra: tuple[str, ...] = ()) -> dict[str, M
             found[image] = ray(image, ray_extra)
         elif repo in makers:
             found[image] = makers[repo](image)
+    NOTES.update(f"{image}: {m.note}" for image, m in found.items() if m.note)
     return found

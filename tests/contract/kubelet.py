@@ -37,7 +37,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests.contract.images import Mirror
-from tests.contract.netns import NODE_IP, Network
+from tests.contract.netns import NODE_IP, SUBNET, Network
 
 KUBE_VERSION = "1.36"
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
@@ -58,7 +58,7 @@ def service_links(services: list[dict], addresses: dict[str, str]) -> dict[str, 
     env = {}
     for svc in services:
         name = svc["metadata"]["name"].upper().replace("-", "_")
-        ip = addresses.get(svc["metadata"]["name"], "198.19.0.254")
+        ip = addresses.get(svc["metadata"]["name"], f"{SUBNET}.254")
         ports = svc["spec"].get("ports", [])
         if not ports:
             continue
@@ -262,7 +262,7 @@ class Kubelet:
         mirror = self.mirrors[image]
         env = {"PATH": mirror.path(), "HOSTNAME": pod.name, "HOME": mirror.home, **mirror.env}
         env.update(service_links(self.services(pod.namespace), self.service_ip))
-        env.update({"KUBERNETES_SERVICE_HOST": "198.19.0.253", "KUBERNETES_SERVICE_PORT": "443"})
+        env.update({"KUBERNETES_SERVICE_HOST": f"{SUBNET}.253", "KUBERNETES_SERVICE_PORT": "443"})
         for item in spec.get("env", []):
             if "valueFrom" not in item:  # a missing value is the empty string
                 env[item["name"]] = expand(str(item.get("value", "")), env)

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.contract.images import CACHE
+from tests.contract.images import CACHE, NOTES
 
 SOURCE = Path(__file__).resolve().parent / "kuberay"
 KUBERAY_MODULE_VERSION = next(line.split()[-1] for line in (SOURCE / "go.mod").read_text().splitlines()
@@ -49,6 +49,8 @@ def tool() -> Path:
 
 def operator_objects(ray_cluster: dict) -> dict:
     """{"head": Pod, "workers": {group: Pod}, "headService": Service} as the operator builds them."""
+    NOTES.add(f"KubeRay's pod builders: ray-operator {KUBERAY_MODULE_VERSION} (the newest the Go proxy serves at or below "
+              "the pinned chart's release)")
     result = subprocess.run([str(tool())], input=json.dumps(ray_cluster), capture_output=True, text=True, timeout=60)
     if result.returncode:
         raise RuntimeError(f"KubeRay's pod builders refused the RayCluster: {result.stderr.strip()}")

@@ -1,8 +1,8 @@
 """Pod networking for the contract tests: each pod is a network namespace of its own on one bridge, so a
 program binds 0.0.0.0 as in its pod, has its own ports, and is reached at its own address (its pod IP).
 
-Addresses are in 198.19.0.0/24 (part of 198.18.0.0/15, set aside for network tests; the test nodes use
-198.18.0.0/24). The bridge's 198.19.0.1 in the root namespace plays the node: the kubelet's probes and the
+Addresses are in 198.19.N.0/24 (N = PIML_TESTNODES_INSTANCE, default 0; part of 198.18.0.0/15, set aside for
+network tests; the test nodes use 198.18.0.0/24). The bridge's 198.19.N.1 in the root namespace plays the node: the kubelet's probes and the
 ingress come from there. Name resolution is /etc/hosts inside each namespace (`ip netns exec` binds
 /etc/netns/NAME/hosts over it): every Service name form -> its pod's address (see README.md for what that fakes).
 """
@@ -17,8 +17,10 @@ import subprocess
 import threading
 from pathlib import Path
 
-BRIDGE = "pimlc0"
-SUBNET = "198.19.0"
+# Two runs on one machine (a developer's and CI's) keep apart by PIML_TESTNODES_INSTANCE, as the test nodes do.
+INSTANCE = int(os.environ.get("PIML_TESTNODES_INSTANCE", "0"))
+BRIDGE = f"pimlc{INSTANCE}"
+SUBNET = f"198.19.{INSTANCE}"
 NODE_IP = f"{SUBNET}.1"
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -33,7 +35,7 @@ def sh(*argv: str) -> None:
 class Network:
     """The bridge and the pods' namespaces; `close()` removes everything it made."""
 
-    def __init__(self, prefix: str = "pimlc"):
+    def __init__(self, prefix: str = f"pimlc{INSTANCE}"):
         if os.geteuid() != 0:
             raise RuntimeError("the contract tests need root (network and mount namespaces)")
         self.prefix = prefix
@@ -63,7 +65,7 @@ class Network:
         name, ip = f"{self.prefix}-{index}", f"{SUBNET}.{index}"
         sh("ip", "netns", "add", name)
         self.names.append(name)
-        host_side, pod_side = f"pcv{index}h", f"pcv{index}p"
+        host_side, pod_side = f"pc{INSTANCE}v{index}h", f"pc{INSTANCE}v{index}p"
         sh("ip", "link", "add", host_side, "type", "veth", "peer", "name", pod_side)
         sh("ip", "link", "set", host_side, "master", BRIDGE, "up")
         sh("ip", "link", "set", pod_side, "netns", name)

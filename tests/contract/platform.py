@@ -42,10 +42,6 @@ class Platform:
     def node_names(self) -> list[str]:
         return [n.name for n in self.cluster.inventory.cluster_nodes]
 
-    def notes(self) -> list[str]:
-        """What differs from the real images (printed by the tests)."""
-        return [f"{image}: {m.note}" for image, m in sorted(self.mirrors.items()) if m.note]
-
     def deployment(self, name: str, extra_env: dict | None = None) -> Pod:
         """Start the pod of a rendered Deployment."""
         obj = self.kubelet.find("Deployment", name, self.ns)

@@ -23,8 +23,6 @@ pytestmark = pytest.mark.contract
 def dask_pods(pod_network, tmp_path_factory):
     platform = start_platform("pi5-3x8gb", {}, tmp_path_factory.mktemp("dask"), pod_network)
     try:
-        for note in platform.notes():
-            print("mirror:", note)
         scheduler = platform.deployment("dask-scheduler")
         platform.kubelet.wait_probe(scheduler.container(), "readinessProbe", budget=120)
         worker = platform.deployment("dask-worker-arm64")

@@ -34,8 +34,6 @@ def test_the_ray_job_trains_and_registers_in_mlflow_by_service_name(pod_network,
     platform = start_platform("pi5-3x8gb", {"ray": {"check_pip": []}}, tmp_path, pod_network,
                               ray_extra=tuple(ray_pip_for(mlflow_version)))
     try:
-        for note in platform.notes():
-            print("mirror:", note)
         mlflow = platform.deployment("mlflow")
         head, workers = platform.ray_cluster()
         platform.kubelet.wait_probe(mlflow.container(), "readinessProbe", budget=120)

@@ -26,8 +26,6 @@ def mlflow_pod(request, pod_network, tmp_path_factory):
     scenario, settings = SCENARIOS[request.param]
     platform = start_platform(scenario, settings, tmp_path_factory.mktemp("mlflow"), pod_network)
     try:
-        for note in platform.notes():
-            print("mirror:", note)
         if any(o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow-postgres" for o in platform.objects):
             postgres = platform.deployment("mlflow-postgres")
             platform.kubelet.wait_probe(postgres.container(), "readinessProbe", budget=120)

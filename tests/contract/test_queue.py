@@ -25,8 +25,6 @@ def queue_platform(request, pod_network, tmp_path_factory):
     kind = request.param
     platform = start_platform("pi5-3x8gb", {"queue": {"kind": kind}}, tmp_path_factory.mktemp(kind), pod_network)
     try:
-        for note in platform.notes():
-            print("mirror:", note)
         mlflow = platform.deployment("mlflow")
         broker = platform.deployment(kind)
         platform.kubelet.wait_probe(broker.container(), "readinessProbe", budget=120)

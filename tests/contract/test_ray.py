@@ -11,7 +11,6 @@ import pytest
 from piml.health.endpoints import Endpoints
 from piml.health.probes import ray_rows
 from tests.contract.kubelet import http_get
-from tests.contract.kuberay import KUBERAY_MODULE_VERSION
 from tests.contract.platform import start_platform
 
 pytestmark = pytest.mark.contract
@@ -24,10 +23,6 @@ SCENARIOS = {"default": "pi5-3x8gb", "amd64-server": "amd64-server-arm64-agents"
 def ray_pods(request, pod_network, tmp_path_factory):
     platform = start_platform(SCENARIOS[request.param], {}, tmp_path_factory.mktemp("ray"), pod_network)
     try:
-        print(f"mirror: KubeRay's pod builders from ray-operator {KUBERAY_MODULE_VERSION} "
-              f"(piml installs chart {platform.cluster.config.ray.operator_chart})")
-        for note in platform.notes():
-            print("mirror:", note)
         head, workers = platform.ray_cluster()
         yield platform, head, workers
     finally:
