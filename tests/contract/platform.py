@@ -16,6 +16,7 @@ from piml.secrets import load_or_create
 from tests.contract import images, kuberay
 from tests.contract.kubelet import Kubelet, Pod
 from tests.contract.netns import Network, PortForward
+from tests.podspecs import pod_specs
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[1] / "render" / "scenarios"
 
@@ -137,17 +138,6 @@ def start_platform(scenario: str, settings: dict, workdir: Path, network: Networ
     node = cluster.inventory.cluster_nodes[0]
     kubelet = Kubelet(objects, mirrors, workdir / "pods", network, node_name=node.name)
     return Platform(cluster, objects, secrets, kubelet, mirrors)
-
-
-def pod_specs(obj: dict):
-    if obj["kind"] == "Deployment":
-        yield obj["spec"]["template"]["spec"]
-    elif obj["kind"] == "RayCluster":
-        yield obj["spec"]["headGroupSpec"]["template"]["spec"]
-        for group in obj["spec"].get("workerGroupSpecs", []):
-            yield group["template"]["spec"]
-    elif obj["kind"] == "ScaledJob":
-        yield obj["spec"]["jobTargetRef"]["template"]["spec"]
 
 
 def basic(user: str, password: str) -> str:

@@ -19,6 +19,7 @@ from piml.project import Cluster, ProjectPaths
 from piml.inventory import load_inventory
 from piml.render import render_platform
 from piml.secrets import load_or_create
+from tests.podspecs import pod_specs
 
 HERE = Path(__file__).resolve().parent
 # ../shared beside the checkout (as CI has it): read there, never copied. PIML_SHARED overrides.
@@ -53,16 +54,6 @@ def crd_schema(api_version: str, kind: str) -> dict:
 
 def all_objects(cluster, plan, secrets=None):
     return [obj for rendered in render_platform(cluster, plan, secrets) for obj in rendered.objects]
-
-
-def pod_specs(obj):
-    """Every pod template in an object: Deployments, RayCluster head and worker groups."""
-    if obj["kind"] == "Deployment":
-        yield obj["spec"]["template"]["spec"]
-    elif obj["kind"] == "RayCluster":
-        yield obj["spec"]["headGroupSpec"]["template"]["spec"]
-        for group in obj["spec"].get("workerGroupSpecs", []):
-            yield group["template"]["spec"]
 
 
 @pytest.mark.parametrize("settings", CONFIGS.values(), ids=CONFIGS.keys())
