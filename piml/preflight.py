@@ -37,10 +37,6 @@ class Check:
         return {"node": self.node, "check": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
-def needs_redis(config: "PimlConfig") -> bool:
-    return (config.queue.enabled and config.queue.kind == "redis") or (config.ray.enabled and config.ray.gcs_fault_tolerance)
-
-
 def preflight(reports: list["NodeReport"], config: "PimlConfig", ha: bool) -> list[Check]:
     """All checks, per node, then cluster-wide ones. `ha`: several servers, so embedded etcd."""
     checks: list[Check] = []

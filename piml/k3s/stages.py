@@ -85,10 +85,9 @@ def check_airgap(cluster: "Cluster", arches: set[str]) -> Path | None:
 
 
 def wants_4k_pages(cluster: "Cluster") -> bool:
-    from piml.preflight import needs_redis
-
-    setting = cluster.config.nodes.pi5_4k_pages
-    return needs_redis(cluster.config) if setting == "auto" else bool(setting)
+    """Only an explicit `nodes.pi5_4k_pages: true` (piml.yaml's `auto` reads as false: no platform image needs
+    4 KB pages, docs/facts.md); prepare.yml then switches only a Pi 5 on 16 KB pages that has kernel8.img."""
+    return cluster.config.nodes.pi5_4k_pages is True
 
 
 def prepare_vars(cluster: "Cluster", airgap: Path | None) -> dict:
@@ -225,7 +224,8 @@ def describe(cluster: "Cluster", stage: str, nodes: list[Node], merge: bool) -> 
     servers = inventory.servers
     first = servers[0]
     if stage == "prepare":
-        pages = "; on a Pi 5: kernel=kernel8.img in config.txt (4 KB pages)" if wants_4k_pages(cluster) else ""
+        pages = ("; on a Pi 5 running 16 KB pages whose boot partition has kernel8.img: kernel=kernel8.img in config.txt"
+                 " (4 KB pages)") if wants_4k_pages(cluster) else ""
         return [f"{n.name}: hostname {n.name} (+ /etc/hosts); cgroup_enable=memory cgroup_memory=1 in cmdline.txt if missing{pages}; "
                 f"swap off; sysctls + modules overlay, br_netfilter; packages; reboot only if a boot setting changed "
                 f"(wait <= {cluster.config.nodes.reboot_timeout} s) and verify" for n in nodes if n.role is not Role.EXTERNAL]
