@@ -1,5 +1,10 @@
 """No input, however odd, gets anything but an InputError out of the parsers."""
 
+import os
+import resource
+import signal
+from contextlib import contextmanager
+
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -86,3 +91,115 @@ def test_mlflow_store_settings(mlflow):
             assert str(problem) and "\n" not in str(problem) and str(problem).startswith("piml.yaml:")
             if "backend_uri" in str(problem):
                 assert PASSWORD not in str(problem)
+
+
+# Hostile YAML (issue 16): alias and merge-key bombs, chains of aliases, deep nesting and raw text made of YAML's
+# own punctuation. Each example runs with the address space capped a few hundred MB above what the process already
+# has and under a timer, so a loader without bounds fails here (MemoryError, the timer) instead of swapping.
+MEMORY_HEADROOM = 512 * 1024 * 1024
+EXAMPLE_SECONDS = 10
+REFUSED_VALUES = 1_000_000  # a file whose aliases expand to this many values is refused, whatever the exact bound
+REFUSED_DEPTH = 200  # and so is one nested this deep
+
+
+class _TooSlow(Exception):
+    pass
+
+
+@contextmanager
+def _bounded():
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/statm") as statm:
+        size = int(statm.read().split()[0]) * page
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    cap = size + MEMORY_HEADROOM if old[1] == resource.RLIM_INFINITY else min(size + MEMORY_HEADROOM, old[1])
+
+    def _alarm(signum, frame):
+        raise _TooSlow(f"took more than {EXAMPLE_SECONDS} s")
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, old[1]))
+    signal.setitimer(signal.ITIMER_REAL, EXAMPLE_SECONDS)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        resource.setrlimit(resource.RLIMIT_AS, old)
+
+
+def _in_inventory(body: str) -> str:
+    """Hostile lines placed where an inventory's group variables go, after a valid server."""
+    indented = "".join(f"    {line}\n" for line in body.splitlines())
+    return "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n  vars:\n" + indented
+
+
+@st.composite
+def alias_bombs(draw):
+    """`levels` anchors, each holding `fan` aliases of the one before: at least fan**levels values expanded."""
+    levels, fan = draw(st.integers(1, 14)), draw(st.integers(1, 12))
+    shape = draw(st.sampled_from(["list", "map", "merge"]))
+    first = "{x: lol}" if shape == "merge" else draw(st.sampled_from(["lol", "[lol, lol]", "{x: lol}"]))
+    lines = [f"b0: &b0 {first}"]
+    for i in range(1, levels + 1):
+        refs = [f"*b{i - 1}"] * fan
+        if shape == "list":
+            lines.append(f"b{i}: &b{i} [{', '.join(refs)}]")
+        elif shape == "map":
+            lines.append(f"b{i}: &b{i} {{{', '.join(f'k{j}: {ref}' for j, ref in enumerate(refs))}}}")
+        else:
+            lines.append(f"b{i}: &b{i} {{<<: [{', '.join(refs)}]}}")
+    return "\n".join(lines) + "\n", fan**levels
+
+
+@st.composite
+def deep_nestings(draw):
+    depth = draw(st.integers(1, 5000))
+    style = draw(st.sampled_from(["flow-list", "flow-map", "block-map", "block-list", "alias-chain"]))
+    if style == "flow-list":
+        return "a: " + "[" * depth + "]" * depth + "\n", depth
+    if style == "flow-map":
+        return "a: " + "{a: " * depth + "1" + "}" * depth + "\n", depth
+    depth = min(depth, 900)  # block styles grow with the square of the depth: stay under the size bound
+    if style == "block-map":
+        return "".join("  " * i + f"k{i}:\n" for i in range(depth)), depth
+    if style == "block-list":
+        return "".join("  " * i + "-\n" for i in range(depth)), depth
+    return "a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, depth)), depth
+
+
+def _hostile(parse, text):
+    with _bounded():
+        try:
+            parse(text)
+        except InputError as exc:
+            assert exc.problems and all(str(p) and "\n" not in str(p) for p in exc.problems)
+            return exc
+    return None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(alias_bombs(), st.booleans())
+def test_alias_bombs(bomb, in_inventory):
+    text, at_least = bomb
+    for parse, doc in ((_inventory, _in_inventory(text) if in_inventory else text), (_config, text)):
+        error = _hostile(parse, doc)
+        if at_least > REFUSED_VALUES:
+            assert error is not None and any("aliases expand" in p.what for p in error.problems), error
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deep_nestings())
+def test_deep_nesting(nesting):
+    text, depth = nesting
+    for parse in (_inventory, _config):
+        error = _hostile(parse, text)
+        if depth > REFUSED_DEPTH:
+            assert error is not None, f"nested {depth} deep and accepted"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet="&*<:[]{}-,?!|>'\"\n #ab01", max_size=300))
+def test_raw_yaml_punctuation(text):
+    _hostile(_inventory, text)
+    _hostile(_config, text)
