@@ -37,19 +37,35 @@ class NodeReport:
         return self.failure is None and self.facts is not None
 
 
-def select_nodes(nodes: Iterable[Node], limit: str | None) -> list[Node]:
-    """Apply --limit NAME[,NAME] (node names, or the groups server, agent, external) like Ansible."""
+def select_nodes(nodes: Iterable[Node], limit: str | None, k3s_only: bool = False) -> list[Node]:
+    """Apply --limit NAME[,NAME] (node names, or the groups server, agent, external) like Ansible.
+
+    The one place a selection is resolved, for every command that takes --limit. None (no --limit) is every
+    node; a --limit that names no node (`''` from an unset shell variable, `' '`, `','`) is an error, never
+    "every node" (as an empty limit is to Ansible). k3s_only: the command acts on k3s nodes only (teardown --k3s,
+    check), so ray_external hosts are left out, and a selection of nothing but them is an error too.
+    """
     nodes = list(nodes)
-    if not limit:
-        return nodes
+    if limit is None:
+        return [n for n in nodes if n.role is not Role.EXTERNAL] if k3s_only else nodes
+    words = [w.strip() for w in limit.split(",") if w.strip()]
+    if not words:
+        raise InputError(Problem("--limit", f"{limit!r} names no node (an empty variable?)",
+                                 "name nodes or groups, e.g. --limit pi1,pi2 or --limit agent; leave --limit out for every node"))
     chosen: list[Node] = []
-    for word in (w.strip() for w in limit.split(",") if w.strip()):
+    for word in words:
         matched = [n for n in nodes if n.name == word or str(n.role) == word]
         if not matched:
             names = [n.name for n in nodes]
             raise InputError(Problem("--limit", f"no node or group named '{word}'", did_you_mean(word, names) if names else "check the inventory"))
         chosen += [n for n in matched if n not in chosen]
-    return [n for n in nodes if n in chosen]  # inventory order, as Ansible keeps it
+    selected = [n for n in nodes if n in chosen]  # inventory order, as Ansible keeps it
+    if k3s_only:
+        selected = [n for n in selected if n.role is not Role.EXTERNAL]
+        if not selected:
+            raise InputError(Problem("--limit", f"'{limit}' selects only ray_external hosts, and this command acts on k3s nodes only",
+                                     "name k3s nodes or the groups server/agent; leave --limit out for every node"))
+    return selected
 
 
 def reach(cluster: "Cluster", nodes: list[Node], accept_new_host_keys: bool, connect_timeout: float = 10.0,

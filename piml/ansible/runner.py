@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 SSH_CONNECT_TIMEOUT = 10  # seconds; a node that is gone costs this, not minutes
 PLAYBOOK_TIMEOUT = 3600  # the whole run; every wait inside is bounded much tighter
+# In a --limit these name groups (Ansible's own, and the inventory layout piml reads), not one host
+ANSIBLE_GROUP_NAMES = frozenset({"all", "ungrouped", "k3s_cluster", "server", "agent", "ray_external"})
 
 
 @dataclass
@@ -106,6 +108,14 @@ def run_playbook(cluster: "Cluster", playbook: str, hosts: list[str], extravars:
 
     book = playbooks_dir() / playbook
     result = PlaybookResult(playbook)
+    if not hosts:  # to Ansible an empty --limit means every host: no hosts is no run (callers select first)
+        result.error = f"{playbook}: no hosts to run it on (not run: an empty limit would mean every host)"
+        return result
+    patterns = [h for h in hosts if h in ANSIBLE_GROUP_NAMES or any(c in h for c in "*?[]!&,~ ")]
+    if patterns:  # the limit must name exactly these hosts: a group name or pattern would widen it
+        result.error = (f"{playbook}: not run: host name(s) {', '.join(map(repr, patterns))} would be read by Ansible as a "
+                        "group or pattern, not one host; rename the node in the inventory")
+        return result
     started = time.monotonic()
     private = Path(tempfile.mkdtemp(prefix="piml-ansible-"))
     os.chmod(private, 0o700)

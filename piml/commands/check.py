@@ -15,6 +15,7 @@ from piml.errors import EXIT_FAILED, PimlError, Problem
 
 if TYPE_CHECKING:
     from piml.health.result import Result
+    from piml.inventory import Node
     from piml.project import Cluster
 
 GROUPS = ("nodes", "cluster", "components")
@@ -23,20 +24,25 @@ GROUPS = ("nodes", "cluster", "components")
 def run_check(project: Path | None, inventory: Path | None, deep: bool, limit: str | None, as_json: bool) -> None:
     from piml.health import report
     from piml.project import ProjectPaths, load_cluster
+    from piml.reach import select_nodes
 
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
+    nodes = select_nodes(cluster.inventory.nodes, limit, k3s_only=True)  # a --limit selecting no k3s node: exit 2
     started = time.monotonic()
-    results = check_cluster(cluster, deep=deep, limit=limit)
+    results = check_cluster(cluster, deep=deep, nodes=nodes)
     report.show(results, time.monotonic() - started, "piml check --deep" if deep else "piml check", json=as_json)
     raise_on_failure(results)
 
 
-def check_cluster(cluster: "Cluster", deep: bool = False, limit: str | None = None) -> list["Result"]:
+def check_cluster(cluster: "Cluster", deep: bool = False, limit: str | None = None,
+                  nodes: list["Node"] | None = None) -> list["Result"]:
+    """The checks on `nodes` (k3s nodes: ray_external hosts are left out), else on what `limit` selects."""
     from piml.health.nodes import node_checks
     from piml.inventory import Role
     from piml.reach import select_nodes
 
-    nodes = [n for n in select_nodes(cluster.inventory.nodes, limit) if n.role is not Role.EXTERNAL]
+    nodes = select_nodes(cluster.inventory.nodes, limit, k3s_only=True) if nodes is None else \
+        [n for n in nodes if n.role is not Role.EXTERNAL]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="piml-node-checks") as pool:
         on_nodes = pool.submit(node_checks, cluster, nodes)
         rest = _platform_checks(cluster, deep)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
-from piml.errors import EXIT_FAILED, PimlError, Problem
+from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.output import console, print_json
 
 HOT_C = 80.0  # the Pi 5 starts soft throttling at 80 °C
+MIN_INTERVAL_S = 1.0  # --watch: every refresh reaches every node again
 
 
 def node_status(report) -> dict:
@@ -118,6 +120,9 @@ def run_status(project: Path | None, inventory: Path | None, limit: str | None, 
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import reach, select_nodes
 
+    if not math.isfinite(interval) or interval < MIN_INTERVAL_S:
+        raise InputError(Problem("--interval", f"{interval:g} is not a number of seconds, {MIN_INTERVAL_S:g} or more",
+                                 "give the seconds between refreshes, e.g. --interval 5"))
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     nodes = select_nodes(cluster.inventory.nodes, limit)
     kubeconfig = cluster.paths.state / "kubeconfig"  # written by `piml up`'s kubeconfig stage
@@ -145,7 +150,7 @@ def run_status(project: Path | None, inventory: Path | None, limit: str | None, 
         try:
             with Live(view(rows, kube), console=console(), auto_refresh=False) as live:
                 while True:  # until Ctrl-C: that is what --watch is for
-                    time.sleep(max(1.0, interval))
+                    time.sleep(interval)
                     rows, kube = snapshot()
                     live.update(view(rows, kube), refresh=True)
         except KeyboardInterrupt:

@@ -4,7 +4,9 @@ Without --k3s: the platform's objects are deleted; PersistentVolumeClaims (and t
 unless --purge, which asks for the project's name to be typed (or --yes).
 With --k3s: agents are drained and deleted from the cluster, then k3s's uninstall scripts run (agents
 first, then servers, the first server last) and the project's context leaves ~/.kube/config. A node that
-cannot be reached is reported and skipped, not fatal.
+cannot be reached is skipped (the others go on) and reported: the exit code is 1, the JSON says ok false.
+--purge does not go with --k3s (uninstalling k3s deletes the volumes on those nodes anyway); --limit goes
+with --k3s only.
 """
 
 from __future__ import annotations
@@ -13,21 +15,34 @@ import sys
 from pathlib import Path
 
 from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
-from piml.output import console, print_json, warning_line
+from piml.output import console, print_json
 
 
 def run_teardown(project: Path | None, inventory: Path | None, k3s: bool, yes: bool, limit: str | None,
                  as_json: bool, purge: bool = False) -> None:
-    from piml.inventory import Role
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import select_nodes
 
+    if purge and k3s:
+        # Not both: --purge deletes the platform's volumes through the cluster, --k3s uninstalls k3s, which deletes
+        # every volume on the nodes it leaves anyway. With --limit, a purge would reach past the chosen nodes.
+        raise InputError(Problem("--purge", "not with --k3s (uninstalling k3s deletes the volumes on those nodes anyway)",
+                                 "drop --purge; or run `piml teardown --purge` first to delete the platform and its data and keep k3s"))
+    if limit is not None and not k3s:
+        raise InputError(Problem("--limit", "goes with --k3s only: the platform is removed from the whole cluster",
+                                 "leave --limit out to remove the platform, or add --k3s to uninstall k3s from those nodes"))
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     if not k3s:
         _teardown_platform(cluster, yes, purge, as_json)
         return
-    nodes = [n for n in select_nodes(cluster.inventory.nodes, limit) if n.role is not Role.EXTERNAL]
+    nodes = select_nodes(cluster.inventory.nodes, limit, k3s_only=True)
     whole = {n.name for n in cluster.inventory.servers} <= {n.name for n in nodes}
+
+    from piml.k3s import kubeconfig as kc
+
+    target = kc.default_target()
+    if whole:  # the context leaves it at the end: a file piml cannot edit is said now, before any node changes
+        kc.check_target(target)
     if not yes:
         if not sys.stdin.isatty():
             raise InputError(Problem("piml teardown", "asks for confirmation, but there is no terminal to ask on", "pass --yes"))
@@ -38,31 +53,37 @@ def run_teardown(project: Path | None, inventory: Path | None, k3s: bool, yes: b
             console().print("nothing was changed")
             raise SystemExit(1)
 
-    from piml.k3s import kubeconfig as kc
     from piml.k3s.stages import run_playbook_stage
 
     result = run_playbook_stage(cluster, "teardown", nodes, {}, show=not as_json, playbook="teardown.yml")
     gone = [h for h, s in result.hosts.items() if s.get("unreachable")]
     broken = {h: m for h, m in result.failures.items() if h not in gone}
     notes = []
-    if whole and not broken:
+    servers = {n.name for n in cluster.inventory.servers}
+    # k3s is gone from the cluster only when every server's uninstall ran: then the kubeconfig goes too
+    if whole and not servers & set(result.failures) and "cluster" not in result.failures:
         stored = cluster.paths.state / "kubeconfig"
         if stored.exists():
             stored.unlink()
             notes.append(f"removed {cluster.paths.show(stored)}")
-        removed = kc.remove_from(kc.default_target(), cluster.name)
+        removed = kc.remove_from(target, cluster.name)
         if removed.changed:
             notes.append(f"removed context '{cluster.name}' from {removed.path} (backup: {removed.backup})")
+    ok = not result.failures
     if as_json:
-        print_json({"teardown": result.as_dict(), "skipped": gone, "notes": notes, "ok": not broken})
+        print_json({"teardown": result.as_dict(), "skipped": gone, "notes": notes, "ok": ok})
     else:
         for note in notes:
             console().print(note, markup=False)
-    for host in gone:
-        warning_line(f"{host}: unreachable, skipped: k3s may still be installed there; "
-                     f"when it is back, run `piml teardown --k3s --limit {host}`")
-    if broken:
-        raise PimlError([Problem(h, m) for h, m in broken.items()], EXIT_FAILED)
+    if ok:
+        return
+    problems = [Problem(h, "unreachable, skipped: k3s may still be installed there",
+                        f"when it is back, run `piml teardown --k3s --limit {h}`") for h in gone]
+    problems += [Problem(h, m) for h, m in broken.items()]
+    failed = [h for h in (*gone, *broken) if h != "cluster"]
+    problems.append(Problem("piml teardown", f"k3s was not removed from {len(failed)} node(s): {', '.join(failed)}" if failed
+                            else "the teardown playbook did not run", "see above"))
+    raise PimlError(problems, EXIT_FAILED)
 
 
 def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:

@@ -18,15 +18,29 @@ NODE_STAGES = ("preflight", "prepare", "k3s")
 
 
 def select_stages(only: str | None, start: str | None, until: str | None) -> list[str]:
-    for option, value in (("--only", only), ("--from", start), ("--until", until)):
-        for word in (value or "").split(","):
-            if word and word not in STAGES:
+    """The stages to run. An option given but naming no stage (`--only ''` from an unset variable, `','`) is an
+    error, never "all stages"; --from and --until take one stage each."""
+    def named(option: str, value: str | None) -> list[str]:
+        if value is None:
+            return []
+        words = [w.strip() for w in value.split(",") if w.strip()]
+        if not words:
+            raise InputError(Problem(option, f"{value!r} names no stage (an empty variable?)",
+                                     f"name stages: {', '.join(STAGES)}; leave {option} out to run them all"))
+        for word in words:
+            if word not in STAGES:
                 raise InputError(Problem(option, f"no stage '{word}'", did_you_mean(word, STAGES)))
-    if only and (start or until):
+        if option != "--only" and len(words) > 1:
+            raise InputError(Problem(option, f"takes one stage, not {len(words)} ({value})",
+                                     "use --only A,B for some stages, or --from A --until B for a run of them"))
+        return words
+
+    wanted, starts, ends = named("--only", only), named("--from", start), named("--until", until)
+    if only is not None and (start is not None or until is not None):
         raise InputError(Problem("--only", "cannot be combined with --from/--until", "use either --only STAGES or --from/--until"))
-    if only:
-        wanted = set(only.split(","))
+    if wanted:
         return [s for s in STAGES if s in wanted]
+    start, until = (starts or [None])[0], (ends or [None])[0]
     first = STAGES.index(start) if start else 0
     last = STAGES.index(until) if until else len(STAGES) - 1
     if first > last:
@@ -111,11 +125,11 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
         if first.name in failed or "platform" in failed:
             summary["verify"] = {"skipped": "an earlier stage failed"}
         else:
-            summary["verify"] = _verify(cluster, limit, as_json, failed)
+            summary["verify"] = _verify(cluster, k3s_nodes, as_json, failed)
     _finish(summary, failed, as_json)
 
 
-def _verify(cluster, limit, as_json: bool, failed: dict[str, str]) -> list[dict]:
+def _verify(cluster, nodes, as_json: bool, failed: dict[str, str]) -> list[dict]:
     """`piml check` without --deep: nodes, cluster, components; each failure is one line of the summary."""
     import time
 
@@ -123,7 +137,7 @@ def _verify(cluster, limit, as_json: bool, failed: dict[str, str]) -> list[dict]
     from piml.health import report
 
     started = time.monotonic()
-    results = check_cluster(cluster, limit=limit)
+    results = check_cluster(cluster, nodes=nodes)  # the selection's k3s nodes (none: the cluster and components)
     if not as_json:
         report.show(results, time.monotonic() - started, title="verify")
     for r in results:

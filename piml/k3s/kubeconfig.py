@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from piml.errors import EXIT_FAILED, PimlError, Problem
+from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.fsutil import write_atomic
 
 SECTIONS = (("clusters", "cluster"), ("contexts", "context"), ("users", "user"))
@@ -26,6 +27,44 @@ def default_target() -> Path:
     env = os.environ.get("KUBECONFIG", "")
     first = next((p for p in env.split(os.pathsep) if p), None)
     return Path(first).expanduser() if first else Path.home() / ".kube" / "config"
+
+
+def check_target(path: Path) -> None:
+    """Refuse (exit 2), before anything changes, a kubeconfig file piml could not edit later: a directory, a FIFO
+    or device (reading one blocks or means nothing), unreadable, not YAML, not a mapping, or in a directory it
+    cannot write to. A file that does not exist yet is fine: there is nothing to remove, and a merge creates it."""
+    from_env = bool(os.environ.get("KUBECONFIG", "").strip(os.pathsep))
+    where = f"KUBECONFIG={path}" if from_env else str(path)
+    fix = ("point KUBECONFIG at a kubeconfig file, or unset it to use ~/.kube/config; nothing was changed" if from_env
+           else "fix or move it; nothing was changed")
+
+    def refuse(what: str) -> InputError:
+        return InputError(Problem(where, what, fix))
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise refuse("a parent of it is a file, not a directory") from None
+    except OSError as exc:
+        raise refuse(f"cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise refuse("is a directory, not a kubeconfig file")
+    if not stat.S_ISREG(info.st_mode):
+        raise refuse("is not a regular file (a FIFO, socket or device), not a kubeconfig file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise refuse(f"cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        parsed = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise refuse(f"is not valid YAML ({' '.join(str(getattr(exc, 'problem', None) or exc).split())})") from None
+    if parsed is not None and not isinstance(parsed, dict):
+        raise refuse(f"is not a kubeconfig (YAML {type(parsed).__name__}, not a mapping)")
+    if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise refuse("cannot be rewritten: no write permission on the file or its directory")
 
 
 def server_url(host: str, port: int = 6443) -> str:

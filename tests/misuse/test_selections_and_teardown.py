@@ -1,0 +1,267 @@
+"""Selections and teardown (issue 16): a --limit that selects no node is an error, never "every node"; a teardown
+that could not reach a node fails; conflicting or blank options and a KUBECONFIG that is not a file are refused
+before anything runs.
+
+No test nodes: every node is a loopback port that counts who knocks and hangs up at once (a Tripwire). An SSH
+client, piml's or Ansible's, fails there before it could log in, so nothing is ever changed, and the count says
+whether a command reached for the nodes at all: a refused command must not have knocked anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = "rack"
+OTHER_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: other
+  cluster: {server: 'https://127.0.0.1:1'}
+- name: rack
+  cluster: {server: 'https://127.0.0.1:2'}
+contexts:
+- name: other
+  context: {cluster: other, user: other}
+- name: rack
+  context: {cluster: rack, user: rack}
+users:
+- name: other
+  user: {token: other-token}
+- name: rack
+  user: {token: rack-token}
+current-context: other
+"""
+
+
+class Tripwire:
+    """A listener on a loopback address that accepts a connection, counts it and closes it at once."""
+
+    def __init__(self, address: str):
+        self.sock = socket.socket()
+        self.sock.bind((address, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.address, self.port = self.sock.getsockname()
+        self.knocks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=f"tripwire-{address}", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():  # bounded: close() sets it, and accept() wakes every 0.2 s
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.knocks += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+class Rack:
+    """A project whose server s1, agent a1 and ray_external host mac are tripwires on 127.0.0.1-3."""
+
+    def __init__(self, tmp: Path):
+        self.root = tmp / PROJECT
+        self.wires = {name: Tripwire(address) for name, address in (("s1", "127.0.0.1"), ("a1", "127.0.0.2"), ("mac", "127.0.0.3"))}
+        (self.root / "inventory").mkdir(parents=True)
+        (self.root / ".piml").mkdir(mode=0o700)
+        (self.root / "piml.yaml").write_text("")
+        host = lambda name: {"ansible_host": self.wires[name].address, "ansible_port": self.wires[name].port}  # noqa: E731
+        (self.root / "inventory/hosts.yml").write_text(yaml.safe_dump({
+            "k3s_cluster": {"children": {"server": {"hosts": {"s1": host("s1")}}, "agent": {"hosts": {"a1": host("a1")}}},
+                            "vars": {"ansible_user": "pi", "piml_model": "pi5", "piml_memory_gb": 8}},
+            "ray_external": {"hosts": {"mac": {**host("mac"), "piml_arch": "arm64"}}, "vars": {"ansible_user": "pi"}},
+        }))
+        self.kubeconfig = tmp / "kube" / "config"  # never the user's ~/.kube/config
+        self.kubeconfig.parent.mkdir()
+        self.kubeconfig.write_text(OTHER_KUBECONFIG)
+        os.chmod(self.kubeconfig, 0o600)
+
+    def piml(self, *args: str, kubeconfig: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = dict(os.environ, KUBECONFIG=str(kubeconfig or self.kubeconfig), COLUMNS="200")
+        return subprocess.run([sys.executable, "-m", "piml", *args], cwd=self.root, capture_output=True, text=True,
+                              input="", timeout=timeout, env=env)
+
+    def knocks(self) -> dict[str, int]:
+        return {name: wire.knocks for name, wire in self.wires.items() if wire.knocks}
+
+    def close(self) -> None:
+        for wire in self.wires.values():
+            wire.close()
+
+
+@pytest.fixture
+def rack(tmp_path):
+    made = Rack(tmp_path)
+    yield made
+    made.close()
+
+
+def assert_usage_error(out: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit 2 and one line on stderr, naming `words`; no traceback, no internal error."""
+    said = out.stdout + out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, f"exit {out.returncode}:\n{said[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), said[-3000:]
+    assert "Traceback" not in said and "internal error" not in said, said[-3000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "running on" not in out.stdout, out.stdout
+    return lines[0]
+
+
+# -- 1. a selection that selects no node is an error, in every command that takes --limit -------------------------
+
+COMMANDS_WITH_LIMIT = {
+    "teardown --k3s": ("teardown", "--k3s", "--yes"),
+    "up": ("up",),
+    "up --only preflight": ("up", "--only", "preflight"),
+    "up --dry-run": ("up", "--dry-run"),
+    "status": ("status",),
+    "check": ("check",),
+}
+BLANK_LIMITS = ["", " ", ",", " , ,"]
+
+
+@pytest.mark.parametrize("blank", BLANK_LIMITS, ids=repr)
+@pytest.mark.parametrize("command", COMMANDS_WITH_LIMIT, ids=str)
+def test_a_blank_limit_is_an_error_not_every_node(rack, command, blank):
+    out = rack.piml(*COMMANDS_WITH_LIMIT[command], "--limit", blank)
+    line = assert_usage_error(out, "--limit")
+    assert "--limit" in line.split(";")[0] and "every node" in line  # where, what, and how to fix
+    assert rack.knocks() == {}, "a node was reached"
+    assert rack.kubeconfig.read_text() == OTHER_KUBECONFIG
+
+
+@pytest.mark.parametrize("limit", ["external", "mac"])
+@pytest.mark.parametrize("command", ["teardown --k3s", "check"], ids=str)
+def test_a_limit_of_only_ray_external_hosts_selects_no_k3s_node(rack, command, limit):
+    """teardown --k3s and check act on k3s nodes only: ray_external hosts alone leave nothing, not everything."""
+    out = rack.piml(*COMMANDS_WITH_LIMIT[command], "--limit", limit)
+    assert_usage_error(out, "--limit", "ray_external")
+    assert rack.knocks() == {}
+
+
+def test_limit_without_k3s_is_refused(rack):
+    """The platform teardown is cluster-wide: a --limit there would be silently ignored, and delete everything."""
+    (rack.root / ".piml/kubeconfig").write_text(OTHER_KUBECONFIG)
+    out = rack.piml("teardown", "--yes", "--limit", "a1")
+    assert_usage_error(out, "--limit", "--k3s")
+    assert rack.knocks() == {}
+
+
+def test_select_nodes_blank_is_an_error_none_is_all():
+    from piml.errors import InputError
+    from piml.inventory import Node, Role
+    from piml.reach import select_nodes
+
+    nodes = [Node(name="s1", address="127.0.0.1", role=Role.SERVER), Node(name="a1", address="127.0.0.2", role=Role.AGENT),
+             Node(name="mac", address="127.0.0.3", role=Role.EXTERNAL)]
+    assert select_nodes(nodes, None) == nodes
+    assert [n.name for n in select_nodes(nodes, " a1 , server")] == ["s1", "a1"]  # inventory order
+    assert [n.name for n in select_nodes(nodes, None, k3s_only=True)] == ["s1", "a1"]
+    for blank in BLANK_LIMITS:
+        with pytest.raises(InputError, match="--limit"):
+            select_nodes(nodes, blank)
+    with pytest.raises(InputError, match="ray_external"):
+        select_nodes(nodes, "mac", k3s_only=True)
+
+
+@pytest.mark.parametrize("hosts", [[], ["all"], ["pi1", "agent"]], ids=repr)
+def test_run_playbook_never_hands_ansible_a_limit_wider_than_its_hosts(monkeypatch, tmp_path, hosts):
+    """The last guard: to Ansible an empty --limit means every host, and a group's name its whole group."""
+    from types import SimpleNamespace
+
+    import ansible_runner
+
+    from piml.ansible.runner import run_playbook
+
+    cluster = SimpleNamespace(paths=SimpleNamespace(root=tmp_path, state=tmp_path, inventory=tmp_path / "hosts.yml"))
+    monkeypatch.setattr(ansible_runner, "run", lambda **kw: pytest.fail(f"ansible ran with --limit {kw.get('limit')!r}"))
+    result = run_playbook(cluster, "teardown.yml", hosts, {})
+    assert not result.ok and "not run" in result.error
+
+
+# -- 2. a teardown that could not reach a node fails ----------------------------------------------------------------
+
+@pytest.mark.parametrize("limit", [None, "a1"])
+def test_teardown_k3s_fails_when_nodes_are_unreachable(rack, limit):
+    stored = rack.root / ".piml/kubeconfig"
+    stored.write_text(OTHER_KUBECONFIG)
+    out = rack.piml("teardown", "--k3s", "--yes", "--json", *(["--limit", limit] if limit else []))
+    said = out.stdout + out.stderr
+    assert out.returncode == 1, f"exit {out.returncode}:\n{said[-3000:]}"
+    assert json.loads(out.stdout)["ok"] is False
+    assert "Traceback" not in said and "internal error" not in said
+    targets = ["a1"] if limit else ["s1", "a1"]
+    for name in targets:
+        assert f"{name}: unreachable" in out.stderr and f"piml teardown --k3s --limit {name}" in out.stderr, out.stderr
+    # Ansible tried them (an agent's drain goes through the first server), never the ray_external host
+    assert set(targets) <= set(rack.knocks()) <= {"s1", "a1"}
+    # k3s may still run on the servers: the context and the stored kubeconfig stay
+    assert rack.kubeconfig.read_text() == OTHER_KUBECONFIG and stored.exists()
+
+
+# -- 3. --purge with --k3s -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("limit", [None, "a1"])
+def test_teardown_purge_with_k3s_is_refused(rack, limit):
+    (rack.root / ".piml/kubeconfig").write_text(OTHER_KUBECONFIG)
+    out = rack.piml("teardown", "--k3s", "--purge", "--yes", *(["--limit", limit] if limit else []))
+    assert_usage_error(out, "--purge", "--k3s")
+    assert rack.knocks() == {}
+    assert rack.kubeconfig.read_text() == OTHER_KUBECONFIG
+
+
+# -- 4. KUBECONFIG that is not a kubeconfig file, noticed before the play ----------------------------------------
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "not yaml", "a list"])
+def test_teardown_k3s_refuses_a_kubeconfig_that_is_not_a_file_before_the_play(rack, tmp_path, kind):
+    target = tmp_path / "kubeconfig-target"
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)  # reading it would block forever
+    else:
+        target.write_text("clusters: [unclosed\n" if kind == "not yaml" else "- a\n- b\n")
+    before = target.read_text() if target.is_file() else None
+    out = rack.piml("teardown", "--k3s", "--yes", kubeconfig=target, timeout=60)
+    assert_usage_error(out, str(target), "KUBECONFIG")
+    assert rack.knocks() == {}, "the play ran before KUBECONFIG was checked"
+    if before is not None:
+        assert target.read_text() == before
+
+
+# -- 5. blank stages, nonsense intervals ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [("--only", ""), ("--only", " "), ("--only", ","), ("--from", ""), ("--until", " "),
+                                  ("--from", "k3s,platform"), ("--until", "prepare,k3s")], ids=repr)
+def test_up_refuses_blank_or_several_stages(rack, args):
+    out = rack.piml("up", *args)
+    assert_usage_error(out, args[0])
+    assert rack.knocks() == {}
+
+
+@pytest.mark.parametrize("interval", ["-1", "0", "0.5", "nan", "inf", "-inf"])
+@pytest.mark.parametrize("watch", [False, True])
+def test_status_refuses_a_nonsense_interval(rack, interval, watch):
+    out = rack.piml("status", *(["--watch"] if watch else []), "--interval", interval, timeout=30)
+    assert_usage_error(out, "--interval")
+    assert rack.knocks() == {}
