@@ -112,8 +112,9 @@ def flash(
     unmount: Annotated[bool, typer.Option("--unmount", help="Unmount the disk's mounted partitions first instead of refusing.")] = False,
     allow_fixed: Annotated[bool, typer.Option("--allow-fixed", help="Allow a non-removable disk (an internal NVMe or SATA drive).")] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip reading the disk back to compare.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write an image file (with --all: a directory, one NODE.img each) instead of a disk.", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write an image file (with --all: a directory, one NODE.img each) instead of a disk. Never the IMAGE itself; an existing file only with --force.", show_default=False)] = None,
     all_nodes: Annotated[bool, typer.Option("--all", help="With --output DIR: one customised image per inventory node.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --output: replace existing image files.")] = False,
     cm4: Annotated[bool, typer.Option("--cm4", help="Flash a Compute Module 4's eMMC: runs rpiboot and waits for the eMMC to appear.")] = False,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
@@ -123,6 +124,7 @@ def flash(
     Refuses the system disk, mounted disks (see --unmount), fixed disks (see --allow-fixed) and disks
     too small; asks before writing unless -y. Wi-Fi (piml.yaml flash.wifi_ssid) takes its passphrase
     from $PIML_WIFI_PASSPHRASE, .piml/wifi-passphrase (mode 0600) or a prompt; it is never printed.
+    An image file holding the Wi-Fi key is created mode 0600.
 
     \b
     Examples:
@@ -137,7 +139,7 @@ def flash(
 
     run(Options(image=image, device=device, node=node, yes=yes, list_disks=list_disks, json=json, sha256=sha256,
                 unmount=unmount, allow_fixed=allow_fixed, verify=not no_verify, output=output, all_nodes=all_nodes,
-                cm4=cm4, project=project, inventory=inventory))
+                force=force, cm4=cm4, project=project, inventory=inventory))
 
 
 LimitOpt = Annotated[Optional[str], typer.Option("--limit", "-l", help="Only these nodes: NAME[,NAME] or a group (server, agent, external).", show_default=False)]

@@ -25,8 +25,9 @@ class Options:
     unmount: bool = False
     allow_fixed: bool = False
     verify: bool = True
-    output: Path | None = None
+    output: Path | str | None = None
     all_nodes: bool = False
+    force: bool = False  # replace an existing --output file
     cm4: bool = False
     rpiboot_timeout: float = 60.0
     project: Path | None = None
@@ -38,12 +39,16 @@ def run(opts: Options) -> None:
         return show_disks(opts.json)
     _check_usage(opts)
     image = _resolve_image(opts)
-    setups = _setups(opts)
+    factory = _factory(opts)
     if opts.output is not None:
-        targets = _output_targets(opts, setups)
-        for path, setup in targets:
-            _flash_to_file(image, path, setup, opts)
+        names = factory.names() if opts.all_nodes else [opts.node] if opts.node else []
+        # Every file is checked before anything is asked (the Wi-Fi passphrase) or written.
+        targets = _output_targets(opts, names, image.path)
+        setups = {name: factory.for_node(name) for name in names}
+        for path, name in targets:
+            _flash_to_file(image, path, setups.get(name) if name else None, opts)
         return
+    setups = {opts.node: factory.for_node(opts.node)} if opts.node else {}
     device = opts.device
     if opts.cm4:
         from piml.flash.rpiboot import wait_for_cm4
@@ -56,6 +61,10 @@ def run(opts: Options) -> None:
 def _check_usage(opts: Options) -> None:
     if not opts.image:
         raise InputError(Problem("piml flash", "no IMAGE given", "e.g. `piml flash 2025-11-24-raspios-bookworm-arm64-lite.img.xz /dev/sdb --node pi1`, or `piml flash --list`"))
+    if opts.output is not None and not str(opts.output).strip():
+        raise InputError(Problem("--output", "is empty", "name the image file to write, e.g. --output pi1.img (or a directory with --all)"))
+    if opts.force and opts.output is None:
+        raise InputError(Problem("--force", "replaces an existing --output file; a disk is confirmed with -y instead", "drop --force"))
     if opts.all_nodes and opts.output is None:
         raise InputError(Problem("--all", "writes one image file per node and needs --output DIR", "add --output images/ (flash disks one at a time with --node NAME)"))
     if opts.all_nodes and opts.node:
@@ -109,9 +118,15 @@ def _resolve_image(opts: Options):
         raise InputError(Problem(text, str(exc))) from None
 
 
-def _setups(opts: Options) -> dict:
+class _NoNodes:
+    def names(self) -> list[str]:
+        return []
+
+
+def _factory(opts: Options):
+    """The first-boot settings of the inventory's nodes (nothing is asked until a node's are built)."""
     if not opts.node and not opts.all_nodes:
-        return {}
+        return _NoNodes()
     from piml.flash.settings import SetupFactory
     from piml.project import ProjectPaths, load_cluster
 
@@ -122,26 +137,64 @@ def _setups(opts: Options) -> dict:
 
         return typer.prompt(prompt, hide_input=True)
 
-    factory = SetupFactory(cluster, ask)
-    names = factory.names() if opts.all_nodes else [opts.node]
-    return {name: factory.for_node(name) for name in names}
+    return SetupFactory(cluster, ask)
 
 
-def _output_targets(opts: Options, setups: dict) -> list[tuple[Path, object]]:
+def _output_targets(opts: Options, names: list[str], source: Path) -> list[tuple[Path, str | None]]:
+    """(file, node) to write, every one checked first: none is the IMAGE itself (also through a symbolic or hard
+    link), none is a disk or anything else that is not a plain file, and none exists unless --force.
+
+    An existing file is refused, not asked about, in a terminal too: the same command does the same thing typed
+    or scripted, as `xz` and `zstd` without -f do; `-y` confirms writing a disk and never replaces a file.
+    """
+    from piml.fsutil import os_error_problem
+
     out = Path(opts.output).expanduser()
+    try:
+        return _checked_targets(opts, out, names, source)
+    except OSError as exc:  # a name too long, a path through something unreadable: while looking at it
+        raise InputError(os_error_problem(f"--output {out}", exc, "cannot use it")) from None
+
+
+def _checked_targets(opts: Options, out: Path, names: list[str], source: Path) -> list[tuple[Path, str | None]]:
+    from piml.fsutil import make_dirs, os_error_problem, refuse_inputs
+
     if opts.all_nodes:
         if out.exists() and not out.is_dir():
             raise InputError(Problem(f"--output {out}", "is a file; --all writes one image per node into a directory", "name a directory"))
-        out.mkdir(parents=True, exist_ok=True)
-        return [(out / f"{name}.img", setup) for name, setup in setups.items()]
-    if out.is_dir():
-        name = opts.node or "image"
-        out = out / f"{name}.img"
-    if out.exists() and out.is_block_device():
-        raise InputError(Problem(f"--output {out}", "is a block device", "give it as DEVICE (without --output) to flash it"))
-    if not out.parent.is_dir():
-        raise InputError(Problem(f"--output {out}", "its directory does not exist", f"create {out.parent} first"))
-    return [(out, setups.get(opts.node) if opts.node else None)]
+        targets = [(out / f"{name}.img", name) for name in names]
+    else:
+        if out.is_dir():
+            out = out / f"{opts.node or 'image'}.img"
+        if out.exists() and out.is_block_device():
+            raise InputError(Problem(f"--output {out}", "is a block device", "give it as DEVICE (without --output) to flash it"))
+        if os.path.lexists(out.parent) and not out.parent.is_dir():
+            raise InputError(Problem(f"--output {out}", f"'{out.parent}' is not a directory", "name a file inside a directory"))
+        if not out.parent.is_dir():
+            raise InputError(Problem(f"--output {out}", "its directory does not exist", f"create {out.parent} first"))
+        targets = [(out, opts.node)]
+    refuse_inputs([path for path, _ in targets], [source], "--output")
+    problems = []
+    for path, _ in targets:
+        if not os.path.lexists(path):
+            continue
+        if not path.is_file():
+            problems.append(Problem(f"--output {path}", "exists and is not a plain file", "name another file"))
+        elif not opts.force:
+            problems.append(Problem(f"--output {path}", "already exists", "pass --force to replace it, or name another file"))
+    if problems:
+        raise InputError(problems)
+    if opts.all_nodes:
+        try:
+            make_dirs(out)
+        except OSError as exc:
+            raise InputError(os_error_problem(f"--output {out}", exc, "cannot create the directory")) from None
+    return targets
+
+
+def _holds_secrets(setup) -> bool:
+    """Whether a customised image carries a secret: the Wi-Fi PSK (the user's password is locked, never set)."""
+    return setup is not None and setup.wifi is not None
 
 
 class _Progress:
@@ -233,23 +286,36 @@ def _write(image, target, setup, where: str, opts: Options):
 
 
 def _flash_to_file(image, path: Path, setup, opts: Options) -> None:
-    """An image file, written under a temporary name and renamed when complete and verified."""
-    from piml.flash.writer import Target
+    """An image file, written under a new temporary name and given its name when complete and verified.
 
-    tmp = path.with_name(f".{path.name}.piml-partial")
+    The temporary file is created exclusively, 0600 when the image will hold a secret (else 0644), so the
+    secret is never readable by others; the final name replaces an existing file only with --force, and never
+    one that appeared meanwhile without it."""
+    import secrets as random
+
+    from piml.flash.writer import Target
+    from piml.fsutil import os_error_problem, publish
+
+    tmp = path.with_name(f".{path.name}.{random.token_hex(4)}.piml-partial")
+    mode = 0o600 if _holds_secrets(setup) else 0o644
     try:
-        target = Target(str(tmp), device=False)
+        target = Target(str(tmp), device=False, mode=mode)
     except OSError as exc:
-        raise InputError(Problem(f"--output {path}", f"cannot create it: {exc.strerror}", "check the directory's permissions and free space")) from None
+        raise InputError(os_error_problem(f"--output {path}", exc, "cannot create it")) from None
     try:
         try:
             _write(image, target, setup, str(path), opts)
         finally:
             target.close()
-        os.replace(tmp, path)
+        try:
+            publish(tmp, path, replace=opts.force)
+        except FileExistsError:
+            raise InputError(Problem(f"--output {path}", "appeared while the image was being written, and was left as it is", "pass --force to replace it, or name another file")) from None
+        except OSError as exc:
+            raise InputError(os_error_problem(f"--output {path}", exc, "cannot give the image its name")) from None
     finally:
         tmp.unlink(missing_ok=True)
-    console().print(f"done: {path}", markup=False)
+    console().print(f"done: {path}" + (" (mode 0600: it holds the Wi-Fi key)" if mode == 0o600 else ""), markup=False)
 
 
 def _flash_to_disk(image, device: str, setup, opts: Options) -> None:

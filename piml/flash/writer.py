@@ -30,6 +30,7 @@ from typing import Callable
 from piml.flash import partitions
 from piml.flash.readahead import read_ahead
 from piml.flash.sources import SourceError, Stream
+from piml.fsutil import create_new
 
 CHUNK = 4 << 20  # unit of reading, hashing and writing
 GRAIN = 256 << 10  # zero-detection granularity (aligned to the image start)
@@ -131,7 +132,9 @@ class Target:
     that is not aligned to the disk's logical block (rare: an odd-sized .xz block) goes through the
     page cache instead; fsync covers both."""
 
-    def __init__(self, path: str, *, device: bool, capacity: int | None = None):
+    def __init__(self, path: str, *, device: bool, capacity: int | None = None, mode: int = 0o644):
+        """`mode` is an output file's: it is created new (never an existing file or a link followed) with that
+        mode from the start, so an image holding a secret (a Wi-Fi PSK) is 0600 before its first byte."""
         self.path = path
         self.device = device
         self.direct = False
@@ -143,7 +146,7 @@ class Target:
             self.capacity = capacity if capacity is not None else os.lseek(self.fd, 0, os.SEEK_END)
             self.zero_method = "punch"
         else:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            self.fd = create_new(path, mode)
             self.capacity = None
             self.zero_method = "sparse"
         self.block = _logical_block(self.fd) if self.direct else 1
