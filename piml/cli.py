@@ -285,7 +285,7 @@ def plan(
 
 @app.command()
 def render(
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write one file per component into this directory [default: stdout].", show_default=False)] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write one file per component into this directory [default: stdout].", show_default=False)] = None,
     include_secrets: Annotated[bool, typer.Option("--include-secrets", help="Put secret values into the Secret objects (files get mode 0600).")] = False,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
