@@ -238,7 +238,7 @@ def check(
 @app.command()
 def teardown(
     k3s: Annotated[bool, typer.Option("--k3s", help="Uninstall k3s from the nodes instead (the platform goes with it).")] = False,
-    purge: Annotated[bool, typer.Option("--purge", help="Delete the platform's volumes and their data too (asks for the project name unless --yes).")] = False,
+    purge: Annotated[bool, typer.Option("--purge", help="Delete the platform's volumes and their data too (asks for the project name unless --yes). Not with --k3s, which deletes the volumes on the nodes it uninstalls anyway.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     limit: LimitOpt = None,
     project: ProjectOpt = None,
@@ -248,7 +248,8 @@ def teardown(
     """Remove the platform (volumes kept unless --purge), or with --k3s uninstall k3s from the nodes.
 
     With --k3s: drain and delete the agents, run k3s's uninstall scripts (agents, then servers),
-    remove the project's context from ~/.kube/config. A node that is gone is reported and skipped.
+    remove the project's context from ~/.kube/config. A node that is gone is skipped and reported
+    (exit 1). --limit goes with --k3s only.
 
     \b
     Examples:
