@@ -61,6 +61,10 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
     if dry_run:
         _dry_run(cluster, stages, nodes, merge, as_json)
         return
+    if merge and "kubeconfig" in stages:  # a file the merge could not edit is said now, before any node changes
+        from piml.k3s.kubeconfig import check_target, default_target
+
+        check_target(default_target())
 
     from piml.k3s import stages as st
 

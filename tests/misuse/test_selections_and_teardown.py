@@ -232,8 +232,9 @@ def test_teardown_purge_with_k3s_is_refused(rack, limit):
 
 # -- 4. KUBECONFIG that is not a kubeconfig file, noticed before the play ----------------------------------------
 
+@pytest.mark.parametrize("command", [("teardown", "--k3s", "--yes"), ("up",)], ids=" ".join)
 @pytest.mark.parametrize("kind", ["directory", "fifo", "not yaml", "a list"])
-def test_teardown_k3s_refuses_a_kubeconfig_that_is_not_a_file_before_the_play(rack, tmp_path, kind):
+def test_a_kubeconfig_that_is_not_a_file_is_refused_before_any_node_is_touched(rack, tmp_path, kind, command):
     target = tmp_path / "kubeconfig-target"
     if kind == "directory":
         target.mkdir()
@@ -242,9 +243,9 @@ def test_teardown_k3s_refuses_a_kubeconfig_that_is_not_a_file_before_the_play(ra
     else:
         target.write_text("clusters: [unclosed\n" if kind == "not yaml" else "- a\n- b\n")
     before = target.read_text() if target.is_file() else None
-    out = rack.piml("teardown", "--k3s", "--yes", kubeconfig=target, timeout=60)
+    out = rack.piml(*command, kubeconfig=target, timeout=60)
     assert_usage_error(out, str(target), "KUBECONFIG")
-    assert rack.knocks() == {}, "the play ran before KUBECONFIG was checked"
+    assert rack.knocks() == {}, "a node was reached before KUBECONFIG was checked"
     if before is not None:
         assert target.read_text() == before
 
