@@ -2,7 +2,9 @@
 
 import subprocess
 import sys
+import sysconfig
 import venv
+from pathlib import Path
 
 
 def test_wheel_installs_and_finds_its_data(tmp_path):
@@ -11,10 +13,17 @@ def test_wheel_installs_and_finds_its_data(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(repo)],
                    check=True, timeout=300, capture_output=True)
     (wheel,) = wheels.glob("piml-*.whl")
-    # Reuse this interpreter's packages for the dependencies: the test is about piml's own files.
+    # Reuse the test environment's packages for the dependencies (the test is about piml's own files): a .pth
+    # line puts its site-packages after the new venv's own. Paths named in a .pth are not scanned for .pth
+    # files themselves, so the editable piml installed there stays out of sight; only the wheel's is found.
+    # (system_site_packages would reach the base interpreter's packages, not this environment's.)
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True, system_site_packages=True)
+    venv.create(env_dir, with_pip=True)
     python = env_dir / "bin/python"
+    own_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(own_site) / "test-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)], check=True, timeout=300, capture_output=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
