@@ -137,7 +137,7 @@ class Kubelet:
     """Runs pods of one rendered platform. `objects` are the rendered objects, Secrets with their values."""
 
     def __init__(self, objects: list[dict], mirrors: dict[str, Mirror], workdir: Path, network: Network,
-                 node_name: str = "pi1", extra_hosts: dict[str, str] | None = None):
+                 node_name: str = "pi1"):
         self.objects = objects
         self.mirrors = mirrors
         self.workdir = workdir
@@ -147,7 +147,6 @@ class Kubelet:
         self.claims: dict[str, Path] = {}
         self.made_dirs: list[Path] = []
         self.service_ip: dict[str, str] = {}  # Service name -> the address its name resolves to
-        self.extra_hosts = extra_hosts or {}
 
     # --- what the rendered objects say --------------------------------------------------------------------
     def find(self, kind: str, name: str, namespace: str | None = None) -> dict:
@@ -171,22 +170,25 @@ class Kubelet:
     def config_value(self, name: str, key: str, namespace: str) -> str:
         return str(self.find("ConfigMap", name, namespace)["data"][key])
 
-    def hosts(self, pod_name: str = "", pod_ip: str = "") -> str:
+    def hosts(self, pod_name: str = "", pod_ip: str = "", namespace: str = "") -> str:
+        """A pod's /etc/hosts: what its resolver would answer. The bare Service name only for Services in the
+        pod's own namespace (the search path starts with <namespace>.svc.cluster.local), the others by
+        name.ns and longer."""
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
         if pod_ip:
             lines.append(f"{pod_ip}\t{pod_name}")
         for svc_name, ip in self.service_ip.items():
             svc = next(o for o in self.objects if o["kind"] == "Service" and o["metadata"]["name"] == svc_name)
             ns = svc["metadata"].get("namespace", "default")
-            forms = [svc_name, f"{svc_name}.{ns}", f"{svc_name}.{ns}.svc", f"{svc_name}.{ns}.svc.cluster.local"]
+            forms = [f"{svc_name}.{ns}", f"{svc_name}.{ns}.svc", f"{svc_name}.{ns}.svc.cluster.local"]
+            if ns == namespace:
+                forms.insert(0, svc_name)
             lines.append(f"{ip}\t{' '.join(forms)}")
-        for name, ip in self.extra_hosts.items():
-            lines.append(f"{ip}\t{name}")
         return "\n".join(lines) + "\n"
 
-    def resolve(self, name: str) -> str:
-        """What a Service name (any form) resolves to in the pods' /etc/hosts."""
-        for line in self.hosts().splitlines():
+    def resolve(self, name: str, namespace: str = "") -> str:
+        """What a Service name resolves to in the /etc/hosts of a pod in `namespace`."""
+        for line in self.hosts(namespace=namespace).splitlines():
             ip, _, names = line.partition("\t")
             if name in names.split():
                 return ip
@@ -202,6 +204,7 @@ class Kubelet:
         for svc in self.services(namespace):  # Services whose selector picks this pod now resolve to it
             selector = svc["spec"].get("selector") or {}
             if selector and all(labels.get(k) == v for k, v in selector.items()):
+                self._same_ports(svc, spec)
                 self.service_ip[svc["metadata"]["name"]] = pod.ip
         self.refresh_hosts()
         self._volumes(pod)
@@ -224,7 +227,18 @@ class Kubelet:
 
     def refresh_hosts(self) -> None:
         for pod in self.pods:
-            self.network.set_hosts(pod.netns, self.hosts(pod.name, pod.ip))
+            self.network.set_hosts(pod.netns, self.hosts(pod.name, pod.ip, pod.namespace))
+
+    @staticmethod
+    def _same_ports(svc: dict, spec: dict) -> None:
+        """A name resolves straight to the pod here (no ClusterIP), so a Service port must be its target port."""
+        named = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", []) if p.get("name")}
+        for port in svc["spec"].get("ports", []):
+            target = port.get("targetPort", port["port"])
+            target = named.get(target, target)
+            if str(target) != str(port["port"]):
+                raise RuntimeError(f"Service {svc['metadata']['name']} maps port {port['port']} to {target}: the contract "
+                                   "kubelet resolves names straight to pods and cannot carry that (see README.md)")
 
     def _volumes(self, pod: Pod) -> None:
         for volume in pod.spec.get("volumes", []):

@@ -54,7 +54,8 @@ class Platform:
         and the bucket MinIO's postStart hook would make, made with the Secret's keys."""
         obj = self.kubelet.find("Deployment", "mlflow-minio", self.ns)
         template = obj["spec"]["template"]
-        spec = {"containers": [{"name": "minio", "image": images.S3_STANDIN, "env": template["spec"]["containers"][0]["env"],
+        minio = template["spec"]["containers"][0]
+        spec = {"containers": [{"name": "minio", "image": images.S3_STANDIN, "env": minio["env"], "ports": minio["ports"],
                                 "command": ["moto_server", "-H", "0.0.0.0", "-p", "9000"]}]}
         pod = self.kubelet.start("mlflow-minio-0", self.ns, template["metadata"]["labels"], spec)
         # What MinIO's postStart hook does (`mc mb local/mlflow` against 127.0.0.1:9000), inside the pod, bounded.
@@ -98,6 +99,7 @@ class Platform:
     def ray_head(self, name: str = "ray-head-0") -> Pod:
         """(Re)start the head pod KubeRay built, as the operator does when the head pod is gone."""
         head = self.ray_built["head"]
+        images.NOTES.add("not run: the Ray head's autoscaler sidecar (a client of the Kubernetes API server)")
         spec = dict(head["spec"])
         spec["containers"] = [c for c in spec["containers"] if c["name"] != "autoscaler"]
         return self.kubelet.start(name, self.ns, head["metadata"]["labels"], spec)

@@ -86,14 +86,14 @@ def keda_sees(platform, scaled: dict) -> int:
         import redis
 
         host, port = meta["address"].rsplit(":", 1)
-        client = redis.Redis(platform.kubelet.resolve(host), int(port), password=runner.env[meta["passwordFromEnv"]],
+        client = redis.Redis(platform.kubelet.resolve(host, "keda"), int(port), password=runner.env[meta["passwordFromEnv"]],
                              socket_timeout=5)
         return client.llen(meta["listName"])
     import pika
     from urllib.parse import urlsplit
 
     url = urlsplit(runner.env[meta["hostFromEnv"]])
-    params = pika.URLParameters(url._replace(netloc=url.netloc.replace(url.hostname, platform.kubelet.resolve(url.hostname))).geturl())
+    params = pika.URLParameters(url._replace(netloc=url.netloc.replace(url.hostname, platform.kubelet.resolve(url.hostname, "keda"))).geturl())
     connection = pika.BlockingConnection(params)
     try:
         return connection.channel().queue_declare(meta["queueName"], passive=True).method.message_count
