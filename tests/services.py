@@ -92,16 +92,10 @@ def mlflow_server(tmp_path_factory):
         wait_for(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, 120, "mlflow server", proc, log)
         server = MlflowServer(url, "admin", password, workdir / "artifacts",
                               {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password})
-        saved = {k: os.environ.get(k) for k in server.env}
-        os.environ.update(server.env)
-        try:
+        with pytest.MonkeyPatch.context() as environ:  # put back at the end
+            for key, value in server.env.items():
+                environ.setenv(key, value)
             yield server
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
     finally:
         stop(proc)
 

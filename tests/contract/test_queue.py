@@ -6,7 +6,6 @@ piml submits through a port-forward, as `piml submit` does."""
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 import pytest
@@ -40,18 +39,10 @@ def mlflow_as_admin(platform, url: str):
     (other test packages use the same process-wide settings)."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(dict(zip(keys, ("admin", platform.secret("mlflow", "admin-password")))))
-    try:
-        with _use_tracking_uri(url):
-            yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with pytest.MonkeyPatch.context() as env, _use_tracking_uri(url):
+        env.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        env.setenv("MLFLOW_TRACKING_PASSWORD", platform.secret("mlflow", "admin-password"))
+        yield
 
 
 def _model_and_dataset(platform, mlflow_url, tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.misuse import one_error
+
 from piml.errors import InputError
 from tests.flash.conftest import SSH_PUB, build_image, read_fat_file
 
@@ -32,14 +34,6 @@ def piml(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProce
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def one_error(result: subprocess.CompletedProcess, *words: str) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, (result.returncode, result.stderr[-800:])
-    assert len(lines) == 1 and "internal error" not in lines[0], lines
-    assert all(word in lines[0] for word in words), lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.misuse import one_error
+
 
 def piml(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "piml", *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL)
-
-
-def one_error(result: subprocess.CompletedProcess, *words: str) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, (result.returncode, result.stderr[-800:])
-    assert len(lines) == 1 and "internal error" not in lines[0], lines
-    assert all(word in lines[0] for word in words), lines[0]
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, str]:

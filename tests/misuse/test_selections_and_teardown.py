@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from tests.misuse import one_error
 import yaml
 
 PROJECT = "rack"
@@ -115,16 +117,10 @@ def rack(tmp_path):
 
 
 def assert_usage_error(out: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit 2 and one line on stderr, naming `words`; no traceback, no internal error."""
-    said = out.stdout + out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert out.returncode == 2, f"exit {out.returncode}:\n{said[-3000:]}"
-    assert len(lines) == 1 and lines[0].startswith("error: "), said[-3000:]
-    assert "Traceback" not in said and "internal error" not in said, said[-3000:]
-    for word in words:
-        assert word in lines[0], lines[0]
+    """one_error, and nothing ran on a node."""
+    line = one_error(out, *words)
     assert "running on" not in out.stdout, out.stdout
-    return lines[0]
+    return line
 
 
 # -- 1. a selection that selects no node is an error, in every command that takes --limit -------------------------
