@@ -29,7 +29,10 @@ CpuQuantity = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?m?$")]
 MemoryQuantity = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")]
 Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+$")]
 # A DNS name or an IPv4 address as a browser puts it in the Host header (lower case, no port, no scheme).
-HostName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")]
+HOST_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+HostName = Annotated[str, StringConstraints(pattern=HOST_NAME_PATTERN)]
+# What a value of each pattern without a default to show looks like, for the error's fix.
+PATTERN_HINTS = {HOST_NAME_PATTERN: "as a lower-case DNS name or IPv4 address, without a port or scheme, e.g. pi1.lan"}
 
 
 class Settings(BaseModel):
@@ -234,7 +237,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def _problem(doc: YamlDoc, error: dict) -> Problem:
     loc = tuple(error["loc"])
-    dotted = ".".join(str(k) for k in loc) or "(top)"
+    dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc).lstrip(".") or "(top)"  # ui_hosts[0]
     if error["type"] == "piml_setting":  # piml's own checks (MLflow's stores): what and fix are already worded
         ctx = error["ctx"]
         return Problem(doc.where(loc + ((ctx["key"],) if ctx.get("key") else ())), ctx["what"], ctx["fix"])
@@ -251,8 +254,13 @@ def _problem(doc: YamlDoc, error: dict) -> Problem:
         return Problem(where, f"'{dotted}' must be text, not {error['input']!r}", "put the value in quotes")
     if error["type"] == "string_pattern_mismatch":
         field = _field(loc)
-        hint = f"like {field.default!r}" if field is not None and isinstance(field.default, str) else "see the comments in a new `piml init` piml.yaml"
-        return Problem(where, f"'{dotted}' is {error['input']!r}, not a valid value", f"write it {hint}")
+        if field is not None and isinstance(field.default, str):
+            fix = f"write it like {field.default!r}"
+        elif (pattern := (error.get("ctx") or {}).get("pattern")) in PATTERN_HINTS:
+            fix = f"write it {PATTERN_HINTS[pattern]}"
+        else:
+            fix = "see the comments in a new `piml init` piml.yaml"
+        return Problem(where, f"'{dotted}' is {error['input']!r}, not a valid value", fix)
     return Problem(where, f"'{dotted}': {error['msg'].lower()}", "see the comments in a new `piml init` piml.yaml")
 
 

@@ -30,6 +30,8 @@ def test_settings_are_read():
         ("mlflow:\n  backend: mysql\n", "piml.yaml:2: 'mlflow.backend' is 'mysql'; use 'sqlite' or 'postgresql'"),
         ("ray:\n  version: latest\n", "piml.yaml:2: 'ray.version' is 'latest', not a valid value; write it like '2.60.0'"),
         ("k3s:\n  version: 1.2\n", "piml.yaml:2: 'k3s.version' must be text, not 1.2; put the value in quotes"),
+        ("mlflow:\n  ui_hosts: [Pi1.LAN:80]\n", "piml.yaml:2: 'mlflow.ui_hosts[0]' is 'Pi1.LAN:80', not a valid value; "
+                                               "write it as a lower-case DNS name or IPv4 address, without a port or scheme"),
         ("queue: 5\n", "piml.yaml:1: 'queue' must be a mapping of settings"),
         ("dask:\n  worker:\n    limits: {memory: lots}\n", "piml.yaml:3: 'dask.worker.limits.memory' is 'lots'"),
         ("- a\n", "piml.yaml:1: piml.yaml must be a mapping"),
