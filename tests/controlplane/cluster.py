@@ -1,0 +1,410 @@
+"""Start and stop a real Kubernetes control plane (kine + kube-apiserver + kube-controller-manager +
+kube-scheduler, built by build.py) on loopback, plus the node stand-in (nodes.py), all detached.
+
+Layout of DIR (everything here is made by `up` and removed by `down`):
+    DIR/kubeconfig          admin kubeconfig, cluster/context/user named `default` as k3s's k3s.yaml
+    DIR/controlplane.json   ports, pids, paths (what `down` and nodes.py read)
+    DIR/tls/                CAs, serving and client certificates, service-account key
+    DIR/kubeconfigs/        one kubeconfig per component
+    DIR/db/                 kine's SQLite database
+    DIR/logs/               one log per process (kept by `down --keep-logs` and after a failed `up`)
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STATE = "controlplane.json"
+MADE = ("kubeconfig", STATE, "tls", "kubeconfigs", "db", "logs", "run")
+
+SERVICE_CIDR = "10.43.0.0/16"   # k3s defaults
+CLUSTER_CIDR = "10.42.0.0/16"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+START_ORDER = ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodes")
+
+
+class UpError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path) -> None:
+    """A kubeconfig shaped as k3s's /etc/rancher/k3s/k3s.yaml: cluster, context and user all named `default`."""
+    text = f"""apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: {_b64(ca)}
+    server: {server}
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+preferences: {{}}
+users:
+- name: default
+  user:
+    client-certificate-data: {_b64(cert)}
+    client-key-data: {_b64(key)}
+"""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.rename(path)
+
+
+def _save_state(d: Path, state: dict) -> None:
+    tmp = d / (STATE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.rename(d / STATE)
+
+
+def load_state(d: Path) -> dict | None:
+    try:
+        return json.loads((d / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _proc_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _is_ours(pid: int, start_time: str | None) -> bool:
+    """The pid still names the process we started (not a reused pid): same start time in /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return start_time is None or fields[19] == start_time
+    except (OSError, IndexError):
+        return False
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _ssl_ctx(paths: dict, client: bool = True) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=paths["server-ca"])
+    if client:
+        ctx.load_cert_chain(paths["client-admin"], paths["client-admin-key"])
+    return ctx
+
+
+def _get(url: str, ctx: ssl.SSLContext, timeout: float = 3) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except (OSError, ssl.SSLError) as e:
+        return 0, str(e)
+
+
+class Up:
+    def __init__(self, d: Path, nodes: int, node_memory: str, arch: str, bin_dir: Path):
+        self.d, self.bin = d, bin_dir
+        self.state: dict = {"dir": str(d), "bin": str(bin_dir), "nodes": nodes, "node_memory": node_memory,
+                            "arch": arch, "procs": {}}
+
+    def spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+        log = open(self.d / "logs" / f"{name}.log", "ab")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             cwd=self.d, env=env or _clean_env(), start_new_session=True)
+        log.close()
+        self.state["procs"][name] = {"pid": p.pid, "start": _start_time(p.pid), "argv0": argv[0]}
+        _save_state(self.d, self.state)  # recorded at once, so `down` can stop it whatever happens next
+        return p
+
+    def wait(self, what: str, p: subprocess.Popen | None, check, timeout: float, log: str) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if p is not None and p.poll() is not None:
+                raise UpError(f"{what} exited with status {p.returncode} while starting: "
+                              f"{_last_line(self.d / 'logs' / log)} (log: {self.d / 'logs' / log})")
+            ok, last = check()
+            if ok:
+                return
+            time.sleep(0.3)
+        raise UpError(f"{what} not ready after {timeout:.0f} s ({last[:160]}); log: {self.d / 'logs' / log}")
+
+    def run(self) -> dict:
+        from . import certs
+
+        d, b = self.d, self.bin
+        for sub in ("logs", "db", "kubeconfigs", "run"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        node_names = [f"node-{i}" for i in range(1, self.state["nodes"] + 1)]
+        paths = {k: str(v) for k, v in certs.make_all(d / "tls", node_names).items()}
+        self.state["tls"] = paths
+        ports = {n: free_port() for n in ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler")}
+        self.state["ports"] = ports
+        server = f"https://127.0.0.1:{ports['kube-apiserver']}"
+        self.state["server"] = server
+        write_kubeconfig(d / "kubeconfig", server, Path(paths["server-ca"]), Path(paths["client-admin"]),
+                         Path(paths["client-admin-key"]))
+        for comp, cert in (("kube-controller-manager", "client-controller"), ("kube-scheduler", "client-scheduler")):
+            write_kubeconfig(d / "kubeconfigs" / f"{comp}.yaml", server, Path(paths["server-ca"]),
+                             Path(paths[cert]), Path(paths[cert + "-key"]))
+        _save_state(d, self.state)
+
+        # kine over SQLite, as k3s's default datastore (same endpoint options as k3s).
+        kine = self.spawn("kine", [
+            str(b / "kine"), f"--listen-address=127.0.0.1:{ports['kine']}",
+            f"--endpoint=sqlite://{d}/db/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate",
+            "--metrics-bind-address=0"])
+        self.wait("kine", kine, lambda: (_port_open(ports["kine"]), "port closed"), 20, "kine.log")
+
+        # kube-apiserver with k3s's flags where they apply.
+        api = self.spawn("kube-apiserver", [
+            str(b / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{ports['kine']}", "--storage-backend=etcd3",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['kube-apiserver']}",
+            f"--cert-dir={d}/tls/apiserver", f"--tls-cert-file={paths['serving-kube-apiserver']}",
+            f"--tls-private-key-file={paths['serving-kube-apiserver-key']}",
+            f"--client-ca-file={paths['client-ca']}", "--anonymous-auth=false",
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction", "--allow-privileged=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--service-node-port-range=30000-32767",
+            f"--service-account-issuer={SA_ISSUER}", f"--api-audiences={SA_ISSUER},k3s",
+            f"--service-account-key-file={paths['service-key']}",
+            f"--service-account-signing-key-file={paths['service-key']}",
+            f"--kubelet-client-certificate={paths['client-kube-apiserver']}",
+            f"--kubelet-client-key={paths['client-kube-apiserver-key']}",
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+            f"--requestheader-client-ca-file={paths['request-header-ca']}", "--requestheader-allowed-names=system:auth-proxy",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={paths['client-auth-proxy']}", f"--proxy-client-key-file={paths['client-auth-proxy-key']}",
+            "--endpoint-reconciler-type=none",  # it would publish 127.0.0.1, which Endpoints refuse
+            "--profiling=false"])
+        ctx = _ssl_ctx(paths)
+        self.wait("kube-apiserver", api, lambda: _ok(_get(server + "/readyz", ctx)), 60, "kube-apiserver.log")
+
+        kcm = self.spawn("kube-controller-manager", [
+            str(b / "kube-controller-manager"),
+            f"--kubeconfig={d}/kubeconfigs/kube-controller-manager.yaml",
+            f"--authentication-kubeconfig={d}/kubeconfigs/kube-controller-manager.yaml",
+            f"--authorization-kubeconfig={d}/kubeconfigs/kube-controller-manager.yaml",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['kube-controller-manager']}",
+            f"--cert-dir={d}/tls/kube-controller-manager",
+            "--allocate-node-cidrs=true", f"--cluster-cidr={CLUSTER_CIDR}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--root-ca-file={paths['server-ca']}", f"--service-account-private-key-file={paths['service-key']}",
+            "--use-service-account-credentials=true", "--configure-cloud-routes=false",
+            f"--cluster-signing-kube-apiserver-client-cert-file={paths['client-ca']}",
+            f"--cluster-signing-kube-apiserver-client-key-file={paths['client-ca-key']}",
+            f"--cluster-signing-kubelet-client-cert-file={paths['client-ca']}",
+            f"--cluster-signing-kubelet-client-key-file={paths['client-ca-key']}",
+            f"--cluster-signing-kubelet-serving-cert-file={paths['server-ca']}",
+            f"--cluster-signing-kubelet-serving-key-file={paths['server-ca-key']}",
+            f"--cluster-signing-legacy-unknown-cert-file={paths['server-ca']}",
+            f"--cluster-signing-legacy-unknown-key-file={paths['server-ca-key']}",
+            "--controllers=*,tokencleaner,-service,-route,-cloud-node-lifecycle",  # as k3s
+            "--profiling=false"])
+        sch = self.spawn("kube-scheduler", [
+            str(b / "kube-scheduler"),
+            f"--kubeconfig={d}/kubeconfigs/kube-scheduler.yaml",
+            f"--authentication-kubeconfig={d}/kubeconfigs/kube-scheduler.yaml",
+            f"--authorization-kubeconfig={d}/kubeconfigs/kube-scheduler.yaml",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['kube-scheduler']}",
+            f"--cert-dir={d}/tls/kube-scheduler", "--profiling=false"])
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # their serving certs are self-signed into --cert-dir
+        for name, p in (("kube-controller-manager", kcm), ("kube-scheduler", sch)):
+            url = f"https://127.0.0.1:{ports[name]}/healthz"
+            self.wait(name, p, lambda url=url: _ok(_get(url, insecure)), 60, f"{name}.log")
+        # The controllers run: the service-account controller has made `default` in namespace default.
+        self.wait("kube-controller-manager (default ServiceAccount)", kcm,
+                  lambda: _ok(_get(server + "/api/v1/namespaces/default/serviceaccounts/default", ctx)),
+                  60, "kube-controller-manager.log")
+
+        nodes = self.spawn("nodes", [sys.executable, str(HERE / "nodes.py"), str(d)],
+                           env={**_clean_env(), "PYTHONUNBUFFERED": "1"})
+        want = self.state["nodes"]
+        self.wait(f"node stand-in ({want} Ready nodes)", nodes,
+                  lambda: _nodes_ready(server, ctx, want), 60, "nodes.log")
+        self.state["up_at"] = time.time()
+        _save_state(d, self.state)
+        return self.state
+
+
+def _clean_env() -> dict:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _ok(resp: tuple[int, str]) -> tuple[bool, str]:
+    code, body = resp
+    return code == 200, f"HTTP {code}: {body.strip().splitlines()[-1] if body.strip() else ''}"
+
+
+def _nodes_ready(server: str, ctx, want: int) -> tuple[bool, str]:
+    code, body = _get(server + "/api/v1/nodes", ctx)
+    if code != 200:
+        return False, f"HTTP {code}"
+    ready = [n["metadata"]["name"] for n in json.loads(body).get("items", [])
+             if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))]
+    labelled = any(n["metadata"]["name"] == "node-1" and
+                   n["metadata"].get("labels", {}).get("node-role.kubernetes.io/control-plane") == "true"
+                   for n in json.loads(body).get("items", []))
+    return len(ready) >= want and labelled, f"{len(ready)}/{want} nodes Ready, node-1 control-plane label: {labelled}"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
+def up(d: Path, nodes: int = 3, node_memory: str = "8Gi", arch: str = "arm64", log=print) -> dict:
+    from . import build
+
+    if nodes < 1:
+        raise UpError("--nodes must be at least 1")
+    if not re.fullmatch(r"[1-9]\d*(Ki|Mi|Gi|Ti)", node_memory):
+        raise UpError(f"--node-memory {node_memory!r}: write a quantity such as 8Gi or 4096Mi")
+    if arch not in ("arm64", "amd64", "arm"):
+        raise UpError(f"--arch {arch}: use arm64, amd64 or arm")
+    d = d.resolve()
+    st = load_state(d)
+    if st and any(_is_ours(p["pid"], p.get("start")) for p in st.get("procs", {}).values()):
+        raise UpError(f"a control plane is already running from {d}; run `scripts/control-plane down {d}` first")
+    if st:
+        _remove_made(d, keep_logs=False)
+    d.mkdir(parents=True, exist_ok=True)
+    try:
+        bin_dir = build.build(log=log)
+    except build.BuildError as e:
+        raise UpError(str(e)) from None
+    runner = Up(d, nodes, node_memory, arch, bin_dir)
+    try:
+        return runner.run()
+    except BaseException:
+        stop(d)
+        _remove_made(d, keep_logs=True)
+        raise
+
+
+def stop(d: Path, timeout: float = 10) -> list[str]:
+    """Stop every process recorded in DIR, the last started first (the datastore outlives the apiserver, which
+    outlives its clients): SIGTERM to its process group, SIGKILL after `timeout` s. Returns the names killed."""
+    st = load_state(d)
+    if not st:
+        return []
+    order = {n: i for i, n in enumerate(START_ORDER)}
+    procs = sorted(st.get("procs", {}).items(), key=lambda np: -order.get(np[0], 0))
+    killed = []
+    for name, p in procs:
+        pid, start = p["pid"], p.get("start")
+        if not (_proc_alive(pid) and _is_ours(pid, start)):
+            continue
+        _signal_group(pid, signal.SIGTERM)
+        if not _wait_gone(pid, start, timeout):
+            _signal_group(pid, signal.SIGKILL)
+            killed.append(name)
+            _wait_gone(pid, start, 5)
+    return killed
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # each runs in its own session: its whole process group
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_gone(pid: int, start: str | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap()
+        if not (_proc_alive(pid) and _is_ours(pid, start)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _remove_made(d: Path, keep_logs: bool) -> None:
+    for name in MADE:
+        if keep_logs and name == "logs":
+            continue
+        p = d / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+    for tmp in d.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def down(d: Path, keep_logs: bool = False) -> list[str]:
+    d = d.resolve()
+    if not d.is_dir():
+        return []
+    killed = stop(d)
+    _remove_made(d, keep_logs)
+    try:
+        d.rmdir()  # only if we left it empty
+    except OSError:
+        pass
+    return killed

@@ -1,0 +1,273 @@
+"""STAND-IN for the kubelets of a k3s cluster (there is no container runtime here). See README.md.
+
+Run by `scripts/control-plane up` as `python nodes.py DIR`; reads DIR/controlplane.json. For each node-i, with
+that node's own credentials (system:node:node-i in system:nodes, so the real Node authorizer and NodeRestriction
+admission judge every call as they judge a kubelet's):
+  - registers the Node (capacity/allocatable, labels, addresses, nodeInfo, conditions Ready and no pressure),
+  - renews its Lease in kube-node-lease every 10 s and re-posts its conditions every 60 s, as a kubelet does,
+  - for pods the scheduler bound to it: marks them Running (podIP from the node's podCIDR, containers ready,
+    conditions True) and, once they are being deleted, deletes them for good (grace 0), as a kubelet does
+    after its containers stopped.
+With the admin credentials it labels node-1 node-role.kubernetes.io/control-plane=true, as the k3s server
+process (not the kubelet, which NodeRestriction forbids) does.
+
+Not done: no containers run, no probes, no images pulled, no volumes mounted, no logs/exec/port-forward,
+no evictions or resource accounting; Job pods stay Running (never Succeeded); restartPolicy is ignored.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import re
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+TIMEOUT = 10          # every API call is bounded
+POLL = 1.0            # pods are looked at once a second
+LEASE_EVERY = 10.0    # kubelet: nodeLeaseDurationSeconds 40, renewed every 10 s
+STATUS_EVERY = 60.0
+KUBELET_VERSION = "v1.36.3+k3s1"  # what a node of the pinned k3s reports
+EVICTION_MEMORY_MI = 100          # kubelet's default eviction-hard memory.available<100Mi (k3s keeps it)
+EPHEMERAL_GI = 64                 # a 64 GB card / NVMe
+EVICTION_NODEFS = 0.05            # k3s: nodefs.available<5%
+
+stop = threading.Event()
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_quantity_ki(q: str) -> int:
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", q.strip())
+    if not m:
+        raise ValueError(f"--node-memory {q!r}: write e.g. 8Gi, 4096Mi")
+    mult = {None: 1 / 1024, "Ki": 1, "Mi": 1024, "Gi": 1024 ** 2, "Ti": 1024 ** 3}[m.group(2)]
+    return int(int(m.group(1)) * mult)
+
+
+def api_client(state: dict, cert: str, key: str) -> client.ApiClient:
+    cfg = client.Configuration()
+    cfg.host = state["server"]
+    cfg.ssl_ca_cert = state["tls"]["server-ca"]
+    cfg.cert_file, cfg.key_file = cert, key
+    cfg.verify_ssl = True
+    return client.ApiClient(cfg)
+
+
+def log(msg: str) -> None:
+    print(f"{now()} {msg}", flush=True)
+
+
+class Node:
+    def __init__(self, state: dict, index: int):
+        self.name = f"node-{index}"
+        self.index = index
+        self.state = state
+        tls = state["tls"]
+        self.api = api_client(state, tls[f"client-node-{self.name}"], tls[f"client-node-{self.name}-key"])
+        self.core = client.CoreV1Api(self.api)
+        self.coord = client.CoordinationV1Api(self.api)
+        self.ip = f"127.0.0.{100 + index}"  # a loopback address: nothing is reached through it
+        self.uid = None
+        self.used_ips: set[str] = set()
+        self.next_ip = 2
+        mem_ki = parse_quantity_ki(state["node_memory"])
+        self.capacity = {"cpu": "4", "memory": f"{mem_ki}Ki", "pods": "110",
+                         "ephemeral-storage": f"{EPHEMERAL_GI * 1024 * 1024}Ki",
+                         "hugepages-1Gi": "0", "hugepages-2Mi": "0"}
+        self.allocatable = dict(self.capacity, memory=f"{mem_ki - EVICTION_MEMORY_MI * 1024}Ki",
+                                **{"ephemeral-storage": str(int(EPHEMERAL_GI * 1024 ** 3 * (1 - EVICTION_NODEFS)))})
+
+    # --- node and lease -------------------------------------------------------------------------------
+    def conditions(self) -> list[dict]:
+        t = now()
+        def c(type_, status, reason, message):
+            return {"type": type_, "status": status, "reason": reason, "message": message,
+                    "lastHeartbeatTime": t, "lastTransitionTime": self.since}
+        return [c("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                c("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                c("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                c("Ready", "True", "KubeletReady", "kubelet is posting ready status (piml test stand-in)")]
+
+    def status(self) -> dict:
+        arch = self.state["arch"]
+        seed = hashlib.sha256(f"{self.state['dir']}/{self.name}".encode()).hexdigest()
+        return {"capacity": self.capacity, "allocatable": self.allocatable, "conditions": self.conditions(),
+                "addresses": [{"type": "InternalIP", "address": self.ip}, {"type": "Hostname", "address": self.name}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "nodeInfo": {"machineID": seed[:32], "systemUUID": str(uuid.UUID(seed[32:64])),
+                             "bootID": str(uuid.uuid4()), "kernelVersion": "piml-standin",
+                             "osImage": "Debian GNU/Linux 12 (bookworm)", "containerRuntimeVersion": "containerd://piml-standin",
+                             "kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": "", "operatingSystem": "linux",
+                             "architecture": arch}}
+
+    def register(self) -> None:
+        self.since = now()
+        body = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.name,
+                             "labels": {"kubernetes.io/arch": self.state["arch"], "kubernetes.io/os": "linux",
+                                        "kubernetes.io/hostname": self.name,
+                                        "beta.kubernetes.io/arch": self.state["arch"], "beta.kubernetes.io/os": "linux",
+                                        "node.kubernetes.io/instance-type": "k3s"},
+                             "annotations": {"node.alpha.kubernetes.io/ttl": "0",
+                                             "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
+                "spec": {"providerID": f"k3s://{self.name}"}}
+        try:
+            node = self.core.create_node(body, _request_timeout=TIMEOUT)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            node = self.core.read_node(self.name, _request_timeout=TIMEOUT)
+        self.uid = node.metadata.uid
+        self.post_status()
+
+    def post_status(self) -> None:
+        self.core.patch_node_status(self.name, {"status": self.status()}, _request_timeout=TIMEOUT)
+
+    def renew_lease(self) -> None:
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": "kube-node-lease",
+                             "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.name,
+                                                  "uid": self.uid}]},
+                "spec": {"holderIdentity": self.name, "leaseDurationSeconds": 40, "renewTime": micro_now()}}
+        try:
+            self.coord.patch_namespaced_lease(self.name, "kube-node-lease", {"spec": body["spec"]},
+                                              _request_timeout=TIMEOUT)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            self.coord.create_namespaced_lease("kube-node-lease", body, _request_timeout=TIMEOUT)
+
+    # --- pods -----------------------------------------------------------------------------------------
+    def pod_ip(self, pod) -> str:
+        if pod.spec.host_network:
+            return self.ip
+        node = self.core.read_node(self.name, _request_timeout=TIMEOUT)
+        cidr = node.spec.pod_cidr or f"10.42.{self.index - 1}.0/24"  # the controller-manager allocates it
+        net = ipaddress.ip_network(cidr)
+        for _ in range(net.num_addresses):
+            ip = str(net.network_address + self.next_ip)
+            self.next_ip = self.next_ip + 1 if self.next_ip + 1 < net.num_addresses - 1 else 2
+            if ip not in self.used_ips:
+                return ip
+        raise RuntimeError(f"{self.name}: no free pod IP in {cidr}")
+
+    def run_pod(self, pod) -> None:
+        t = now()
+        ip = self.pod_ip(pod)
+        def cs(c, init=False):
+            base = {"name": c.name, "image": c.image, "imageID": f"piml-standin://{c.image}",
+                    "containerID": f"containerd://{hashlib.sha256((pod.metadata.uid + c.name).encode()).hexdigest()}",
+                    "restartCount": 0}
+            if init:
+                return dict(base, ready=True, started=False,
+                            state={"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": t, "finishedAt": t}})
+            return dict(base, ready=True, started=True, state={"running": {"startedAt": t}})
+        def cond(type_):
+            return {"type": type_, "status": "True", "lastProbeTime": None, "lastTransitionTime": t}
+        status = {"phase": "Running", "hostIP": self.ip, "hostIPs": [{"ip": self.ip}], "podIP": ip,
+                  "podIPs": [{"ip": ip}], "startTime": t, "qosClass": pod.status.qos_class if pod.status else None,
+                  "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("ContainersReady"),
+                                 cond("Ready"), cond("PodScheduled")],
+                  "containerStatuses": [cs(c) for c in pod.spec.containers],
+                  "initContainerStatuses": [cs(c, init=True) for c in (pod.spec.init_containers or [])]}
+        self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status},
+                                              _request_timeout=TIMEOUT)
+        self.used_ips.add(ip)
+        log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} Running at {ip}")
+
+    def sync_pods(self) -> None:
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.name}",
+                                                     _request_timeout=TIMEOUT).items
+        self.used_ips = {p.status.pod_ip for p in pods if p.status and p.status.pod_ip}
+        for pod in pods:
+            if stop.is_set():
+                return
+            try:
+                if pod.metadata.deletion_timestamp:
+                    self.core.delete_namespaced_pod(
+                        pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0,
+                        body=client.V1DeleteOptions(grace_period_seconds=0,
+                                                    preconditions=client.V1Preconditions(uid=pod.metadata.uid)),
+                        _request_timeout=TIMEOUT)
+                    log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} stopped and deleted")
+                elif (pod.status.phase or "Pending") == "Pending":
+                    self.run_pod(pod)
+            except ApiException as e:
+                if e.status not in (404, 409):
+                    log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name}: {e.status} {e.reason}")
+
+    def loop(self) -> None:
+        import time
+        last_lease = last_status = 0.0
+        registered = False
+        while not stop.is_set():
+            t = time.monotonic()
+            try:
+                if not registered:
+                    self.register()
+                    registered = True
+                    last_status = t
+                    log(f"{self.name}: registered")
+                if t - last_lease >= LEASE_EVERY:
+                    self.renew_lease()
+                    last_lease = t
+                if t - last_status >= STATUS_EVERY:
+                    self.post_status()
+                    last_status = t
+                self.sync_pods()
+            except Exception as e:  # keep going: the API server may be briefly away, as for a kubelet
+                log(f"{self.name}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+            stop.wait(POLL)
+
+
+def label_control_plane(state: dict) -> None:
+    """What the k3s server does for its own node: node-role labels a kubelet may not set on itself."""
+    tls = state["tls"]
+    core = client.CoreV1Api(api_client(state, tls["client-admin"], tls["client-admin-key"]))
+    while not stop.is_set():
+        try:
+            core.patch_node("node-1", {"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}},
+                            _request_timeout=TIMEOUT)
+            log("node-1: labelled node-role.kubernetes.io/control-plane=true")
+            return
+        except Exception as e:
+            if not (isinstance(e, ApiException) and e.status == 404):
+                log(f"labelling node-1: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        stop.wait(0.5)
+
+
+def main(argv: list[str]) -> int:
+    d = Path(argv[0])
+    state = json.loads((d / "controlplane.json").read_text())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    nodes = [Node(state, i) for i in range(1, int(state["nodes"]) + 1)]
+    threads = [threading.Thread(target=n.loop, name=n.name, daemon=True) for n in nodes]
+    threads.append(threading.Thread(target=label_control_plane, args=(state,), daemon=True))
+    for t in threads:
+        t.start()
+    log(f"node stand-in: {len(nodes)} nodes ({state['arch']}, {state['node_memory']}) against {state['server']}")
+    while not stop.is_set():
+        stop.wait(1)
+    for t in threads:
+        t.join(timeout=TIMEOUT + 2)
+    log("node stand-in: stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
