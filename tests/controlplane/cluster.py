@@ -321,13 +321,24 @@ def up(d: Path, nodes: int = 3, node_memory: str = "8Gi", arch: str = "arm64", l
         bin_dir = build.build(log=log)
     except build.BuildError as e:
         raise UpError(str(e)) from None
-    runner = Up(d, nodes, node_memory, arch, bin_dir)
-    try:
-        return runner.run()
-    except BaseException:
-        stop(d)
-        _remove_made(d, keep_logs=True)
-        raise
+    for attempt in (1, 2):
+        runner = Up(d, nodes, node_memory, arch, bin_dir)
+        try:
+            return runner.run()
+        except UpError as e:
+            stop(d)
+            _remove_made(d, keep_logs=True)
+            # The free ports are chosen before the processes bind them: another program may take one in between.
+            if attempt == 1 and "address already in use" in str(e):
+                log(f"{e}; trying again with other ports")
+                shutil.rmtree(d / "logs", ignore_errors=True)
+                continue
+            raise
+        except BaseException:
+            stop(d)
+            _remove_made(d, keep_logs=True)
+            raise
+    raise AssertionError("unreachable")
 
 
 def stop(d: Path, timeout: float = 10) -> list[str]:
