@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
                             log=lambda m: print(m, file=sys.stderr))
         except cluster.UpError as e:
             print(f"control-plane up: {e}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(e, cluster.BadInput) else 1
         except KeyboardInterrupt:
             print("control-plane up: interrupted; everything started was stopped", file=sys.stderr)
             return 1

@@ -40,6 +40,10 @@ class UpError(Exception):
     pass
 
 
+class BadInput(UpError):
+    """A wrong argument: exit 2, as piml's conventions want."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -305,11 +309,11 @@ def up(d: Path, nodes: int = 3, node_memory: str = "8Gi", arch: str = "arm64", l
     from . import build
 
     if nodes < 1:
-        raise UpError("--nodes must be at least 1")
+        raise BadInput("--nodes must be at least 1")
     if not re.fullmatch(r"[1-9]\d*(Ki|Mi|Gi|Ti)", node_memory):
-        raise UpError(f"--node-memory {node_memory!r}: write a quantity such as 8Gi or 4096Mi")
+        raise BadInput(f"--node-memory {node_memory!r}: write a quantity such as 8Gi or 4096Mi")
     if arch not in ("arm64", "amd64", "arm"):
-        raise UpError(f"--arch {arch}: use arm64, amd64 or arm")
+        raise BadInput(f"--arch {arch}: use arm64, amd64 or arm")
     d = d.resolve()
     st = load_state(d)
     if st and any(_is_ours(p["pid"], p.get("start")) for p in st.get("procs", {}).values()):
