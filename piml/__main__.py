@@ -1,3 +1,3 @@
-from piml.cli import main
+from piml.entry import main
 
 main()

@@ -1,10 +1,9 @@
-"""The `piml` command line. Only typer is imported at start: each command imports what it needs,
-so `piml --help` stays fast (kubernetes, ansible_runner, fabric, jinja2 load only where used)."""
+"""The `piml` command line, run by piml.entry (which turns errors into one line). Only typer is imported at
+start: each command imports what it needs, so `piml --help` stays fast (kubernetes, ansible_runner, fabric,
+jinja2 load only where used)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,7 +53,7 @@ def init(
     ssh_key: Annotated[Optional[Path], typer.Option("--ssh-key", help="Use this existing private key instead of making a new one.", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Board model of every node: pi5 | cm4 | other.", show_default=False)] = None,
     memory_gb: Annotated[Optional[float], typer.Option("--memory-gb", help="RAM of every board in GB, for planning before the nodes are reached.", show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rewrite an existing project's inventory and piml.yaml (old ones kept as .bak; the SSH key is kept).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rewrite an existing project's inventory and piml.yaml (old ones kept as .bak, then .bak.2, .bak.3 ...; the SSH key is kept).")] = False,
     project: ProjectOpt = None,
 ) -> None:
     """Create a project: inventory/hosts.yml, piml.yaml and .piml/ with an SSH key pair.
@@ -69,7 +68,7 @@ def init(
     """
     from piml.commands.init import run_init
 
-    run_init(directory or project or Path.cwd(), node or [], user, ssh_key, model, force, memory_gb)
+    run_init(directory, node or [], user, ssh_key, model, force, memory_gb, project)
 
 
 @inventory_app.command("show")
@@ -185,7 +184,7 @@ def up(
 def status(
     limit: LimitOpt = None,
     accept_new_host_keys: AcceptKeysOpt = False,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh in place until Ctrl-C.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh in place until Ctrl-C (not on a terminal: each refresh appended, stamped; with --json one JSON object a line).")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 5.0,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
@@ -357,25 +356,3 @@ def jobs(
 
     run_jobs(request_id, limit, queue_url, project, inventory, json)
 
-
-def main() -> None:
-    """Entry point: run the app, turning every error into one line and an exit code."""
-    try:
-        app()
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the one place that stops tracebacks reaching users
-        from piml.errors import PimlError
-        from piml.output import error_line
-
-        if isinstance(exc, PimlError):
-            for problem in exc.problems:
-                error_line(str(problem))
-            sys.exit(exc.exit_code)
-        if os.environ.get("PIML_DEBUG"):
-            raise
-        error_line(f"internal error: {type(exc).__name__}: {exc} (a bug in piml; rerun with PIML_DEBUG=1 for details and report it)")
-        sys.exit(1)

@@ -11,7 +11,7 @@ HEAVY = ("kubernetes", "ansible_runner", "fabric", "paramiko", "jinja2", "pydant
 
 def test_help_imports_nothing_heavy():
     code = (
-        "import sys\nfrom piml.cli import main\nsys.argv=['piml','--help']\n"
+        "import sys\nfrom piml.entry import main\nsys.argv=['piml','--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )

@@ -155,7 +155,7 @@ def test_help_has_examples_and_loads_no_queue_libraries():
     for command in ("submit", "jobs"):
         out = subprocess.run([sys.executable, "-m", "piml", command, "--help"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "Examples:\n    piml " + command in out.stdout
-    code = ("import sys\nfrom piml.cli import main\nsys.argv=['piml','--help']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom piml.entry import main\nsys.argv=['piml','--help']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
             "print('LOADED=' + ','.join(m for m in ('redis', 'pika', 'mlflow', 'pandas', 'kubernetes') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("LOADED="), out.stdout[-200:]
