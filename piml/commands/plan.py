@@ -40,7 +40,7 @@ def load_plan(project: Path | None, inventory: Path | None, reach_nodes: bool, a
             raise PimlError([*exc.problems, Problem("piml", "cannot tell which nodes the platform's volumes are on",
                                                     "start the cluster (piml status says what is down) and run this again")],
                             EXIT_FAILED) from None
-        pins, note = {}, (f"the cluster did not answer ({exc.problems[0].what}): this plan does not know which nodes the "
+        pins, note = {}, (f"the cluster could not be asked ({exc.problems[0]}): this plan does not know which nodes the "
                           "volumes of MLflow, Redis & co are on; piml up checks that before it applies anything")
     plan = make_plan(cluster, facts, pins)
     return cluster, (replace(plan, notes=(*plan.notes, note)) if note else plan)

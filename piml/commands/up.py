@@ -199,8 +199,8 @@ def _finish(summary: dict, failed: dict[str, str], as_json: bool, stopped: str =
         raise PimlError(Problem("piml up", stopped), EXIT_FAILED)
     if failed:
         problems = [Problem(node, message, "") for node, message in failed.items()]
-        problems.append(Problem("piml up", f"{len(failed)} node(s) failed: {', '.join(failed)}",
-                                "fix what is said above, then run piml up again (the nodes that succeeded are not changed again)"))
+        problems.append(Problem("piml up", f"failed on {', '.join(failed)}",
+                                "fix what is said above, then run piml up again (what succeeded is not changed again)"))
         raise PimlError(problems, EXIT_FAILED)
 
 

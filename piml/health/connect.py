@@ -22,14 +22,13 @@ EXEC_TIMEOUT = 300  # the deep check's Dask computation
 
 @contextmanager
 def open_cluster_endpoints(cluster: "Cluster") -> Iterator[Endpoints]:
-    from kubernetes import client, config as kubeconfig
-
+    from piml.kube.client import core_api
     from piml.queue.tunnel import forward, open_tunnel
     from piml.secrets import load_or_create
 
     path = cluster.paths.state / "kubeconfig"
     config, namespace = cluster.config, cluster.config.namespace
-    api = client.CoreV1Api(kubeconfig.new_client_from_config(str(path)))
+    api = core_api(path, cluster.paths.show(path))
     endpoints = Endpoints()
     closers: list[Callable[[], None]] = []
 
@@ -73,12 +72,13 @@ def open_cluster_endpoints(cluster: "Cluster") -> Iterator[Endpoints]:
 
 def pod_python(api: Any, namespace: str, selector: str, what: str) -> Callable[[str], str]:
     """Run a Python script in a ready pod matching `selector` (kubectl exec), return its stdout."""
+    from piml.kube.client import REQUEST_TIMEOUT
     from piml.queue.tunnel import open_stream, pick_pod
 
     def run(script: str) -> str:
         from kubernetes.stream import stream
 
-        pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=selector).items, what)
+        pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items, what)
         response = open_stream(stream, api.connect_get_namespaced_pod_exec, pod, namespace, command=["python", "-c", script],
                                stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
         try:

@@ -46,7 +46,8 @@ class Kube:
             response = self.api_client.call_api(*request, _request_timeout=self.request_timeout)
             data = response.read()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise PimlError(Problem(self.where, f"cannot reach the Kubernetes API at {self.server} ({type(exc).__name__})",
+            raise PimlError(Problem(self.where, f"cannot reach the Kubernetes API at {self.server} "
+                                    f"({why_unreachable(exc, self.request_timeout)})",
                                     "check that k3s runs on the first server (piml status) and that this machine can reach it"),
                             EXIT_FAILED) from None
         except Exception as exc:  # kubernetes.client.ApiException with status 0: TLS and the like
@@ -82,19 +83,57 @@ class Kube:
         self.api_client.close()
 
 
-def connect(kubeconfig: Path, where: str | None = None, request_timeout: float = 15.0) -> Kube:
+def why_unreachable(exc: BaseException, timeout: float) -> str:
+    """A failed connection in the user's words: urllib3 wraps the cause in MaxRetryError."""
+    import socket
+
+    import urllib3
+
+    cause = getattr(exc, "reason", None) or exc
+    if isinstance(cause, (urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)):
+        return f"no answer within {timeout:.0f} s"
+    if isinstance(cause, urllib3.exceptions.NewConnectionError) or isinstance(exc, ConnectionRefusedError):
+        return "nothing answers at that address" if "refused" in str(cause).lower() else "cannot connect"
+    if isinstance(cause, urllib3.exceptions.SSLError):
+        return "TLS failed: the server's certificate is not the one in the kubeconfig"
+    if isinstance(cause, urllib3.exceptions.ProtocolError):
+        return "the connection was dropped"
+    return type(cause).__name__
+
+
+REQUEST_TIMEOUT = 15.0  # seconds for one API request (or for opening one exec / port-forward stream)
+
+
+def connect(kubeconfig: Path, where: str | None = None, request_timeout: float = REQUEST_TIMEOUT) -> Kube:
     """A client for the cluster in `kubeconfig` (.piml/kubeconfig). Raises PimlError when it cannot be read."""
+    where = where or str(kubeconfig)
+    return Kube(api_client(kubeconfig, where), where, request_timeout)
+
+
+def core_api(kubeconfig: Path, where: str | None = None):
+    """The kubernetes client's generated CoreV1Api on the same client, for what needs its stream helpers
+    (exec, port-forward). Callers pass `_request_timeout=REQUEST_TIMEOUT` to every call."""
+    from kubernetes import client as k8s
+
+    return k8s.CoreV1Api(api_client(kubeconfig, where or str(kubeconfig)))
+
+
+def api_client(kubeconfig: Path, where: str):
+    """The one way piml builds a client: from the kubeconfig, checked, with bounded retries."""
     from kubernetes import client as k8s
     from kubernetes.config import ConfigException, load_kube_config
+    from yaml import YAMLError
 
-    where = where or str(kubeconfig)
     if not Path(kubeconfig).is_file():
         raise PimlError(Problem(where, "no kubeconfig here", "run `piml up` (the kubeconfig stage writes it)"), EXIT_FAILED)
     configuration = k8s.Configuration()
     try:
         load_kube_config(config_file=str(kubeconfig), client_configuration=configuration, persist_config=False)
-    except (ConfigException, ValueError, OSError) as exc:
-        raise PimlError(Problem(where, f"not a usable kubeconfig: {str(exc).splitlines()[0]}",
+    except (ConfigException, ValueError, OSError, YAMLError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        # The client parses the file as it goes: a file that is YAML but not a kubeconfig fails as a TypeError
+        # or KeyError deep inside it. All of them mean the same thing to the user.
+        detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PimlError(Problem(where, f"not a usable kubeconfig: {detail}",
                                 "fetch it again with `piml up --only kubeconfig`"), EXIT_FAILED) from None
     configuration.retries = 1  # bounded: one retry on a dropped connection, then a plain error
-    return Kube(k8s.ApiClient(configuration), where, request_timeout)
+    return k8s.ApiClient(configuration)

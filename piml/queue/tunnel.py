@@ -23,9 +23,48 @@ _STREAM_OPENING = threading.Lock()
 
 
 def open_stream(opener: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """kubernetes.stream.stream / portforward(*args, **kwargs), never two at once in this process."""
-    with _STREAM_OPENING:
-        return opener(*args, **kwargs)
+    """kubernetes.stream.stream / portforward(*args, **kwargs), never two at once in this process, and bounded.
+
+    The client opens its WebSocket with no timeout at all (its `_request_timeout` is not passed on to the
+    socket), so an API server that accepts and never answers would hang us: the opening runs in a thread
+    that is given up on after REQUEST_TIMEOUT."""
+    from piml.kube.client import REQUEST_TIMEOUT
+
+    outcome: dict[str, Any] = {}
+
+    def opening() -> None:
+        if not _STREAM_OPENING.acquire(timeout=REQUEST_TIMEOUT):
+            return
+        try:
+            outcome["stream"] = opener(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as it is
+            outcome["error"] = exc
+        finally:
+            _STREAM_OPENING.release()
+
+    thread = threading.Thread(target=opening, name="piml-open-stream", daemon=True)
+    thread.start()
+    thread.join(REQUEST_TIMEOUT)
+    if "error" in outcome:
+        raise outcome["error"]
+    if "stream" not in outcome:
+        raise PimlError(Problem("the Kubernetes API", f"opened no exec / port-forward stream within {REQUEST_TIMEOUT:.0f} s",
+                                "check that k3s runs on the first server: `piml status`"), 1)
+    return outcome["stream"]
+
+
+def urllib3_errors() -> type:
+    import urllib3
+
+    return urllib3.exceptions.HTTPError
+
+
+def unreachable(api: Any, exc: BaseException) -> PimlError:
+    from piml.kube.client import REQUEST_TIMEOUT, why_unreachable
+
+    host = api.api_client.configuration.host
+    return PimlError(Problem("the Kubernetes API", f"cannot reach {host} ({why_unreachable(exc, REQUEST_TIMEOUT)})",
+                             "check that k3s runs on the first server: `piml status`"), 1)
 
 
 def pick_pod(pods: list[Any], kind: str) -> str:
@@ -110,15 +149,18 @@ def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:
 
     if not Path(kubeconfig).is_file():
         raise InputError(Problem(str(kubeconfig), "no kubeconfig", "run `piml up` first, or pass --queue-url redis://... / amqp://..."))
-    from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
-    api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+    from piml.kube.client import REQUEST_TIMEOUT, core_api
+
+    api = core_api(kubeconfig)
     try:
-        password = secret_password(api.read_namespaced_secret(kind, namespace), kind)
+        password = secret_password(api.read_namespaced_secret(kind, namespace, _request_timeout=REQUEST_TIMEOUT), kind)
     except ApiException as exc:
         raise PimlError(Problem(f"cluster ({namespace})", f"cannot read the {kind} Secret: HTTP {exc.status} {exc.reason}",
                                 "check the kubeconfig and that `piml up` finished"), 1) from None
+    except (OSError, urllib3_errors()) as exc:
+        raise unreachable(api, exc) from None
     forwarder = forward(api, namespace, f"app.kubernetes.io/name={kind}", PORTS[kind], kind)
     url = f"redis://127.0.0.1:{forwarder.port}/0" if kind == "redis" else f"amqp://{RABBITMQ_USER}@127.0.0.1:{forwarder.port}/"
     return Tunnel(url, password, forwarder)
@@ -129,11 +171,15 @@ def forward(api: Any, namespace: str, selector: str, port: int, what: str) -> Fo
     from kubernetes.client.rest import ApiException
     from kubernetes.stream import portforward
 
+    from piml.kube.client import REQUEST_TIMEOUT
+
     try:
-        pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=selector).items, what)
+        pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items, what)
     except ApiException as exc:
         raise PimlError(Problem(f"cluster ({namespace})", f"cannot list the {what} pods: HTTP {exc.status} {exc.reason}",
                                 "check the kubeconfig and that `piml up` finished"), 1) from None
+    except (OSError, urllib3_errors()) as exc:
+        raise unreachable(api, exc) from None
 
     def open_remote() -> socket.socket:
         stream = open_stream(portforward, api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
