@@ -11,11 +11,12 @@ Needs only the `redis` (or `pika`) client besides piml's own queue modules.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from piml.errors import PimlError, Problem
-from piml.queue import TERMINAL, Broker, connect, make_request
+from piml.queue import TERMINAL, Broker, connect, make_request, redact
 
 
 def _broker(queue_url: str | None, broker: Broker | None) -> Broker:
@@ -62,10 +63,16 @@ def wait(request_id: str, timeout: float = 3600, *, queue_url: str | None = None
 
 
 def follow(broker: Broker, request_id: str, timeout: float, poll: float = 1.0, on_change=None) -> dict:
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise PimlError(Problem("timeout", f"{timeout:g} is not a number of seconds to wait", "give more than 0"), 2)
     deadline = time.monotonic() + timeout
     last = None
     while True:
-        job = broker.get(request_id)
+        try:
+            job = broker.get(request_id)
+        except broker.lost as exc:
+            raise PimlError(Problem(redact(broker.url), f"the broker went away while following {request_id} ({type(exc).__name__})",
+                                    f"the request stays queued if the broker kept it: `piml jobs {request_id}` once it is back"), 1) from None
         if job is None:
             raise PimlError(Problem(request_id, "no such request", "check the id with `piml jobs`"), 2)
         if on_change and (job["state"], job.get("attempts")) != last:

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from functools import cache
 from typing import Any
+
+# Escape sequences (CSI, OSC, other ESC forms) and the remaining C0/C1 control characters, except
+# newline and tab. Text from outside piml (a job's error, a pod's log, a broker's record) passes
+# through `terminal_safe` before it is printed, so it cannot move the cursor, retitle the terminal,
+# hide what follows or hand the terminal a hyperlink.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]?|\x9b[0-?]*[ -/]*[@-~]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with escape sequences removed and other control characters shown as `?`."""
+    return _CONTROLS.sub("?", _ESCAPES.sub("", text))
 
 
 def _width(stream) -> int | None:
@@ -38,9 +51,9 @@ def print_json(data: Any) -> None:
 def error_line(text: str) -> None:
     """One problem, on stderr, without rich markup interpretation (user text may contain brackets)."""
     err_console().print("[bold red]error:[/] ", end="")
-    err_console().print(text, markup=False)
+    err_console().print(terminal_safe(text), markup=False)
 
 
 def warning_line(text: str) -> None:
     err_console().print("[yellow]warning:[/] ", end="")
-    err_console().print(text, markup=False)
+    err_console().print(terminal_safe(text), markup=False)

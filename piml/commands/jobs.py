@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from piml.output import console, print_json
+from piml.output import console, print_json, terminal_safe
 
 STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
 
 
 def _time(value: str | None) -> str:
-    return value.replace("T", " ")[:19] if value else "-"
+    return str(value).replace("T", " ")[:19] if value else "-"
 
 
 def run_jobs(request_id: str | None, limit: int, queue_url: str | None, project: Path | None, inventory: Path | None,
@@ -18,6 +18,8 @@ def run_jobs(request_id: str | None, limit: int, queue_url: str | None, project:
     from piml.commands.submit import open_broker
     from piml.errors import InputError, Problem
 
+    if limit < 1:
+        raise InputError(Problem("--limit", f"{limit} is not a number of requests to list", "give 1 or more, e.g. -n 20"))
     with open_broker(project, inventory, queue_url) as broker:
         if request_id:
             job = broker.get(request_id)
@@ -35,21 +37,24 @@ def run_jobs(request_id: str | None, limit: int, queue_url: str | None, project:
         width = max(len(k) for k in job)
         for key, value in job.items():
             shown = value if value not in (None, "", {}) else "-"
-            console().print(f"{key:<{width}}  {shown}", markup=False)
+            console().print(f"{key:<{width}}  {terminal_safe(str(shown))}", markup=False)
         return
     if not jobs:
         console().print("no requests yet; queue one with `piml submit MODEL INPUT`", markup=False)
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False)
     for column in ("ID", "STATE", "SUBMITTED", "STARTED", "FINISHED", "NODE", "TRIES", "MLFLOW RUN", "ERROR"):
         table.add_column(column, overflow="fold")
     for job in jobs:
         state = job["state"] or "?"
-        table.add_row(job["id"], f"[{STYLE.get(state, 'white')}]{state}[/]", _time(job["submitted_at"]), _time(job["started_at"]),
-                      _time(job["finished_at"]), job["node"] or "-", str(job["attempts"] or 0), job["run_url"] or job["run_id"] or "-",
-                      (job["error"] or "")[:120].replace("[", "\\["))
+        cells = [job["id"], state, _time(job["submitted_at"]), _time(job["started_at"]), _time(job["finished_at"]), job["node"] or "-",
+                 str(job["attempts"] or 0), job["run_url"] or job["run_id"] or "-", (job["error"] or "")[:120]]
+        cells = [Text(terminal_safe(str(cell))) for cell in cells]  # broker records are written by pods: outside text
+        cells[1].stylize(STYLE.get(state, "white"))
+        table.add_row(*cells)
     console().print(table)
     if waiting is not None:
         console().print(f"{waiting} waiting in the queue", markup=False)

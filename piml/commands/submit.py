@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -46,11 +47,18 @@ def open_broker(project: Path | None, inventory: Path | None, queue_url: str | N
 def run_submit(model: str, input: str, params: list[str], output: str | None, request_id: str | None, wait: bool,
                timeout: float, queue_url: str | None, project: Path | None, inventory: Path | None, json: bool) -> None:
     from piml.client import follow
-    from piml.errors import PimlError, Problem
+    from piml.errors import InputError, PimlError, Problem
     from piml.queue import FAILED, make_request
     from piml.queue.request import parse_param
 
-    values = dict(parse_param(p) for p in params)
+    if wait and (not math.isfinite(timeout) or timeout <= 0):
+        raise InputError(Problem("--timeout", f"{timeout:g} is not a number of seconds to wait", "give more than 0, e.g. --timeout 600"))
+    values: dict = {}
+    for text in params:
+        name, value = parse_param(text)
+        if name in values:
+            raise InputError(Problem("--param", f"{name} is given twice ({values[name]!r} and {value!r})", "give each parameter once"))
+        values[name] = value
     request = make_request(model, input, values, output, request_id)
     with open_broker(project, inventory, queue_url) as broker:
         broker.submit(request)

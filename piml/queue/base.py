@@ -45,6 +45,9 @@ class Delivery:
 
 
 class Broker(Protocol):
+    lost: tuple[type[BaseException], ...]  # what the broker's library raises when the broker goes away mid-command
+    url: str
+
     def submit(self, request) -> None: ...
     def get(self, request_id: str) -> dict | None: ...
     def jobs(self, limit: int = 50) -> list[dict]: ...
@@ -111,11 +114,17 @@ def connect(url: str | None = None, *, password: str | None = None, **options: A
 def job_record(fields: dict[str, Any]) -> dict[str, Any]:
     """A request's state as `piml jobs --json` shows it: every field present, typed."""
     record = {name: fields.get(name) for name in JOB_FIELDS}
-    for name in ("attempts", "rows"):
+    # A record is written by runner pods and kept in the broker: one damaged field shows as unknown
+    # (None), it does not break the listing of every other request.
+    for name, kind in (("attempts", int), ("rows", int), ("seconds", float)):
         if record[name] not in (None, ""):
-            record[name] = int(record[name])
-    if record["seconds"] not in (None, ""):
-        record["seconds"] = float(record["seconds"])
+            try:
+                record[name] = kind(record[name])
+            except (TypeError, ValueError, OverflowError):
+                record[name] = None
+    for name in JOB_FIELDS:
+        if name != "params" and record[name] is not None and not isinstance(record[name], (str, int, float)):
+            record[name] = str(record[name])
     if isinstance(record["params"], str):
         try:
             record["params"] = json.loads(record["params"]) if record["params"] else {}

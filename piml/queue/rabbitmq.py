@@ -47,6 +47,8 @@ class RabbitBroker:
         import pika
 
         self._pika = pika
+        self.url = url
+        self.lost = (pika.exceptions.AMQPError, OSError)
         # pika cannot parse a URL with a user but no password ("amqp://piml@host/", as the runner's and the
         # tunnel's URLs are): put a separately given password into the URL first.
         params = pika.URLParameters(_with_password(url, password) if password is not None else url)
@@ -100,6 +102,8 @@ class RabbitBroker:
                     event = json.loads(body)
                 except ValueError:
                     continue
+                if not isinstance(event, dict):  # a damaged or foreign message: skip it, keep the rest
+                    continue
                 if event.get("sync") == marker:
                     break
                 if "id" in event:
@@ -143,7 +147,12 @@ class RabbitBroker:
                 method, _, body = channel.basic_get(DEAD, auto_ack=False)
                 if method is None:
                     break
-                letters.append(json.loads(body))
+                try:
+                    letter = json.loads(body)
+                except ValueError:
+                    continue
+                if isinstance(letter, dict):
+                    letters.append(letter)
         finally:
             channel.close()
         return letters

@@ -42,6 +42,7 @@ class RedisBroker:
         import redis
 
         self.url = url
+        self.lost = (redis.RedisError, OSError)
         self.lease_seconds = lease_seconds
         self.state_ttl = state_ttl
         self.prefix = prefix
@@ -89,24 +90,24 @@ class RedisBroker:
         fields = self.r.hgetall(self.job_key(request_id))
         if not fields:
             return None
-        return job_record({k.decode(): v.decode() for k, v in fields.items()})
+        return job_record(_decoded(fields))
 
     def jobs(self, limit: int = 50) -> list[dict]:
         self.reap()
-        ids = [i.decode() for i in self.r.zrevrange(self.jobs_key, 0, max(0, limit - 1))]
+        ids = [i.decode(errors="replace") for i in self.r.zrevrange(self.jobs_key, 0, max(0, limit - 1))]
         pipe = self.r.pipeline(transaction=False)
         for request_id in ids:
             pipe.hgetall(self.job_key(request_id))
         found = []
         for request_id, fields in zip(ids, pipe.execute()):
             if fields:
-                found.append(job_record({k.decode(): v.decode() for k, v in fields.items()}))
+                found.append(job_record(_decoded(fields)))
             else:  # expired: drop it from the index too
                 self.r.zrem(self.jobs_key, request_id)
         return found
 
     def dead_letters(self, limit: int = 50) -> list[dict]:
-        return [json.loads(item) for item in self.r.lrange(self.dead_key, 0, limit - 1)]
+        return [letter for letter in map(_json_object, self.r.lrange(self.dead_key, 0, limit - 1)) if letter is not None]
 
     def queue_length(self) -> int:
         return int(self.r.llen(self.queue_key))
@@ -223,3 +224,16 @@ class RedisBroker:
 
     def close(self) -> None:
         self.r.close()
+
+
+def _decoded(fields: dict[bytes, bytes]) -> dict[str, str]:
+    """A request's hash as text; bytes that are not UTF-8 (a damaged record) become U+FFFD, not an exception."""
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+
+
+def _json_object(raw: bytes) -> dict | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
