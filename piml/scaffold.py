@@ -148,6 +148,14 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
         key_ref = str(Path(ssh_key).expanduser().resolve())
     else:
         key_ref = "{{ inventory_dir }}/../" + str(SSH_KEY)
+        if key_file.exists() or key_file.is_symlink():  # kept (the nodes trust it), so it must be a key ssh will use
+            try:
+                public_key_of(key_file, where=str(key_file))
+            except InputError as exc:
+                problem = exc.problems[0]
+                raise InputError(Problem(problem.where, f"{problem.what}; piml keeps this file, and it must be the project's key",
+                                         problem.fix if "chmod" in problem.fix else
+                                         "move it away to have a new key made, or pass --ssh-key with the key the nodes trust")) from None
     inventory = inventory_text(specs, user, key_ref, model, memory_gb)
     parse_inventory_text(inventory, "generated inventory", root / INVENTORY)  # never write what we cannot read
 
@@ -184,7 +192,7 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
                 made_dirs.append(target.parent)
             backup = None
             if target.exists():
-                backup = target.with_name(target.name + ".bak")
+                backup = free_backup_name(target)
                 os.replace(target, backup)
             os.replace(staging / rel, target)
             placed.append((target, backup))
@@ -201,3 +209,13 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [target for target, _ in placed]
+
+
+def free_backup_name(target: Path) -> Path:
+    """NAME.bak, or NAME.bak.2, .3 ... when earlier backups are there: a second --force keeps the first one."""
+    backup = target.with_name(target.name + ".bak")
+    number = 1
+    while backup.exists() or backup.is_symlink():
+        number += 1
+        backup = target.with_name(f"{target.name}.bak.{number}")
+    return backup

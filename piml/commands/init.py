@@ -27,8 +27,12 @@ def _ask_nodes() -> list[NodeSpec]:
     return specs
 
 
-def run_init(directory: Path, nodes: list[str], user: str | None, ssh_key: Path | None,
-             model: str | None, force: bool, memory_gb: float | None = None) -> None:
+def run_init(directory: Path | None, nodes: list[str], user: str | None, ssh_key: Path | None,
+             model: str | None, force: bool, memory_gb: float | None = None, project: Path | None = None) -> None:
+    if directory is not None and project is not None and Path(directory).resolve() != Path(project).resolve():
+        raise InputError(Problem("piml init", f"two project directories given: {directory} and -C {project}",
+                                 "give the directory once, as DIRECTORY or with -C"))
+    directory = directory or project or Path.cwd()
     if nodes:
         specs = [parse_node_spec(text) for text in nodes]
     else:
