@@ -50,6 +50,18 @@ class Size(Settings):
     requests: Quantities = Quantities()
     limits: Quantities = Quantities()
 
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> "Size":
+        # Kubernetes refuses a container whose request is above its limit; say so here, at the line.
+        from piml.plan.quantities import cpu_m, memory_mi
+
+        for name, parse in (("cpu", cpu_m), ("memory", memory_mi)):
+            request, limit = getattr(self.requests, name), getattr(self.limits, name)
+            if request is not None and limit is not None and parse(request) > parse(limit):
+                raise _setting(f"requests.{name} {request} is above limits.{name} {limit} (Kubernetes refuses such a pod)",
+                               f"lower the request or raise the limit to at least {request}", key="requests", named=False)
+        return self
+
 
 class K3s(Settings):
     version: Annotated[str, StringConstraints(pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$")] = Field(
@@ -155,10 +167,10 @@ def _split_url(value: str):
     return parts
 
 
-def _setting(what: str, fix: str, key: str | None = None) -> PydanticCustomError:
+def _setting(what: str, fix: str, key: str | None = None, named: bool = True) -> PydanticCustomError:
     """A problem found by piml's own checks; `key`: the setting to point at (a model validator's own errors
-    would point at the block)."""
-    return PydanticCustomError("piml_setting", "{what}; {fix}", {"what": what, "fix": fix, "key": key})
+    would point at the block). `named=False`: `what` does not name its block, so the message is prefixed with it."""
+    return PydanticCustomError("piml_setting", "{what}; {fix}", {"what": what, "fix": fix, "key": key, "named": named})
 
 
 class Dask(Settings):
@@ -235,13 +247,86 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+# What each member of a union setting accepts, by the tag pydantic puts into an error's location for it.
+UNION_MEMBERS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text", "none": "nothing (null)"}
+# Plain words for pydantic's error types, and the value to show as an example.
+PLAIN = {"bool_parsing": "true or false", "bool_type": "true or false", "int_parsing": "a whole number",
+         "int_type": "a whole number", "int_from_float": "a whole number", "float_parsing": "a number", "float_type": "a number",
+         "list_type": "a list, e.g. [a, b] or one '- item' per line", "dict_type": "a mapping of NAME: VALUE"}
+
+
+def _setting_loc(loc: tuple) -> tuple[tuple, list[str]]:
+    """A validation error's location without pydantic's union-member tags ('bool', "literal['auto']"), and the tags."""
+    model: Any = PimlConfig
+    kept: list = []
+    tags: list[str] = []
+    for key in loc:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(key))
+            kept.append(key)
+            model = field.annotation if field is not None else None
+            continue
+        if isinstance(key, int) or getattr(model, "__origin__", None) in (list, dict) or str(getattr(model, "__origin__", "")) == "typing.Annotated":
+            kept.append(key)
+            model = None
+            continue
+        if str(key).split("[")[0] in ("bool", "int", "float", "str", "none", "literal") and not tags and _is_union(model):
+            tags.append(str(key))
+            continue
+        if tags:
+            continue
+        kept.append(key)
+    return tuple(kept), tags
+
+
+def _is_union(annotation: Any) -> bool:
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _is_union(typing.get_args(annotation)[0])
+    return origin in (typing.Union, types.UnionType)
+
+
+def _alternatives(annotation: Any) -> str:
+    """'true, false or 'auto'' for bool | Literal['auto']."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    words: list[str] = []
+    for member in typing.get_args(annotation):
+        if typing.get_origin(member) is Literal:
+            words += [repr(v) for v in typing.get_args(member)]
+        elif member is bool:
+            words += ["true", "false"]
+        else:
+            words.append(UNION_MEMBERS.get(getattr(member, "__name__", ""), getattr(member, "__name__", str(member))))
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else "".join(words)
+
+
 def _problem(doc: YamlDoc, error: dict) -> Problem:
-    loc = tuple(error["loc"])
+    loc, tags = _setting_loc(tuple(error["loc"]))
     dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc).lstrip(".") or "(top)"  # ui_hosts[0]
     if error["type"] == "piml_setting":  # piml's own checks (MLflow's stores): what and fix are already worded
         ctx = error["ctx"]
-        return Problem(doc.where(loc + ((ctx["key"],) if ctx.get("key") else ())), ctx["what"], ctx["fix"])
+        what = ctx["what"] if ctx.get("named", True) else f"{dotted}: {ctx['what']}"
+        return Problem(doc.where(loc + ((ctx["key"],) if ctx.get("key") else ())), what, ctx["fix"])
     where = doc.where(loc)
+    if tags and (field := _field(loc)) is not None:  # a union: one problem naming every kind of value it takes
+        return Problem(where, f"'{dotted}' is {error['input']!r}", f"use {_alternatives(field.annotation)}")
+    if error["type"] in PLAIN:
+        field = _field(loc)
+        default = field.default if field is not None and field.default not in (None, [], {}) and not callable(field.default) else None
+        example = f" (the default is {_yaml_scalar(default)})" if isinstance(default, (bool, int, float, str)) else ""
+        return Problem(where, f"'{dotted}' is {error['input']!r}, not {PLAIN[error['type']].split(',')[0]}", f"write {PLAIN[error['type']]}{example}")
+    if error["type"] in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        limit = next(iter((error.get("ctx") or {}).values()), "")
+        word = {"greater_than_equal": "or more", "less_than_equal": "or less", "greater_than": "exclusive, more", "less_than": "exclusive, less"}
+        if error["type"].endswith("_equal"):
+            return Problem(where, f"'{dotted}' is {error['input']!r}", f"give {limit} {word[error['type']]}")
+        return Problem(where, f"'{dotted}' is {error['input']!r}", f"give a value {'above' if 'greater' in error['type'] else 'below'} {limit}")
     if error["type"] == "extra_forbidden":
         choices = _fields_at(PimlConfig, loc[:-1])
         return Problem(where, f"unknown setting '{dotted}'", did_you_mean(str(loc[-1]), choices) if choices else "remove it")
@@ -264,6 +349,10 @@ def _problem(doc: YamlDoc, error: dict) -> Problem:
     return Problem(where, f"'{dotted}': {error['msg'].lower()}", "see the comments in a new `piml init` piml.yaml")
 
 
+def _yaml_scalar(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _field(loc: tuple):
     model: Any = PimlConfig
     field = None
@@ -284,7 +373,7 @@ def parse_config(doc: YamlDoc) -> PimlConfig:
     try:
         return PimlConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(doc, e) for e in exc.errors()]
+        problems = list(dict.fromkeys(_problem(doc, e) for e in exc.errors()))  # a union's members: one problem
         raise InputError(by_line(problems)) from None
 
 

@@ -327,6 +327,16 @@ def make_plan(cluster: "Cluster", facts: "dict[str, NodeFacts] | None" = None, p
     return _with_workers(cluster.config, capacities, tuple(placements), free, tuple(system), used_pins)
 
 
+def too_big(size: Size, nodes: list[NodeCapacity], setting: str, what: str) -> None:
+    """Refuse a size no node could ever hold: the pod would wait (Pending) forever."""
+    largest = max(nodes, key=lambda c: c.memory)
+    if size.memory_request > largest.memory or size.cpu_request > max(c.cpu for c in nodes):
+        raise InputError(Problem("piml.yaml", f"{setting}: {what} requesting {fmt_cpu(size.cpu_request)} CPU, "
+                                 f"{fmt_memory(size.memory_request)} fits on no node (the largest, {largest.name}, has "
+                                 f"{fmt_cpu(largest.cpu)} CPU, {fmt_memory(largest.memory)} for pods)",
+                                 f"lower {setting}.requests, or leave them out to have the plan size it"))
+
+
 def work_shares(config: "PimlConfig") -> tuple[float, float]:
     """(Ray's share, the queue's share) of what is left for them (sizes.WORK_SPLIT when both are on)."""
     ray, queue = config.ray.enabled, config.queue.enabled
@@ -351,6 +361,12 @@ def _with_workers(config: "PimlConfig", capacities: list[NodeCapacity], services
             memory = max(memory, sizes.MIN_WORKER_MEMORY)
             cpu = min(1000, min(free[c.name][0] // 2 for c in here))
             size = Size(cpu, memory, cpu * 2, memory).override(config.dask.worker)
+            short = [c.name for c in here if size.memory_request > free[c.name][1] or size.cpu_request > free[c.name][0]]
+            if short:  # a worker runs on every node, always: one that cannot start is a plan that does not work
+                raise InputError(Problem("piml.yaml", f"dask.worker: {fmt_cpu(size.cpu_request)} CPU, {fmt_memory(size.memory_request)} "
+                                         f"do not fit on {', '.join(short)} (left after the services: "
+                                         f"{fmt_cpu(free[short[0]][0])} CPU, {fmt_memory(free[short[0]][1])} on {short[0]})",
+                                         "lower dask.worker.requests, or leave them out to have the plan size the workers"))
             for c in here:
                 free[c.name][0] -= size.cpu_request
                 free[c.name][1] -= size.memory_request
@@ -382,6 +398,7 @@ def _with_workers(config: "PimlConfig", capacities: list[NodeCapacity], services
             memory = max(sizes.MIN_WORKER_MEMORY, min(2048, min(ray_free[c.name][1] for c in here)) // 256 * 256)
             cpu = max(sizes.MIN_WORKER_CPU, min(1000, min(ray_free[c.name][0] for c in here) // 50 * 50))
             size = Size(cpu, memory, 1000, memory).override(config.ray.worker)
+            too_big(size, [c for c in capacities if c.arch == arch], "ray.worker", "a Ray worker")
             count = sum(min(ray_free[c.name][1] // size.memory_request, ray_free[c.name][0] // max(1, size.cpu_request)) for c in here)
             if count:
                 ray_pools.append(WorkerPool("ray", arch, size, count, tuple(c.name for c in here)))
@@ -391,6 +408,7 @@ def _with_workers(config: "PimlConfig", capacities: list[NodeCapacity], services
     runner = max_jobs = None
     if config.queue.enabled:
         runner = sizes.RUNNER_JOB.override(config.queue.resources)
+        too_big(runner, capacities, "queue.resources", "a queue Job")
         fit = sum(min(m // runner.memory_request, c // max(1, runner.cpu_request)) for c, m in queue_free.values())
         if config.queue.max_jobs:
             max_jobs = config.queue.max_jobs

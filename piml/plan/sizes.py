@@ -19,16 +19,17 @@ class Size:
     memory_limit: int
 
     def override(self, settings) -> "Size":
-        """Apply a piml.yaml `Size` block (requests/limits with optional cpu/memory)."""
+        """Apply a piml.yaml `Size` block (requests/limits with optional cpu/memory). A request set above the
+        limit piml would give raises that limit to it (Kubernetes refuses a request above its limit); piml.config
+        refuses a request above a limit that piml.yaml sets too."""
         if settings is None:
             return self
         req, lim = settings.requests, settings.limits
-        return Size(
-            cpu_m(req.cpu) if req.cpu else self.cpu_request,
-            memory_mi(req.memory) if req.memory else self.memory_request,
-            cpu_m(lim.cpu) if lim.cpu else self.cpu_limit,
-            memory_mi(lim.memory) if lim.memory else self.memory_limit,
-        )
+        cpu_request = cpu_m(req.cpu) if req.cpu else self.cpu_request
+        memory_request = memory_mi(req.memory) if req.memory else self.memory_request
+        cpu_limit = cpu_m(lim.cpu) if lim.cpu else max(self.cpu_limit, cpu_request)
+        memory_limit = memory_mi(lim.memory) if lim.memory else max(self.memory_limit, memory_request)
+        return Size(cpu_request, memory_request, cpu_limit, memory_limit)
 
     def __add__(self, other: "Size") -> "Size":
         return Size(self.cpu_request + other.cpu_request, self.memory_request + other.memory_request,
