@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,10 @@ from piml.output import console, print_json
 
 HOT_C = 80.0  # the Pi 5 starts soft throttling at 80 °C
 MIN_INTERVAL_S = 1.0  # --watch: every refresh reaches every node again
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def node_status(report) -> dict:
@@ -144,7 +150,22 @@ def run_status(project: Path | None, inventory: Path | None, limit: str | None, 
         return Group(_view(rows), _cluster_view(kube)) if kube is not None else _view(rows)
 
     rows, kube = snapshot()
-    if watch and not as_json:
+    if watch and (as_json or not console().is_terminal):
+        # Not a terminal (a log, a pipe) or --json: each refresh is appended, stamped (JSON: one object a line),
+        # rather than redrawn in place, which would show nothing until the end.
+        try:
+            while True:  # until Ctrl-C: that is what --watch is for
+                if as_json:
+                    sys.stdout.write(json.dumps({"at": _now(), "nodes": rows, "cluster": kube}, default=str) + "\n")
+                else:
+                    console().print(f"--- {_now()}", markup=False)
+                    console().print(view(rows, kube))
+                sys.stdout.flush()
+                time.sleep(interval)
+                rows, kube = snapshot()
+        except KeyboardInterrupt:
+            pass
+    elif watch:
         from rich.live import Live
 
         try:

@@ -186,6 +186,11 @@ def _classify(exc: Exception, node: Node, port: int, known: KnownHosts) -> Failu
         return Failure(R.UNREACHABLE, f"{name}: cannot connect to {where}", "check that the node is up and sshd runs")
     if isinstance(exc, OSError):
         return Failure(R.UNREACHABLE, f"{name}: cannot reach {where} ({exc.strerror or exc})", "check the address and the network")
+    if isinstance(exc, EOFError):  # paramiko: the other end closed the connection during the handshake
+        return Failure(R.UNREACHABLE, f"{name}: {where} closed the connection during the SSH handshake",
+                       "check that sshd is healthy on the node (its log: journalctl -u ssh) and that the port is SSH's")
     if isinstance(exc, paramiko.SSHException):
-        return Failure(R.UNREACHABLE, f"{name}: SSH failed: {exc}", "check that the node's sshd is healthy")
+        # paramiko glues its causes on ("...banner[Errno 104] Connection reset by peer"): one phrase is enough
+        reason = str(exc).split("[Errno")[0].strip() or type(exc).__name__
+        return Failure(R.UNREACHABLE, f"{name}: SSH failed at {where}: {reason}", "check that sshd is healthy on the node and that the port is SSH's")
     return Failure(R.UNREACHABLE, f"{name}: {type(exc).__name__}: {exc}", "check the node")
