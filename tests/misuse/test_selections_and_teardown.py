@@ -1,119 +1,18 @@
 """Selections and teardown (issue 16): a --limit that selects no node is an error, never "every node"; a teardown
 that could not reach a node fails; conflicting or blank options and a KUBECONFIG that is not a file are refused
-before anything runs.
-
-No test nodes: every node is a loopback port that counts who knocks and hangs up at once (a Tripwire). An SSH
-client, piml's or Ansible's, fails there before it could log in, so nothing is ever changed, and the count says
-whether a command reached for the nodes at all: a refused command must not have knocked anywhere.
+before anything runs. The nodes are tripwires (tests/misuse/rack.py): a refused command must not have knocked anywhere.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import pytest
 
 from tests.misuse import one_error
-import yaml
-
-PROJECT = "rack"
-OTHER_KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: other
-  cluster: {server: 'https://127.0.0.1:1'}
-- name: rack
-  cluster: {server: 'https://127.0.0.1:2'}
-contexts:
-- name: other
-  context: {cluster: other, user: other}
-- name: rack
-  context: {cluster: rack, user: rack}
-users:
-- name: other
-  user: {token: other-token}
-- name: rack
-  user: {token: rack-token}
-current-context: other
-"""
-
-
-class Tripwire:
-    """A listener on a loopback address that accepts a connection, counts it and closes it at once."""
-
-    def __init__(self, address: str):
-        self.sock = socket.socket()
-        self.sock.bind((address, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.address, self.port = self.sock.getsockname()
-        self.knocks = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name=f"tripwire-{address}", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():  # bounded: close() sets it, and accept() wakes every 0.2 s
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.knocks += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
-
-class Rack:
-    """A project whose server s1, agent a1 and ray_external host mac are tripwires on 127.0.0.1-3."""
-
-    def __init__(self, tmp: Path):
-        self.root = tmp / PROJECT
-        self.wires = {name: Tripwire(address) for name, address in (("s1", "127.0.0.1"), ("a1", "127.0.0.2"), ("mac", "127.0.0.3"))}
-        (self.root / "inventory").mkdir(parents=True)
-        (self.root / ".piml").mkdir(mode=0o700)
-        (self.root / "piml.yaml").write_text("")
-        host = lambda name: {"ansible_host": self.wires[name].address, "ansible_port": self.wires[name].port}  # noqa: E731
-        (self.root / "inventory/hosts.yml").write_text(yaml.safe_dump({
-            "k3s_cluster": {"children": {"server": {"hosts": {"s1": host("s1")}}, "agent": {"hosts": {"a1": host("a1")}}},
-                            "vars": {"ansible_user": "pi", "piml_model": "pi5", "piml_memory_gb": 8}},
-            "ray_external": {"hosts": {"mac": {**host("mac"), "piml_arch": "arm64"}}, "vars": {"ansible_user": "pi"}},
-        }))
-        self.kubeconfig = tmp / "kube" / "config"  # never the user's ~/.kube/config
-        self.kubeconfig.parent.mkdir()
-        self.kubeconfig.write_text(OTHER_KUBECONFIG)
-        os.chmod(self.kubeconfig, 0o600)
-
-    def piml(self, *args: str, kubeconfig: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        env = dict(os.environ, KUBECONFIG=str(kubeconfig or self.kubeconfig), COLUMNS="200")
-        return subprocess.run([sys.executable, "-m", "piml", *args], cwd=self.root, capture_output=True, text=True,
-                              input="", timeout=timeout, env=env)
-
-    def knocks(self) -> dict[str, int]:
-        return {name: wire.knocks for name, wire in self.wires.items() if wire.knocks}
-
-    def close(self) -> None:
-        for wire in self.wires.values():
-            wire.close()
-
-
-@pytest.fixture
-def rack(tmp_path):
-    made = Rack(tmp_path)
-    yield made
-    made.close()
+from tests.misuse.rack import OTHER_KUBECONFIG
 
 
 def assert_usage_error(out: subprocess.CompletedProcess, *words: str) -> str:
