@@ -11,7 +11,7 @@ from pathlib import Path
 
 from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.inventory.ansible import did_you_mean
-from piml.output import console, print_json
+from piml.output import console, print_json, terminal_safe
 
 STAGES = ("preflight", "prepare", "k3s", "kubeconfig", "platform", "verify")
 NODE_STAGES = ("preflight", "prepare", "k3s")
@@ -294,13 +294,15 @@ def _reach(cluster, nodes, accept_new: bool, as_json: bool, table: bool):
 
 def render_checks(checks) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     style = {"pass": "green", "warn": "yellow", "fail": "bold red"}
     table = Table(title="preflight", title_justify="left")
     for column in ("node", "check", "result", "detail", "fix"):
         table.add_column(column, overflow="fold")
     for c in checks:
-        table.add_row(c.node, c.name, f"[{style[c.status]}]{c.status}[/]", c.detail, c.fix)
+        # a node's answers are outside text: never rich markup, never terminal escapes
+        table.add_row(c.node, c.name, f"[{style[c.status]}]{c.status}[/]", Text(terminal_safe(c.detail)), Text(terminal_safe(c.fix)))
     console().print(table)
     counts = {s: sum(c.status == s for c in checks) for s in style}
     console().print(f"preflight: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail")

@@ -24,12 +24,14 @@ def show(results: list[Result], seconds: float, title: str = "piml check", json:
     from rich.table import Table
     from rich.text import Text
 
+    from piml.output import terminal_safe
+
     table = Table(title=title, title_justify="left")
     for column in ("group", "target", "check", "result", "seconds", "detail", "fix"):
         table.add_column(column, overflow="fold", justify="right" if column == "seconds" else "left")
     for r in results:  # remote text as Text: a bracket in an error message is not rich markup
         table.add_row(r.group, Text(r.target), Text(r.check), Text(r.status, style=STYLE[r.status]), f"{r.seconds:.2f}",
-                      Text(r.detail), Text(r.fix))
+                      Text(terminal_safe(r.detail)), Text(terminal_safe(r.fix)))  # details quote logs and remote output
     console().print(table)
     n = counts(results)
     verdict = "[green]all checks pass[/]" if not n[FAIL] else f"[bold red]{n[FAIL]} failed[/]"
