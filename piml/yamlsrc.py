@@ -12,6 +12,10 @@ size is computed on the composed node graph, each node once, so the check itself
 
 from __future__ import annotations
 
+import os
+import select
+import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ YamlPath = tuple[Key, ...]
 # An inventory or piml.yaml is a few KB and a few hundred values; these bounds are far above that and far
 # below what hurts (the walk of 100 000 values takes about a second and tens of MB).
 MAX_BYTES = 1024 * 1024
+PIPE_WAIT_S = 10.0  # a FIFO given as a file: how long to wait for what its writer sends
 MAX_DEPTH = 50
 MAX_VALUES = 100_000
 MAX_TEXT = 8 * 1024 * 1024  # characters of all scalars together, aliases expanded
@@ -226,12 +231,48 @@ def parse_yaml(text: str, source: str) -> YamlDoc:
     return YamlDoc(source, data, walker.lines)
 
 
+def _read_bounded(path: Path) -> bytes:
+    """At most MAX_BYTES + 1 bytes (/dev/zero is not read forever); a FIFO (`-i <(...)`) within PIPE_WAIT_S:
+    opening one blocks until a writer comes, which may be never."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            os.set_blocking(fd, True)
+            chunks, size = [], 0
+            while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+        deadline = time.monotonic() + PIPE_WAIT_S
+        chunks, size, poller = [], 0, select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+        while size <= MAX_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            if not poller.poll(left * 1000):
+                continue
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_yaml(path: Path, source: str | None = None) -> YamlDoc:
     """Read and parse a YAML file, with file-level errors (missing, unreadable) as InputError."""
     source = source or str(path)
     try:
-        with open(path, "rb") as handle:  # at most one byte more than the bound: /dev/zero is not read forever
-            raw = handle.read(MAX_BYTES + 1)
+        raw = _read_bounded(path)
+    except TimeoutError:
+        raise InputError(Problem(source, f"nothing came through this pipe within {PIPE_WAIT_S:.0f} s",
+                                 "name a regular file, or feed the pipe (e.g. -i <(cat hosts.yml))")) from None
     except FileNotFoundError:
         raise InputError(Problem(source, "no such file", "check the path, or run `piml init` to create a project")) from None
     except IsADirectoryError:

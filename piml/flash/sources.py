@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import zipfile
 from dataclasses import dataclass
@@ -187,6 +188,8 @@ def inspect(path: Path) -> Image:
     path = Path(path)
     try:
         st = path.stat()
+        if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):  # opening one waits for a writer, maybe forever
+            raise SourceError("is a pipe, not an image file (piml reads an image more than once); save it to a file first")
         with open(path, "rb") as handle:
             head = handle.read(64 * 1024)
     except FileNotFoundError:

@@ -238,3 +238,22 @@ def test_values_that_cannot_be_right_are_refused_before_the_broker_is_reached(ra
     """The tripwire nodes and the absent kubeconfig: nothing is reached; the value is what the line names."""
     one_error(rack.piml(*args), *words)
     assert rack.knocks() == {}
+
+
+def test_ctrl_c_while_submit_waits_leaves_the_request_queued(rack, own_redis):
+    """Mid-work SIGINT: one word, exit 130, and the request is still there for `piml jobs` (nothing lost)."""
+    _, url, client = own_redis
+    waiting = subprocess.Popen([sys.executable, "-m", "piml", "submit", "models:/iris/1", "/data/iris.csv", "--wait",
+                                "--queue-url", url], cwd=rack.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        request_id = waiting.stdout.readline().strip()
+        time.sleep(1.5)
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", (waiting.returncode, err)
+    assert "Traceback" not in out + err
+    assert client.hget(f"piml:job:{request_id}", "state") == b"queued"
+    assert client.llen("piml:queue") == 1
