@@ -1,7 +1,16 @@
-"""Server-side apply of one object (field manager `piml`), saying whether it was created, changed or unchanged."""
+"""Server-side apply of one object (field manager `piml`), saying whether it was created, changed or unchanged.
+
+Every apply asks for `fieldValidation=Strict`: a field the server does not know is an error, never dropped in
+silence. On Kubernetes v1.36 (k3s v1.36.3) a server-side apply with such a field is refused before strict
+validation even runs, with a 500 "failed to create typed patch object (...): .PATH: field not declared in
+schema", for built-in kinds and for CRDs with structural schemas alike (kubernetes/kubernetes#122480); a server
+that validates strictly answers 400 'strict decoding error: unknown field "PATH"'. Both become one plain line
+naming the object and the field.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from piml.errors import EXIT_FAILED, PimlError, Problem
@@ -9,6 +18,10 @@ from piml.kube.client import Kube, KubeError
 from piml.kube.discovery import Discovery
 from piml.kube.objects import FIELD_MANAGER, Ref, ref
 
+# "failed to create typed patch object (piml/mlflow; apps/v1, Kind=Deployment): .spec.x: field not declared in schema"
+TYPED_PATCH = re.compile(r"failed to create typed patch object \([^)]*\): \.?(?P<path>[^:\s]+): (?P<why>.+)")
+# 'RayCluster in version "v1" cannot be handled as a RayCluster: strict decoding error: unknown field "spec.x", ...'
+UNKNOWN_FIELD = re.compile(r'unknown field "(?P<path>[^"]+)"')
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
 
 
@@ -34,12 +47,10 @@ def apply_object(kube: Kube, discovery: Discovery, obj: dict) -> Applied:
     path = resource.path(target.namespace or None, target.name)
     before = kube.get(path)
     try:
-        after = kube.request("PATCH", path, {"fieldManager": FIELD_MANAGER, "force": "true"}, obj,
-                             content_type="application/apply-patch+yaml")
+        after = kube.request("PATCH", path, {"fieldManager": FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"},
+                             obj, content_type="application/apply-patch+yaml")
     except KubeError as exc:
-        # The API's message names fields, never values; still, keep it to its first line.
-        raise PimlError(Problem(str(target), f"the cluster refused it ({exc.status} {exc.reason}): "
-                                f"{exc.message.splitlines()[0] if exc.message else 'no message'}",
+        raise PimlError(Problem(str(target), refusal(exc, target),
                                 "this is a bug in piml's manifests or a cluster too old for them: please report it"),
                         EXIT_FAILED) from None
     if before is None:
@@ -49,3 +60,24 @@ def apply_object(kube: Kube, discovery: Discovery, obj: dict) -> Applied:
     else:
         action = "unchanged"
     return Applied(target, action)
+
+
+def refusal(exc: KubeError, target: Ref) -> str:
+    """Why the server refused an apply, in one line: the unknown or mistyped field when it names one.
+
+    The API's messages name fields, never values (a Secret's data is not echoed back); still, only their first
+    line is kept.
+    """
+    message = exc.message.strip().splitlines()[0] if exc.message and exc.message.strip() else ""
+    schema = f"the schema of {target.kind} ({target.api_version})"
+    typed = TYPED_PATCH.search(message)
+    if typed:
+        path, why = typed["path"], typed["why"].strip()
+        if why == "field not declared in schema":
+            return f"the cluster refused it: unknown field {path} (not in {schema})"
+        return f"the cluster refused it: field {path}: {why}"
+    unknown = [m["path"] for m in UNKNOWN_FIELD.finditer(message)]
+    if unknown:
+        fields = ", ".join(unknown)
+        return f"the cluster refused it: unknown field{'s' if len(unknown) > 1 else ''} {fields} (not in {schema})"
+    return f"the cluster refused it ({exc.status} {exc.reason}): {message or 'no message'}"
