@@ -16,11 +16,12 @@ from piml.scaffold import parse_node_spec
 from piml.yamlsrc import parse_yaml
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=30), st.sampled_from(["pi5", "cm4", "arm64", "{{ x }}", "10.0.0.1", "server"]))
+                    st.text(max_size=30), st.sampled_from(["pi5", "cm4", "arm64", "{{ x }}", "10.0.0.1", "server", "v1.36.3+k3s1", "6443", 1.3]))
 keys = st.one_of(st.text(max_size=15), st.sampled_from([
     "k3s_cluster", "children", "server", "agent", "hosts", "vars", "ray_external", "all", "ansible_host",
     "ansible_port", "ansible_user", "piml_model", "piml_arch", "piml_labels", "piml_taints", "piml_memory_gb",
-    "piml_storage", "server_config_yaml", "ansible_ssh_private_key_file", "mlflow", "ray", "queue", "k3s",
+    "piml_storage", "server_config_yaml", "ansible_ssh_private_key_file", "k3s_version", "api_port", "token", "api_endpoint",
+    "airgap_dir", "extra_server_args", "mlflow", "ray", "queue", "k3s",
     "version", "enabled", "kind", "resources", "limits", "memory", "pi1", "pi2"]))
 # MLflow's store settings (issue 10): URIs near and far from valid, some with a password that must never be echoed.
 PASSWORD = "hunter2"

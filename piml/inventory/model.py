@@ -69,11 +69,25 @@ class Node:
 
 
 @dataclass(frozen=True)
+class K3sVars:
+    """The k3s-ansible variables piml reads itself (group vars of `all` / `k3s_cluster`), typed and checked by
+    piml.inventory.validate with file:line errors. Ansible reads the inventory too, with these and the rest."""
+
+    k3s_version: str | None = None  # 'v1.36.3+k3s1'
+    token: str | None = None
+    api_endpoint: str | None = None  # a literal host or address; a Jinja template is Ansible's business (None here)
+    api_port: int = 6443
+    airgap_dir: str | None = None
+    extra_server_args: str = ""
+    extra_agent_args: str = ""
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     source: str  # the path as shown in messages
     nodes: tuple[Node, ...]
-    k3s_vars: dict[str, Any] = field(default_factory=dict, repr=False)  # k3s-ansible settings, cluster-wide
+    k3s_vars: K3sVars = field(default_factory=K3sVars, repr=False)  # k3s-ansible settings, cluster-wide
     warnings: tuple[Problem, ...] = ()
 
     def by_role(self, role: Role) -> tuple[Node, ...]:
@@ -102,7 +116,4 @@ class Inventory:
     @property
     def api_endpoint(self) -> str:
         """The address agents and kubectl use: `api_endpoint` when set literally, else the first server."""
-        endpoint = self.k3s_vars.get("api_endpoint")
-        if isinstance(endpoint, str) and endpoint and "{{" not in endpoint:
-            return endpoint
-        return self.servers[0].address
+        return self.k3s_vars.api_endpoint or self.servers[0].address

@@ -9,7 +9,7 @@ from typing import Any
 
 from piml.errors import InputError, Problem, by_line
 from piml.inventory.ansible import HostEntry, did_you_mean, read_groups
-from piml.inventory.model import ARCHES, MODELS, STORAGE_KINDS, TAINT_EFFECTS, Inventory, Node, Role, Taint
+from piml.inventory.model import ARCHES, MODELS, STORAGE_KINDS, TAINT_EFFECTS, Inventory, K3sVars, Node, Role, Taint
 from piml.yamlsrc import YamlDoc, read_yaml
 
 # piml's own host variables; any other `piml_*` name is a typo we catch.
@@ -226,32 +226,79 @@ class _HostChecker:
         return tuple(taints)
 
 
-def _check_cluster_vars(doc: YamlDoc, tree, problems: list[Problem]) -> dict[str, Any]:
-    """k3s-ansible settings from the cluster's groups; `server_config_yaml` and friends must be YAML."""
+K3S_VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+\+k3s\d+$")
+
+
+def _check_cluster_vars(doc: YamlDoc, tree, problems: list[Problem]) -> K3sVars:
+    """k3s-ansible settings from the cluster's groups, typed: what piml reads itself must be what it looks like
+    (`k3s_version: 1.30` is the number 1.3 to YAML); `server_config_yaml` and friends must be YAML."""
     settings: dict[str, Any] = {}
     for group in ("all", "k3s_cluster"):
         settings.update({k: v for k, v in tree.group_vars.get(group, {}).items() if k in K3S_ANSIBLE_VARS})
-    for var in ("server_config_yaml", "agent_config_yaml"):
-        text = settings.get(var)
-        if text is None:
-            continue
+
+    def where(var: str) -> str:
         group = "k3s_cluster" if var in tree.group_vars.get("k3s_cluster", {}) else "all"
-        where = doc.where(tree.group_paths.get(group, ()) + ("vars", var))
-        if not isinstance(text, str):
-            problems.append(Problem(where, f"{var} must be a YAML text block", f"write `{var}: |` followed by the YAML"))
+        return doc.where(tree.group_paths.get(group, ()) + ("vars", var))
+
+    def problem(var: str, what: str, fix: str) -> None:
+        problems.append(Problem(where(var), what, fix))
+
+    def text(var: str, fix: str, template_ok: bool = False) -> str | None:
+        """A literal string setting; a number or a list is a problem, and so is Jinja that piml would have to evaluate."""
+        value = settings.get(var)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            problem(var, f"`{var}` is {value!r}, not text", fix)
+            return None
+        if not isinstance(value, str):
+            problem(var, f"`{var}` is the number {value!r} (YAML reads an unquoted {value!r} as a number)", f"write it in quotes; {fix}")
+            return None
+        if "{{" in value:
+            if not template_ok:
+                problem(var, f"`{var}` is a Jinja template, which piml does not evaluate", f"give it literally; {fix}")
+            return None
+        return value
+
+    version = text("k3s_version", "e.g. k3s_version: v1.36.3+k3s1")
+    if version is not None and not K3S_VERSION_RE.match(version):
+        problem("k3s_version", f"`k3s_version` is {version!r}, not a k3s release", "write it like v1.36.3+k3s1 (see k3s's releases)")
+        version = None
+    token = text("token", "or leave it out and let piml generate one into .piml/k3s-token")
+    if token is not None and not token.strip():
+        token = None
+    endpoint = text("api_endpoint", "a host name or address the agents reach the servers at", template_ok=True)
+    airgap = text("airgap_dir", "a directory with the k3s binary, images tarball and install.sh")
+    port = settings.get("api_port", 6443)
+    if isinstance(port, str) and port.strip().isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        shown = "a Jinja template, which piml does not evaluate" if isinstance(port, str) and "{{" in port else repr(port)
+        problem("api_port", f"`api_port` is {shown}", "give the API server's port as a number, e.g. 6443")
+        port = 6443
+    extra = {var: text(var, f"k3s flags in one line, e.g. {var}: --node-ip=10.0.0.5", template_ok=True) or ""
+             for var in ("extra_server_args", "extra_agent_args")}
+
+    for var in ("server_config_yaml", "agent_config_yaml"):
+        value = settings.get(var)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            problem(var, f"{var} must be a YAML text block", f"write `{var}: |` followed by the YAML")
             continue
         import yaml
 
         try:
-            parsed = yaml.safe_load(text)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" (its line {mark.line + 1})" if mark else ""
-            problems.append(Problem(where, f"{var} is not valid YAML{at}", "fix the YAML inside the text block"))
+            problem(var, f"{var} is not valid YAML{at}", "fix the YAML inside the text block")
             continue
         if parsed is not None and not isinstance(parsed, dict):
-            problems.append(Problem(where, f"{var} must hold a YAML mapping of k3s settings", "for example `write-kubeconfig-mode: \"0644\"`"))
-    return settings
+            problem(var, f"{var} must hold a YAML mapping of k3s settings", "for example `write-kubeconfig-mode: \"0644\"`")
+    return K3sVars(k3s_version=version, token=token, api_endpoint=endpoint, api_port=port, airgap_dir=airgap,
+                   extra_server_args=extra["extra_server_args"], extra_agent_args=extra["extra_agent_args"])
 
 
 def build_inventory(doc: YamlDoc, path: Path) -> Inventory:

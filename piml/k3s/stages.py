@@ -53,13 +53,12 @@ def k3s_version(cluster: "Cluster") -> str:
     """piml.yaml's k3s.version when set there, else the inventory's k3s_version, else piml's pin."""
     if "version" in cluster.config.k3s.model_fields_set:
         return cluster.config.k3s.version
-    given = cluster.inventory.k3s_vars.get("k3s_version")
-    return str(given) if given and "{{" not in str(given) else cluster.config.k3s.version
+    return cluster.inventory.k3s_vars.k3s_version or cluster.config.k3s.version
 
 
 def airgap_dir(cluster: "Cluster") -> Path | None:
-    text = cluster.config.k3s.airgap_dir or cluster.inventory.k3s_vars.get("airgap_dir")
-    if not text or "{{" in str(text):
+    text = cluster.config.k3s.airgap_dir or cluster.inventory.k3s_vars.airgap_dir
+    if not text:
         return None
     path = Path(str(text)).expanduser()
     path = path if path.is_absolute() else cluster.paths.root / path
@@ -171,7 +170,7 @@ def kubeconfig_stage(cluster: "Cluster", merge: bool, show: bool) -> StageResult
     if answer.value.exit_code != 0:
         result.failures[first.name] = f"cannot read {K3S_YAML}: {answer.value.stderr.strip()[-200:]}; run piml up --only k3s first"
         return result
-    port = int(cluster.inventory.k3s_vars.get("api_port") or 6443)
+    port = cluster.inventory.k3s_vars.api_port
     ours = kc.for_project(answer.value.stdout, cluster.name, kc.server_url(cluster.inventory.api_endpoint, port))
     stored_path = cluster.paths.state / "kubeconfig"
     changed = kc.store(stored_path, kc.dump(ours))

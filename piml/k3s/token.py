@@ -6,7 +6,6 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from piml.errors import InputError, Problem
 from piml.fsutil import make_private_dir, write_atomic
 
 if TYPE_CHECKING:
@@ -17,13 +16,8 @@ TOKEN_FILE = "k3s-token"
 
 def cluster_token(cluster: "Cluster") -> tuple[str, str]:
     """(token, where it comes from: "inventory" | "generated" | ".piml/k3s-token")."""
-    given = cluster.inventory.k3s_vars.get("token")
-    if given is not None and str(given).strip():
-        text = str(given).strip()
-        if "{{" in text:
-            raise InputError(Problem(cluster.inventory.source, "`token` is a Jinja template, which piml does not evaluate",
-                                     "give the token literally, or remove it and let piml generate one"))
-        return text, "inventory"
+    if cluster.inventory.k3s_vars.token:  # a literal: the inventory's check refuses a template or a number
+        return cluster.inventory.k3s_vars.token.strip(), "inventory"
     path = cluster.paths.state / TOKEN_FILE
     if path.exists():
         text = path.read_text().strip()

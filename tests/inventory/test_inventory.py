@@ -45,8 +45,7 @@ def test_k3s_ansible_sample_reads_as_is(write):
     assert all(n.user == "debian" and n.port == 22 for n in inv.nodes)
     # The Jinja api_endpoint is understood, not evaluated: piml uses the first server.
     assert inv.api_endpoint == "192.16.35.11"
-    assert inv.k3s_vars["k3s_version"] == "v1.30.2+k3s1"
-    assert "write-kubeconfig-mode" in inv.k3s_vars["server_config_yaml"]
+    assert inv.k3s_vars.k3s_version == "v1.30.2+k3s1" and inv.k3s_vars.api_port == 6443
     assert inv.warnings == ()
 
 
@@ -233,3 +232,41 @@ def test_shipped_examples_are_valid(name):
 
     path = Path(__file__).resolve().parents[2] / "inventory/examples" / name
     assert load_inventory(path).servers
+
+
+K3S_VARS_BASE = """
+k3s_cluster:
+  children:
+    server:
+      hosts:
+        pi1: {ansible_host: 10.0.0.1}
+  vars:
+"""
+
+
+@pytest.mark.parametrize("line, words", [
+    ("k3s_version: 1.30", ("hosts.yml:7:", "`k3s_version` is the number 1.3", "quotes")),
+    ("k3s_version: v1.30", ("hosts.yml:7:", "not a k3s release", "v1.36.3+k3s1")),
+    ("k3s_version: '{{ lookup(\"env\", \"V\") }}'", ("hosts.yml:7:", "Jinja template")),
+    ("api_port: '{{ my_port }}'", ("hosts.yml:7:", "`api_port` is a Jinja template", "6443")),
+    ("api_port: 70000", ("hosts.yml:7:", "`api_port` is 70000")),
+    ("api_port: true", ("hosts.yml:7:", "`api_port` is True")),
+    ("token: 12345", ("hosts.yml:7:", "`token` is the number 12345", "quotes")),
+    ("token: '{{ vault_token }}'", ("hosts.yml:7:", "`token` is a Jinja template")),
+    ("airgap_dir: [a, b]", ("hosts.yml:7:", "`airgap_dir` is ['a', 'b'], not text")),
+    ("extra_server_args: [--a, --b]", ("hosts.yml:7:", "`extra_server_args`", "not text")),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_k3s_ansible_variables_piml_reads_are_typed(write, line, words):
+    """k3s_version: 1.30 passed and reached the installer as 1.3; api_port as a template ended as an internal error."""
+    with pytest.raises(InputError) as caught:
+        load_inventory(write("hosts.yml", K3S_VARS_BASE + "    " + line + "\n"))
+    (problem,) = caught.value.problems
+    for word in words:
+        assert word in str(problem), str(problem)
+
+
+def test_k3s_ansible_variables_as_they_should_be(write):
+    inv = load_inventory(write("hosts.yml", K3S_VARS_BASE + "    k3s_version: v1.36.3+k3s1\n    api_port: '6444'\n"
+                               "    token: s3cret\n    api_endpoint: '{{ hostvars[groups.server[0]].ansible_host }}'\n"))
+    assert (inv.k3s_vars.k3s_version, inv.k3s_vars.api_port, inv.k3s_vars.token) == ("v1.36.3+k3s1", 6444, "s3cret")
+    assert inv.api_endpoint == "10.0.0.1"  # the template is Ansible's: piml uses the first server
