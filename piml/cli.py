@@ -54,11 +54,12 @@ def init(
     model: Annotated[Optional[str], typer.Option("--model", help="Board model of every node: pi5 | cm4 | other.", show_default=False)] = None,
     memory_gb: Annotated[Optional[float], typer.Option("--memory-gb", help="RAM of every board in GB, for planning before the nodes are reached.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Rewrite an existing project's inventory and piml.yaml (old ones kept as .bak, then .bak.2, .bak.3 ...; the SSH key is kept).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Never ask: the user defaults to pi, and --node is required.")] = False,
     project: ProjectOpt = None,
 ) -> None:
     """Create a project: inventory/hosts.yml, piml.yaml and .piml/ with an SSH key pair.
 
-    Without --node, asks for the nodes one by one.
+    Without --node, asks for the nodes one by one (not with --yes).
 
     \b
     Examples:
@@ -68,7 +69,7 @@ def init(
     """
     from piml.commands.init import run_init
 
-    run_init(directory, node or [], user, ssh_key, model, force, memory_gb, project)
+    run_init(directory, node or [], user, ssh_key, model, force, memory_gb, project, yes)
 
 
 @inventory_app.command("show")

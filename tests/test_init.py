@@ -132,3 +132,10 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
         init_project(tmp_path / "q", [parse_node_spec("a=10.0.0.1")], "pi", None, None, False)
     leftovers = sorted(p.name for p in (tmp_path / "q").iterdir())
     assert leftovers == ["notes.txt"]
+
+
+def test_yes_never_asks(piml, tmp_path):
+    """Every command that asks takes -y/--yes; init's only question without a default is the nodes."""
+    out = piml("init", "p", "--yes", cwd=tmp_path)
+    assert out.returncode == 2 and "--yes and no --node" in out.stderr and not (tmp_path / "p").exists()
+    assert piml("init", "p", "-y", "--node", "pi1=10.0.0.1", cwd=tmp_path).returncode == 0

@@ -28,13 +28,17 @@ def _ask_nodes() -> list[NodeSpec]:
 
 
 def run_init(directory: Path | None, nodes: list[str], user: str | None, ssh_key: Path | None,
-             model: str | None, force: bool, memory_gb: float | None = None, project: Path | None = None) -> None:
+             model: str | None, force: bool, memory_gb: float | None = None, project: Path | None = None,
+             yes: bool = False) -> None:
     if directory is not None and project is not None and Path(directory).resolve() != Path(project).resolve():
         raise InputError(Problem("piml init", f"two project directories given: {directory} and -C {project}",
                                  "give the directory once, as DIRECTORY or with -C"))
     directory = directory or project or Path.cwd()
     if nodes:
         specs = [parse_node_spec(text) for text in nodes]
+    elif yes:  # asked not to ask: the nodes are the one thing init cannot default
+        raise InputError(Problem("piml init", "--yes and no --node: there is nothing to ask and no node to write",
+                                 "pass --node NAME=ADDRESS[:ROLE] (repeatable)"))
     else:
         import typer
 
