@@ -1,8 +1,9 @@
 """Build the real Kubernetes control plane used by the tests, from official Go modules.
 
 kube-apiserver, kube-controller-manager and kube-scheduler come from k8s.io/kubernetes v1.36.3 (the Kubernetes
-of the pinned k3s v1.36.3+k3s1), kine (k3s's SQLite datastore) from github.com/k3s-io/kine. The Go modules are
-described by modules/kube/go.mod and modules/kine/go.mod next to this file; the binaries land in
+of the pinned k3s v1.36.3+k3s1), kine (k3s's SQLite datastore) from github.com/k3s-io/kine, and the add-ons of
+addons.py (k3s's helm-controller, the KubeRay operator). The Go modules are described by modules/*/go.mod next to
+this file; the binaries land in
 CACHE/<key>/bin where the key is a hash of those go.mod/go.sum files, the Go version and the build flags,
 so a second build with the same inputs is skipped.
 """
@@ -18,13 +19,19 @@ import sys
 import time
 from pathlib import Path
 
+try:
+    from . import addons
+except ImportError:  # run as a script
+    import addons
+
 HERE = Path(__file__).resolve().parent
 MODULES = HERE / "modules"
 CACHE = Path(os.environ.get("PIML_CONTROLPLANE_CACHE", "/var/cache/piml-controlplane"))
 
 KUBE_VERSION = "v1.36.3"  # Kubernetes of k3s v1.36.3+k3s1
 KINE_VERSION = "v0.17.5"
-BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kine")
+BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kine") + addons.BINARIES
+MODULE_DIRS = ("kube", "kine", "helm-controller", "kuberay")  # under modules/: all in the cache key
 
 # As kubernetes' hack/lib/golang.sh builds its non-debug, static control-plane binaries.
 KUBE_TAGS = "selinux,notest,grpcnotrace"
@@ -71,12 +78,12 @@ def _steps(bin_dir: Path) -> list[tuple[str, Path, dict, list[str]]]:
             "-ldflags", f"-X github.com/k3s-io/kine/pkg/version.Version={KINE_VERSION} -s -w",
             "-o", str(bin_dir / "kine"), "github.com/k3s-io/kine"]
     return [("kube", MODULES / "kube", {"CGO_ENABLED": "0"}, kube),
-            ("kine", MODULES / "kine", {"CGO_ENABLED": "1", "CGO_CFLAGS": KINE_CFLAGS}, kine)]
+            ("kine", MODULES / "kine", {"CGO_ENABLED": "1", "CGO_CFLAGS": KINE_CFLAGS}, kine)] + addons.build_steps(bin_dir)
 
 
 def version_key(go: str) -> str:
     h = hashlib.sha256()
-    for mod in ("kube", "kine"):
+    for mod in MODULE_DIRS:
         for f in ("go.mod", "go.sum"):
             h.update((MODULES / mod / f).read_bytes())
     h.update(subprocess.run([go, "version"], capture_output=True, text=True, timeout=60).stdout.encode())
@@ -152,6 +159,7 @@ def build(log=print) -> Path:
         shutil.rmtree(bin_dir, ignore_errors=True)
         tmp.rename(bin_dir)
         meta = {"key": key, "kubernetes": KUBE_VERSION, "kine": KINE_VERSION,
+                "helm-controller": addons.HELM_CONTROLLER_VERSION, "kuberay-operator": addons.KUBERAY_VERSION,
                 "go": subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip(),
                 "seconds": round(time.monotonic() - t0, 1), "seconds_per_step": timings,
                 "bin_bytes": _du(bin_dir), "gocache_bytes": _du(CACHE / "gocache"),

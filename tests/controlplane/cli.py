@@ -10,6 +10,7 @@ from pathlib import Path
 EXAMPLES = """examples:
   scripts/control-plane build
   scripts/control-plane up /tmp/cp --nodes 3 --node-memory 8Gi --arch arm64
+  scripts/control-plane up /tmp/cp --no-helm-controller --no-kuberay   # the control plane and nodes only
   KUBECONFIG=/tmp/cp/kubeconfig kubectl get nodes     # or the kubernetes Python client
   scripts/control-plane down /tmp/cp
 """
@@ -19,7 +20,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="scripts/control-plane", epilog=EXAMPLES,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  description="A real Kubernetes v1.36.3 control plane (kine, kube-apiserver, "
-                                             "kube-controller-manager, kube-scheduler) on loopback, with stand-in nodes.")
+                                             "kube-controller-manager, kube-scheduler) on loopback, with stand-in nodes, "
+                                             "k3s's helm-controller and the KubeRay operator.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("build", help="build the binaries, or reuse them; prints their directory")
     u = sub.add_parser("up", help="start a control plane and N stand-in nodes from DIR")
@@ -28,6 +30,10 @@ def main(argv: list[str]) -> int:
     u.add_argument("--node-memory", default="8Gi")
     u.add_argument("--arch", default="arm64", choices=("arm64", "amd64", "arm"))
     u.add_argument("--json", action="store_true", help="print the state (ports, pids, paths) as JSON")
+    u.add_argument("--no-helm-controller", dest="helm_controller", action="store_false",
+                   help="do not run k3s's helm-controller (then no HelmChart is acted on)")
+    u.add_argument("--no-kuberay", dest="kuberay", action="store_false",
+                   help="do not run the KubeRay operator (with --no-helm-controller, `up` installs its CRDs itself)")
     dn = sub.add_parser("down", help="stop what `up DIR` started and remove what it made in DIR")
     dn.add_argument("dir", type=Path)
     dn.add_argument("--keep-logs", action="store_true")
@@ -46,7 +52,8 @@ def main(argv: list[str]) -> int:
         try:
             t0 = time.monotonic()
             st = cluster.up(args.dir, args.nodes, args.node_memory, args.arch,
-                            log=lambda m: print(m, file=sys.stderr))
+                            log=lambda m: print(m, file=sys.stderr),
+                            helm_controller=args.helm_controller, kuberay=args.kuberay)
         except cluster.UpError as e:
             print(f"control-plane up: {e}", file=sys.stderr)
             return 2 if isinstance(e, cluster.BadInput) else 1

@@ -33,7 +33,8 @@ MADE = ("kubeconfig", STATE, "tls", "kubeconfigs", "db", "logs", "run")
 SERVICE_CIDR = "10.43.0.0/16"   # k3s defaults
 CLUSTER_CIDR = "10.42.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-START_ORDER = ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodes")
+START_ORDER = ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodes", "helm-controller",
+               "kuberay-operator")
 
 
 class UpError(Exception):
@@ -140,8 +141,9 @@ def _get(url: str, ctx: ssl.SSLContext, timeout: float = 3) -> tuple[int, str]:
 
 
 class Up:
-    def __init__(self, d: Path, nodes: int, node_memory: str, arch: str, bin_dir: Path):
+    def __init__(self, d: Path, nodes: int, node_memory: str, arch: str, bin_dir: Path, addons: dict | None = None):
         self.d, self.bin = d, bin_dir
+        self.addons = addons or {}  # addons.start's keyword arguments: which add-ons to run
         self.state: dict = {"dir": str(d), "bin": str(bin_dir), "nodes": nodes, "node_memory": node_memory,
                             "arch": arch, "procs": {}}
 
@@ -262,6 +264,8 @@ class Up:
         want = self.state["nodes"]
         self.wait(f"node stand-in ({want} Ready nodes)", nodes,
                   lambda: _nodes_ready(server, ctx, want), 60, "nodes.log")
+        from . import addons
+        addons.start(self, **self.addons)  # k3s's helm-controller, the KubeRay operator (addons.py)
         self.state["up_at"] = time.time()
         _save_state(d, self.state)
         return self.state
@@ -305,7 +309,8 @@ def _last_line(path: Path) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def up(d: Path, nodes: int = 3, node_memory: str = "8Gi", arch: str = "arm64", log=print) -> dict:
+def up(d: Path, nodes: int = 3, node_memory: str = "8Gi", arch: str = "arm64", log=print,
+       helm_controller: bool = True, kuberay: bool = True) -> dict:
     from . import build
 
     if nodes < 1:
@@ -326,7 +331,7 @@ def up(d: Path, nodes: int = 3, node_memory: str = "8Gi", arch: str = "arm64", l
     except build.BuildError as e:
         raise UpError(str(e)) from None
     for attempt in (1, 2):
-        runner = Up(d, nodes, node_memory, arch, bin_dir)
+        runner = Up(d, nodes, node_memory, arch, bin_dir, {"helm_controller": helm_controller, "kuberay": kuberay})
         try:
             return runner.run()
         except UpError as e:

@@ -12,7 +12,8 @@ With the admin credentials it labels node-1 node-role.kubernetes.io/control-plan
 process (not the kubelet, which NodeRestriction forbids) does.
 
 Not done: no containers run, no probes, no images pulled, no volumes mounted, no logs/exec/port-forward,
-no evictions or resource accounting; Job pods stay Running (never Succeeded); restartPolicy is ignored.
+no evictions or resource accounting; Job pods stay Running (never Succeeded), but for k3s's helm-install and
+helm-delete pods, which chart_jobs.py plays to Succeeded; restartPolicy is ignored.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import chart_jobs  # the STAND-IN of klipper-helm's containers (beside this file)
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -206,6 +208,8 @@ class Node:
                     log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} stopped and deleted")
                 elif (pod.status.phase or "Pending") == "Pending":
                     self.run_pod(pod)
+                elif pod.status.phase == "Running" and chart_jobs.is_helm_job_pod(pod):
+                    chart_jobs.play(self, pod, log)  # k3s's helm-install/-delete pods: see chart_jobs.py
             except ApiException as e:
                 if e.status not in (404, 409):
                     log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name}: {e.status} {e.reason}")

@@ -187,7 +187,8 @@ def test_namespace_deletion_goes_terminating_then_gone(api):
 def test_down_leaves_nothing_running(plane):
     d, state = plane
     pids = [p["pid"] for p in state["procs"].values()]
-    assert sorted(state["procs"]) == ["kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodes"]
+    assert sorted(state["procs"]) == ["helm-controller", "kine", "kube-apiserver", "kube-controller-manager",
+                                      "kube-scheduler", "kuberay-operator", "nodes"]  # the add-ons are on by default
     assert all(alive(p) for p in pids)
     r = cp("down", str(d), timeout=60)
     assert r.returncode == 0, r.stderr
