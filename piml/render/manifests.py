@@ -48,13 +48,14 @@ def _environment():
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters["cpu"] = lambda m: f"{m}m"
-    env.filters["mem"] = lambda mi: f"{mi}Mi"
+    # quoted: an unquoted 1 is a YAML number, and a custom resource keeps the type it was sent with
+    env.filters["cpu"] = lambda m: '"' + canonical_cpu(m) + '"'
+    env.filters["mem"] = lambda mi: '"' + canonical_memory(mi) + '"'
     env.filters["yaml_str"] = lambda v: yaml.safe_dump(str(v), default_style='"').strip()
     return env
 
 
-def context(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None) -> dict[str, Any]:
+def context(cluster: Cluster, plan: Plan, secrets: dict[str, str] | None) -> dict[str, Any]:
     config = cluster.config
     servers = [n.address for n in cluster.inventory.servers]
     ns = config.namespace
@@ -81,7 +82,7 @@ def context(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None) ->
     }
 
 
-def _mlflow_access(cluster: "Cluster") -> tuple[list[str], list[str]]:
+def _mlflow_access(cluster: Cluster) -> tuple[list[str], list[str]]:
     """The Host headers and browser origins MLflow's security middleware must accept, one per way it is reached.
 
     MLflow compares the Host header exactly, port included, and setting the list replaces its defaults; it
@@ -112,7 +113,7 @@ def _mlflow_pip(mlflow) -> list[str]:
     return wanted
 
 
-def _with_mlflow_stores(cluster: "Cluster", secrets: dict[str, str] | None) -> dict[str, str] | None:
+def _with_mlflow_stores(cluster: Cluster, secrets: dict[str, str] | None) -> dict[str, str] | None:
     """`secrets` plus what the mlflow Secret carries for the user's own stores: the external database's URI with
     its password (`mlflow_backend_uri`), and a check that external S3's keys were given. The Deployment names
     these only by secretKeyRef; the URI reaches `--backend-store-uri` through `$(MLFLOW_BACKEND_STORE_URI)`."""
@@ -156,7 +157,7 @@ def _runner(config) -> dict[str, Any]:
     return {"runner_source": source_files(), "runner_pip": PIP}
 
 
-def render_platform(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | None = None) -> list[Rendered]:
+def render_platform(cluster: Cluster, plan: Plan, secrets: dict[str, str] | None = None) -> list[Rendered]:
     """Every component's objects, in apply order. `secrets` None leaves Secret values out."""
     env = _environment()
     ctx = context(cluster, plan, secrets)
@@ -169,7 +170,7 @@ def render_platform(cluster: "Cluster", plan: "Plan", secrets: dict[str, str] | 
     return result
 
 
-def urls(cluster: "Cluster") -> dict[str, str]:
+def urls(cluster: Cluster) -> dict[str, str]:
     """Where the UIs answer on the LAN, through the k3s ingress on the first server."""
     host = cluster.inventory.servers[0].address
     config = cluster.config
@@ -181,3 +182,17 @@ def urls(cluster: "Cluster") -> dict[str, str]:
     if config.dask.enabled:
         found["dask dashboard"] = f"http://{host}/dask/status"
     return found
+
+
+# Quantities as Kubernetes writes them back (Go's resource.Quantity, canonical form): a controller that decodes
+# and re-encodes an object (KubeRay adding its finalizer, for one) turns 1000m into 1 and 1024Mi into 1Gi, and
+# for a custom resource, whose strings are stored as sent, piml's next apply would then change them back.
+def canonical_cpu(millicores: int) -> str:
+    return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
+
+
+def canonical_memory(mebibytes: int) -> str:
+    for unit, size in (("Ti", 1024 * 1024), ("Gi", 1024)):
+        if mebibytes and mebibytes % size == 0:
+            return f"{mebibytes // size}{unit}"
+    return f"{mebibytes}Mi"

@@ -5,19 +5,23 @@ it: namespaces first, then the HelmCharts, then the rest, each with `piml.kube.a
 
 For each scenario in tests/render/scenarios (but cannot-fit.yml, which must not plan) and each settings case:
   (a) every object is accepted as rendered;
-  (b) applying the same objects again changes nothing (apply_object says "unchanged", and nothing piml owns was
-      written: same resourceVersion, or else the later write was another manager's);
+  (b) once the controllers have made their first writes, applying the same objects again changes nothing
+      (apply_object says "unchanged", and nothing piml owns was written: same resourceVersion, or else the later
+      write was another manager's). Found with it: KubeRay writes the whole RayCluster back when it adds its GCS
+      finalizer (canonical quantities, a defaulted scaleStrategy in the atomic workerGroupSpecs list), and k3s's
+      helm-controller a HelmChart (timeout 10m -> 10m0s): piml now renders them so;
   (c) nothing piml sent was dropped: every field of every rendered object is in what the server keeps, equal up
-      to the server's canonical forms (quantities such as 1000m -> 1, 1024Mi -> 1Gi; a Secret's stringData
-      -> data).
+      to the server's canonical forms (a Secret's stringData -> data).
 And a misspelled field is refused with one plain line naming the object and the field.
 
-No operator runs here (no helm-controller, KubeRay or KEDA): the CRDs they would bring are installed from the real
-schemas in ../shared/schemas (HelmChart from k3s's helm-controller; RayCluster, RayJob from KubeRay v1.7.0;
-ScaledJob from KEDA v2.20.2 — the chart versions piml pins). Traefik's Middleware CRD, which k3s ships, has no
-schema in ../shared: MIDDLEWARE_CRD below is OURS, not upstream's — a minimal CRD whose spec keeps any field
-(x-kubernetes-preserve-unknown-fields), so it checks that a Middleware is accepted, not its spec's fields.
+The control plane runs the real helm-controller and KubeRay operator (no KEDA operator); the CRDs are also
+installed here from the real schemas in ../shared/schemas (HelmChart from k3s's helm-controller; RayCluster, RayJob
+from KubeRay v1.7.0; ScaledJob from KEDA v2.20.2 — the chart versions piml pins). Traefik's Middleware CRD, which
+k3s ships, has no schema in ../shared: MIDDLEWARE_CRD below is OURS, not upstream's — a minimal CRD whose spec
+keeps any field (x-kubernetes-preserve-unknown-fields), so it checks that a Middleware is accepted, not its spec's
+fields.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,28 +40,53 @@ REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "tests" / "render" / "scenarios"
 # ../shared beside the checkout, as tests/render reads it: read there, never copied. PIML_SHARED overrides.
 SCHEMAS = Path(os.environ.get("PIML_SHARED", REPO.parent / "shared")) / "schemas"
-CRD_FILES = ("helm.cattle.io_helmcharts.yaml", "ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml",
-             "keda.sh_scaledjobs.yaml")
+CRD_FILES = (
+    "helm.cattle.io_helmcharts.yaml",
+    "ray.io_rayclusters.yaml",
+    "ray.io_rayjobs.yaml",
+    "keda.sh_scaledjobs.yaml",
+)
 NOT_PLANNING = {"cannot-fit"}  # meant to fail planning: checked by test_cannot_fit_does_not_plan
 # The settings cases of tests/render: the defaults, and every non-default store at once.
 SETTINGS = {
     "defaults": {},
-    "postgres-minio-rabbitmq": {"mlflow": {"backend": "postgresql", "artifacts": "minio"},
-                                "queue": {"kind": "rabbitmq"}, "ray": {"gcs_fault_tolerance": True}},
+    "postgres-minio-rabbitmq": {
+        "mlflow": {"backend": "postgresql", "artifacts": "minio"},
+        "queue": {"kind": "rabbitmq"},
+        "ray": {"gcs_fault_tolerance": True},
+    },
 }
 CASES = [(s.stem, name) for s in sorted(SCENARIOS.glob("*.yml")) if s.stem not in NOT_PLANNING for name in SETTINGS]
 DEFAULT_NAMESPACE_CASE = ("pi5-3x8gb", "defaults")  # keeps piml's own namespace, `piml`; the others get their own
 
 # OURS, not upstream's: k3s ships Traefik's CRDs, but ../shared/schemas has no Middleware schema.
 MIDDLEWARE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "middlewares.traefik.io"},
-    "spec": {"group": "traefik.io", "scope": "Namespaced",
-             "names": {"kind": "Middleware", "listKind": "MiddlewareList", "plural": "middlewares",
-                       "singular": "middleware"},
-             "versions": [{"name": "v1alpha1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                               "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]},
+    "spec": {
+        "group": "traefik.io",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "Middleware",
+            "listKind": "MiddlewareList",
+            "plural": "middlewares",
+            "singular": "middleware",
+        },
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                    }
+                },
+            }
+        ],
+    },
 }
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed (needed to build the control plane)")
@@ -101,11 +130,14 @@ def kube(plane):
 
     def established(name: str) -> bool:
         live = k.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (live.get("status") or {}).get("conditions") or [])
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (live.get("status") or {}).get("conditions") or []
+        )
 
     for crd in crds:
-        until(f"CRD {crd['metadata']['name']} Established", lambda: established(crd["metadata"]["name"]), 30)
+        name = crd["metadata"]["name"]
+        until(f"CRD {name} Established", lambda name=name: established(name), 30)
     yield k
     k.close()
 
@@ -117,9 +149,17 @@ def discovery(kube):
     d = Discovery(kube)
 
     def all_served() -> bool:
-        missing = [(v, k) for v, k in (("helm.cattle.io/v1", "HelmChart"), ("ray.io/v1", "RayCluster"),
-                                       ("ray.io/v1", "RayJob"), ("keda.sh/v1alpha1", "ScaledJob"),
-                                       ("traefik.io/v1alpha1", "Middleware")) if not d.served(v, k)]
+        missing = [
+            (v, k)
+            for v, k in (
+                ("helm.cattle.io/v1", "HelmChart"),
+                ("ray.io/v1", "RayCluster"),
+                ("ray.io/v1", "RayJob"),
+                ("keda.sh/v1alpha1", "ScaledJob"),
+                ("traefik.io/v1alpha1", "Middleware"),
+            )
+            if not d.served(v, k)
+        ]
         for v, _ in missing:
             d.forget(v)
         return not missing
@@ -148,8 +188,11 @@ def render(tmp_path: Path, scenario: str, settings: dict, namespace: str | None 
 
 def in_apply_order(objects: list[dict]) -> list[dict]:
     """piml.kube.deploy's order: Namespaces, HelmCharts, then the rest as rendered (every kind is served here)."""
-    return ([o for o in objects if o["kind"] == "Namespace"] + [o for o in objects if o["kind"] == "HelmChart"]
-            + [o for o in objects if o["kind"] not in ("Namespace", "HelmChart")])
+    return (
+        [o for o in objects if o["kind"] == "Namespace"]
+        + [o for o in objects if o["kind"] == "HelmChart"]
+        + [o for o in objects if o["kind"] not in ("Namespace", "HelmChart")]
+    )
 
 
 def live_path(discovery, obj: dict) -> str:
@@ -159,7 +202,11 @@ def live_path(discovery, obj: dict) -> str:
 
 def name_of(obj: dict) -> str:
     meta = obj["metadata"]
-    return f"{obj['kind']} {meta['namespace']}/{meta['name']}" if meta.get("namespace") else f"{obj['kind']} {meta['name']}"
+    return (
+        f"{obj['kind']} {meta['namespace']}/{meta['name']}"
+        if meta.get("namespace")
+        else f"{obj['kind']} {meta['name']}"
+    )
 
 
 QUANTITY_PARENTS = {"requests", "limits"}  # resources.requests/limits: the API keeps quantities in canonical form
@@ -181,8 +228,11 @@ def dropped(sent, kept, path: str = "") -> list[str]:
         return out
     if isinstance(sent, list):
         if not isinstance(kept, list) or len(kept) != len(sent):
-            return [f"{path}: sent a list of {len(sent)}, the server keeps {kept if not isinstance(kept, list) else len(kept)}"]
-        return [d for i, (a, b) in enumerate(zip(sent, kept)) for d in dropped(a, b, f"{path}[{i}]")]
+            return [
+                f"{path}: sent a list of {len(sent)}, the server keeps "
+                f"{kept if not isinstance(kept, list) else len(kept)}"
+            ]
+        return [d for i, (a, b) in enumerate(zip(sent, kept, strict=True)) for d in dropped(a, b, f"{path}[{i}]")]
     if sent == kept:
         return []
     parent = path.split(".")[-2] if path.count(".") >= 2 else ""
@@ -200,8 +250,11 @@ def dropped_from(obj: dict, live: dict) -> list[str]:
     if obj["kind"] == "Secret":
         # stringData is write-only: the server stores it base64-encoded in data. Values are never shown.
         data = kept.get("data", {})
-        problems = [f".stringData.{k}: not in data, or not what was sent" for k, v in sent.pop("stringData", {}).items()
-                    if k not in data or base64.b64decode(data[k]).decode() != v]
+        problems = [
+            f".stringData.{k}: not in data, or not what was sent"
+            for k, v in sent.pop("stringData", {}).items()
+            if k not in data or base64.b64decode(data[k]).decode() != v
+        ]
         return problems + [p.split(": sent", 1)[0] + ": differs (value not shown)" for p in dropped(sent, kept)]
     return dropped(sent, kept)
 
@@ -232,8 +285,17 @@ def test_rendered_platform_is_accepted_kept_and_reapplied_unchanged(scenario, se
     namespace = None if (scenario, settings_name) == DEFAULT_NAMESPACE_CASE else f"{scenario}-{settings_name}"[:63]
     objects = in_apply_order(render(tmp_path, scenario, SETTINGS[settings_name], namespace))
     kinds = {o["kind"] for o in objects}
-    assert {"Namespace", "HelmChart", "Deployment", "Service", "Secret", "RayCluster", "ScaledJob", "Middleware",
-            "Ingress"} <= kinds, kinds
+    assert {
+        "Namespace",
+        "HelmChart",
+        "Deployment",
+        "Service",
+        "Secret",
+        "RayCluster",
+        "ScaledJob",
+        "Middleware",
+        "Ingress",
+    } <= kinds, kinds
 
     # (a) every object accepted as rendered
     refused, first = [], {}
@@ -251,7 +313,9 @@ def test_rendered_platform_is_accepted_kept_and_reapplied_unchanged(scenario, se
     lost = [f"{n}: {p}" for o in objects for n in [name_of(o)] for p in dropped_from(o, live[n])]
     assert not lost, "sent but not kept by the API server:\n" + "\n".join(lost)
 
-    # (b) a second apply changes nothing
+    # (b) a second apply changes nothing, once the controllers have done their first writes (a user's second
+    # `piml up` comes minutes later; KubeRay adds its GCS finalizer, the helm-controller takes its charts)
+    settle(kube, discovery, objects)
     changed = []
     for obj in objects:
         path = live_path(discovery, obj)
@@ -261,11 +325,32 @@ def test_rendered_platform_is_accepted_kept_and_reapplied_unchanged(scenario, se
         rv_before, rv_after = before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]
         if applied.action != "unchanged":
             changed.append(f"{applied.ref}: {applied.action}")
-        elif rv_before != rv_after and (pimls_entry(before) != pimls_entry(after)
-                                        or before["metadata"].get("generation") != after["metadata"].get("generation")):
+        elif rv_before != rv_after and (
+            pimls_entry(before) != pimls_entry(after)
+            or before["metadata"].get("generation") != after["metadata"].get("generation")
+        ):
             # A controller may write an object meanwhile (the PV controller annotates PVCs): only piml's part counts.
             changed.append(f"{applied.ref}: written again (resourceVersion {rv_before} -> {rv_after})")
     assert not changed, "the second apply changed:\n" + "\n".join(changed)
+
+
+def settle(kube, discovery, objects, quiet: float = 2.0, bound: float = 30.0) -> None:
+    """Wait (at most `bound` s) until no object's resourceVersion moved for `quiet` s."""
+
+    def versions():
+        return {
+            name_of(o): (kube.get(live_path(discovery, o)) or {}).get("metadata", {}).get("resourceVersion")
+            for o in objects
+        }
+
+    deadline = time.monotonic() + bound
+    seen = versions()
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = versions()
+        if now == seen:
+            return
+        seen = now
 
 
 def _misspell_container_field(objects):
@@ -289,9 +374,11 @@ def _misspell_scaledjob_template_metadata(objects):
     return obj, "spec.jobTargetRef.template.metadata.labelz"
 
 
-@pytest.mark.parametrize("misspell", [_misspell_container_field, _misspell_ray_head,
-                                      _misspell_scaledjob_template_metadata],
-                         ids=["Deployment-imagePullPolicyy", "RayCluster-headGroupSpecc", "ScaledJob-template-labelz"])
+@pytest.mark.parametrize(
+    "misspell",
+    [_misspell_container_field, _misspell_ray_head, _misspell_scaledjob_template_metadata],
+    ids=["Deployment-imagePullPolicyy", "RayCluster-headGroupSpecc", "ScaledJob-template-labelz"],
+)
 def test_a_misspelled_field_is_refused_in_one_line(misspell, kube, discovery, tmp_path):
     from piml.errors import PimlError
     from piml.kube.apply import apply_object
@@ -303,8 +390,10 @@ def test_a_misspelled_field_is_refused_in_one_line(misspell, kube, discovery, tm
         apply_object(kube, discovery, obj)
     line = str(info.value)
     assert "\n" not in line and "Traceback" not in line, line
-    assert line.startswith(f"{name_of(obj)}: the cluster refused it: unknown field {field} "
-                           f"(not in the schema of {obj['kind']} ({obj['apiVersion']}))"), line
+    assert line.startswith(
+        f"{name_of(obj)}: the cluster refused it: unknown field {field} "
+        f"(not in the schema of {obj['kind']} ({obj['apiVersion']}))"
+    ), line
     assert "please report it" in line
     assert kube.get(live_path(discovery, obj)) is None  # nothing was made of it
 
@@ -321,15 +410,17 @@ def test_a_mistyped_field_is_refused_in_one_line(kube, discovery, tmp_path):
     with pytest.raises(PimlError) as info:
         apply_object(kube, discovery, obj)
     line = str(info.value)
-    assert re.match(r"Deployment typos/mistyped: the cluster refused it: field spec\.replicas: expected numeric", line), line
+    assert re.match(
+        r"Deployment typos/mistyped: the cluster refused it: field spec\.replicas: expected numeric", line
+    ), line
     assert "\n" not in line
 
 
 def test_a_strict_servers_400_is_read_as_well(kube, discovery, tmp_path):
     """What a server that validates an apply strictly answers (as v1.36.3 does for a create with
     fieldValidation=Strict): 400 'strict decoding error: unknown field "PATH"'. piml reads the field from it too."""
-    from piml.kube.client import KubeError
     from piml.kube.apply import refusal
+    from piml.kube.client import KubeError
     from piml.kube.objects import ref
 
     objects = render(tmp_path, "pi5-3x8gb", {}, "typos")
@@ -339,9 +430,12 @@ def test_a_strict_servers_400_is_read_as_well(kube, discovery, tmp_path):
     collection = discovery.resource(obj["apiVersion"], obj["kind"]).path("typos")
     with pytest.raises(KubeError) as info:
         kube.request("POST", collection, {"fieldValidation": "Strict"}, obj)
-    assert info.value.status == 400 and 'strict decoding error: unknown field "spec.headGroupSpecc"' in info.value.message
-    assert refusal(info.value, ref(obj)) == ("the cluster refused it: unknown field spec.headGroupSpecc "
-                                             "(not in the schema of RayCluster (ray.io/v1))")
+    assert (
+        info.value.status == 400 and 'strict decoding error: unknown field "spec.headGroupSpecc"' in info.value.message
+    )
+    assert refusal(info.value, ref(obj)) == (
+        "the cluster refused it: unknown field spec.headGroupSpecc (not in the schema of RayCluster (ray.io/v1))"
+    )
 
 
 def test_apply_asks_for_strict_field_validation(kube, discovery, tmp_path):
@@ -368,10 +462,27 @@ def test_apply_asks_for_strict_field_validation(kube, discovery, tmp_path):
 def test_the_comparison_sees_what_was_dropped():
     """The check of (c) itself: a field missing or different is reported, canonical forms are not; a Secret's
     values never appear in what it reports."""
-    sent = {"kind": "Deployment", "spec": {"replicas": 1, "paused": False, "template": {"spec": {"containers": [
-        {"name": "a", "resources": {"limits": {"cpu": "1000m", "memory": "1024Mi"}}}]}}}}
-    kept = {"kind": "Deployment", "spec": {"replicas": 2, "template": {"spec": {"containers": [
-        {"name": "a", "image": "x", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}}}}
+    sent = {
+        "kind": "Deployment",
+        "spec": {
+            "replicas": 1,
+            "paused": False,
+            "template": {
+                "spec": {"containers": [{"name": "a", "resources": {"limits": {"cpu": "1000m", "memory": "1024Mi"}}}]}
+            },
+        },
+    }
+    kept = {
+        "kind": "Deployment",
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "spec": {
+                    "containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]
+                }
+            },
+        },
+    }
     assert dropped_from(sent, kept) == [".spec.replicas: sent 1, the server keeps 2", ".spec.paused: sent, not kept"]
     secret = {"kind": "Secret", "stringData": {"password": "s3cret", "token": "t0ken"}, "type": "Opaque"}
     live = {"kind": "Secret", "data": {"password": base64.b64encode(b"s3cret").decode()}, "type": "kubernetes.io/tls"}

@@ -16,6 +16,7 @@ from piml.inventory import load_inventory
 from piml.plan import make_plan
 from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform
+from piml.render.manifests import canonical_cpu, canonical_memory
 from piml.secrets import load_or_create
 
 HERE = Path(__file__).resolve().parent
@@ -58,9 +59,10 @@ def test_scaledjob_valid_and_sized_by_the_plan(tmp_path, scenario, kind):
     pod = spec["jobTargetRef"]["template"]
     assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "piml"  # admitted by the broker's NetworkPolicy
     for container in pod["spec"]["containers"] + pod["spec"]["initContainers"]:
-        assert container["resources"] == {
-            "requests": {"cpu": f"{plan.runner.cpu_request}m", "memory": f"{plan.runner.memory_request}Mi"},
-            "limits": {"cpu": f"{plan.runner.cpu_limit}m", "memory": f"{plan.runner.memory_limit}Mi"}}
+        runner = plan.runner
+        assert container["resources"] == {  # canonical, as Kubernetes writes quantities back
+            "requests": {"cpu": canonical_cpu(runner.cpu_request), "memory": canonical_memory(runner.memory_request)},
+            "limits": {"cpu": canonical_cpu(runner.cpu_limit), "memory": canonical_memory(runner.memory_limit)}}
         image = container["image"]
         assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
     (runner,) = pod["spec"]["containers"]
