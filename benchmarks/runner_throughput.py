@@ -78,7 +78,7 @@ def main() -> None:
         for fmt, path in files.items():
             runner = Runner(Quiet(), log=lambda line: None)  # fresh: loads the model from the registry each time
             request = make_request(uri, str(path), output="predictions.parquet" if fmt == "parquet" else "predictions.csv")
-            took = _timed(lambda: runner.run(request))
+            took = _timed(lambda runner=runner, request=request: runner.run(request))
             ratios[fmt].append(took / direct)
             print(f"direct {direct:.3f} s, runner ({fmt}) {took:.3f} s: ratio {took / direct:.2f}")
     for fmt in files:

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from piml.errors import InputError, Problem, by_line
@@ -51,7 +60,7 @@ class Size(Settings):
     limits: Quantities = Quantities()
 
     @model_validator(mode="after")
-    def _requests_within_limits(self) -> "Size":
+    def _requests_within_limits(self) -> Size:
         # Kubernetes refuses a container whose request is above its limit; say so here, at the line.
         from piml.plan.quantities import cpu_m, memory_mi
 
@@ -139,7 +148,7 @@ class MLflow(Settings):
         return value
 
     @model_validator(mode="after")
-    def _stores(self) -> "MLflow":
+    def _stores(self) -> MLflow:
         if self.artifacts == "s3" and not self.artifacts_uri:
             raise _setting("'mlflow.artifacts' is 's3' but no bucket is named",
                            "add artifacts_uri: s3://BUCKET[/PATH] (and s3_endpoint_url for a store other than AWS)", "artifacts")

@@ -12,15 +12,27 @@ import signal
 import sys
 
 # Errors about a path the user named (or the project's files): their input, exit 2.
-_PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EROFS,
-                errno.ELOOP, errno.EEXIST, errno.EINVAL}
+_PATH_ERRNOS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+    errno.EROFS,
+    errno.ELOOP,
+    errno.EEXIST,
+    errno.EINVAL,
+}
 # Libraries whose errors mean "the other end failed": a broker, the API server, a node. Exit 1.
-_REMOTE = {"redis": ("the Redis broker", "check that it runs and the address is right (`piml check`)"),
-           "pika": ("the RabbitMQ broker", "check that it runs and the address is right (`piml check`)"),
-           "kubernetes": ("the Kubernetes API", "check that the cluster is up: `piml status`"),
-           "urllib3": ("the Kubernetes API", "check that the cluster is up: `piml status`"),
-           "websocket": ("the Kubernetes API", "check that the cluster is up: `piml status`"),
-           "paramiko": ("SSH", "check that the node is up and its SSH server answers: `piml status`")}
+_REMOTE = {
+    "redis": ("the Redis broker", "check that it runs and the address is right (`piml check`)"),
+    "pika": ("the RabbitMQ broker", "check that it runs and the address is right (`piml check`)"),
+    "kubernetes": ("the Kubernetes API", "check that the cluster is up: `piml status`"),
+    "urllib3": ("the Kubernetes API", "check that the cluster is up: `piml status`"),
+    "websocket": ("the Kubernetes API", "check that the cluster is up: `piml status`"),
+    "paramiko": ("SSH", "check that the node is up and its SSH server answers: `piml status`"),
+}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -37,7 +49,9 @@ def expected_problem(exc: BaseException):
         where, fix = _REMOTE[top]
         return PimlError(Problem(where, f"{type(exc).__name__}: {_first_line(exc)}", fix), EXIT_FAILED)
     if isinstance(exc, ValueError) and "null byte" in str(exc):  # os.* on a path typed with a NUL in it
-        return PimlError(Problem("arguments", "a path contains a NUL character", "type the path again without it"), EXIT_USAGE)
+        return PimlError(
+            Problem("arguments", "a path contains a NUL character", "type the path again without it"), EXIT_USAGE
+        )
     if top == "yaml":
         return PimlError(Problem("YAML", _first_line(exc), "fix the file it names"), EXIT_USAGE)
     if isinstance(exc, OSError):
@@ -45,8 +59,10 @@ def expected_problem(exc: BaseException):
         if exc.filename is not None:
             code = EXIT_USAGE if exc.errno in _PATH_ERRNOS else EXIT_FAILED
             return PimlError(Problem(str(exc.filename), what, "check the path and its permissions"), code)
-        return PimlError(Problem("network", f"{type(exc).__name__}: {what}", "check the address and that the other end is up"),
-                         EXIT_FAILED)
+        return PimlError(
+            Problem("network", f"{type(exc).__name__}: {what}", "check the address and that the other end is up"),
+            EXIT_FAILED,
+        )
     return None
 
 
@@ -92,7 +108,9 @@ def main() -> None:
             raise
         problem = exc if isinstance(exc, PimlError) else expected_problem(exc)
         if problem is None:
-            error_line(f"internal error: {type(exc).__name__}: {exc} (a bug in piml; rerun with PIML_DEBUG=1 for details and report it)")
+            error_line(
+                f"internal error: {type(exc).__name__}: {exc} (a bug in piml; rerun with PIML_DEBUG=1 for details and report it)"
+            )
             sys.exit(1)
         for line in problem.problems:
             error_line(str(line))

@@ -42,9 +42,8 @@ class PimlError(Exception):
     """An error for the user: one or more problems and the exit code they call for."""
 
     def __init__(self, problems: list[Problem] | Problem | str, exit_code: int = EXIT_USAGE):
-        if isinstance(problems, (Problem, str)):
-            problems = [problems]
-        self.problems = [p if isinstance(p, Problem) else Problem("piml", p) for p in problems]
+        given: list[Problem] | list[Problem | str] = [problems] if isinstance(problems, (Problem, str)) else problems
+        self.problems = [p if isinstance(p, Problem) else Problem("piml", p) for p in given]
         self.exit_code = exit_code
         super().__init__("\n".join(str(p) for p in self.problems))
 

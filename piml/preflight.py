@@ -37,7 +37,7 @@ class Check:
         return {"node": self.node, "check": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
-def preflight(reports: list["NodeReport"], config: "PimlConfig", ha: bool) -> list[Check]:
+def preflight(reports: list[NodeReport], config: PimlConfig, ha: bool) -> list[Check]:
     """All checks, per node, then cluster-wide ones. `ha`: several servers, so embedded etcd."""
     checks: list[Check] = []
     for report in reports:
@@ -46,7 +46,7 @@ def preflight(reports: list["NodeReport"], config: "PimlConfig", ha: bool) -> li
     return checks
 
 
-def _node_checks(report: "NodeReport", config: "PimlConfig", ha: bool) -> list[Check]:
+def _node_checks(report: NodeReport, config: PimlConfig, ha: bool) -> list[Check]:
     checks = _rules(report, config, ha)
     if report.node.role is Role.EXTERNAL:
         return [replace(c, status=WARN, detail=f"{c.detail} (ray_external: piml up goes on without it)") if c.status == FAIL else c
@@ -54,7 +54,7 @@ def _node_checks(report: "NodeReport", config: "PimlConfig", ha: bool) -> list[C
     return checks
 
 
-def _rules(report: "NodeReport", config: "PimlConfig", ha: bool) -> list[Check]:
+def _rules(report: NodeReport, config: PimlConfig, ha: bool) -> list[Check]:
     node, facts = report.node, report.facts
     name = node.name
     if report.failure is not None:
@@ -123,7 +123,7 @@ def _rules(report: "NodeReport", config: "PimlConfig", ha: bool) -> list[Check]:
     return checks
 
 
-def _page_size(name: str, facts, config: "PimlConfig") -> Check:
+def _page_size(name: str, facts, config: PimlConfig) -> Check:
     """A Pi 5 on 16 KB pages. The platform's images all run on them (the official redis image builds jemalloc
     for up to 64 KB pages, so do Ray's arm64 wheels: docs/facts.md), so only an explicit
     `nodes.pi5_4k_pages: true` switches it, and only where kernel8.img is on the boot partition."""
@@ -137,7 +137,7 @@ def _page_size(name: str, facts, config: "PimlConfig") -> Check:
                  "prepare sets kernel=kernel8.img in config.txt and reboots" + ("" if facts.boot_kernel8 else " (if kernel8.img is there)"))
 
 
-def _cluster_checks(reached: list["NodeReport"]) -> list[Check]:
+def _cluster_checks(reached: list[NodeReport]) -> list[Check]:
     checks = []
     hostnames = Counter(r.facts.hostname for r in reached if r.facts.hostname)
     duplicates = sorted(h for h, count in hostnames.items() if count > 1)

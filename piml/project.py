@@ -28,7 +28,7 @@ class ProjectPaths:
     inventory: Path
 
     @classmethod
-    def resolve(cls, project: Path | None, inventory: Path | None) -> "ProjectPaths":
+    def resolve(cls, project: Path | None, inventory: Path | None) -> ProjectPaths:
         root = Path(project) if project else Path.cwd()
         if project and not root.is_dir():
             raise InputError(Problem("--project", f"'{project}' is not a directory", "name an existing project directory, or create one with `piml init DIR`"))

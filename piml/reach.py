@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from piml.errors import InputError, Problem
 from piml.inventory import Node, Role
@@ -28,8 +29,8 @@ OUTSIDE_GRACE_S = 2.0  # `piml up`: how long ray_external hosts may take after t
 @dataclass(frozen=True)
 class NodeReport:
     node: Node
-    facts: "NodeFacts | None" = None
-    failure: "Failure | None" = None
+    facts: NodeFacts | None = None
+    failure: Failure | None = None
     clock_skew_s: float | None = None  # node clock minus ours, corrected for the round trip
 
     @property
@@ -68,7 +69,7 @@ def select_nodes(nodes: Iterable[Node], limit: str | None, k3s_only: bool = Fals
     return selected
 
 
-def reach(cluster: "Cluster", nodes: list[Node], accept_new_host_keys: bool, connect_timeout: float = 10.0,
+def reach(cluster: Cluster, nodes: list[Node], accept_new_host_keys: bool, connect_timeout: float = 10.0,
           outside_grace: float | None = None) -> list[NodeReport]:
     """Every node's facts (or why not), in `nodes` order.
 
@@ -102,7 +103,7 @@ def reach(cluster: "Cluster", nodes: list[Node], accept_new_host_keys: bool, con
     return [reports[n.name] for n in nodes]
 
 
-def _report(node: Node, output: "CommandOutput") -> NodeReport:
+def _report(node: Node, output: CommandOutput) -> NodeReport:
     from piml.facts.model import parse_facts
 
     facts = parse_facts(output.stdout)
@@ -111,7 +112,7 @@ def _report(node: Node, output: "CommandOutput") -> NodeReport:
     return NodeReport(node, facts=facts, clock_skew_s=skew)
 
 
-def _gather(nodes: list[Node], known: "KnownHosts", timeouts) -> "dict[str, HostResult]":
+def _gather(nodes: list[Node], known: KnownHosts, timeouts) -> dict[str, HostResult]:
     """Each node connects and runs the facts script in one go (see Fleet.run), all in parallel."""
     from piml.facts.commands import gather_script
     from piml.ssh.fleet import Fleet
@@ -123,13 +124,13 @@ def _gather(nodes: list[Node], known: "KnownHosts", timeouts) -> "dict[str, Host
 class _Late:
     """One ray_external host reached in a daemon thread of its own, which nobody has to wait for."""
 
-    def __init__(self, node: Node, known: "KnownHosts", timeouts):
+    def __init__(self, node: Node, known: KnownHosts, timeouts):
         self.node = node
-        self.result: "HostResult | None" = None
+        self.result: HostResult | None = None
         self._thread = threading.Thread(target=self._run, args=(known, timeouts), name=f"piml-reach-{node.name}", daemon=True)
         self._thread.start()
 
-    def _run(self, known: "KnownHosts", timeouts) -> None:
+    def _run(self, known: KnownHosts, timeouts) -> None:
         from piml.facts.commands import gather_script
         from piml.ssh import results as R
         from piml.ssh.fleet import Fleet
@@ -146,7 +147,7 @@ class _Late:
         except Exception as exc:  # noqa: BLE001 - a background failure is this host's row, nothing more
             self.result = HostResult(self.node.name, failure=Failure(R.UNREACHABLE, f"{self.node.name}: {type(exc).__name__}: {exc}", "check the host"))
 
-    def wait(self, seconds: float, grace: float) -> "HostResult":
+    def wait(self, seconds: float, grace: float) -> HostResult:
         from piml.ssh import results as R
         from piml.ssh.results import Failure, HostResult
 

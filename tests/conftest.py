@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,55 @@ def write(tmp_path):
         return path
 
     return _write
+
+
+# -- the classes of slow tests, and the fast loop -------------------------------------------------------------------
+# Markers by what a test uses (its fixtures) and where it lives, so no test has to remember to carry them:
+#   nodes: real SSH test nodes (systemd-nspawn, root); root: needs root (pod namespaces, loop devices);
+#   services: real Redis, MLflow, RabbitMQ, Ray or Dask processes; contract: the rendered containers' programs;
+#   controlplane: the Kubernetes control plane built from Go modules.
+# `scripts/test --fast` runs what carries none of them.
+SERVICE_FIXTURES = {"redis_server", "mlflow_server", "rabbitmq_server", "ray_head", "dask_cluster", "idle_dask", "own_redis"}
+NODE_FIXTURES = {"node_substrate", "node_factory", "three_nodes"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, what in (("root", "needs root (network namespaces, loop devices)"),
+                       ("services", "runs real Redis / MLflow / RabbitMQ / Ray / Dask processes on loopback"),
+                       ("controlplane", "runs the Kubernetes control plane built from Go modules (tests/controlplane)")):
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.path)).relative_to(REPO / "tests").parts
+        used = set(getattr(item, "fixturenames", ()))
+        if parts[0] == "contract":
+            item.add_marker("contract")
+            item.add_marker("root")
+        if parts[0] == "controlplane":
+            item.add_marker("controlplane")
+        if used & NODE_FIXTURES or item.get_closest_marker("nodes"):
+            item.add_marker("nodes")
+            item.add_marker("root")
+        if item.get_closest_marker("flash_root"):
+            item.add_marker("root")
+        if used & SERVICE_FIXTURES or parts[0] == "health":
+            item.add_marker("services")
+
+
+# A light virtualenv (`pip install -e '.[test-fast]'`) has none of the services' packages: the modules that import
+# them at the top are not collected there. scripts/test (the full run, CI's) sets PIML_TEST_FULL, and then a
+# missing package is an error, never a silently smaller suite.
+HEAVY = {"pandas": ["queue/test_batches.py", "queue/test_runner.py", "queue/test_rabbitmq.py", "health/test_deep.py"]}
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+collect_ignore = [f for module, files in HEAVY.items() if _missing(module) for f in files]
+if collect_ignore and os.environ.get("PIML_TEST_FULL"):
+    raise pytest.UsageError(f"the full suite needs {', '.join(m for m in HEAVY if _missing(m))}: run scripts/test, which installs it")

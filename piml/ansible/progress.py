@@ -49,7 +49,7 @@ class StageProgress:
         self._lock = threading.Lock()
         self._started = time.monotonic()
 
-    def __enter__(self) -> "StageProgress":
+    def __enter__(self) -> StageProgress:
         if self.enabled and self.tty:
             from rich.live import Live
 

@@ -15,9 +15,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from piml.fsutil import write_atomic
 
@@ -90,7 +91,7 @@ def _quote(text: str) -> str:
     return text if all(c.isalnum() or c in "/._-+:@" for c in text) else "'" + text.replace("'", "'\\''") + "'"
 
 
-def control_dir(cluster: "Cluster") -> Path:
+def control_dir(cluster: Cluster) -> Path:
     """A short directory for ssh control sockets (socket paths are limited to ~100 bytes)."""
     digest = hashlib.sha256(str(cluster.paths.root.resolve()).encode()).hexdigest()[:10]
     path = Path(tempfile.gettempdir()) / f"piml-ssh-{os.getuid()}-{digest}"
@@ -99,7 +100,7 @@ def control_dir(cluster: "Cluster") -> Path:
     return path
 
 
-def run_playbook(cluster: "Cluster", playbook: str, hosts: list[str], extravars: dict,
+def run_playbook(cluster: Cluster, playbook: str, hosts: list[str], extravars: dict,
                  on_event: Callable[[dict], None] | None = None) -> PlaybookResult:
     """Run playbooks/<playbook> limited to `hosts`; return per-host counts and failure messages."""
     import ansible_runner

@@ -34,8 +34,8 @@ def run_check(project: Path | None, inventory: Path | None, deep: bool, limit: s
     raise_on_failure(results)
 
 
-def check_cluster(cluster: "Cluster", deep: bool = False, limit: str | None = None,
-                  nodes: list["Node"] | None = None) -> list["Result"]:
+def check_cluster(cluster: Cluster, deep: bool = False, limit: str | None = None,
+                  nodes: list[Node] | None = None) -> list[Result]:
     """The checks on `nodes` (k3s nodes: ray_external hosts are left out), else on what `limit` selects."""
     from piml.health.nodes import node_checks
     from piml.inventory import Role
@@ -49,7 +49,7 @@ def check_cluster(cluster: "Cluster", deep: bool = False, limit: str | None = No
         return on_nodes.result() + rest
 
 
-def _platform_checks(cluster: "Cluster", deep: bool) -> list["Result"]:
+def _platform_checks(cluster: Cluster, deep: bool) -> list[Result]:
     from piml.health.cluster import api_down, cluster_checks
     from piml.health.connect import open_cluster_endpoints
     from piml.health.probes import component_checks
@@ -77,7 +77,7 @@ def _platform_checks(cluster: "Cluster", deep: bool) -> list["Result"]:
     return results
 
 
-def ray_pip(cluster: "Cluster") -> list[str]:
+def ray_pip(cluster: Cluster) -> list[str]:
     """What the deep check's Ray job needs beyond the Ray image: an MLflow client matching the server,
     scikit-learn, skops (MLflow 3 saves scikit-learn models with it; mlflow-skinny does not bring it) and
     pandas, unless piml.yaml says (ray.check_pip). Ray installs them into the job's environment, which needs
@@ -87,7 +87,7 @@ def ray_pip(cluster: "Cluster") -> list[str]:
     return [f"mlflow-skinny=={cluster.config.mlflow.version}", "scikit-learn", "skops<1", "pandas"]
 
 
-def raise_on_failure(results: list["Result"]) -> None:
+def raise_on_failure(results: list[Result]) -> None:
     failed = [r for r in results if r.failed]
     if failed:
         names = ", ".join(f"{r.target} {r.check}" for r in failed[:6]) + (", ..." if len(failed) > 6 else "")

@@ -49,7 +49,8 @@ def run_init(directory: Path | None, nodes: list[str], user: str | None, ssh_key
         except (EOFError, typer.Abort):  # no terminal, or stdin closed
             specs = []
         if not specs:
-            raise InputError(Problem("piml init", "no nodes given", "pass --node NAME=ADDRESS[:ROLE] (repeatable), or run it in a terminal and enter them"))
+            raise InputError(Problem("piml init", "no nodes given",
+                                     "pass --node NAME=ADDRESS[:ROLE] (repeatable), or run it in a terminal and enter them"))
     written = init_project(Path(directory), specs, user or "pi", ssh_key, model, force, memory_gb)
     shown = directory if str(directory) != "." else Path.cwd().name
     console().print(f"Created project [bold]{shown}[/]:")

@@ -177,7 +177,7 @@ class FatVolume:
         if len(free) < count:
             raise FatError(f"the boot partition is full (needs {count} clusters, {len(free)} free)")
         chosen = free[:count]
-        for a, b in zip(chosen, chosen[1:]):
+        for a, b in zip(chosen, chosen[1:], strict=False):  # pairs: the last has no successor
             self._fat_set(a, b)
         if chosen:
             self._fat_set(chosen[-1], self._eoc)
@@ -303,7 +303,7 @@ class FatVolume:
             lfn = _lfn_entries(name, short) if needs_lfn else []
             offsets = self._free_slots(len(lfn) + 1)
             first = self._write_data(data)
-            for off, raw in zip(offsets, lfn):
+            for off, raw in zip(offsets[:-1], lfn, strict=True):  # the last slot is the short entry's
                 self.buf[off:off + DIR_ENTRY] = raw
             end = offsets[-1]
             self.buf[end:end + DIR_ENTRY] = bytes(DIR_ENTRY)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from piml.errors import InputError, Problem
 from piml.flash.firstboot import NodeSetup, Wifi, static_address, wpa_psk

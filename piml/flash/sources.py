@@ -13,9 +13,9 @@ import shutil
 import stat
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from piml.flash import xzblocks
 from piml.flash.xzblocks import BlockError, BlockReader
@@ -68,7 +68,7 @@ def detect_kind(name: str, head: bytes) -> str:
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
-    for i in range(9):
+    for _ in range(9):
         if pos >= len(data):
             raise SourceError("ends in the middle of its index (truncated); download it again")
         byte = data[pos]
@@ -357,7 +357,7 @@ class Stream:
                 if hasattr(self, extra):
                     getattr(self, extra).close()
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -6,8 +6,8 @@ import fcntl
 import mmap
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from piml.flash.readahead import read_ahead
 from piml.flash.writer import BLKFLSBUF, REGION, Digest
@@ -77,7 +77,7 @@ def verify(path: str, size: int, regions: list[str], progress: Callable[[int], N
         pieces.close()  # stops and joins the reader before the descriptor closes
         os.close(fd)
     total, got = digest.finish()
-    bad = next((i * REGION for i, (a, b) in enumerate(zip(got, regions)) if a != b), None)
+    bad = next((i * REGION for i, (a, b) in enumerate(zip(got, regions, strict=False)) if a != b), None)
     if bad is None and len(got) != len(regions):
         bad = min(len(got), len(regions)) * REGION
     return VerifyResult(bad is None, total, bad)

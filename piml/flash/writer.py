@@ -23,9 +23,9 @@ import os
 import stat
 import struct
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from piml.flash import partitions
 from piml.flash.readahead import read_ahead

@@ -17,7 +17,7 @@ KEDA_DEPLOYMENTS = ("keda-operator", "keda-operator-metrics-apiserver")
 KEDA_APISERVICE = "v1beta1.external.metrics.k8s.io"
 
 
-def cluster_checks(kube: "Kube", cluster: "Cluster") -> list[Result]:
+def cluster_checks(kube: Kube, cluster: Cluster) -> list[Result]:
     from piml.kube.discovery import Discovery
     from piml.kube.prune import project_objects
 
@@ -38,7 +38,7 @@ def api_down(results: list[Result]) -> bool:
     return len(results) == 1 and results[0].target == "cluster" and results[0].failed
 
 
-def _node_results(kube: "Kube", cluster: "Cluster") -> list[Result]:
+def _node_results(kube: Kube, cluster: Cluster) -> list[Result]:
     found: dict[str, dict] = {}
 
     def listing() -> str:
@@ -76,7 +76,7 @@ def _workload_result(obj: dict, namespace: str) -> Result:
     return timed("cluster", row["component"], "ready", body)
 
 
-def _keda(kube: "Kube") -> str:
+def _keda(kube: Kube) -> str:
     for name in KEDA_DEPLOYMENTS:
         deployment = kube.get(f"/apis/apps/v1/namespaces/{KEDA_NAMESPACE}/deployments/{name}")
         if deployment is None:

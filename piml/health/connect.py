@@ -6,8 +6,9 @@ Each component's pod is found by its `app.kubernetes.io/name` label; a component
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from piml.errors import PimlError
 from piml.health.endpoints import Endpoints
@@ -21,7 +22,7 @@ EXEC_TIMEOUT = 300  # the deep check's Dask computation
 
 
 @contextmanager
-def open_cluster_endpoints(cluster: "Cluster") -> Iterator[Endpoints]:
+def open_cluster_endpoints(cluster: Cluster) -> Iterator[Endpoints]:
     from piml.kube.client import core_api
     from piml.queue.tunnel import forward, open_tunnel
     from piml.secrets import load_or_create

@@ -9,8 +9,8 @@ it cannot carry Redis, AMQP or Dask's TCP protocol at all.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass

@@ -24,9 +24,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from testinfra.backend.ssh import SshBackend
 from testinfra.host import Host
@@ -46,7 +47,7 @@ THROTTLE_WORDS = {"under_voltage": "under-voltage", "arm_freq_capped": "ARM freq
                   "throttled": "throttled", "soft_temp_limit": "soft temperature limit"}
 
 
-def node_checks(cluster: "Cluster", nodes: Iterable[Node], *, timeout: float = 20.0) -> list[Result]:
+def node_checks(cluster: Cluster, nodes: Iterable[Node], *, timeout: float = 20.0) -> list[Result]:
     """Per node, in parallel: rows with group="nodes", target=node name."""
     nodes = list(nodes)
     if not nodes:

@@ -281,7 +281,7 @@ def ray_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
         if status not in (401, 403):
             raise CheckFailed(f"the Ray dashboard answers HTTP {status} without a token: its Jobs API runs any code "
                               "for anyone who can reach it", f"kubectl -n {ns} get raycluster ray -o jsonpath='{{.spec.authOptions}}'")
-        return "token authentication on (no token: HTTP %d)" % status
+        return f"token authentication on (no token: HTTP {status})"
 
     def nodes() -> str:
         status, answer = ask("the Ray dashboard", head_fix, url, "api/v0/nodes?limit=1000", as_json=True, bearer=endpoints.ray_token)

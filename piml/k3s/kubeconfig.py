@@ -213,7 +213,7 @@ def _splice(existing: str, ours: dict | None, name: str) -> str:
             end = value.end_mark.line if value.end_mark.column == 0 else value.end_mark.line + 1
             indent = len(lines[starts[0]]) - len(lines[starts[0]].lstrip(" "))
             kept: list[str] = []
-            for item, a, b in zip(value.value, starts, starts[1:] + [end]):
+            for item, a, b in zip(value.value, starts, starts[1:] + [end], strict=True):
                 if _name_of(item) != name:
                     kept += lines[a:b]
             if not kept and not entry:

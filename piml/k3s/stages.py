@@ -49,14 +49,14 @@ class StageResult:
 
 # -- settings handed to the playbooks -----------------------------------------------------------------
 
-def k3s_version(cluster: "Cluster") -> str:
+def k3s_version(cluster: Cluster) -> str:
     """piml.yaml's k3s.version when set there, else the inventory's k3s_version, else piml's pin."""
     if "version" in cluster.config.k3s.model_fields_set:
         return cluster.config.k3s.version
     return cluster.inventory.k3s_vars.k3s_version or cluster.config.k3s.version
 
 
-def airgap_dir(cluster: "Cluster") -> Path | None:
+def airgap_dir(cluster: Cluster) -> Path | None:
     text = cluster.config.k3s.airgap_dir or cluster.inventory.k3s_vars.airgap_dir
     if not text:
         return None
@@ -65,7 +65,7 @@ def airgap_dir(cluster: "Cluster") -> Path | None:
     return path.resolve()
 
 
-def check_airgap(cluster: "Cluster", arches: set[str]) -> Path | None:
+def check_airgap(cluster: Cluster, arches: set[str]) -> Path | None:
     path = airgap_dir(cluster)
     if path is None:
         return None
@@ -83,18 +83,18 @@ def check_airgap(cluster: "Cluster", arches: set[str]) -> Path | None:
     return path
 
 
-def wants_4k_pages(cluster: "Cluster") -> bool:
+def wants_4k_pages(cluster: Cluster) -> bool:
     """Only an explicit `nodes.pi5_4k_pages: true` (piml.yaml's `auto` reads as false: no platform image needs
     4 KB pages, docs/facts.md); prepare.yml then switches only a Pi 5 on 16 KB pages that has kernel8.img."""
     return cluster.config.nodes.pi5_4k_pages is True
 
 
-def prepare_vars(cluster: "Cluster", airgap: Path | None) -> dict:
+def prepare_vars(cluster: Cluster, airgap: Path | None) -> dict:
     return {"piml_pi5_4k_pages": wants_4k_pages(cluster), "piml_reboot_timeout": cluster.config.nodes.reboot_timeout,
             **({"airgap_dir": str(airgap)} if airgap else {})}
 
 
-def k3s_vars(cluster: "Cluster", airgap: Path | None, token: str) -> dict:
+def k3s_vars(cluster: Cluster, airgap: Path | None, token: str) -> dict:
     from piml.plan.capacity import kubelet_args
 
     data = {"token": token, "k3s_version": k3s_version(cluster), "piml_k3s_disable": list(cluster.config.k3s.disable),
@@ -128,7 +128,7 @@ def airgap_checksums(airgap: Path) -> dict[str, str]:
 
 # -- running ---------------------------------------------------------------------------------------
 
-def from_playbook(stage: str, result: "PlaybookResult") -> StageResult:
+def from_playbook(stage: str, result: PlaybookResult) -> StageResult:
     out = StageResult(stage, {h: s.as_dict() for h, s in result.hosts.items()}, dict(result.failures), seconds=result.seconds)
     for host in result.not_run:
         out.hosts[host]["status"] = "not run"
@@ -140,7 +140,7 @@ def from_playbook(stage: str, result: "PlaybookResult") -> StageResult:
     return out
 
 
-def run_playbook_stage(cluster: "Cluster", stage: str, nodes: list[Node], extravars: dict, show: bool,
+def run_playbook_stage(cluster: Cluster, stage: str, nodes: list[Node], extravars: dict, show: bool,
                        playbook: str | None = None) -> StageResult:
     from piml.ansible.progress import StageProgress
     from piml.ansible.runner import run_playbook
@@ -151,7 +151,7 @@ def run_playbook_stage(cluster: "Cluster", stage: str, nodes: list[Node], extrav
     return from_playbook(stage, result)
 
 
-def kubeconfig_stage(cluster: "Cluster", merge: bool, show: bool) -> StageResult:
+def kubeconfig_stage(cluster: Cluster, merge: bool, show: bool) -> StageResult:
     import time
 
     from piml.k3s import kubeconfig as kc
@@ -214,7 +214,7 @@ def _current_context(path: Path) -> str:
 
 # -- dry run ---------------------------------------------------------------------------------------
 
-def describe(cluster: "Cluster", stage: str, nodes: list[Node], merge: bool) -> list[str]:
+def describe(cluster: Cluster, stage: str, nodes: list[Node], merge: bool) -> list[str]:
     """What `stage` would do on each node, without touching anything."""
     from piml.k3s import kubeconfig as kc
     from piml.plan.capacity import reservation

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 TOKEN_FILE = "k3s-token"
 
 
-def cluster_token(cluster: "Cluster") -> tuple[str, str]:
+def cluster_token(cluster: Cluster) -> tuple[str, str]:
     """(token, where it comes from: "inventory" | "generated" | ".piml/k3s-token")."""
     if cluster.inventory.k3s_vars.token:  # a literal: the inventory's check refuses a template or a number
         return cluster.inventory.k3s_vars.token.strip(), "inventory"

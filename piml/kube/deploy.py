@@ -85,7 +85,7 @@ def _check_labels(objects: list[dict], project: str) -> None:
                                     "this is a bug in piml's templates: please report it"), EXIT_FAILED)
 
 
-def deploy(cluster: "Cluster", kubeconfig: Path, rendered: list["Rendered"], timeouts: Timeouts | None = None,
+def deploy(cluster: Cluster, kubeconfig: Path, rendered: list[Rendered], timeouts: Timeouts | None = None,
            progress: Progress | None = None, wait: bool = True) -> DeployReport:
     """Apply `rendered` (render_platform's output, with secrets) to the cluster in `kubeconfig`.
 

@@ -94,7 +94,7 @@ def _same_taint(a: dict, b: dict) -> bool:
     return (a.get("key"), a.get("value") or "", a.get("effect")) == (b.get("key"), b.get("value") or "", b.get("effect"))
 
 
-def node_patch(live: dict, labels: dict[str, str], taints: Iterable["Taint"], model: str | None = None) -> tuple[dict | None, NodeChange]:
+def node_patch(live: dict, labels: dict[str, str], taints: Iterable[Taint], model: str | None = None) -> tuple[dict | None, NodeChange]:
     """The merge patch that makes `live` (a Node) carry the inventory's labels and taints, or None when it does.
 
     Pure: the tests and `reconcile` share it.
@@ -150,7 +150,7 @@ def node_patch(live: dict, labels: dict[str, str], taints: Iterable["Taint"], mo
     return patch, change
 
 
-def reconcile(kube: Kube, nodes: Iterable["Node"], progress: Callable[[str], None] | None = None) -> NodeLabelsReport:
+def reconcile(kube: Kube, nodes: Iterable[Node], progress: Callable[[str], None] | None = None) -> NodeLabelsReport:
     """Set every node's labels and taints to the inventory's (see the module's doc). Raises PimlError only when
     the API cannot be reached (PimlError from the client); a node the API refuses is in `failed`, and the others
     carry on."""
@@ -184,7 +184,7 @@ def reconcile(kube: Kube, nodes: Iterable["Node"], progress: Callable[[str], Non
     return report
 
 
-def reconcile_node_labels(cluster: "Cluster", kubeconfig: Path, progress: Callable[[str], None] | None = None,
+def reconcile_node_labels(cluster: Cluster, kubeconfig: Path, progress: Callable[[str], None] | None = None,
                           request_timeout: float = 15.0) -> NodeLabelsReport:
     """`piml up`, before the platform: the inventory's labels and taints on the cluster's Node objects."""
     kube = connect(kubeconfig, cluster.paths.show(kubeconfig), request_timeout)

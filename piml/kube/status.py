@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
 
 
-def cluster_status(cluster: "Cluster", kubeconfig: Path, request_timeout: float = 10.0) -> dict:
+def cluster_status(cluster: Cluster, kubeconfig: Path, request_timeout: float = 10.0) -> dict:
     """{"reachable", "server", "version", "nodes", "components", "volumes", "urls", "healthy"}; when the API
     cannot be reached: {"reachable": False, "error": "<one line>"} (status shows what it can, it does not fail)."""
     from piml.render.manifests import urls

@@ -36,7 +36,7 @@ class TeardownReport:
                 "still_deleting": [r.as_dict() for r in self.still_going]}
 
 
-def teardown_platform(cluster: "Cluster", kubeconfig: Path, purge: bool = False, timeout: float = 120.0,
+def teardown_platform(cluster: Cluster, kubeconfig: Path, purge: bool = False, timeout: float = 120.0,
                       poll: float = 2.0, progress: Callable[[str], None] | None = None) -> TeardownReport:
     """Delete the platform. `purge` also deletes the PersistentVolumeClaims (the data) and the namespace:
     the caller confirms that first (the project name typed, or --yes)."""

@@ -167,7 +167,7 @@ class Plan:
         }
 
 
-def platform_services(config: "PimlConfig") -> list[tuple[str, Size]]:
+def platform_services(config: PimlConfig) -> list[tuple[str, Size]]:
     """The services the settings switch on, each with its size (defaults, then piml.yaml)."""
     d = sizes.DEFAULTS
     wanted: list[tuple[str, Size]] = []
@@ -197,12 +197,12 @@ def reservation(node: Node) -> Reservation:
     return sizes.RESERVED["server" if node.role is Role.SERVER else "agent"]
 
 
-def kubelet_args(cluster: "Cluster") -> dict[str, list[str]]:
+def kubelet_args(cluster: Cluster) -> dict[str, list[str]]:
     """{node: kubelet-arg entries} for every k3s node: the reservations the plan counts on."""
     return {node.name: reservation(node).kubelet_args() for node in cluster.inventory.cluster_nodes}
 
 
-def node_capacity(node: Node, facts: "NodeFacts | None") -> NodeCapacity | Problem:
+def node_capacity(node: Node, facts: NodeFacts | None) -> NodeCapacity | Problem:
     memory = cpus = arch = None
     source = "facts" if facts is not None else "inventory"
     if facts is not None:
@@ -220,14 +220,14 @@ def node_capacity(node: Node, facts: "NodeFacts | None") -> NodeCapacity | Probl
                         source, cpus * 1000, reserved)
 
 
-def k3s_pods(cluster: "Cluster") -> list[SystemPlacement]:
+def k3s_pods(cluster: Cluster) -> list[SystemPlacement]:
     """k3s's packaged pods that are not disabled, on the first server (k3s starts them before others join)."""
     first = cluster.inventory.servers[0].name
     disabled = set(cluster.config.k3s.disable)  # what the k3s stage passes as --disable
     return [SystemPlacement(p.name, first, p.cpu_request, p.memory_request) for p in sizes.K3S_PODS if p.disable not in disabled]
 
 
-def make_plan(cluster: "Cluster", facts: "dict[str, NodeFacts] | None" = None, pins: "dict[str, Pin] | None" = None) -> Plan:
+def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins: dict[str, Pin] | None = None) -> Plan:
     """The plan. `pins` (component -> Pin, from pins.read_pins) keeps stateful services on their volume's node:
     one whose node is gone or too small is an error saying so, never a silent move."""
     facts = facts or {}
@@ -337,7 +337,7 @@ def too_big(size: Size, nodes: list[NodeCapacity], setting: str, what: str) -> N
                                  f"lower {setting}.requests, or leave them out to have the plan size it"))
 
 
-def work_shares(config: "PimlConfig") -> tuple[float, float]:
+def work_shares(config: PimlConfig) -> tuple[float, float]:
     """(Ray's share, the queue's share) of what is left for them (sizes.WORK_SPLIT when both are on)."""
     ray, queue = config.ray.enabled, config.queue.enabled
     if ray and queue:
@@ -345,7 +345,7 @@ def work_shares(config: "PimlConfig") -> tuple[float, float]:
     return (1.0 if ray else 0.0), (1.0 if queue else 0.0)
 
 
-def _with_workers(config: "PimlConfig", capacities: list[NodeCapacity], services: tuple[Placement, ...], free: dict,
+def _with_workers(config: PimlConfig, capacities: list[NodeCapacity], services: tuple[Placement, ...], free: dict,
                   system: tuple[SystemPlacement, ...], pins: tuple[Pin, ...]) -> Plan:
     notes: list[str] = []
     arches = sorted({c.arch for c in capacities})

@@ -42,7 +42,7 @@ def pins_from_claims(claim_nodes: dict[str, str]) -> dict[str, Pin]:
             for component, claim in VOLUMES.items() if claim in claim_nodes}
 
 
-def read_pins(cluster: "Cluster", kubeconfig: Path | None = None, request_timeout: float = 10.0) -> dict[str, Pin]:
+def read_pins(cluster: Cluster, kubeconfig: Path | None = None, request_timeout: float = 10.0) -> dict[str, Pin]:
     """Where the platform's existing volumes are, from the cluster in `kubeconfig` (default .piml/kubeconfig).
 
     No kubeconfig: no cluster yet, so nothing is pinned. The API not answering is a PimlError (exit 1)."""

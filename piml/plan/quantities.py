@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+
 def cpu_m(text: str) -> int:
     """'500m' -> 500, '2' -> 2000, '0.5' -> 500."""
     return int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)

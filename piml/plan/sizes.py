@@ -18,7 +18,7 @@ class Size:
     cpu_limit: int
     memory_limit: int
 
-    def override(self, settings) -> "Size":
+    def override(self, settings) -> Size:
         """Apply a piml.yaml `Size` block (requests/limits with optional cpu/memory). A request set above the
         limit piml would give raises that limit to it (Kubernetes refuses a request above its limit); piml.config
         refuses a request above a limit that piml.yaml sets too."""
@@ -31,7 +31,7 @@ class Size:
         memory_limit = memory_mi(lim.memory) if lim.memory else max(self.memory_limit, memory_request)
         return Size(cpu_request, memory_request, cpu_limit, memory_limit)
 
-    def __add__(self, other: "Size") -> "Size":
+    def __add__(self, other: Size) -> Size:
         return Size(self.cpu_request + other.cpu_request, self.memory_request + other.memory_request,
                     self.cpu_limit + other.cpu_limit, self.memory_limit + other.memory_limit)
 

@@ -99,7 +99,7 @@ class RedisBroker:
         for request_id in ids:
             pipe.hgetall(self.job_key(request_id))
         found = []
-        for request_id, fields in zip(ids, pipe.execute()):
+        for request_id, fields in zip(ids, pipe.execute(), strict=True):
             if fields:
                 found.append(job_record(_decoded(fields)))
             else:  # expired: drop it from the index too

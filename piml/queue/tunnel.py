@@ -10,8 +10,9 @@ import base64
 import select
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from piml.errors import InputError, PimlError, Problem
 
@@ -53,7 +54,7 @@ def open_stream(opener: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return outcome["stream"]
 
 
-def urllib3_errors() -> type:
+def urllib3_errors() -> type[Exception]:
     import urllib3
 
     return urllib3.exceptions.HTTPError

@@ -21,9 +21,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from piml.queue.base import DEFAULT_RETRIES, FAILED, SUCCEEDED, Broker, Delivery, redact

@@ -10,9 +10,9 @@ from __future__ import annotations
 import select
 import socket
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable
 
 import paramiko
 
@@ -103,7 +103,7 @@ class Fleet:
             stdout, stderr = _drain(channel, started + timeout)
             code = channel.recv_exit_status()
             channel.close()
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return HostResult(node.name, failure=Failure(R.TIMEOUT, f"{node.name}: command did not finish within {timeout:.0f} s", "check the node's load, or raise the timeout"))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             return HostResult(node.name, failure=Failure(R.UNREACHABLE, f"{node.name}: connection lost ({exc or type(exc).__name__})", "check that the node is up and on the network"))
@@ -117,7 +117,7 @@ class Fleet:
             conn.close()
         self._connections.clear()
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -144,7 +144,7 @@ def _drain(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
     out, err = bytearray(), bytearray()
     while True:
         if time.monotonic() > deadline:
-            raise socket.timeout()
+            raise TimeoutError()
         progressed = False
         while channel.recv_ready():
             out += channel.recv(65536)

@@ -91,7 +91,7 @@ def pinned_venv(name: str, minor: str, package: str, version: str, extras: tuple
     except NotInstallable as first:
         listing = subprocess.run([sys.executable, "-m", "pip", "index", "versions", package], capture_output=True,
                                  text=True, timeout=120).stdout
-        line = next((l for l in listing.splitlines() if l.startswith("Available versions:")), "")
+        line = next((text for text in listing.splitlines() if text.startswith("Available versions:")), "")
         wanted = _numbers(version)
         below = [v.strip() for v in line.split(":", 1)[-1].split(",") if v.strip() and _numbers(v.strip()) < wanted]
         for candidate in below[:3]:

@@ -27,7 +27,6 @@ import http.client
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -82,7 +81,7 @@ def service_links(services: list[dict], addresses: dict[str, str]) -> dict[str, 
 
 @dataclass
 class Container:
-    pod: "Pod"
+    pod: Pod
     spec: dict
     mirror: Mirror
     env: dict[str, str]

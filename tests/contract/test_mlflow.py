@@ -11,7 +11,6 @@ import pytest
 from piml.health.endpoints import Endpoints
 from piml.health.probes import mlflow_rows
 from tests.contract.kubelet import http_get
-from tests.contract.netns import NODE_IP
 from tests.contract.platform import basic, start_platform
 
 pytestmark = pytest.mark.contract

@@ -80,8 +80,9 @@ def keda_sees(platform, scaled: dict) -> int:
         client = redis.Redis(platform.kubelet.resolve(host, "keda"), int(port), password=runner.env[meta["passwordFromEnv"]],
                              socket_timeout=5)
         return client.llen(meta["listName"])
-    import pika
     from urllib.parse import urlsplit
+
+    import pika
 
     url = urlsplit(runner.env[meta["hostFromEnv"]])
     params = pika.URLParameters(url._replace(netloc=url.netloc.replace(url.hostname, platform.kubelet.resolve(url.hostname, "keda"))).geturl())

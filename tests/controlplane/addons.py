@@ -14,6 +14,7 @@ that brings those CRDs. Here they arrive when the helm-install pod of the `kuber
 by the node stand-in (chart_jobs.py), or from `up` itself when the helm-controller is off.
 See README.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 MODULES = HERE / "modules"
 
 HELM_CONTROLLER_VERSION = "v0.17.1"  # what k3s v1.36.0+k3s1 .. v1.36.2+k3s1 embed (their release notes)
-KUBERAY_VERSION = "v1.6.0"           # the proxy refuses v1.7.0's zip (piml's chart is 1.7.0)
+KUBERAY_VERSION = "v1.6.0"  # the proxy refuses v1.7.0's zip (piml's chart is 1.7.0)
 BINARIES = ("helm-controller", "kuberay-operator")
 # The CRDs the KubeRay operator v1.6.0 watches (RayCronJob only behind a feature gate, off by default).
 KUBERAY_CRDS = ("rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io")
@@ -37,14 +38,30 @@ KUBERAY_CRDS = ("rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io")
 
 def build_steps(bin_dir: Path) -> list[tuple[str, Path, dict, list[str]]]:
     """(name, module dir, extra env, go args) as build.py runs them. helm-controller as its scripts/build
-    (CGO off, static, version stamped); the operator as its Dockerfile builds `manager`, without cgo and its FIPS tag."""
-    hc = ["build", "-trimpath", "-ldflags",
-          f"-X github.com/k3s-io/helm-controller/pkg/version.Version={HELM_CONTROLLER_VERSION} -s -w",
-          "-o", str(bin_dir / "helm-controller"), "github.com/k3s-io/helm-controller"]
-    kr = ["build", "-trimpath", "-ldflags", "-s -w", "-o", str(bin_dir / "kuberay-operator"),
-          "github.com/ray-project/kuberay/ray-operator"]
-    return [("helm-controller", MODULES / "helm-controller", {"CGO_ENABLED": "0"}, hc),
-            ("kuberay-operator", MODULES / "kuberay", {"CGO_ENABLED": "0"}, kr)]
+    (CGO off, static, version stamped); the operator as its Dockerfile builds `manager`, without cgo and its FIPS
+    tag."""
+    hc = [
+        "build",
+        "-trimpath",
+        "-ldflags",
+        f"-X github.com/k3s-io/helm-controller/pkg/version.Version={HELM_CONTROLLER_VERSION} -s -w",
+        "-o",
+        str(bin_dir / "helm-controller"),
+        "github.com/k3s-io/helm-controller",
+    ]
+    kr = [
+        "build",
+        "-trimpath",
+        "-ldflags",
+        "-s -w",
+        "-o",
+        str(bin_dir / "kuberay-operator"),
+        "github.com/ray-project/kuberay/ray-operator",
+    ]
+    return [
+        ("helm-controller", MODULES / "helm-controller", {"CGO_ENABLED": "0"}, hc),
+        ("kuberay-operator", MODULES / "kuberay", {"CGO_ENABLED": "0"}, kr),
+    ]
 
 
 # --- in `up` -------------------------------------------------------------------------------------------------------
@@ -58,28 +75,59 @@ def start(up, helm_controller: bool, kuberay: bool) -> None:
     st["addons"] = {"helm-controller": helm_controller, "kuberay-operator": kuberay}
     env = {**cluster._clean_env(), "KUBECONFIG": str(d / "kubeconfig")}
     if helm_controller:
-        p = up.spawn("helm-controller", [str(b / "helm-controller"), f"--kubeconfig={d / 'kubeconfig'}",
-                                         "--controller-name=helm-controller", "--namespace=",
-                                         "--node-name=node-1"], env=env)
+        p = up.spawn(
+            "helm-controller",
+            [
+                str(b / "helm-controller"),
+                f"--kubeconfig={d / 'kubeconfig'}",
+                "--controller-name=helm-controller",
+                "--namespace=",
+                "--node-name=node-1",
+            ],
+            env=env,
+        )
         # It creates its CRDs, then takes its lease (kube-system/helm-controller-lock) and starts its controllers.
-        up.wait("helm-controller (HelmChart CRD Established, lease held)", p,
-                lambda: _and(_established(server, ctx, "helmcharts.helm.cattle.io"),
-                             _lease_held(server, ctx, "kube-system", "helm-controller-lock")),
-                60, "helm-controller.log")
+        up.wait(
+            "helm-controller (HelmChart CRD Established, lease held)",
+            p,
+            lambda: _and(
+                _established(server, ctx, "helmcharts.helm.cattle.io"),
+                _lease_held(server, ctx, "kube-system", "helm-controller-lock"),
+            ),
+            60,
+            "helm-controller.log",
+        )
     if kuberay:
         if not helm_controller:  # nothing would bring the CRDs: install what the chart would
             _create_crds(server, ctx, CHART_CRDS["kuberay-operator"])
         probe = cluster.free_port()
         st.setdefault("ports", {})["kuberay-operator"] = probe
-        p = up.spawn("kuberay-operator", [
-            sys.executable, str(HERE / "addons.py"), "wait-crds", str(d), ",".join(KUBERAY_CRDS), "--",
-            str(b / "kuberay-operator"), "--enable-leader-election=false", "--watch-namespace=",
-            "--metrics-addr=0", f"--health-probe-bind-address=127.0.0.1:{probe}",
-            "--log-stdout-encoder=console"], env=env)
+        p = up.spawn(
+            "kuberay-operator",
+            [
+                sys.executable,
+                str(HERE / "addons.py"),
+                "wait-crds",
+                str(d),
+                ",".join(KUBERAY_CRDS),
+                "--",
+                str(b / "kuberay-operator"),
+                "--enable-leader-election=false",
+                "--watch-namespace=",
+                "--metrics-addr=0",
+                f"--health-probe-bind-address=127.0.0.1:{probe}",
+                "--log-stdout-encoder=console",
+            ],
+            env=env,
+        )
         if not helm_controller:
-            up.wait("kuberay-operator (/readyz)", p,
-                    lambda: cluster._ok(cluster._get(f"http://127.0.0.1:{probe}/readyz", None)), 60,
-                    "kuberay-operator.log")
+            up.wait(
+                "kuberay-operator (/readyz)",
+                p,
+                lambda: cluster._ok(cluster._get(f"http://127.0.0.1:{probe}/readyz", None)),
+                60,
+                "kuberay-operator.log",
+            )
 
 
 def _and(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
@@ -98,8 +146,10 @@ def _get_json(url: str, ctx) -> tuple[int, dict]:
 
 def _established(server: str, ctx, name: str) -> tuple[bool, str]:
     code, crd = _get_json(f"{server}/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", ctx)
-    ok = any(c.get("type") == "Established" and c.get("status") == "True"
-             for c in (crd.get("status") or {}).get("conditions") or [])
+    ok = any(
+        c.get("type") == "Established" and c.get("status") == "True"
+        for c in (crd.get("status") or {}).get("conditions") or []
+    )
     return ok, f"CRD {name}: {'Established' if ok else f'HTTP {code}, not Established'}"
 
 
@@ -113,14 +163,21 @@ def _create_crds(server: str, ctx, paths) -> None:
     import yaml
 
     for path in paths:
-        body = json.dumps(yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))).encode()
-        req = urllib.request.Request(f"{server}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", data=body,
-                                     method="POST", headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        ).encode()
+        req = urllib.request.Request(
+            f"{server}/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             urllib.request.urlopen(req, context=ctx, timeout=30).close()
         except urllib.error.HTTPError as e:
             if e.code != 409:
                 from .cluster import UpError
+
                 raise UpError(f"creating the CRD of {Path(path).name}: HTTP {e.code} {e.read()[:200]!r}") from None
 
 
@@ -135,7 +192,8 @@ def wait_crds_then_exec(d: Path, names: list[str], argv: list[str]) -> int:
         missing = [n for n in names if not _established(state["server"], ctx, n)[0]]
         if not missing:
             break
-        msg = f"waiting for the CRDs {', '.join(missing)} to be Established (they come with the HelmChart kuberay-operator)"
+        msg = (f"waiting for the CRDs {', '.join(missing)} to be Established "
+               "(they come with the HelmChart kuberay-operator)")
         if msg != said:
             print(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), msg, flush=True)
             said = msg
@@ -149,6 +207,6 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     if len(a) >= 4 and a[0] == "wait-crds" and "--" in a:
         i = a.index("--")
-        sys.exit(wait_crds_then_exec(Path(a[1]), a[2].split(","), a[i + 1:]))
+        sys.exit(wait_crds_then_exec(Path(a[1]), a[2].split(","), a[i + 1 :]))
     print("usage: addons.py wait-crds DIR CRD[,CRD...] -- PROGRAM [ARGS...]", file=sys.stderr)
     sys.exit(2)

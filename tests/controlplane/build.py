@@ -7,6 +7,7 @@ this file; the binaries land in
 CACHE/<key>/bin where the key is a hash of those go.mod/go.sum files, the Go version and the build flags,
 so a second build with the same inputs is skipped.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -36,15 +37,33 @@ MODULE_DIRS = ("kube", "kine", "helm-controller", "kuberay")  # under modules/: 
 # As kubernetes' hack/lib/golang.sh builds its non-debug, static control-plane binaries.
 KUBE_TAGS = "selinux,notest,grpcnotrace"
 # As kine's scripts/build (minus the nats driver, which the tests do not use).
-KINE_TAGS = ("sqlite_unlock_notify,sqlite_vtable,sqlite_stat4,sqlite_preupdate_hook,sqlite_math_functions,"
-             "sqlite_dbstat,sqlite_column_metadata")
-KINE_CFLAGS = " ".join("-D" + d for d in (
-    "SQLITE_DEFAULT_MEMSTATUS=0", "SQLITE_DISABLE_INTRINSIC", "SQLITE_ENABLE_COLUMN_METADATA",
-    "SQLITE_ENABLE_DBPAGE_VTAB", "SQLITE_ENABLE_DBSTAT_VTAB", "SQLITE_ENABLE_MATH_FUNCTIONS",
-    "SQLITE_ENABLE_MEMORY_MANAGEMENT", "SQLITE_ENABLE_OFFSET_SQL_FUNC", "SQLITE_ENABLE_PREUPDATE_HOOK",
-    "SQLITE_ENABLE_RBU", "SQLITE_ENABLE_RTREE", "SQLITE_ENABLE_SESSION", "SQLITE_ENABLE_SNAPSHOT",
-    "SQLITE_ENABLE_STAT4", "SQLITE_ENABLE_UNLOCK_NOTIFY", "SQLITE_LIKE_DOESNT_MATCH_BLOBS",
-    "SQLITE_THREADSAFE=1", "SQLITE_WITHOUT_ZONEMALLOC"))
+KINE_TAGS = (
+    "sqlite_unlock_notify,sqlite_vtable,sqlite_stat4,sqlite_preupdate_hook,sqlite_math_functions,"
+    "sqlite_dbstat,sqlite_column_metadata"
+)
+KINE_CFLAGS = " ".join(
+    "-D" + d
+    for d in (
+        "SQLITE_DEFAULT_MEMSTATUS=0",
+        "SQLITE_DISABLE_INTRINSIC",
+        "SQLITE_ENABLE_COLUMN_METADATA",
+        "SQLITE_ENABLE_DBPAGE_VTAB",
+        "SQLITE_ENABLE_DBSTAT_VTAB",
+        "SQLITE_ENABLE_MATH_FUNCTIONS",
+        "SQLITE_ENABLE_MEMORY_MANAGEMENT",
+        "SQLITE_ENABLE_OFFSET_SQL_FUNC",
+        "SQLITE_ENABLE_PREUPDATE_HOOK",
+        "SQLITE_ENABLE_RBU",
+        "SQLITE_ENABLE_RTREE",
+        "SQLITE_ENABLE_SESSION",
+        "SQLITE_ENABLE_SNAPSHOT",
+        "SQLITE_ENABLE_STAT4",
+        "SQLITE_ENABLE_UNLOCK_NOTIFY",
+        "SQLITE_LIKE_DOESNT_MATCH_BLOBS",
+        "SQLITE_THREADSAFE=1",
+        "SQLITE_WITHOUT_ZONEMALLOC",
+    )
+)
 
 
 class BuildError(Exception):
@@ -63,22 +82,50 @@ def find_go() -> str | None:
 
 def _kube_ldflags() -> str:
     major, minor, _ = KUBE_VERSION.lstrip("v").split(".")
-    pairs = {"gitVersion": KUBE_VERSION, "gitMajor": major, "gitMinor": minor,
-             "gitTreeState": "clean", "buildDate": "1970-01-01T00:00:00Z"}
-    xs = [f"-X k8s.io/{pkg}.{k}={v}" for pkg in ("component-base/version", "client-go/pkg/version")
-          for k, v in pairs.items()]
+    pairs = {
+        "gitVersion": KUBE_VERSION,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+    }
+    xs = [
+        f"-X k8s.io/{pkg}.{k}={v}"
+        for pkg in ("component-base/version", "client-go/pkg/version")
+        for k, v in pairs.items()
+    ]
     return "all=" + " ".join(xs) + " -s -w"
 
 
 def _steps(bin_dir: Path) -> list[tuple[str, Path, dict, list[str]]]:
-    kube = ["build", "-trimpath", "-tags", KUBE_TAGS, "-ldflags", _kube_ldflags(), "-o", str(bin_dir) + "/",
-            "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager",
-            "k8s.io/kubernetes/cmd/kube-scheduler"]
-    kine = ["build", "-trimpath", "-tags", KINE_TAGS,
-            "-ldflags", f"-X github.com/k3s-io/kine/pkg/version.Version={KINE_VERSION} -s -w",
-            "-o", str(bin_dir / "kine"), "github.com/k3s-io/kine"]
-    return [("kube", MODULES / "kube", {"CGO_ENABLED": "0"}, kube),
-            ("kine", MODULES / "kine", {"CGO_ENABLED": "1", "CGO_CFLAGS": KINE_CFLAGS}, kine)] + addons.build_steps(bin_dir)
+    kube = [
+        "build",
+        "-trimpath",
+        "-tags",
+        KUBE_TAGS,
+        "-ldflags",
+        _kube_ldflags(),
+        "-o",
+        str(bin_dir) + "/",
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "k8s.io/kubernetes/cmd/kube-scheduler",
+    ]
+    kine = [
+        "build",
+        "-trimpath",
+        "-tags",
+        KINE_TAGS,
+        "-ldflags",
+        f"-X github.com/k3s-io/kine/pkg/version.Version={KINE_VERSION} -s -w",
+        "-o",
+        str(bin_dir / "kine"),
+        "github.com/k3s-io/kine",
+    ]
+    return [
+        ("kube", MODULES / "kube", {"CGO_ENABLED": "0"}, kube),
+        ("kine", MODULES / "kine", {"CGO_ENABLED": "1", "CGO_CFLAGS": KINE_CFLAGS}, kine),
+    ] + addons.build_steps(bin_dir)
 
 
 def version_key(go: str) -> str:
@@ -93,8 +140,12 @@ def version_key(go: str) -> str:
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.update(GOCACHE=str(CACHE / "gocache"), GOMODCACHE=str(CACHE / "gomodcache"), GOTOOLCHAIN="local",
-               GOFLAGS="-mod=readonly -buildvcs=false")
+    env.update(
+        GOCACHE=str(CACHE / "gocache"),
+        GOMODCACHE=str(CACHE / "gomodcache"),
+        GOTOOLCHAIN="local",
+        GOFLAGS="-mod=readonly -buildvcs=false",
+    )
     go = find_go()
     if go:
         env["PATH"] = str(Path(go).parent) + os.pathsep + env.get("PATH", "")
@@ -148,8 +199,14 @@ def build(log=print) -> Path:
                 out.write(f"$ ({cwd}) {' '.join(f'{k}={v!r}' for k, v in extra.items())} go {' '.join(args)}\n")
                 out.flush()
                 try:
-                    rc = subprocess.run([go, *args], cwd=cwd, env={**env, **extra}, stdout=out,
-                                        stderr=subprocess.STDOUT, timeout=3 * 3600).returncode
+                    rc = subprocess.run(
+                        [go, *args],
+                        cwd=cwd,
+                        env={**env, **extra},
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        timeout=3 * 3600,
+                    ).returncode
                 except subprocess.TimeoutExpired:
                     rc = "timeout (3 h)"
                 if rc != 0:
@@ -158,12 +215,20 @@ def build(log=print) -> Path:
                 timings[name] = round(time.monotonic() - s0, 1)
         shutil.rmtree(bin_dir, ignore_errors=True)
         tmp.rename(bin_dir)
-        meta = {"key": key, "kubernetes": KUBE_VERSION, "kine": KINE_VERSION,
-                "helm-controller": addons.HELM_CONTROLLER_VERSION, "kuberay-operator": addons.KUBERAY_VERSION,
-                "go": subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip(),
-                "seconds": round(time.monotonic() - t0, 1), "seconds_per_step": timings,
-                "bin_bytes": _du(bin_dir), "gocache_bytes": _du(CACHE / "gocache"),
-                "gomodcache_bytes": _du(CACHE / "gomodcache"), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        meta = {
+            "key": key,
+            "kubernetes": KUBE_VERSION,
+            "kine": KINE_VERSION,
+            "helm-controller": addons.HELM_CONTROLLER_VERSION,
+            "kuberay-operator": addons.KUBERAY_VERSION,
+            "go": subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip(),
+            "seconds": round(time.monotonic() - t0, 1),
+            "seconds_per_step": timings,
+            "bin_bytes": _du(bin_dir),
+            "gocache_bytes": _du(CACHE / "gocache"),
+            "gomodcache_bytes": _du(CACHE / "gomodcache"),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         tmp_info = info.with_suffix(".tmp")
         tmp_info.write_text(json.dumps(meta, indent=2) + "\n")
         tmp_info.rename(info)

@@ -5,6 +5,7 @@ As k3s: a server CA signs the apiserver's serving certificate, a client CA signs
 CA signs the apiserver's auth-proxy client certificate (aggregation layer; the controller-manager and scheduler
 read that CA for delegated authentication), and an RSA key signs service-account tokens.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,8 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SERVER_SANS_DNS = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                   "kubernetes.default.svc.cluster.local")
+SERVER_SANS_DNS = (
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
 SERVER_SANS_IP = ("127.0.0.1", "::1", "10.43.0.1")  # 10.43.0.1: the kubernetes Service in k3s's service range
 
 
@@ -35,37 +41,73 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
 
 
-def _cert(subject: x509.Name, key, issuer_cert, issuer_key, *, ca=False, server=False, client=False,
-          dns=(), ips=()) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(subject)
-         .issuer_name(issuer_cert.subject if issuer_cert else subject)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+def _cert(
+    subject: x509.Name, key, issuer_cert, issuer_key, *, ca=False, server=False, client=False, dns=(), ips=()
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ca:
-        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=True,
-                                          content_commitment=False, data_encipherment=False, key_agreement=False,
-                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        b = b.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=True,
+                key_cert_sign=True,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
-        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=False,
-                                          content_commitment=False, data_encipherment=False, key_agreement=False,
-                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        )
+        b = b.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=True,
+                key_cert_sign=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     if dns or ips:
-        b = b.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]), critical=False)
+        b = b.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+            ),
+            critical=False,
+        )
     return b.sign(issuer_key or key, hashes.SHA256())
 
 
 def _name(cn: str, org: str | None = None) -> x509.Name:
     attrs = ([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else []) + [
-        x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        x509.NameAttribute(NameOID.COMMON_NAME, cn)
+    ]
     return x509.Name(attrs)
 
 
@@ -94,8 +136,14 @@ def make_all(tls: Path, node_names: list[str]) -> dict[str, Path]:
         paths[name] = tls / f"{name}.crt"
         paths[name + "-key"] = tls / f"{name}.key"
 
-    leaf("serving-kube-apiserver", _name("kube-apiserver"), "server-ca", server=True,
-         dns=SERVER_SANS_DNS, ips=SERVER_SANS_IP)
+    leaf(
+        "serving-kube-apiserver",
+        _name("kube-apiserver"),
+        "server-ca",
+        server=True,
+        dns=SERVER_SANS_DNS,
+        ips=SERVER_SANS_IP,
+    )
     leaf("client-auth-proxy", _name("system:auth-proxy"), "request-header-ca", client=True)
     leaf("client-admin", _name("system:admin", "system:masters"), "client-ca", client=True)
     leaf("client-controller", _name("system:kube-controller-manager"), "client-ca", client=True)
@@ -106,8 +154,10 @@ def make_all(tls: Path, node_names: list[str]) -> dict[str, Path]:
 
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # k3s's service.key is RSA 2048
     _write(tls / "service.key", _pem_key(sa), 0o600)
-    _write(tls / "service.pub", sa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                             serialization.PublicFormat.SubjectPublicKeyInfo))
+    _write(
+        tls / "service.pub",
+        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+    )
     paths["service-key"] = tls / "service.key"
     paths["service-pub"] = tls / "service.pub"
     return paths

@@ -18,6 +18,7 @@ its finalizer). A chart not in CHART_CRDS installs nothing and succeeds; the log
 (its Deployments, RBAC, webhooks) is created: the KubeRay operator runs as a process started by `up` instead.
 If the play fails (e.g. the token is refused), the container terminates with exit code 1 and the pod Failed.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -33,15 +34,20 @@ SCHEMAS = Path(os.environ.get("PIML_SHARED", REPO.parent / "shared")) / "schemas
 CACHE = Path(os.environ.get("PIML_CONTROLPLANE_CACHE", "/var/cache/piml-controlplane"))
 # The KubeRay operator v1.6.0 (addons.py) watches RayServices too and exits if their CRD is missing; ../shared has
 # no RayService schema, so it comes from the operator's own module (config/crd/bases) in the Go module cache.
-KUBERAY_MODULE_CRDS = CACHE / "gomodcache" / "github.com" / "ray-project" / "kuberay" / "ray-operator@v1.6.0" / "config" / "crd" / "bases"
+KUBERAY_MODULE_CRDS = (
+    CACHE / "gomodcache" / "github.com" / "ray-project" / "kuberay" / "ray-operator@v1.6.0" / "config" / "crd" / "bases"
+)
 
 LABEL_CHART = "helmcharts.helm.cattle.io/chart"  # the helm-controller's label on its Jobs and their pods
 
 # THE TABLE: which CRDs the stand-in's install of a chart creates. Only charts piml renders (templates/) are here.
 # ScaledObject is left out: piml renders no ScaledObject.
 CHART_CRDS: dict[str, tuple[Path, ...]] = {
-    "kuberay-operator": (SCHEMAS / "ray.io_rayclusters.yaml", SCHEMAS / "ray.io_rayjobs.yaml",
-                         KUBERAY_MODULE_CRDS / "ray.io_rayservices.yaml"),
+    "kuberay-operator": (
+        SCHEMAS / "ray.io_rayclusters.yaml",
+        SCHEMAS / "ray.io_rayjobs.yaml",
+        KUBERAY_MODULE_CRDS / "ray.io_rayservices.yaml",
+    ),
     "keda": (SCHEMAS / "keda.sh_scaledjobs.yaml",),
 }
 
@@ -52,8 +58,11 @@ def now() -> str:
 
 def is_helm_job_pod(pod) -> bool:
     labels = pod.metadata.labels or {}
-    return (LABEL_CHART in labels and any(r.kind == "Job" for r in pod.metadata.owner_references or [])
-            and any(c.name == "helm" for c in pod.spec.containers))
+    return (
+        LABEL_CHART in labels
+        and any(r.kind == "Job" for r in pod.metadata.owner_references or [])
+        and any(c.name == "helm" for c in pod.spec.containers)
+    )
 
 
 def _helm_args(pod) -> list[str]:
@@ -66,10 +75,14 @@ def _token_client(node, pod):
     from kubernetes import client
 
     sa = pod.spec.service_account_name or "default"
-    req = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-           "spec": {"expirationSeconds": 600,
-                    "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name,
-                                       "uid": pod.metadata.uid}}}
+    req = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "expirationSeconds": 600,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name, "uid": pod.metadata.uid},
+        },
+    }
     tr = node.core.create_namespaced_service_account_token(sa, pod.metadata.namespace, req, _request_timeout=10)
     cfg = client.Configuration()
     cfg.host = node.state["server"]
@@ -87,8 +100,9 @@ def _install(api, chart: str, args: list[str], log) -> list[str]:
     if "--create-namespace" in args and "--namespace" in args:
         ns = args[args.index("--namespace") + 1]
         try:
-            client.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-                                                   _request_timeout=10)
+            client.CoreV1Api(api).create_namespace(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, _request_timeout=10
+            )
             done.append(f"namespace {ns}")
         except ApiException as e:
             if e.status != 409:
@@ -109,7 +123,7 @@ def _install(api, chart: str, args: list[str], log) -> list[str]:
 
 def _finish(node, pod, exit_code: int, message: str = "") -> None:
     t = now()
-    started = (pod.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ") if pod.status and pod.status.start_time else t)
+    started = pod.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ") if pod.status and pod.status.start_time else t
     reason = "Completed" if exit_code == 0 else "Error"
 
     def cs(c):
@@ -117,9 +131,16 @@ def _finish(node, pod, exit_code: int, message: str = "") -> None:
         term = {"exitCode": exit_code, "reason": reason, "startedAt": started, "finishedAt": t}
         if message:
             term["message"] = message[:1000]
-        return {"name": c.name, "image": c.image, "imageID": f"piml-standin://{c.image}",
-                "containerID": old.container_id if old else None, "restartCount": 0,
-                "ready": False, "started": False, "state": {"terminated": term}}
+        return {
+            "name": c.name,
+            "image": c.image,
+            "imageID": f"piml-standin://{c.image}",
+            "containerID": old.container_id if old else None,
+            "restartCount": 0,
+            "ready": False,
+            "started": False,
+            "state": {"terminated": term},
+        }
 
     def cond(type_, status, reason_=None):
         d = {"type": type_, "status": status, "lastProbeTime": None, "lastTransitionTime": t}
@@ -128,14 +149,20 @@ def _finish(node, pod, exit_code: int, message: str = "") -> None:
         return d
 
     phase = "Succeeded" if exit_code == 0 else "Failed"
-    status = {"phase": phase,
-              "conditions": [cond("PodReadyToStartContainers", "False"), cond("Initialized", "True"),
-                             cond("ContainersReady", "False", "PodCompleted" if exit_code == 0 else "PodFailed"),
-                             cond("Ready", "False", "PodCompleted" if exit_code == 0 else "PodFailed"),
-                             cond("PodScheduled", "True")],
-              "containerStatuses": [cs(c) for c in pod.spec.containers]}
-    node.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status},
-                                          _request_timeout=10)
+    status = {
+        "phase": phase,
+        "conditions": [
+            cond("PodReadyToStartContainers", "False"),
+            cond("Initialized", "True"),
+            cond("ContainersReady", "False", "PodCompleted" if exit_code == 0 else "PodFailed"),
+            cond("Ready", "False", "PodCompleted" if exit_code == 0 else "PodFailed"),
+            cond("PodScheduled", "True"),
+        ],
+        "containerStatuses": [cs(c) for c in pod.spec.containers],
+    }
+    node.core.patch_namespaced_pod_status(
+        pod.metadata.name, pod.metadata.namespace, {"status": status}, _request_timeout=10
+    )
 
 
 def play(node, pod, log) -> None:

@@ -1,4 +1,5 @@
 """scripts/control-plane: build, start and stop the real test control plane (see README.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,14 @@ EXAMPLES = """examples:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="scripts/control-plane", epilog=EXAMPLES,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 description="A real Kubernetes v1.36.3 control plane (kine, kube-apiserver, "
-                                             "kube-controller-manager, kube-scheduler) on loopback, with stand-in nodes, "
-                                             "k3s's helm-controller and the KubeRay operator.")
+    ap = argparse.ArgumentParser(
+        prog="scripts/control-plane",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A real Kubernetes v1.36.3 control plane (kine, kube-apiserver, "
+        "kube-controller-manager, kube-scheduler) on loopback, with stand-in nodes, "
+        "k3s's helm-controller and the KubeRay operator.",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("build", help="build the binaries, or reuse them; prints their directory")
     u = sub.add_parser("up", help="start a control plane and N stand-in nodes from DIR")
@@ -30,10 +34,18 @@ def main(argv: list[str]) -> int:
     u.add_argument("--node-memory", default="8Gi")
     u.add_argument("--arch", default="arm64", choices=("arm64", "amd64", "arm"))
     u.add_argument("--json", action="store_true", help="print the state (ports, pids, paths) as JSON")
-    u.add_argument("--no-helm-controller", dest="helm_controller", action="store_false",
-                   help="do not run k3s's helm-controller (then no HelmChart is acted on)")
-    u.add_argument("--no-kuberay", dest="kuberay", action="store_false",
-                   help="do not run the KubeRay operator (with --no-helm-controller, `up` installs its CRDs itself)")
+    u.add_argument(
+        "--no-helm-controller",
+        dest="helm_controller",
+        action="store_false",
+        help="do not run k3s's helm-controller (then no HelmChart is acted on)",
+    )
+    u.add_argument(
+        "--no-kuberay",
+        dest="kuberay",
+        action="store_false",
+        help="do not run the KubeRay operator (with --no-helm-controller, `up` installs its CRDs itself)",
+    )
     dn = sub.add_parser("down", help="stop what `up DIR` started and remove what it made in DIR")
     dn.add_argument("dir", type=Path)
     dn.add_argument("--keep-logs", action="store_true")
@@ -51,9 +63,15 @@ def main(argv: list[str]) -> int:
     if args.cmd == "up":
         try:
             t0 = time.monotonic()
-            st = cluster.up(args.dir, args.nodes, args.node_memory, args.arch,
-                            log=lambda m: print(m, file=sys.stderr),
-                            helm_controller=args.helm_controller, kuberay=args.kuberay)
+            st = cluster.up(
+                args.dir,
+                args.nodes,
+                args.node_memory,
+                args.arch,
+                log=lambda m: print(m, file=sys.stderr),
+                helm_controller=args.helm_controller,
+                kuberay=args.kuberay,
+            )
         except cluster.UpError as e:
             print(f"control-plane up: {e}", file=sys.stderr)
             return 2 if isinstance(e, cluster.BadInput) else 1
@@ -63,8 +81,10 @@ def main(argv: list[str]) -> int:
         if args.json:
             print(json.dumps(st, indent=2))
         else:
-            print(f"control plane up in {time.monotonic() - t0:.1f} s: {st['server']}, {st['nodes']} stand-in nodes; "
-                  f"KUBECONFIG={Path(st['dir']) / 'kubeconfig'}; logs in {Path(st['dir']) / 'logs'}")
+            print(
+                f"control plane up in {time.monotonic() - t0:.1f} s: {st['server']}, {st['nodes']} stand-in nodes; "
+                f"KUBECONFIG={Path(st['dir']) / 'kubeconfig'}; logs in {Path(st['dir']) / 'logs'}"
+            )
         return 0
     killed = cluster.down(args.dir, keep_logs=args.keep_logs)
     if killed:

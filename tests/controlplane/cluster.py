@@ -9,6 +9,7 @@ Layout of DIR (everything here is made by `up` and removed by `down`):
     DIR/db/                 kine's SQLite database
     DIR/logs/               one log per process (kept by `down --keep-logs` and after a failed `up`)
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,11 +31,18 @@ HERE = Path(__file__).resolve().parent
 STATE = "controlplane.json"
 MADE = ("kubeconfig", STATE, "tls", "kubeconfigs", "db", "logs", "run")
 
-SERVICE_CIDR = "10.43.0.0/16"   # k3s defaults
+SERVICE_CIDR = "10.43.0.0/16"  # k3s defaults
 CLUSTER_CIDR = "10.42.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-START_ORDER = ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodes", "helm-controller",
-               "kuberay-operator")
+START_ORDER = (
+    "kine",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "nodes",
+    "helm-controller",
+    "kuberay-operator",
+)
 
 
 class UpError(Exception):
@@ -144,13 +152,26 @@ class Up:
     def __init__(self, d: Path, nodes: int, node_memory: str, arch: str, bin_dir: Path, addons: dict | None = None):
         self.d, self.bin = d, bin_dir
         self.addons = addons or {}  # addons.start's keyword arguments: which add-ons to run
-        self.state: dict = {"dir": str(d), "bin": str(bin_dir), "nodes": nodes, "node_memory": node_memory,
-                            "arch": arch, "procs": {}}
+        self.state: dict = {
+            "dir": str(d),
+            "bin": str(bin_dir),
+            "nodes": nodes,
+            "node_memory": node_memory,
+            "arch": arch,
+            "procs": {},
+        }
 
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.d / "logs" / f"{name}.log", "ab")
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                             cwd=self.d, env=env or _clean_env(), start_new_session=True)
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.d,
+            env=env or _clean_env(),
+            start_new_session=True,
+        )
         log.close()
         self.state["procs"][name] = {"pid": p.pid, "start": _start_time(p.pid), "argv0": argv[0]}
         _save_state(self.d, self.state)  # recorded at once, so `down` can stop it whatever happens next
@@ -161,8 +182,10 @@ class Up:
         last = ""
         while time.monotonic() < deadline:
             if p is not None and p.poll() is not None:
-                raise UpError(f"{what} exited with status {p.returncode} while starting: "
-                              f"{_last_line(self.d / 'logs' / log)} (log: {self.d / 'logs' / log})")
+                raise UpError(
+                    f"{what} exited with status {p.returncode} while starting: "
+                    f"{_last_line(self.d / 'logs' / log)} (log: {self.d / 'logs' / log})"
+                )
             ok, last = check()
             if ok:
                 return
@@ -182,72 +205,118 @@ class Up:
         self.state["ports"] = ports
         server = f"https://127.0.0.1:{ports['kube-apiserver']}"
         self.state["server"] = server
-        write_kubeconfig(d / "kubeconfig", server, Path(paths["server-ca"]), Path(paths["client-admin"]),
-                         Path(paths["client-admin-key"]))
+        write_kubeconfig(
+            d / "kubeconfig",
+            server,
+            Path(paths["server-ca"]),
+            Path(paths["client-admin"]),
+            Path(paths["client-admin-key"]),
+        )
         for comp, cert in (("kube-controller-manager", "client-controller"), ("kube-scheduler", "client-scheduler")):
-            write_kubeconfig(d / "kubeconfigs" / f"{comp}.yaml", server, Path(paths["server-ca"]),
-                             Path(paths[cert]), Path(paths[cert + "-key"]))
+            write_kubeconfig(
+                d / "kubeconfigs" / f"{comp}.yaml",
+                server,
+                Path(paths["server-ca"]),
+                Path(paths[cert]),
+                Path(paths[cert + "-key"]),
+            )
         _save_state(d, self.state)
 
         # kine over SQLite, as k3s's default datastore (same endpoint options as k3s).
-        kine = self.spawn("kine", [
-            str(b / "kine"), f"--listen-address=127.0.0.1:{ports['kine']}",
-            f"--endpoint=sqlite://{d}/db/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate",
-            "--metrics-bind-address=0"])
+        kine = self.spawn(
+            "kine",
+            [
+                str(b / "kine"),
+                f"--listen-address=127.0.0.1:{ports['kine']}",
+                f"--endpoint=sqlite://{d}/db/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate",
+                "--metrics-bind-address=0",
+            ],
+        )
         self.wait("kine", kine, lambda: (_port_open(ports["kine"]), "port closed"), 20, "kine.log")
 
         # kube-apiserver with k3s's flags where they apply.
-        api = self.spawn("kube-apiserver", [
-            str(b / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{ports['kine']}", "--storage-backend=etcd3",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['kube-apiserver']}",
-            f"--cert-dir={d}/tls/apiserver", f"--tls-cert-file={paths['serving-kube-apiserver']}",
-            f"--tls-private-key-file={paths['serving-kube-apiserver-key']}",
-            f"--client-ca-file={paths['client-ca']}", "--anonymous-auth=false",
-            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction", "--allow-privileged=true",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--service-node-port-range=30000-32767",
-            f"--service-account-issuer={SA_ISSUER}", f"--api-audiences={SA_ISSUER},k3s",
-            f"--service-account-key-file={paths['service-key']}",
-            f"--service-account-signing-key-file={paths['service-key']}",
-            f"--kubelet-client-certificate={paths['client-kube-apiserver']}",
-            f"--kubelet-client-key={paths['client-kube-apiserver-key']}",
-            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
-            f"--requestheader-client-ca-file={paths['request-header-ca']}", "--requestheader-allowed-names=system:auth-proxy",
-            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={paths['client-auth-proxy']}", f"--proxy-client-key-file={paths['client-auth-proxy-key']}",
-            "--endpoint-reconciler-type=none",  # it would publish 127.0.0.1, which Endpoints refuse
-            "--profiling=false"])
+        api = self.spawn(
+            "kube-apiserver",
+            [
+                str(b / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{ports['kine']}",
+                "--storage-backend=etcd3",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports['kube-apiserver']}",
+                f"--cert-dir={d}/tls/apiserver",
+                f"--tls-cert-file={paths['serving-kube-apiserver']}",
+                f"--tls-private-key-file={paths['serving-kube-apiserver-key']}",
+                f"--client-ca-file={paths['client-ca']}",
+                "--anonymous-auth=false",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--allow-privileged=true",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--service-node-port-range=30000-32767",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--api-audiences={SA_ISSUER},k3s",
+                f"--service-account-key-file={paths['service-key']}",
+                f"--service-account-signing-key-file={paths['service-key']}",
+                f"--kubelet-client-certificate={paths['client-kube-apiserver']}",
+                f"--kubelet-client-key={paths['client-kube-apiserver-key']}",
+                "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+                f"--requestheader-client-ca-file={paths['request-header-ca']}",
+                "--requestheader-allowed-names=system:auth-proxy",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={paths['client-auth-proxy']}",
+                f"--proxy-client-key-file={paths['client-auth-proxy-key']}",
+                "--endpoint-reconciler-type=none",  # it would publish 127.0.0.1, which Endpoints refuse
+                "--profiling=false",
+            ],
+        )
         ctx = _ssl_ctx(paths)
         self.wait("kube-apiserver", api, lambda: _ok(_get(server + "/readyz", ctx)), 60, "kube-apiserver.log")
 
-        kcm = self.spawn("kube-controller-manager", [
-            str(b / "kube-controller-manager"),
-            f"--kubeconfig={d}/kubeconfigs/kube-controller-manager.yaml",
-            f"--authentication-kubeconfig={d}/kubeconfigs/kube-controller-manager.yaml",
-            f"--authorization-kubeconfig={d}/kubeconfigs/kube-controller-manager.yaml",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['kube-controller-manager']}",
-            f"--cert-dir={d}/tls/kube-controller-manager",
-            "--allocate-node-cidrs=true", f"--cluster-cidr={CLUSTER_CIDR}", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--root-ca-file={paths['server-ca']}", f"--service-account-private-key-file={paths['service-key']}",
-            "--use-service-account-credentials=true", "--configure-cloud-routes=false",
-            f"--cluster-signing-kube-apiserver-client-cert-file={paths['client-ca']}",
-            f"--cluster-signing-kube-apiserver-client-key-file={paths['client-ca-key']}",
-            f"--cluster-signing-kubelet-client-cert-file={paths['client-ca']}",
-            f"--cluster-signing-kubelet-client-key-file={paths['client-ca-key']}",
-            f"--cluster-signing-kubelet-serving-cert-file={paths['server-ca']}",
-            f"--cluster-signing-kubelet-serving-key-file={paths['server-ca-key']}",
-            f"--cluster-signing-legacy-unknown-cert-file={paths['server-ca']}",
-            f"--cluster-signing-legacy-unknown-key-file={paths['server-ca-key']}",
-            "--controllers=*,tokencleaner,-service,-route,-cloud-node-lifecycle",  # as k3s
-            "--profiling=false"])
-        sch = self.spawn("kube-scheduler", [
-            str(b / "kube-scheduler"),
-            f"--kubeconfig={d}/kubeconfigs/kube-scheduler.yaml",
-            f"--authentication-kubeconfig={d}/kubeconfigs/kube-scheduler.yaml",
-            f"--authorization-kubeconfig={d}/kubeconfigs/kube-scheduler.yaml",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['kube-scheduler']}",
-            f"--cert-dir={d}/tls/kube-scheduler", "--profiling=false"])
+        kcm = self.spawn(
+            "kube-controller-manager",
+            [
+                str(b / "kube-controller-manager"),
+                f"--kubeconfig={d}/kubeconfigs/kube-controller-manager.yaml",
+                f"--authentication-kubeconfig={d}/kubeconfigs/kube-controller-manager.yaml",
+                f"--authorization-kubeconfig={d}/kubeconfigs/kube-controller-manager.yaml",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['kube-controller-manager']}",
+                f"--cert-dir={d}/tls/kube-controller-manager",
+                "--allocate-node-cidrs=true",
+                f"--cluster-cidr={CLUSTER_CIDR}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--root-ca-file={paths['server-ca']}",
+                f"--service-account-private-key-file={paths['service-key']}",
+                "--use-service-account-credentials=true",
+                "--configure-cloud-routes=false",
+                f"--cluster-signing-kube-apiserver-client-cert-file={paths['client-ca']}",
+                f"--cluster-signing-kube-apiserver-client-key-file={paths['client-ca-key']}",
+                f"--cluster-signing-kubelet-client-cert-file={paths['client-ca']}",
+                f"--cluster-signing-kubelet-client-key-file={paths['client-ca-key']}",
+                f"--cluster-signing-kubelet-serving-cert-file={paths['server-ca']}",
+                f"--cluster-signing-kubelet-serving-key-file={paths['server-ca-key']}",
+                f"--cluster-signing-legacy-unknown-cert-file={paths['server-ca']}",
+                f"--cluster-signing-legacy-unknown-key-file={paths['server-ca-key']}",
+                "--controllers=*,tokencleaner,-service,-route,-cloud-node-lifecycle",  # as k3s
+                "--profiling=false",
+            ],
+        )
+        sch = self.spawn(
+            "kube-scheduler",
+            [
+                str(b / "kube-scheduler"),
+                f"--kubeconfig={d}/kubeconfigs/kube-scheduler.yaml",
+                f"--authentication-kubeconfig={d}/kubeconfigs/kube-scheduler.yaml",
+                f"--authorization-kubeconfig={d}/kubeconfigs/kube-scheduler.yaml",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['kube-scheduler']}",
+                f"--cert-dir={d}/tls/kube-scheduler",
+                "--profiling=false",
+            ],
+        )
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE  # their serving certs are self-signed into --cert-dir
@@ -255,16 +324,23 @@ class Up:
             url = f"https://127.0.0.1:{ports[name]}/healthz"
             self.wait(name, p, lambda url=url: _ok(_get(url, insecure)), 60, f"{name}.log")
         # The controllers run: the service-account controller has made `default` in namespace default.
-        self.wait("kube-controller-manager (default ServiceAccount)", kcm,
-                  lambda: _ok(_get(server + "/api/v1/namespaces/default/serviceaccounts/default", ctx)),
-                  60, "kube-controller-manager.log")
+        self.wait(
+            "kube-controller-manager (default ServiceAccount)",
+            kcm,
+            lambda: _ok(_get(server + "/api/v1/namespaces/default/serviceaccounts/default", ctx)),
+            60,
+            "kube-controller-manager.log",
+        )
 
-        nodes = self.spawn("nodes", [sys.executable, str(HERE / "nodes.py"), str(d)],
-                           env={**_clean_env(), "PYTHONUNBUFFERED": "1"})
+        nodes = self.spawn(
+            "nodes", [sys.executable, str(HERE / "nodes.py"), str(d)], env={**_clean_env(), "PYTHONUNBUFFERED": "1"}
+        )
         want = self.state["nodes"]
-        self.wait(f"node stand-in ({want} Ready nodes)", nodes,
-                  lambda: _nodes_ready(server, ctx, want), 60, "nodes.log")
+        self.wait(
+            f"node stand-in ({want} Ready nodes)", nodes, lambda: _nodes_ready(server, ctx, want), 60, "nodes.log"
+        )
         from . import addons
+
         addons.start(self, **self.addons)  # k3s's helm-controller, the KubeRay operator (addons.py)
         self.state["up_at"] = time.time()
         _save_state(d, self.state)
@@ -293,11 +369,16 @@ def _nodes_ready(server: str, ctx, want: int) -> tuple[bool, str]:
     code, body = _get(server + "/api/v1/nodes", ctx)
     if code != 200:
         return False, f"HTTP {code}"
-    ready = [n["metadata"]["name"] for n in json.loads(body).get("items", [])
-             if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))]
-    labelled = any(n["metadata"]["name"] == "node-1" and
-                   n["metadata"].get("labels", {}).get("node-role.kubernetes.io/control-plane") == "true"
-                   for n in json.loads(body).get("items", []))
+    ready = [
+        n["metadata"]["name"]
+        for n in json.loads(body).get("items", [])
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+    ]
+    labelled = any(
+        n["metadata"]["name"] == "node-1"
+        and n["metadata"].get("labels", {}).get("node-role.kubernetes.io/control-plane") == "true"
+        for n in json.loads(body).get("items", [])
+    )
     return len(ready) >= want and labelled, f"{len(ready)}/{want} nodes Ready, node-1 control-plane label: {labelled}"
 
 
@@ -309,8 +390,15 @@ def _last_line(path: Path) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def up(d: Path, nodes: int = 3, node_memory: str = "8Gi", arch: str = "arm64", log=print,
-       helm_controller: bool = True, kuberay: bool = True) -> dict:
+def up(
+    d: Path,
+    nodes: int = 3,
+    node_memory: str = "8Gi",
+    arch: str = "arm64",
+    log=print,
+    helm_controller: bool = True,
+    kuberay: bool = True,
+) -> dict:
     from . import build
 
     if nodes < 1:

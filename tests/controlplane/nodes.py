@@ -15,6 +15,7 @@ Not done: no containers run, no probes, no images pulled, no volumes mounted, no
 no evictions or resource accounting; Job pods stay Running (never Succeeded), but for k3s's helm-install and
 helm-delete pods, which chart_jobs.py plays to Succeeded; restartPolicy is ignored.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,31 +33,31 @@ import chart_jobs  # the STAND-IN of klipper-helm's containers (beside this file
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-TIMEOUT = 10          # every API call is bounded
-POLL = 1.0            # pods are looked at once a second
-LEASE_EVERY = 10.0    # kubelet: nodeLeaseDurationSeconds 40, renewed every 10 s
+TIMEOUT = 10  # every API call is bounded
+POLL = 1.0  # pods are looked at once a second
+LEASE_EVERY = 10.0  # kubelet: nodeLeaseDurationSeconds 40, renewed every 10 s
 STATUS_EVERY = 60.0
 KUBELET_VERSION = "v1.36.3+k3s1"  # what a node of the pinned k3s reports
-EVICTION_MEMORY_MI = 100          # kubelet's default eviction-hard memory.available<100Mi (k3s keeps it)
-EPHEMERAL_GI = 64                 # a 64 GB card / NVMe
-EVICTION_NODEFS = 0.05            # k3s: nodefs.available<5%
+EVICTION_MEMORY_MI = 100  # kubelet's default eviction-hard memory.available<100Mi (k3s keeps it)
+EPHEMERAL_GI = 64  # a 64 GB card / NVMe
+EVICTION_NODEFS = 0.05  # k3s: nodefs.available<5%
 
 stop = threading.Event()
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def micro_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_quantity_ki(q: str) -> int:
     m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", q.strip())
     if not m:
         raise ValueError(f"--node-memory {q!r}: write e.g. 8Gi, 4096Mi")
-    mult = {None: 1 / 1024, "Ki": 1, "Mi": 1024, "Gi": 1024 ** 2, "Ti": 1024 ** 3}[m.group(2)]
+    mult = {None: 1 / 1024, "Ki": 1, "Mi": 1024, "Gi": 1024**2, "Ti": 1024**3}[m.group(2)]
     return int(int(m.group(1)) * mult)
 
 
@@ -87,46 +88,86 @@ class Node:
         self.used_ips: set[str] = set()
         self.next_ip = 2
         mem_ki = parse_quantity_ki(state["node_memory"])
-        self.capacity = {"cpu": "4", "memory": f"{mem_ki}Ki", "pods": "110",
-                         "ephemeral-storage": f"{EPHEMERAL_GI * 1024 * 1024}Ki",
-                         "hugepages-1Gi": "0", "hugepages-2Mi": "0"}
-        self.allocatable = dict(self.capacity, memory=f"{mem_ki - EVICTION_MEMORY_MI * 1024}Ki",
-                                **{"ephemeral-storage": str(int(EPHEMERAL_GI * 1024 ** 3 * (1 - EVICTION_NODEFS)))})
+        self.capacity = {
+            "cpu": "4",
+            "memory": f"{mem_ki}Ki",
+            "pods": "110",
+            "ephemeral-storage": f"{EPHEMERAL_GI * 1024 * 1024}Ki",
+            "hugepages-1Gi": "0",
+            "hugepages-2Mi": "0",
+        }
+        self.allocatable = dict(
+            self.capacity,
+            memory=f"{mem_ki - EVICTION_MEMORY_MI * 1024}Ki",
+            **{"ephemeral-storage": str(int(EPHEMERAL_GI * 1024**3 * (1 - EVICTION_NODEFS)))},
+        )
 
     # --- node and lease -------------------------------------------------------------------------------
     def conditions(self) -> list[dict]:
         t = now()
+
         def c(type_, status, reason, message):
-            return {"type": type_, "status": status, "reason": reason, "message": message,
-                    "lastHeartbeatTime": t, "lastTransitionTime": self.since}
-        return [c("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                c("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                c("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-                c("Ready", "True", "KubeletReady", "kubelet is posting ready status (piml test stand-in)")]
+            return {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": t,
+                "lastTransitionTime": self.since,
+            }
+
+        return [
+            c("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            c("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            c("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            c("Ready", "True", "KubeletReady", "kubelet is posting ready status (piml test stand-in)"),
+        ]
 
     def status(self) -> dict:
         arch = self.state["arch"]
         seed = hashlib.sha256(f"{self.state['dir']}/{self.name}".encode()).hexdigest()
-        return {"capacity": self.capacity, "allocatable": self.allocatable, "conditions": self.conditions(),
-                "addresses": [{"type": "InternalIP", "address": self.ip}, {"type": "Hostname", "address": self.name}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-                "nodeInfo": {"machineID": seed[:32], "systemUUID": str(uuid.UUID(seed[32:64])),
-                             "bootID": str(uuid.uuid4()), "kernelVersion": "piml-standin",
-                             "osImage": "Debian GNU/Linux 12 (bookworm)", "containerRuntimeVersion": "containerd://piml-standin",
-                             "kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": "", "operatingSystem": "linux",
-                             "architecture": arch}}
+        return {
+            "capacity": self.capacity,
+            "allocatable": self.allocatable,
+            "conditions": self.conditions(),
+            "addresses": [{"type": "InternalIP", "address": self.ip}, {"type": "Hostname", "address": self.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "machineID": seed[:32],
+                "systemUUID": str(uuid.UUID(seed[32:64])),
+                "bootID": str(uuid.uuid4()),
+                "kernelVersion": "piml-standin",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "containerRuntimeVersion": "containerd://piml-standin",
+                "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": arch,
+            },
+        }
 
     def register(self) -> None:
         self.since = now()
-        body = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.name,
-                             "labels": {"kubernetes.io/arch": self.state["arch"], "kubernetes.io/os": "linux",
-                                        "kubernetes.io/hostname": self.name,
-                                        "beta.kubernetes.io/arch": self.state["arch"], "beta.kubernetes.io/os": "linux",
-                                        "node.kubernetes.io/instance-type": "k3s"},
-                             "annotations": {"node.alpha.kubernetes.io/ttl": "0",
-                                             "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
-                "spec": {"providerID": f"k3s://{self.name}"}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": {
+                    "kubernetes.io/arch": self.state["arch"],
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/hostname": self.name,
+                    "beta.kubernetes.io/arch": self.state["arch"],
+                    "beta.kubernetes.io/os": "linux",
+                    "node.kubernetes.io/instance-type": "k3s",
+                },
+                "annotations": {
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                },
+            },
+            "spec": {"providerID": f"k3s://{self.name}"},
+        }
         try:
             node = self.core.create_node(body, _request_timeout=TIMEOUT)
         except ApiException as e:
@@ -140,14 +181,20 @@ class Node:
         self.core.patch_node_status(self.name, {"status": self.status()}, _request_timeout=TIMEOUT)
 
     def renew_lease(self) -> None:
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": "kube-node-lease",
-                             "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.name,
-                                                  "uid": self.uid}]},
-                "spec": {"holderIdentity": self.name, "leaseDurationSeconds": 40, "renewTime": micro_now()}}
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": self.name,
+                "namespace": "kube-node-lease",
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.uid}],
+            },
+            "spec": {"holderIdentity": self.name, "leaseDurationSeconds": 40, "renewTime": micro_now()},
+        }
         try:
-            self.coord.patch_namespaced_lease(self.name, "kube-node-lease", {"spec": body["spec"]},
-                                              _request_timeout=TIMEOUT)
+            self.coord.patch_namespaced_lease(
+                self.name, "kube-node-lease", {"spec": body["spec"]}, _request_timeout=TIMEOUT
+            )
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -170,30 +217,55 @@ class Node:
     def run_pod(self, pod) -> None:
         t = now()
         ip = self.pod_ip(pod)
+
         def cs(c, init=False):
-            base = {"name": c.name, "image": c.image, "imageID": f"piml-standin://{c.image}",
-                    "containerID": f"containerd://{hashlib.sha256((pod.metadata.uid + c.name).encode()).hexdigest()}",
-                    "restartCount": 0}
+            base = {
+                "name": c.name,
+                "image": c.image,
+                "imageID": f"piml-standin://{c.image}",
+                "containerID": f"containerd://{hashlib.sha256((pod.metadata.uid + c.name).encode()).hexdigest()}",
+                "restartCount": 0,
+            }
             if init:
-                return dict(base, ready=True, started=False,
-                            state={"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": t, "finishedAt": t}})
+                return dict(
+                    base,
+                    ready=True,
+                    started=False,
+                    state={"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": t, "finishedAt": t}},
+                )
             return dict(base, ready=True, started=True, state={"running": {"startedAt": t}})
+
         def cond(type_):
             return {"type": type_, "status": "True", "lastProbeTime": None, "lastTransitionTime": t}
-        status = {"phase": "Running", "hostIP": self.ip, "hostIPs": [{"ip": self.ip}], "podIP": ip,
-                  "podIPs": [{"ip": ip}], "startTime": t, "qosClass": pod.status.qos_class if pod.status else None,
-                  "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("ContainersReady"),
-                                 cond("Ready"), cond("PodScheduled")],
-                  "containerStatuses": [cs(c) for c in pod.spec.containers],
-                  "initContainerStatuses": [cs(c, init=True) for c in (pod.spec.init_containers or [])]}
-        self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status},
-                                              _request_timeout=TIMEOUT)
+
+        status = {
+            "phase": "Running",
+            "hostIP": self.ip,
+            "hostIPs": [{"ip": self.ip}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": t,
+            "qosClass": pod.status.qos_class if pod.status else None,
+            "conditions": [
+                cond("PodReadyToStartContainers"),
+                cond("Initialized"),
+                cond("ContainersReady"),
+                cond("Ready"),
+                cond("PodScheduled"),
+            ],
+            "containerStatuses": [cs(c) for c in pod.spec.containers],
+            "initContainerStatuses": [cs(c, init=True) for c in (pod.spec.init_containers or [])],
+        }
+        self.core.patch_namespaced_pod_status(
+            pod.metadata.name, pod.metadata.namespace, {"status": status}, _request_timeout=TIMEOUT
+        )
         self.used_ips.add(ip)
         log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} Running at {ip}")
 
     def sync_pods(self) -> None:
-        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.name}",
-                                                     _request_timeout=TIMEOUT).items
+        pods = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={self.name}", _request_timeout=TIMEOUT
+        ).items
         self.used_ips = {p.status.pod_ip for p in pods if p.status and p.status.pod_ip}
         for pod in pods:
             if stop.is_set():
@@ -201,10 +273,14 @@ class Node:
             try:
                 if pod.metadata.deletion_timestamp:
                     self.core.delete_namespaced_pod(
-                        pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0,
-                        body=client.V1DeleteOptions(grace_period_seconds=0,
-                                                    preconditions=client.V1Preconditions(uid=pod.metadata.uid)),
-                        _request_timeout=TIMEOUT)
+                        pod.metadata.name,
+                        pod.metadata.namespace,
+                        grace_period_seconds=0,
+                        body=client.V1DeleteOptions(
+                            grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.metadata.uid)
+                        ),
+                        _request_timeout=TIMEOUT,
+                    )
                     log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} stopped and deleted")
                 elif (pod.status.phase or "Pending") == "Pending":
                     self.run_pod(pod)
@@ -216,6 +292,7 @@ class Node:
 
     def loop(self) -> None:
         import time
+
         last_lease = last_status = 0.0
         registered = False
         while not stop.is_set():
@@ -244,8 +321,11 @@ def label_control_plane(state: dict) -> None:
     core = client.CoreV1Api(api_client(state, tls["client-admin"], tls["client-admin-key"]))
     while not stop.is_set():
         try:
-            core.patch_node("node-1", {"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}},
-                            _request_timeout=TIMEOUT)
+            core.patch_node(
+                "node-1",
+                {"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}},
+                _request_timeout=TIMEOUT,
+            )
             log("node-1: labelled node-role.kubernetes.io/control-plane=true")
             return
         except Exception as e:

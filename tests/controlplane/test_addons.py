@@ -5,6 +5,7 @@ completes the Job -> the RayCluster CRD is Established -> the KubeRay operator s
 operator makes the head pod and services -> the scheduler binds the pod, the stand-in runs it -> the operator
 says `ready`. Then the HelmChart is deleted: the helm-delete Job completes and the HelmChart goes.
 Every wait is bounded. Skipped only without Go."""
+
 from __future__ import annotations
 
 import copy
@@ -76,8 +77,9 @@ def apply(dyn, obj: dict) -> dict:
     """Server-side apply, as piml does (field manager piml)."""
     res = until(f"{obj['apiVersion']} {obj['kind']} served", lambda: _resource(dyn, obj), 30)
     meta = obj["metadata"]
-    return res.server_side_apply(body=obj, name=meta["name"], namespace=meta.get("namespace"),
-                                 field_manager="piml", force_conflicts=True).to_dict()
+    return res.server_side_apply(
+        body=obj, name=meta["name"], namespace=meta.get("namespace"), field_manager="piml", force_conflicts=True
+    ).to_dict()
 
 
 def _resource(dyn, obj):
@@ -100,8 +102,10 @@ def get(dyn, path: str) -> dict | None:
 
 
 def condition(obj: dict | None, type_: str) -> bool:
-    return any(c.get("type") == type_ and c.get("status") == "True"
-               for c in ((obj or {}).get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == type_ and c.get("status") == "True"
+        for c in ((obj or {}).get("status") or {}).get("conditions") or []
+    )
 
 
 def test_helm_install_jobs_complete_and_bring_the_crds(k, rendered):
@@ -111,8 +115,11 @@ def test_helm_install_jobs_complete_and_bring_the_crds(k, rendered):
     assert chart["metadata"]["namespace"] == "kube-system"
     apply(dyn, rendered[("HelmChart", "keda")])  # its install brings the ScaledJob CRD (no KEDA operator runs)
     job_path = "/apis/batch/v1/namespaces/kube-system/jobs/helm-install-kuberay-operator"
-    job = until("the real job controller completes helm-install-kuberay-operator",
-                lambda: (lambda j: j if condition(j, "Complete") else None)(get(dyn, job_path)), 45)
+    job = until(
+        "the real job controller completes helm-install-kuberay-operator",
+        lambda: (lambda j: j if condition(j, "Complete") else None)(get(dyn, job_path)),
+        45,
+    )
     assert job["status"]["succeeded"] == 1
     # The Job is the helm-controller's, running klipper-helm as the chart's ServiceAccount.
     pod_spec = job["spec"]["template"]["spec"]
@@ -124,8 +131,13 @@ def test_helm_install_jobs_complete_and_bring_the_crds(k, rendered):
     assert live["status"]["jobName"] == "helm-install-kuberay-operator"
     assert condition(live, "JobCreated") and not condition(live, "Failed")
     for crd in ("rayclusters.ray.io", "rayjobs.ray.io", "scaledjobs.keda.sh"):
-        until(f"CRD {crd} Established", lambda crd=crd: condition(
-            get(dyn, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"), "Established"), 20)
+        until(
+            f"CRD {crd} Established",
+            lambda crd=crd: condition(
+                get(dyn, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"), "Established"
+            ),
+            20,
+        )
     assert get(dyn, "/api/v1/namespaces/kuberay-system") is not None  # createNamespace: true
     keda_job = "/apis/batch/v1/namespaces/kube-system/jobs/helm-install-keda"
     until("helm-install-keda Complete", lambda: condition(get(dyn, keda_job), "Complete"), 20)
@@ -148,15 +160,27 @@ def test_the_operator_makes_piml_rayclusters_head_and_says_ready(k, rendered):
     def head_running():
         pods = get(dyn, f"/api/v1/namespaces/{ns}/pods?labelSelector=ray.io/cluster=ray,ray.io/node-type=head")
         items = (pods or {}).get("items") or []
-        return items[0] if items and items[0]["status"].get("phase") == "Running" and condition(items[0], "Ready") else None
+        return (
+            items[0]
+            if items and items[0]["status"].get("phase") == "Running" and condition(items[0], "Ready")
+            else None
+        )
 
     head = until("the operator's head pod Running and Ready", head_running, 60)
     assert head["spec"]["nodeName"] == "node-2"
     assert any(o["kind"] == "RayCluster" and o["name"] == "ray" for o in head["metadata"]["ownerReferences"])
-    live = until("RayCluster state ready", lambda: (lambda o: o if (o.get("status") or {}).get("state") == "ready"
-                                                    else None)(get(dyn, f"/apis/ray.io/v1/namespaces/{ns}/rayclusters/ray")), 30)
+    live = until(
+        "RayCluster state ready",
+        lambda: (lambda o: o if (o.get("status") or {}).get("state") == "ready" else None)(
+            get(dyn, f"/apis/ray.io/v1/namespaces/{ns}/rayclusters/ray")
+        ),
+        30,
+    )
     assert live["status"]["head"]["podIP"] == head["status"]["podIP"]
-    svcs = [s["metadata"]["name"] for s in get(dyn, f"/api/v1/namespaces/{ns}/services?labelSelector=ray.io/cluster=ray")["items"]]
+    svcs = [
+        s["metadata"]["name"]
+        for s in get(dyn, f"/api/v1/namespaces/{ns}/services?labelSelector=ray.io/cluster=ray")["items"]
+    ]
     assert any(s.startswith("ray-head") for s in svcs), svcs
     print(f"RayCluster -> head Running, state ready in {time.monotonic() - t0:.1f} s")
 

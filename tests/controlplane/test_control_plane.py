@@ -1,5 +1,6 @@
 """The real control plane (kube-apiserver, kube-controller-manager, kube-scheduler v1.36.3 over kine/SQLite) with
 two stand-in nodes, started and stopped by scripts/control-plane as a user would. Skipped only without Go."""
+
 from __future__ import annotations
 
 import json
@@ -98,31 +99,53 @@ def test_two_ready_nodes_as_k3s_labels_them(api):
 
 
 def _deployment(name: str, extra_container_field: dict | None = None) -> dict:
-    container = {"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}],
-                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}
+    container = {
+        "name": "web",
+        "image": "nginx:1.27",
+        "ports": [{"containerPort": 80}],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+    }
     container.update(extra_container_field or {})
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}},
+        },
+    }
 
 
-def raw(c, method: str, path: str, query: dict | None = None, body=None,
-        content_type: str = "application/json") -> tuple[int, dict]:
+def raw(
+    c, method: str, path: str, query: dict | None = None, body=None, content_type: str = "application/json"
+) -> tuple[int, dict]:
     """A plain JSON request over the client, as piml.kube.client sends them (no client-side model checks)."""
     from urllib.parse import urlencode
 
     full = path + ("?" + urlencode(query) if query else "")
-    req = c.param_serialize(method, full, header_params={"Accept": "application/json", "Content-Type": content_type},
-                            body=body, auth_settings=["BearerToken"])
+    req = c.param_serialize(
+        method,
+        full,
+        header_params={"Accept": "application/json", "Content-Type": content_type},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
     r = c.call_api(*req, _request_timeout=10)
     data = r.read()
     return r.status, (json.loads(data) if data else {})
 
 
 def _apply(c, ns: str, body: dict) -> tuple[int, dict]:
-    return raw(c, "PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/{body['metadata']['name']}",
-               {"fieldManager": "piml-test", "force": "true", "fieldValidation": "Strict"}, body,
-               "application/apply-patch+yaml")
+    return raw(
+        c,
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{ns}/deployments/{body['metadata']['name']}",
+        {"fieldManager": "piml-test", "force": "true", "fieldValidation": "Strict"},
+        body,
+        "application/apply-patch+yaml",
+    )
 
 
 def test_a_misspelled_field_is_refused(api):
@@ -135,7 +158,9 @@ def test_a_misspelled_field_is_refused(api):
     assert "imagePullPolicyy: field not declared in schema" in body["message"]
     # A create with fieldValidation=Strict is refused as a bad request.
     status, body = raw(c, "POST", "/apis/apps/v1/namespaces/default/deployments", {"fieldValidation": "Strict"}, typo)
-    assert status == 400 and 'unknown field "spec.template.spec.containers[0].imagePullPolicyy"' in body["message"], body
+    assert status == 400 and 'unknown field "spec.template.spec.containers[0].imagePullPolicyy"' in body["message"], (
+        body
+    )
     assert raw(c, "GET", "/apis/apps/v1/namespaces/default/deployments/typo")[0] == 404
 
 
@@ -145,19 +170,30 @@ def test_deployment_pod_is_scheduled_and_run(api):
 
     def running():
         pods = core.list_namespaced_pod("default", label_selector="app=web", _request_timeout=10).items
-        return [p for p in pods if p.status.phase == "Running"
-                and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        return [
+            p
+            for p in pods
+            if p.status.phase == "Running"
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ]
 
     pod = wait_for("the Deployment's pod Running and Ready", running, 60)[0]
     assert pod.spec.node_name in ("node-1", "node-2")
     assert pod.status.pod_ip and pod.status.container_statuses[0].ready
     # Bound by the real scheduler, which says so in an event.
-    events = core.list_namespaced_event("default", field_selector=f"involvedObject.name={pod.metadata.name}",
-                                        _request_timeout=10).items
-    assert any(e.reason == "Scheduled" and (e.reporting_component or e.source.component) == "default-scheduler"
-               for e in events), [(e.reason, e.source.component, e.reporting_component) for e in events]
-    wait_for("the Deployment available", lambda: (apps.read_namespaced_deployment("web", "default", _request_timeout=10)
-                                                  .status.available_replicas or 0) == 1, 60)
+    events = core.list_namespaced_event(
+        "default", field_selector=f"involvedObject.name={pod.metadata.name}", _request_timeout=10
+    ).items
+    assert any(
+        e.reason == "Scheduled" and (e.reporting_component or e.source.component) == "default-scheduler" for e in events
+    ), [(e.reason, e.source.component, e.reporting_component) for e in events]
+    wait_for(
+        "the Deployment available",
+        lambda: (
+            (apps.read_namespaced_deployment("web", "default", _request_timeout=10).status.available_replicas or 0) == 1
+        ),
+        60,
+    )
 
 
 def test_namespace_deletion_goes_terminating_then_gone(api):
@@ -165,12 +201,22 @@ def test_namespace_deletion_goes_terminating_then_gone(api):
 
     core, apps, c = api
     core.create_namespace({"metadata": {"name": "doomed"}}, _request_timeout=10)
-    wait_for("default ServiceAccount in the new namespace",
-             lambda: any(s.metadata.name == "default"
-                         for s in core.list_namespaced_service_account("doomed", _request_timeout=10).items), 30)
+    wait_for(
+        "default ServiceAccount in the new namespace",
+        lambda: any(
+            s.metadata.name == "default"
+            for s in core.list_namespaced_service_account("doomed", _request_timeout=10).items
+        ),
+        30,
+    )
     assert _apply(c, "doomed", _deployment("web"))[0] in (200, 201)
-    wait_for("a pod Running in doomed", lambda: [p for p in core.list_namespaced_pod("doomed", _request_timeout=10).items
-                                                  if p.status.phase == "Running"], 60)
+    wait_for(
+        "a pod Running in doomed",
+        lambda: [
+            p for p in core.list_namespaced_pod("doomed", _request_timeout=10).items if p.status.phase == "Running"
+        ],
+        60,
+    )
     core.delete_namespace("doomed", _request_timeout=10)
     assert core.read_namespace("doomed", _request_timeout=10).status.phase == "Terminating"
 
@@ -187,8 +233,15 @@ def test_namespace_deletion_goes_terminating_then_gone(api):
 def test_down_leaves_nothing_running(plane):
     d, state = plane
     pids = [p["pid"] for p in state["procs"].values()]
-    assert sorted(state["procs"]) == ["helm-controller", "kine", "kube-apiserver", "kube-controller-manager",
-                                      "kube-scheduler", "kuberay-operator", "nodes"]  # the add-ons are on by default
+    assert sorted(state["procs"]) == [
+        "helm-controller",
+        "kine",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kuberay-operator",
+        "nodes",
+    ]  # the add-ons are on by default
     assert all(alive(p) for p in pids)
     r = cp("down", str(d), timeout=60)
     assert r.returncode == 0, r.stderr

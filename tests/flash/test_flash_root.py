@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from piml.commands.flash import Options, run as flash_run
+from piml.commands.flash import Options
+from piml.commands.flash import run as flash_run
 from piml.errors import InputError, PimlError
 
-from .conftest import MiB, SSH_PUB, compress, fat_listing, fsck_fat, read_fat_file
+from .conftest import SSH_PUB, MiB, compress, fat_listing, fsck_fat, read_fat_file
 
 pytestmark = pytest.mark.flash_root
 

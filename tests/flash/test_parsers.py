@@ -7,7 +7,8 @@ import lzma
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from piml.flash import firstboot, partitions, sources
 from piml.flash.sources import SourceError

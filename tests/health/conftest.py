@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from piml.health.endpoints import Endpoints
 from tests.health.helpers import local_dask_python
 from tests.queue.helpers import REPO, free_port, wait_for
-
-from piml.health.endpoints import Endpoints
 
 VENV_BIN = str(Path(sys.executable).parent)
 MARKER = "PIML_TEST_SERVICE"

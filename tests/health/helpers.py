@@ -6,9 +6,8 @@ import os
 import subprocess
 import sys
 
-from tests.queue.helpers import assert_no_secrets
-
 from piml.health.result import CheckFailed
+from tests.queue.helpers import assert_no_secrets
 
 
 def local_dask_python(address: str, timeout: float = 180):

@@ -13,11 +13,11 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
+from piml.config import PimlConfig
+from piml.health.deep import Deadline, deep_checks, queued_request
 from tests.health.helpers import assert_rows_clean, local_dask_python, rows_text
 from tests.queue.helpers import assert_no_secrets, start_runner
 
-from piml.config import PimlConfig
-from piml.health.deep import Deadline, deep_checks, queued_request
 
 def config(**settings) -> PimlConfig:
     return PimlConfig.model_validate(settings)

@@ -9,12 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from tests.health.helpers import assert_rows_clean, by_key, rows_text
-from tests.queue.helpers import answering_http, free_port
-
 from piml.config import PimlConfig
 from piml.health import probes
 from piml.health.probes import component_checks
+from tests.health.helpers import assert_rows_clean, by_key, rows_text
+from tests.queue.helpers import answering_http, free_port
 
 ALL = [("mlflow", "health"), ("mlflow", "auth"), ("dask", "health"), ("dask", "workers"), ("ray", "dashboard"), ("ray", "auth"), ("ray", "nodes"),
        ("queue", "broker"), ("queue", "queues")]

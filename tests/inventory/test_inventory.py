@@ -268,5 +268,6 @@ def test_k3s_ansible_variables_piml_reads_are_typed(write, line, words):
 def test_k3s_ansible_variables_as_they_should_be(write):
     inv = load_inventory(write("hosts.yml", K3S_VARS_BASE + "    k3s_version: v1.36.3+k3s1\n    api_port: '6444'\n"
                                "    token: s3cret\n    api_endpoint: '{{ hostvars[groups.server[0]].ansible_host }}'\n"))
-    assert (inv.k3s_vars.k3s_version, inv.k3s_vars.api_port, inv.k3s_vars.token) == ("v1.36.3+k3s1", 6444, "s3cret")
+    k3s = inv.k3s_vars
+    assert (k3s.k3s_version, k3s.api_port, k3s.token) == ("v1.36.3+k3s1", 6444, "s3cret")
     assert inv.api_endpoint == "10.0.0.1"  # the template is Ansible's: piml uses the first server

@@ -106,7 +106,7 @@ def entry_text(text: str, section: str, name: str) -> str:
             lines = text.splitlines(keepends=True)
             starts = [item.start_mark.line for item in value.value]
             end = value.end_mark.line
-            for item, a, b in zip(value.value, starts, starts[1:] + [end]):
+            for item, a, b in zip(value.value, starts, starts[1:] + [end], strict=True):
                 if any(k.value == "name" and v.value == name for k, v in item.value):
                     return "".join(lines[a:b])
     raise AssertionError(f"{section}/{name} not found")

@@ -140,7 +140,7 @@ class Prepare:
         return templar.template(trust_as_template(text))
 
     def condition(self, templar, when) -> bool:
-        return bool(self.value(templar, "{{ (%s) | bool }}" % " ".join(str(when).split())))
+        return bool(self.value(templar, "{{ (" + " ".join(str(when).split()) + ") | bool }}"))
 
     def decide(self, want_4k, node) -> dict:
         t = self.templar(want_4k, node)

@@ -236,7 +236,7 @@ def test_k3s_config_carries_the_plans_kubelet_reservations(tmp_path):
                               capture_output=True, text=True, timeout=120, cwd=tmp_path,
                               env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp")})
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-        return {name: json.loads("\n".join(l for l in (out / f"{name}.yaml").read_text().splitlines() if not l.startswith("#")))
+        return {name: json.loads("\n".join(line for line in (out / f"{name}.yaml").read_text().splitlines() if not line.startswith("#")))
                 for name in ("pi1", "pi2")}
 
     configs = run({"token": "test-token", "piml_kubelet_args": extravars["piml_kubelet_args"]})

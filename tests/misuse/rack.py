@@ -54,7 +54,7 @@ class Tripwire:
         while not self._stop.is_set():  # bounded: close() sets it, and accept() wakes every 0.2 s
             try:
                 conn, _ = self.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -72,16 +72,28 @@ class Rack:
 
     def __init__(self, tmp: Path):
         self.root = tmp / PROJECT
-        self.wires = {name: Tripwire(address) for name, address in (("s1", "127.0.0.1"), ("a1", "127.0.0.2"), ("mac", "127.0.0.3"))}
+        self.wires = {
+            name: Tripwire(address)
+            for name, address in (("s1", "127.0.0.1"), ("a1", "127.0.0.2"), ("mac", "127.0.0.3"))
+        }
         (self.root / "inventory").mkdir(parents=True)
         (self.root / ".piml").mkdir(mode=0o700)
         (self.root / "piml.yaml").write_text("")
         host = lambda name: {"ansible_host": self.wires[name].address, "ansible_port": self.wires[name].port}  # noqa: E731
-        (self.root / "inventory/hosts.yml").write_text(yaml.safe_dump({
-            "k3s_cluster": {"children": {"server": {"hosts": {"s1": host("s1")}}, "agent": {"hosts": {"a1": host("a1")}}},
-                            "vars": {"ansible_user": "pi", "piml_model": "pi5", "piml_memory_gb": 8}},
-            "ray_external": {"hosts": {"mac": {**host("mac"), "piml_arch": "arm64"}}, "vars": {"ansible_user": "pi"}},
-        }))
+        (self.root / "inventory/hosts.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "k3s_cluster": {
+                        "children": {"server": {"hosts": {"s1": host("s1")}}, "agent": {"hosts": {"a1": host("a1")}}},
+                        "vars": {"ansible_user": "pi", "piml_model": "pi5", "piml_memory_gb": 8},
+                    },
+                    "ray_external": {
+                        "hosts": {"mac": {**host("mac"), "piml_arch": "arm64"}},
+                        "vars": {"ansible_user": "pi"},
+                    },
+                }
+            )
+        )
         self.kubeconfig = tmp / "kube" / "config"  # never the user's ~/.kube/config
         self.kubeconfig.parent.mkdir()
         self.kubeconfig.write_text(OTHER_KUBECONFIG)
@@ -97,9 +109,19 @@ class Rack:
                 env[name] = value
         return env
 
-    def piml(self, *args: str, kubeconfig: Path | None = None, timeout: float = 120, **env: str | None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "piml", *args], cwd=self.root, capture_output=True, text=True,
-                              input="", timeout=timeout, env=self.env(kubeconfig, **env), errors="replace")
+    def piml(
+        self, *args: str, kubeconfig: Path | None = None, timeout: float = 120, **env: str | None
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "piml", *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            input="",
+            timeout=timeout,
+            env=self.env(kubeconfig, **env),
+            errors="replace",
+        )
 
     def knocks(self) -> dict[str, int]:
         return {name: wire.knocks for name, wire in self.wires.items() if wire.knocks}

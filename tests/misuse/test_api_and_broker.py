@@ -57,7 +57,7 @@ class HalfDeadServer:
         while not self._stop.is_set():  # bounded: close() sets it, accept() wakes every 0.2 s
             try:
                 conn, _ = self.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -71,7 +71,9 @@ class HalfDeadServer:
         self.sock.close()
 
 
-def run_all(rack, commands: dict[str, tuple[str, ...]], bound: float) -> dict[str, tuple[subprocess.CompletedProcess, float]]:
+def run_all(
+    rack, commands: dict[str, tuple[str, ...]], bound: float
+) -> dict[str, tuple[subprocess.CompletedProcess, float]]:
     """Run the commands at the same time (each waits on the same dead server); their results and durations."""
     results = {}
 
@@ -135,8 +137,11 @@ GARBAGE_KUBECONFIGS = {
 
 
 @pytest.mark.parametrize("content", GARBAGE_KUBECONFIGS.values(), ids=GARBAGE_KUBECONFIGS.keys())
-@pytest.mark.parametrize("command", [("jobs",), ("submit", "models:/iris/1", "/data/iris.csv"), ("teardown", "--yes"), ("plan",)],
-                         ids=" ".join)
+@pytest.mark.parametrize(
+    "command",
+    [("jobs",), ("submit", "models:/iris/1", "/data/iris.csv"), ("teardown", "--yes"), ("plan",)],
+    ids=" ".join,
+)
 def test_a_garbage_kubeconfig_is_one_line_naming_it(rack, content, command):
     kubeconfig = rack.root / ".piml" / "kubeconfig"
     kubeconfig.write_bytes(content.encode("latin-1"))
@@ -154,14 +159,31 @@ def test_a_garbage_kubeconfig_is_one_line_naming_it(rack, content, command):
 
 # -- the broker -----------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def own_redis(tmp_path):
     """A redis-server of this test's own, to kill."""
     if not shutil.which("redis-server"):
         pytest.fail("redis-server is not installed: run tests/queue/install-deps.sh as root")
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     import redis
 
     client = redis.Redis(port=port, socket_connect_timeout=1)
@@ -177,9 +199,25 @@ def own_redis(tmp_path):
 
 def test_the_broker_killed_during_submit_wait_is_one_line(rack, own_redis):
     proc, url, _ = own_redis
-    waiting = subprocess.Popen([sys.executable, "-m", "piml", "submit", "models:/iris/1", "/data/iris.csv", "--wait",
-                                "--timeout", "120", "--queue-url", url], cwd=rack.root, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "piml",
+            "submit",
+            "models:/iris/1",
+            "/data/iris.csv",
+            "--wait",
+            "--timeout",
+            "120",
+            "--queue-url",
+            url,
+        ],
+        cwd=rack.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         request_id = waiting.stdout.readline().strip()  # printed once queued; no runner takes it
         assert request_id, waiting.stderr.read() if waiting.poll() is not None else "no id"
@@ -225,15 +263,22 @@ def test_escape_sequences_in_a_jobs_error_never_reach_the_terminal(rack, own_red
     assert "\\u001b[2J" in as_json.stdout
 
 
-@pytest.mark.parametrize("args, words", [
-    (("jobs", "-n", "0"), ("--limit", "0")),
-    (("jobs", "-n", "-5"), ("--limit", "-5")),
-    (("submit", "models:/a/1", "/x.csv", "--wait", "--timeout", "-5"), ("--timeout",)),
-    (("submit", "models:/a/1", "/x.csv", "--wait", "--timeout", "nan"), ("--timeout",)),
-    (("submit", "models:/a/1", "/x.csv", "--wait", "--timeout", "0"), ("--timeout",)),
-    (("submit", "models:/a/1", "/x.csv", "-p", "batch_size=5", "-p", "batch_size=6"), ("--param", "batch_size", "twice")),
-    (("jobs", "--queue-url", "redis://127.0.0.1:99999/0"), ("--queue-url", "Port")),
-], ids=lambda v: " ".join(v) if isinstance(v, tuple) and v and v[0] in ("jobs", "submit") else "")
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("jobs", "-n", "0"), ("--limit", "0")),
+        (("jobs", "-n", "-5"), ("--limit", "-5")),
+        (("submit", "models:/a/1", "/x.csv", "--wait", "--timeout", "-5"), ("--timeout",)),
+        (("submit", "models:/a/1", "/x.csv", "--wait", "--timeout", "nan"), ("--timeout",)),
+        (("submit", "models:/a/1", "/x.csv", "--wait", "--timeout", "0"), ("--timeout",)),
+        (
+            ("submit", "models:/a/1", "/x.csv", "-p", "batch_size=5", "-p", "batch_size=6"),
+            ("--param", "batch_size", "twice"),
+        ),
+        (("jobs", "--queue-url", "redis://127.0.0.1:99999/0"), ("--queue-url", "Port")),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) and v and v[0] in ("jobs", "submit") else "",
+)
 def test_values_that_cannot_be_right_are_refused_before_the_broker_is_reached(rack, args, words):
     """The tripwire nodes and the absent kubeconfig: nothing is reached; the value is what the line names."""
     one_error(rack.piml(*args), *words)
@@ -243,8 +288,13 @@ def test_values_that_cannot_be_right_are_refused_before_the_broker_is_reached(ra
 def test_ctrl_c_while_submit_waits_leaves_the_request_queued(rack, own_redis):
     """Mid-work SIGINT: one word, exit 130, and the request is still there for `piml jobs` (nothing lost)."""
     _, url, client = own_redis
-    waiting = subprocess.Popen([sys.executable, "-m", "piml", "submit", "models:/iris/1", "/data/iris.csv", "--wait",
-                                "--queue-url", url], cwd=rack.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "piml", "submit", "models:/iris/1", "/data/iris.csv", "--wait", "--queue-url", url],
+        cwd=rack.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         request_id = waiting.stdout.readline().strip()
         time.sleep(1.5)

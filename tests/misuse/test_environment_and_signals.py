@@ -22,9 +22,21 @@ def clean(result: subprocess.CompletedProcess) -> str:
     return said
 
 
-@pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"PYTHONIOENCODING": "latin-1"}, {"LANG": "C", "LC_ALL": "C"},
-                                 {"HOME": None}, {"HOME": "/nonexistent"}, {"TERM": "dumb"}], ids=str)
-@pytest.mark.parametrize("command", [("plan",), ("inventory", "show"), ("render",), ("up", "--dry-run"), ("jobs", "-n", "0")], ids=" ".join)
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PYTHONIOENCODING": "ascii"},
+        {"PYTHONIOENCODING": "latin-1"},
+        {"LANG": "C", "LC_ALL": "C"},
+        {"HOME": None},
+        {"HOME": "/nonexistent"},
+        {"TERM": "dumb"},
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize(
+    "command", [("plan",), ("inventory", "show"), ("render",), ("up", "--dry-run"), ("jobs", "-n", "0")], ids=" ".join
+)
 def test_odd_environments_still_print(rack, env, command):
     """The plan's table has ≤, ×, °: a terminal that cannot show them gets '?', not a UnicodeEncodeError."""
     result = rack.piml(*command, **env)
@@ -34,8 +46,14 @@ def test_odd_environments_still_print(rack, env, command):
 
 def test_status_watch_without_a_terminal_appends_each_refresh(rack):
     """Piped or logged, `status --watch` prints a stamped block per refresh (rich's live view would print nothing)."""
-    proc = subprocess.Popen([sys.executable, "-m", "piml", "status", "--watch", "--interval", "1"], cwd=rack.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rack.env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piml", "status", "--watch", "--interval", "1"],
+        cwd=rack.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=rack.env(),
+    )
     time.sleep(6)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -47,8 +65,14 @@ def test_status_watch_without_a_terminal_appends_each_refresh(rack):
 def test_status_watch_json_is_one_object_a_line(rack):
     import json
 
-    proc = subprocess.Popen([sys.executable, "-m", "piml", "status", "--watch", "--json", "--interval", "1"], cwd=rack.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rack.env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piml", "status", "--watch", "--json", "--interval", "1"],
+        cwd=rack.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=rack.env(),
+    )
     time.sleep(5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -68,8 +92,14 @@ def entry_loaded_after() -> float:
 def test_ctrl_c_at_start_up_is_one_word_not_a_traceback(rack, entry_loaded_after, factor):
     """From piml's first line on (typer, rich and the command's imports, then its work), Ctrl-C is one word."""
     delay = entry_loaded_after * factor
-    proc = subprocess.Popen([sys.executable, "-m", "piml", "plan"], cwd=rack.root, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=rack.env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piml", "plan"],
+        cwd=rack.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=rack.env(),
+    )
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -84,8 +114,17 @@ def test_ctrl_c_at_start_up_is_one_word_not_a_traceback(rack, entry_loaded_after
 LONG = "x" * 300  # one path component longer than NAME_MAX (255)
 
 
-@pytest.mark.parametrize("args", [("init", LONG, "--node", "a=10.0.0.1"), ("plan", "-C", LONG), ("render", "--out", LONG),
-                                  ("plan", "-i", f"/tmp/{LONG}.yml"), ("render", "--out", f"a/{LONG}/b")], ids=lambda a: a[0] + " " + a[1])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("init", LONG, "--node", "a=10.0.0.1"),
+        ("plan", "-C", LONG),
+        ("render", "--out", LONG),
+        ("plan", "-i", f"/tmp/{LONG}.yml"),
+        ("render", "--out", f"a/{LONG}/b"),
+    ],
+    ids=lambda a: a[0] + " " + a[1],
+)
 def test_a_path_too_long_is_one_line(rack, args):
     line = one_error(rack.piml(*args))
     assert "too long" in line.lower() or "no such" in line.lower() or "not found" in line.lower(), line
@@ -110,7 +149,7 @@ class HangingSSH:
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -141,7 +180,9 @@ def test_a_node_that_hangs_up_during_the_handshake_is_one_line_naming_it(tmp_pat
     server = HangingSSH(mode)
     try:
         hosts = rack.root / "inventory/hosts.yml"
-        hosts.write_text(hosts.read_text().replace(f"ansible_port: {rack.wires['s1'].port}", f"ansible_port: {server.port}"))
+        hosts.write_text(
+            hosts.read_text().replace(f"ansible_port: {rack.wires['s1'].port}", f"ansible_port: {server.port}")
+        )
         result = rack.piml(*command, timeout=90)
     finally:
         server.close()

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.misuse import one_error
-
 from piml.errors import InputError
 from tests.flash.conftest import SSH_PUB, build_image, read_fat_file
+from tests.misuse import one_error
 
 WIFI_YAML = "flash:\n  wifi_country: DE\n  wifi_ssid: Lab Net\n"
 PASSPHRASE = "correct horse battery staple"
@@ -28,8 +27,15 @@ PASSPHRASE = "correct horse battery staple"
 def piml(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **(env or {})}
     full_env.pop("PIML_WIFI_PASSPHRASE", None) if env is None else None
-    return subprocess.run([sys.executable, "-m", "piml", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env=full_env, timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "piml", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def digest(path: Path) -> str:
@@ -46,7 +52,9 @@ def project(tmp_path) -> Path:
     from piml.scaffold import init_project, parse_node_spec
 
     root = tmp_path / "rack"
-    init_project(root, [parse_node_spec(s) for s in ("pi1=192.168.50.21", "pi2=192.168.50.22")], "ops", None, "pi5", False)
+    init_project(
+        root, [parse_node_spec(s) for s in ("pi1=192.168.50.21", "pi2=192.168.50.22")], "ops", None, "pi5", False
+    )
     (root / ".piml/id_ed25519.pub").write_text(SSH_PUB + "\n")
     return root
 
@@ -60,6 +68,7 @@ def own_image(image, tmp_path) -> Path:
 
 
 # --- the output is the input ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("spelling", ["same", "dotted", "symlink", "hardlink"])
 @pytest.mark.parametrize("force", [False, True])
@@ -75,7 +84,9 @@ def test_output_that_is_the_image_is_refused(own_image, project, spelling, force
         output.symlink_to(own_image)
     if spelling == "hardlink":
         os.link(own_image, output)
-    result = piml("flash", own_image, "--output", output, "--node", "pi1", "-y", *(["--force"] if force else []), cwd=project)
+    result = piml(
+        "flash", own_image, "--output", output, "--node", "pi1", "-y", *(["--force"] if force else []), cwd=project
+    )
     one_error(result, "--output", "input", "name another file")
     assert (digest(own_image), os.stat(own_image).st_ino, os.stat(own_image).st_mtime_ns) == before
     assert sorted(p.name for p in own_image.parent.iterdir() if "piml-partial" in p.name) == []
@@ -92,6 +103,7 @@ def test_all_into_the_images_own_directory_under_its_name(own_image, project):
 
 
 # --- an existing output -------------------------------------------------------------------------------------------
+
 
 def test_an_existing_output_is_kept_unless_force(image, project, tmp_path):
     out = tmp_path / "pi1.img"
@@ -141,10 +153,13 @@ def test_an_unwritable_output_is_one_line(image, project, where):
 
 # --- secrets: 0600 from the first byte -----------------------------------------------------------------------------
 
+
 def test_an_image_with_the_wifi_key_is_0600(image, project, tmp_path):
     (project / "piml.yaml").write_text(WIFI_YAML)
     out = tmp_path / "pi1.img"
-    result = piml("flash", image, "--output", out, "--node", "pi1", cwd=project, env={"PIML_WIFI_PASSPHRASE": PASSPHRASE})
+    result = piml(
+        "flash", image, "--output", out, "--node", "pi1", cwd=project, env={"PIML_WIFI_PASSPHRASE": PASSPHRASE}
+    )
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert "Lab Net" in read_fat_file(out, 4 << 20, "firstrun.sh")
@@ -176,7 +191,13 @@ def test_the_wifi_key_is_never_readable_by_others_not_even_while_written(image, 
     modes = []
     old = os.umask(0)  # a permissive umask must not widen it either
     try:
-        _flash_in_process(monkeypatch, image, project, tmp_path / "pi1.img", lambda target: modes.append(stat.S_IMODE(os.stat(target.path).st_mode)))
+        _flash_in_process(
+            monkeypatch,
+            image,
+            project,
+            tmp_path / "pi1.img",
+            lambda target: modes.append(stat.S_IMODE(os.stat(target.path).st_mode)),
+        )
     finally:
         os.umask(old)
     assert modes == [0o600]
@@ -185,7 +206,13 @@ def test_the_wifi_key_is_never_readable_by_others_not_even_while_written(image, 
 
 def test_without_a_secret_the_image_is_an_ordinary_file(image, project, tmp_path, monkeypatch):
     modes = []
-    _flash_in_process(monkeypatch, image, project, tmp_path / "pi1.img", lambda target: modes.append(stat.S_IMODE(os.stat(target.path).st_mode)))
+    _flash_in_process(
+        monkeypatch,
+        image,
+        project,
+        tmp_path / "pi1.img",
+        lambda target: modes.append(stat.S_IMODE(os.stat(target.path).st_mode)),
+    )
     assert modes == [0o644 & ~_umask()]
 
 

@@ -16,7 +16,9 @@ from tests.misuse import one_error
 
 
 def piml(cwd, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "piml", *args], cwd=cwd, capture_output=True, text=True, input="", timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "piml", *args], cwd=cwd, capture_output=True, text=True, input="", timeout=120
+    )
 
 
 def test_init_with_two_different_directories_is_refused(tmp_path):
@@ -39,7 +41,11 @@ def key(tmp_path):
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
 def test_a_key_others_may_read_is_refused_with_the_chmod(tmp_path, key, mode):
     os.chmod(key, mode)
-    one_error(piml(tmp_path, "init", "p", "--node", "pi1=10.0.0.1", "--ssh-key", str(key)), "others may read", f"chmod 600 {key}")
+    one_error(
+        piml(tmp_path, "init", "p", "--node", "pi1=10.0.0.1", "--ssh-key", str(key)),
+        "others may read",
+        f"chmod 600 {key}",
+    )
     assert not (tmp_path / "p").exists()
 
 
@@ -49,13 +55,19 @@ def test_a_key_that_is_no_file_is_refused(tmp_path, special):
     assert not (tmp_path / "p").exists()
 
 
-@pytest.mark.parametrize("junk", [b"", b"junk\n", b"-----BEGIN OPENSSH PRIVATE KEY-----\nnope\n-----END OPENSSH PRIVATE KEY-----\n"])
+@pytest.mark.parametrize(
+    "junk", [b"", b"junk\n", b"-----BEGIN OPENSSH PRIVATE KEY-----\nnope\n-----END OPENSSH PRIVATE KEY-----\n"]
+)
 def test_a_junk_project_key_is_not_silently_kept(tmp_path, junk):
     assert piml(tmp_path, "init", "p", "--node", "pi1=10.0.0.1").returncode == 0
     inventory = (tmp_path / "p/inventory/hosts.yml").read_bytes()
     key = tmp_path / "p/.piml/id_ed25519"
     key.write_bytes(junk)  # the .pub beside it is still good: it must not vouch for the private key
-    line = one_error(piml(tmp_path, "init", "p", "--node", "pi2=10.0.0.2", "--force"), str(key.relative_to(tmp_path)), "not a private key")
+    line = one_error(
+        piml(tmp_path, "init", "p", "--node", "pi2=10.0.0.2", "--force"),
+        str(key.relative_to(tmp_path)),
+        "not a private key",
+    )
     assert "move it away" in line
     assert (tmp_path / "p/inventory/hosts.yml").read_bytes() == inventory and key.read_bytes() == junk
 
@@ -67,24 +79,56 @@ def test_every_force_keeps_the_inventory_it_replaces(tmp_path):
             contents.append((tmp_path / "p/inventory/hosts.yml").read_text())
         args = ["init", "p", "--node", f"pi1=10.0.0.{number}"] + (["--force"] if number > 1 else [])
         assert piml(tmp_path, *args).returncode == 0
-    kept = [(tmp_path / "p/inventory" / name).read_text() for name in ("hosts.yml.bak", "hosts.yml.bak.2", "hosts.yml.bak.3")]
+    kept = [
+        (tmp_path / "p/inventory" / name).read_text()
+        for name in ("hosts.yml.bak", "hosts.yml.bak.2", "hosts.yml.bak.3")
+    ]
     assert kept == contents  # the first inventory is still there after the third --force
 
 
 @pytest.fixture
 def project(tmp_path):
-    assert piml(tmp_path, "init", "p", "--node", "pi1=10.0.0.1", "--node", "pi2=10.0.0.2", "--model", "pi5", "--memory-gb", "8").returncode == 0
+    assert (
+        piml(
+            tmp_path,
+            "init",
+            "p",
+            "--node",
+            "pi1=10.0.0.1",
+            "--node",
+            "pi2=10.0.0.2",
+            "--model",
+            "pi5",
+            "--memory-gb",
+            "8",
+        ).returncode
+        == 0
+    )
     return tmp_path / "p"
 
 
-@pytest.mark.parametrize("settings, words", [
-    ("mlflow:\n  resources: {requests: {cpu: '2'}, limits: {cpu: 500m}}\n", ("piml.yaml:", "mlflow.resources", "requests.cpu 2", "limits.cpu 500m")),
-    ("dask:\n  worker: {requests: {memory: 3Gi}, limits: {memory: 1Gi}}\n", ("dask.worker", "requests.memory 3Gi")),
-    ("dask:\n  worker: {requests: {memory: 900Ti}}\n", ("dask.worker", "do not fit")),
-    ("mlflow:\n  resources: {requests: {memory: 900Ti}}\n", ("mlflow", "does not fit")),
-    ("ray:\n  worker: {requests: {memory: 20Gi}}\n", ("ray.worker", "fits on no node")),
-    ("queue:\n  resources: {requests: {cpu: '64'}}\n", ("queue.resources", "fits on no node")),
-], ids=["requests-above-limits", "worker-requests-above-limits", "900Ti-worker", "900Ti-mlflow", "ray-worker-too-big", "queue-job-too-big"])
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        (
+            "mlflow:\n  resources: {requests: {cpu: '2'}, limits: {cpu: 500m}}\n",
+            ("piml.yaml:", "mlflow.resources", "requests.cpu 2", "limits.cpu 500m"),
+        ),
+        ("dask:\n  worker: {requests: {memory: 3Gi}, limits: {memory: 1Gi}}\n", ("dask.worker", "requests.memory 3Gi")),
+        ("dask:\n  worker: {requests: {memory: 900Ti}}\n", ("dask.worker", "do not fit")),
+        ("mlflow:\n  resources: {requests: {memory: 900Ti}}\n", ("mlflow", "does not fit")),
+        ("ray:\n  worker: {requests: {memory: 20Gi}}\n", ("ray.worker", "fits on no node")),
+        ("queue:\n  resources: {requests: {cpu: '64'}}\n", ("queue.resources", "fits on no node")),
+    ],
+    ids=[
+        "requests-above-limits",
+        "worker-requests-above-limits",
+        "900Ti-worker",
+        "900Ti-mlflow",
+        "ray-worker-too-big",
+        "queue-job-too-big",
+    ],
+)
 @pytest.mark.parametrize("command", ["plan", "render"])
 def test_sizes_no_cluster_could_run_are_refused(project, settings, words, command):
     with open(project / "piml.yaml", "a") as handle:

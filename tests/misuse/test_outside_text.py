@@ -3,9 +3,24 @@ markup in it is not interpreted and terminal escapes are removed (issue 16)."""
 
 from __future__ import annotations
 
+import pytest
+
 from piml.output import terminal_safe
 
-HOSTILE = "os [bold]Debian[/bold] \x1b[2J\x1b]0;owned\x07\x1b]8;;http://evil.example/\x1b\\link\x1b]8;;\x1b\\ \x9b31mred\r"
+HOSTILE = (
+    "os [bold]Debian[/bold] \x1b[2J\x1b]0;owned\x07\x1b]8;;http://evil.example/\x1b\\link\x1b]8;;\x1b\\ \x9b31mred\r"
+)
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """One line per row, whatever the terminal (or a test worker's) width, so the words are not folded apart."""
+    from piml import output
+
+    monkeypatch.setenv("COLUMNS", "300")
+    output.console.cache_clear()
+    yield
+    output.console.cache_clear()
 
 
 def assert_shown_as_text(text: str) -> None:

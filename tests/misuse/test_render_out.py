@@ -16,8 +16,14 @@ from tests.misuse import one_error
 
 
 def piml(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "piml", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "piml", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -49,14 +55,18 @@ def test_blank_out(project, blank):
     assert snapshot(project) == before
 
 
-@pytest.mark.parametrize("where", [
-    "/proc/piml-render-test",  # the kernel's file system: no directories made there
-    "/proc/self/piml-render-test",
-    "/dev/full/manifests",  # below a device
-    "piml.yaml/manifests",  # below a plain file
-    "x" * 300,  # a name too long for the file system
-    "deep/" + "y" * 300 + "/m",
-], ids=["proc", "proc-self", "below-a-device", "below-a-file", "name-too-long", "part-too-long"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "/proc/piml-render-test",  # the kernel's file system: no directories made there
+        "/proc/self/piml-render-test",
+        "/dev/full/manifests",  # below a device
+        "piml.yaml/manifests",  # below a plain file
+        "x" * 300,  # a name too long for the file system
+        "deep/" + "y" * 300 + "/m",
+    ],
+    ids=["proc", "proc-self", "below-a-device", "below-a-file", "name-too-long", "part-too-long"],
+)
 def test_unwritable_out(project, where):
     before = snapshot(project)
     one_error(piml("render", "--out", where, cwd=project), "--out")

@@ -67,8 +67,11 @@ def test_select_nodes_blank_is_an_error_none_is_all():
     from piml.inventory import Node, Role
     from piml.reach import select_nodes
 
-    nodes = [Node(name="s1", address="127.0.0.1", role=Role.SERVER), Node(name="a1", address="127.0.0.2", role=Role.AGENT),
-             Node(name="mac", address="127.0.0.3", role=Role.EXTERNAL)]
+    nodes = [
+        Node(name="s1", address="127.0.0.1", role=Role.SERVER),
+        Node(name="a1", address="127.0.0.2", role=Role.AGENT),
+        Node(name="mac", address="127.0.0.3", role=Role.EXTERNAL),
+    ]
     assert select_nodes(nodes, None) == nodes
     assert [n.name for n in select_nodes(nodes, " a1 , server")] == ["s1", "a1"]  # inventory order
     assert [n.name for n in select_nodes(nodes, None, k3s_only=True)] == ["s1", "a1"]
@@ -89,12 +92,15 @@ def test_run_playbook_never_hands_ansible_a_limit_wider_than_its_hosts(monkeypat
     from piml.ansible.runner import run_playbook
 
     cluster = SimpleNamespace(paths=SimpleNamespace(root=tmp_path, state=tmp_path, inventory=tmp_path / "hosts.yml"))
-    monkeypatch.setattr(ansible_runner, "run", lambda **kw: pytest.fail(f"ansible ran with --limit {kw.get('limit')!r}"))
+    monkeypatch.setattr(
+        ansible_runner, "run", lambda **kw: pytest.fail(f"ansible ran with --limit {kw.get('limit')!r}")
+    )
     result = run_playbook(cluster, "teardown.yml", hosts, {})
     assert not result.ok and "not run" in result.error
 
 
 # -- 2. a teardown that could not reach a node fails ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("limit", [None, "a1"])
 def test_teardown_k3s_fails_when_nodes_are_unreachable(rack, limit):
@@ -116,6 +122,7 @@ def test_teardown_k3s_fails_when_nodes_are_unreachable(rack, limit):
 
 # -- 3. --purge with --k3s -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("limit", [None, "a1"])
 def test_teardown_purge_with_k3s_is_refused(rack, limit):
     (rack.root / ".piml/kubeconfig").write_text(OTHER_KUBECONFIG)
@@ -126,6 +133,7 @@ def test_teardown_purge_with_k3s_is_refused(rack, limit):
 
 
 # -- 4. KUBECONFIG that is not a kubeconfig file, noticed before the play ----------------------------------------
+
 
 @pytest.mark.parametrize("command", [("teardown", "--k3s", "--yes"), ("up",)], ids=" ".join)
 @pytest.mark.parametrize("kind", ["directory", "fifo", "not yaml", "a list"])
@@ -147,8 +155,20 @@ def test_a_kubeconfig_that_is_not_a_file_is_refused_before_any_node_is_touched(r
 
 # -- 5. blank stages, nonsense intervals ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [("--only", ""), ("--only", " "), ("--only", ","), ("--from", ""), ("--until", " "),
-                                  ("--from", "k3s,platform"), ("--until", "prepare,k3s")], ids=repr)
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--only", ""),
+        ("--only", " "),
+        ("--only", ","),
+        ("--from", ""),
+        ("--until", " "),
+        ("--from", "k3s,platform"),
+        ("--until", "prepare,k3s"),
+    ],
+    ids=repr,
+)
 def test_up_refuses_blank_or_several_stages(rack, args):
     out = rack.piml("up", *args)
     assert_usage_error(out, args[0])

@@ -16,7 +16,9 @@ PIPE_BOUND = 10 + 10  # piml.yamlsrc.PIPE_WAIT_S, and Python's start
 
 def run(cwd, *args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "piml", *args], cwd=cwd, capture_output=True, text=True, input="", timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "piml", *args], cwd=cwd, capture_output=True, text=True, input="", timeout=timeout
+    )
     return result, time.monotonic() - start
 
 
@@ -45,7 +47,7 @@ def test_a_fed_fifo_is_read_like_a_file(rack):
         time.sleep(1)  # the writer comes after piml has opened the pipe
         with open(fifo, "wb") as handle:
             for start in range(0, len(text), 64):  # in pieces, as a pipe delivers them
-                handle.write(text[start:start + 64])
+                handle.write(text[start : start + 64])
                 handle.flush()
                 time.sleep(0.01)
 

@@ -28,8 +28,14 @@ def _capped() -> None:
 
 def run_capped(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "piml", *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=TIME_CAP, preexec_fn=_capped)
+    out = subprocess.run(
+        [sys.executable, "-m", "piml", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIME_CAP,
+        preexec_fn=_capped,
+    )
     return out, time.monotonic() - start
 
 
@@ -92,12 +98,16 @@ def test_aliases_of_a_long_text(project):
     assert_one_located_error(out, seconds, "piml.yaml:3:", "MiB of text")
 
 
-@pytest.mark.parametrize("text", [
-    "a: " + "[" * 200_000 + "]" * 200_000 + "\n",
-    "a: " + "{a: " * 50_000 + "1" + "}" * 50_000 + "\n",
-    "".join("  " * i + f"k{i}:\n" for i in range(800)),
-    "".join("  " * i + "-\n" for i in range(800)),
-], ids=["flow-lists", "flow-maps", "block-maps", "block-lists"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: " + "[" * 200_000 + "]" * 200_000 + "\n",
+        "a: " + "{a: " * 50_000 + "1" + "}" * 50_000 + "\n",
+        "".join("  " * i + f"k{i}:\n" for i in range(800)),
+        "".join("  " * i + "-\n" for i in range(800)),
+    ],
+    ids=["flow-lists", "flow-maps", "block-maps", "block-lists"],
+)
 def test_deep_nesting(project, text):
     (project / "piml.yaml").write_text(text)
     out, seconds = run_capped("inventory", "check", cwd=project)
@@ -130,11 +140,13 @@ def test_a_wide_file(project):
 
 def test_ordinary_aliases_and_merge_keys_still_work(tmp_path):
     """What Ansible inventories really do with anchors is far inside the bounds."""
-    text = ("k3s_cluster:\n  children:\n    server:\n      hosts:\n"
-            "        pi1: &pi {ansible_host: 198.18.0.11, piml_labels: &labels {disk: nvme, zone: a}}\n"
-            "    agent:\n      hosts:\n"
-            "        pi2: {<<: *pi, ansible_host: 198.18.0.12}\n"
-            "        pi3: {ansible_host: 198.18.0.13, piml_labels: *labels}\n")
+    text = (
+        "k3s_cluster:\n  children:\n    server:\n      hosts:\n"
+        "        pi1: &pi {ansible_host: 198.18.0.11, piml_labels: &labels {disk: nvme, zone: a}}\n"
+        "    agent:\n      hosts:\n"
+        "        pi2: {<<: *pi, ansible_host: 198.18.0.12}\n"
+        "        pi3: {ansible_host: 198.18.0.13, piml_labels: *labels}\n"
+    )
     (tmp_path / "hosts.yml").write_text(text)
     out, _ = run_capped("inventory", "show", "--json", "-i", "hosts.yml", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -10,7 +10,7 @@ unless PIML_SKIP_NODE_TESTS=1 is set, in which case they skip.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytest
 

@@ -36,8 +36,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 # --------------------------------------------------------------------------------------------------
 # Constants
@@ -480,14 +480,14 @@ class Substrate:
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
-    def __enter__(self) -> "Substrate":
+    def __enter__(self) -> Substrate:
         return self
 
     def __exit__(self, *exc) -> None:
         self.teardown()
 
     @classmethod
-    def load(cls, instance: int, log=_log) -> "Substrate":
+    def load(cls, instance: int, log=_log) -> Substrate:
         """Re-attach to nodes another process brought up (the CLI's `up`)."""
         sub = cls(instance=instance, log=log)
         state = sub.run_dir / "state.json"
@@ -590,7 +590,7 @@ class Substrate:
             self._spawn(n)
         errors = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as ex:
-            for n, fut in [(n, ex.submit(self.wait_ssh, n)) for n in nodes]:
+            for fut in [ex.submit(self.wait_ssh, n) for n in nodes]:
                 try:
                     fut.result()
                 except SubstrateError as e:

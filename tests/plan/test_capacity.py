@@ -13,8 +13,7 @@ import yaml
 from piml.config import PimlConfig
 from piml.facts.model import NodeFacts
 from piml.inventory import load_inventory
-from piml.plan import make_plan
-from piml.plan import capacity, sizes
+from piml.plan import capacity, make_plan, sizes
 from piml.plan.quantities import cpu_m, memory_mi
 from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform

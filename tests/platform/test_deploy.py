@@ -24,7 +24,7 @@ def test_applies_in_dependency_order(project, kubeapi):
     charts = [position["apply", "HelmChart", n] for n in ("kuberay-operator", "keda")]
     crd = position["established", "CustomResourceDefinition", "rayclusters.ray.io"]
     raycluster = position["apply", "RayCluster", "ray"]
-    namespaced = [i for (what, kind, ns, _), i in zip(history, range(len(history))) if what == "apply" and ns == "piml"]
+    namespaced = [i for i, (what, kind, ns, _) in enumerate(history) if what == "apply" and ns == "piml"]
     assert namespace < min(charts) and namespace < min(namespaced)
     assert max(charts) < crd < raycluster  # the RayCluster only once its CRD is Established
 

@@ -3,8 +3,8 @@
 import json
 
 from piml.kube.deploy import deploy
-
-from tests.platform.conftest import FAST, LOOPBACK_INVENTORY as INVENTORY
+from tests.platform.conftest import FAST
+from tests.platform.conftest import LOOPBACK_INVENTORY as INVENTORY
 
 
 def test_status_shows_cluster_components_and_urls(piml, project, kubeapi):

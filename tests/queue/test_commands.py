@@ -11,9 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.queue.helpers import assert_no_secrets, run_piml, run_runner, start_runner
-
 from piml.errors import PimlError
+from tests.queue.helpers import assert_no_secrets, run_piml, run_runner, start_runner
 
 
 def test_submit_and_jobs_with_queue_url(broker, redis_server, runner_env, registered_model, dataset, tmp_path):

@@ -7,9 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from tests.queue.helpers import assert_no_secrets, held_dataset, kill_runner_mid_request, run_piml, run_runner
-
 from piml.queue import make_request
+from tests.queue.helpers import assert_no_secrets, held_dataset, kill_runner_mid_request, run_piml, run_runner
 
 
 @pytest.fixture

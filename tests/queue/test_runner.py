@@ -12,9 +12,8 @@ from functools import partial
 import pandas as pd
 import pytest
 
-from tests.queue.helpers import assert_no_secrets, held_dataset, kill_runner_mid_request, run_runner
-
 from piml.queue import make_request
+from tests.queue.helpers import assert_no_secrets, held_dataset, kill_runner_mid_request, run_runner
 
 
 def predictions_of(run_id: str, name: str, tmp_path) -> pd.DataFrame:
@@ -131,7 +130,7 @@ def test_unknown_model_and_unreadable_dataset_are_dead_lettered_after_retries(br
     assert jobs[missing.id]["error"] == f"input: no such file {tmp_path / 'missing.csv'}"
     letters = broker.dead_letters()
     assert {letter["id"] for letter in letters} == set(jobs) and all(letter["attempts"] == 3 for letter in letters)
-    assert json.loads(next(l for l in letters if l["id"] == unknown.id)["message"])["model"] == unknown.model
+    assert json.loads(next(letter for letter in letters if letter["id"] == unknown.id)["message"])["model"] == unknown.model
 
 
 def test_killed_runner_request_is_taken_again_and_succeeds(broker, runner_env, registered_model, dataset, tmp_path):

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from piml.config import PimlConfig
 from piml.inventory import Node, Role
 from piml.preflight import preflight
-from piml.config import PimlConfig
 from piml.reach import reach
 
 

@@ -14,9 +14,9 @@ import yaml
 
 from piml.config import PimlConfig
 from piml.errors import InputError
+from piml.inventory import load_inventory
 from piml.plan import make_plan
 from piml.project import Cluster, ProjectPaths
-from piml.inventory import load_inventory
 from piml.render import render_platform
 from piml.secrets import load_or_create
 from tests.podspecs import pod_specs

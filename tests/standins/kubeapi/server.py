@@ -158,7 +158,7 @@ class FakeKubeAPI:
 
     # ---- what tests call -------------------------------------------------------------------------
 
-    def start(self) -> "FakeKubeAPI":
+    def start(self) -> FakeKubeAPI:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -192,7 +192,7 @@ class FakeKubeAPI:
         assert fault in FAULTS, fault
         with self._lock:
             self.faults[owner] = Fault(fault, list(logs or []))
-            for (plural, ns, name), obj in list(self.objects.items()):
+            for (plural, _, name), obj in list(self.objects.items()):
                 if plural in ("deployments", "rayclusters") and name == owner:
                     self._sync_pods(obj)
 
@@ -622,8 +622,8 @@ class FakeKubeAPI:
         for pod, why in unschedulable:  # as the scheduler leaves it: Pending, PodScheduled False, an event
             pod["status"] = {"phase": "Pending", "conditions": [
                 {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}]}
-            self._event(pod, "FailedScheduling", why + " preemption: 0/%d nodes are available: %d Preemption is not "
-                        "helpful for scheduling." % (len(self._nodes()), len(self._nodes())))
+            self._event(pod, "FailedScheduling", why + f" preemption: 0/{len(self._nodes())} nodes are available: {len(self._nodes())} Preemption is not "
+                        "helpful for scheduling.")
         if fault:
             for pod in created:
                 self._apply_fault(pod, fault)

@@ -18,7 +18,7 @@ import socket
 import struct
 import subprocess
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from tests.standins.kubeapi.websocket import WebSocket
 

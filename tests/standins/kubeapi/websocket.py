@@ -46,7 +46,7 @@ def choose_protocol(headers, supported: tuple[str, ...]) -> str | None:
     return next((p for p in offered if p in supported), None)
 
 
-def accept(handler, protocol: str) -> "WebSocket":
+def accept(handler, protocol: str) -> WebSocket:
     """Answer 101 on a BaseHTTPRequestHandler; from then on its connection speaks WebSocket frames."""
     handler.send_response(101, "Switching Protocols")
     handler.send_header("Upgrade", "websocket")
