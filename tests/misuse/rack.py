@@ -36,19 +36,21 @@ current-context: other
 """
 
 
-class Tripwire:
-    """A listener on a loopback address that accepts a connection, counts it and closes it at once."""
+class LoopbackListener:
+    """A listener on a loopback address (a free port) whose thread hands every connection to `handle`."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str = "127.0.0.1"):
         self.sock = socket.socket()
         self.sock.bind((address, 0))
-        self.sock.listen(16)
+        self.sock.listen(128)
         self.sock.settimeout(0.2)
         self.address, self.port = self.sock.getsockname()
-        self.knocks = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name=f"tripwire-{address}", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"{type(self).__name__}-{address}", daemon=True)
         self._thread.start()
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.close()
 
     def _serve(self) -> None:
         while not self._stop.is_set():  # bounded: close() sets it, and accept() wakes every 0.2 s
@@ -58,13 +60,22 @@ class Tripwire:
                 continue
             except OSError:
                 return
-            self.knocks += 1
-            conn.close()
+            self.handle(conn)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+class Tripwire(LoopbackListener):
+    """Accepts a connection, counts it and closes it at once."""
+
+    knocks = 0
+
+    def handle(self, conn: socket.socket) -> None:
+        self.knocks += 1
+        conn.close()
 
 
 class Rack:

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tests.misuse import one_error
+from tests.misuse.rack import LoopbackListener
 from tests.queue.helpers import free_port, wait_for
 
 REQUEST_BOUND = 15  # piml.kube.client.REQUEST_TIMEOUT; one retry on a dropped connection doubles it
@@ -39,36 +40,20 @@ current-context: default
 """
 
 
-class HalfDeadServer:
+class HalfDeadServer(LoopbackListener):
     """Accepts every connection and never sends a byte: an API server whose process hangs."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():  # bounded: close() sets it, accept() wakes every 0.2 s
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.held.append(conn)
+    def handle(self, conn: socket.socket) -> None:
+        self.held.append(conn)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
+        super().close()
         for conn in self.held:
             conn.close()
-        self.sock.close()
 
 
 def run_all(
@@ -197,8 +182,8 @@ def own_redis(tmp_path):
         proc.wait(10)
 
 
-def test_the_broker_killed_during_submit_wait_is_one_line(rack, own_redis):
-    proc, url, _ = own_redis
+def submit_waiting_then(rack, url: str, interrupt) -> tuple[str, subprocess.CompletedProcess]:
+    """`piml submit --wait` on a broker no runner serves; once it has queued and waited a moment, `interrupt()`."""
     waiting = subprocess.Popen(
         [
             sys.executable,
@@ -219,18 +204,22 @@ def test_the_broker_killed_during_submit_wait_is_one_line(rack, own_redis):
         text=True,
     )
     try:
-        request_id = waiting.stdout.readline().strip()  # printed once queued; no runner takes it
+        request_id = waiting.stdout.readline().strip()  # printed once queued
         assert request_id, waiting.stderr.read() if waiting.poll() is not None else "no id"
         time.sleep(1.5)
-        proc.send_signal(signal.SIGKILL)
+        interrupt(waiting)
         out, err = waiting.communicate(timeout=60)
     finally:
         if waiting.poll() is None:
             waiting.kill()
-    result = subprocess.CompletedProcess(waiting.args, waiting.returncode, out, err)
-    said = out + err
-    assert waiting.returncode == 1, said
-    assert "Traceback" not in said and "internal error" not in said, said
+    assert "Traceback" not in out + err and "internal error" not in out + err, out + err
+    return request_id, subprocess.CompletedProcess(waiting.args, waiting.returncode, out, err)
+
+
+def test_the_broker_killed_during_submit_wait_is_one_line(rack, own_redis):
+    broker, url, _ = own_redis
+    request_id, result = submit_waiting_then(rack, url, lambda _: broker.send_signal(signal.SIGKILL))
+    assert result.returncode == 1, result.stdout + result.stderr
     line = last_error(result)
     assert "broker went away" in line and request_id in line, line
 
@@ -288,22 +277,7 @@ def test_values_that_cannot_be_right_are_refused_before_the_broker_is_reached(ra
 def test_ctrl_c_while_submit_waits_leaves_the_request_queued(rack, own_redis):
     """Mid-work SIGINT: one word, exit 130, and the request is still there for `piml jobs` (nothing lost)."""
     _, url, client = own_redis
-    waiting = subprocess.Popen(
-        [sys.executable, "-m", "piml", "submit", "models:/iris/1", "/data/iris.csv", "--wait", "--queue-url", url],
-        cwd=rack.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        request_id = waiting.stdout.readline().strip()
-        time.sleep(1.5)
-        waiting.send_signal(signal.SIGINT)
-        out, err = waiting.communicate(timeout=30)
-    finally:
-        if waiting.poll() is None:
-            waiting.kill()
-    assert waiting.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", (waiting.returncode, err)
-    assert "Traceback" not in out + err
+    request_id, result = submit_waiting_then(rack, url, lambda waiting: waiting.send_signal(signal.SIGINT))
+    assert result.returncode == 130 and result.stderr.strip().splitlines()[-1] == "interrupted", result
     assert client.hget(f"piml:job:{request_id}", "state") == b"queued"
     assert client.llen("piml:queue") == 1

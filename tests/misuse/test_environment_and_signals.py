@@ -4,16 +4,17 @@ file system, Ctrl-C at start-up, and nodes whose SSH server accepts and then han
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from tests.misuse import one_error
+from tests.misuse.rack import LoopbackListener
 
 
 def clean(result: subprocess.CompletedProcess) -> str:
@@ -44,38 +45,32 @@ def test_odd_environments_still_print(rack, env, command):
     assert result.returncode == (2 if command[0] == "jobs" else 0), result.stdout + result.stderr
 
 
-def test_status_watch_without_a_terminal_appends_each_refresh(rack):
-    """Piped or logged, `status --watch` prints a stamped block per refresh (rich's live view would print nothing)."""
+def watch_then_ctrl_c(rack, *args: str, seconds: float) -> tuple[int, str, str]:
+    """`piml status --watch --interval 1 ARGS` with stdout a pipe, interrupted after `seconds`."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "piml", "status", "--watch", "--interval", "1"],
+        [sys.executable, "-m", "piml", "status", "--watch", "--interval", "1", *args],
         cwd=rack.root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=rack.env(),
     )
-    time.sleep(6)
+    time.sleep(seconds)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert "Traceback" not in out + err
+    return proc.returncode, out, err
+
+
+def test_status_watch_without_a_terminal_appends_each_refresh(rack):
+    """Piped or logged, `status --watch` prints a stamped block per refresh (rich's live view would print nothing)."""
+    code, out, err = watch_then_ctrl_c(rack, seconds=6)
     assert out.count("--- ") >= 2 and out.count("s1") >= 2, out + err
-    assert proc.returncode == 1  # the tripwire nodes are not healthy
+    assert code == 1  # the tripwire nodes are not healthy
 
 
 def test_status_watch_json_is_one_object_a_line(rack):
-    import json
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "piml", "status", "--watch", "--json", "--interval", "1"],
-        cwd=rack.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=rack.env(),
-    )
-    time.sleep(5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    code, out, err = watch_then_ctrl_c(rack, "--json", seconds=5)
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) >= 2 and all({"at", "nodes", "cluster"} <= set(line) for line in lines), out + err
 
@@ -130,45 +125,26 @@ def test_a_path_too_long_is_one_line(rack, args):
     assert "too long" in line.lower() or "no such" in line.lower() or "not found" in line.lower(), line
 
 
-class HangingSSH:
+class HangingSSH(LoopbackListener):
     """A loopback SSH "server" that accepts, and then: `banner` sends an OpenSSH banner and hangs up on the
     client's; `garbage` answers the banner with junk packets; `silent` closes at once."""
 
     def __init__(self, mode: str):
         self.mode = mode
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                conn.settimeout(5)
-                if self.mode in ("banner", "garbage"):
-                    conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
-                    conn.recv(4096)
-                if self.mode == "garbage":
-                    conn.sendall(b"\x00\x00\x01\x00garbage-garbage" * 4)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
+    def handle(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(5)
+            if self.mode in ("banner", "garbage"):
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+                conn.recv(4096)
+            if self.mode == "garbage":
+                conn.sendall(b"\x00\x00\x01\x00garbage-garbage" * 4)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
 
 @pytest.mark.parametrize("mode", ["banner", "garbage", "silent"])
