@@ -38,9 +38,34 @@ class ProjectPaths:
     def config(self) -> Path:
         return self.root / CONFIG
 
+    # Every file under .piml/ is named here, and only here.
     @property
     def state(self) -> Path:
         return self.root / STATE_DIR
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The cluster's kubeconfig, written by `piml up`'s kubeconfig stage (0600)."""
+        return self.state / "kubeconfig"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state / "known_hosts"
+
+    @property
+    def secrets(self) -> Path:
+        """The platform's passwords and tokens (0600; piml.secrets)."""
+        from piml.secrets import SECRETS_FILE
+
+        return self.state / SECRETS_FILE
+
+    @property
+    def k3s_token(self) -> Path:
+        return self.state / "k3s-token"
+
+    @property
+    def wifi_passphrase(self) -> Path:
+        return self.state / "wifi-passphrase"
 
     def show(self, path: Path) -> str:
         """`path` as the user will recognise it: relative to the working directory when under it."""

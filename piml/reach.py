@@ -81,7 +81,7 @@ def reach(cluster: Cluster, nodes: list[Node], accept_new_host_keys: bool, conne
     from piml.ssh.fleet import Timeouts
     from piml.ssh.hostkeys import KnownHosts
 
-    known = KnownHosts(cluster.paths.state / "known_hosts", accept_new=accept_new_host_keys)
+    known = KnownHosts(cluster.paths.known_hosts, accept_new=accept_new_host_keys)
     timeouts = Timeouts(connect=connect_timeout, command=60.0)
     inside = [n for n in nodes if n.role is not Role.EXTERNAL]
     outside = [n for n in nodes if n.role is Role.EXTERNAL]

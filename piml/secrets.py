@@ -26,10 +26,13 @@ USER_GIVEN = {"mlflow_backend_password": "PIML_MLFLOW_BACKEND_PASSWORD",
               "mlflow_s3_secret_key": "PIML_MLFLOW_S3_SECRET_KEY"}
 
 
+SECRETS_FILE = "secrets.yaml"  # in the project's .piml/ (piml.project.ProjectPaths.secrets)
+
+
 def load_or_create(state_dir: Path) -> dict[str, str]:
     """The project's secrets, creating any that are missing (existing ones are never changed), and the
     user-given ones that are set (environment first)."""
-    path = Path(state_dir) / "secrets.yaml"
+    path = Path(state_dir) / SECRETS_FILE
     current = yaml.safe_load(path.read_text()) if path.exists() else {}
     current = current if isinstance(current, dict) else {}
     missing = [n for n in NAMES if not current.get(n)]

@@ -127,7 +127,7 @@ def run_playbook(cluster: Cluster, playbook: str, hosts: list[str], extravars: d
         bin_dir = os.path.dirname(sys.executable)
         env = {
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "ANSIBLE_SSH_ARGS": ssh_args(cluster.paths.state / "known_hosts", control_dir(cluster)),
+            "ANSIBLE_SSH_ARGS": ssh_args(cluster.paths.known_hosts, control_dir(cluster)),
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             "ANSIBLE_PIPELINING": "True",
             "ANSIBLE_FORKS": str(max(5, min(50, len(hosts)))),

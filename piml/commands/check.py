@@ -56,7 +56,7 @@ def _platform_checks(cluster: Cluster, deep: bool) -> list[Result]:
     from piml.health.result import FAIL, Result
     from piml.kube.client import connect
 
-    kubeconfig = cluster.paths.state / "kubeconfig"
+    kubeconfig = cluster.paths.kubeconfig
     try:
         kube = connect(kubeconfig, cluster.paths.show(kubeconfig))
     except PimlError as exc:

@@ -131,7 +131,7 @@ def run_status(project: Path | None, inventory: Path | None, limit: str | None, 
                                  "give the seconds between refreshes, e.g. --interval 5"))
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     nodes = select_nodes(cluster.inventory.nodes, limit)
-    kubeconfig = cluster.paths.state / "kubeconfig"  # written by `piml up`'s kubeconfig stage
+    kubeconfig = cluster.paths.kubeconfig  # written by `piml up`'s kubeconfig stage
 
     def snapshot() -> tuple[list[dict], dict | None]:
         """Nodes over SSH and the cluster over its API, at the same time."""

@@ -33,7 +33,7 @@ def open_broker(project: Path | None, inventory: Path | None, queue_url: str | N
     if not cluster.config.queue.enabled:
         raise InputError(Problem(cluster.paths.show(cluster.paths.config), "the queue is switched off (queue.enabled: false)",
                                  "switch it on and run `piml up`, or pass --queue-url"))
-    tunnel = open_tunnel(cluster.paths.state / "kubeconfig", cluster.config.namespace, cluster.config.queue.kind)
+    tunnel = open_tunnel(cluster.paths.kubeconfig, cluster.config.namespace, cluster.config.queue.kind)
     try:
         broker = connect(tunnel.url, password=tunnel.password)
         try:

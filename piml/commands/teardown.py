@@ -62,7 +62,7 @@ def run_teardown(project: Path | None, inventory: Path | None, k3s: bool, yes: b
     servers = {n.name for n in cluster.inventory.servers}
     # k3s is gone from the cluster only when every server's uninstall ran: then the kubeconfig goes too
     if whole and not servers & set(result.failures) and "cluster" not in result.failures:
-        stored = cluster.paths.state / "kubeconfig"
+        stored = cluster.paths.kubeconfig
         if stored.exists():
             stored.unlink()
             notes.append(f"removed {cluster.paths.show(stored)}")
@@ -88,7 +88,7 @@ def run_teardown(project: Path | None, inventory: Path | None, k3s: bool, yes: b
 
 def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
     """Delete the platform; volumes stay unless purge, which wants the project's name typed."""
-    kubeconfig = cluster.paths.state / "kubeconfig"
+    kubeconfig = cluster.paths.kubeconfig
     if not kubeconfig.exists():
         raise InputError(Problem(cluster.paths.show(kubeconfig), "no kubeconfig: there is no cluster piml set up here",
                                  "run it in the project directory (-C DIR), or nothing needs tearing down"))

@@ -159,7 +159,7 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
     from piml.render import render_platform
     from piml.secrets import load_or_create
 
-    kubeconfig = cluster.paths.state / "kubeconfig"
+    kubeconfig = cluster.paths.kubeconfig
     if not kubeconfig.exists():
         raise InputError(Problem(cluster.paths.show(kubeconfig), "no kubeconfig yet", "run the earlier stages first: piml up (or piml up --until kubeconfig)"))
     try:  # which nodes the stateful services' volumes are on: the plan keeps them there (or says why it cannot)

@@ -17,7 +17,6 @@ from piml.flash.firstboot import NodeSetup, Wifi, static_address, wpa_psk
 from piml.project import SSH_KEY, Cluster
 
 PASSPHRASE_ENV = "PIML_WIFI_PASSPHRASE"
-PASSPHRASE_FILE = Path(".piml/wifi-passphrase")
 DEFAULT_USER = "pi"
 
 
@@ -50,7 +49,7 @@ def read_passphrase(cluster: Cluster, ssid: str, ask: Callable[[str], str] | Non
     value = os.environ.get(PASSPHRASE_ENV)
     if value:
         return value
-    path = cluster.paths.root / PASSPHRASE_FILE
+    path = cluster.paths.wifi_passphrase
     if path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -59,7 +58,7 @@ def read_passphrase(cluster: Cluster, ssid: str, ask: Callable[[str], str] | Non
     if ask is not None and sys.stdin.isatty():
         return ask(f"Wi-Fi passphrase for '{ssid}'")
     raise InputError(Problem("piml.yaml flash.wifi_ssid", f"no passphrase for Wi-Fi '{ssid}'",
-                             f"set ${PASSPHRASE_ENV}, or write it to {PASSPHRASE_FILE} (chmod 600), or run in a terminal to be asked"))
+                             f"set ${PASSPHRASE_ENV}, or write it to {cluster.paths.show(path)} (chmod 600), or run in a terminal to be asked"))
 
 
 class SetupFactory:

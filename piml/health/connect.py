@@ -27,7 +27,7 @@ def open_cluster_endpoints(cluster: Cluster) -> Iterator[Endpoints]:
     from piml.queue.tunnel import forward, open_tunnel
     from piml.secrets import load_or_create
 
-    path = cluster.paths.state / "kubeconfig"
+    path = cluster.paths.kubeconfig
     config, namespace = cluster.config, cluster.config.namespace
     api = core_api(path, cluster.paths.show(path))
     endpoints = Endpoints()

@@ -52,7 +52,7 @@ def node_checks(cluster: Cluster, nodes: Iterable[Node], *, timeout: float = 20.
     nodes = list(nodes)
     if not nodes:
         return []
-    known_hosts = cluster.paths.state / "known_hosts"
+    known_hosts = cluster.paths.known_hosts
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(nodes))) as pool:
         per_node = list(pool.map(lambda node: _check_node(node, known_hosts, timeout), nodes))
     return [row for rows in per_node for row in rows]

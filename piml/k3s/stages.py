@@ -161,7 +161,7 @@ def kubeconfig_stage(cluster: Cluster, merge: bool, show: bool) -> StageResult:
     started = time.monotonic()
     result = StageResult("kubeconfig")
     first = cluster.inventory.servers[0]
-    known = KnownHosts(cluster.paths.state / "known_hosts", accept_new=False)
+    known = KnownHosts(cluster.paths.known_hosts, accept_new=False)
     with Fleet([first], known, Timeouts(connect=10.0, command=30.0)) as fleet:
         answer = fleet.run(f"cat {K3S_YAML}", sudo=True)[first.name]
     if not answer.ok:
@@ -172,7 +172,7 @@ def kubeconfig_stage(cluster: Cluster, merge: bool, show: bool) -> StageResult:
         return result
     port = cluster.inventory.k3s_vars.api_port
     ours = kc.for_project(answer.value.stdout, cluster.name, kc.server_url(cluster.inventory.api_endpoint, port))
-    stored_path = cluster.paths.state / "kubeconfig"
+    stored_path = cluster.paths.kubeconfig
     changed = kc.store(stored_path, kc.dump(ours))
     result.notes.append(f"stored {cluster.paths.show(stored_path)}" + ("" if changed else " (unchanged)"))
     merged_changed = False

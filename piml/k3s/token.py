@@ -11,14 +11,11 @@ from piml.fsutil import make_private_dir, write_atomic
 if TYPE_CHECKING:
     from piml.project import Cluster
 
-TOKEN_FILE = "k3s-token"
-
-
 def cluster_token(cluster: Cluster) -> tuple[str, str]:
     """(token, where it comes from: "inventory" | "generated" | ".piml/k3s-token")."""
     if cluster.inventory.k3s_vars.token:  # a literal: the inventory's check refuses a template or a number
         return cluster.inventory.k3s_vars.token.strip(), "inventory"
-    path = cluster.paths.state / TOKEN_FILE
+    path = cluster.paths.k3s_token
     if path.exists():
         text = path.read_text().strip()
         if text:

@@ -46,7 +46,7 @@ def read_pins(cluster: Cluster, kubeconfig: Path | None = None, request_timeout:
     """Where the platform's existing volumes are, from the cluster in `kubeconfig` (default .piml/kubeconfig).
 
     No kubeconfig: no cluster yet, so nothing is pinned. The API not answering is a PimlError (exit 1)."""
-    kubeconfig = kubeconfig or cluster.paths.state / "kubeconfig"
+    kubeconfig = kubeconfig or cluster.paths.kubeconfig
     if not kubeconfig.is_file():
         return {}
     from piml.kube.client import connect

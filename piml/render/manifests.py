@@ -121,7 +121,7 @@ def _with_mlflow_stores(cluster: Cluster, secrets: dict[str, str] | None) -> dic
     if secrets is None or not mlflow.enabled:
         return secrets
     secrets = dict(secrets)
-    where = cluster.paths.show(cluster.paths.state / "secrets.yaml")
+    where = cluster.paths.show(cluster.paths.secrets)
     if mlflow.backend_uri:
         secrets["mlflow_backend_uri"] = backend_uri(mlflow.backend_uri, secrets.get("mlflow_backend_password"), where)
     if mlflow.artifacts == "s3":

@@ -192,8 +192,10 @@ def wait_crds_then_exec(d: Path, names: list[str], argv: list[str]) -> int:
         missing = [n for n in names if not _established(state["server"], ctx, n)[0]]
         if not missing:
             break
-        msg = (f"waiting for the CRDs {', '.join(missing)} to be Established "
-               "(they come with the HelmChart kuberay-operator)")
+        msg = (
+            f"waiting for the CRDs {', '.join(missing)} to be Established "
+            "(they come with the HelmChart kuberay-operator)"
+        )
         if msg != said:
             print(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), msg, flush=True)
             said = msg

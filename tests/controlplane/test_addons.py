@@ -15,23 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane.test_control_plane import GO, cp
+from tests.controlplane.test_control_plane import GO, cp, until
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = REPO / "tests" / "render" / "scenarios" / "pi5-3x8gb.yml"
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed (needed to build the control plane)")
-
-
-def until(what: str, check, timeout: float, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")

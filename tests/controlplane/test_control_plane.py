@@ -23,7 +23,8 @@ def cp(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
 
 
-def wait_for(what: str, check, timeout: float = 60, every: float = 0.5):
+def until(what: str, check, timeout: float = 60, every: float = 0.25):
+    """`check()`'s first truthy answer, polled; an AssertionError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -95,7 +96,7 @@ def test_two_ready_nodes_as_k3s_labels_them(api):
     assert nodes["node-1"].metadata.labels.get("node-role.kubernetes.io/control-plane") == "true"
     assert "node-role.kubernetes.io/control-plane" not in nodes["node-2"].metadata.labels
     # The real controller-manager gave each node a pod CIDR out of k3s's cluster CIDR.
-    wait_for("pod CIDRs", lambda: all(n.spec.pod_cidr for n in core.list_node(_request_timeout=10).items), 30)
+    until("pod CIDRs", lambda: all(n.spec.pod_cidr for n in core.list_node(_request_timeout=10).items), 30)
 
 
 def _deployment(name: str, extra_container_field: dict | None = None) -> dict:
@@ -177,7 +178,7 @@ def test_deployment_pod_is_scheduled_and_run(api):
             and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
         ]
 
-    pod = wait_for("the Deployment's pod Running and Ready", running, 60)[0]
+    pod = until("the Deployment's pod Running and Ready", running, 60)[0]
     assert pod.spec.node_name in ("node-1", "node-2")
     assert pod.status.pod_ip and pod.status.container_statuses[0].ready
     # Bound by the real scheduler, which says so in an event.
@@ -187,7 +188,7 @@ def test_deployment_pod_is_scheduled_and_run(api):
     assert any(
         e.reason == "Scheduled" and (e.reporting_component or e.source.component) == "default-scheduler" for e in events
     ), [(e.reason, e.source.component, e.reporting_component) for e in events]
-    wait_for(
+    until(
         "the Deployment available",
         lambda: (
             (apps.read_namespaced_deployment("web", "default", _request_timeout=10).status.available_replicas or 0) == 1
@@ -201,7 +202,7 @@ def test_namespace_deletion_goes_terminating_then_gone(api):
 
     core, apps, c = api
     core.create_namespace({"metadata": {"name": "doomed"}}, _request_timeout=10)
-    wait_for(
+    until(
         "default ServiceAccount in the new namespace",
         lambda: any(
             s.metadata.name == "default"
@@ -210,7 +211,7 @@ def test_namespace_deletion_goes_terminating_then_gone(api):
         30,
     )
     assert _apply(c, "doomed", _deployment("web"))[0] in (200, 201)
-    wait_for(
+    until(
         "a pod Running in doomed",
         lambda: [
             p for p in core.list_namespaced_pod("doomed", _request_timeout=10).items if p.status.phase == "Running"
@@ -227,7 +228,7 @@ def test_namespace_deletion_goes_terminating_then_gone(api):
         except ApiException as e:
             return e.status == 404
 
-    wait_for("namespace doomed gone", gone, 90)
+    until("namespace doomed gone", gone, 90)
 
 
 def test_down_leaves_nothing_running(plane):

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.controlplane.test_control_plane import GO, cp
+from tests.controlplane.test_control_plane import GO, cp, until
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "tests" / "render" / "scenarios"
@@ -90,16 +90,6 @@ MIDDLEWARE_CRD = {
 }
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed (needed to build the control plane)")
-
-
-def until(what: str, check, timeout: float, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")
