@@ -90,8 +90,9 @@ def test_run_playbook_never_hands_ansible_a_limit_wider_than_its_hosts(monkeypat
     import ansible_runner
 
     from piml.ansible.runner import run_playbook
+    from piml.project import ProjectPaths
 
-    cluster = SimpleNamespace(paths=SimpleNamespace(root=tmp_path, state=tmp_path, inventory=tmp_path / "hosts.yml"))
+    cluster = SimpleNamespace(paths=ProjectPaths(tmp_path, tmp_path / "hosts.yml"))
     monkeypatch.setattr(
         ansible_runner, "run", lambda **kw: pytest.fail(f"ansible ran with --limit {kw.get('limit')!r}")
     )

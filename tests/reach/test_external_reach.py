@@ -17,6 +17,7 @@ import yaml
 from piml.config import PimlConfig
 from piml.inventory import Node, Role
 from piml.preflight import preflight
+from piml.project import ProjectPaths
 from piml.reach import reach
 
 
@@ -41,7 +42,7 @@ def refused():
 
 
 def test_reach_waits_for_a_silent_ray_external_host_only_a_grace(tmp_path, silent, refused):
-    cluster = SimpleNamespace(paths=SimpleNamespace(state=tmp_path))
+    cluster = SimpleNamespace(paths=ProjectPaths(tmp_path, tmp_path / "inventory" / "hosts.yml"))
     server = Node(name="s1", address="127.0.0.1", port=refused, role=Role.SERVER, user="pi")
     mac = Node(name="macmini", address="127.0.0.2", port=silent, role=Role.EXTERNAL, user="pi")
     started = time.monotonic()
