@@ -45,10 +45,10 @@ def test_odd_environments_still_print(rack, env, command):
     assert result.returncode == (2 if command[0] == "jobs" else 0), result.stdout + result.stderr
 
 
-def watch_then_ctrl_c(rack, *args: str, seconds: float) -> tuple[int, str, str]:
-    """`piml status --watch --interval 1 ARGS` with stdout a pipe, interrupted after `seconds`."""
+def ctrl_c_after(rack, seconds: float, *args: str) -> tuple[int, str, str]:
+    """`piml ARGS` with stdout a pipe, sent SIGINT after `seconds`: (exit code, stdout, stderr), no traceback."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "piml", "status", "--watch", "--interval", "1", *args],
+        [sys.executable, "-m", "piml", *args],
         cwd=rack.root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -58,19 +58,19 @@ def watch_then_ctrl_c(rack, *args: str, seconds: float) -> tuple[int, str, str]:
     time.sleep(seconds)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
-    assert "Traceback" not in out + err
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in err, out + err
     return proc.returncode, out, err
 
 
 def test_status_watch_without_a_terminal_appends_each_refresh(rack):
     """Piped or logged, `status --watch` prints a stamped block per refresh (rich's live view would print nothing)."""
-    code, out, err = watch_then_ctrl_c(rack, seconds=6)
+    code, out, err = ctrl_c_after(rack, 6, "status", "--watch", "--interval", "1")
     assert out.count("--- ") >= 2 and out.count("s1") >= 2, out + err
     assert code == 1  # the tripwire nodes are not healthy
 
 
 def test_status_watch_json_is_one_object_a_line(rack):
-    code, out, err = watch_then_ctrl_c(rack, "--json", seconds=5)
+    code, out, err = ctrl_c_after(rack, 5, "status", "--watch", "--interval", "1", "--json")
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) >= 2 and all({"at", "nodes", "cluster"} <= set(line) for line in lines), out + err
 
@@ -86,23 +86,11 @@ def entry_loaded_after() -> float:
 @pytest.mark.parametrize("factor", [1.5, 3, 6, 12, 24])
 def test_ctrl_c_at_start_up_is_one_word_not_a_traceback(rack, entry_loaded_after, factor):
     """From piml's first line on (typer, rich and the command's imports, then its work), Ctrl-C is one word."""
-    delay = entry_loaded_after * factor
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "piml", "plan"],
-        cwd=rack.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=rack.env(),
-    )
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    code, _, err = ctrl_c_after(rack, entry_loaded_after * factor, "plan")
     # 0: it finished before the signal came; -SIGINT: Python ends itself by the signal after an interrupted
     # import, which a shell shows as 130 too
-    assert proc.returncode in (0, 130, -signal.SIGINT), (proc.returncode, err)
-    if proc.returncode != 0:
+    assert code in (0, 130, -signal.SIGINT), (code, err)
+    if code != 0:
         assert err.strip() == "interrupted", err
 
 
