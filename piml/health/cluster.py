@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from piml.health.result import CheckFailed, Result, timed
+from piml.kube.objects import dig
 from piml.kube.status import component_row, node_row
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ def _node_results(kube: Kube, cluster: Cluster) -> list[Result]:
     found: dict[str, dict] = {}
 
     def listing() -> str:
-        found.update((row["name"], row) for row in (node_row(n) for n in kube.request("GET", "/api/v1/nodes").get("items", [])))
+        nodes = dig(kube.request("GET", "/api/v1/nodes"), "items", default=[])
+        found.update((row["name"], row) for row in (node_row(n) for n in nodes))
         return f"{len(found)} registered"
 
     listed = timed("cluster", "cluster", "nodes", listing)
@@ -82,10 +84,10 @@ def _keda(kube: Kube) -> str:
         if deployment is None:
             raise CheckFailed(f"no {name} Deployment in namespace {KEDA_NAMESPACE}",
                               "see how the KEDA chart install went: kubectl -n kube-system logs job/helm-install-keda")
-        if not (deployment.get("status") or {}).get("availableReplicas"):
+        if not dig(deployment, "status", "availableReplicas"):
             raise CheckFailed(f"{name} has no available replica", f"kubectl -n {KEDA_NAMESPACE} describe deploy/{name}")
     service = kube.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{KEDA_APISERVICE}")
-    conditions = {c.get("type"): c for c in ((service or {}).get("status") or {}).get("conditions", [])}
+    conditions = {c.get("type"): c for c in dig(service, "status", "conditions", default=[])}
     available = conditions.get("Available", {})
     if available.get("status") != "True":
         raise CheckFailed(f"the external metrics API is not available ({available.get('message') or 'no APIService'})",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from piml.errors import Problem
 from piml.kube.client import Kube, KubeError
+from piml.kube.objects import dig
 from piml.plan.quantities import memory_mi
 
 LOG_LINES = 10
@@ -20,7 +21,7 @@ def pod_selector(obj: dict) -> str | None:
     """The label selector of the pods behind a Deployment or a RayCluster."""
     if obj["kind"] == "RayCluster":
         return f"ray.io/cluster={obj['metadata']['name']}"
-    labels = obj.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+    labels = dig(obj, "spec", "selector", "matchLabels", default={})
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None
 
 
@@ -38,15 +39,16 @@ def diagnose(kube: Kube, obj: dict, where: str, waited: float) -> list[Problem]:
 def progress_text(obj: dict) -> str:
     status = obj.get("status") or {}
     if obj["kind"] == "Deployment":
-        want = obj.get("spec", {}).get("replicas", 1)
-        return f"{status.get('availableReplicas', 0)} of {want} replicas available"
+        want = dig(obj, "spec", "replicas", default=1)
+        return f"{dig(status, 'availableReplicas', default=0)} of {want} replicas available"
     if obj["kind"] == "RayCluster":
         return f"state {status.get('state') or 'not set yet'}"
     return "no status"
 
 
 def pod_problems(kube: Kube, namespace: str, selector: str, where: str) -> list[Problem]:
-    pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector}).get("items", [])
+    listing = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector})
+    pods = dig(listing, "items", default=[])
     problems: list[Problem] = []
     for pod in pods:
         for problem in _pod(kube, pod, where):
@@ -56,11 +58,11 @@ def pod_problems(kube: Kube, namespace: str, selector: str, where: str) -> list[
 
 
 def _pod(kube: Kube, pod: dict, where: str) -> list[Problem]:
-    spec, status = pod.get("spec", {}), pod.get("status") or {}
+    spec, status = dig(pod, "spec", default={}), dig(pod, "status", default={})
     name = pod["metadata"]["name"]
-    containers = {c["name"]: c for c in spec.get("initContainers", []) + spec.get("containers", [])}
+    containers = {c["name"]: c for c in dig(spec, "initContainers", default=[]) + dig(spec, "containers", default=[])}
     problems = []
-    for cs in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
+    for cs in dig(status, "initContainerStatuses", default=[]) + dig(status, "containerStatuses", default=[]):
         container = containers.get(cs["name"], {})
         image = container.get("image") or cs.get("image", "?")
         waiting = (cs.get("state") or {}).get("waiting") or {}
@@ -69,8 +71,8 @@ def _pod(kube: Kube, pod: dict, where: str) -> list[Problem]:
             problems.append(Problem(where, f"image {image} cannot be pulled ({waiting['reason']}{_pull_detail(kube, pod)})",
                                     "check the image name and tag, and that the nodes can reach its registry"))
         elif last.get("reason") == "OOMKilled":
-            limit = container.get("resources", {}).get("limits", {}).get("memory", "unset")
-            labels = pod["metadata"].get("labels", {})
+            limit = dig(container, "resources", "limits", "memory", default="unset")
+            labels = dig(pod, "metadata", "labels", default={})
             setting = SETTINGS.get(labels.get("piml.io/component") or labels.get("app.kubernetes.io/name", ""))
             problems.append(Problem(where, f"container {cs['name']} was killed for using more than its memory limit {limit}",
                                     f"raise it in piml.yaml ({setting}.limits.memory)" if setting else "raise it in piml.yaml"))
@@ -95,7 +97,8 @@ def _events(kube: Kube, pod: dict) -> list[dict]:
     namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     try:
         events = kube.request("GET", f"/api/v1/namespaces/{namespace}/events",
-                              {"fieldSelector": f"involvedObject.name={name}"}).get("items", [])
+                              {"fieldSelector": f"involvedObject.name={name}"})
+        events = dig(events, "items", default=[])
     except KubeError:
         return []
     return sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
@@ -125,7 +128,8 @@ def _arch(kube: Kube, node: str) -> str:
     obj = kube.get(f"/api/v1/nodes/{node}") if node and node != "?" else None
     if not obj:
         return "unknown architecture"
-    return obj.get("status", {}).get("nodeInfo", {}).get("architecture") or obj["metadata"].get("labels", {}).get("kubernetes.io/arch", "unknown architecture")
+    return (dig(obj, "status", "nodeInfo", "architecture")
+            or dig(obj, "metadata", "labels", "kubernetes.io/arch", default="unknown architecture"))
 
 
 def fmt_memory(mebibytes: int) -> str:
@@ -134,22 +138,23 @@ def fmt_memory(mebibytes: int) -> str:
 
 def _requested_memory(spec: dict) -> int:
     def mem(c):
-        value = c.get("resources", {}).get("requests", {}).get("memory")
+        value = dig(c, "resources", "requests", "memory")
         return memory_mi(value) if value else 0
 
-    return max(sum(mem(c) for c in spec.get("containers", [])), max((mem(c) for c in spec.get("initContainers", [])), default=0))
+    running = sum(mem(c) for c in dig(spec, "containers", default=[]))
+    return max(running, max((mem(c) for c in dig(spec, "initContainers", default=[])), default=0))
 
 
 def free_memory(kube: Kube) -> dict[str, tuple[int, int]]:
     """Per node: (MiB allocatable minus what scheduled pods request, MiB allocatable)."""
-    nodes = kube.request("GET", "/api/v1/nodes").get("items", [])
-    pods = kube.request("GET", "/api/v1/pods").get("items", [])
+    nodes = dig(kube.request("GET", "/api/v1/nodes"), "items", default=[])
+    pods = dig(kube.request("GET", "/api/v1/pods"), "items", default=[])
     free = {}
     for node in nodes:
         name = node["metadata"]["name"]
-        allocatable = memory_mi(node.get("status", {}).get("allocatable", {}).get("memory", "0"))
-        used = sum(_requested_memory(p.get("spec", {})) for p in pods
-                   if p.get("spec", {}).get("nodeName") == name and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+        allocatable = memory_mi(dig(node, "status", "allocatable", "memory", default="0"))
+        used = sum(_requested_memory(dig(p, "spec", default={})) for p in pods
+                   if dig(p, "spec", "nodeName") == name and dig(p, "status", "phase") not in ("Succeeded", "Failed"))
         free[name] = (allocatable - used, allocatable)
     return free
 
@@ -157,14 +162,14 @@ def free_memory(kube: Kube) -> dict[str, tuple[int, int]]:
 def _unschedulable(kube: Kube, pod: dict, where: str) -> list[Problem]:
     name = pod["metadata"]["name"]
     messages = [e.get("message", "") for e in _events(kube, pod) if e.get("reason") == "FailedScheduling"]
-    messages += [c.get("message", "") for c in (pod.get("status") or {}).get("conditions", [])
+    messages += [c.get("message", "") for c in dig(pod, "status", "conditions", default=[])
                  if c.get("type") == "PodScheduled" and c.get("status") == "False"]
     messages = [m for m in messages if m]
     if not messages:
         return []
     message = messages[-1] if not any("Insufficient memory" in m for m in messages) else next(m for m in messages if "Insufficient memory" in m)
     if "Insufficient memory" in message:
-        wanted = _requested_memory(pod.get("spec", {}))
+        wanted = _requested_memory(dig(pod, "spec", default={}))
         nodes = ", ".join(f"{n} {fmt_memory(max(f, 0))} of {fmt_memory(a)}" for n, (f, a) in sorted(free_memory(kube).items()))
         return [Problem(where, f"pod {name} stays Pending: it requests {fmt_memory(wanted)} of memory and no node has that much free "
                                f"(free: {nodes or 'no nodes'})",

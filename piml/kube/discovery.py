@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from piml.kube.client import Kube, KubeError
+from piml.kube.objects import dig
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Discovery:
                 listing = {"resources": []}
             self._cache[api_version] = {
                 r["kind"]: Resource(api_version, r["kind"], r["name"], bool(r.get("namespaced")))
-                for r in listing.get("resources", []) if "/" not in r["name"]}
+                for r in dig(listing, "resources", default=[]) if "/" not in r["name"]}
         return self._cache[api_version]
 
     def resource(self, api_version: str, kind: str) -> Resource | None:

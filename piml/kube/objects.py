@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 PROJECT_LABEL = "piml.io/project"
 MANAGED_LABEL = "app.kubernetes.io/managed-by"
@@ -47,6 +48,16 @@ class Ref:
 def ref(obj: dict) -> Ref:
     meta = obj.get("metadata", {})
     return Ref(obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])
+
+
+def dig(obj: Any, *path: str, default: Any = None) -> Any:
+    """The value at `path` in a live object, or `default` when any step is missing OR null: the API server is
+    written in Go, which writes an empty list or map as null (a CRD just created answers `conditions: null`)."""
+    for key in path:
+        if not isinstance(obj, dict) or obj.get(key) is None:
+            return default
+        obj = obj[key]
+    return obj
 
 
 def kind_rank(api_version: str, kind: str) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from piml.kube.client import Kube, KubeError
 from piml.kube.discovery import Discovery
-from piml.kube.objects import KNOWN_KINDS, Ref, kind_rank, project_selector, ref
+from piml.kube.objects import KNOWN_KINDS, Ref, dig, kind_rank, project_selector, ref
 
 
 @dataclass
@@ -28,7 +28,7 @@ def project_objects(kube: Kube, discovery: Discovery, project: str) -> list[dict
         if resource is None:
             continue
         listing = kube.request("GET", resource.path(), {"labelSelector": project_selector(project)})
-        for obj in listing.get("items", []):
+        for obj in dig(listing, "items", default=[]):
             if obj["metadata"].get("ownerReferences"):
                 continue
             obj.setdefault("apiVersion", api_version)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from piml.errors import PimlError
 from piml.kube.client import Kube, connect
 from piml.kube.discovery import Discovery
+from piml.kube.objects import dig
 from piml.kube.prune import project_objects
 from piml.kube.wait import readiness
 
@@ -38,12 +39,12 @@ def cluster_status(cluster: Cluster, kubeconfig: Path, request_timeout: float = 
 
 def read_status(kube: Kube, project: str) -> dict:
     version = kube.request("GET", "/version").get("gitVersion")
-    nodes = [node_row(n) for n in kube.request("GET", "/api/v1/nodes").get("items", [])]
+    nodes = [node_row(n) for n in dig(kube.request("GET", "/api/v1/nodes"), "items", default=[])]
     live = project_objects(kube, Discovery(kube), project)
     components = [component_row(o) for o in live if o["kind"] in ("Deployment", "RayCluster", "HelmChart")]
     volumes = [{"name": o["metadata"]["name"], "namespace": o["metadata"].get("namespace"),
-                "phase": (o.get("status") or {}).get("phase", "Pending"),
-                "size": o.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")}
+                "phase": dig(o, "status", "phase", default="Pending"),
+                "size": dig(o, "spec", "resources", "requests", "storage")}
                for o in live if o["kind"] == "PersistentVolumeClaim"]
     healthy = all(n["ready"] and not n["pressure"] for n in nodes) and all(c["ready"] for c in components)
     return {"reachable": True, "server": kube.server, "version": version, "nodes": nodes,
@@ -52,29 +53,31 @@ def read_status(kube: Kube, project: str) -> dict:
 
 def node_row(node: dict) -> dict:
     status = node.get("status") or {}
-    conditions = {c.get("type"): c.get("status") for c in status.get("conditions", [])}
-    labels = node["metadata"].get("labels", {})
+    conditions = {c.get("type"): c.get("status") for c in dig(status, "conditions", default=[])}
+    labels = dig(node, "metadata", "labels", default={})
     roles = sorted(k.rpartition("/")[2] for k in labels if k.startswith("node-role.kubernetes.io/"))
-    info = status.get("nodeInfo", {})
+    info = dig(status, "nodeInfo", default={})
     return {"name": node["metadata"]["name"], "ready": conditions.get("Ready") == "True",
             "pressure": [p for p in PRESSURES if conditions.get(p) == "True"],
-            "unschedulable": bool(node.get("spec", {}).get("unschedulable")),
+            "unschedulable": bool(dig(node, "spec", "unschedulable")),
             "roles": roles, "kubelet": info.get("kubeletVersion"), "arch": info.get("architecture") or labels.get("kubernetes.io/arch"),
-            "os": info.get("osImage"), "memory": status.get("allocatable", {}).get("memory")}
+            "os": info.get("osImage"), "memory": dig(status, "allocatable", "memory")}
 
 
 def component_row(obj: dict) -> dict:
     meta = obj["metadata"]
     status = obj.get("status") or {}
-    row = {"component": meta.get("labels", {}).get("app.kubernetes.io/name", meta["name"]), "kind": obj["kind"],
+    row = {"component": dig(meta, "labels", "app.kubernetes.io/name", default=meta["name"]), "kind": obj["kind"],
            "namespace": meta.get("namespace"), "name": meta["name"]}
     if obj["kind"] == "HelmChart":
-        failed = [c for c in status.get("conditions", []) if c.get("type") == "Failed" and c.get("status") == "True"]
+        failed = [c for c in dig(status, "conditions", default=[])
+                  if c.get("type") == "Failed" and c.get("status") == "True"]
         return {**row, "ready": not failed, "state": "failed" if failed else "applied",
-                "chart": f"{obj.get('spec', {}).get('chart')} {obj.get('spec', {}).get('version', '')}".strip()}
+                "chart": f"{dig(obj, 'spec', 'chart')} {dig(obj, 'spec', 'version', default='')}".strip()}
     ok, detail = readiness(obj)
     if obj["kind"] == "Deployment":
-        want = obj.get("spec", {}).get("replicas", 1)
-        return {**row, "ready": ok, "ready_replicas": status.get("readyReplicas", 0) or 0, "replicas": want, "state": detail}
+        want = dig(obj, "spec", "replicas", default=1)
+        return {**row, "ready": ok, "ready_replicas": dig(status, "readyReplicas", default=0), "replicas": want,
+                "state": detail}
     return {**row, "ready": ok, "state": status.get("state") or "pending",
-            "ready_workers": status.get("readyWorkerReplicas", 0) or 0}
+            "ready_workers": dig(status, "readyWorkerReplicas", default=0)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from piml.kube.client import Kube
+from piml.kube.objects import dig
 
 HOSTNAME = "kubernetes.io/hostname"
 SELECTED_NODE = "volume.kubernetes.io/selected-node"  # set on a claim by the scheduler, before the volume exists
@@ -10,7 +11,7 @@ SELECTED_NODE = "volume.kubernetes.io/selected-node"  # set on a claim by the sc
 
 def volume_node(pv: dict) -> str | None:
     """The one node a PersistentVolume's required nodeAffinity allows, or None (a network volume, several nodes)."""
-    terms = (((pv.get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}).get("nodeSelectorTerms") or []
+    terms = dig(pv, "spec", "nodeAffinity", "required", "nodeSelectorTerms", default=[])
     nodes = set()
     for term in terms:
         for expression in term.get("matchExpressions") or []:
@@ -25,10 +26,10 @@ def claim_nodes(kube: Kube, namespace: str) -> dict[str, str]:
     Two bounded list requests: the namespace's claims, then the PersistentVolumes (cluster-wide), matched by the
     volume's claimRef (and uid, so a volume left from a deleted claim of the same name does not count). A claim
     whose volume is still being made counts with the node the scheduler chose for it."""
-    claims = kube.request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims").get("items", [])
+    claims = dig(kube.request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims"), "items", default=[])
     if not claims:
         return {}
-    volumes = kube.request("GET", "/api/v1/persistentvolumes").get("items", [])
+    volumes = dig(kube.request("GET", "/api/v1/persistentvolumes"), "items", default=[])
     found: dict[str, str] = {}
     for claim in claims:
         meta = claim.get("metadata") or {}
@@ -44,7 +45,7 @@ def claim_nodes(kube: Kube, namespace: str) -> dict[str, str]:
 
 
 def _claims(pv: dict, namespace: str, name: str, uid: str | None) -> bool:
-    ref = (pv.get("spec") or {}).get("claimRef") or {}
+    ref = dig(pv, "spec", "claimRef", default={})
     if ref.get("namespace") != namespace or ref.get("name") != name:
         return False
     return not (uid and ref.get("uid") and ref["uid"] != uid)

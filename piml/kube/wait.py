@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from piml.errors import Problem
 from piml.kube.client import Kube
 from piml.kube.discovery import Discovery
-from piml.kube.objects import CHART_FOR_GROUP, Ref
+from piml.kube.objects import CHART_FOR_GROUP, Ref, dig
 
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
@@ -42,7 +42,7 @@ class Deadline:
 
 def _established(crd: dict) -> bool:
     return any(c.get("type") == "Established" and c.get("status") == "True"
-               for c in (crd.get("status") or {}).get("conditions", []))
+               for c in dig(crd, "status", "conditions", default=[]))
 
 
 def wait_for_kinds(kube: Kube, discovery: Discovery, kinds: set[tuple[str, str]], until: float, poll: float,
@@ -65,11 +65,11 @@ def wait_for_kinds(kube: Kube, discovery: Discovery, kinds: set[tuple[str, str]]
                                     "install the operator that provides it"))
     state: dict[tuple[str, str], str] = {k: "no CRD yet" for k in pending}
     while pending:
-        crds = kube.request("GET", CRD_PATH).get("items", [])
+        crds = dig(kube.request("GET", CRD_PATH), "items", default=[])
         for api_version, kind in sorted(pending):
             group = api_version.partition("/")[0]
-            crd = next((c for c in crds if c.get("spec", {}).get("group") == group
-                        and c.get("spec", {}).get("names", {}).get("kind") == kind), None)
+            crd = next((c for c in crds
+                        if dig(c, "spec", "group") == group and dig(c, "spec", "names", "kind") == kind), None)
             if crd is None:
                 continue
             if not _established(crd):
@@ -97,10 +97,10 @@ def readiness(obj: dict) -> tuple[bool, str]:
     status = obj.get("status") or {}
     kind = obj["kind"]
     if kind == "Deployment":
-        want = obj.get("spec", {}).get("replicas", 1)
-        current = status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
-        available = status.get("availableReplicas", 0) or 0
-        ok = current and (status.get("updatedReplicas", 0) or 0) >= want and available >= want
+        want = dig(obj, "spec", "replicas", default=1)
+        current = dig(status, "observedGeneration", default=0) >= dig(obj, "metadata", "generation", default=0)
+        available = dig(status, "availableReplicas", default=0)
+        ok = current and dig(status, "updatedReplicas", default=0) >= want and available >= want
         return ok, f"{available}/{want} available"
     if kind == "RayCluster":
         state = status.get("state") or "pending"
