@@ -7,10 +7,14 @@ ValueError with a short reason; `parse_facts` turns that into a note and a None.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
+from functools import cache
+from types import ModuleType
 
 from piml.facts.values import RootMount, ServiceState, Throttled
+from piml.paths import playbooks_dir
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -267,24 +271,29 @@ def parse_cgroup_controllers(text: str) -> tuple[str, ...] | None:
     return tuple(values["controllers"].split())
 
 
+@cache
+def probe_module() -> ModuleType:
+    """playbooks/files/probe.py as a module: the memory cgroup rule lives there, once. The node runs that file
+    whole (`python3 -c`, standard library only) and cannot import piml, so piml takes the rule from it."""
+    path = playbooks_dir() / "files" / "probe.py"
+    spec = importlib.util.spec_from_file_location("piml_node_probe", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot load {path}; reinstall piml")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines functions only: main() runs as __main__ alone
+    return module
+
+
 def parse_proc_cgroups(text: str) -> dict[str, bool]:
-    """/proc/cgroups: {subsystem: enabled}. Kernel 6.12 no longer lists memory here."""
-    result: dict[str, bool] = {}
-    for line in _lines(text):
-        words = line.split()
-        if line.startswith("#") or len(words) < 4 or not _digits(words[3]):
-            continue
-        result[words[0]] = words[3] != "0"
+    """/proc/cgroups: {controller: enabled and on a v1 hierarchy} (probe.py's cgroup_v1_controllers)."""
+    result: dict[str, bool] = probe_module().cgroup_v1_controllers(text)
     return result
 
 
 def memory_cgroup(controllers: tuple[str, ...] | None, proc: dict[str, bool]) -> tuple[int | None, bool | None]:
-    """(cgroup version, memory controller enabled). v2 is decided by cgroup.controllers alone."""
-    if controllers is not None:
-        return 2, "memory" in controllers
-    if "memory" in proc:
-        return 1, proc["memory"]
-    return (1, False) if proc else (None, None)
+    """(cgroup version, memory controller on): probe.py's memory_cgroup_state, the one rule (see there)."""
+    version, on = probe_module().memory_cgroup_state(controllers, proc)
+    return version, on
 
 
 def parse_cmdline(text: str) -> str | None:

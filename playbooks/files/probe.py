@@ -12,6 +12,8 @@
 #            (installed version, unit file, marker, config.yaml checksum and mode, directories, checksums of
 #            the given files, unit state, port 6443, and on the first server the Ready node names).
 # Every check errs on the side of "differs": anything unusual makes the playbook take its normal path.
+# piml itself loads this file too (piml/facts/parsers.py) for the one rule of "the memory cgroup is on",
+# memory_cgroup_state(): so main() runs only as a program (`python3 -c` runs it as __main__).
 import glob
 import hashlib
 import json
@@ -35,6 +37,44 @@ def read_bytes(path):
 def read(path):
     data = read_bytes(path)
     return None if data is None else data.decode(errors="replace")
+
+
+def cgroup_v1_controllers(text):
+    """/proc/cgroups -> {controller: enabled and bound to a v1 hierarchy}. The columns are subsys_name,
+    hierarchy, num_cgroups, enabled; hierarchy is 0 when the controller is on no v1 hierarchy (unmounted, on
+    the v2 one, cgroup_no_v1=, or disabled: man 7 cgroups). Kernel 6.12 may list no memory row at all."""
+    result = {}
+    for line in (text or "").splitlines():
+        words = line.split()
+        if line.startswith("#") or len(words) < 4 or not (words[1].isdigit() and words[3].isdigit()):
+            continue
+        result[words[0]] = words[1] != "0" and words[3] != "0"
+    return result
+
+
+def memory_cgroup_state(controllers, v1):
+    """THE rule for "the memory cgroup is on", as k3s decides it (pkg/cgroups: validateCgroupsV2 / V1), shared
+    by this probe and piml's facts (piml/facts/parsers.py loads this file). Returns (cgroup version, on).
+
+    controllers: the words of /sys/fs/cgroup/cgroup.controllers, or None when there is no such file (no
+    unified hierarchy at /sys/fs/cgroup: v1, or hybrid with v2 at /sys/fs/cgroup/unified). v1: what
+    cgroup_v1_controllers() made of /proc/cgroups. On v2 the file alone decides (k3s reads the root's
+    controllers; /proc/cgroups still says enabled=1 for a controller the node cannot use, e.g. one not
+    delegated to a container). Only what the running kernel reports counts, never the cmdline's
+    cgroup_enable=/cgroup_disable=: their order and defaults are the kernel's business (Raspberry Pi
+    kernels disable memory unless cgroup_enable=memory). (None, None): nothing to tell from."""
+    if controllers is not None:
+        return 2, "memory" in controllers
+    if "memory" in v1:
+        return 1, v1["memory"]
+    return (1, False) if v1 else (None, None)
+
+
+def memory_cgroup(root="/"):
+    """memory_cgroup_state() of the node under root (tests point it at a fake /sys and /proc)."""
+    controllers = read(os.path.join(root, "sys/fs/cgroup/cgroup.controllers"))
+    v1 = cgroup_v1_controllers(read(os.path.join(root, "proc/cgroups")))
+    return memory_cgroup_state(None if controllers is None else controllers.split(), v1)
 
 
 def run(argv):
@@ -211,8 +251,6 @@ def main():
     want = json.loads(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else {}
     model = (read("/proc/device-tree/model") or read("/sys/firmware/devicetree/base/model") or "").strip("\0 \n")
     boot = next((d for d in ("/boot/firmware", "/boot") if os.path.isfile(d + "/cmdline.txt")), "")
-    controllers = (read("/sys/fs/cgroup/cgroup.controllers") or "").split()
-    v1 = [line.split() for line in (read("/proc/cgroups") or "").splitlines()[1:] if line.strip()]
     swaps = [line for line in (read("/proc/swaps") or "").splitlines()[1:] if line.strip()]
     detect = run(["systemd-detect-virt", "--container", "--quiet"])
     node = {
@@ -221,7 +259,7 @@ def main():
         "boot_dir": boot,
         # the firmware loads the kernel from the boot partition, next to config.txt (Ubuntu has vmlinuz there)
         "kernel8": bool(boot) and os.path.isfile(boot + "/kernel8.img"),
-        "memory_cgroup": "memory" in controllers or any(f[0] == "memory" and f[-1] == "1" for f in v1),
+        "memory_cgroup": memory_cgroup()[1] is True,
         "page_size": os.sysconf("SC_PAGESIZE"),
         "swap_active": len(swaps),
         "dphys_swapfile": os.path.exists("/lib/systemd/system/dphys-swapfile.service") or os.path.exists("/etc/systemd/system/dphys-swapfile.service"),
@@ -245,4 +283,5 @@ def main():
     print("PIML-PROBE " + json.dumps(node))
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -246,6 +246,9 @@ def test_memory_cgroup():
     assert p.memory_cgroup(("cpuset", "cpu"), {"memory": True}) == (2, False)  # v2 decides alone
     assert p.memory_cgroup((), {}) == (2, False)  # an empty controllers file
     assert p.memory_cgroup(None, p.parse_proc_cgroups("#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t4\t32\t0\n")) == (1, False)
+    # enabled but on no v1 hierarchy (cgroup_no_v1=memory, or v2 only): k3s's v1 check finds none
+    no_hierarchy = "#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t0\t1\t1\n"
+    assert p.memory_cgroup(None, p.parse_proc_cgroups(no_hierarchy)) == (1, False)
     assert p.memory_cgroup(None, {"memory": True}) == (1, True)
     assert p.memory_cgroup(None, {"cpu": True}) == (1, False)
     assert p.memory_cgroup(None, {}) == (None, None)

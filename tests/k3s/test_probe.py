@@ -91,11 +91,9 @@ PLAYBOOK = playbooks_dir() / "prepare.yml"
 
 
 def probe_functions() -> dict:
-    """probe.py's functions, without running its main()."""
-    body, last = PROBE.read_text().rstrip().rsplit("\n", 1)
-    assert last == "main()"
+    """probe.py's functions, without running its main() (it runs only as __main__)."""
     namespace: dict = {"__name__": "piml_probe"}
-    exec(compile(body, str(PROBE), "exec"), namespace)
+    exec(compile(PROBE.read_text(), str(PROBE), "exec"), namespace)
     return namespace
 
 
