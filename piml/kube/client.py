@@ -39,7 +39,8 @@ class Kube:
         import urllib3
 
         full = path + ("?" + urlencode({k: v for k, v in query.items() if v is not None}) if query else "")
-        headers = {"Accept": "text/plain" if text else "application/json", "Content-Type": content_type}
+        # A text answer (a pod's log) is asked for as client-go asks: the API server answers 406 to `text/plain`.
+        headers = {"Accept": "application/json, */*" if text else "application/json", "Content-Type": content_type}
         request = self.api_client.param_serialize(method, full, header_params=headers, body=body,
                                                   auth_settings=["BearerToken"])
         try:

@@ -134,8 +134,11 @@ def make_all(tls: Path, node_names: list[str]) -> dict[str, Path]:
     leaf("client-controller", _name("system:kube-controller-manager"), "client-ca", client=True)
     leaf("client-scheduler", _name("system:kube-scheduler"), "client-ca", client=True)
     leaf("client-kube-apiserver", _name("system:kube-apiserver", "system:masters"), "client-ca", client=True)
-    for n in node_names:
+    for i, n in enumerate(node_names, 1):
         leaf(f"client-node-{n}", _name(f"system:node:{n}", "system:nodes"), "client-ca", client=True)
+        # The kubelet's serving certificate, signed by the server CA as k3s signs it, for the node's
+        # InternalIP (nodes.py: 127.0.0.{100 + i}) and name.
+        leaf(f"serving-kubelet-{n}", _name(n), "server-ca", server=True, dns=(n,), ips=(f"127.0.0.{100 + i}",))
 
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # k3s's service.key is RSA 2048
     _write(tls / "service.key", _pem_key(sa), 0o600)

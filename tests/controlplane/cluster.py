@@ -260,6 +260,7 @@ class Up:
                 f"--service-account-signing-key-file={paths['service-key']}",
                 f"--kubelet-client-certificate={paths['client-kube-apiserver']}",
                 f"--kubelet-client-key={paths['client-kube-apiserver-key']}",
+                f"--kubelet-certificate-authority={paths['server-ca']}",  # k3s: server-ca.crt
                 "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
                 f"--requestheader-client-ca-file={paths['request-header-ca']}",
                 "--requestheader-allowed-names=system:auth-proxy",

@@ -11,7 +11,10 @@ admission judge every call as they judge a kubelet's):
 With the admin credentials it labels node-1 node-role.kubernetes.io/control-plane=true, as the k3s server
 process (not the kubelet, which NodeRestriction forbids) does.
 
-Not done: no containers run, no probes, no images pulled, no volumes mounted, no logs/exec/port-forward,
+Faults: a pod a test made fail (faults.py) gets the status a kubelet reports for that fault, and its log is
+served through the API server (kubelet_api.py: the kubelet's HTTPS API, container logs only).
+
+Not done: no containers run, no probes, no images pulled, no volumes mounted, no exec/port-forward,
 no evictions or resource accounting; Job pods stay Running (never Succeeded), but for k3s's helm-install and
 helm-delete pods, which chart_jobs.py plays to Succeeded; restartPolicy is ignored.
 """
@@ -30,6 +33,8 @@ import uuid
 from pathlib import Path
 
 import chart_jobs  # the STAND-IN of klipper-helm's containers (beside this file)
+import faults  # the faults a test injects (beside this file)
+import kubelet_api  # the kubelet's HTTPS API: container logs (beside this file)
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -87,6 +92,12 @@ class Node:
         self.uid = None
         self.used_ips: set[str] = set()
         self.next_ip = 2
+        self.played: set[str] = set()  # pods (uid) already given their status: a failed pull stays Pending
+        self.logs = kubelet_api.Logs()
+        self.kubelet = kubelet_api.serve(
+            self.ip, tls[f"serving-kubelet-{self.name}"], tls[f"serving-kubelet-{self.name}-key"], tls["client-ca"],
+            self.logs,
+        )
         mem_ki = parse_quantity_ki(state["node_memory"])
         self.capacity = {
             "cpu": "4",
@@ -131,7 +142,7 @@ class Node:
             "allocatable": self.allocatable,
             "conditions": self.conditions(),
             "addresses": [{"type": "InternalIP", "address": self.ip}, {"type": "Hostname", "address": self.name}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet.server_address[1]}},
             "nodeInfo": {
                 "machineID": seed[:32],
                 "systemUUID": str(uuid.UUID(seed[32:64])),
@@ -235,8 +246,11 @@ class Node:
                 )
             return dict(base, ready=True, started=True, state={"running": {"startedAt": t}})
 
+        fault = faults.for_pod(faults.load(Path(self.state["dir"])), pod.metadata.name, pod.metadata.labels)
+
         def cond(type_):
-            return {"type": type_, "status": "True", "lastProbeTime": None, "lastTransitionTime": t}
+            ok = fault is None or type_ in ("PodScheduled", "Initialized", "PodReadyToStartContainers")
+            return {"type": type_, "status": "True" if ok else "False", "lastProbeTime": None, "lastTransitionTime": t}
 
         status = {
             "phase": "Running",
@@ -256,11 +270,36 @@ class Node:
             "containerStatuses": [cs(c) for c in pod.spec.containers],
             "initContainerStatuses": [cs(c, init=True) for c in (pod.spec.init_containers or [])],
         }
+        if fault is not None:  # the first container fails as the test asked (faults.py); the others run
+            first = pod.spec.containers[0]
+            status["containerStatuses"][0] = faults.container_status(fault, cs(first), t)
+            if fault["fault"] == "image-pull":
+                status["phase"] = "Pending"
+                self.event(pod, "Failed", faults.pull_event_message(first.image), "Warning")
+            else:
+                previous = faults.logs(fault, first.image, first.command)
+                self.logs.record(pod.metadata.namespace, pod.metadata.name, first.name, [], previous)
         self.core.patch_namespaced_pod_status(
             pod.metadata.name, pod.metadata.namespace, {"status": status}, _request_timeout=TIMEOUT
         )
         self.used_ips.add(ip)
-        log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} Running at {ip}")
+        self.played.add(pod.metadata.uid)
+        shown = f"{fault['fault']} (injected)" if fault else "Running"
+        log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} {shown} at {ip}")
+
+    def event(self, pod, reason: str, message: str, type_: str = "Normal") -> None:
+        """An event about `pod` from this node's kubelet, as a kubelet records one."""
+        t = now()
+        body = {
+            "metadata": {"generateName": f"{pod.metadata.name}.", "namespace": pod.metadata.namespace},
+            "involvedObject": {"kind": "Pod", "namespace": pod.metadata.namespace, "name": pod.metadata.name,
+                               "uid": pod.metadata.uid, "apiVersion": "v1"},
+            "reason": reason, "message": message, "type": type_, "count": 1,
+            "firstTimestamp": t, "lastTimestamp": t,
+            "source": {"component": "kubelet", "host": self.name}, "reportingComponent": "kubelet",
+            "reportingInstance": self.name,
+        }
+        self.core.create_namespaced_event(pod.metadata.namespace, body, _request_timeout=TIMEOUT)
 
     def sync_pods(self) -> None:
         pods = self.core.list_pod_for_all_namespaces(
@@ -281,8 +320,9 @@ class Node:
                         ),
                         _request_timeout=TIMEOUT,
                     )
+                    self.logs.forget_pod(pod.metadata.namespace, pod.metadata.name)
                     log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} stopped and deleted")
-                elif (pod.status.phase or "Pending") == "Pending":
+                elif (pod.status.phase or "Pending") == "Pending" and pod.metadata.uid not in self.played:
                     self.run_pod(pod)
                 elif pod.status.phase == "Running" and chart_jobs.is_helm_job_pod(pod):
                     chart_jobs.play(self, pod, log)  # k3s's helm-install/-delete pods: see chart_jobs.py
