@@ -5,6 +5,7 @@ must say the same, right, thing (k3s's own check: pkg/cgroups validateCgroupsV2 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,58 @@ def test_the_probe_program_reports_the_rule():
 def test_loading_the_probe_runs_nothing(capsys):
     p.probe_module()
     assert capsys.readouterr().out == ""  # main() (which prints PIML-PROBE) runs only as __main__
+
+
+# --- on a test node: the files covered in a private mount namespace --------------------------------------------
+# The nodes share this machine's kernel, so the memory controller cannot really be switched off in one. What a
+# Pi without cgroup_enable=memory shows is put in front of the probe and the facts script instead, in a mount
+# namespace of their own (unshare -m: private propagation, gone when they exit; the node itself is untouched):
+# a cgroup.controllers without `memory` bind-mounted over the real one (a cgroup v2 machine), or, where there is
+# none (v1/hybrid, as this machine), a tmpfs over /sys/fs/cgroup holding one; a /proc/cgroups with memory
+# enabled=0 for the v1 rule. Both run as root through nsenter, the probe as the playbook runs it (python3).
+COVER_CONTROLLERS = (
+    "f=/sys/fs/cgroup/cgroup.controllers; "
+    "if [ -e $f ]; then tr ' ' '\\n' < $f | grep -vx memory | tr '\\n' ' ' > /run/piml-off && mount --bind /run/piml-off $f; "
+    "else mount -t tmpfs v2view /sys/fs/cgroup && echo cpuset cpu io pids > $f; fi"
+)
+COVER_PROC_CGROUPS = (
+    "sed 's/^memory\\t\\([0-9]*\\)\\t\\([0-9]*\\)\\t1$/memory\\t\\1\\t\\2\\t0/' /proc/cgroups > /run/piml-off && "
+    "mount --bind /run/piml-off /proc/cgroups"
+)
+
+
+def node_says(sub, node, cover: str = "true") -> tuple[bool, tuple[int | None, bool | None]]:
+    """(the probe's memory_cgroup, the facts' (cgroup_version, memory_cgroup)) on the node, after `cover`."""
+    from piml.facts import gather_script, parse_facts
+
+    sub.run(node, "cat > /run/piml-probe.py", input=(playbooks_dir() / "files" / "probe.py").read_text())
+    sub.run(node, "cat > /run/piml-facts.sh", input=gather_script())
+    script = f"set -e; {cover}; python3 /run/piml-probe.py ''; echo @@split@@; sh /run/piml-facts.sh"
+    out = sub.run(node, "unshare -m sh -c " + shlex.quote(script)).stdout
+    probe, _, facts = out.partition("@@split@@\n")
+    answer = parse_facts(facts)
+    return json.loads(probe.partition("PIML-PROBE ")[2])["memory_cgroup"], (answer.cgroup_version, answer.memory_cgroup)
+
+
+def test_covered_cgroup_files_on_a_node_are_off_for_probe_and_facts(node_factory):
+    sub = node_factory.substrate
+    (node,) = node_factory(1)
+    try:
+        v1 = p.parse_proc_cgroups(sub.run(node, "cat /proc/cgroups").stdout)
+        v2 = sub.run(node, "cat /sys/fs/cgroup/cgroup.controllers", check=False)
+        if v2.returncode == 0:
+            on = "memory" in v2.stdout.split()
+            assert node_says(sub, node) == (on, (2, on))
+        else:
+            assert node_says(sub, node) == (v1.get("memory", False), (1, v1.get("memory", False)))
+        # the case the old probe called "on": cgroup.controllers lacks memory while /proc/cgroups says enabled=1
+        assert "memory\t" in sub.run(node, "cat /proc/cgroups").stdout
+        assert node_says(sub, node, COVER_CONTROLLERS) == (False, (2, False))
+        if v2.returncode != 0:
+            assert node_says(sub, node, COVER_PROC_CGROUPS) == (False, (1, False))
+        # nothing leaked out of those namespaces
+        mounts = [line.split()[4] for line in sub.run(node, "cat /proc/self/mountinfo").stdout.splitlines()]
+        assert "/proc/cgroups" not in mounts and "/sys/fs/cgroup/cgroup.controllers" not in mounts, mounts
+        assert sub.run(node, "cat /sys/fs/cgroup/cgroup.controllers", check=False).stdout == v2.stdout
+    finally:
+        node_factory.destroy([node])
