@@ -106,7 +106,8 @@ def test_loading_the_probe_runs_nothing(capsys):
 # enabled=0 for the v1 rule. Both run as root through nsenter, the probe as the playbook runs it (python3).
 COVER_CONTROLLERS = (
     "f=/sys/fs/cgroup/cgroup.controllers; "
-    "if [ -e $f ]; then tr ' ' '\\n' < $f | grep -vx memory | tr '\\n' ' ' > /run/piml-off && mount --bind /run/piml-off $f; "
+    "if [ -e $f ]; then tr ' ' '\\n' < $f | grep -vx memory | tr '\\n' ' ' > /run/piml-off"
+    " && mount --bind /run/piml-off $f; "
     "else mount -t tmpfs v2view /sys/fs/cgroup && echo cpuset cpu io pids > $f; fi"
 )
 COVER_PROC_CGROUPS = (
