@@ -5,6 +5,8 @@
                      k3s's does, under the controller name k3s gives it, `helm-controller`)
   kuberay-operator   github.com/ray-project/kuberay/ray-operator @ KUBERAY_VERSION (all namespaces, leader
                      election off, metrics off, health probes on a loopback port)
+and, started first as k3s deploys them from its manifests: k3s's local-path storage (local_path.py: the objects of
+its local-storage.yaml and the real local-path-provisioner) and Traefik's CRDs (traefik_crds.py).
 
 build.py builds them with the control plane (BUILD_STEPS, BINARIES); cluster.py's `up` starts them (start()).
 The helm-controller installs its own CRDs (HelmChart, HelmChartConfig) at start. The KubeRay operator exits if the
@@ -26,12 +28,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+try:
+    from . import local_path
+except ImportError:  # run as a script (wait-crds)
+    import local_path
+
 HERE = Path(__file__).resolve().parent
 MODULES = HERE / "modules"
 
 HELM_CONTROLLER_VERSION = "v0.17.1"  # what k3s v1.36.0+k3s1 .. v1.36.2+k3s1 embed (their release notes)
 KUBERAY_VERSION = "v1.6.0"  # the proxy refuses v1.7.0's zip (piml's chart is 1.7.0)
-BINARIES = ("helm-controller", "kuberay-operator")
+BINARIES = ("helm-controller", "kuberay-operator", local_path.BINARY)
 # The CRDs the KubeRay operator v1.6.0 watches (RayCronJob only behind a feature gate, off by default).
 KUBERAY_CRDS = ("rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io")
 
@@ -61,18 +68,31 @@ def build_steps(bin_dir: Path) -> list[tuple[str, Path, dict, list[str]]]:
     return [
         ("helm-controller", MODULES / "helm-controller", {"CGO_ENABLED": "0"}, hc),
         ("kuberay-operator", MODULES / "kuberay", {"CGO_ENABLED": "0"}, kr),
+        local_path.build_step(bin_dir),
     ]
 
 
 # --- in `up` -------------------------------------------------------------------------------------------------------
-def start(up, helm_controller: bool, kuberay: bool) -> None:
+def start(
+    up, helm_controller: bool = True, kuberay: bool = True, local_path_storage: bool = True, traefik_crds: bool = True
+) -> None:
     """Start the add-ons chosen, after the nodes are Ready. `up` is cluster.Up (spawn, wait, state, paths)."""
     from . import cluster
+    from . import traefik_crds as traefik
     from .chart_jobs import CHART_CRDS
 
     d, b, st = up.d, up.bin, up.state
     server, ctx = st["server"], cluster._ssl_ctx(st["tls"])
-    st["addons"] = {"helm-controller": helm_controller, "kuberay-operator": kuberay}
+    st["addons"] = {
+        "helm-controller": helm_controller,
+        "kuberay-operator": kuberay,
+        "local-path-provisioner": local_path_storage,
+        "traefik-crds": traefik_crds,
+    }
+    if local_path_storage:
+        local_path.start(up)  # k3s's manifests/local-storage.yaml, the provisioner as a process
+    if traefik_crds:
+        traefik.start(up)  # k3s's traefik-crd chart: Traefik's own CRDs
     env = {**cluster._clean_env(), "KUBECONFIG": str(d / "kubeconfig")}
     if helm_controller:
         p = up.spawn(
@@ -159,26 +179,34 @@ def _lease_held(server: str, ctx, ns: str, name: str) -> tuple[bool, str]:
     return bool(holder), f"lease {ns}/{name}: {holder or f'HTTP {code}, no holder'}"
 
 
-def _create_crds(server: str, ctx, paths) -> None:
+def create(server: str, ctx, collection: str, body: dict) -> None:
+    """POST body to collection; one that exists already (409) is left as it is."""
+    req = urllib.request.Request(
+        f"{server}{collection}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        urllib.request.urlopen(req, context=ctx, timeout=30).close()
+    except urllib.error.HTTPError as e:
+        if e.code != 409:
+            from .cluster import UpError
+
+            what = f"{body.get('kind')} {body.get('metadata', {}).get('name')}"
+            raise UpError(f"creating {what}: HTTP {e.code} {e.read()[:200]!r}") from None
+
+
+def _create_crds(server: str, ctx, paths) -> list[str]:
+    """Create the CRD of each YAML file (left as it is if it exists); their names."""
     import yaml
 
+    names = []
     for path in paths:
-        body = json.dumps(
-            yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        ).encode()
-        req = urllib.request.Request(
-            f"{server}/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            urllib.request.urlopen(req, context=ctx, timeout=30).close()
-        except urllib.error.HTTPError as e:
-            if e.code != 409:
-                from .cluster import UpError
-
-                raise UpError(f"creating the CRD of {Path(path).name}: HTTP {e.code} {e.read()[:200]!r}") from None
+        crd = yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        create(server, ctx, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        names.append(crd["metadata"]["name"])
+    return names
 
 
 # --- `python addons.py wait-crds DIR NAMES -- ARGV...` ----------------------------------------------------------------

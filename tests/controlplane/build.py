@@ -2,10 +2,9 @@
 
 kube-apiserver, kube-controller-manager and kube-scheduler come from k8s.io/kubernetes v1.36.3 (the Kubernetes
 of the pinned k3s v1.36.3+k3s1), kine (k3s's SQLite datastore) from github.com/k3s-io/kine, and the add-ons of
-addons.py (k3s's helm-controller, the KubeRay operator). The Go modules are described by modules/*/go.mod next to
-this file; the binaries land in
-CACHE/<key>/bin where the key is a hash of those go.mod/go.sum files, the Go version and the build flags,
-so a second build with the same inputs is skipped.
+addons.py (k3s's helm-controller, the KubeRay operator, k3s's local-path-provisioner). The Go modules are described
+by modules/*/go.mod next to this file; the binaries land in CACHE/<key>/bin where the key is a hash of those
+go.mod/go.sum files, the Go version and the build flags, so a second build with the same inputs is skipped.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ CACHE = Path(os.environ.get("PIML_CONTROLPLANE_CACHE", "/var/cache/piml-controlp
 KUBE_VERSION = "v1.36.3"  # Kubernetes of k3s v1.36.3+k3s1
 KINE_VERSION = "v0.17.5"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kine") + addons.BINARIES
-MODULE_DIRS = ("kube", "kine", "helm-controller", "kuberay")  # under modules/: all in the cache key
+MODULE_DIRS = ("kube", "kine", "helm-controller", "kuberay", "local-path-provisioner")  # under modules/: the cache key
 
 # As kubernetes' hack/lib/golang.sh builds its non-debug, static control-plane binaries.
 KUBE_TAGS = "selinux,notest,grpcnotrace"
@@ -221,6 +220,7 @@ def build(log=print) -> Path:
             "kine": KINE_VERSION,
             "helm-controller": addons.HELM_CONTROLLER_VERSION,
             "kuberay-operator": addons.KUBERAY_VERSION,
+            "local-path-provisioner": addons.local_path.VERSION,
             "go": subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip(),
             "seconds": round(time.monotonic() - t0, 1),
             "seconds_per_step": timings,

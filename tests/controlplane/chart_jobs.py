@@ -121,7 +121,9 @@ def _install(api, chart: str, args: list[str], log) -> list[str]:
     return done
 
 
-def _finish(node, pod, exit_code: int, message: str = "") -> None:
+def finish_pod(node, pod, exit_code: int, message: str = "") -> None:
+    """Report the pod's containers terminated with `exit_code` and the pod Succeeded (0) or Failed, as a kubelet does
+    when its containers end (restartPolicy Never). Also used for local-path's helper pods (local_path.py)."""
     t = now()
     started = pod.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ") if pod.status and pod.status.start_time else t
     reason = "Completed" if exit_code == 0 else "Error"
@@ -182,8 +184,8 @@ def play(node, pod, log) -> None:
             what = "nothing (helm leaves a chart's CRDs on uninstall)"
     except Exception as e:  # the pod fails, as a helm container that errored would
         msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-        _finish(node, pod, 1, msg)
+        finish_pod(node, pod, 1, msg)
         log(f"{node.name}: helm {action} pod {where} (chart {chart}) Failed: {msg}")
         return
-    _finish(node, pod, 0)
+    finish_pod(node, pod, 0)
     log(f"{node.name}: helm {action} pod {where} (chart {chart}) Succeeded; stand-in applied {what}")

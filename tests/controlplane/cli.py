@@ -11,7 +11,8 @@ from pathlib import Path
 EXAMPLES = """examples:
   scripts/control-plane build
   scripts/control-plane up /tmp/cp --nodes 3 --node-memory 8Gi --arch arm64
-  scripts/control-plane up /tmp/cp --no-helm-controller --no-kuberay   # the control plane and nodes only
+  scripts/control-plane up /tmp/cp --no-helm-controller --no-kuberay --no-local-path --no-traefik-crds
+                                                   # the control plane and nodes only
   KUBECONFIG=/tmp/cp/kubeconfig kubectl get nodes     # or the kubernetes Python client
   scripts/control-plane down /tmp/cp
 """
@@ -24,7 +25,7 @@ def main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A real Kubernetes v1.36.3 control plane (kine, kube-apiserver, "
         "kube-controller-manager, kube-scheduler) on loopback, with stand-in nodes, "
-        "k3s's helm-controller and the KubeRay operator.",
+        "k3s's helm-controller, local-path-provisioner and Traefik CRDs, and the KubeRay operator.",
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("build", help="build the binaries, or reuse them; prints their directory")
@@ -45,6 +46,18 @@ def main(argv: list[str]) -> int:
         dest="kuberay",
         action="store_false",
         help="do not run the KubeRay operator (with --no-helm-controller, `up` installs its CRDs itself)",
+    )
+    u.add_argument(
+        "--no-local-path",
+        dest="local_path_storage",
+        action="store_false",
+        help="no local-path StorageClass and provisioner (then PVCs stay Pending)",
+    )
+    u.add_argument(
+        "--no-traefik-crds",
+        dest="traefik_crds",
+        action="store_false",
+        help="do not install Traefik's CRDs (Middleware, IngressRoute, ...; downloaded once with `go mod download`)",
     )
     dn = sub.add_parser("down", help="stop what `up DIR` started and remove what it made in DIR")
     dn.add_argument("dir", type=Path)
@@ -71,6 +84,8 @@ def main(argv: list[str]) -> int:
                 log=lambda m: print(m, file=sys.stderr),
                 helm_controller=args.helm_controller,
                 kuberay=args.kuberay,
+                local_path_storage=args.local_path_storage,
+                traefik_crds=args.traefik_crds,
             )
         except cluster.UpError as e:
             print(f"control-plane up: {e}", file=sys.stderr)

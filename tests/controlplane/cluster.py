@@ -40,6 +40,7 @@ START_ORDER = (
     "kube-controller-manager",
     "kube-scheduler",
     "nodes",
+    "local-path-provisioner",
     "helm-controller",
     "kuberay-operator",
 )
@@ -399,6 +400,8 @@ def up(
     log=print,
     helm_controller: bool = True,
     kuberay: bool = True,
+    local_path_storage: bool = True,
+    traefik_crds: bool = True,
 ) -> dict:
     from . import build
 
@@ -420,7 +423,13 @@ def up(
     except build.BuildError as e:
         raise UpError(str(e)) from None
     for attempt in (1, 2):
-        runner = Up(d, nodes, node_memory, arch, bin_dir, {"helm_controller": helm_controller, "kuberay": kuberay})
+        chosen = {
+            "helm_controller": helm_controller,
+            "kuberay": kuberay,
+            "local_path_storage": local_path_storage,
+            "traefik_crds": traefik_crds,
+        }
+        runner = Up(d, nodes, node_memory, arch, bin_dir, chosen)
         try:
             return runner.run()
         except UpError as e:

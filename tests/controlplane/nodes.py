@@ -16,7 +16,9 @@ served through the API server (kubelet_api.py: the kubelet's HTTPS API, containe
 
 Not done: no containers run, no probes, no images pulled, no volumes mounted, no exec/port-forward,
 no evictions or resource accounting; Job pods stay Running (never Succeeded), but for k3s's helm-install and
-helm-delete pods, which chart_jobs.py plays to Succeeded; restartPolicy is ignored.
+helm-delete pods, which chart_jobs.py plays to Succeeded, and local-path-provisioner's helper pods, which
+local_path.py plays to Succeeded (making or removing the volume's directory under DIR/run/<node>/); restartPolicy is
+ignored.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 import chart_jobs  # the STAND-IN of klipper-helm's containers (beside this file)
 import faults  # the faults a test injects (beside this file)
 import kubelet_api  # the kubelet's HTTPS API: container logs (beside this file)
+import local_path  # local-path-provisioner's helper pods (beside this file)
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -326,6 +329,8 @@ class Node:
                     self.run_pod(pod)
                 elif pod.status.phase == "Running" and chart_jobs.is_helm_job_pod(pod):
                     chart_jobs.play(self, pod, log)  # k3s's helm-install/-delete pods: see chart_jobs.py
+                elif pod.status.phase == "Running" and local_path.is_helper_pod(pod):
+                    local_path.play(self, pod, log)  # local-path's helper-pod-create/-delete: see local_path.py
             except ApiException as e:
                 if e.status not in (404, 409):
                     log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name}: {e.status} {e.reason}")
