@@ -241,6 +241,7 @@ def test_down_leaves_nothing_running(plane):
         "kube-controller-manager",
         "kube-scheduler",
         "kuberay-operator",
+        "local-path-provisioner",
         "nodes",
     ]  # the add-ons are on by default
     assert all(alive(p) for p in pids)

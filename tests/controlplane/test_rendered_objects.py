@@ -16,10 +16,9 @@ And a misspelled field is refused with one plain line naming the object and the 
 
 The control plane runs the real helm-controller and KubeRay operator (no KEDA operator); the CRDs are also
 installed here from the real schemas in ../shared/schemas (HelmChart from k3s's helm-controller; RayCluster, RayJob
-from KubeRay v1.7.0; ScaledJob from KEDA v2.20.2 — the chart versions piml pins). Traefik's Middleware CRD, which
-k3s ships, has no schema in ../shared: MIDDLEWARE_CRD below is OURS, not upstream's — a minimal CRD whose spec
-keeps any field (x-kubernetes-preserve-unknown-fields), so it checks that a Middleware is accepted, not its spec's
-fields.
+from KubeRay v1.7.0; ScaledJob from KEDA v2.20.2 — the chart versions piml pins). Traefik's CRDs (the Middleware
+piml renders among them) are Traefik's own, installed by `up` as k3s's traefik-crd chart installs them
+(traefik_crds.py), so a Middleware is checked against Traefik's schema, strictly, as every other object.
 """
 
 from __future__ import annotations
@@ -59,36 +58,6 @@ SETTINGS = {
 CASES = [(s.stem, name) for s in sorted(SCENARIOS.glob("*.yml")) if s.stem not in NOT_PLANNING for name in SETTINGS]
 DEFAULT_NAMESPACE_CASE = ("pi5-3x8gb", "defaults")  # keeps piml's own namespace, `piml`; the others get their own
 
-# OURS, not upstream's: k3s ships Traefik's CRDs, but ../shared/schemas has no Middleware schema.
-MIDDLEWARE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "middlewares.traefik.io"},
-    "spec": {
-        "group": "traefik.io",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "Middleware",
-            "listKind": "MiddlewareList",
-            "plural": "middlewares",
-            "singular": "middleware",
-        },
-        "versions": [
-            {
-                "name": "v1alpha1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-                    }
-                },
-            }
-        ],
-    },
-}
-
 pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed (needed to build the control plane)")
 
 
@@ -107,13 +76,14 @@ def plane(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kube(plane):
-    """piml's client on the control plane, with the operators' CRDs installed (by apply_object) and Established."""
+    """piml's client on the control plane, with the operators' CRDs installed (by apply_object) and Established, and
+    Traefik's (installed by `up`) Established."""
     from piml.kube.apply import apply_object
     from piml.kube.client import connect
     from piml.kube.discovery import Discovery
 
     k = connect(plane / "kubeconfig", request_timeout=10)
-    crds = [yaml.safe_load((SCHEMAS / f).read_text()) for f in CRD_FILES] + [MIDDLEWARE_CRD]
+    crds = [yaml.safe_load((SCHEMAS / f).read_text()) for f in CRD_FILES]
     bootstrap = Discovery(k)
     for crd in crds:
         apply_object(k, bootstrap, crd)
@@ -125,8 +95,7 @@ def kube(plane):
             for c in (live.get("status") or {}).get("conditions") or []
         )
 
-    for crd in crds:
-        name = crd["metadata"]["name"]
+    for name in [crd["metadata"]["name"] for crd in crds] + ["middlewares.traefik.io"]:  # Traefik's: from `up`
         until(f"CRD {name} Established", lambda name=name: established(name), 30)
     yield k
     k.close()
@@ -364,10 +333,22 @@ def _misspell_scaledjob_template_metadata(objects):
     return obj, "spec.jobTargetRef.template.metadata.labelz"
 
 
+def _misspell_middleware(objects):
+    # Traefik's own schema (installed by `up`): a Middleware's fields are checked, not just accepted.
+    obj = next(o for o in objects if o["kind"] == "Middleware")
+    obj["spec"]["stripPrefix"]["prefixez"] = obj["spec"]["stripPrefix"].pop("prefixes")
+    return obj, "spec.stripPrefix.prefixez"
+
+
 @pytest.mark.parametrize(
     "misspell",
-    [_misspell_container_field, _misspell_ray_head, _misspell_scaledjob_template_metadata],
-    ids=["Deployment-imagePullPolicyy", "RayCluster-headGroupSpecc", "ScaledJob-template-labelz"],
+    [_misspell_container_field, _misspell_ray_head, _misspell_scaledjob_template_metadata, _misspell_middleware],
+    ids=[
+        "Deployment-imagePullPolicyy",
+        "RayCluster-headGroupSpecc",
+        "ScaledJob-template-labelz",
+        "Middleware-stripPrefix-prefixez",
+    ],
 )
 def test_a_misspelled_field_is_refused_in_one_line(misspell, kube, discovery, tmp_path):
     from piml.errors import PimlError
