@@ -243,13 +243,24 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
 
     by_name = {n.name: n for n in nodes}
     capacity_of = {c.name: c for c in capacities}
-    labelled = [c for c in capacities if by_name[c.name].labels.get(SERVICES_LABEL) == "true"]
-    candidates = labelled or capacities  # servers come first in the inventory order
+    # A NoSchedule / NoExecute taint from the inventory keeps the platform's pods off that node: none of them
+    # tolerates it, and the scheduler would leave whatever the plan put there Pending.
+    keep_off = {n.name: t for n in nodes for t in n.taints if t.effect in ("NoSchedule", "NoExecute")}
+    usable = [c for c in capacities if c.name not in keep_off]
+    if not usable:
+        raise InputError(Problem(cluster.inventory.servers[0].where or "inventory", "every node has a NoSchedule or "
+                                 "NoExecute taint (piml_taints): the platform has nowhere to run",
+                                 "leave at least one node without such a taint"))
+    labelled = [c for c in usable if by_name[c.name].labels.get(SERVICES_LABEL) == "true"]
+    candidates = labelled or usable  # servers come first in the inventory order
     free = {c.name: [c.cpu, c.memory] for c in capacities}
     system = k3s_pods(cluster)
     for pod in system:
         free[pod.node][0] -= pod.cpu_request
         free[pod.node][1] -= pod.memory_request
+    taint_notes = [f"{name} has the taint {taint}: the platform places nothing there" for name, taint in keep_off.items()]
+    for name in keep_off:  # nothing of the platform's fits there: not services, workers or queue Jobs
+        free[name] = [0, 0]
 
     services = platform_services(cluster.config)
     sized = dict(services)
@@ -296,6 +307,13 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
                 f"put {pin.node} back in the inventory and bring it up; or, to start {name} afresh on another node "
                 f"with its data lost, delete the claim (kubectl -n {ns} delete pvc {pin.claim}) and run piml again"))
             continue
+        if pin.node in keep_off:
+            problems.append(Problem(
+                where, f"{name}'s data is on node {pin.node} (a local-path volume, tied to that node), which now has "
+                       f"the taint {keep_off[pin.node]}: {name} cannot run there, nor anywhere else",
+                f"remove that taint from {pin.node} in the inventory (piml_taints); or delete the claim "
+                f"(kubectl -n {ns} delete pvc {pin.claim}, its data is lost) to start {name} afresh elsewhere"))
+            continue
         if not fits(size, pin.node):
             problems.append(Problem(
                 where, f"{label(name, members)} must stay on {pin.node}, where its volume {pin.claim} is, "
@@ -324,7 +342,7 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
     order = [name for name, _ in services]
     placements.sort(key=lambda p: order.index(p.component))
     used_pins = tuple(pins[name] for name, _, _ in pinned)
-    return _with_workers(cluster.config, capacities, tuple(placements), free, tuple(system), used_pins)
+    return _with_workers(cluster.config, capacities, tuple(placements), free, tuple(system), used_pins, taint_notes)
 
 
 def too_big(size: Size, nodes: list[NodeCapacity], setting: str, what: str) -> None:
@@ -346,8 +364,7 @@ def work_shares(config: PimlConfig) -> tuple[float, float]:
 
 
 def _with_workers(config: PimlConfig, capacities: list[NodeCapacity], services: tuple[Placement, ...], free: dict,
-                  system: tuple[SystemPlacement, ...], pins: tuple[Pin, ...]) -> Plan:
-    notes: list[str] = []
+                  system: tuple[SystemPlacement, ...], pins: tuple[Pin, ...], notes: list[str]) -> Plan:
     arches = sorted({c.arch for c in capacities})
     dask_pools: list[WorkerPool] = []
     if config.dask.enabled:
