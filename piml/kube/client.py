@@ -7,6 +7,7 @@ its own requests over it (any kind, mapped by discovery), so nothing here needs 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -64,8 +65,7 @@ class Kube:
             except (ValueError, AttributeError):
                 message = data.decode(errors="replace")[:200] if data else ""
             if response.status in (401, 403):
-                raise PimlError(Problem(self.where, f"the Kubernetes API refused piml's credentials ({response.status}: {message})",
-                                        "fetch a fresh kubeconfig with `piml up --only kubeconfig`"), EXIT_FAILED)
+                raise PimlError(_refusal(self.where, response.status, message), EXIT_FAILED)
             raise KubeError(response.status, response.reason or "", message)
         if text:
             return data.decode(errors="replace")
@@ -103,6 +103,21 @@ def why_unreachable(exc: BaseException, timeout: float) -> str:
 
 
 REQUEST_TIMEOUT = 15.0  # seconds for one API request (or for opening one exec / port-forward stream)
+
+
+def _refusal(where: str, status: int, message: str) -> Problem:
+    """A 401 is about credentials; a 403 is the authorizer or an admission plugin saying no, for a reason."""
+    terminating = re.search(r"in namespace (\S+) because it is being terminated", message)
+    if status == 403 and terminating:  # NamespaceLifecycle: a teardown has not finished
+        namespace = terminating.group(1)
+        return Problem(f"namespace {namespace}", "is still being deleted (Terminating): nothing can be created in it",
+                       f"wait until it is gone (`kubectl get namespace {namespace} -o yaml` says what it waits for), "
+                       "then run piml up again")
+    if status == 401:
+        return Problem(where, f"the Kubernetes API refused piml's credentials (401: {message})",
+                       "fetch a fresh kubeconfig with `piml up --only kubeconfig`")
+    return Problem(where, f"the Kubernetes API refused a request (403: {message})",
+                   "piml needs the cluster-admin kubeconfig k3s writes: fetch it with `piml up --only kubeconfig`")
 
 
 def connect(kubeconfig: Path, where: str | None = None, request_timeout: float = REQUEST_TIMEOUT) -> Kube:

@@ -19,7 +19,7 @@ from piml.kube.client import connect
 from piml.kube.diagnose import diagnose
 from piml.kube.discovery import Discovery
 from piml.kube.objects import PROJECT_LABEL, Ref, ref
-from piml.kube.prune import prune
+from piml.kube.prune import prune, wait_gone, why_still_there
 from piml.kube.wait import Deadline, Timeouts, readiness, wait_for_kinds, wait_ready
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class DeployReport:
     applied: list[Applied] = field(default_factory=list)
     pruned: list[Ref] = field(default_factory=list)
     kept: list[Ref] = field(default_factory=list)  # no longer rendered but kept: volumes and their namespace
+    still_deleting: list[str] = field(default_factory=list)  # "<object>: <what it waits for>", past the bound
     ready: list[Ref] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
@@ -63,6 +64,7 @@ class DeployReport:
             "created": self.created, "changed": self.changed, "unchanged": self.unchanged,
             "pruned": [r.as_dict() for r in self.pruned],
             "kept": [r.as_dict() for r in self.kept],
+            "still_deleting": self.still_deleting,
             "objects": [{**a.ref.as_dict(), "action": a.action} for a in self.applied],
             "ready": [str(r) for r in self.ready],
             "problems": [str(p) for p in self.problems],
@@ -138,6 +140,12 @@ def _deploy(kube, project: str, objects: list[dict], timeouts: Timeouts, deadlin
     deletion = prune(kube, discovery, project, {ref(o) for o in objects}, progress=lambda line: say(line + " (no longer rendered)"))
     report.pruned, report.kept = deletion.deleted, deletion.kept
 
+    def wait_pruned_gone(seconds: float):  # after the readiness wait, which gave them time too; bounded
+        left = wait_gone(kube, discovery, deletion.going, deadline.within(seconds), timeouts.poll) if wait else []
+        report.still_deleting = [f"{r}: {why_still_there(kube, discovery, r)}" for r in left]
+        for line in report.still_deleting:
+            say(f"still deleting {line}")
+
     if wait:
         refs = [ref(o) for o in objects]
         started = time.monotonic()
@@ -148,7 +156,9 @@ def _deploy(kube, project: str, objects: list[dict], timeouts: Timeouts, deadlin
             for target, live in not_ready.items():
                 problems += diagnose(kube, live, str(target), waited) if live.get("metadata", {}).get("uid") else [
                     Problem(str(target), "was applied but is not in the cluster any more", "run piml up again")]
+            wait_pruned_gone(0)  # failing already: look once, do not wait longer
             fail(problems)
+    wait_pruned_gone(timeouts.ready)
     report.seconds = deadline.elapsed()
     return report
 

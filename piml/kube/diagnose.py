@@ -49,12 +49,16 @@ def progress_text(obj: dict) -> str:
 def pod_problems(kube: Kube, namespace: str, selector: str, where: str) -> list[Problem]:
     listing = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector})
     pods = dig(listing, "items", default=[])
-    problems: list[Problem] = []
+    # Replicas fail alike: say it once, with how many more pods it is true of (their names differ).
+    first: dict[str, tuple[Problem, int]] = {}
     for pod in pods:
+        name = pod["metadata"]["name"]
         for problem in _pod(kube, pod, where):
-            if str(problem) not in {str(p) for p in problems}:  # replicas fail alike: say it once
-                problems.append(problem)
-    return problems
+            key = str(problem).replace(name, "<pod>")
+            seen, more = first.get(key, (problem, -1))
+            first[key] = (seen, more + 1)
+    return [Problem(p.where, f"{p.what} ({more} more pod{'s' if more > 1 else ''} alike)", p.fix) if more else p
+            for p, more in first.values()]
 
 
 def _pod(kube: Kube, pod: dict, where: str) -> list[Problem]:

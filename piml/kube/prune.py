@@ -2,11 +2,14 @@
 
 Objects are found by piml's labels across every kind piml manages. Objects another controller owns
 (ownerReferences) are left to garbage collection. PersistentVolumeClaims are kept unless purging, and so is
-a Namespace that still holds one.
+a Namespace that still holds one. Deleting takes time on a real cluster: finalizers (k3s runs `helm delete` before
+a HelmChart goes, KubeRay cleans Redis before a fault-tolerant RayCluster goes) and Terminating namespaces; an
+object already being deleted is not deleted again, and `wait_gone` waits, bounded, until they are gone.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from piml.kube.client import Kube, KubeError
@@ -18,6 +21,12 @@ from piml.kube.objects import KNOWN_KINDS, Ref, dig, kind_rank, project_selector
 class Deletion:
     deleted: list[Ref] = field(default_factory=list)
     kept: list[Ref] = field(default_factory=list)  # PVCs (data) and the namespaces that hold them
+    terminating: list[Ref] = field(default_factory=list)  # already being deleted (an earlier run asked)
+
+    @property
+    def going(self) -> list[Ref]:
+        """What is on its way out: to wait for."""
+        return self.deleted + self.terminating
 
 
 def project_objects(kube: Kube, discovery: Discovery, project: str) -> list[dict]:
@@ -38,12 +47,13 @@ def project_objects(kube: Kube, discovery: Discovery, project: str) -> list[dict
 
 
 def delete(kube: Kube, discovery: Discovery, target: Ref) -> bool:
-    """Delete one object (dependents in the background). False when it was already gone."""
+    """Delete one object and, first, what it owns (foreground: the object stays, being deleted, until its pods
+    and ReplicaSets are gone, so waiting for it waits for them). False when it was already gone."""
     resource = discovery.resource(target.api_version, target.kind)
     if resource is None:
         return False
     try:
-        kube.request("DELETE", resource.path(target.namespace or None, target.name), {"propagationPolicy": "Background"})
+        kube.request("DELETE", resource.path(target.namespace or None, target.name), {"propagationPolicy": "Foreground"})
     except KubeError as exc:
         if exc.status == 404:
             return False
@@ -55,8 +65,12 @@ def delete_objects(kube: Kube, discovery: Discovery, live: list[dict], purge: bo
     """Delete `live` objects in reverse apply order, keeping PVCs (and their namespaces) unless `purge`."""
     result = Deletion()
     refs = sorted((ref(o) for o in live), key=lambda r: (kind_rank(r.api_version, r.kind), r), reverse=True)
+    being_deleted = {ref(o) for o in live if dig(o, "metadata", "deletionTimestamp")}
     kept_namespaces = set()
     for target in refs:
+        if target in being_deleted:
+            result.terminating.append(target)
+            continue
         if target.kind == "PersistentVolumeClaim" and not purge:
             result.kept.append(target)
             kept_namespaces.add(target.namespace)
@@ -80,3 +94,33 @@ def prune(kube: Kube, discovery: Discovery, project: str, rendered: set[Ref], pr
     """Delete what piml applied before but no longer renders (a component switched off). PVCs stay."""
     stale = [o for o in project_objects(kube, discovery, project) if ref(o) not in rendered]
     return delete_objects(kube, discovery, stale, purge=False, progress=progress)
+
+
+def wait_gone(kube: Kube, discovery: Discovery, refs: list[Ref], until: float, poll: float) -> list[Ref]:
+    """Poll until every object is gone or `until` (monotonic); returns those still there."""
+    pending = list(refs)
+    while pending:
+        for target in list(pending):
+            resource = discovery.resource(target.api_version, target.kind)
+            if resource is None or kube.get(resource.path(target.namespace or None, target.name)) is None:
+                pending.remove(target)
+        remaining = until - time.monotonic()
+        if not pending or remaining <= 0:
+            break
+        time.sleep(min(poll, remaining))
+    return pending
+
+
+def why_still_there(kube: Kube, discovery: Discovery, target: Ref) -> str:
+    """A few words on what an object being deleted waits for: its finalizers, or a namespace's contents."""
+    resource = discovery.resource(target.api_version, target.kind)
+    live = kube.get(resource.path(target.namespace or None, target.name)) if resource else None
+    if live is None:
+        return "gone now"
+    finalizers = dig(live, "metadata", "finalizers", default=[])
+    if target.kind == "Namespace":
+        waiting = [c.get("message", "") for c in dig(live, "status", "conditions", default=[])
+                   if c.get("status") == "True" and c.get("type") in ("NamespaceContentRemaining",
+                                                                      "NamespaceFinalizersRemaining")]
+        return "; ".join(m for m in waiting if m) or "Terminating"
+    return f"waiting for {', '.join(finalizers)}" if finalizers else "Terminating"

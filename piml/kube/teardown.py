@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from piml.kube.client import connect
 from piml.kube.discovery import Discovery
 from piml.kube.objects import Ref
-from piml.kube.prune import delete_objects, project_objects
+from piml.kube.prune import delete_objects, project_objects, wait_gone
 
 if TYPE_CHECKING:
     from piml.project import Cluster
@@ -61,23 +61,10 @@ def _teardown(kube, project: str, purge: bool, timeout: float, poll: float, prog
         report.deleted += result.deleted
         report.kept += result.kept
         if batch is custom:  # the operators must still run to finish these
-            report.still_going += _wait_gone(kube, discovery, result.deleted, until, poll)
+            report.still_going += wait_gone(kube, discovery, result.going, until, poll)
         else:
-            last += [r for r in result.deleted if r.kind in ("HelmChart", "Namespace")]
-    # k3s uninstalls a chart before its HelmChart goes; a namespace empties before it goes. Wait, bounded.
-    report.still_going += _wait_gone(kube, discovery, last, until, poll)
+            last += result.going
+    # Deleted in the foreground, so a Deployment goes after its pods; k3s uninstalls a chart before its HelmChart
+    # goes; a namespace empties before it goes. Wait for all of it, bounded.
+    report.still_going += wait_gone(kube, discovery, last, until, poll)
     return report
-
-
-def _wait_gone(kube, discovery: Discovery, refs: list[Ref], until: float, poll: float) -> list[Ref]:
-    pending = list(refs)
-    while pending:
-        for target in list(pending):
-            resource = discovery.resource(target.api_version, target.kind)
-            if resource is None or kube.get(resource.path(target.namespace or None, target.name)) is None:
-                pending.remove(target)
-        remaining = until - time.monotonic()
-        if not pending or remaining <= 0:
-            break
-        time.sleep(min(poll, remaining))
-    return pending
