@@ -34,6 +34,14 @@ MADE = ("kubeconfig", STATE, "tls", "kubeconfigs", "db", "logs", "run")
 SERVICE_CIDR = "10.43.0.0/16"  # k3s defaults
 CLUSTER_CIDR = "10.42.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["system:admin"]
+- level: None
+"""
 START_ORDER = (
     "kine",
     "kube-apiserver",
@@ -221,6 +229,10 @@ class Up:
                 Path(paths[cert]),
                 Path(paths[cert + "-key"]),
             )
+        # An audit log of what the admin user (piml, the tests, kubectl with DIR/kubeconfig) asked, in order: the
+        # tests read it to check the order piml applies and deletes in. Controllers and nodes are not logged.
+        (d / "run" / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        self.state["audit_log"] = str(d / "logs" / "audit.log")
         _save_state(d, self.state)
 
         # kine over SQLite, as k3s's default datastore (same endpoint options as k3s).
@@ -271,6 +283,9 @@ class Up:
                 f"--proxy-client-cert-file={paths['client-auth-proxy']}",
                 f"--proxy-client-key-file={paths['client-auth-proxy-key']}",
                 "--endpoint-reconciler-type=none",  # it would publish 127.0.0.1, which Endpoints refuse
+                f"--audit-policy-file={d}/run/audit-policy.yaml",
+                f"--audit-log-path={d}/logs/audit.log",
+                "--audit-log-mode=blocking",  # written before the answer: a test reads it right after
                 "--profiling=false",
             ],
         )

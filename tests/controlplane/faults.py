@@ -1,8 +1,9 @@
 """STAND-IN faults: what the kubelet stand-in (nodes.py) reports for a pod a test made fail.
 
 A test writes DIR/faults.json (see `inject`): {owner: {"fault": kind, "logs": [lines]}}. A pod matches an owner
-when it is the Deployment's (`<owner>-<replicaset hash>-<5 chars>`) or the RayCluster's (label
-`ray.io/cluster=<owner>`). Instead of Running and Ready, the node then reports what a kubelet with containerd
+when it is the Deployment's (`<owner>-<replicaset hash>-<5 chars>`), the RayCluster's (label
+`ray.io/cluster=<owner>`) or the Job's (label `batch.kubernetes.io/job-name=<owner>`: a helm-install pod that
+fails is not played by chart_jobs.py). Instead of Running and Ready, the node then reports what a kubelet with containerd
 reports for that fault (field by field as kubelet's container status for it), and serves `logs` as the failed
 container's log (kubelet_api.py):
 
@@ -53,8 +54,9 @@ def load(plane_dir: Path) -> dict:
 
 def for_pod(faults: dict, name: str, labels: dict | None) -> dict | None:
     cluster = (labels or {}).get("ray.io/cluster")
+    job = (labels or {}).get("batch.kubernetes.io/job-name")
     for owner, fault in faults.items():
-        if cluster == owner or re.fullmatch(rf"{re.escape(owner)}-[a-z0-9]{{6,10}}-[a-z0-9]{{5}}", name):
+        if owner in (cluster, job) or re.fullmatch(rf"{re.escape(owner)}-[a-z0-9]{{6,10}}-[a-z0-9]{{5}}", name):
             return fault
     return None
 

@@ -16,7 +16,8 @@ served through the API server (kubelet_api.py: the kubelet's HTTPS API, containe
 
 Not done: no containers run, no probes, no images pulled, no volumes mounted, no exec/port-forward,
 no evictions or resource accounting; Job pods stay Running (never Succeeded), but for k3s's helm-install and
-helm-delete pods, which chart_jobs.py plays to Succeeded, and local-path-provisioner's helper pods, which
+helm-delete pods, which chart_jobs.py plays to Succeeded, KubeRay's redis-cleanup pods (GCS fault tolerance:
+played as if the keys were deleted, Succeeded), and local-path-provisioner's helper pods, which
 local_path.py plays to Succeeded (making or removing the volume's directory under DIR/run/<node>/); restartPolicy is
 ignored.
 """
@@ -249,7 +250,7 @@ class Node:
                 )
             return dict(base, ready=True, started=True, state={"running": {"startedAt": t}})
 
-        fault = faults.for_pod(faults.load(Path(self.state["dir"])), pod.metadata.name, pod.metadata.labels)
+        fault = self.failing(pod)
 
         def cond(type_):
             ok = fault is None or type_ in ("PodScheduled", "Initialized", "PodReadyToStartContainers")
@@ -290,6 +291,10 @@ class Node:
         shown = f"{fault['fault']} (injected)" if fault else "Running"
         log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} {shown} at {ip}")
 
+    def failing(self, pod) -> dict | None:
+        """The fault a test injected for this pod (faults.py), if any."""
+        return faults.for_pod(faults.load(Path(self.state["dir"])), pod.metadata.name, pod.metadata.labels)
+
     def event(self, pod, reason: str, message: str, type_: str = "Normal") -> None:
         """An event about `pod` from this node's kubelet, as a kubelet records one."""
         t = now()
@@ -327,8 +332,15 @@ class Node:
                     log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} stopped and deleted")
                 elif (pod.status.phase or "Pending") == "Pending" and pod.metadata.uid not in self.played:
                     self.run_pod(pod)
-                elif pod.status.phase == "Running" and chart_jobs.is_helm_job_pod(pod):
+                elif (pod.status.phase == "Running" and chart_jobs.is_helm_job_pod(pod)
+                      and not self.failing(pod)):
                     chart_jobs.play(self, pod, log)  # k3s's helm-install/-delete pods: see chart_jobs.py
+                elif (pod.status.phase == "Running" and not self.failing(pod)
+                      and (pod.metadata.labels or {}).get("ray.io/node-type") == "redis-cleanup"):
+                    # KubeRay's GCS fault-tolerance cleanup Job, made when a RayCluster with it is deleted: its
+                    # container would delete the cluster's keys in Redis. Played as done (exit 0).
+                    chart_jobs.finish_pod(self, pod, 0)
+                    log(f"{self.name}: redis-cleanup pod {pod.metadata.namespace}/{pod.metadata.name} Succeeded")
                 elif pod.status.phase == "Running" and local_path.is_helper_pod(pod):
                     local_path.play(self, pod, log)  # local-path's helper-pod-create/-delete: see local_path.py
             except ApiException as e:
