@@ -24,9 +24,9 @@ import pytest
 from piml.fsutil import write_atomic
 from piml.kube.deploy import deploy
 from piml.secrets import load_or_create
-from tests.platform.conftest import FAST, Project
-from tests.platform.conftest import LOOPBACK_INVENTORY as INVENTORY
 from tests.queue.helpers import assert_no_secrets, free_port, loopback_http, start_runner, stop
+from tests.standins.kubeapi.project import FAST, Project
+from tests.standins.kubeapi.project import LOOPBACK_INVENTORY as INVENTORY
 from tests.standins.kubeapi.server import FakeKubeAPI
 
 NAMESPACE = "piml"

@@ -1,7 +1,16 @@
-"""Fixtures for the platform tests: the Kubernetes API stand-in and a pi5-3x8gb project pointed at it."""
+"""Fixtures for the platform tests: the REAL control plane of tests/controlplane (kube-apiserver, controller-manager,
+scheduler v1.36.3, k3s's helm-controller, the KubeRay operator, local-path storage, Traefik's CRDs) with three
+stand-in nodes, and a project whose inventory names those nodes.
+
+One control plane per test module (starting one takes about ten seconds); each test gets a fresh project, and
+its platform is purged after it, waited for as the real controllers delete it. Faults are injected into the
+kubelet stand-in (tests/controlplane/faults.py); what piml asked, in order, is in the plane's audit log
+(tests/controlplane/audit.py).
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,38 +23,83 @@ from piml.plan.pins import read_pins
 from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform
 from piml.secrets import load_or_create
-from tests.standins.kubeapi.server import FakeKubeAPI
+from tests.controlplane import audit, faults
+from tests.controlplane.test_control_plane import GO, cp
 
-# Nodes on loopback ports where nothing listens: SSH fails at once, and no traffic leaves the machine.
-LOOPBACK_INVENTORY = """
+# pi5-3x8gb (tests/render/scenarios) on the plane's nodes; SSH to them fails at once (loopback port 9), so the
+# CLI's node stages and rows fail fast and nothing leaves the machine.
+INVENTORY = """
 k3s_cluster:
   children:
     server:
       hosts:
-        pi1: {ansible_host: 127.0.0.1, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
+        node-1: {ansible_host: 127.0.0.1, ansible_port: 9, piml_storage: nvme}
     agent:
       hosts:
-        pi2: {ansible_host: 127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
+        node-2: {ansible_host: 127.0.0.2, ansible_port: 9}
+        node-3: {ansible_host: 127.0.0.3, ansible_port: 9}
+  vars: {piml_model: pi5, piml_memory_gb: 8}
 """
-SCENARIO = Path(__file__).resolve().parents[1] / "render" / "scenarios" / "pi5-3x8gb.yml"
-# Small, bounded waits: the stand-in "installs" CRDs after 0.3 s and makes pods ready after 0.1 s.
-FAST = Timeouts(crds=5.0, ready=5.0, total=30.0, poll=0.05, request=5.0)
-SHORT = Timeouts(crds=1.0, ready=2.0, total=10.0, poll=0.05, request=5.0)  # for waits that are meant to time out
+NODES = ("node-1", "node-2", "node-3")
+# The stand-in nodes look at their pods once a second; the operators and controllers answer within seconds.
+FAST = Timeouts(crds=60.0, ready=60.0, total=180.0, poll=0.2, request=10.0)
+SHORT = Timeouts(crds=60.0, ready=20.0, total=120.0, poll=0.2, request=10.0)  # for waits meant to time out
+
+
+class Plane:
+    """A running control plane: its directory, kubeconfig, faults and audit log."""
+
+    def __init__(self, d: Path):
+        self.dir = d
+        self.kubeconfig = d / "kubeconfig"
+
+    def inject(self, owner: str, fault: str, logs: list[str] | None = None) -> None:
+        faults.inject(self.dir, owner, fault, logs)
+
+    def requests(self) -> list[audit.Request]:
+        return audit.requests(self.dir)
+
+    def kube(self):
+        from piml.kube.client import connect
+
+        return connect(self.kubeconfig, request_timeout=10)
+
+
+def start_plane(tmp_path_factory, *args: str) -> Plane:
+    if GO is None:
+        pytest.skip("Go is not installed (needed to build the control plane)")
+    build = cp("build", timeout=3 * 3600)  # cold: tens of minutes once; then reused from the cache
+    assert build.returncode == 0, build.stderr
+    d = tmp_path_factory.mktemp("cp") / "plane"
+    r = cp("up", str(d), "--nodes", "3", "--node-memory", "8Gi", "--arch", "arm64", *args, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return Plane(d)
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    p = start_plane(tmp_path_factory)
+    yield p
+    cp("down", str(p.dir), timeout=60)
 
 
 class Project:
-    """A piml project directory (named `lab`) whose .piml/kubeconfig points at the stand-in."""
+    """A piml project directory (named `lab`) whose .piml/kubeconfig is the plane's."""
 
-    def __init__(self, root: Path, api: FakeKubeAPI):
-        self.root, self.api = root, api
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: Path, plane: Plane):
+        self.root, self.plane = root, plane
+        (root / "inventory").mkdir(parents=True, exist_ok=True)
+        self.inventory = root / "inventory" / "hosts.yml"
+        self.inventory.write_text(INVENTORY)
         self.kubeconfig = root / ".piml" / "kubeconfig"
         self.kubeconfig.parent.mkdir(exist_ok=True)
-        api.write_kubeconfig(self.kubeconfig)
+        shutil.copy(plane.kubeconfig, self.kubeconfig)
+        self.kubeconfig.chmod(0o600)
         self.secrets = load_or_create(root / ".piml")
 
     def cluster(self, settings: dict | None = None) -> Cluster:
-        return Cluster(ProjectPaths(self.root, SCENARIO), load_inventory(SCENARIO), PimlConfig.model_validate(settings or {}))
+        return Cluster(ProjectPaths(self.root, self.inventory), load_inventory(self.inventory),
+                       PimlConfig.model_validate(settings or {}))
 
     def plan(self, settings: dict | None = None):
         """Plan as `piml up` does: against the live cluster, so services stay where their volumes are."""
@@ -57,34 +111,17 @@ class Project:
         return cluster, render_platform(cluster, self.plan(settings), self.secrets)
 
 
-@pytest.fixture
-def make_api():
-    """Start stand-ins with chosen settings; all are stopped at the end of the test."""
-    started = []
+def purge(project: Project) -> None:
+    """Remove the project's platform, data included, and wait (bounded) until the cluster has let it go."""
+    from piml.kube.teardown import teardown_platform
 
-    def _make(**kwargs) -> FakeKubeAPI:
-        api = FakeKubeAPI(**kwargs).start()
-        started.append(api)
-        return api
-
-    yield _make
-    for api in started:
-        api.stop()
+    faults.clear(project.plane.dir)
+    report = teardown_platform(project.cluster(), project.kubeconfig, purge=True, timeout=120, poll=0.2)
+    assert not report.still_going, f"still deleting after the test: {[str(r) for r in report.still_going]}"
 
 
 @pytest.fixture
-def kubeapi(make_api) -> FakeKubeAPI:
-    return make_api()
-
-
-@pytest.fixture
-def project(tmp_path, kubeapi) -> Project:
-    return Project(tmp_path / "lab", kubeapi)
-
-
-@pytest.fixture
-def make_project(tmp_path):
-    def _make(api: FakeKubeAPI) -> Project:
-        return Project(tmp_path / "lab", api)
-
-    return _make
+def project(tmp_path, plane) -> Project:
+    p = Project(tmp_path / "lab", plane)
+    yield p
+    purge(p)

@@ -1,153 +1,244 @@
-"""Apply against the Kubernetes API stand-in: dependency order, CRD wait, idempotence, prune."""
+"""Apply against the real control plane: dependency order, CRD wait, idempotence, prune."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
 from piml.errors import EXIT_FAILED, PimlError
 from piml.kube.deploy import DeployError, deploy
-from tests.platform.conftest import FAST, SHORT
+from piml.kube.wait import Timeouts
+from tests.platform.conftest import FAST, Project, purge, start_plane
 
 
-def test_applies_in_dependency_order(project, kubeapi):
+def project_objects(kube, project: str = "lab") -> dict[str, dict]:
+    """Every live object of the project, by 'Kind namespace/name', read through piml's own listing."""
+    from piml.kube.discovery import Discovery
+    from piml.kube.prune import project_objects as live
+
+    return {f"{o['kind']} {o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o
+            for o in live(kube, Discovery(kube), project)}
+
+
+def pimls_writes(obj: dict) -> tuple:
+    """What only a write by piml moves: the generation and the time of piml's own managedFields entry."""
+    mine = [(m["operation"], m.get("time")) for m in obj["metadata"].get("managedFields", []) if m["manager"] == "piml"]
+    return obj["metadata"].get("generation"), mine
+
+
+def test_applies_in_dependency_order(project, plane):
     cluster, rendered = project.render()
+    mark = len(plane.requests())
     report = deploy(cluster, project.kubeconfig, rendered, FAST)
     objects = [o for r in rendered for o in r.objects]
     assert report.ok and report.created == len(objects) and report.changed == 0
     assert {str(r) for r in report.ready} >= {"Deployment piml/mlflow", "RayCluster piml/ray", "Deployment piml/redis"}
 
-    history = kubeapi.history
-    position = {(what, kind, name): i for i, (what, kind, _, name) in enumerate(history)}
-    namespace = position["apply", "Namespace", "piml"]
-    charts = [position["apply", "HelmChart", n] for n in ("kuberay-operator", "keda")]
-    crd = position["established", "CustomResourceDefinition", "rayclusters.ray.io"]
-    raycluster = position["apply", "RayCluster", "ray"]
-    namespaced = [i for i, (what, kind, ns, _) in enumerate(history) if what == "apply" and ns == "piml"]
+    # The order the API server received piml's applies in (its audit log).
+    applies = [r for r in plane.requests()[mark:] if r.verb == "patch" and "fieldManager=piml" in r.uri]
+    position = {(r.resource, r.name): i for i, r in enumerate(applies)}
+    namespace = position["namespaces", "piml"]
+    charts = [position["helmcharts", n] for n in ("kuberay-operator", "keda")]
+    namespaced = [i for i, r in enumerate(applies) if r.namespace == "piml" and r.resource != "namespaces"]
     assert namespace < min(charts) and namespace < min(namespaced)
-    assert max(charts) < crd < raycluster  # the RayCluster only once its CRD is Established
+    assert max(charts) < position["rayclusters", "ray"] and max(charts) < position["scaledjobs", "piml-runner"]
+    assert all(r.code in (200, 201) for r in applies)
 
     # Server-side apply with piml as the field manager; Secret values arrive as data, not in any other object.
-    mlflow = kubeapi.get("deployments", "piml", "mlflow")
-    assert mlflow["metadata"]["managedFields"][0]["manager"] == "piml"
-    assert ("PATCH", "fieldManager=piml") in {(m, p.partition("?")[2].split("&")[0]) for m, p in kubeapi.requests}
-    secret = kubeapi.get("secrets", "piml", "redis")
-    assert "stringData" not in secret and set(secret["data"]) == {"password"}
+    kube = plane.kube()
+    try:
+        mlflow = kube.get("/apis/apps/v1/namespaces/piml/deployments/mlflow")
+        assert ("piml", "Apply") in {(m["manager"], m["operation"]) for m in mlflow["metadata"]["managedFields"]}
+        secret = kube.get("/api/v1/namespaces/piml/secrets/redis")
+        assert "stringData" not in secret and set(secret["data"]) == {"password"}
+    finally:
+        kube.close()
 
 
-def test_second_deploy_changes_nothing(project, kubeapi):
+def test_second_deploy_changes_nothing(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
-    versions = {key: obj["metadata"]["resourceVersion"] for key, obj in kubeapi.objects.items() if key[0] != "pods"}
-    applies = sum(1 for h in kubeapi.history if h[0] == "apply")
+    kube = plane.kube()
+    try:
+        before = {k: pimls_writes(o) for k, o in project_objects(kube).items()}
+        report = deploy(cluster, project.kubeconfig, rendered, FAST)
+        assert (report.created, report.changed, report.unchanged) == (0, 0, len(report.applied))
+        assert not report.pruned
+        assert {k: pimls_writes(o) for k, o in project_objects(kube).items()} == before
+    finally:
+        kube.close()
 
-    report = deploy(cluster, project.kubeconfig, rendered, FAST)
-    assert (report.created, report.changed, report.unchanged) == (0, 0, len(report.applied))
-    assert not report.pruned
-    assert sum(1 for h in kubeapi.history if h[0] == "apply") == applies
-    assert {key: obj["metadata"]["resourceVersion"] for key, obj in kubeapi.objects.items() if key[0] != "pods"} == versions
 
-
-def test_a_changed_setting_changes_only_its_objects(project, kubeapi):
+def test_a_changed_setting_changes_only_its_objects(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
     cluster, rendered = project.render({"dask": {"extra_pip_packages": ["xgboost"]}})
     report = deploy(cluster, project.kubeconfig, rendered, FAST)
     changed = {str(a.ref) for a in report.applied if a.action == "changed"}
     assert changed == {"Deployment piml/dask-scheduler", "Deployment piml/dask-worker-arm64"}
-    assert kubeapi.get("deployments", "piml", "dask-scheduler")["metadata"]["generation"] == 2
+    kube = plane.kube()
+    try:
+        assert kube.get("/apis/apps/v1/namespaces/piml/deployments/dask-scheduler")["metadata"]["generation"] == 2
+    finally:
+        kube.close()
 
 
-def test_switching_ray_off_prunes_it(project, kubeapi):
+def test_switching_ray_off_prunes_it(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
-    assert "ray" in kubeapi.names("rayclusters", "piml")
 
+    mark = len(plane.requests())
     cluster, rendered = project.render({"ray": {"enabled": False}})
     report = deploy(cluster, project.kubeconfig, rendered, FAST)
     pruned = {str(r) for r in report.pruned}
-    assert pruned == {"RayCluster piml/ray", "HelmChart kube-system/kuberay-operator", "Middleware piml/strip-ray", "Secret piml/ray-auth"}
-    assert not kubeapi.names("rayclusters") and "kuberay-operator" not in kubeapi.names("helmcharts")
-    assert "keda" in kubeapi.names("helmcharts")  # the other chart stays
-    order = [h[1] for h in kubeapi.history if h[0] == "delete"]
-    assert order.index("RayCluster") < order.index("HelmChart")  # the operator outlives its resource
+    assert pruned == {"RayCluster piml/ray", "HelmChart kube-system/kuberay-operator", "Middleware piml/strip-ray",
+                      "Secret piml/ray-auth"}
+    kube = plane.kube()
+    try:
+        live = project_objects(kube)
+        assert "RayCluster piml/ray" not in live and "HelmChart kube-system/keda" in live  # the other chart stays
+    finally:
+        kube.close()
+    deletes = [r.resource for r in plane.requests()[mark:] if r.verb == "delete"]
+    assert deletes.index("rayclusters") < deletes.index("helmcharts")  # the operator outlives its resource
     # The Ingress loses its /ray path: changed, not deleted (the plan may move other parts too).
     assert "Ingress piml/piml-ui" in {str(a.ref) for a in report.applied if a.action == "changed"}
     again = deploy(cluster, project.kubeconfig, rendered, FAST)
     assert (again.changed, again.created, again.pruned) == (0, 0, [])
 
 
-def test_switching_the_queue_off_keeps_its_volume(project, kubeapi):
+def test_switching_the_queue_off_keeps_its_volume(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
     cluster, rendered = project.render({"queue": {"enabled": False}})
     report = deploy(cluster, project.kubeconfig, rendered, FAST)
     assert "Deployment piml/redis" in {str(r) for r in report.pruned}
     assert {str(r) for r in report.kept} == {"PersistentVolumeClaim piml/redis-data"}
-    assert "redis-data" in kubeapi.names("persistentvolumeclaims", "piml")
-    assert "redis" not in kubeapi.names("deployments")
+    kube = plane.kube()
+    try:
+        claim = kube.get("/api/v1/namespaces/piml/persistentvolumeclaims/redis-data")
+        assert claim and claim["status"]["phase"] == "Bound"  # the data's volume is still there
+        assert kube.get("/apis/apps/v1/namespaces/piml/deployments/redis") is None
+    finally:
+        kube.close()
 
 
-def test_objects_of_other_projects_are_left_alone(project, kubeapi):
+def test_objects_of_other_projects_are_left_alone(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
     other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "theirs", "namespace": "piml", "labels": {
         "app.kubernetes.io/managed-by": "piml", "piml.io/project": "another-lab"}}, "data": {"a": "b"}}
-    kubeapi.handle("POST", "/api/v1/namespaces/piml/configmaps", json.dumps(other).encode(), "application/json")
-    report = deploy(cluster, project.kubeconfig, rendered, FAST)
-    assert not report.pruned and "theirs" in kubeapi.names("configmaps", "piml")
+    kube = plane.kube()
+    try:
+        kube.request("POST", "/api/v1/namespaces/piml/configmaps", body=other)
+        report = deploy(cluster, project.kubeconfig, rendered, FAST)
+        assert not report.pruned and kube.get("/api/v1/namespaces/piml/configmaps/theirs")
+    finally:
+        kube.close()
 
 
-def test_crds_that_never_come_are_a_plain_error(make_api, make_project):
-    api = make_api(crd_delay=3600)
-    project = make_project(api)
-    cluster, rendered = project.render()
-    with pytest.raises(DeployError) as caught:
-        deploy(cluster, project.kubeconfig, rendered, SHORT)
-    assert caught.value.exit_code == EXIT_FAILED
-    lines = [str(p) for p in caught.value.problems]
-    charts = {"ray.io/v1": "kuberay-operator", "keda.sh/v1alpha1": "keda"}
-    waited_for = sorted({(o["apiVersion"], o["kind"]) for r in rendered for o in r.objects if o["apiVersion"] in charts})
-    assert ("ray.io/v1", "RayCluster") in waited_for
-    assert lines == [f"HelmChart kube-system/{charts[v]}: {k} ({v}) is still not served (no CRD yet); "
-                     f"see how the chart install went: `kubectl -n kube-system logs job/helm-install-{charts[v]}` "
-                     "(k3s fetches the chart from its repository on the internet)" for v, k in waited_for]
-    assert "RayCluster" not in {h[1] for h in api.history if h[0] == "apply"}
-    assert caught.value.report.created == len([o for r in rendered for o in r.objects]) - len(waited_for)
+def test_crds_that_never_come_are_a_plain_error(tmp_path, tmp_path_factory):
+    """A fresh cluster whose chart installs fail (the helm-install pods crash, as when k3s cannot fetch a chart):
+    the charts' kinds are never served, and piml says where to look, within its bound."""
+    from tests.controlplane.test_control_plane import cp
+
+    plane = start_plane(tmp_path_factory)
+    project = Project(tmp_path / "lab", plane)
+    try:
+        for chart in ("kuberay-operator", "keda"):
+            plane.inject(f"helm-install-{chart}", "crash", logs=["Error: failed to fetch chart: no route to host"])
+        cluster, rendered = project.render()
+        with pytest.raises(DeployError) as caught:
+            deploy(cluster, project.kubeconfig, rendered, Timeouts(crds=5.0, ready=5.0, total=60.0, poll=0.2,
+                                                                     request=10.0))
+        assert caught.value.exit_code == EXIT_FAILED
+        lines = [str(p) for p in caught.value.problems]
+        charts = {"ray.io/v1": "kuberay-operator", "keda.sh/v1alpha1": "keda"}
+        waited_for = sorted({(o["apiVersion"], o["kind"]) for r in rendered for o in r.objects
+                             if o["apiVersion"] in charts})
+        assert ("ray.io/v1", "RayCluster") in waited_for
+        assert lines == [f"HelmChart kube-system/{charts[v]}: {k} ({v}) is still not served (no CRD yet); "
+                         f"see how the chart install went: `kubectl -n kube-system logs job/helm-install-{charts[v]}` "
+                         "(k3s fetches the chart from its repository on the internet)" for v, k in waited_for]
+        assert "rayclusters" not in {r.resource for r in plane.requests() if r.verb == "patch"}
+        assert caught.value.report.created == len([o for r in rendered for o in r.objects]) - len(waited_for)
+        # And the log the hint points at says why (through the API server, from the node).
+        kube = plane.kube()
+        try:
+            pods = kube.request("GET", "/api/v1/namespaces/kube-system/pods",
+                                {"labelSelector": "batch.kubernetes.io/job-name=helm-install-keda"})["items"]
+            log = kube.request("GET", f"/api/v1/namespaces/kube-system/pods/{pods[0]['metadata']['name']}/log",
+                               {"previous": "true"}, text=True)
+            assert "failed to fetch chart" in log
+        finally:
+            kube.close()
+    finally:
+        purge(project)
+        cp("down", str(plane.dir), timeout=60)
 
 
-def test_an_unreachable_api_is_one_plain_line(project, tmp_path):
+def test_an_unreachable_api_is_one_plain_line(project):
     import socket
 
     with socket.socket() as sock:  # a loopback port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cluster, rendered = project.render()
-    text = project.kubeconfig.read_text().replace(project.api.url, f"http://127.0.0.1:{port}")
-    project.kubeconfig.write_text(text)
-    with pytest.raises(PimlError) as caught:
-        deploy(cluster, project.kubeconfig, rendered, FAST)
-    assert caught.value.exit_code == EXIT_FAILED
-    assert len(caught.value.problems) == 1
-    assert f"cannot reach the Kubernetes API at http://127.0.0.1:{port}" in str(caught.value)
+    text = project.kubeconfig.read_text()
+    server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
+    project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
+    try:
+        with pytest.raises(PimlError) as caught:
+            deploy(cluster, project.kubeconfig, rendered, FAST)
+        assert caught.value.exit_code == EXIT_FAILED
+        assert len(caught.value.problems) == 1
+        assert f"cannot reach the Kubernetes API at https://127.0.0.1:{port}" in str(caught.value)
+    finally:
+        project.kubeconfig.write_text(text)
 
 
 def test_a_missing_kubeconfig_says_how_to_get_one(project):
+    text = project.kubeconfig.read_text()
     project.kubeconfig.unlink()
     cluster, rendered = project.render()
-    with pytest.raises(PimlError) as caught:
-        deploy(cluster, project.kubeconfig, rendered, FAST)
-    assert "no kubeconfig here; run `piml up`" in str(caught.value)
+    try:
+        with pytest.raises(PimlError) as caught:
+            deploy(cluster, project.kubeconfig, rendered, FAST)
+        assert "no kubeconfig here; run `piml up`" in str(caught.value)
+    finally:
+        project.kubeconfig.write_text(text)
 
 
 @pytest.mark.parametrize("settings", [
-    {"mlflow": {"backend": "postgresql", "artifacts": "minio"}, "queue": {"kind": "rabbitmq"}, "ray": {"gcs_fault_tolerance": True}},
+    {"mlflow": {"backend": "postgresql", "artifacts": "minio"}, "queue": {"kind": "rabbitmq"},
+     "ray": {"gcs_fault_tolerance": True}},
     {"ray": {"enabled": False}, "dask": {"enabled": False}, "queue": {"enabled": False}},
 ], ids=["postgres-minio-rabbitmq", "mlflow-only"])
-def test_other_configurations_converge(project, kubeapi, settings):
+def test_other_configurations_converge(project, settings):
     cluster, rendered = project.render(settings)
     first = deploy(cluster, project.kubeconfig, rendered, FAST)
     assert first.ok and first.created == len(first.applied)
     second = deploy(cluster, project.kubeconfig, rendered, FAST)
     assert (second.created, second.changed, second.pruned) == (0, 0, [])
+
+
+def test_up_into_a_namespace_still_terminating_says_so(project, plane):
+    """A teardown that did not finish (something in the namespace waits for a finalizer nobody removes): the real
+    API server refuses new objects there with a 403, which is not about credentials."""
+    kube = plane.kube()
+    held = "/api/v1/namespaces/piml/configmaps/held"
+    try:
+        kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "piml"}})
+        kube.request("POST", "/api/v1/namespaces/piml/configmaps",
+                     body={"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})
+        kube.request("DELETE", "/api/v1/namespaces/piml")
+        cluster, rendered = project.render()
+        with pytest.raises(PimlError) as caught:
+            deploy(cluster, project.kubeconfig, rendered, FAST)
+        (problem,) = caught.value.problems
+        assert "credentials" not in str(problem)
+        assert str(problem).startswith("namespace piml: is still being deleted (Terminating)"), str(problem)
+        assert "kubectl get namespace piml -o yaml" in problem.fix
+    finally:
+        kube.request("PATCH", held, body={"metadata": {"finalizers": None}},
+                     content_type="application/merge-patch+json")
+        kube.close()

@@ -1,4 +1,5 @@
-"""On a readiness timeout, say plainly why: each case injected into the stand-in's pods."""
+"""On a readiness timeout, say plainly why. Each fault is injected into the kubelet stand-in, which reports it as
+a kubelet does; the Pending case is the real scheduler's own answer on nodes too small."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from piml.errors import EXIT_FAILED
 from piml.kube.deploy import DeployError, deploy
-from tests.platform.conftest import SHORT
+from tests.controlplane.test_control_plane import cp
+from tests.platform.conftest import SHORT, Project, purge, start_plane
 
 
 def failed_deploy(project, settings=None) -> tuple[DeployError, float]:
@@ -27,28 +29,29 @@ def rendered_container(project, kind, name, container=0):
     return spec["containers"][container]
 
 
-def test_image_pull_failure(project, kubeapi):
-    kubeapi.inject("mlflow", "image-pull")
+def test_image_pull_failure(project, plane):
+    plane.inject("mlflow", "image-pull")
     error, took = failed_deploy(project)
     image = rendered_container(project, "Deployment", "mlflow")["image"]
     assert [str(p) for p in error.problems] == [(
         f"Deployment piml/mlflow: image {image} cannot be pulled (ImagePullBackOff: not found); "
         "check the image name and tag, and that the nodes can reach its registry")]
-    assert took < SHORT.ready + 3  # bounded: the ready timeout, plus the diagnosis
+    assert took < SHORT.crds + SHORT.ready + 5  # bounded: the waits, plus the diagnosis
     assert {str(r) for r in error.report.ready} >= {"Deployment piml/redis", "RayCluster piml/ray"}
 
 
-def test_wrong_architecture(project, kubeapi):
-    kubeapi.inject("ray", "exec-format")  # e.g. a Ray image without the -aarch64 suffix on a Pi
+def test_wrong_architecture(project, plane):
+    plane.inject("ray", "exec-format")  # e.g. a Ray image without the -aarch64 suffix on a Pi
     error, _ = failed_deploy(project)
     image = rendered_container(project, "RayCluster", "ray")["image"]
-    node = next(p.node for p in project.plan().services if p.component == "ray-head")  # the stand-in honours it
+    node = next(p.node for p in project.plan().services if p.component == "ray-head")  # the real scheduler honours it
     (problem,) = error.problems
-    assert str(problem).startswith(f"RayCluster piml/ray: image {image} is built for another architecture than node {node} (arm64); ")
+    assert str(problem).startswith(
+        f"RayCluster piml/ray: image {image} is built for another architecture than node {node} (arm64); ")
 
 
-def test_oom_killed(project, kubeapi):
-    kubeapi.inject("redis", "oom")
+def test_oom_killed(project, plane):
+    plane.inject("redis", "oom")
     error, _ = failed_deploy(project)
     limit = rendered_container(project, "Deployment", "redis")["resources"]["limits"]["memory"]
     assert [str(p) for p in error.problems] == [(
@@ -56,41 +59,50 @@ def test_oom_killed(project, kubeapi):
         "raise it in piml.yaml (queue.resources.limits.memory)")]
 
 
-def test_pending_for_lack_of_memory_gives_the_numbers(make_api, make_project):
-    api = make_api(node_memory="1Gi")
-    project = make_project(api)
-    api.inject("mlflow", "insufficient-memory")
-    error, _ = failed_deploy(project)
-    request = rendered_container(project, "Deployment", "mlflow")["resources"]["requests"]["memory"]
-    (problem,) = [p for p in error.problems if "mlflow" in p.where]
-    text = str(problem)
-    assert text.startswith("Deployment piml/mlflow: pod mlflow-") and "stays Pending" in text
-    assert f"it requests {request} of memory and no node has that much free (free: pi1 " in text
-    assert "of 1Gi, pi2 " in text and text.endswith("lower its memory request in piml.yaml, switch a component off, or add a node")
-
-
-def test_crash_loop_shows_the_last_log_lines(project, kubeapi):
+def test_crash_loop_shows_the_last_log_lines(project, plane):
     log = [f"line {i}" for i in range(1, 31)] + ["Error: dashboard port 8787 already in use"]
-    kubeapi.inject("dask-scheduler", "crash", logs=log)
+    plane.inject("dask-scheduler", "crash", logs=log)
     error, _ = failed_deploy(project)
     (problem,) = error.problems
     text = str(problem)
-    assert text.startswith("Deployment piml/dask-scheduler: container scheduler keeps crashing (exit code 1, pod dask-scheduler-")
+    assert text.startswith(
+        "Deployment piml/dask-scheduler: container scheduler keeps crashing (exit code 1, pod dask-scheduler-")
     shown = [line.removeprefix("    | ") for line in text.splitlines()[1:]]
-    assert shown == log[-10:]
+    assert shown == log[-10:]  # read through the API server from the node, as `kubectl logs --previous`
 
 
-def test_every_failure_is_reported_together(project, kubeapi):
-    kubeapi.inject("mlflow", "image-pull")
-    kubeapi.inject("redis", "oom")
+def test_every_failure_is_reported_together(project, plane):
+    plane.inject("mlflow", "image-pull")
+    plane.inject("redis", "oom")
     error, _ = failed_deploy(project)
     assert [p.where for p in error.problems] == ["Deployment piml/mlflow", "Deployment piml/redis"]
 
 
-def test_replicas_failing_alike_are_reported_once(project, kubeapi):
+def test_replicas_failing_alike_are_reported_once(project, plane):
     _, rendered = project.render()
     workers = next(o for r in rendered for o in r.objects if o["metadata"]["name"] == "dask-worker-arm64")
     assert workers["spec"]["replicas"] > 1
-    kubeapi.inject("dask-worker-arm64", "image-pull")
+    plane.inject("dask-worker-arm64", "image-pull")
     error, _ = failed_deploy(project)
     assert len(error.problems) == 1
+
+
+def test_pending_for_lack_of_memory_gives_the_numbers(tmp_path, tmp_path_factory):
+    """Boards smaller than the inventory says: the plan fits, the real scheduler refuses, piml says so, once for
+    the replicas that fail alike."""
+    small = start_plane(tmp_path_factory, "--node-memory", "1Gi")  # the later --node-memory wins
+    project = Project(tmp_path / "lab", small)
+    try:
+        error, _ = failed_deploy(project)
+        workers = next(o for r in project.render()[1] for o in r.objects if o["metadata"]["name"] == "dask-worker-arm64")
+        request = workers["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+        (problem,) = [p for p in error.problems if p.where == "Deployment piml/dask-worker-arm64"]
+        text = str(problem)
+        assert text.startswith("Deployment piml/dask-worker-arm64: pod dask-worker-arm64-") and "stays Pending" in text
+        assert f"it requests {request} of memory and no node has that much free (free: node-1 " in text
+        assert "of 924Mi, node-2 " in text  # 1Gi less the kubelet's 100Mi eviction threshold
+        assert f"({workers['spec']['replicas'] - 1} more pods alike)" in text
+        assert text.endswith("lower its memory request in piml.yaml, switch a component off, or add a node")
+    finally:
+        purge(project)
+        cp("down", str(small.dir), timeout=60)

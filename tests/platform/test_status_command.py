@@ -1,21 +1,18 @@
-"""`piml status` with a cluster: the node part over SSH, the cluster part over the (stand-in) API."""
+"""`piml status` with a cluster: the node part over SSH (unreachable here), the cluster part over the real API."""
 
 import json
 
 from piml.kube.deploy import deploy
-from tests.platform.conftest import FAST
-from tests.platform.conftest import LOOPBACK_INVENTORY as INVENTORY
+from tests.platform.conftest import FAST, INVENTORY
 
 
-def test_status_shows_cluster_components_and_urls(piml, project, kubeapi):
-    (project.root / "inventory").mkdir(exist_ok=True)
-    (project.root / "inventory/hosts.yml").write_text(INVENTORY)
+def test_status_shows_cluster_components_and_urls(piml, project):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
     out = piml("status", "--json", cwd=project.root)
     assert out.returncode == 1  # the nodes cannot be reached over SSH
     data = json.loads(out.stdout)
-    assert [n["reachable"] for n in data["nodes"]] == [False, False]
+    assert [n["reachable"] for n in data["nodes"]] == [False, False, False]
     assert data["cluster"]["reachable"] and data["cluster"]["healthy"]
     components = {c["component"] for c in data["cluster"]["components"]}
     assert {"mlflow", "ray", "redis", "dask-scheduler"} <= components

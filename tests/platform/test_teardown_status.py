@@ -1,4 +1,5 @@
-"""Teardown (data kept unless purge), status, and no secret in any output."""
+"""Teardown (data kept unless purge, waited for as the real controllers delete), status, and no secret in any
+output."""
 
 from __future__ import annotations
 
@@ -12,65 +13,86 @@ from piml.kube.deploy import DeployError, deploy
 from piml.kube.status import cluster_status
 from piml.kube.teardown import teardown_platform
 from tests.platform.conftest import FAST, SHORT
+from tests.platform.test_deploy import project_objects
 
 
-def project_objects(api) -> set[tuple[str, str, str]]:
-    return {key for key, obj in api.objects.items()
-            if obj["metadata"].get("labels", {}).get("piml.io/project") == "lab" and key[0] != "pods"}
-
-
-def test_teardown_keeps_the_volumes(project, kubeapi):
+def test_teardown_keeps_the_volumes(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
+    mark = len(plane.requests())
     lines = []
-    report = teardown_platform(cluster, project.kubeconfig, timeout=5, poll=0.05, progress=lines.append)
-    assert {str(r) for r in report.kept} == {"PersistentVolumeClaim piml/mlflow-data", "PersistentVolumeClaim piml/redis-data",
-                                             "Namespace piml"}
-    assert project_objects(kubeapi) == {("persistentvolumeclaims", "piml", "mlflow-data"),
-                                        ("persistentvolumeclaims", "piml", "redis-data"), ("namespaces", "", "piml")}
-    assert not kubeapi.names("pods", "piml") and not kubeapi.names("helmcharts")
-    deletes = [h[1] for h in kubeapi.history if h[0] == "delete"]
-    assert deletes.index("RayCluster") < deletes.index("Deployment") < deletes.index("HelmChart")
+    report = teardown_platform(cluster, project.kubeconfig, timeout=120, poll=0.2, progress=lines.append)
+    assert {str(r) for r in report.kept} == {"PersistentVolumeClaim piml/mlflow-data",
+                                             "PersistentVolumeClaim piml/redis-data", "Namespace piml"}
     assert len(lines) == len(report.deleted) and not report.still_going
+    kube = plane.kube()
+    try:
+        assert set(project_objects(kube)) == {"PersistentVolumeClaim piml/mlflow-data",
+                                              "PersistentVolumeClaim piml/redis-data", "Namespace /piml"}
+        # Waited for: the pods are gone (the kubelets stopped them), and so are the HelmCharts (k3s ran helm delete).
+        assert kube.request("GET", "/api/v1/namespaces/piml/pods")["items"] == []
+        assert kube.request("GET", "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts")["items"] == []
+    finally:
+        kube.close()
+    deletes = [r.resource for r in plane.requests()[mark:] if r.verb == "delete"]
+    assert deletes.index("rayclusters") < deletes.index("deployments") < deletes.index("helmcharts")
 
-    # Up again: the volumes are still there, the rest comes back.
+    # Up again: the volumes are still there (bound to their nodes), the rest comes back.
     again = deploy(cluster, project.kubeconfig, rendered, FAST)
-    assert again.unchanged == 3 and again.created == len(again.applied) - 3  # namespace and the two claims
+    assert again.ok and again.unchanged == 3 and again.created == len(again.applied) - 3  # namespace, two claims
 
 
-def test_purge_deletes_the_data(project, kubeapi):
+def test_purge_deletes_the_data(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
-    report = teardown_platform(cluster, project.kubeconfig, purge=True, timeout=5, poll=0.05)
-    assert not report.kept and not project_objects(kubeapi)
+    report = teardown_platform(cluster, project.kubeconfig, purge=True, timeout=120, poll=0.2)
+    assert not report.kept and not report.still_going
     assert {"PersistentVolumeClaim piml/redis-data", "Namespace piml"} <= {str(r) for r in report.deleted}
     assert report.as_dict()["purge"] is True
+    kube = plane.kube()
+    try:
+        assert not project_objects(kube)
+        assert kube.get("/api/v1/namespaces/piml") is None  # Terminating, then gone: waited for
+        # local-path's reclaim policy is Delete: the volumes went with their claims.
+        volumes = kube.request("GET", "/api/v1/persistentvolumes")["items"]
+        assert not [v for v in volumes if (v["spec"].get("claimRef") or {}).get("namespace") == "piml"]
+    finally:
+        kube.close()
     # Nothing left: a second teardown has nothing to do.
-    assert not teardown_platform(cluster, project.kubeconfig, purge=True, timeout=5, poll=0.05).deleted
+    assert not teardown_platform(cluster, project.kubeconfig, purge=True, timeout=30, poll=0.2).deleted
 
 
-def test_status_reads_nodes_and_components(project, kubeapi):
-    kubeapi.add_node("pi4", memory="4Gi", pressure=("MemoryPressure",))
+def test_status_reads_nodes_and_components(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
+    kube = plane.kube()
+    try:  # node-3 reports memory pressure, as its kubelet would
+        node = kube.get("/api/v1/nodes/node-3")
+        conditions = [dict(c, status="True", reason="KubeletHasInsufficientMemory") if c["type"] == "MemoryPressure"
+                      else c for c in node["status"]["conditions"]]
+        kube.request("PATCH", "/api/v1/nodes/node-3/status", body={"status": {"conditions": conditions}},
+                     content_type="application/strategic-merge-patch+json")
+    finally:
+        kube.close()
     status = cluster_status(cluster, project.kubeconfig)
     json.dumps(status)  # --json ready
-    assert status["reachable"] and status["version"] == "v1.36.3+k3s1"
+    assert status["reachable"] and status["version"] == "v1.36.3"  # the API server's own version
     nodes = {n["name"]: n for n in status["nodes"]}
-    assert set(nodes) == {"pi1", "pi2", "pi3", "pi4"}
-    assert nodes["pi1"]["ready"] and nodes["pi1"]["pressure"] == [] and nodes["pi1"]["kubelet"] == "v1.36.3+k3s1"
-    assert nodes["pi4"]["pressure"] == ["MemoryPressure"] and not status["healthy"]
+    assert set(nodes) == {"node-1", "node-2", "node-3"}
+    assert nodes["node-1"]["ready"] and nodes["node-1"]["pressure"] == []
+    assert nodes["node-1"]["kubelet"] == "v1.36.3+k3s1"
+    assert nodes["node-3"]["pressure"] == ["MemoryPressure"] and not status["healthy"]
     components = {(c["kind"], c["name"]): c for c in status["components"]}
     assert components["Deployment", "mlflow"]["ready_replicas"] == components["Deployment", "mlflow"]["replicas"] == 1
-    assert components["RayCluster", "ray"]["state"] == "ready"
+    assert components["RayCluster", "ray"]["state"] == "ready"  # as the real KubeRay operator says
     assert components["HelmChart", "kuberay-operator"]["chart"] == "kuberay-operator 1.7.0"
-    assert {v["name"] for v in status["volumes"]} == {"mlflow-data", "redis-data"}
-    assert status["urls"] == {"mlflow": "http://10.0.0.1/mlflow/", "ray dashboard": "http://10.0.0.1/ray/",
-                              "dask dashboard": "http://10.0.0.1/dask/status"}
+    assert {v["name"]: v["phase"] for v in status["volumes"]} == {"mlflow-data": "Bound", "redis-data": "Bound"}
+    assert status["urls"] == {"mlflow": "http://127.0.0.1/mlflow/", "ray dashboard": "http://127.0.0.1/ray/",
+                              "dask dashboard": "http://127.0.0.1/dask/status"}
 
 
-def test_status_shows_what_is_not_ready(project, kubeapi):
-    kubeapi.inject("redis", "oom")
+def test_status_shows_what_is_not_ready(project, plane):
+    plane.inject("redis", "oom")
     cluster, rendered = project.render()
     with pytest.raises(DeployError):
         deploy(cluster, project.kubeconfig, rendered, SHORT)
@@ -79,23 +101,35 @@ def test_status_shows_what_is_not_ready(project, kubeapi):
     assert redis["ready"] is False and redis["ready_replicas"] == 0 and not status["healthy"]
 
 
-def test_status_of_an_unreachable_cluster(project, kubeapi):
+def test_status_of_an_unreachable_cluster(project):
+    import socket
+
     cluster, _ = project.render()
-    kubeapi.stop()
-    status = cluster_status(cluster, project.kubeconfig, request_timeout=2)
-    assert status["reachable"] is False and "cannot reach the Kubernetes API" in status["error"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    text = project.kubeconfig.read_text()
+    server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
+    project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
+    try:
+        status = cluster_status(cluster, project.kubeconfig, request_timeout=2)
+        assert status["reachable"] is False and "cannot reach the Kubernetes API" in status["error"]
+    finally:
+        project.kubeconfig.write_text(text)
 
 
-def test_no_secret_in_any_output(project, kubeapi, caplog):
+def test_no_secret_in_any_output(project, plane, caplog):
     caplog.set_level(logging.DEBUG)
-    kubeapi.inject("dask-scheduler", "crash", logs=["starting", "boom"])
+    plane.inject("dask-scheduler", "crash", logs=["starting", "boom"])
     cluster, rendered = project.render()
     lines: list[str] = []
     with pytest.raises(DeployError) as caught:
         deploy(cluster, project.kubeconfig, rendered, SHORT, progress=lines.append)
-    teardown = teardown_platform(cluster, project.kubeconfig, purge=True, timeout=5, poll=0.05, progress=lines.append)
-    said = "\n".join([*lines, str(caught.value), json.dumps(caught.value.report.as_dict()), json.dumps(teardown.as_dict()),
-                      json.dumps(cluster_status(cluster, project.kubeconfig)), caplog.text])
+    teardown = teardown_platform(cluster, project.kubeconfig, purge=True, timeout=120, poll=0.2,
+                                 progress=lines.append)
+    said = "\n".join([*lines, str(caught.value), json.dumps(caught.value.report.as_dict()),
+                      json.dumps(teardown.as_dict()), json.dumps(cluster_status(cluster, project.kubeconfig)),
+                      caplog.text])
     assert "Secret piml/redis" in said  # objects are named ...
     for name, value in project.secrets.items():  # ... their values never, not even base64-encoded
         assert value not in said and base64.b64encode(value.encode()).decode() not in said, name

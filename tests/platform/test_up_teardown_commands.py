@@ -1,43 +1,43 @@
-"""`piml up --only platform` and `piml teardown` as a user runs them, against the stand-in API."""
+"""`piml up --only platform` and `piml teardown` as a user runs them, against the real control plane."""
 
 import json
 
-from tests.platform.test_status_command import INVENTORY
+from tests.platform.conftest import INVENTORY
 
 
-def _project(project):
-    (project.root / "inventory").mkdir(exist_ok=True)
-    (project.root / "inventory/hosts.yml").write_text(INVENTORY)
-    return project.root
-
-
-def test_up_platform_then_rerun_changes_nothing(piml, project, kubeapi):
-    root = _project(project)
-    out = piml("up", "--only", "platform", "--json", cwd=root)
+def test_up_platform_then_rerun_changes_nothing(piml, project):
+    out = piml("up", "--only", "platform", "--json", cwd=project.root)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr
     first = json.loads(out.stdout)["stages"]["platform"]
     assert first["created"] > 10 and first["ok"]
-    again = json.loads(piml("up", "--only", "platform", "--json", cwd=root).stdout)["stages"]["platform"]
+    again = json.loads(piml("up", "--only", "platform", "--json", cwd=project.root).stdout)["stages"]["platform"]
     assert (again["created"], again["changed"]) == (0, 0)
-    table = piml("up", "--only", "platform", cwd=root)
-    assert table.returncode == 0 and "0 created, 0 changed" in table.stdout and "mlflow: http://127.0.0.1/mlflow/" in table.stdout
+    table = piml("up", "--only", "platform", cwd=project.root)
+    assert table.returncode == 0 and "0 created, 0 changed" in table.stdout
+    assert "mlflow: http://127.0.0.1/mlflow/" in table.stdout
     secrets = project.secrets.values()
     assert not any(s in out.stdout + table.stdout + table.stderr for s in secrets)
 
 
-def test_teardown_keeps_volumes_unless_purge(piml, project, kubeapi):
-    root = _project(project)
-    assert piml("up", "--only", "platform", cwd=root).returncode == 0
-    out = piml("teardown", cwd=root, input="")
+def test_teardown_keeps_volumes_unless_purge_and_up_works_right_after(piml, project):
+    assert piml("up", "--only", "platform", cwd=project.root).returncode == 0
+    out = piml("teardown", cwd=project.root, input="")
     assert out.returncode == 2 and "--yes" in out.stderr  # no terminal to confirm on
-    out = piml("teardown", "--yes", "--json", cwd=root)
+    out = piml("teardown", "--yes", "--json", cwd=project.root)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)["teardown"]
     assert {k["kind"] for k in report["kept"]} <= {"PersistentVolumeClaim", "Namespace"}
     assert {"mlflow-data", "redis-data"} <= {k["name"] for k in report["kept"]}
-    assert "kept" in piml("teardown", "--yes", cwd=root).stdout  # the table form names what it kept
-    out = piml("teardown", "--yes", "--purge", "--json", cwd=root)
+    assert not report["still_deleting"]
+    # Right after: up again converges, on the volumes it kept.
+    out = piml("up", "--only", "platform", "--json", cwd=project.root)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    assert "kept" in piml("teardown", "--yes", cwd=project.root).stdout  # the table form names what it kept
+    out = piml("teardown", "--yes", "--purge", "--json", cwd=project.root)
     assert out.returncode == 0 and not json.loads(out.stdout)["teardown"]["kept"]
+    # And right after a purge, too: the namespace was waited for until it was gone, not left Terminating.
+    out = piml("up", "--only", "platform", "--json", cwd=project.root)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
 
 
 def test_platform_stage_needs_a_kubeconfig(piml, tmp_path):
@@ -47,11 +47,20 @@ def test_platform_stage_needs_a_kubeconfig(piml, tmp_path):
     assert out.returncode == 2 and "no kubeconfig yet" in out.stderr
 
 
-def test_unreachable_api_is_a_reported_failure(piml, project, kubeapi):
-    root = _project(project)
-    kubeapi.stop()  # the kubeconfig now points at a loopback port where nothing answers
-    out = piml("up", "--only", "platform", "--json", cwd=root)
-    assert out.returncode == 1
-    data = json.loads(out.stdout)  # the summary is printed even so
-    assert not data["ok"] and "platform" in data["failed"]
-    assert "Traceback" not in out.stderr
+def test_unreachable_api_is_a_reported_failure(piml, project):
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    text = project.kubeconfig.read_text()
+    server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
+    project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
+    try:
+        out = piml("up", "--only", "platform", "--json", cwd=project.root)
+        assert out.returncode == 1
+        data = json.loads(out.stdout)  # the summary is printed even so
+        assert not data["ok"] and "platform" in data["failed"]
+        assert "Traceback" not in out.stderr
+    finally:
+        project.kubeconfig.write_text(text)

@@ -1,8 +1,8 @@
 """Local-path volumes are tied to a node: adding one must not move MLflow or Redis away from their data.
 
-Against the API stand-in, which makes each local-path claim's volume on the node its first pod runs on (a
-PersistentVolume with a required nodeAffinity, as k3s's provisioner does) and leaves a pod whose nodeSelector
-names another node Pending with the scheduler's `volume node affinity conflict`."""
+Against the real control plane: k3s's local-path-provisioner makes each claim's volume on the node the real
+scheduler chose for its first pod (a PersistentVolume with a required nodeAffinity), and the real scheduler leaves
+a pod whose nodeSelector names another node Pending ("didn't match PersistentVolume's node affinity")."""
 
 from __future__ import annotations
 
@@ -19,21 +19,18 @@ from piml.plan import make_plan
 from piml.plan.pins import VOLUMES, read_pins
 from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform
-from tests.platform.conftest import FAST, LOOPBACK_INVENTORY, SHORT
+from tests.platform.conftest import FAST, INVENTORY, SHORT
 
-# pi3 joins later (the stand-in has pi1-pi3 from the start: the scheduler can use it once the plan does)
-THREE = LOOPBACK_INVENTORY.replace(
-    "        pi2: {ansible_host: 127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}\n",
-    "        pi2: {ansible_host: 127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}\n"
-    "        pi3: {ansible_host: 127.0.0.3, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}\n")
+# node-3 joins the inventory later (the plane has node-1..3 from the start: the scheduler can use it once the plan
+# does)
+TWO = "\n".join(line for line in INVENTORY.splitlines() if not line.strip().startswith("node-3:")) + "\n"
+THREE = INVENTORY
 STATEFUL = ("mlflow", "redis")
 
 
 def project_cluster(project, inventory: str) -> Cluster:
-    path = project.root / "inventory" / "hosts.yml"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(inventory)
-    return Cluster(ProjectPaths(project.root, path), load_inventory(path), PimlConfig())
+    project.inventory.write_text(inventory)
+    return Cluster(ProjectPaths(project.root, project.inventory), load_inventory(project.inventory), PimlConfig())
 
 
 def placed(rendered) -> dict[str, str]:
@@ -41,18 +38,33 @@ def placed(rendered) -> dict[str, str]:
             for r in rendered for o in r.objects if o["kind"] == "Deployment" and o["metadata"]["name"] in STATEFUL}
 
 
-def first_deploy(project, kubeapi) -> dict[str, str]:
-    """The platform on pi1 + pi2; returns {claim: node} as the stand-in made the volumes."""
-    cluster = project_cluster(project, LOOPBACK_INVENTORY)
+def volume_nodes(plane) -> dict[str, str]:
+    """{claim: node} as the provisioner made the volumes: read from the PersistentVolumes themselves."""
+    kube = plane.kube()
+    try:
+        out = {}
+        for pv in kube.request("GET", "/api/v1/persistentvolumes")["items"]:
+            claim = pv["spec"].get("claimRef") or {}
+            if claim.get("namespace") == "piml":
+                (term,) = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+                (expression,) = term["matchExpressions"]
+                out[claim["name"]] = expression["values"][0]
+        return out
+    finally:
+        kube.close()
+
+
+def first_deploy(project, plane) -> dict[str, str]:
+    """The platform on node-1 + node-2; returns {claim: node} as the provisioner made the volumes."""
+    cluster = project_cluster(project, TWO)
     deploy(cluster, project.kubeconfig, render_platform(cluster, make_plan(cluster), project.secrets), FAST)
-    volumes = {VOLUMES[c]: kubeapi.volume_node("piml", VOLUMES[c]) for c in STATEFUL}
-    assert all(volumes.values()) and set(volumes.values()) <= {"pi1", "pi2"}
-    assert kubeapi.names("persistentvolumes") == {f"pvc-{kubeapi.get('persistentvolumeclaims', 'piml', c)['metadata']['uid']}" for c in volumes}
+    volumes = volume_nodes(plane)
+    assert set(volumes) == {VOLUMES[c] for c in STATEFUL} and set(volumes.values()) <= {"node-1", "node-2"}
     return volumes
 
 
-def test_the_stand_in_shows_the_bug_a_moved_service_never_schedules(project, kubeapi):
-    volumes = first_deploy(project, kubeapi)
+def test_the_real_scheduler_shows_the_bug_a_moved_service_never_schedules(project, plane):
+    volumes = first_deploy(project, plane)
     cluster = project_cluster(project, THREE)
     rendered = render_platform(cluster, make_plan(cluster), project.secrets)  # planned blind, as before issue 10
     moved = {name for name, node in placed(rendered).items() if node != volumes[VOLUMES[name]]}
@@ -61,11 +73,12 @@ def test_the_stand_in_shows_the_bug_a_moved_service_never_schedules(project, kub
         deploy(cluster, project.kubeconfig, rendered, SHORT)
     lines = [str(p) for p in caught.value.problems]
     assert {line.split(":")[0] for line in lines} == {f"Deployment piml/{name}" for name in moved}
-    assert all("had volume node affinity conflict" in line for line in lines)
+    # Kubernetes v1.36's words (the API stand-in had the older "had volume node affinity conflict")
+    assert all("didn't match PersistentVolume's node affinity" in line for line in lines), "\n".join(lines)
 
 
-def test_planned_against_the_cluster_they_stay_with_their_data(project, kubeapi):
-    volumes = first_deploy(project, kubeapi)
+def test_planned_against_the_cluster_they_stay_with_their_data(project, plane):
+    volumes = first_deploy(project, plane)
     kube = connect(project.kubeconfig)
     try:
         assert claim_nodes(kube, "piml") == volumes  # read back through the API, as piml does
@@ -76,31 +89,35 @@ def test_planned_against_the_cluster_they_stay_with_their_data(project, kubeapi)
     assert {c: (p.node, p.claim) for c, p in pins.items()} == {c: (volumes[VOLUMES[c]], VOLUMES[c]) for c in STATEFUL}
     rendered = render_platform(cluster, make_plan(cluster, pins=pins), project.secrets)
     assert placed(rendered) == {name: volumes[VOLUMES[name]] for name in STATEFUL}
-    report = deploy(cluster, project.kubeconfig, rendered, FAST)  # MLflow changes (pi3's name joins its allowed hosts)
+    report = deploy(cluster, project.kubeconfig, rendered, FAST)  # MLflow changes (node-3 joins its allowed hosts)
     assert report.ok and "Deployment piml/redis" in {str(a.ref) for a in report.applied if a.action == "unchanged"}
-    assert {VOLUMES[c]: kubeapi.volume_node("piml", VOLUMES[c]) for c in STATEFUL} == volumes
+    assert volume_nodes(project.plane) == volumes
 
 
-def test_up_platform_keeps_them_and_refuses_when_their_node_is_gone(piml, project, kubeapi):
-    project_cluster(project, LOOPBACK_INVENTORY)
+def test_up_platform_keeps_them_and_refuses_when_their_node_is_gone(piml, project, plane):
+    project_cluster(project, TWO)
     out = piml("up", "--only", "platform", "--json", cwd=project.root)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr
-    volumes = {c: kubeapi.volume_node("piml", VOLUMES[c]) for c in STATEFUL}
+    volumes = {c: volume_nodes(plane)[VOLUMES[c]] for c in STATEFUL}
 
     project_cluster(project, THREE)  # a node added to the inventory
     out = piml("up", "--only", "platform", "--json", cwd=project.root)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr
     objects = {o["name"]: o["action"] for o in json.loads(out.stdout)["stages"]["platform"]["objects"] if o["kind"] == "Deployment"}
     assert objects["redis"] == "unchanged"
-    selectors = {name: kubeapi.get("deployments", "piml", name)["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"]
-                 for name in STATEFUL}
+    kube = plane.kube()
+    try:
+        selectors = {name: kube.get(f"/apis/apps/v1/namespaces/piml/deployments/{name}")["spec"]["template"]["spec"]
+                     ["nodeSelector"]["kubernetes.io/hostname"] for name in STATEFUL}
+    finally:
+        kube.close()
     assert selectors == volumes
     plan = json.loads(piml("plan", "--json", cwd=project.root).stdout)
     assert {p["component"]: p["node"] for p in plan["pins"]} == volumes
     assert "stays on" in piml("plan", cwd=project.root).stdout
 
     gone = volumes["redis"]  # the node with Redis's data leaves the inventory
-    assert gone != "pi1", "the plan put Redis on the only server: pick another stateful service for this test"
+    assert gone != "node-1", "the plan put Redis on the only server: pick another stateful service for this test"
     project_cluster(project, "\n".join(line for line in THREE.splitlines() if not line.strip().startswith(f"{gone}:")) + "\n")
     out = piml("up", "--only", "platform", cwd=project.root)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr
@@ -108,12 +125,22 @@ def test_up_platform_keeps_them_and_refuses_when_their_node_is_gone(piml, projec
     assert "Traceback" not in out.stderr
 
 
-def test_plan_without_the_api_says_so_and_render_refuses(piml, project, kubeapi):
-    project_cluster(project, LOOPBACK_INVENTORY)
-    kubeapi.stop()  # the kubeconfig now points at a loopback port where nothing answers
-    out = piml("plan", "--json", cwd=project.root)
-    assert out.returncode == 0, out.stderr
-    assert any("does not know which nodes the volumes" in n for n in json.loads(out.stdout)["notes"])
-    out = piml("render", cwd=project.root)
-    assert out.returncode == 1 and "cannot tell which nodes the platform's volumes are on" in out.stderr
-    assert "Traceback" not in out.stderr
+def test_plan_without_the_api_says_so_and_render_refuses(piml, project):
+    import socket
+
+    project_cluster(project, TWO)
+    with socket.socket() as sock:  # the kubeconfig now points at a loopback port where nothing answers
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    text = project.kubeconfig.read_text()
+    server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
+    project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
+    try:
+        out = piml("plan", "--json", cwd=project.root)
+        assert out.returncode == 0, out.stderr
+        assert any("does not know which nodes the volumes" in n for n in json.loads(out.stdout)["notes"])
+        out = piml("render", cwd=project.root)
+        assert out.returncode == 1 and "cannot tell which nodes the platform's volumes are on" in out.stderr
+        assert "Traceback" not in out.stderr
+    finally:
+        project.kubeconfig.write_text(text)

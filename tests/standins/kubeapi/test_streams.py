@@ -23,11 +23,32 @@ from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward, stream
 
 from tests.standins.kubeapi import websocket
+from tests.standins.kubeapi.server import FakeKubeAPI
 
 TIMEOUT = 20  # seconds, for any one socket operation or exec
 
 
 # ---- fixtures and helpers --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_api():
+    """Start stand-ins with chosen settings; all are stopped at the end of the test."""
+    started = []
+
+    def _make(**kwargs) -> FakeKubeAPI:
+        api = FakeKubeAPI(**kwargs).start()
+        started.append(api)
+        return api
+
+    yield _make
+    for api in started:
+        api.stop()
+
+
+@pytest.fixture
+def kubeapi(make_api) -> FakeKubeAPI:
+    return make_api()
 
 
 @pytest.fixture
