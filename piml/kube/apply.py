@@ -14,14 +14,17 @@ import re
 from dataclasses import dataclass
 
 from piml.errors import EXIT_FAILED, PimlError, Problem
-from piml.kube.client import Kube, KubeError
+from piml.kube.client import Kube, KubeError, KubeRefused
 from piml.kube.discovery import Discovery
-from piml.kube.objects import FIELD_MANAGER, Ref, ref
+from piml.kube.objects import FIELD_MANAGER, Ref, dig, ref
 
 # "failed to create typed patch object (piml/mlflow; apps/v1, Kind=Deployment): .spec.x: field not declared in schema"
 TYPED_PATCH = re.compile(r"failed to create typed patch object \([^)]*\): \.?(?P<path>[^:\s]+): (?P<why>.+)")
 # 'RayCluster in version "v1" cannot be handled as a RayCluster: strict decoding error: unknown field "spec.x", ...'
 UNKNOWN_FIELD = re.compile(r'unknown field "(?P<path>[^"]+)"')
+# 'Deployment.apps "x" is invalid: spec.selector: Invalid value: ...: field is immutable'
+IMMUTABLE = re.compile(r"(?P<path>[\w.\[\]-]+): Invalid value: .*field is immutable")
+CLAIM_SETTINGS = {"mlflow-data": "mlflow.storage", "mlflow-minio-data": "mlflow.storage"}  # what sizes a claim
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
 
 
@@ -49,7 +52,18 @@ def apply_object(kube: Kube, discovery: Discovery, obj: dict) -> Applied:
     try:
         after = kube.request("PATCH", path, {"fieldManager": FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"},
                              obj, content_type="application/apply-patch+yaml")
+    except KubeRefused as exc:
+        if exc.status != 403 or "is being terminated" in exc.message:
+            raise
+        raise PimlError(forbidden(exc.message, target, before), EXIT_FAILED) from None
     except KubeError as exc:
+        immutable = IMMUTABLE.search(exc.message or "")
+        if exc.status == 422 and immutable:
+            raise PimlError(Problem(
+                str(target), f"the cluster refused it: {immutable['path']} cannot change once {target.kind} exists "
+                             "(the API server keeps it immutable), and this piml renders it differently",
+                f"delete it and run piml up again, which makes it anew: kubectl{_ns(target)} delete "
+                f"{target.kind.lower()} {target.name}"), EXIT_FAILED) from None
         raise PimlError(Problem(str(target), refusal(exc, target),
                                 "this is a bug in piml's manifests or a cluster too old for them: please report it"),
                         EXIT_FAILED) from None
@@ -60,6 +74,26 @@ def apply_object(kube: Kube, discovery: Discovery, obj: dict) -> Applied:
     else:
         action = "unchanged"
     return Applied(target, action)
+
+
+def _ns(target: Ref) -> str:
+    return f" -n {target.namespace}" if target.namespace else ""
+
+
+def forbidden(message: str, target: Ref, live: dict | None) -> Problem:
+    """A 403 on an apply: admission said no to this change (the credentials were good: the request got there)."""
+    first = message.strip().splitlines()[0] if message.strip() else "no message"
+    if target.kind == "PersistentVolumeClaim" and "can be resized" in first:
+        size = dig(live, "spec", "resources", "requests", "storage") or "its size"
+        setting = f" ({CLAIM_SETTINGS[target.name]})" if target.name in CLAIM_SETTINGS else ""
+        return Problem(str(target), f"its size cannot change from {size}: k3s's local-path storage does not resize "
+                                    "volumes",
+                       f"set the size back to {size} in piml.yaml{setting}; for a bigger volume, back up its data, "
+                       f"delete the claim (kubectl{_ns(target)} delete pvc {target.name}: its data is lost) "
+                       "and run piml up again")
+    return Problem(str(target), f"the cluster refused it (403): {first}",
+                   "piml needs the cluster-admin kubeconfig k3s writes (piml up --only kubeconfig); if it has it, "
+                   "an admission policy of the cluster refuses this object")
 
 
 def refusal(exc: KubeError, target: Ref) -> str:

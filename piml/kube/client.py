@@ -23,6 +23,14 @@ class KubeError(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+class KubeRefused(PimlError):
+    """A 401 or 403 as one line (exit 1); a caller that knows which object it was about may say it better."""
+
+    def __init__(self, problem: Problem, status: int, message: str):
+        super().__init__(problem, EXIT_FAILED)
+        self.status, self.message = status, message
+
+
 class Kube:
     """One API server. `request` returns parsed JSON (or text for logs); errors raise KubeError."""
 
@@ -65,7 +73,7 @@ class Kube:
             except (ValueError, AttributeError):
                 message = data.decode(errors="replace")[:200] if data else ""
             if response.status in (401, 403):
-                raise PimlError(_refusal(self.where, response.status, message), EXIT_FAILED)
+                raise KubeRefused(_refusal(self.where, response.status, message), response.status, message)
             raise KubeError(response.status, response.reason or "", message)
         if text:
             return data.decode(errors="replace")

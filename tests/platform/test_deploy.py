@@ -242,3 +242,61 @@ def test_up_into_a_namespace_still_terminating_says_so(project, plane):
         kube.request("PATCH", held, body={"metadata": {"finalizers": None}},
                      content_type="application/merge-patch+json")
         kube.close()
+
+
+def test_a_volume_size_change_is_one_line_with_the_fix(project):
+    """k3s's local-path storage cannot resize: the real API server's admission refuses the claim's new size."""
+    cluster, rendered = project.render()
+    deploy(cluster, project.kubeconfig, rendered, FAST)
+    cluster, rendered = project.render({"mlflow": {"storage": "20Gi"}})
+    with pytest.raises(PimlError) as caught:
+        deploy(cluster, project.kubeconfig, rendered, FAST)
+    (problem,) = caught.value.problems
+    assert str(problem) == (
+        "PersistentVolumeClaim piml/mlflow-data: its size cannot change from 10Gi: k3s's local-path storage does not "
+        "resize volumes; set the size back to 10Gi in piml.yaml (mlflow.storage); for a bigger volume, back up its "
+        "data, delete the claim (kubectl -n piml delete pvc mlflow-data: its data is lost) and run piml up again")
+
+
+def test_an_immutable_field_piml_now_renders_differently_is_one_line_with_the_fix(project, plane):
+    """As after an upgrade of piml that labels a component's pods differently: a Deployment's selector is
+    immutable, and the real API server answers 422."""
+    cluster, rendered = project.render()
+    deploy(cluster, project.kubeconfig, rendered, FAST)
+    for r in rendered:
+        for o in r.objects:
+            if o["kind"] == "Deployment" and o["metadata"]["name"] == "dask-scheduler":
+                o["spec"]["selector"]["matchLabels"]["piml.io/generation"] = "2"
+                o["spec"]["template"]["metadata"]["labels"]["piml.io/generation"] = "2"
+    with pytest.raises(PimlError) as caught:
+        deploy(cluster, project.kubeconfig, rendered, FAST)
+    (problem,) = caught.value.problems
+    assert str(problem) == (
+        "Deployment piml/dask-scheduler: the cluster refused it: spec.selector cannot change once Deployment exists "
+        "(the API server keeps it immutable), and this piml renders it differently; delete it and run piml up again, "
+        "which makes it anew: kubectl -n piml delete deployment dask-scheduler")
+
+
+def test_a_users_kubectl_change_to_a_piml_field_is_taken_back_and_their_own_fields_stay(project, plane):
+    """A second field manager: a user scales Dask's workers with `kubectl scale` and adds a label of their own with
+    `kubectl label`. piml applies with force: the fields it renders are its own and come back to what piml.yaml
+    says (reported as changed); a field only the user set stays theirs."""
+    cluster, rendered = project.render()
+    deploy(cluster, project.kubeconfig, rendered, FAST)
+    path = "/apis/apps/v1/namespaces/piml/deployments/dask-worker-arm64"
+    kube = plane.kube()
+    try:
+        want = kube.get(path)["spec"]["replicas"]
+        kube.request("PATCH", f"{path}/scale", {"fieldManager": "kubectl"}, {"spec": {"replicas": want + 2}},
+                     content_type="application/merge-patch+json")
+        kube.request("PATCH", path, {"fieldManager": "kubectl-label"},
+                     {"metadata": {"labels": {"team": "vision"}}}, content_type="application/merge-patch+json")
+        report = deploy(cluster, project.kubeconfig, rendered, FAST)
+        assert "Deployment piml/dask-worker-arm64" in {str(a.ref) for a in report.applied if a.action == "changed"}
+        live = kube.get(path)
+        assert live["spec"]["replicas"] == want
+        assert live["metadata"]["labels"]["team"] == "vision"
+        owners = {m["manager"] for m in live["metadata"]["managedFields"]}
+        assert {"piml", "kubectl-label"} <= owners
+    finally:
+        kube.close()
