@@ -111,7 +111,12 @@ def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
     progress = None if as_json else (lambda line: console().print(f"  {line}", markup=False))
     report = teardown_platform(cluster, kubeconfig, purge=purge, progress=progress)
     if as_json:
-        print_json({"teardown": report.as_dict(), "ok": True})
-        return
-    kept = f"; kept {len(report.kept)}: {', '.join(str(r) for r in report.kept)} (--purge deletes them)" if report.kept else ""
-    console().print(f"platform removed: {len(report.deleted)} object(s) deleted{kept}", markup=False)
+        print_json({"teardown": report.as_dict(), "ok": not report.waiting_for})
+    else:
+        kept = f"; kept {len(report.kept)}: {', '.join(str(r) for r in report.kept)} (--purge deletes them)" if report.kept else ""
+        console().print(f"platform removed: {len(report.deleted)} object(s) deleted{kept}", markup=False)
+    if report.waiting_for:  # finalizers that did not finish within the bound: say what each waits for
+        raise PimlError([Problem(line.partition(": ")[0], f"still being deleted: {line.partition(': ')[2]}")
+                         for line in report.waiting_for]
+                        + [Problem("piml teardown", f"{len(report.waiting_for)} object(s) not gone within the bound",
+                                   "run piml teardown again to wait for them")], EXIT_FAILED)

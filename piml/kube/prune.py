@@ -16,6 +16,9 @@ from piml.kube.client import Kube, KubeError
 from piml.kube.discovery import Discovery
 from piml.kube.objects import KNOWN_KINDS, Ref, dig, kind_rank, project_selector, ref
 
+# The API groups of the custom resources piml applies (their operators own what they make).
+CUSTOM_GROUPS = ("ray.io", "keda.sh", "traefik.io")
+
 
 @dataclass
 class Deletion:
@@ -47,13 +50,18 @@ def project_objects(kube: Kube, discovery: Discovery, project: str) -> list[dict
 
 
 def delete(kube: Kube, discovery: Discovery, target: Ref) -> bool:
-    """Delete one object and, first, what it owns (foreground: the object stays, being deleted, until its pods
-    and ReplicaSets are gone, so waiting for it waits for them). False when it was already gone."""
+    """Delete one object. Built-in kinds go in the foreground: the object stays, being deleted, until its
+    ReplicaSets and pods are gone, so waiting for it waits for them. Custom resources go in the background: their
+    operator may still need what they own while its finalizer runs (KubeRay's Redis cleanup Job runs as the
+    RayCluster's ServiceAccount, which a foreground deletion removes first: the Job could never start). False when
+    it was already gone."""
     resource = discovery.resource(target.api_version, target.kind)
     if resource is None:
         return False
     try:
-        kube.request("DELETE", resource.path(target.namespace or None, target.name), {"propagationPolicy": "Foreground"})
+        custom = target.api_version.partition("/")[0] in CUSTOM_GROUPS
+        kube.request("DELETE", resource.path(target.namespace or None, target.name),
+                     {"propagationPolicy": "Background" if custom else "Foreground"})
     except KubeError as exc:
         if exc.status == 404:
             return False
@@ -109,6 +117,23 @@ def wait_gone(kube: Kube, discovery: Discovery, refs: list[Ref], until: float, p
             break
         time.sleep(min(poll, remaining))
     return pending
+
+
+def wait_pods_gone(kube: Kube, owners: list[dict], until: float, poll: float) -> list[str]:
+    """Poll until no pod that `owners` (live objects, deleted) made is left, or `until`; returns those left
+    (namespace/name). Their garbage collection starts once the owner is gone."""
+    uids = {dig(o, "metadata", "uid") for o in owners}
+    namespaces = sorted({dig(o, "metadata", "namespace") for o in owners} - {None})
+    left: list[str] = []
+    while namespaces:
+        left = [f"{ns}/{pod['metadata']['name']}" for ns in namespaces
+                for pod in dig(kube.request("GET", f"/api/v1/namespaces/{ns}/pods"), "items", default=[])
+                if any(r.get("uid") in uids for r in dig(pod, "metadata", "ownerReferences", default=[]))]
+        remaining = until - time.monotonic()
+        if not left or remaining <= 0:
+            break
+        time.sleep(min(poll, remaining))
+    return left
 
 
 def why_still_there(kube: Kube, discovery: Discovery, target: Ref) -> str:

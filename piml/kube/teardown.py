@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from piml.kube.client import connect
 from piml.kube.discovery import Discovery
 from piml.kube.objects import Ref
-from piml.kube.prune import delete_objects, project_objects, wait_gone
+from piml.kube.prune import delete_objects, project_objects, wait_gone, wait_pods_gone, why_still_there
 
 if TYPE_CHECKING:
     from piml.project import Cluster
@@ -29,11 +29,14 @@ class TeardownReport:
     deleted: list[Ref] = field(default_factory=list)
     kept: list[Ref] = field(default_factory=list)
     still_going: list[Ref] = field(default_factory=list)  # deletion asked, not finished in time (finalizers)
+    pods_left: list[str] = field(default_factory=list)  # the custom resources' pods, not gone in time
+    waiting_for: list[str] = field(default_factory=list)  # "<object>: <what it waits for>", for each of those
     purge: bool = False
 
     def as_dict(self) -> dict:
         return {"purge": self.purge, "deleted": [r.as_dict() for r in self.deleted], "kept": [r.as_dict() for r in self.kept],
-                "still_deleting": [r.as_dict() for r in self.still_going]}
+                "still_deleting": [r.as_dict() for r in self.still_going], "pods_left": self.pods_left,
+                "waiting_for": self.waiting_for}
 
 
 def teardown_platform(cluster: Cluster, kubeconfig: Path, purge: bool = False, timeout: float = 120.0,
@@ -60,11 +63,14 @@ def _teardown(kube, project: str, purge: bool, timeout: float, poll: float, prog
         result = delete_objects(kube, discovery, batch, purge, progress)
         report.deleted += result.deleted
         report.kept += result.kept
-        if batch is custom:  # the operators must still run to finish these
+        if batch is custom:  # the operators must still run to finish these, and their pods go after them
             report.still_going += wait_gone(kube, discovery, result.going, until, poll)
+            report.pods_left = wait_pods_gone(kube, custom, until, poll)
         else:
             last += result.going
     # Deleted in the foreground, so a Deployment goes after its pods; k3s uninstalls a chart before its HelmChart
     # goes; a namespace empties before it goes. Wait for all of it, bounded.
     report.still_going += wait_gone(kube, discovery, last, until, poll)
+    report.waiting_for = [f"{r}: {why_still_there(kube, discovery, r)}" for r in report.still_going]
+    report.waiting_for += [f"Pod {pod}: still there" for pod in report.pods_left]
     return report

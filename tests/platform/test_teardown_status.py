@@ -133,3 +133,24 @@ def test_no_secret_in_any_output(project, plane, caplog):
     assert "Secret piml/redis" in said  # objects are named ...
     for name, value in project.secrets.items():  # ... their values never, not even base64-encoded
         assert value not in said and base64.b64encode(value.encode()).decode() not in said, name
+
+
+def test_what_a_finalizer_holds_is_named_with_what_it_waits_for(project, plane):
+    """Something holds a piml object (a finalizer nobody removes): teardown ends at its bound and says what each
+    object still waits for, the namespace's words included."""
+    cluster, rendered = project.render()
+    deploy(cluster, project.kubeconfig, rendered, FAST)
+    kube = plane.kube()
+    path = "/api/v1/namespaces/piml/configmaps/piml-runner"
+    try:
+        kube.request("PATCH", path, body={"metadata": {"finalizers": ["example.com/hold"]}},
+                     content_type="application/merge-patch+json")
+        report = teardown_platform(cluster, project.kubeconfig, purge=True, timeout=45, poll=0.2)
+        assert "ConfigMap piml/piml-runner: waiting for example.com/hold" in report.waiting_for, report.waiting_for
+        namespace = next(line for line in report.waiting_for if line.startswith("Namespace piml: "))
+        assert "example.com/hold" in namespace  # the namespace controller's own words: what it still has
+        assert report.as_dict()["waiting_for"] == report.waiting_for
+    finally:
+        kube.request("PATCH", path, body={"metadata": {"finalizers": None}},
+                     content_type="application/merge-patch+json")
+        kube.close()

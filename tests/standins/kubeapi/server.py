@@ -5,7 +5,6 @@ apply / wait / diagnose / prune / teardown / status code. See README.md for what
 
     api = FakeKubeAPI().start()          # 127.0.0.1:<free port>
     api.write_kubeconfig(path)
-    api.inject("mlflow", "image-pull")   # the pods of Deployment mlflow cannot pull their image
     api.forward("piml", pod, 6379, local_port)   # pods/portforward of that pod port reaches 127.0.0.1:local_port
     api.on_exec("piml", pod, api.run_locally())  # pods/exec of that pod runs the command here
     ...
@@ -22,7 +21,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -71,10 +70,8 @@ CHART_CRDS = {
     "keda": [Kind("keda.sh", "v1alpha1", "ScaledJob", "scaledjobs", True),
              Kind("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects", True)],
 }
-FAULTS = ("image-pull", "exec-format", "oom", "crash", "insufficient-memory")
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
 HOSTNAME = "kubernetes.io/hostname"
-LOCAL_PATH = "local-path"  # k3s's default StorageClass: rancher.io/local-path, a directory on one node
 # pods/exec and pods/portforward: WebSocket upgrades, served by streams.py (the only streaming subresources here)
 STREAM_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/(exec|portforward)$")
 
@@ -124,12 +121,6 @@ def _field(obj: dict, path: str):
     return obj
 
 
-@dataclass
-class Fault:
-    kind: str  # one of FAULTS
-    logs: list[str] = field(default_factory=list)  # what the crashing container printed
-
-
 class FakeKubeAPI:
     """The stand-in API server. Thread-safe: one lock around the store."""
 
@@ -139,7 +130,6 @@ class FakeKubeAPI:
         self.kinds: list[Kind] = list(BUILTIN)
         self.objects: dict[tuple[str, str, str], dict] = {}  # (plural, namespace, name) -> object
         self.logs: dict[tuple[str, str, str], str] = {}  # (namespace, pod, container) -> log text
-        self.faults: dict[str, Fault] = {}  # owner name (Deployment, RayCluster) -> fault
         self.history: list[tuple] = []  # (what, kind, namespace, name): what the tests check order on
         self.requests: list[tuple[str, str]] = []  # (method, path with query)
         self._rv = 0
@@ -186,15 +176,6 @@ class FakeKubeAPI:
             "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin"}}],
         }
         path.write_text(yaml.safe_dump(config))
-
-    def inject(self, owner: str, fault: str, logs: list[str] | None = None) -> None:
-        """Make the pods of Deployment / RayCluster `owner` fail in the given way (before or after it is applied)."""
-        assert fault in FAULTS, fault
-        with self._lock:
-            self.faults[owner] = Fault(fault, list(logs or []))
-            for (plural, _, name), obj in list(self.objects.items()):
-                if plural in ("deployments", "rayclusters") and name == owner:
-                    self._sync_pods(obj)
 
     def add_node(self, name: str, memory: str = "8032000Ki", arch: str = "arm64", cpu: str = "4",
                  pressure: tuple[str, ...] = ()) -> None:
@@ -451,17 +432,10 @@ class FakeKubeAPI:
         del self.objects[(kind.plural, namespace, name)]
         self.history.append(("delete", kind.kind, namespace, name))
         uid = obj["metadata"].get("uid")
-        gone = [obj] if kind.kind == "PersistentVolumeClaim" else []
         for key, other in list(self.objects.items()):  # garbage collection, at once
             owned = any(ref.get("uid") == uid for ref in other["metadata"].get("ownerReferences", []))
             if owned or (kind.kind == "Namespace" and key[1] == name):
                 del self.objects[key]
-                gone += [other] if key[0] == "persistentvolumeclaims" else []
-        for claim in gone:  # local-path's reclaimPolicy is Delete: a claim's volume (and its data) goes with it
-            for key, pv in list(self.objects.items()):
-                if key[0] == "persistentvolumes" and _claim_ref_is(pv, claim):
-                    del self.objects[key]
-                    self.history.append(("delete", "PersistentVolume", "", key[2]))
         return {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name, "kind": kind.plural}}
 
     def stream(self, method: str, raw_path: str, headers) -> tuple[tuple[str, ...], callable]:
@@ -593,22 +567,20 @@ class FakeKubeAPI:
         return [(f"{name}-head", template, 1)]
 
     def _sync_pods(self, owner: dict) -> None:
-        """Replace the owner's pods by new ones, which become ready after `ready_delay` unless a fault says otherwise."""
+        """Replace the owner's pods by new ones, which become ready after `ready_delay`."""
         pods = self.kind("Pod")
         uid, namespace = owner["metadata"]["uid"], owner["metadata"]["namespace"]
         for key, obj in list(self.objects.items()):
             if key[0] == "pods" and any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences", [])):
                 del self.objects[key]
-        fault = self.faults.get(owner["metadata"]["name"])
         created = []
         unschedulable = []
         for prefix, template, replicas in self._pod_templates(owner):
             for i in range(replicas):
                 spec = copy.deepcopy(template.get("spec", {}))
                 node, why = self._schedule(namespace, spec, i)
-                if why is None and not (fault and fault.kind == "insufficient-memory"):
+                if why is None:
                     spec["nodeName"] = node
-                    self._provision(namespace, spec, node)
                 pod = {"apiVersion": "v1", "kind": "Pod",
                        "metadata": {"name": f"{prefix}-{uuid.uuid4().hex[:5]}-{i}", "namespace": namespace,
                                     "labels": dict(template.get("metadata", {}).get("labels", {})),
@@ -624,72 +596,23 @@ class FakeKubeAPI:
                 {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}]}
             self._event(pod, "FailedScheduling", why + f" preemption: 0/{len(self._nodes())} nodes are available: {len(self._nodes())} Preemption is not "
                         "helpful for scheduling.")
-        if fault:
-            for pod in created:
-                self._apply_fault(pod, fault)
-        else:
-            self._later(self.ready_delay, lambda: self._become_ready(owner["kind"], namespace, owner["metadata"]["name"], uid))
+        self._later(self.ready_delay, lambda: self._become_ready(owner["kind"], namespace, owner["metadata"]["name"], uid))
 
     def _nodes(self) -> list[str]:
         return sorted(n for (p, _, n) in self.objects if p == "nodes")
 
     def _schedule(self, namespace: str, spec: dict, i: int) -> tuple[str | None, str | None]:
-        """(node, None), or (None, why) for a pod the scheduler cannot place. The node its nodeSelector's
-        kubernetes.io/hostname names (when that node exists), else round-robin; a claim whose local volume is on
-        another node moves it there, or, with the hostname fixed, makes it unschedulable (a volume node affinity
-        conflict, as rancher/local-path-provisioner#111 describes)."""
+        """(node, None), or (None, why) for a pod the scheduler cannot place: the node its nodeSelector's
+        kubernetes.io/hostname names (when that node exists), else round-robin. Nothing of the real fit rules."""
         nodes = self._nodes()
         if not nodes:
             return None, "0/0 nodes are available: no nodes available to schedule pods."
         wanted = (spec.get("nodeSelector") or {}).get(HOSTNAME)
-        node = wanted if wanted in nodes else nodes[i % len(nodes)]
-        for claim in _claim_names(spec):
-            held = self.volume_node(namespace, claim)
-            if held and held != node:
-                if wanted in nodes:
-                    others = len(nodes) - 1
-                    return None, (f"0/{len(nodes)} nodes are available: 1 node(s) had volume node affinity conflict, "
-                                  f"{others} node(s) didn't match Pod's node affinity/selector.")
-                node = held
-        return node, None
-
-    def volume_node(self, namespace: str, claim: str) -> str | None:
-        """The node the volume bound to that claim lives on (None: no volume yet, or not a local one)."""
-        pvc = self.objects.get(("persistentvolumeclaims", namespace, claim))
-        for key, pv in self.objects.items():
-            if key[0] == "persistentvolumes" and pvc is not None and _claim_ref_is(pv, pvc):
-                for term in pv["spec"].get("nodeAffinity", {}).get("required", {}).get("nodeSelectorTerms", []):
-                    for expression in term.get("matchExpressions", []):
-                        if expression.get("key") == HOSTNAME:
-                            return expression["values"][0]
-        return None
-
-    def _provision(self, namespace: str, spec: dict, node: str) -> None:
-        """k3s's local-path provisioner: the first pod of a local-path claim makes its volume, on that pod's node
-        (a hostPath directory there, and a required nodeAffinity to it). The claim is left as applied (its
-        volumeName and Bound phase are not written back: the volume's claimRef says which claim it is)."""
-        for claim in _claim_names(spec):
-            pvc = self.objects.get(("persistentvolumeclaims", namespace, claim))
-            if pvc is None or self.volume_node(namespace, claim) or (pvc.get("spec", {}).get("storageClassName") or LOCAL_PATH) != LOCAL_PATH:
-                continue
-            name = f"pvc-{pvc['metadata']['uid']}"
-            self._store(self.kind("PersistentVolume"), {
-                "apiVersion": "v1", "kind": "PersistentVolume",
-                "metadata": {"name": name, "annotations": {"local.path.provisioner/selected-node": node,
-                                                           "pv.kubernetes.io/provisioned-by": "rancher.io/local-path"}},
-                "spec": {"capacity": {"storage": pvc.get("spec", {}).get("resources", {}).get("requests", {}).get("storage", "1Gi")},
-                         "accessModes": pvc.get("spec", {}).get("accessModes", ["ReadWriteOnce"]),
-                         "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace,
-                                      "name": claim, "uid": pvc["metadata"]["uid"]},
-                         "hostPath": {"path": f"/var/lib/rancher/k3s/storage/{name}_{namespace}_{claim}", "type": "DirectoryOrCreate"},
-                         "nodeAffinity": {"required": {"nodeSelectorTerms": [
-                             {"matchExpressions": [{"key": HOSTNAME, "operator": "In", "values": [node]}]}]}},
-                         "persistentVolumeReclaimPolicy": "Delete", "storageClassName": LOCAL_PATH, "volumeMode": "Filesystem"},
-                "status": {"phase": "Bound"}})
+        return (wanted if wanted in nodes else nodes[i % len(nodes)]), None
 
     def _become_ready(self, kind: str, namespace: str, name: str, uid: str) -> None:
         owner = self.objects.get((self.kind(kind).plural, namespace, name))
-        if owner is None or owner["metadata"]["uid"] != uid or name in self.faults:
+        if owner is None or owner["metadata"]["uid"] != uid:
             return
         ready = 0
         for key, pod in self.objects.items():
@@ -713,37 +636,6 @@ class FakeKubeAPI:
             owner["status"] = {"state": "ready", "readyWorkerReplicas": 0} if ready else {}
         owner["metadata"]["resourceVersion"] = self._next_rv()
 
-    def _apply_fault(self, pod: dict, fault: Fault) -> None:
-        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-        container = pod["spec"]["containers"][0]
-        image, cname = container.get("image", ""), container["name"]
-        # imageID: "" until the image was pulled (the typed client requires the field, as the API always sends it)
-        status = {"name": cname, "image": image, "imageID": "" if fault.kind == "image-pull" else _image_id(image),
-                  "ready": False, "restartCount": 4}
-        if fault.kind == "image-pull":
-            status["state"] = {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}}
-            self._event(pod, "Failed", f'Failed to pull image "{image}": rpc error: code = NotFound desc = '
-                                       f'failed to pull and unpack image "{image}": not found')
-        elif fault.kind in ("exec-format", "crash", "oom"):
-            reason, code = ("OOMKilled", 137) if fault.kind == "oom" else ("Error", 255 if fault.kind == "exec-format" else 1)
-            status["state"] = {"waiting": {"reason": "CrashLoopBackOff",
-                                           "message": f"back-off 1m20s restarting failed container={cname} pod={name}"}}
-            status["lastState"] = {"terminated": {"reason": reason, "exitCode": code, "finishedAt": _now()}}
-            command = (container.get("command") or container.get("args") or ["app"])[0]
-            lines = fault.logs or ([f"exec /usr/local/bin/{command}: exec format error"] if fault.kind == "exec-format" else [])
-            self.logs[(namespace, name, cname)] = "\n".join(lines)
-            self._event(pod, "BackOff", f"Back-off restarting failed container {cname} in pod {name}")
-        elif fault.kind == "insufficient-memory":
-            status = None
-            pod["status"] = {"phase": "Pending", "conditions": [
-                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                 "message": "0/3 nodes are available: 3 Insufficient memory."}]}
-            self._event(pod, "FailedScheduling", "0/3 nodes are available: 3 Insufficient memory. preemption: "
-                                                 "0/3 nodes are available: 3 No preemption victims found for incoming pod.")
-        if status:
-            pod["status"] = {"phase": "Running" if fault.kind != "image-pull" else "Pending",
-                             "conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": [status]}
-
     def _event(self, pod: dict, reason: str, message: str) -> None:
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         event = {"apiVersion": "v1", "kind": "Event",
@@ -752,16 +644,6 @@ class FakeKubeAPI:
                  "reason": reason, "message": message, "type": "Warning", "count": 3,
                  "firstTimestamp": _now(), "lastTimestamp": _now()}
         self._store(self.kind("Event"), event)
-
-
-def _claim_names(spec: dict) -> list[str]:
-    return [v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", []) if v.get("persistentVolumeClaim")]
-
-
-def _claim_ref_is(pv: dict, pvc: dict) -> bool:
-    ref = pv.get("spec", {}).get("claimRef") or {}
-    meta = pvc["metadata"]
-    return (ref.get("namespace"), ref.get("name"), ref.get("uid")) == (meta.get("namespace"), meta["name"], meta.get("uid"))
 
 
 def _image_id(image: str) -> str:
