@@ -154,3 +154,22 @@ def test_what_a_finalizer_holds_is_named_with_what_it_waits_for(project, plane):
         kube.request("PATCH", path, body={"metadata": {"finalizers": None}},
                      content_type="application/merge-patch+json")
         kube.close()
+
+
+def test_teardown_of_a_fault_tolerant_ray_waits_for_kuberays_redis_cleanup(project, plane):
+    """With GCS fault tolerance the real KubeRay operator holds the RayCluster with a finalizer until its Redis
+    cleanup Job has run (as the RayCluster's ServiceAccount, which must still be there: custom resources are
+    deleted in the background). Teardown waits for it, within its bound, Redis still up meanwhile."""
+    cluster, rendered = project.render({"ray": {"gcs_fault_tolerance": True}})
+    deploy(cluster, project.kubeconfig, rendered, FAST)
+    kube = plane.kube()
+    try:
+        ray = kube.get("/apis/ray.io/v1/namespaces/piml/rayclusters/ray")
+        assert "ray.io/gcs-ft-redis-cleanup-finalizer" in ray["metadata"]["finalizers"]
+        report = teardown_platform(cluster, project.kubeconfig, timeout=120, poll=0.2)
+        assert not report.waiting_for and kube.get("/apis/ray.io/v1/namespaces/piml/rayclusters/ray") is None
+        events = kube.request("GET", "/api/v1/namespaces/piml/events",
+                              {"fieldSelector": "involvedObject.name=ray"})["items"]
+        assert "CreatedRedisCleanupJob" in {e["reason"] for e in events}  # the operator's own account of it
+    finally:
+        kube.close()
