@@ -11,6 +11,8 @@ kubelet stand-in (tests/controlplane/faults.py); what piml asked, in order, is i
 from __future__ import annotations
 
 import shutil
+import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,22 @@ class Project:
     def render(self, settings: dict | None = None):
         cluster = self.cluster(settings)
         return cluster, render_platform(cluster, self.plan(settings), self.secrets)
+
+
+@contextmanager
+def api_gone(project: Project):
+    """The project's kubeconfig points at a loopback port where nothing listens (the API server down), for the
+    block; yields that server URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    text = project.kubeconfig.read_text()
+    server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
+    project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        project.kubeconfig.write_text(text)
 
 
 def purge(project: Project) -> None:

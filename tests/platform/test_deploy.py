@@ -7,7 +7,7 @@ import pytest
 from piml.errors import EXIT_FAILED, PimlError
 from piml.kube.deploy import DeployError, deploy
 from piml.kube.wait import Timeouts
-from tests.platform.conftest import FAST, Project, purge, start_plane
+from tests.platform.conftest import FAST, Project, api_gone, purge, start_plane
 
 
 def project_objects(kube, project: str = "lab") -> dict[str, dict]:
@@ -177,23 +177,13 @@ def test_crds_that_never_come_are_a_plain_error(tmp_path, tmp_path_factory):
 
 
 def test_an_unreachable_api_is_one_plain_line(project):
-    import socket
-
-    with socket.socket() as sock:  # a loopback port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     cluster, rendered = project.render()
-    text = project.kubeconfig.read_text()
-    server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
-    project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
-    try:
+    with api_gone(project) as server:
         with pytest.raises(PimlError) as caught:
             deploy(cluster, project.kubeconfig, rendered, FAST)
-        assert caught.value.exit_code == EXIT_FAILED
-        assert len(caught.value.problems) == 1
-        assert f"cannot reach the Kubernetes API at https://127.0.0.1:{port}" in str(caught.value)
-    finally:
-        project.kubeconfig.write_text(text)
+    assert caught.value.exit_code == EXIT_FAILED
+    assert len(caught.value.problems) == 1
+    assert f"cannot reach the Kubernetes API at {server}" in str(caught.value)
 
 
 def test_a_missing_kubeconfig_says_how_to_get_one(project):

@@ -12,7 +12,7 @@ import pytest
 from piml.kube.deploy import DeployError, deploy
 from piml.kube.status import cluster_status
 from piml.kube.teardown import teardown_platform
-from tests.platform.conftest import FAST, SHORT
+from tests.platform.conftest import FAST, SHORT, api_gone
 from tests.platform.test_deploy import project_objects
 
 
@@ -102,20 +102,10 @@ def test_status_shows_what_is_not_ready(project, plane):
 
 
 def test_status_of_an_unreachable_cluster(project):
-    import socket
-
     cluster, _ = project.render()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    text = project.kubeconfig.read_text()
-    server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
-    project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
-    try:
+    with api_gone(project):
         status = cluster_status(cluster, project.kubeconfig, request_timeout=2)
-        assert status["reachable"] is False and "cannot reach the Kubernetes API" in status["error"]
-    finally:
-        project.kubeconfig.write_text(text)
+    assert status["reachable"] is False and "cannot reach the Kubernetes API" in status["error"]
 
 
 def test_no_secret_in_any_output(project, plane, caplog):

@@ -2,7 +2,7 @@
 
 import json
 
-from tests.platform.conftest import INVENTORY
+from tests.platform.conftest import INVENTORY, api_gone
 
 
 def test_up_platform_then_rerun_changes_nothing(piml, project):
@@ -48,19 +48,9 @@ def test_platform_stage_needs_a_kubeconfig(piml, tmp_path):
 
 
 def test_unreachable_api_is_a_reported_failure(piml, project):
-    import socket
-
-    with socket.socket() as sock:  # a loopback port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    text = project.kubeconfig.read_text()
-    server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
-    project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
-    try:
+    with api_gone(project):
         out = piml("up", "--only", "platform", "--json", cwd=project.root)
-        assert out.returncode == 1
-        data = json.loads(out.stdout)  # the summary is printed even so
-        assert not data["ok"] and "platform" in data["failed"]
-        assert "Traceback" not in out.stderr
-    finally:
-        project.kubeconfig.write_text(text)
+    assert out.returncode == 1
+    data = json.loads(out.stdout)  # the summary is printed even so
+    assert not data["ok"] and "platform" in data["failed"]
+    assert "Traceback" not in out.stderr

@@ -19,7 +19,7 @@ from piml.plan import make_plan
 from piml.plan.pins import VOLUMES, read_pins
 from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform
-from tests.platform.conftest import FAST, INVENTORY, SHORT
+from tests.platform.conftest import FAST, INVENTORY, SHORT, api_gone
 
 # node-3 joins the inventory later (the plane has node-1..3 from the start: the scheduler can use it once the plan
 # does)
@@ -126,21 +126,11 @@ def test_up_platform_keeps_them_and_refuses_when_their_node_is_gone(piml, projec
 
 
 def test_plan_without_the_api_says_so_and_render_refuses(piml, project):
-    import socket
-
     project_cluster(project, TWO)
-    with socket.socket() as sock:  # the kubeconfig now points at a loopback port where nothing answers
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    text = project.kubeconfig.read_text()
-    server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
-    project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
-    try:
-        out = piml("plan", "--json", cwd=project.root)
-        assert out.returncode == 0, out.stderr
-        assert any("does not know which nodes the volumes" in n for n in json.loads(out.stdout)["notes"])
-        out = piml("render", cwd=project.root)
-        assert out.returncode == 1 and "cannot tell which nodes the platform's volumes are on" in out.stderr
-        assert "Traceback" not in out.stderr
-    finally:
-        project.kubeconfig.write_text(text)
+    with api_gone(project):
+        plan = piml("plan", "--json", cwd=project.root)
+        render = piml("render", cwd=project.root)
+    assert plan.returncode == 0, plan.stderr
+    assert any("does not know which nodes the volumes" in n for n in json.loads(plan.stdout)["notes"])
+    assert render.returncode == 1 and "cannot tell which nodes the platform's volumes are on" in render.stderr
+    assert "Traceback" not in plan.stderr + render.stderr
