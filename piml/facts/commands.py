@@ -4,7 +4,7 @@ A fact is a shell snippet here plus a pure parser in `piml.facts.parsers`. `gath
 the snippets into ONE script, run once per node (one SSH round trip). It must run under dash and
 busybox ash: no bashisms, no `set -e`, every section tolerates missing files and commands, and
 the script always exits 0. Files are read with the `read` builtin rather than `cat`, so the whole
-script forks only a handful of processes (uname, getconf, df, date, and on a node that has them
+script forks only a handful of processes (uname, getconf, df, date, awk, and on a node that has them
 systemctl, timedatectl, vcgencmd, k3s, sudo).
 
 The output is a sequence of sections, each introduced by a line `@@piml:NAME@@` (preceded by a
@@ -97,8 +97,20 @@ fi""",
     ),
     (
         "services",
-        "has systemctl && $T systemctl show -p Id -p LoadState -p ActiveState -p UnitFileState"
+        "has systemctl && $T systemctl show -p Id -p LoadState -p ActiveState -p SubState -p UnitFileState"
         " k3s.service k3s-agent.service 2>/dev/null",
+    ),
+    (
+        # Listening TCP sockets (state 0A) as the kernel lists them: `file=tcp|tcp6` for each table read,
+        # then its local addresses in hex. One awk per table (a busy k3s node has thousands of connections,
+        # which the shell's byte-by-byte `read` would crawl through); the shell loop only without awk.
+        "listening",
+        r"""for f in tcp tcp6; do
+  [ -r /proc/net/$f ] || continue
+  echo "file=$f"
+  if has awk; then awk '$4 == "0A" { print $2 }' /proc/net/$f 2>/dev/null
+  else while read -r a b c d e; do [ "$d" = 0A ] && printf '%s\n' "$b"; done < /proc/net/$f; fi
+done""",
     ),
     (
         "timesync",
@@ -111,7 +123,19 @@ elif has timedatectl; then echo source=timedatectl; $T timedatectl show -p NTPSy
     ),
     ("epoch", "date +%s 2>/dev/null"),
     ("temperature", "rd /sys/class/thermal/thermal_zone0/temp"),
-    ("throttled", "has vcgencmd && $T vcgencmd get_throttled 2>/dev/null"),
+    (
+        # `exit=N` and what vcgencmd printed (stderr too: the reason when it fails); when it fails for a user
+        # other than root (/dev/vcio is the video group's), again with `sudo -n` (never prompts): `sudo_exit=N`.
+        "throttled",
+        r"""if has vcgencmd; then
+  o=$($T vcgencmd get_throttled 2>&1 </dev/null); r=$?
+  printf 'exit=%s\n' "$r"; [ -n "$o" ] && printf '%s\n' "$o"
+  if [ "$r" != 0 ] && [ "$(id -u 2>/dev/null)" != 0 ]; then
+    o=$($T sudo -n vcgencmd get_throttled 2>&1 </dev/null); r=$?
+    printf 'sudo_exit=%s\n' "$r"; [ -n "$o" ] && printf '%s\n' "$o"
+  fi
+else echo vcgencmd=absent; fi""",
+    ),
     (
         "k3s",
         r"""if [ -e /usr/local/bin/k3s ]; then echo installed=yes

@@ -51,11 +51,14 @@ class NodeFacts:
     time_source: str | None = None  # timesyncd | chronyc | timedatectl: which answered
     epoch: int | None = None  # the node's clock, seconds since 1970, when the script ran
     temperature_c: float | None = None  # thermal_zone0
-    throttled: Throttled | None = None  # None without vcgencmd
+    throttled: Throttled | None = None  # None without vcgencmd, or when it failed (throttled_error)
+    vcgencmd: bool | None = None  # vcgencmd is on the node
+    throttled_error: str | None = None  # why vcgencmd gave no state: "vcgencmd get_throttled failed: ..."
     k3s_installed: bool | None = None  # /usr/local/bin/k3s exists
     k3s_version: str | None = None  # "v1.36.3+k3s1"
     k3s_service: ServiceState | None = None  # None: no systemd to ask
     k3s_agent_service: ServiceState | None = None
+    listening_tcp: tuple[tuple[str, int], ...] | None = None  # (address, port) of each listening TCP socket
     sudo_installed: bool | None = None
     sudo_nopasswd: bool | None = None  # `sudo -n true` succeeds
     uid: int | None = None
@@ -84,7 +87,7 @@ class NodeFacts:
             if isinstance(value, (Throttled, ServiceState)):
                 value = value.as_dict()
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [list(item) if isinstance(item, tuple) else item for item in value]
             result[f.name] = value
         return result
 
@@ -173,10 +176,13 @@ def parse_facts(output: str) -> NodeFacts:
         values["k3s_service"] = services.get("k3s.service")
         values["k3s_agent_service"] = services.get("k3s-agent.service")
 
+    values["listening_tcp"] = fact("listening", p.parse_listening)
+
     values["time_source"], values["time_synced"] = fact("timesync", p.parse_timesync, (None, None))
     values["epoch"] = fact("epoch", p.parse_epoch)
     values["temperature_c"] = fact("temperature", p.parse_temperature)
-    values["throttled"] = fact("throttled", p.parse_throttled)
+    vcgencmd = fact("throttled", p.parse_vcgencmd, (None, None, None))
+    values["vcgencmd"], values["throttled"], values["throttled_error"] = vcgencmd
     values["k3s_installed"], values["k3s_version"] = fact("k3s", p.parse_k3s, (None, None))
     values["sudo_installed"], values["sudo_nopasswd"] = fact("sudo", p.parse_sudo, (None, None))
     values["uid"], values["user"] = fact("user", p.parse_user, (None, None))

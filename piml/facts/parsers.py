@@ -8,6 +8,7 @@ ValueError with a short reason; `parse_facts` turns that into a note and a None.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import re
 import shlex
 from functools import cache
@@ -376,8 +377,37 @@ def parse_services(text: str) -> dict[str, ServiceState]:
             loaded=None if not load else load == "loaded",
             active=values.get("ActiveState") or None,
             enabled=values.get("UnitFileState") or None,
+            sub=values.get("SubState") or None,
         )
     return result
+
+
+def tcp_address(hex_address: str) -> tuple[str, int]:
+    """A /proc/net/tcp{,6} local address, `0100007F:1F90` -> ("127.0.0.1", 8080). The kernel prints the
+    address as 32-bit words in host byte order: little-endian on every board piml supports (arm64, amd64)."""
+    address, sep, port = hex_address.partition(":")
+    if not sep or len(address) not in (8, 32) or not re.fullmatch(r"[0-9A-Fa-f]+", address + port) or len(port) != 4:
+        raise ValueError(f"unexpected socket address {hex_address[:60]!r}")
+    raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8))
+    ip = ipaddress.IPv4Address(raw) if len(raw) == 4 else ipaddress.IPv6Address(raw)
+    return str(ip), int(port, 16)
+
+
+def parse_listening(text: str) -> tuple[tuple[str, int], ...] | None:
+    """The `listening` section: `file=tcp|tcp6` for each table read, then the hex local address of each
+    listening socket. (address, port) pairs, sorted, once each; None when no table could be read."""
+    result: set[tuple[str, int]] = set()
+    read_any = False
+    for line in _lines(text):
+        if line.startswith("file="):
+            read_any = True
+        else:
+            result.add(tcp_address(line))
+    if not read_any:
+        if result:
+            raise ValueError("socket addresses without the table they came from")
+        return None
+    return tuple(sorted(result, key=lambda item: (item[1], ":" in item[0], item[0])))
 
 
 def parse_timesync(text: str) -> tuple[str | None, bool | None]:
@@ -420,6 +450,46 @@ def parse_throttled(text: str) -> Throttled | None:
     if match is None:
         raise ValueError(f"unexpected vcgencmd output {line[:60]!r}")
     return Throttled.decode(int(match.group(1), 0))
+
+
+VCGENCMD_FAILED = "vcgencmd get_throttled failed"
+
+
+def parse_vcgencmd(text: str) -> tuple[bool | None, Throttled | None, str | None]:
+    """The `throttled` section: (vcgencmd there, its state, why there is no state).
+
+    `vcgencmd=absent`, or `exit=N` and what `vcgencmd get_throttled` printed (stdout and stderr), then, when
+    that failed for a user other than root, `sudo_exit=N` and what `sudo -n vcgencmd get_throttled` printed.
+    A bare `throttled=...` (no exit line) is a run that succeeded. Empty: unknown (None, None, None).
+    """
+    lines = _lines(text)
+    if not lines:
+        return None, None, None
+    if lines[0] == "vcgencmd=absent":
+        return False, None, None
+    runs: list[tuple[int | None, list[str]]] = []  # (exit status, lines printed); None: not said (0)
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key in ("exit", "sudo_exit") and (len(runs) < 2 and (key == "exit") == (not runs)):
+            runs.append((_int(value, key), []))
+        elif runs:
+            runs[-1][1].append(line)
+        else:
+            runs.append((None, [line]))
+    whys = []
+    for code, printed in runs:
+        if not code:
+            values = [v for v in printed if v.startswith("throttled=")]
+            if values:
+                return True, parse_throttled(values[0]), None
+            if printed:
+                return True, None, f"unexpected vcgencmd output {printed[0][:60]!r}"
+            return True, None, "vcgencmd get_throttled printed nothing"
+        whys.append(printed[0][:200] if printed else f"exit status {code}")
+    why = f"{VCGENCMD_FAILED}: {whys[0]}"
+    if len(whys) > 1:
+        why += f" (with sudo -n: {whys[1]})"
+    return True, None, why
 
 
 def parse_k3s(text: str) -> tuple[bool | None, str | None]:

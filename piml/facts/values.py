@@ -41,13 +41,34 @@ class ServiceState:
     loaded: bool | None = None  # False when systemd has no such unit (LoadState=not-found)
     active: str | None = None  # as `systemctl is-active`: active | inactive | failed | activating ...
     enabled: str | None = None  # as `systemctl is-enabled`: enabled | disabled | static | masked ...; None: no unit file
+    sub: str | None = None  # SubState: running | dead | exited | auto-restart ...
 
     @property
     def running(self) -> bool:
         return self.active == "active"
 
+    @property
+    def is_active(self) -> bool:
+        """What `systemctl is-active` exits 0 for."""
+        return self.active in IS_ACTIVE
+
+    @property
+    def is_enabled(self) -> bool:
+        """What `systemctl is-enabled` exits 0 for: the unit starts at boot, or is pulled in by one that does."""
+        return self.enabled in IS_ENABLED
+
+    @property
+    def masked(self) -> bool:
+        return self.enabled in ("masked", "masked-runtime")
+
     def as_dict(self) -> dict[str, Any]:
-        return {"unit": self.unit, "loaded": self.loaded, "active": self.active, "enabled": self.enabled}
+        return {"unit": self.unit, "loaded": self.loaded, "active": self.active, "enabled": self.enabled,
+                "sub": self.sub}
+
+
+# systemctl(1): the states `is-active` / `is-enabled` answer with exit status 0.
+IS_ACTIVE = frozenset({"active", "reloading", "refreshing"})
+IS_ENABLED = frozenset({"enabled", "enabled-runtime", "static", "alias", "indirect", "generated", "transient"})
 
 
 @dataclass(frozen=True)

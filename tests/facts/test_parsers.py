@@ -6,6 +6,7 @@ taken from hardware; the live tests below run the real script here under sh, das
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import platform
@@ -60,9 +61,14 @@ def test_pi5_nvme_k3s_server():
     assert f.temperature_c == 52.35
     assert f.throttled == Throttled(raw=0) and f.throttled.ok
     assert (f.k3s_installed, f.k3s_version) == (True, "v1.36.3+k3s1")
-    assert f.k3s_service == ServiceState("k3s.service", loaded=True, active="active", enabled="enabled")
-    assert f.k3s_service.running
-    assert f.k3s_agent_service == ServiceState("k3s-agent.service", loaded=False, active="inactive", enabled=None)
+    assert f.k3s_service == ServiceState("k3s.service", loaded=True, active="active", enabled="enabled", sub="running")
+    assert f.k3s_service.running and f.k3s_service.is_active and f.k3s_service.is_enabled
+    assert f.k3s_agent_service == ServiceState("k3s-agent.service", loaded=False, active="inactive", enabled=None,
+                                               sub="dead")
+    assert (f.vcgencmd, f.throttled_error) == (True, None)
+    # the API server's socket is IPv6 and dual-stack: "::"
+    assert f.listening_tcp == (("0.0.0.0", 22), ("::", 22), ("::", 6443), ("127.0.0.1", 6444),
+                               ("127.0.0.1", 10010), ("127.0.0.1", 10248), ("::", 10250))
     assert (f.sudo_installed, f.sudo_nopasswd, f.uid, f.user) == (True, True, 1000, "pi")
     assert f.can_become_root is True and not f.is_root
 
@@ -83,6 +89,7 @@ def test_pi5_sd_kernel_612_memory_cgroup_off_and_under_voltage():
     assert (f.time_synced, f.time_source) == (False, "timedatectl")
     assert (f.k3s_installed, f.k3s_version) == (False, None)
     assert f.k3s_service.loaded is False and not f.k3s_service.running
+    assert f.listening_tcp == (("0.0.0.0", 22), ("::", 22), ("::1", 631))
 
 
 def test_cm4_emmc_dev_root_and_boot_cmdline_txt():
@@ -103,8 +110,9 @@ def test_x86_server():
     assert (f.root_source, f.root_disk, f.boot_device) == ("/dev/sda2", "sda", "other")  # SATA, not USB
     assert (f.boot_cmdline_path, f.boot_cmdline) == (None, None)
     assert (f.swap_devices, f.swap_total_mb, f.dphys_swapfile_active) == (("/dev/sda3",), 8191, False)
-    assert (f.temperature_c, f.throttled) == (27.8, None)
+    assert (f.temperature_c, f.throttled, f.vcgencmd, f.throttled_error) == (27.8, None, False, None)
     assert f.k3s_service.running
+    assert ("0.0.0.0", 6443) in f.listening_tcp and not any(address == "::" for address, _ in f.listening_tcp)
 
 
 def test_container_node():
@@ -112,8 +120,9 @@ def test_container_node():
     assert (f.model, f.model_raw) == ("other", None)
     assert (f.root_source, f.root_fstype, f.root_disk, f.boot_device) == ("overlay", "overlay", None, "other")
     assert (f.root_size_bytes, f.root_free_bytes) == (61255492 * 1024, 37983420 * 1024)
-    assert (f.temperature_c, f.throttled) == (None, None)
+    assert (f.temperature_c, f.throttled, f.vcgencmd) == (None, None, False)
     assert (f.k3s_service, f.k3s_agent_service) == (None, None)  # no systemd to ask
+    assert f.listening_tcp == (("0.0.0.0", 22),)  # no tcp6 table: IPv6 off
     assert (f.time_synced, f.time_source) == (None, None)
     assert (f.swap_total_mb, f.swap_devices) == (0, ())
     assert (f.sudo_installed, f.sudo_nopasswd, f.uid, f.user) == (False, False, 0, None)
@@ -319,6 +328,71 @@ def test_throttled():
         p.parse_throttled("VCHI initialization failed")
 
 
+def test_vcgencmd():
+    assert p.parse_vcgencmd("vcgencmd=absent") == (False, None, None)
+    assert p.parse_vcgencmd("") == (None, None, None)  # the section said nothing: unknown
+    assert p.parse_vcgencmd("exit=0\nthrottled=0x50000\n") == (True, Throttled.decode(0x50000), None)
+    assert p.parse_vcgencmd("throttled=0x0") == (True, Throttled(raw=0), None)  # no exit line: it succeeded
+    # a warning on stderr before the value does not hide it
+    assert p.parse_vcgencmd("exit=0\nvcgencmd: warning\nthrottled=0x0") == (True, Throttled(raw=0), None)
+    # fails as the user (not in the video group), works with sudo -n
+    assert p.parse_vcgencmd("exit=1\nVCHI initialization failed\nsudo_exit=0\nthrottled=0x4\n") == (
+        True, Throttled.decode(0x4), None)
+    assert p.parse_vcgencmd("exit=1\nVCHI initialization failed\nsudo_exit=1\nsudo: a password is required\n") == (
+        True, None, "vcgencmd get_throttled failed: VCHI initialization failed (with sudo -n: sudo: a password is required)")
+    assert p.parse_vcgencmd("exit=255\n") == (True, None, "vcgencmd get_throttled failed: exit status 255")  # as root
+    assert p.parse_vcgencmd("exit=0\n") == (True, None, "vcgencmd get_throttled printed nothing")
+    assert p.parse_vcgencmd("exit=0\nbogus\n") == (True, None, "unexpected vcgencmd output 'bogus'")
+    with pytest.raises(ValueError):
+        p.parse_vcgencmd("exit=x\n")
+    with pytest.raises(ValueError):
+        p.parse_vcgencmd("exit=0\nthrottled=0x\n")
+
+
+def test_listening():
+    assert p.tcp_address("0100007F:1F90") == ("127.0.0.1", 8080)
+    assert p.tcp_address("00000000:192B") == ("0.0.0.0", 6443)
+    mapped = str(ipaddress.IPv6Address("::ffff:192.168.0.1"))  # how Python writes it changed in 3.13
+    assert p.tcp_address("0000000000000000FFFF00000100A8C0:0016") == (mapped, 22)
+    assert p.tcp_address("B80D0120000000000000000001000000:0050") == ("2001:db8::1", 80)
+    # once each, by port; a table read and empty is "nothing listens", no table at all is "unknown"
+    assert p.parse_listening("file=tcp\n00000000:0016\n00000000:0016\nfile=tcp6\n") == (("0.0.0.0", 22),)
+    assert p.parse_listening("file=tcp\nfile=tcp6\n") == ()
+    assert p.parse_listening("") is None
+    for bad in ("00000000", "0000000:0016", "00000000:16", "zz000000:0016", "file=tcp\n00000000:0016:1"):
+        with pytest.raises(ValueError):
+            p.parse_listening(bad if bad.startswith("file=") else "file=tcp\n" + bad)
+    with pytest.raises(ValueError):
+        p.parse_listening("00000000:0016")  # an address without its table
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.booleans(), st.ip_addresses(), st.integers(0, 65535)), max_size=20))
+def test_fuzz_listening_round_trip(sockets):
+    """The kernel's hex form (32-bit words in little-endian order) of any address and port reads back as is."""
+    def hex_form(ip, port):
+        raw = ip.packed
+        return "".join(raw[i : i + 4][::-1].hex().upper() for i in range(0, len(raw), 4)) + f":{port:04X}"
+
+    lines = [("file=tcp" if v4 else "file=tcp6") + "\n" + hex_form(ip, port) for v4, ip, port in sockets]
+    parsed = p.parse_listening("\n".join(lines))
+    assert set(parsed or ()) == {(str(ip), port) for _, ip, port in sockets}
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.sampled_from(["exit=0", "exit=1", "sudo_exit=0", "sudo_exit=1", "exit=", "throttled=0x5",
+                                           "throttled=0x", "vcgencmd=absent", "sudo: a password is required"]),
+                          st.text(max_size=30)), max_size=8))
+def test_fuzz_vcgencmd(lines):
+    """Any output: a state, or a reason (or a ValueError, which parse_facts makes a note); never both."""
+    try:
+        present, state, why = p.parse_vcgencmd("\n".join(lines))
+    except ValueError:
+        return
+    assert state is None or why is None
+    assert (present is None) == (state is None and why is None and not "".join(lines).strip())
+
+
 def test_services_order_independent():
     text = "LoadState=loaded\nId=k3s-agent.service\nUnitFileState=disabled\nActiveState=failed\n"
     assert p.parse_services(text) == {
@@ -397,6 +471,15 @@ ODD_LINES = [marker(n) for n in (*NAMES, "end")] + [
     "source=chronyc",
     "Leap status :",
     "Id=",
+    "SubState=",
+    "file=tcp",
+    "file=tcp6",
+    "00000000:192B",
+    "0000000000000000000000000000000:1",
+    "exit=1",
+    "exit=",
+    "sudo_exit=0",
+    "vcgencmd=absent",
     "MemTotal: kB",
     "Filesystem 1024-blocks Used Available Capacity Mounted on",
     "a b c d e% /",
@@ -484,6 +567,7 @@ def test_script_on_this_machine(shell, script):
     swaps = [line.split()[0] for line in Path("/proc/swaps").read_text().splitlines()[1:]]
     assert list(facts.swap_devices) == swaps
     assert facts.kernel_cmdline == " ".join(Path("/proc/cmdline").read_text().split())
+    assert facts.listening_tcp is not None and facts.vcgencmd is not None
 
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="the script's facts are Linux facts")
