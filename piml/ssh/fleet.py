@@ -28,6 +28,7 @@ MAX_PARALLEL = 32  # enough for a rack; keeps file descriptors and threads modes
 class Timeouts:
     connect: float = 10.0  # TCP connect, SSH banner and authentication, each
     command: float = 60.0
+    node: float | None = None  # per node, connecting and the command together: the command gets what is left
 
 
 class Fleet:
@@ -83,18 +84,25 @@ class Fleet:
     def _connect_and_run(self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float) -> HostResult:
         if node.name in self.failures:
             return HostResult(node.name, failure=self.failures[node.name])
+        started = time.monotonic()
         if node.name not in self._connections:
             connected = self._connect_one(node)
             if not connected.ok:
                 self.failures[node.name] = connected.failure
                 return connected
+        if self.timeouts.node is not None:
+            timeout = min(timeout, self.timeouts.node - (time.monotonic() - started))
+            if timeout <= 0:
+                took = f"{node.name}: connecting took all of {self.timeouts.node:g} s"
+                return HostResult(node.name, failure=Failure(R.TIMEOUT, took, "check the node's load and its network"))
         return self._run_one(node, command, stdin, sudo, timeout)
 
     def _run_one(self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float) -> HostResult[CommandOutput]:
         client: paramiko.SSHClient = self._connections[node.name].client
         started, wall = time.monotonic(), time.time()
+        channel = None
         try:
-            channel = client.get_transport().open_session(timeout=self.timeouts.connect)
+            channel = client.get_transport().open_session(timeout=min(self.timeouts.connect, timeout))
             channel.settimeout(timeout)
             channel.exec_command(command)
             if stdin is not None:
@@ -103,8 +111,15 @@ class Fleet:
             stdout, stderr = _drain(channel, started + timeout)
             code = channel.recv_exit_status()
             channel.close()
-        except TimeoutError:
-            return HostResult(node.name, failure=Failure(R.TIMEOUT, f"{node.name}: command did not finish within {timeout:.0f} s", "check the node's load, or raise the timeout"))
+        except TimeoutError as exc:
+            # What it printed so far stays readable: the facts script's first sections are whole.
+            partial = None
+            if isinstance(exc, _CutShort):
+                partial = CommandOutput(-1, exc.stdout, exc.stderr, time.monotonic() - started, wall)
+            if channel is not None:
+                channel.close()
+            return HostResult(node.name, value=partial, failure=Failure(
+                R.TIMEOUT, f"{node.name}: command did not finish within {timeout:.0f} s", "check the node's load, or raise the timeout"))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             return HostResult(node.name, failure=Failure(R.UNREACHABLE, f"{node.name}: connection lost ({exc or type(exc).__name__})", "check that the node is up and on the network"))
         out = CommandOutput(code, stdout, stderr, time.monotonic() - started, wall)
@@ -144,7 +159,7 @@ def _drain(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
     out, err = bytearray(), bytearray()
     while True:
         if time.monotonic() > deadline:
-            raise TimeoutError()
+            raise _CutShort(out.decode(errors="replace"), err.decode(errors="replace"))
         progressed = False
         while channel.recv_ready():
             out += channel.recv(65536)
@@ -157,6 +172,14 @@ def _drain(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
         if not progressed:  # sleep until data, EOF or the deadline, not in a busy loop
             select.select([channel], [], [], min(0.5, max(0.0, deadline - time.monotonic())))
     return out.decode(errors="replace"), err.decode(errors="replace")
+
+
+class _CutShort(TimeoutError):
+    """The deadline passed: what the command printed until then."""
+
+    def __init__(self, stdout: str, stderr: str):
+        super().__init__("cut short")
+        self.stdout, self.stderr = stdout, stderr
 
 
 def _quote(text: str) -> str:

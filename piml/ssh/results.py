@@ -29,7 +29,7 @@ class Failure:
 @dataclass(frozen=True)
 class HostResult(Generic[T]):
     node: str
-    value: T | None = None
+    value: T | None = None  # with a TIMEOUT failure, what the command printed before it was cut (or None)
     failure: Failure | None = None
 
     @property
