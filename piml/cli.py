@@ -216,7 +216,7 @@ def check(
 ) -> None:
     """Prove the platform works: one table of pass / fail with timings. Exit 1 on any failure.
 
-    Nodes (testinfra over SSH): k3s running and enabled, the API port on servers, memory cgroup,
+    Nodes (the facts piml reads over SSH): k3s running and enabled, the API port on servers, memory cgroup,
     no throttling. Cluster: nodes Ready without pressure, workloads ready, KEDA serving metrics.
     Components, through port-forwards: MLflow health and an authenticated call, Dask workers, Ray
     resources, the queue broker. --deep trains a model with Ray, registers it in MLflow, runs a Dask

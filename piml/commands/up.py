@@ -240,7 +240,7 @@ def _dry_run(cluster, stages: list[str], nodes, merge: bool, as_json: bool) -> N
         elif stage == "platform":
             capacity, plan[stage] = _platform_dry_run(cluster)
         elif stage == "verify":
-            plan[stage] = ["nodes: k3s service running and enabled, API port on servers, memory cgroup, throttling (testinfra over SSH)",
+            plan[stage] = ["nodes: k3s service running and enabled, API port on servers, memory cgroup, throttling (one facts round trip over SSH per node)",
                            "cluster: every node Ready without pressure, every workload ready, KEDA serving metrics",
                            "components: MLflow health and an authenticated call, Dask workers, Ray resources, the queue broker"]
         else:

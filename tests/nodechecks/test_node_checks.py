@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,18 +23,7 @@ def accepted_logins(sub, node) -> int:
     return sub.run(node, "journalctl -u ssh --no-pager -o cat", check=False).stdout.count("Accepted publickey")
 
 
-def leftovers() -> set[str]:
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("piml-check-")}
-
-
-def masters() -> list[str]:
-    """ssh ControlMaster processes of the checks still alive (they are named after their socket)."""
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10).stdout
-    return [line for line in out.splitlines() if "piml-check-" in line and "[mux]" in line]
-
-
 def test_healthy_server_and_agent_pass(rack):
-    before = leftovers()
     by, rows = rack.check()
     assert [r.check for r in rows if r.target == rack.server.name] == SERVER_CHECKS
     assert [r.check for r in rows if r.target == rack.agent.name] == AGENT_CHECKS  # no api port on agents
@@ -47,13 +33,10 @@ def test_healthy_server_and_agent_pass(rack):
     assert "6443 listening on 0.0.0.0" == by[rack.server.name, "api port"].detail
     assert by[rack.server.name, "throttling"].detail == "0x0: not throttled now"
     assert "ssh as pi" in by[rack.server.name, "reach"].detail
-    # The private ssh_config and control socket are gone, and so are the master connections.
-    assert leftovers() == before
-    assert masters() == []
 
 
 def test_reuses_one_connection_per_node(rack):
-    """All of a node's checks go through one SSH login (ControlMaster), not one login per command."""
+    """All of a node's checks come from one SSH login (one facts round trip), not one login per command."""
     logins = accepted_logins(rack.sub, rack.server)
     rack.check()
     assert accepted_logins(rack.sub, rack.server) == logins + 1
@@ -129,9 +112,10 @@ def test_a_hanging_command_is_cut_at_the_timeout(rack):
     assert elapsed < 4 + 3, elapsed
     row = by[rack.server.name, "throttling"]
     assert row.status == "fail" and row.detail == "no answer within 4 s", row
-    assert by[rack.server.name, "k3s service"].status == "pass"
+    # what the node had answered before the hang is still checked
+    assert {c: s for c, s in statuses(rows, rack.server).items() if c != "throttling"} == dict.fromkeys(
+        ["reach", "k3s service", "api port", "memory cgroup"], "pass"), rows
     assert set(statuses(rows, rack.agent).values()) == {"pass"}, rows
-    assert masters() == []
 
 
 def test_unknown_host_keys_are_refused_and_nothing_runs(rack, tmp_path):
