@@ -315,8 +315,9 @@ def parse_boot_kernel8(text: str) -> bool | None:
     """Whether kernel8.img is on the boot partition (`kernel8=yes|no`); None without a boot partition."""
     value = _keyvalues(text).get("kernel8")
     if value is None:
-        if _first_line(text) is not None:
-            raise ValueError(f"unexpected output {_first_line(text)[:60]!r}")
+        line = _first_line(text)
+        if line is not None:
+            raise ValueError(f"unexpected output {line[:60]!r}")
         return None
     if value not in ("yes", "no"):
         raise ValueError(f"unexpected kernel8={value[:20]!r}")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import paramiko
 
@@ -36,7 +37,7 @@ class Fleet:
         self.nodes = {n.name: n for n in nodes}
         self.known_hosts = known_hosts
         self.timeouts = timeouts
-        self._connections: dict[str, object] = {}
+        self._connections: dict[str, Any] = {}  # fabric Connections
         self.failures: dict[str, Failure] = {}
         self._fabric_config = None  # built once: it reads ~/.ssh/config
 
@@ -47,7 +48,8 @@ class Fleet:
         if self._fabric_config is None:
             self._fabric_config = _fabric_config(Config)
 
-        connect_kwargs = {"banner_timeout": self.timeouts.connect, "auth_timeout": self.timeouts.connect}
+        wait = self.timeouts.connect
+        connect_kwargs: dict[str, Any] = {"banner_timeout": wait, "auth_timeout": wait}
         if node.key_file:
             connect_kwargs["key_filename"] = [str(node.key_file)]
         conn = Connection(
@@ -87,7 +89,7 @@ class Fleet:
         started = time.monotonic()
         if node.name not in self._connections:
             connected = self._connect_one(node)
-            if not connected.ok:
+            if connected.failure is not None:
                 self.failures[node.name] = connected.failure
                 return connected
         if self.timeouts.node is not None:
