@@ -102,7 +102,7 @@ def start(
                 f"--kubeconfig={d / 'kubeconfig'}",
                 "--controller-name=helm-controller",
                 "--namespace=",
-                "--node-name=node-1",
+                f"--node-name={st['nodes'][0]['name']}",  # k3s passes its own node's name: the server's
             ],
             env=env,
         )

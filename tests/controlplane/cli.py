@@ -11,6 +11,8 @@ from pathlib import Path
 EXAMPLES = """examples:
   scripts/control-plane build
   scripts/control-plane up /tmp/cp --nodes 3 --node-memory 8Gi --arch arm64
+  scripts/control-plane up /tmp/cp --node pi1:8Gi:arm64 --node pi2:4Gi:amd64 --node pi3
+                                                   # named nodes; pi3 takes --node-memory and --arch
   scripts/control-plane up /tmp/cp --no-helm-controller --no-kuberay --no-local-path --no-traefik-crds
                                                    # the control plane and nodes only
   KUBECONFIG=/tmp/cp/kubeconfig kubectl get nodes     # or the kubernetes Python client
@@ -31,9 +33,16 @@ def main(argv: list[str]) -> int:
     sub.add_parser("build", help="build the binaries, or reuse them; prints their directory")
     u = sub.add_parser("up", help="start a control plane and N stand-in nodes from DIR")
     u.add_argument("dir", type=Path)
-    u.add_argument("--nodes", type=int, default=3)
-    u.add_argument("--node-memory", default="8Gi")
-    u.add_argument("--arch", default="arm64", choices=("arm64", "amd64", "arm"))
+    u.add_argument("--nodes", type=int, default=None, help="how many nodes, named node-1..N (default 3)")
+    u.add_argument(
+        "--node",
+        action="append",
+        metavar="NAME[:MEMORY[:ARCH]]",
+        help="one node, by name (a DNS-1123 label), memory (default --node-memory) and arch (arm64 or amd64, default "
+        "--arch); repeat for each, in order (the first is labelled control-plane); excludes --nodes",
+    )
+    u.add_argument("--node-memory", default="8Gi", help="each node's memory (default 8Gi)")
+    u.add_argument("--arch", default="arm64", help="each node's architecture: arm64 (default), amd64 or arm")
     u.add_argument("--json", action="store_true", help="print the state (ports, pids, paths) as JSON")
     u.add_argument(
         "--no-helm-controller",
@@ -81,6 +90,7 @@ def main(argv: list[str]) -> int:
                 args.nodes,
                 args.node_memory,
                 args.arch,
+                node=args.node,
                 log=lambda m: print(m, file=sys.stderr),
                 helm_controller=args.helm_controller,
                 kuberay=args.kuberay,
@@ -97,7 +107,8 @@ def main(argv: list[str]) -> int:
             print(json.dumps(st, indent=2))
         else:
             print(
-                f"control plane up in {time.monotonic() - t0:.1f} s: {st['server']}, {st['nodes']} stand-in nodes; "
+                f"control plane up in {time.monotonic() - t0:.1f} s: {st['server']}, {len(st['nodes'])} stand-in nodes "
+                f"({', '.join(n['name'] for n in st['nodes'])}); "
                 f"KUBECONFIG={Path(st['dir']) / 'kubeconfig'}; logs in {Path(st['dir']) / 'logs'}"
             )
         return 0

@@ -62,6 +62,63 @@ class BadInput(UpError):
     """A wrong argument: exit 2, as piml's conventions want."""
 
 
+NODE_ARCHES = ("arm64", "amd64")  # what --node takes (piml's architectures); --arch also takes arm
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # RFC 1123 label: a Node name kubelets accept
+MEMORY_UNITS_KI = {"Ki": 1, "Mi": 1024, "Gi": 1024**2, "Ti": 1024**3}
+EVICTION_MEMORY_KI = 100 * 1024  # nodes.py: allocatable = capacity - 100Mi
+MAX_NODES = 155  # InternalIP 127.0.0.(100+i)
+
+
+def _memory_ki(option: str, q: str) -> int:
+    m = re.fullmatch(r"([1-9]\d*)(Ki|Mi|Gi|Ti)", q)
+    if not m:
+        raise BadInput(f"{option} {q!r}: write a memory quantity such as 8Gi or 4096Mi")
+    ki = int(m.group(1)) * MEMORY_UNITS_KI[m.group(2)]
+    if ki <= EVICTION_MEMORY_KI:
+        raise BadInput(f"{option} {q!r}: a node needs more than the kubelet's 100Mi eviction threshold")
+    return ki
+
+
+def node_list(nodes: int | None, node_memory: str, arch: str, specs: list[str] | None) -> list[dict]:
+    """The stand-in nodes, in order: [{name, memory, arch, ip}]. Either `nodes` (node-1..N, all with `node_memory`
+    and `arch`) or `specs` (--node NAME[:MEMORY[:ARCH]]; a field left out is `node_memory` / `arch`). The i-th
+    node (1-based) has the InternalIP 127.0.0.(100+i); the first is the one labelled control-plane."""
+    _memory_ki("--node-memory", node_memory)
+    if arch not in ("arm64", "amd64", "arm"):
+        raise BadInput(f"--arch {arch}: use arm64, amd64 or arm")
+    if specs and nodes is not None:
+        raise BadInput("--nodes and --node exclude each other: give the count, or name every node with --node")
+    count = len(specs) if specs else 3 if nodes is None else nodes
+    if not 1 <= count <= MAX_NODES:
+        given = f"--node given {count} times" if specs else f"--nodes {count}"
+        raise BadInput(f"{given}: give 1 to {MAX_NODES} nodes (their InternalIPs are 127.0.0.101 and up)")
+    if not specs:
+        return [
+            {"name": f"node-{i}", "memory": node_memory, "arch": arch, "ip": f"127.0.0.{100 + i}"}
+            for i in range(1, count + 1)
+        ]
+    out: list[dict] = []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) > 3:
+            raise BadInput(f"--node {spec!r}: write NAME[:MEMORY[:ARCH]], e.g. pi1:8Gi:arm64")
+        name, memory, node_arch = parts + [""] * (3 - len(parts))
+        if not DNS_LABEL.fullmatch(name):
+            raise BadInput(
+                f"--node {spec!r}: the name {name!r} must be a DNS-1123 label (lower-case letters, digits and '-', "
+                "starting and ending with a letter or digit, at most 63 characters)"
+            )
+        if any(n["name"] == name for n in out):
+            raise BadInput(f"--node {spec!r}: node {name} is given twice")
+        memory = memory or node_memory
+        _memory_ki(f"--node {spec!r}: memory", memory)
+        node_arch = node_arch or arch
+        if node_arch not in NODE_ARCHES:
+            raise BadInput(f"--node {spec!r}: architecture {node_arch!r} is unknown: use {' or '.join(NODE_ARCHES)}")
+        out.append({"name": name, "memory": memory, "arch": node_arch, "ip": f"127.0.0.{100 + len(out) + 1}"})
+    return out
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -158,15 +215,13 @@ def _get(url: str, ctx: ssl.SSLContext, timeout: float = 3) -> tuple[int, str]:
 
 
 class Up:
-    def __init__(self, d: Path, nodes: int, node_memory: str, arch: str, bin_dir: Path, addons: dict | None = None):
+    def __init__(self, d: Path, nodes: list[dict], bin_dir: Path, addons: dict | None = None):
         self.d, self.bin = d, bin_dir
         self.addons = addons or {}  # addons.start's keyword arguments: which add-ons to run
         self.state: dict = {
             "dir": str(d),
             "bin": str(bin_dir),
-            "nodes": nodes,
-            "node_memory": node_memory,
-            "arch": arch,
+            "nodes": nodes,  # node_list(): [{name, memory, arch, ip}], the first labelled control-plane
             "procs": {},
         }
 
@@ -207,7 +262,7 @@ class Up:
         d, b = self.d, self.bin
         for sub in ("logs", "db", "kubeconfigs", "run"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        node_names = [f"node-{i}" for i in range(1, self.state["nodes"] + 1)]
+        node_names = [n["name"] for n in self.state["nodes"]]
         paths = {k: str(v) for k, v in certs.make_all(d / "tls", node_names).items()}
         self.state["tls"] = paths
         ports = {n: free_port() for n in ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler")}
@@ -352,9 +407,12 @@ class Up:
         nodes = self.spawn(
             "nodes", [sys.executable, str(HERE / "nodes.py"), str(d)], env={**_clean_env(), "PYTHONUNBUFFERED": "1"}
         )
-        want = self.state["nodes"]
         self.wait(
-            f"node stand-in ({want} Ready nodes)", nodes, lambda: _nodes_ready(server, ctx, want), 60, "nodes.log"
+            f"node stand-in ({len(node_names)} Ready nodes)",
+            nodes,
+            lambda: _nodes_ready(server, ctx, node_names),
+            60,
+            "nodes.log",
         )
         from . import addons
 
@@ -382,21 +440,26 @@ def _ok(resp: tuple[int, str]) -> tuple[bool, str]:
     return code == 200, f"HTTP {code}: {body.strip().splitlines()[-1] if body.strip() else ''}"
 
 
-def _nodes_ready(server: str, ctx, want: int) -> tuple[bool, str]:
+def _nodes_ready(server: str, ctx, names: list[str]) -> tuple[bool, str]:
+    """Every node of `names` Ready, and the first labelled control-plane (nodes.py label_control_plane)."""
     code, body = _get(server + "/api/v1/nodes", ctx)
     if code != 200:
         return False, f"HTTP {code}"
+    items = {n["metadata"]["name"]: n for n in json.loads(body).get("items", [])}
     ready = [
-        n["metadata"]["name"]
-        for n in json.loads(body).get("items", [])
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+        name
+        for name in names
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (items.get(name, {}).get("status") or {}).get("conditions") or []
+        )
     ]
-    labelled = any(
-        n["metadata"]["name"] == "node-1"
-        and n["metadata"].get("labels", {}).get("node-role.kubernetes.io/control-plane") == "true"
-        for n in json.loads(body).get("items", [])
+    first = items.get(names[0], {}).get("metadata", {})
+    labelled = (first.get("labels") or {}).get("node-role.kubernetes.io/control-plane") == "true"
+    return (
+        len(ready) == len(names) and labelled,
+        f"{len(ready)}/{len(names)} nodes Ready, {names[0]} control-plane label: {labelled}",
     )
-    return len(ready) >= want and labelled, f"{len(ready)}/{want} nodes Ready, node-1 control-plane label: {labelled}"
 
 
 def _last_line(path: Path) -> str:
@@ -409,7 +472,7 @@ def _last_line(path: Path) -> str:
 
 def up(
     d: Path,
-    nodes: int = 3,
+    nodes: int | None = None,
     node_memory: str = "8Gi",
     arch: str = "arm64",
     log=print,
@@ -417,15 +480,13 @@ def up(
     kuberay: bool = True,
     local_path_storage: bool = True,
     traefik_crds: bool = True,
+    node: list[str] | None = None,
 ) -> dict:
+    """Start a control plane from `d`. Nodes: `nodes` (default 3) named node-1..N, each with `node_memory` and
+    `arch`; or `node`, the --node specs NAME[:MEMORY[:ARCH]] (exclusive with `nodes`). See node_list."""
     from . import build
 
-    if nodes < 1:
-        raise BadInput("--nodes must be at least 1")
-    if not re.fullmatch(r"[1-9]\d*(Ki|Mi|Gi|Ti)", node_memory):
-        raise BadInput(f"--node-memory {node_memory!r}: write a quantity such as 8Gi or 4096Mi")
-    if arch not in ("arm64", "amd64", "arm"):
-        raise BadInput(f"--arch {arch}: use arm64, amd64 or arm")
+    node_specs = node_list(nodes, node_memory, arch, node)
     d = d.resolve()
     st = load_state(d)
     if st and any(_is_ours(p["pid"], p.get("start")) for p in st.get("procs", {}).values()):
@@ -444,7 +505,7 @@ def up(
             "local_path_storage": local_path_storage,
             "traefik_crds": traefik_crds,
         }
-        runner = Up(d, nodes, node_memory, arch, bin_dir, chosen)
+        runner = Up(d, node_specs, bin_dir, chosen)
         try:
             return runner.run()
         except UpError as e:

@@ -1,14 +1,15 @@
 """STAND-IN for the kubelets of a k3s cluster (there is no container runtime here). See README.md.
 
-Run by `scripts/control-plane up` as `python nodes.py DIR`; reads DIR/controlplane.json. For each node-i, with
-that node's own credentials (system:node:node-i in system:nodes, so the real Node authorizer and NodeRestriction
-admission judge every call as they judge a kubelet's):
+Run by `scripts/control-plane up` as `python nodes.py DIR`; reads DIR/controlplane.json. For each node there
+(`nodes`: name, memory, arch, InternalIP; node-1..N by default, or the names `up --node` gave), with that node's
+own credentials (system:node:NAME in system:nodes, so the real Node authorizer and NodeRestriction admission judge
+every call as they judge a kubelet's):
   - registers the Node (capacity/allocatable, labels, addresses, nodeInfo, conditions Ready and no pressure),
   - renews its Lease in kube-node-lease every 10 s and re-posts its conditions every 60 s, as a kubelet does,
   - for pods the scheduler bound to it: marks them Running (podIP from the node's podCIDR, containers ready,
     conditions True) and, once they are being deleted, deletes them for good (grace 0), as a kubelet does
     after its containers stopped.
-With the admin credentials it labels node-1 node-role.kubernetes.io/control-plane=true, as the k3s server
+With the admin credentials it labels the first node node-role.kubernetes.io/control-plane=true, as the k3s server
 process (not the kubelet, which NodeRestriction forbids) does.
 
 Faults: a pod a test made fail (faults.py) gets the status a kubelet reports for that fault, and its log is
@@ -84,15 +85,16 @@ def log(msg: str) -> None:
 
 
 class Node:
-    def __init__(self, state: dict, index: int):
-        self.name = f"node-{index}"
-        self.index = index
+    def __init__(self, state: dict, index: int, spec: dict):
+        self.name = spec["name"]
+        self.index = index  # 1-based, in the order of state["nodes"]
+        self.arch = spec["arch"]
         self.state = state
         tls = state["tls"]
         self.api = api_client(state, tls[f"client-node-{self.name}"], tls[f"client-node-{self.name}-key"])
         self.core = client.CoreV1Api(self.api)
         self.coord = client.CoordinationV1Api(self.api)
-        self.ip = f"127.0.0.{100 + index}"  # a loopback address: nothing is reached through it
+        self.ip = spec["ip"]  # 127.0.0.(100+index), as in its serving certificate (certs.py)
         self.uid = None
         self.used_ips: set[str] = set()
         self.next_ip = 2
@@ -102,7 +104,7 @@ class Node:
             self.ip, tls[f"serving-kubelet-{self.name}"], tls[f"serving-kubelet-{self.name}-key"], tls["client-ca"],
             self.logs,
         )
-        mem_ki = parse_quantity_ki(state["node_memory"])
+        mem_ki = parse_quantity_ki(spec["memory"])
         self.capacity = {
             "cpu": "4",
             "memory": f"{mem_ki}Ki",
@@ -139,7 +141,7 @@ class Node:
         ]
 
     def status(self) -> dict:
-        arch = self.state["arch"]
+        arch = self.arch
         seed = hashlib.sha256(f"{self.state['dir']}/{self.name}".encode()).hexdigest()
         return {
             "capacity": self.capacity,
@@ -169,10 +171,10 @@ class Node:
             "metadata": {
                 "name": self.name,
                 "labels": {
-                    "kubernetes.io/arch": self.state["arch"],
+                    "kubernetes.io/arch": self.arch,
                     "kubernetes.io/os": "linux",
                     "kubernetes.io/hostname": self.name,
-                    "beta.kubernetes.io/arch": self.state["arch"],
+                    "beta.kubernetes.io/arch": self.arch,
                     "beta.kubernetes.io/os": "linux",
                     "node.kubernetes.io/instance-type": "k3s",
                 },
@@ -373,21 +375,23 @@ class Node:
 
 
 def label_control_plane(state: dict) -> None:
-    """What the k3s server does for its own node: node-role labels a kubelet may not set on itself."""
+    """What the k3s server does for its own node (the first: the server k3s-ansible starts first): node-role labels
+    a kubelet may not set on itself."""
     tls = state["tls"]
+    first = state["nodes"][0]["name"]
     core = client.CoreV1Api(api_client(state, tls["client-admin"], tls["client-admin-key"]))
     while not stop.is_set():
         try:
             core.patch_node(
-                "node-1",
+                first,
                 {"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}},
                 _request_timeout=TIMEOUT,
             )
-            log("node-1: labelled node-role.kubernetes.io/control-plane=true")
+            log(f"{first}: labelled node-role.kubernetes.io/control-plane=true")
             return
         except Exception as e:
             if not (isinstance(e, ApiException) and e.status == 404):
-                log(f"labelling node-1: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+                log(f"labelling {first}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
         stop.wait(0.5)
 
 
@@ -396,12 +400,13 @@ def main(argv: list[str]) -> int:
     state = json.loads((d / "controlplane.json").read_text())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    nodes = [Node(state, i) for i in range(1, int(state["nodes"]) + 1)]
+    nodes = [Node(state, i, spec) for i, spec in enumerate(state["nodes"], 1)]
     threads = [threading.Thread(target=n.loop, name=n.name, daemon=True) for n in nodes]
     threads.append(threading.Thread(target=label_control_plane, args=(state,), daemon=True))
     for t in threads:
         t.start()
-    log(f"node stand-in: {len(nodes)} nodes ({state['arch']}, {state['node_memory']}) against {state['server']}")
+    shown = ", ".join(f"{n['name']} ({n['arch']}, {n['memory']})" for n in state["nodes"])
+    log(f"node stand-in: {len(nodes)} nodes: {shown}; against {state['server']}")
     while not stop.is_set():
         stop.wait(1)
     for t in threads:

@@ -249,3 +249,24 @@ def test_down_leaves_nothing_running(plane):
     assert r.returncode == 0, r.stderr
     assert not [p for p in pids if alive(p)]
     assert not d.exists()
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--node", "Pi1"], "must be a DNS-1123 label"),
+        (["--node", "pi1", "--node", "pi2", "--node", "pi1"], "node pi1 is given twice"),
+        (["--node", "pi1:8G"], "write a memory quantity such as 8Gi"),
+        (["--node", "pi1:8Gi:arm"], "architecture 'arm' is unknown: use arm64 or amd64"),
+        (["--node", "pi1:8Gi:arm64:x"], "write NAME[:MEMORY[:ARCH]]"),
+        (["--nodes", "2", "--node", "pi1"], "--nodes and --node exclude each other"),
+        (["--nodes", "0"], "--nodes 0: give 1 to"),
+        (["--node-memory", "lots"], "--node-memory 'lots'"),
+    ],
+)
+def test_up_refuses_bad_nodes_in_one_line(tmp_path, args, says):
+    """--node NAME[:MEMORY[:ARCH]] (and --nodes, --node-memory) checked before anything is built or started."""
+    r = cp("up", str(tmp_path / "plane"), *args, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("control-plane up: ") and says in r.stderr, r.stderr
+    assert not (tmp_path / "plane").exists()
