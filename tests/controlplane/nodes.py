@@ -44,7 +44,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 TIMEOUT = 10  # every API call is bounded
-POLL = 1.0  # pods are looked at once a second
+POLL = 0.25  # pods are looked at four times a second (a kubelet reacts to watch events at once)
 LEASE_EVERY = 10.0  # kubelet: nodeLeaseDurationSeconds 40, renewed every 10 s
 STATUS_EVERY = 60.0
 KUBELET_VERSION = "v1.36.3+k3s1"  # what a node of the pinned k3s reports
