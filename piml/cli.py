@@ -154,6 +154,9 @@ def up(
     limit: LimitOpt = None,
     accept_new_host_keys: AcceptKeysOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what each stage would do per node; touch nothing.")] = False,
+    print_command: Annotated[bool, typer.Option("--print-command", help=(
+        "Print the ansible-playbook command of each playbook stage (prepare, k3s), its variables written to "
+        ".piml/vars-STAGE.json (0600); run nothing."))] = False,
     no_merge: Annotated[bool, typer.Option("--no-merge", help="Keep the kubeconfig in .piml/kubeconfig only; do not merge it into ~/.kube/config.")] = False,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
@@ -175,10 +178,12 @@ def up(
       piml up --only preflight --limit pi1,pi2
       piml up --from k3s --limit pi4                      # join a node added to the inventory
       piml up --dry-run
+      piml up --only k3s --limit pi4 --print-command    # the ansible-playbook command, to run by hand
     """
     from piml.commands.up import run_up
 
-    run_up(project, inventory, only, start, until, limit, accept_new_host_keys, dry_run, json, merge=not no_merge)
+    run_up(project, inventory, only, start, until, limit, accept_new_host_keys, dry_run, json, merge=not no_merge,
+           print_command=print_command)
 
 
 @app.command()

@@ -100,6 +100,24 @@ def control_dir(cluster: Cluster) -> Path:
     return path
 
 
+def ansible_settings(cluster: Cluster, host_count: int) -> dict[str, str]:
+    """The environment piml runs Ansible with (also what `piml up --print-command` prints)."""
+    return {
+        "ANSIBLE_SSH_ARGS": ssh_args(cluster.paths.known_hosts, control_dir(cluster)),
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_FORKS": str(max(5, min(50, host_count))),
+        "ANSIBLE_TIMEOUT": str(SSH_CONNECT_TIMEOUT),
+        "ANSIBLE_SSH_RETRIES": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_GATHERING": "explicit",
+    }
+
+
 def run_playbook(cluster: Cluster, playbook: str, hosts: list[str], extravars: dict,
                  on_event: Callable[[dict], None] | None = None) -> PlaybookResult:
     """Run playbooks/<playbook> limited to `hosts`; return per-host counts and failure messages."""
@@ -124,23 +142,8 @@ def run_playbook(cluster: Cluster, playbook: str, hosts: list[str], extravars: d
         (private / "env").mkdir(mode=0o700)
         write_atomic(private / "env" / "extravars", json.dumps(extravars), mode=0o600)
         (private / "tmp").mkdir(mode=0o700)
-        bin_dir = os.path.dirname(sys.executable)
-        env = {
-            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "ANSIBLE_SSH_ARGS": ssh_args(cluster.paths.known_hosts, control_dir(cluster)),
-            "ANSIBLE_HOST_KEY_CHECKING": "True",
-            "ANSIBLE_PIPELINING": "True",
-            "ANSIBLE_FORKS": str(max(5, min(50, len(hosts)))),
-            "ANSIBLE_TIMEOUT": str(SSH_CONNECT_TIMEOUT),
-            "ANSIBLE_SSH_RETRIES": "0",
-            "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
-            "ANSIBLE_DEPRECATION_WARNINGS": "False",
-            "ANSIBLE_LOCALHOST_WARNING": "False",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
-            "ANSIBLE_GATHERING": "explicit",
-        }
+        env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               **ansible_settings(cluster, len(hosts)), "ANSIBLE_LOCAL_TEMP": str(private / "tmp")}
         failures: dict[str, str] = {}
 
         def handle(event: dict) -> bool:

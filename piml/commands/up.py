@@ -49,7 +49,7 @@ def select_stages(only: str | None, start: str | None, until: str | None) -> lis
 
 
 def run_up(project: Path | None, inventory: Path | None, only, start, until, limit, accept_new: bool,
-           dry_run: bool, as_json: bool, merge: bool = True) -> None:
+           dry_run: bool, as_json: bool, merge: bool = True, print_command: bool = False) -> None:
     from piml.inventory import Role
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import select_nodes
@@ -60,6 +60,9 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
     k3s_nodes = [n for n in nodes if n.role is not Role.EXTERNAL]
     if dry_run:
         _dry_run(cluster, stages, nodes, merge, as_json)
+        return
+    if print_command:
+        _print_commands(cluster, stages, k3s_nodes, as_json)
         return
     if merge and "kubeconfig" in stages:  # a file the merge could not edit is said now, before any node changes
         from piml.k3s.kubeconfig import check_target, default_target
@@ -187,6 +190,37 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
         for name, url in urls(cluster).items():
             console().print(f"  {name}: {url}", markup=False)
     return {**report.as_dict(), "node_labels": labels.as_dict()}
+
+
+def _print_commands(cluster, stages: list[str], nodes, as_json: bool) -> None:
+    """Each playbook stage's `ansible-playbook` command, its variables in a 0600 file; nothing is run."""
+    from piml.ansible.command import playbook_command
+    from piml.k3s import stages as st
+
+    chosen = [s for s in ("prepare", "k3s") if s in stages]
+    if not chosen:
+        raise InputError(Problem("--print-command", f"no playbook stage among {', '.join(stages)}",
+                                 "the playbook stages are prepare and k3s: e.g. piml up --only k3s --print-command"))
+    names = [n.name for n in nodes]
+    # The inventory's architectures stand in for the facts the real run gathers (an air-gap dir is checked for them)
+    arches = {n.arch or "arm64" for n in nodes}
+    airgap = st.check_airgap(cluster, arches)
+    commands = {}
+    for stage in chosen:
+        if stage == "prepare":
+            extravars = st.prepare_vars(cluster, airgap)
+        else:
+            from piml.k3s.token import cluster_token
+
+            extravars = st.k3s_vars(cluster, airgap, cluster_token(cluster)[0])
+        commands[stage] = playbook_command(cluster, st.PLAYBOOKS[stage], names, extravars, stage)
+    if as_json:
+        print_json({"commands": {stage: {k: v for k, v in c.items() if k != "shell"} for stage, c in commands.items()}})
+        return
+    for stage, command in commands.items():
+        where = cluster.paths.show(Path(command["vars_file"]))
+        print(f"# {stage}: {', '.join(names)} (variables in {where}, mode 0600)")
+        print(command["shell"])
 
 
 def _finish(summary: dict, failed: dict[str, str], as_json: bool, stopped: str = "") -> None:
