@@ -23,8 +23,16 @@ app = typer.Typer(
 inventory_app = typer.Typer(help="Show and check the inventory.", no_args_is_help=True)
 app.add_typer(inventory_app, name="inventory")
 
-ProjectOpt = Annotated[Path | None, typer.Option("--project", "-C", help="Project directory [default: current directory].", show_default=False)]
-InventoryOpt = Annotated[Path | None, typer.Option("--inventory", "-i", help="Inventory file [default: PROJECT/inventory/hosts.yml].", show_default=False)]
+ProjectOpt = Annotated[
+    Path | None,
+    typer.Option("--project", "-C", help="Project directory [default: current directory].", show_default=False),
+]
+InventoryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--inventory", "-i", help="Inventory file [default: PROJECT/inventory/hosts.yml].", show_default=False
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for programs instead of tables.")]
 
 
@@ -36,7 +44,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Turn Raspberry Pi 5 / CM4 boards into a verified ML platform.
 
@@ -47,14 +57,49 @@ def _root(
 
 @app.command()
 def init(
-    directory: Annotated[Path | None, typer.Argument(help="Where to create the project [default: -C or the current directory].", show_default=False)] = None,
-    node: Annotated[list[str] | None, typer.Option("--node", "-n", help="NAME=ADDRESS[:ROLE], repeatable. ROLE: server | agent | external; default: first node server, rest agents.", show_default=False)] = None,
-    user: Annotated[str | None, typer.Option("--user", "-u", help="SSH user on the nodes [default: pi].", show_default=False)] = None,
-    ssh_key: Annotated[Path | None, typer.Option("--ssh-key", help="Use this existing private key instead of making a new one.", show_default=False)] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Board model of every node: pi5 | cm4 | other.", show_default=False)] = None,
-    memory_gb: Annotated[float | None, typer.Option("--memory-gb", help="RAM of every board in GB, for planning before the nodes are reached.", show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rewrite an existing project's inventory and piml.yaml (old ones kept as .bak, then .bak.2, .bak.3 ...; the SSH key is kept).")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Never ask: the user defaults to pi, and --node is required.")] = False,
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="Where to create the project [default: -C or the current directory].", show_default=False),
+    ] = None,
+    node: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--node",
+            "-n",
+            help="NAME=ADDRESS[:ROLE], repeatable. ROLE: server | agent | external; default: first node server, rest agents.",
+            show_default=False,
+        ),
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="SSH user on the nodes [default: pi].", show_default=False)
+    ] = None,
+    ssh_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--ssh-key", help="Use this existing private key instead of making a new one.", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Board model of every node: pi5 | cm4 | other.", show_default=False)
+    ] = None,
+    memory_gb: Annotated[
+        float | None,
+        typer.Option(
+            "--memory-gb",
+            help="RAM of every board in GB, for planning before the nodes are reached.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Rewrite an existing project's inventory and piml.yaml (old ones kept as .bak, then .bak.2, .bak.3 ...; the SSH key is kept).",
+        ),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Never ask: the user defaults to pi, and --node is required.")
+    ] = False,
     project: ProjectOpt = None,
 ) -> None:
     """Create a project: inventory/hosts.yml, piml.yaml and .piml/ with an SSH key pair.
@@ -102,20 +147,56 @@ def inventory_check(project: ProjectOpt = None, inventory: InventoryOpt = None, 
 
 @app.command()
 def flash(
-    image: Annotated[str | None, typer.Argument(help="A .img, .img.xz, .img.gz, .img.zst or .zip file, or an https:// URL (with --sha256).", show_default=False)] = None,
-    device: Annotated[str | None, typer.Argument(help="The whole disk to write, e.g. /dev/sdb or /dev/mmcblk0 (see --list).", show_default=False)] = None,
-    node: Annotated[str | None, typer.Option("--node", "-n", help="Customise the first boot for this inventory node: hostname, user + project SSH key, network, cgroup flags.", show_default=False)] = None,
+    image: Annotated[
+        str | None,
+        typer.Argument(
+            help="A .img, .img.xz, .img.gz, .img.zst or .zip file, or an https:// URL (with --sha256).",
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Argument(help="The whole disk to write, e.g. /dev/sdb or /dev/mmcblk0 (see --list).", show_default=False),
+    ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            "-n",
+            help="Customise the first boot for this inventory node: hostname, user + project SSH key, network, cgroup flags.",
+            show_default=False,
+        ),
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before overwriting the disk.")] = False,
     list_disks: Annotated[bool, typer.Option("--list", help="List the disks that could be flashed, and exit.")] = False,
     json: JsonOpt = False,
-    sha256: Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 of IMAGE (required for a URL).", show_default=False)] = None,
-    unmount: Annotated[bool, typer.Option("--unmount", help="Unmount the disk's mounted partitions first instead of refusing.")] = False,
-    allow_fixed: Annotated[bool, typer.Option("--allow-fixed", help="Allow a non-removable disk (an internal NVMe or SATA drive).")] = False,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Expected SHA-256 of IMAGE (required for a URL).", show_default=False)
+    ] = None,
+    unmount: Annotated[
+        bool, typer.Option("--unmount", help="Unmount the disk's mounted partitions first instead of refusing.")
+    ] = False,
+    allow_fixed: Annotated[
+        bool, typer.Option("--allow-fixed", help="Allow a non-removable disk (an internal NVMe or SATA drive).")
+    ] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip reading the disk back to compare.")] = False,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Write an image file (with --all: a directory, one NODE.img each) instead of a disk. Never the IMAGE itself; an existing file only with --force.", show_default=False)] = None,
-    all_nodes: Annotated[bool, typer.Option("--all", help="With --output DIR: one customised image per inventory node.")] = False,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write an image file (with --all: a directory, one NODE.img each) instead of a disk. Never the IMAGE itself; an existing file only with --force.",
+            show_default=False,
+        ),
+    ] = None,
+    all_nodes: Annotated[
+        bool, typer.Option("--all", help="With --output DIR: one customised image per inventory node.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="With --output: replace existing image files.")] = False,
-    cm4: Annotated[bool, typer.Option("--cm4", help="Flash a Compute Module 4's eMMC: runs rpiboot and waits for the eMMC to appear.")] = False,
+    cm4: Annotated[
+        bool,
+        typer.Option("--cm4", help="Flash a Compute Module 4's eMMC: runs rpiboot and waits for the eMMC to appear."),
+    ] = False,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
 ) -> None:
@@ -137,27 +218,70 @@ def flash(
     """
     from piml.commands.flash import Options, run
 
-    run(Options(image=image, device=device, node=node, yes=yes, list_disks=list_disks, json=json, sha256=sha256,
-                unmount=unmount, allow_fixed=allow_fixed, verify=not no_verify, output=output, all_nodes=all_nodes,
-                force=force, cm4=cm4, project=project, inventory=inventory))
+    run(
+        Options(
+            image=image,
+            device=device,
+            node=node,
+            yes=yes,
+            list_disks=list_disks,
+            json=json,
+            sha256=sha256,
+            unmount=unmount,
+            allow_fixed=allow_fixed,
+            verify=not no_verify,
+            output=output,
+            all_nodes=all_nodes,
+            force=force,
+            cm4=cm4,
+            project=project,
+            inventory=inventory,
+        )
+    )
 
 
-LimitOpt = Annotated[str | None, typer.Option("--limit", "-l", help="Only these nodes: NAME[,NAME] or a group (server, agent, external).", show_default=False)]
-AcceptKeysOpt = Annotated[bool, typer.Option("--accept-new-host-keys", help="Trust and record the host keys of nodes not seen before (.piml/known_hosts).")]
+LimitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--limit", "-l", help="Only these nodes: NAME[,NAME] or a group (server, agent, external).", show_default=False
+    ),
+]
+AcceptKeysOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-new-host-keys", help="Trust and record the host keys of nodes not seen before (.piml/known_hosts)."
+    ),
+]
 
 
 @app.command()
 def up(
-    only: Annotated[str | None, typer.Option("--only", help="Run only these stages (comma-separated).", show_default=False)] = None,
+    only: Annotated[
+        str | None, typer.Option("--only", help="Run only these stages (comma-separated).", show_default=False)
+    ] = None,
     start: Annotated[str | None, typer.Option("--from", help="Start at this stage.", show_default=False)] = None,
     until: Annotated[str | None, typer.Option("--until", help="Stop after this stage.", show_default=False)] = None,
     limit: LimitOpt = None,
     accept_new_host_keys: AcceptKeysOpt = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what each stage would do per node; touch nothing.")] = False,
-    print_command: Annotated[bool, typer.Option("--print-command", help=(
-        "Print the ansible-playbook command of each playbook stage (prepare, k3s), its variables written to "
-        ".piml/vars-STAGE.json (0600); run nothing."))] = False,
-    no_merge: Annotated[bool, typer.Option("--no-merge", help="Keep the kubeconfig in .piml/kubeconfig only; do not merge it into ~/.kube/config.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what each stage would do per node; touch nothing.")
+    ] = False,
+    print_command: Annotated[
+        bool,
+        typer.Option(
+            "--print-command",
+            help=(
+                "Print the ansible-playbook command of each playbook stage (prepare, k3s), its variables written to "
+                ".piml/vars-STAGE.json (0600); run nothing."
+            ),
+        ),
+    ] = False,
+    no_merge: Annotated[
+        bool,
+        typer.Option(
+            "--no-merge", help="Keep the kubeconfig in .piml/kubeconfig only; do not merge it into ~/.kube/config."
+        ),
+    ] = False,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
     json: JsonOpt = False,
@@ -182,15 +306,33 @@ def up(
     """
     from piml.commands.up import run_up
 
-    run_up(project, inventory, only, start, until, limit, accept_new_host_keys, dry_run, json, merge=not no_merge,
-           print_command=print_command)
+    run_up(
+        project,
+        inventory,
+        only,
+        start,
+        until,
+        limit,
+        accept_new_host_keys,
+        dry_run,
+        json,
+        merge=not no_merge,
+        print_command=print_command,
+    )
 
 
 @app.command()
 def status(
     limit: LimitOpt = None,
     accept_new_host_keys: AcceptKeysOpt = False,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh in place until Ctrl-C (not on a terminal: each refresh appended, stamped; with --json one JSON object a line).")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Refresh in place until Ctrl-C (not on a terminal: each refresh appended, stamped; with --json one JSON object a line).",
+        ),
+    ] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 5.0,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
@@ -213,7 +355,13 @@ def status(
 
 @app.command()
 def check(
-    deep: Annotated[bool, typer.Option("--deep", help="Also run work end to end: a Ray job trains and registers a model, a Dask computation, a queued request becomes a Job.")] = False,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also run work end to end: a Ray job trains and registers a model, a Dask computation, a queued request becomes a Job.",
+        ),
+    ] = False,
     limit: LimitOpt = None,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
@@ -242,8 +390,16 @@ def check(
 
 @app.command()
 def teardown(
-    k3s: Annotated[bool, typer.Option("--k3s", help="Uninstall k3s from the nodes instead (the platform goes with it).")] = False,
-    purge: Annotated[bool, typer.Option("--purge", help="Delete the platform's volumes and their data too (asks for the project name unless --yes). Not with --k3s, which deletes the volumes on the nodes it uninstalls anyway.")] = False,
+    k3s: Annotated[
+        bool, typer.Option("--k3s", help="Uninstall k3s from the nodes instead (the platform goes with it).")
+    ] = False,
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge",
+            help="Delete the platform's volumes and their data too (asks for the project name unless --yes). Not with --k3s, which deletes the volumes on the nodes it uninstalls anyway.",
+        ),
+    ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     limit: LimitOpt = None,
     project: ProjectOpt = None,
@@ -269,7 +425,9 @@ def teardown(
 
 @app.command()
 def plan(
-    reach: Annotated[bool, typer.Option("--reach", help="Size from the nodes' facts (SSH) instead of the inventory's declarations.")] = False,
+    reach: Annotated[
+        bool, typer.Option("--reach", help="Size from the nodes' facts (SSH) instead of the inventory's declarations.")
+    ] = False,
     accept_new_host_keys: AcceptKeysOpt = False,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
@@ -291,8 +449,18 @@ def plan(
 
 @app.command()
 def render(
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Write one file per component into this directory [default: stdout].", show_default=False)] = None,
-    include_secrets: Annotated[bool, typer.Option("--include-secrets", help="Put secret values into the Secret objects (files get mode 0600).")] = False,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write one file per component into this directory [default: stdout].",
+            show_default=False,
+        ),
+    ] = None,
+    include_secrets: Annotated[
+        bool, typer.Option("--include-secrets", help="Put secret values into the Secret objects (files get mode 0600).")
+    ] = False,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
 ) -> None:
@@ -308,17 +476,54 @@ def render(
     run_render(project, inventory, out, include_secrets)
 
 
-QueueUrlOpt = Annotated[str | None, typer.Option("--queue-url", help="Talk to this broker directly (redis://[:PASSWORD@]HOST:PORT/DB or amqp://USER:PASSWORD@HOST:PORT/) instead of the cluster's through the Kubernetes API [default: $PIML_QUEUE_URL].", show_default=False)]
+QueueUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--queue-url",
+        help="Talk to this broker directly (redis://[:PASSWORD@]HOST:PORT/DB or amqp://USER:PASSWORD@HOST:PORT/) instead of the cluster's through the Kubernetes API [default: $PIML_QUEUE_URL].",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
 def submit(
-    model: Annotated[str, typer.Argument(help="MLflow model URI: models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH.", show_default=False)],
-    input: Annotated[str, typer.Argument(help="A .csv, .parquet or .jsonl dataset: runs:/... or mlflow-artifacts:/... URI, http(s) URL, absolute path, or a path on the artifact store.", show_default=False)],
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE, repeatable: batch_size for the runner, the rest for the model's predict().", show_default=False)] = None,
-    output: Annotated[str | None, typer.Option("--output", help="The predictions' file name in the MLflow run [default: predictions.csv].", show_default=False)] = None,
-    request_id: Annotated[str | None, typer.Option("--id", help="Use this request id instead of a fresh one.", show_default=False)] = None,
-    wait: Annotated[bool, typer.Option("--wait", "-w", help="Follow the request to the end; exit 1 if it failed.")] = False,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="MLflow model URI: models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH.", show_default=False
+        ),
+    ],
+    input: Annotated[
+        str,
+        typer.Argument(
+            help="A .csv, .parquet or .jsonl dataset: runs:/... or mlflow-artifacts:/... URI, http(s) URL, absolute path, or a path on the artifact store.",
+            show_default=False,
+        ),
+    ],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            help="NAME=VALUE, repeatable: batch_size for the runner, the rest for the model's predict().",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            help="The predictions' file name in the MLflow run [default: predictions.csv].",
+            show_default=False,
+        ),
+    ] = None,
+    request_id: Annotated[
+        str | None, typer.Option("--id", help="Use this request id instead of a fresh one.", show_default=False)
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Follow the request to the end; exit 1 if it failed.")
+    ] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")] = 3600.0,
     queue_url: QueueUrlOpt = None,
     project: ProjectOpt = None,
@@ -361,4 +566,3 @@ def jobs(
     from piml.commands.jobs import run_jobs
 
     run_jobs(request_id, limit, queue_url, project, inventory, json)
-

@@ -23,9 +23,18 @@ def _broker(queue_url: str | None, broker: Broker | None) -> Broker:
     return broker if broker is not None else connect(queue_url)
 
 
-def submit(model: str, input: str, params: dict[str, Any] | None = None, *, output: str | None = None,
-           id: str | None = None, queue_url: str | None = None, broker: Broker | None = None,
-           wait: bool = False, timeout: float = 3600) -> Any:
+def submit(
+    model: str,
+    input: str,
+    params: dict[str, Any] | None = None,
+    *,
+    output: str | None = None,
+    id: str | None = None,
+    queue_url: str | None = None,
+    broker: Broker | None = None,
+    wait: bool = False,
+    timeout: float = 3600,
+) -> Any:
     """Validate and queue a request; its id, or with wait=True its final state (a dict)."""
     request = make_request(model, input, params, output, id)
     own = broker is None
@@ -71,8 +80,14 @@ def follow(broker: Broker, request_id: str, timeout: float, poll: float = 1.0, o
         try:
             job = broker.get(request_id)
         except broker.lost as exc:
-            raise PimlError(Problem(redact(broker.url), f"the broker went away while following {request_id} ({type(exc).__name__})",
-                                    f"the request stays queued if the broker kept it: `piml jobs {request_id}` once it is back"), 1) from None
+            raise PimlError(
+                Problem(
+                    redact(broker.url),
+                    f"the broker went away while following {request_id} ({type(exc).__name__})",
+                    f"the request stays queued if the broker kept it: `piml jobs {request_id}` once it is back",
+                ),
+                1,
+            ) from None
         if job is None:
             raise PimlError(Problem(request_id, "no such request", "check the id with `piml jobs`"), 2)
         if on_change and (job["state"], job.get("attempts")) != last:
@@ -81,6 +96,10 @@ def follow(broker: Broker, request_id: str, timeout: float, poll: float = 1.0, o
         if job["state"] in TERMINAL:
             return job
         if time.monotonic() >= deadline:
-            raise PimlError(Problem(request_id, f"still {job['state']} after {timeout:g} s",
-                                    f"follow it with `piml jobs {request_id}`"), 1)
+            raise PimlError(
+                Problem(
+                    request_id, f"still {job['state']} after {timeout:g} s", f"follow it with `piml jobs {request_id}`"
+                ),
+                1,
+            )
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))

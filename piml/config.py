@@ -67,17 +67,24 @@ class Size(Settings):
         for name, parse in (("cpu", cpu_m), ("memory", memory_mi)):
             request, limit = getattr(self.requests, name), getattr(self.limits, name)
             if request is not None and limit is not None and parse(request) > parse(limit):
-                raise _setting(f"requests.{name} {request} is above limits.{name} {limit} (Kubernetes refuses such a pod)",
-                               f"lower the request or raise the limit to at least {request}", key="requests", named=False)
+                raise _setting(
+                    f"requests.{name} {request} is above limits.{name} {limit} (Kubernetes refuses such a pod)",
+                    f"lower the request or raise the limit to at least {request}",
+                    key="requests",
+                    named=False,
+                )
         return self
 
 
 class K3s(Settings):
     version: Annotated[str, StringConstraints(pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$")] = Field(
-        K3S_VERSION, description="pinned k3s release (INSTALL_K3S_VERSION)")
+        K3S_VERSION, description="pinned k3s release (INSTALL_K3S_VERSION)"
+    )
     airgap_dir: str | None = Field(None, description="directory with k3s binary, images tarball and install.sh")
     disable: list[str] = Field(default_factory=list, description="packaged components to disable, e.g. [servicelb]")
-    wait_timeout: int = Field(180, ge=10, le=3600, description="seconds to wait for the API port and each node to be Ready")
+    wait_timeout: int = Field(
+        180, ge=10, le=3600, description="seconds to wait for the API port and each node to be Ready"
+    )
 
 
 class NodeSetup(Settings):
@@ -85,8 +92,10 @@ class NodeSetup(Settings):
     # redis image and Ray's arm64 wheels build jemalloc for up to 64 KB pages; docs/facts.md), so auto is
     # false for now, resolved here once for every reader of the setting.
     pi5_4k_pages: Annotated[bool | Literal["auto"], AfterValidator(lambda v: False if v == "auto" else v)] = Field(
-        "auto", description="true: boot a Pi 5 that runs 16 KB pages with kernel8.img (4 KB pages) where its boot "
-                            "partition has one; false or auto: keep the image's kernel, no platform image needs 4 KB (docs/facts.md)")
+        "auto",
+        description="true: boot a Pi 5 that runs 16 KB pages with kernel8.img (4 KB pages) where its boot "
+        "partition has one; false or auto: keep the image's kernel, no platform image needs 4 KB (docs/facts.md)",
+    )
     reboot_timeout: int = Field(600, ge=30, le=3600, description="seconds to wait for a node to come back")
 
 
@@ -95,19 +104,29 @@ class MLflow(Settings):
     version: Version = MLFLOW_VERSION
     backend: Literal["sqlite", "postgresql"] = Field("sqlite", description="tracking store")
     backend_uri: str | None = Field(
-        None, description="external PostgreSQL instead of a deployed one: postgresql://USER@HOST[:PORT]/DB, no password "
-                          "(mlflow_backend_password in .piml/secrets.yaml or $PIML_MLFLOW_BACKEND_PASSWORD)")
-    artifacts: Literal["pvc", "minio", "s3"] = Field("pvc", description="artifact store; s3: your own, see artifacts_uri")
+        None,
+        description="external PostgreSQL instead of a deployed one: postgresql://USER@HOST[:PORT]/DB, no password "
+        "(mlflow_backend_password in .piml/secrets.yaml or $PIML_MLFLOW_BACKEND_PASSWORD)",
+    )
+    artifacts: Literal["pvc", "minio", "s3"] = Field(
+        "pvc", description="artifact store; s3: your own, see artifacts_uri"
+    )
     artifacts_uri: str | None = Field(
-        None, description="artifacts: s3 (required then): s3://BUCKET[/PATH]; keys: mlflow_s3_access_key and "
-                          "mlflow_s3_secret_key in .piml/secrets.yaml or $PIML_MLFLOW_S3_ACCESS_KEY / _SECRET_KEY")
+        None,
+        description="artifacts: s3 (required then): s3://BUCKET[/PATH]; keys: mlflow_s3_access_key and "
+        "mlflow_s3_secret_key in .piml/secrets.yaml or $PIML_MLFLOW_S3_ACCESS_KEY / _SECRET_KEY",
+    )
     s3_endpoint_url: str | None = Field(
-        None, description="artifacts: s3 elsewhere than AWS (MinIO, Garage, a NAS): http(s)://HOST[:PORT]")
+        None, description="artifacts: s3 elsewhere than AWS (MinIO, Garage, a NAS): http(s)://HOST[:PORT]"
+    )
     s3_region: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = Field(
-        None, description="artifacts: s3 region, e.g. eu-west-1 (Garage: garage); unset: the client's default")
+        None, description="artifacts: s3 region, e.g. eu-west-1 (Garage: garage); unset: the client's default"
+    )
     storage: MemoryQuantity = Field("10Gi", description="size of the MLflow volume")
     ui_hosts: list[HostName] = Field(
-        default_factory=list, description="other names browsers reach the UI by (e.g. a DNS name); nodes' names and addresses are in")
+        default_factory=list,
+        description="other names browsers reach the UI by (e.g. a DNS name); nodes' names and addresses are in",
+    )
     resources: Size = Size()
 
     @field_validator("backend_uri")
@@ -121,16 +140,20 @@ class MLflow(Settings):
         if parts is None or parts.scheme not in BACKEND_SCHEMES or not parts.hostname or parts.path in ("", "/"):
             raise _setting("'mlflow.backend_uri' is not a postgresql://USER@HOST[:PORT]/DB URI", fix)
         if parts.password or "password=" in parts.query.lower():
-            raise _setting("'mlflow.backend_uri' has a password in it (piml.yaml is no place for secrets)",
-                           "remove it there and put it in .piml/secrets.yaml as mlflow_backend_password "
-                           "(or in $PIML_MLFLOW_BACKEND_PASSWORD)")
+            raise _setting(
+                "'mlflow.backend_uri' has a password in it (piml.yaml is no place for secrets)",
+                "remove it there and put it in .piml/secrets.yaml as mlflow_backend_password "
+                "(or in $PIML_MLFLOW_BACKEND_PASSWORD)",
+            )
         return value
 
     @field_validator("artifacts_uri")
     @classmethod
     def _artifacts_uri(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?", value):
-            raise _setting("'mlflow.artifacts_uri' is not an s3://BUCKET[/PATH] URI", "write it like s3://mlflow/artifacts")
+            raise _setting(
+                "'mlflow.artifacts_uri' is not an s3://BUCKET[/PATH] URI", "write it like s3://mlflow/artifacts"
+            )
         return value
 
     @field_validator("s3_endpoint_url")
@@ -139,25 +162,45 @@ class MLflow(Settings):
         if value is None:
             return value
         parts = _split_url(value)
-        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")
-                or parts.query or parts.fragment):
-            raise _setting("'mlflow.s3_endpoint_url' is not an http(s)://HOST[:PORT] URL", "write it like http://nas.lan:9000")
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise _setting(
+                "'mlflow.s3_endpoint_url' is not an http(s)://HOST[:PORT] URL", "write it like http://nas.lan:9000"
+            )
         if parts.username is not None:
-            raise _setting("'mlflow.s3_endpoint_url' has credentials in it",
-                           "remove them (the keys go in .piml/secrets.yaml as mlflow_s3_access_key and mlflow_s3_secret_key)")
+            raise _setting(
+                "'mlflow.s3_endpoint_url' has credentials in it",
+                "remove them (the keys go in .piml/secrets.yaml as mlflow_s3_access_key and mlflow_s3_secret_key)",
+            )
         return value
 
     @model_validator(mode="after")
     def _stores(self) -> MLflow:
         if self.artifacts == "s3" and not self.artifacts_uri:
-            raise _setting("'mlflow.artifacts' is 's3' but no bucket is named",
-                           "add artifacts_uri: s3://BUCKET[/PATH] (and s3_endpoint_url for a store other than AWS)", "artifacts")
+            raise _setting(
+                "'mlflow.artifacts' is 's3' but no bucket is named",
+                "add artifacts_uri: s3://BUCKET[/PATH] (and s3_endpoint_url for a store other than AWS)",
+                "artifacts",
+            )
         if self.artifacts != "s3":
             for key in ("artifacts_uri", "s3_endpoint_url", "s3_region"):
                 if getattr(self, key) is not None:
-                    other = " (piml deploys MinIO; for your own, artifacts: s3 with s3_endpoint_url)" if self.artifacts == "minio" else ""
-                    raise _setting(f"'mlflow.{key}' is only used with artifacts: s3, not {self.artifacts!r}{other}",
-                                   f"set artifacts: s3, or remove {key}", key)
+                    other = (
+                        " (piml deploys MinIO; for your own, artifacts: s3 with s3_endpoint_url)"
+                        if self.artifacts == "minio"
+                        else ""
+                    )
+                    raise _setting(
+                        f"'mlflow.{key}' is only used with artifacts: s3, not {self.artifacts!r}{other}",
+                        f"set artifacts: s3, or remove {key}",
+                        key,
+                    )
         return self
 
 
@@ -197,8 +240,10 @@ class Ray(Settings):
     idle_timeout_seconds: int = Field(60, ge=10, le=86400, description="autoscaler scale-down delay")
     gcs_fault_tolerance: bool = Field(False, description="keep GCS state in Redis")
     check_pip: list[str] | None = Field(
-        None, description="what `piml check --deep`'s Ray job pip-installs; unset: mlflow-skinny (the server's version), "
-                          "scikit-learn, skops, pandas; [] when the Ray image has them (air-gapped clusters)")
+        None,
+        description="what `piml check --deep`'s Ray job pip-installs; unset: mlflow-skinny (the server's version), "
+        "scikit-learn, skops, pandas; [] when the Ray image has them (air-gapped clusters)",
+    )
     head: Size = Size()
     worker: Size = Size()
 
@@ -221,11 +266,14 @@ class Flash(Settings):
 
     timezone: str | None = Field(None, description="e.g. Europe/Berlin; unset: keep the image's")
     wifi_country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = Field(
-        None, description="Wi-Fi regulatory country, e.g. DE; needed with wifi_ssid")
+        None, description="Wi-Fi regulatory country, e.g. DE; needed with wifi_ssid"
+    )
     wifi_ssid: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[^\n\r]*$")] | None = Field(
-        None, description="Wi-Fi network to join; unset: wired only")
+        None, description="Wi-Fi network to join; unset: wired only"
+    )
     network: Literal["auto", "dhcp", "static"] = Field(
-        "auto", description="auto: a static address when the node's address is an IP and gateway is set")
+        "auto", description="auto: a static address when the node's address is an IP and gateway is set"
+    )
     prefix_length: int = Field(24, ge=1, le=32, description="netmask length of static addresses")
     gateway: str | None = Field(None, description="default gateway for static addresses, e.g. 192.168.1.1")
     dns: list[str] = Field(default_factory=list, description="name servers for static addresses")
@@ -235,7 +283,8 @@ class Flash(Settings):
 
 class PimlConfig(Settings):
     namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")] = Field(
-        "piml", description="namespace for the platform")
+        "piml", description="namespace for the platform"
+    )
     k3s: K3s = K3s()
     nodes: NodeSetup = NodeSetup()
     mlflow: MLflow = MLflow()
@@ -257,11 +306,25 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 # What each member of a union setting accepts, by the tag pydantic puts into an error's location for it.
-UNION_MEMBERS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text", "none": "nothing (null)"}
+UNION_MEMBERS = {
+    "bool": "true or false",
+    "int": "a whole number",
+    "float": "a number",
+    "str": "text",
+    "none": "nothing (null)",
+}
 # Plain words for pydantic's error types, and the value to show as an example.
-PLAIN = {"bool_parsing": "true or false", "bool_type": "true or false", "int_parsing": "a whole number",
-         "int_type": "a whole number", "int_from_float": "a whole number", "float_parsing": "a number", "float_type": "a number",
-         "list_type": "a list, e.g. [a, b] or one '- item' per line", "dict_type": "a mapping of NAME: VALUE"}
+PLAIN = {
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "list_type": "a list, e.g. [a, b] or one '- item' per line",
+    "dict_type": "a mapping of NAME: VALUE",
+}
 
 
 def _setting_loc(loc: tuple) -> tuple[tuple, list[str]]:
@@ -275,11 +338,19 @@ def _setting_loc(loc: tuple) -> tuple[tuple, list[str]]:
             kept.append(key)
             model = field.annotation if field is not None else None
             continue
-        if isinstance(key, int) or getattr(model, "__origin__", None) in (list, dict) or str(getattr(model, "__origin__", "")) == "typing.Annotated":
+        if (
+            isinstance(key, int)
+            or getattr(model, "__origin__", None) in (list, dict)
+            or str(getattr(model, "__origin__", "")) == "typing.Annotated"
+        ):
             kept.append(key)
             model = None
             continue
-        if str(key).split("[")[0] in ("bool", "int", "float", "str", "none", "literal") and not tags and _is_union(model):
+        if (
+            str(key).split("[")[0] in ("bool", "int", "float", "str", "none", "literal")
+            and not tags
+            and _is_union(model)
+        ):
             tags.append(str(key))
             continue
         if tags:
@@ -327,18 +398,37 @@ def _problem(doc: YamlDoc, error: dict) -> Problem:
         return Problem(where, f"'{dotted}' is {error['input']!r}", f"use {_alternatives(field.annotation)}")
     if error["type"] in PLAIN:
         field = _field(loc)
-        default = field.default if field is not None and field.default not in (None, [], {}) and not callable(field.default) else None
+        default = (
+            field.default
+            if field is not None and field.default not in (None, [], {}) and not callable(field.default)
+            else None
+        )
         example = f" (the default is {_yaml_scalar(default)})" if isinstance(default, (bool, int, float, str)) else ""
-        return Problem(where, f"'{dotted}' is {error['input']!r}, not {PLAIN[error['type']].split(',')[0]}", f"write {PLAIN[error['type']]}{example}")
+        return Problem(
+            where,
+            f"'{dotted}' is {error['input']!r}, not {PLAIN[error['type']].split(',')[0]}",
+            f"write {PLAIN[error['type']]}{example}",
+        )
     if error["type"] in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         limit = next(iter((error.get("ctx") or {}).values()), "")
-        word = {"greater_than_equal": "or more", "less_than_equal": "or less", "greater_than": "exclusive, more", "less_than": "exclusive, less"}
+        word = {
+            "greater_than_equal": "or more",
+            "less_than_equal": "or less",
+            "greater_than": "exclusive, more",
+            "less_than": "exclusive, less",
+        }
         if error["type"].endswith("_equal"):
             return Problem(where, f"'{dotted}' is {error['input']!r}", f"give {limit} {word[error['type']]}")
-        return Problem(where, f"'{dotted}' is {error['input']!r}", f"give a value {'above' if 'greater' in error['type'] else 'below'} {limit}")
+        return Problem(
+            where,
+            f"'{dotted}' is {error['input']!r}",
+            f"give a value {'above' if 'greater' in error['type'] else 'below'} {limit}",
+        )
     if error["type"] == "extra_forbidden":
         choices = _fields_at(PimlConfig, loc[:-1])
-        return Problem(where, f"unknown setting '{dotted}'", did_you_mean(str(loc[-1]), choices) if choices else "remove it")
+        return Problem(
+            where, f"unknown setting '{dotted}'", did_you_mean(str(loc[-1]), choices) if choices else "remove it"
+        )
     if error["type"] == "model_type":
         return Problem(where, f"'{dotted}' must be a mapping of settings", "indent its settings below it")
     if error["type"] == "literal_error":
@@ -378,7 +468,9 @@ def _field(loc: tuple):
 def parse_config(doc: YamlDoc) -> PimlConfig:
     data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
-        raise InputError(Problem(doc.where(), "piml.yaml must be a mapping of settings", "start with a key such as `mlflow:`"))
+        raise InputError(
+            Problem(doc.where(), "piml.yaml must be a mapping of settings", "start with a key such as `mlflow:`")
+        )
     try:
         return PimlConfig.model_validate(data)
     except ValidationError as exc:
@@ -413,7 +505,13 @@ def commented_defaults() -> str:
             else:
                 import yaml
 
-                text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").removesuffix("...").strip()
+                text = (
+                    yaml.safe_dump(value, default_flow_style=True)
+                    .strip()
+                    .removesuffix("\n...")
+                    .removesuffix("...")
+                    .strip()
+                )
                 lines.append(f"# {pad}{name}: {text}{note}")
 
     emit(PimlConfig(), 0)

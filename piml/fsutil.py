@@ -81,7 +81,13 @@ def refuse_inputs(outputs: Iterable[Path], inputs: Iterable[Path | str], option:
         for source in inputs:
             if same_file(out, source):
                 how = "" if os.path.abspath(out) == os.path.abspath(source) else f" (through a link: it is {source})"
-                problems.append(Problem(f"{option} {out}", f"is an input of this command{how}", "name another file, so the input is kept"))
+                problems.append(
+                    Problem(
+                        f"{option} {out}",
+                        f"is an input of this command{how}",
+                        "name another file, so the input is kept",
+                    )
+                )
                 break
     if problems:
         raise InputError(problems)

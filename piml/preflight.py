@@ -49,8 +49,12 @@ def preflight(reports: list[NodeReport], config: PimlConfig, ha: bool) -> list[C
 def _node_checks(report: NodeReport, config: PimlConfig, ha: bool) -> list[Check]:
     checks = _rules(report, config, ha)
     if report.node.role is Role.EXTERNAL:
-        return [replace(c, status=WARN, detail=f"{c.detail} (ray_external: piml up goes on without it)") if c.status == FAIL else c
-                for c in checks]
+        return [
+            replace(c, status=WARN, detail=f"{c.detail} (ray_external: piml up goes on without it)")
+            if c.status == FAIL
+            else c
+            for c in checks
+        ]
     return checks
 
 
@@ -62,19 +66,46 @@ def _rules(report: NodeReport, config: PimlConfig, ha: bool) -> list[Check]:
     checks = [Check(name, "reach", PASS, f"{node.user or 'ssh'}@{node.address}")]
 
     if facts.can_become_root is False:
-        checks.append(Check(name, "sudo", FAIL, f"sudo asks {facts.user or 'the user'} for a password",
-                            f"on the node: echo '{facts.user} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/010_piml"))
+        checks.append(
+            Check(
+                name,
+                "sudo",
+                FAIL,
+                f"sudo asks {facts.user or 'the user'} for a password",
+                f"on the node: echo '{facts.user} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/010_piml",
+            )
+        )
     elif facts.can_become_root:
         checks.append(Check(name, "sudo", PASS, "root" if facts.is_root else "passwordless sudo"))
 
     if not facts.complete:
-        checks.append(Check(name, "facts", WARN, "the facts output was cut short", "rerun; if it persists, check the node's shell"))
+        checks.append(
+            Check(
+                name, "facts", WARN, "the facts output was cut short", "rerun; if it persists, check the node's shell"
+            )
+        )
 
     declared = node.arch
     if facts.arch not in ("arm64", "amd64"):
-        checks.append(Check(name, "architecture", FAIL, f"{facts.machine or 'unknown'} is not supported", "use a 64-bit OS (arm64 or amd64)"))
+        checks.append(
+            Check(
+                name,
+                "architecture",
+                FAIL,
+                f"{facts.machine or 'unknown'} is not supported",
+                "use a 64-bit OS (arm64 or amd64)",
+            )
+        )
     elif declared and declared != facts.arch:
-        checks.append(Check(name, "architecture", FAIL, f"the inventory says {declared}, the node is {facts.arch}", "fix piml_arch / piml_model in the inventory"))
+        checks.append(
+            Check(
+                name,
+                "architecture",
+                FAIL,
+                f"the inventory says {declared}, the node is {facts.arch}",
+                "fix piml_arch / piml_model in the inventory",
+            )
+        )
 
     memory = facts.memory_total_mb
     if memory is not None:
@@ -87,22 +118,51 @@ def _rules(report: NodeReport, config: PimlConfig, ha: bool) -> list[Check]:
     if free is not None:
         gb = free / 1e9
         status = FAIL if gb < MIN_FREE_DISK_GB else PASS
-        checks.append(Check(name, "disk", status, f"{gb:.1f} GB free on /", "free space or use a larger card/disk" if status == FAIL else ""))
+        checks.append(
+            Check(
+                name,
+                "disk",
+                status,
+                f"{gb:.1f} GB free on /",
+                "free space or use a larger card/disk" if status == FAIL else "",
+            )
+        )
 
     if node.role is Role.SERVER:
         storage = node.storage or facts.boot_device
         if storage in ("sd", "emmc"):
             if ha:
-                checks.append(Check(name, "etcd storage", FAIL, f"etcd server on {storage}: it cannot carry etcd's writes",
-                                    "boot the servers from NVMe or SSD, or run a single server"))
+                checks.append(
+                    Check(
+                        name,
+                        "etcd storage",
+                        FAIL,
+                        f"etcd server on {storage}: it cannot carry etcd's writes",
+                        "boot the servers from NVMe or SSD, or run a single server",
+                    )
+                )
             else:
-                checks.append(Check(name, "server storage", WARN, f"k3s server on {storage}: slow and wears the card",
-                                    "NVMe or SSD is recommended for servers"))
+                checks.append(
+                    Check(
+                        name,
+                        "server storage",
+                        WARN,
+                        f"k3s server on {storage}: slow and wears the card",
+                        "NVMe or SSD is recommended for servers",
+                    )
+                )
 
     if node.role is not Role.EXTERNAL:
         if facts.memory_cgroup is False:
-            checks.append(Check(name, "memory cgroup", WARN, "off: k3s would fail with 'failed to find memory cgroup'",
-                                f"prepare adds cgroup_enable=memory cgroup_memory=1 to {facts.boot_cmdline_path or 'cmdline.txt'} and reboots"))
+            checks.append(
+                Check(
+                    name,
+                    "memory cgroup",
+                    WARN,
+                    "off: k3s would fail with 'failed to find memory cgroup'",
+                    f"prepare adds cgroup_enable=memory cgroup_memory=1 to {facts.boot_cmdline_path or 'cmdline.txt'} and reboots",
+                )
+            )
         elif facts.memory_cgroup:
             checks.append(Check(name, "memory cgroup", PASS, f"on (cgroup v{facts.cgroup_version})"))
         if facts.swap_total_mb:
@@ -112,14 +172,30 @@ def _rules(report: NodeReport, config: PimlConfig, ha: bool) -> list[Check]:
         checks.append(_page_size(name, facts, config))
 
     if report.clock_skew_s is not None and abs(report.clock_skew_s) > MAX_CLOCK_SKEW_S:
-        checks.append(Check(name, "clock", FAIL, f"{report.clock_skew_s:+.0f} s off this machine's clock", "enable NTP on the node (timedatectl set-ntp true) and check its network"))
+        checks.append(
+            Check(
+                name,
+                "clock",
+                FAIL,
+                f"{report.clock_skew_s:+.0f} s off this machine's clock",
+                "enable NTP on the node (timedatectl set-ntp true) and check its network",
+            )
+        )
     elif facts.time_synced is False:
         checks.append(Check(name, "clock", WARN, "not NTP-synchronised", "enable NTP: sudo timedatectl set-ntp true"))
     else:
         checks.append(Check(name, "clock", PASS, "synchronised" if facts.time_synced else "within 30 s of ours"))
 
     if facts.throttled and facts.throttled.now:
-        checks.append(Check(name, "power", WARN, "throttled now: " + ", ".join(facts.throttled.now), "use the official power supply and a cooler"))
+        checks.append(
+            Check(
+                name,
+                "power",
+                WARN,
+                "throttled now: " + ", ".join(facts.throttled.now),
+                "use the official power supply and a cooler",
+            )
+        )
     return checks
 
 
@@ -131,10 +207,21 @@ def _page_size(name: str, facts, config: PimlConfig) -> Check:
         return Check(name, "page size", PASS, "16 KB pages (kernel_2712.img): the platform's images run on them")
     if facts.boot_kernel8 is False:
         where = facts.boot_cmdline_path.rsplit("/", 1)[0] if facts.boot_cmdline_path else "the boot partition"
-        return Check(name, "page size", WARN, f"16 KB pages, and no kernel8.img in {where} to switch to (nodes.pi5_4k_pages: true)",
-                     "prepare leaves the kernel as it is; install the 4 KB kernel (Raspberry Pi OS has it) or set nodes.pi5_4k_pages: auto")
-    return Check(name, "page size", WARN, "16 KB pages (kernel_2712.img); nodes.pi5_4k_pages: true asks for 4 KB",
-                 "prepare sets kernel=kernel8.img in config.txt and reboots" + ("" if facts.boot_kernel8 else " (if kernel8.img is there)"))
+        return Check(
+            name,
+            "page size",
+            WARN,
+            f"16 KB pages, and no kernel8.img in {where} to switch to (nodes.pi5_4k_pages: true)",
+            "prepare leaves the kernel as it is; install the 4 KB kernel (Raspberry Pi OS has it) or set nodes.pi5_4k_pages: auto",
+        )
+    return Check(
+        name,
+        "page size",
+        WARN,
+        "16 KB pages (kernel_2712.img); nodes.pi5_4k_pages: true asks for 4 KB",
+        "prepare sets kernel=kernel8.img in config.txt and reboots"
+        + ("" if facts.boot_kernel8 else " (if kernel8.img is there)"),
+    )
 
 
 def _cluster_checks(reached: list[NodeReport]) -> list[Check]:
@@ -144,8 +231,15 @@ def _cluster_checks(reached: list[NodeReport]) -> list[Check]:
     if duplicates:
         for hostname in duplicates:
             names = [r.node.name for r in reached if r.facts.hostname == hostname]
-            checks.append(Check("cluster", "hostnames", WARN, f"{', '.join(names)} are all called '{hostname}'",
-                                "prepare renames each node after its inventory name"))
+            checks.append(
+                Check(
+                    "cluster",
+                    "hostnames",
+                    WARN,
+                    f"{', '.join(names)} are all called '{hostname}'",
+                    "prepare renames each node after its inventory name",
+                )
+            )
     elif reached:
         checks.append(Check("cluster", "hostnames", PASS, "unique"))
     arches = Counter(r.facts.arch for r in reached if r.facts.arch in ("arm64", "amd64"))

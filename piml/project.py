@@ -1,9 +1,9 @@
 """A piml project on disk, and the one validated model of the cluster read from it.
 
-    PROJECT/
-      inventory/hosts.yml   the Ansible inventory (k3s-ansible layout)
-      piml.yaml             platform settings
-      .piml/                keys, secrets, state (0700)
+PROJECT/
+  inventory/hosts.yml   the Ansible inventory (k3s-ansible layout)
+  piml.yaml             platform settings
+  .piml/                keys, secrets, state (0700)
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ class ProjectPaths:
     def resolve(cls, project: Path | None, inventory: Path | None) -> ProjectPaths:
         root = Path(project) if project else Path.cwd()
         if project and not root.is_dir():
-            raise InputError(Problem("--project", f"'{project}' is not a directory", "name an existing project directory, or create one with `piml init DIR`"))
+            raise InputError(
+                Problem(
+                    "--project",
+                    f"'{project}' is not a directory",
+                    "name an existing project directory, or create one with `piml init DIR`",
+                )
+            )
         return cls(root, Path(inventory) if inventory else root / INVENTORY)
 
     @property
@@ -93,7 +99,13 @@ def load_cluster(paths: ProjectPaths) -> Cluster:
     problems: list[Problem] = []
     inventory = config = None
     if not paths.inventory.exists() and paths.inventory == paths.root / INVENTORY:
-        raise InputError(Problem(paths.show(paths.inventory), "no inventory here", "run `piml init` to create a project, or pass -C PROJECT or -i INVENTORY"))
+        raise InputError(
+            Problem(
+                paths.show(paths.inventory),
+                "no inventory here",
+                "run `piml init` to create a project, or pass -C PROJECT or -i INVENTORY",
+            )
+        )
     try:
         inventory = load_inventory(paths.inventory, paths.show(paths.inventory))
     except InputError as exc:

@@ -51,26 +51,47 @@ def select_nodes(nodes: Iterable[Node], limit: str | None, k3s_only: bool = Fals
         return [n for n in nodes if n.role is not Role.EXTERNAL] if k3s_only else nodes
     words = [w.strip() for w in limit.split(",") if w.strip()]
     if not words:
-        raise InputError(Problem("--limit", f"{limit!r} names no node (an empty variable?)",
-                                 "name nodes or groups, e.g. --limit pi1,pi2 or --limit agent; leave --limit out for every node"))
+        raise InputError(
+            Problem(
+                "--limit",
+                f"{limit!r} names no node (an empty variable?)",
+                "name nodes or groups, e.g. --limit pi1,pi2 or --limit agent; leave --limit out for every node",
+            )
+        )
     chosen: list[Node] = []
     for word in words:
         matched = [n for n in nodes if n.name == word or str(n.role) == word]
         if not matched:
             names = [n.name for n in nodes]
-            raise InputError(Problem("--limit", f"no node or group named '{word}'", did_you_mean(word, names) if names else "check the inventory"))
+            raise InputError(
+                Problem(
+                    "--limit",
+                    f"no node or group named '{word}'",
+                    did_you_mean(word, names) if names else "check the inventory",
+                )
+            )
         chosen += [n for n in matched if n not in chosen]
     selected = [n for n in nodes if n in chosen]  # inventory order, as Ansible keeps it
     if k3s_only:
         selected = [n for n in selected if n.role is not Role.EXTERNAL]
         if not selected:
-            raise InputError(Problem("--limit", f"'{limit}' selects only ray_external hosts, and this command acts on k3s nodes only",
-                                     "name k3s nodes or the groups server/agent; leave --limit out for every node"))
+            raise InputError(
+                Problem(
+                    "--limit",
+                    f"'{limit}' selects only ray_external hosts, and this command acts on k3s nodes only",
+                    "name k3s nodes or the groups server/agent; leave --limit out for every node",
+                )
+            )
     return selected
 
 
-def reach(cluster: Cluster, nodes: list[Node], accept_new_host_keys: bool, connect_timeout: float = 10.0,
-          outside_grace: float | None = None) -> list[NodeReport]:
+def reach(
+    cluster: Cluster,
+    nodes: list[Node],
+    accept_new_host_keys: bool,
+    connect_timeout: float = 10.0,
+    outside_grace: float | None = None,
+) -> list[NodeReport]:
     """Every node's facts (or why not), in `nodes` order.
 
     outside_grace: None waits for every node (status, check). A number (`piml up`) waits for ray_external
@@ -127,7 +148,9 @@ class _Late:
     def __init__(self, node: Node, known: KnownHosts, timeouts):
         self.node = node
         self.result: HostResult | None = None
-        self._thread = threading.Thread(target=self._run, args=(known, timeouts), name=f"piml-reach-{node.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(known, timeouts), name=f"piml-reach-{node.name}", daemon=True
+        )
         self._thread.start()
 
     def _run(self, known: KnownHosts, timeouts) -> None:
@@ -145,7 +168,10 @@ class _Late:
             with Alone([self.node], known, timeouts) as fleet:
                 self.result = fleet.run("sh -s", stdin=gather_script())[self.node.name]
         except Exception as exc:  # noqa: BLE001 - a background failure is this host's row, nothing more
-            self.result = HostResult(self.node.name, failure=Failure(R.UNREACHABLE, f"{self.node.name}: {type(exc).__name__}: {exc}", "check the host"))
+            self.result = HostResult(
+                self.node.name,
+                failure=Failure(R.UNREACHABLE, f"{self.node.name}: {type(exc).__name__}: {exc}", "check the host"),
+            )
 
     def wait(self, seconds: float, grace: float) -> HostResult:
         from piml.ssh import results as R
@@ -154,6 +180,11 @@ class _Late:
         self._thread.join(seconds)
         if self.result is not None:
             return self.result
-        return HostResult(self.node.name, failure=Failure(
-            R.UNREACHABLE, f"{self.node.name}: no answer from {self.node.address} within {grace:g} s of the k3s nodes (asleep or off the network?)",
-            "wake it or check its network; `piml status` waits for it"))
+        return HostResult(
+            self.node.name,
+            failure=Failure(
+                R.UNREACHABLE,
+                f"{self.node.name}: no answer from {self.node.address} within {grace:g} s of the k3s nodes (asleep or off the network?)",
+                "wake it or check its network; `piml status` waits for it",
+            ),
+        )

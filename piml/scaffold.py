@@ -42,12 +42,20 @@ def parse_node_spec(text: str) -> NodeSpec:
         raise InputError(Problem(where, f"unknown role '{tail}'", "use server, agent or external"))
     address = rest.strip("[]")
     if not name:
-        raise InputError(Problem(where, "the node has no name", "write NAME=ADDRESS[:ROLE], e.g. pi1=192.168.1.21:server"))
+        raise InputError(
+            Problem(where, "the node has no name", "write NAME=ADDRESS[:ROLE], e.g. pi1=192.168.1.21:server")
+        )
     reason = check_node_name(name)
     if reason:
         raise InputError(Problem(where, reason, "write NAME=ADDRESS[:ROLE], e.g. pi1=192.168.1.21"))
     if not address or not is_address(address):
-        raise InputError(Problem(where, f"'{address}' is not an IP address or host name", "write NAME=ADDRESS[:ROLE], e.g. pi1=192.168.1.21"))
+        raise InputError(
+            Problem(
+                where,
+                f"'{address}' is not an IP address or host name",
+                "write NAME=ADDRESS[:ROLE], e.g. pi1=192.168.1.21",
+            )
+        )
     return NodeSpec(name, address, role)
 
 
@@ -60,7 +68,9 @@ def assign_roles(specs: list[NodeSpec]) -> list[NodeSpec]:
         if spec.name in seen_names:
             problems.append(Problem("--node", f"node '{spec.name}' is given twice", "give each node once"))
         if spec.address in seen_addresses:
-            problems.append(Problem("--node", f"address {spec.address} is given twice", "give each node its own address"))
+            problems.append(
+                Problem("--node", f"address {spec.address} is given twice", "give each node its own address")
+            )
         seen_names.add(spec.name)
         seen_addresses.add(spec.address)
     if problems:
@@ -71,7 +81,9 @@ def assign_roles(specs: list[NodeSpec]) -> list[NodeSpec]:
         role = spec.role or (Role.SERVER if index == 0 and not any_server else Role.AGENT)
         result.append(NodeSpec(spec.name, spec.address, role))
     if not any(s.role is Role.SERVER for s in result):
-        raise InputError(Problem("--node", "no server among the nodes", "mark one with :server, e.g. --node pi1=192.168.1.21:server"))
+        raise InputError(
+            Problem("--node", "no server among the nodes", "mark one with :server, e.g. --node pi1=192.168.1.21:server")
+        )
     return result
 
 
@@ -79,7 +91,9 @@ def _scalar(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def inventory_text(specs: list[NodeSpec], user: str, key_path: str, model: str | None, memory_gb: float | None = None) -> str:
+def inventory_text(
+    specs: list[NodeSpec], user: str, key_path: str, model: str | None, memory_gb: float | None = None
+) -> str:
     """The inventory in k3s-ansible's layout, readable by `ansible-inventory` and by people."""
 
     def hosts(role: Role, indent: str) -> list[str]:
@@ -95,7 +109,7 @@ def inventory_text(specs: list[NodeSpec], user: str, key_path: str, model: str |
         "# piml inventory: an Ansible inventory in k3s-ansible's layout. `ansible-playbook -i` reads it as is.",
         "# Per host you may add: ansible_host, ansible_user, ansible_port, ansible_ssh_private_key_file,",
         "#   piml_model (pi5|cm4|other), piml_arch (arm64|amd64), piml_memory_gb, piml_cpus, piml_storage (sd|emmc|nvme|usb),",
-        "#   piml_labels {key: value}, piml_taints [\"key=value:NoSchedule\"].",
+        '#   piml_labels {key: value}, piml_taints ["key=value:NoSchedule"].',
         "k3s_cluster:",
         "  children:",
         "    server:",
@@ -113,7 +127,14 @@ def inventory_text(specs: list[NodeSpec], user: str, key_path: str, model: str |
         lines.append(f"    piml_memory_gb: {memory_gb:g}")
     external = hosts(Role.EXTERNAL, "    ")
     if external:
-        lines += ["# Machines outside Kubernetes that join Ray as workers.", "ray_external:", "  hosts:", *external, "  vars:", *access]
+        lines += [
+            "# Machines outside Kubernetes that join Ray as workers.",
+            "ray_external:",
+            "  hosts:",
+            *external,
+            "  vars:",
+            *access,
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -121,8 +142,15 @@ def existing_project_files(root: Path) -> list[Path]:
     return [root / p for p in (INVENTORY, CONFIG) if (root / p).exists()]
 
 
-def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | None,
-                 model: str | None, force: bool, memory_gb: float | None = None) -> list[Path]:
+def init_project(
+    root: Path,
+    specs: list[NodeSpec],
+    user: str,
+    ssh_key: Path | None,
+    model: str | None,
+    force: bool,
+    memory_gb: float | None = None,
+) -> list[Path]:
     """Create the project at `root`. Returns the files written. All or nothing.
 
     With `force`, an existing inventory and piml.yaml are replaced (the old ones kept as *.bak);
@@ -131,13 +159,23 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
     if model is not None and model not in MODELS:
         raise InputError(Problem("--model", f"unknown model '{model}'", f"use one of {', '.join(MODELS)}"))
     if memory_gb is not None and not 0 < memory_gb <= 4096:
-        raise InputError(Problem("--memory-gb", f"'{memory_gb:g}' is not a memory size", "give the boards' RAM in GB, e.g. --memory-gb 8"))
+        raise InputError(
+            Problem(
+                "--memory-gb", f"'{memory_gb:g}' is not a memory size", "give the boards' RAM in GB, e.g. --memory-gb 8"
+            )
+        )
     if not user or any(c.isspace() for c in user):
         raise InputError(Problem("--user", f"'{user}' is not a user name", "for example --user pi"))
     existing = existing_project_files(root)
     if existing and not force:
         names = ", ".join(str(p.relative_to(root)) for p in existing)
-        raise InputError(Problem(str(root), f"already a piml project ({names})", "pass --force to rewrite inventory and piml.yaml (the SSH key is kept)"))
+        raise InputError(
+            Problem(
+                str(root),
+                f"already a piml project ({names})",
+                "pass --force to rewrite inventory and piml.yaml (the SSH key is kept)",
+            )
+        )
     if root.exists() and not root.is_dir():
         raise InputError(Problem(str(root), "exists and is not a directory", "choose another project directory"))
 
@@ -153,9 +191,15 @@ def init_project(root: Path, specs: list[NodeSpec], user: str, ssh_key: Path | N
                 public_key_of(key_file, where=str(key_file))
             except InputError as exc:
                 problem = exc.problems[0]
-                raise InputError(Problem(problem.where, f"{problem.what}; piml keeps this file, and it must be the project's key",
-                                         problem.fix if "chmod" in problem.fix else
-                                         "move it away to have a new key made, or pass --ssh-key with the key the nodes trust")) from None
+                raise InputError(
+                    Problem(
+                        problem.where,
+                        f"{problem.what}; piml keeps this file, and it must be the project's key",
+                        problem.fix
+                        if "chmod" in problem.fix
+                        else "move it away to have a new key made, or pass --ssh-key with the key the nodes trust",
+                    )
+                ) from None
     inventory = inventory_text(specs, user, key_ref, model, memory_gb)
     parse_inventory_text(inventory, "generated inventory", root / INVENTORY)  # never write what we cannot read
 

@@ -18,12 +18,22 @@ import yaml
 
 from piml.fsutil import make_private_dir, write_atomic
 
-NAMES = ("mlflow_admin_password", "mlflow_flask_secret_key", "redis_password", "postgres_password",
-         "minio_access_key", "minio_secret_key", "rabbitmq_password", "ray_auth_token")
+NAMES = (
+    "mlflow_admin_password",
+    "mlflow_flask_secret_key",
+    "redis_password",
+    "postgres_password",
+    "minio_access_key",
+    "minio_secret_key",
+    "rabbitmq_password",
+    "ray_auth_token",
+)
 # The user's own secrets (name in secrets.yaml -> environment variable that overrides it); piml makes none of them.
-USER_GIVEN = {"mlflow_backend_password": "PIML_MLFLOW_BACKEND_PASSWORD",
-              "mlflow_s3_access_key": "PIML_MLFLOW_S3_ACCESS_KEY",
-              "mlflow_s3_secret_key": "PIML_MLFLOW_S3_SECRET_KEY"}
+USER_GIVEN = {
+    "mlflow_backend_password": "PIML_MLFLOW_BACKEND_PASSWORD",
+    "mlflow_s3_access_key": "PIML_MLFLOW_S3_ACCESS_KEY",
+    "mlflow_s3_secret_key": "PIML_MLFLOW_S3_SECRET_KEY",
+}
 
 
 SECRETS_FILE = "secrets.yaml"  # in the project's .piml/ (piml.project.ProjectPaths.secrets)

@@ -35,10 +35,14 @@ def public_key_of(path: Path, where: str | None = None) -> bytes:
     try:
         status = path.stat()
         if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_KEY_BYTES:  # /dev/zero, a FIFO, a disk image
-            raise InputError(Problem(where, "not a private key (not a small regular file)", "name the private key file"))
+            raise InputError(
+                Problem(where, "not a private key (not a small regular file)", "name the private key file")
+            )
         raw, mode = path.read_bytes(), status.st_mode
     except FileNotFoundError:
-        raise InputError(Problem(where, "no such file", "name an existing private key, or leave --ssh-key out to make one")) from None
+        raise InputError(
+            Problem(where, "no such file", "name an existing private key, or leave --ssh-key out to make one")
+        ) from None
     except OSError as exc:
         raise InputError(Problem(where, f"cannot read it: {exc.strerror}", "check the file's permissions")) from None
     pub = path.with_name(path.name + ".pub")
@@ -58,12 +62,22 @@ def public_key_of(path: Path, where: str | None = None) -> bytes:
     if key is None and not encrypted:
         raise InputError(Problem(where, "not a private key", "name the private key file (not the .pub)"))
     if mode & 0o077:
-        raise InputError(Problem(where, f"others may read this private key (mode {mode & 0o777:04o}); ssh refuses such a key",
-                                 f"chmod 600 {path}"))
+        raise InputError(
+            Problem(
+                where,
+                f"others may read this private key (mode {mode & 0o777:04o}); ssh refuses such a key",
+                f"chmod 600 {path}",
+            )
+        )
     if key is not None:
         return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
     line = pub.read_bytes().strip() if pub.is_file() else b""
     if not line.startswith((b"ssh-", b"ecdsa-")):
-        raise InputError(Problem(where, "the key has a passphrase and no .pub file beside it",
-                                 f"create {pub.name} with `ssh-keygen -y -f {path} > {pub}`"))
+        raise InputError(
+            Problem(
+                where,
+                "the key has a passphrase and no .pub file beside it",
+                f"create {pub.name} with `ssh-keygen -y -f {path} > {pub}`",
+            )
+        )
     return line + b"\n"

@@ -39,8 +39,11 @@ _BOMB_FIX = "write the values out instead of through aliases (`*name`) or merge 
 
 def _too_big_problem(source: str, text: str | bytes) -> Problem:
     line = text[:MAX_BYTES].count("\n" if isinstance(text, str) else b"\n") + 1
-    return Problem(f"{source}:{line}", f"the file is larger than {MAX_BYTES // 1024} KiB, more than piml reads from one YAML file",
-                   "check that this is the right file (an inventory or piml.yaml is a few KB)")
+    return Problem(
+        f"{source}:{line}",
+        f"the file is larger than {MAX_BYTES // 1024} KiB, more than piml reads from one YAML file",
+        "check that this is the right file (an inventory or piml.yaml is a few KB)",
+    )
 
 
 class _Loader(yaml.SafeLoader):
@@ -59,7 +62,13 @@ class _Loader(yaml.SafeLoader):
         where = f"{self._source}:{event.start_mark.line + 1}"
         self._nodes += 1
         if self._nodes > MAX_VALUES:
-            raise InputError(Problem(where, f"more than {MAX_VALUES} values", "check that this is the right file (an inventory or piml.yaml holds a few hundred)"))
+            raise InputError(
+                Problem(
+                    where,
+                    f"more than {MAX_VALUES} values",
+                    "check that this is the right file (an inventory or piml.yaml holds a few hundred)",
+                )
+            )
         if self._depth >= MAX_DEPTH:
             raise InputError(Problem(where, f"YAML nested more than {MAX_DEPTH} levels deep", "flatten the structure"))
         self._depth += 1
@@ -97,7 +106,13 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
             stack.append((node, True))
             for child in _children(node):
                 if id(child) in open_:
-                    raise InputError(Problem(f"{source}:{child.start_mark.line + 1}", "an alias refers to itself", "remove the recursive alias"))
+                    raise InputError(
+                        Problem(
+                            f"{source}:{child.start_mark.line + 1}",
+                            "an alias refers to itself",
+                            "remove the recursive alias",
+                        )
+                    )
                 if id(child) not in sizes:
                     stack.append((child, False))
             continue
@@ -111,7 +126,9 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
         if values > MAX_VALUES:
             raise InputError(Problem(where, f"its aliases expand to more than {MAX_VALUES} values", _BOMB_FIX))
         if text > MAX_TEXT:
-            raise InputError(Problem(where, f"its aliases expand to more than {MAX_TEXT // (1024 * 1024)} MiB of text", _BOMB_FIX))
+            raise InputError(
+                Problem(where, f"its aliases expand to more than {MAX_TEXT // (1024 * 1024)} MiB of text", _BOMB_FIX)
+            )
         if depth > MAX_DEPTH:
             raise InputError(Problem(where, f"its aliases nest more than {MAX_DEPTH} levels deep", _BOMB_FIX))
 
@@ -178,7 +195,9 @@ class _Walker:
         own_keys: set = set()
         for index, (key_node, value_node) in enumerate(node.value):
             if not isinstance(key_node, yaml.ScalarNode):
-                self.problems.append(Problem(self._where(key_node), "a key is a list or mapping", "keys must be plain names"))
+                self.problems.append(
+                    Problem(self._where(key_node), "a key is a list or mapping", "keys must be plain names")
+                )
                 continue
             key = self._constructor.construct_object(key_node)
             if key is None or isinstance(key, (bool, float)) or not isinstance(key, (str, int)):
@@ -186,7 +205,9 @@ class _Walker:
             key = str(key) if not isinstance(key, int) else key
             if index >= merged:  # a merged key may be set again (that is what merging is for), an own key only once
                 if key in own_keys:
-                    self.problems.append(Problem(self._where(key_node), f"key '{key}' appears twice", "keep only one of them"))
+                    self.problems.append(
+                        Problem(self._where(key_node), f"key '{key}' appears twice", "keep only one of them")
+                    )
                 own_keys.add(key)
             self.lines[path + (key,)] = key_node.start_mark.line + 1
             result[key] = self.value(value_node, path + (key,))
@@ -205,9 +226,13 @@ def parse_yaml(text: str, source: str) -> YamlDoc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
         what = exc.problem or exc.context or "not valid YAML"
-        raise InputError(Problem(where, f"YAML syntax error: {what}", "fix the indentation or quoting on that line")) from None
+        raise InputError(
+            Problem(where, f"YAML syntax error: {what}", "fix the indentation or quoting on that line")
+        ) from None
     except yaml.YAMLError as exc:  # e.g. a character YAML does not allow
-        raise InputError(Problem(source, f"not valid YAML: {str(exc).splitlines()[0]}", "save it as plain UTF-8 YAML")) from None
+        raise InputError(
+            Problem(source, f"not valid YAML: {str(exc).splitlines()[0]}", "save it as plain UTF-8 YAML")
+        ) from None
     except RecursionError:
         raise InputError(Problem(source, "YAML nested too deeply", "flatten the structure")) from None
     finally:
@@ -223,7 +248,9 @@ def parse_yaml(text: str, source: str) -> YamlDoc:
     except yaml.YAMLError as exc:  # a value YAML cannot construct, e.g. a bad timestamp
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
-        raise InputError(Problem(where, f"bad YAML value: {getattr(exc, 'problem', None) or exc}", "quote the value")) from None
+        raise InputError(
+            Problem(where, f"bad YAML value: {getattr(exc, 'problem', None) or exc}", "quote the value")
+        ) from None
     except (RecursionError, ValueError, OverflowError) as exc:
         raise InputError(Problem(source, f"bad YAML value: {exc}", "quote the value")) from None
     if walker.problems:
@@ -271,10 +298,17 @@ def read_yaml(path: Path, source: str | None = None) -> YamlDoc:
     try:
         raw = _read_bounded(path)
     except TimeoutError:
-        raise InputError(Problem(source, f"nothing came through this pipe within {PIPE_WAIT_S:.0f} s",
-                                 "name a regular file, or feed the pipe (e.g. -i <(cat hosts.yml))")) from None
+        raise InputError(
+            Problem(
+                source,
+                f"nothing came through this pipe within {PIPE_WAIT_S:.0f} s",
+                "name a regular file, or feed the pipe (e.g. -i <(cat hosts.yml))",
+            )
+        ) from None
     except FileNotFoundError:
-        raise InputError(Problem(source, "no such file", "check the path, or run `piml init` to create a project")) from None
+        raise InputError(
+            Problem(source, "no such file", "check the path, or run `piml init` to create a project")
+        ) from None
     except IsADirectoryError:
         raise InputError(Problem(source, "is a directory, not a file", "name the YAML file itself")) from None
     except OSError as exc:

@@ -32,8 +32,16 @@ def playbook_command(cluster: Cluster, playbook: str, hosts: list[str], extravar
     write_atomic(path, json.dumps(extravars, indent=2, sort_keys=True) + "\n", mode=0o600)
     local = Path(sys.executable).parent / "ansible-playbook"  # the one piml's own Ansible comes with
     binary = str(local) if os.access(local, os.X_OK) else (shutil.which("ansible-playbook") or "ansible-playbook")
-    argv = [binary, "-i", str(cluster.paths.inventory.resolve()), str(playbooks_dir() / playbook),
-            "-e", f"@{path.resolve()}", "--limit", ",".join(hosts)]
+    argv = [
+        binary,
+        "-i",
+        str(cluster.paths.inventory.resolve()),
+        str(playbooks_dir() / playbook),
+        "-e",
+        f"@{path.resolve()}",
+        "--limit",
+        ",".join(hosts),
+    ]
     env = ansible_settings(cluster, len(hosts))
     shell = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(argv)
     return {"env": env, "argv": argv, "vars_file": str(path), "shell": shell}

@@ -13,8 +13,13 @@ import time
 from piml.output import console
 
 SPINNER = "|/-\\"
-SYMBOL = {"running": "[cyan]…[/]", "ok": "[green]ok[/]", "changed": "[yellow]changed[/]",
-          "failed": "[bold red]failed[/]", "unreachable": "[bold red]unreachable[/]"}
+SYMBOL = {
+    "running": "[cyan]…[/]",
+    "ok": "[green]ok[/]",
+    "changed": "[yellow]changed[/]",
+    "failed": "[bold red]failed[/]",
+    "unreachable": "[bold red]unreachable[/]",
+}
 
 
 class _Row:
@@ -67,7 +72,10 @@ class StageProgress:
             self.live.__exit__(*exc)
         elif self.enabled:
             for row in self.rows.values():
-                console().print(f"{self.stage}  {row.node}  {row.status}  (ok {row.ok}, changed {row.changed}, failed {row.failed})", markup=False)
+                console().print(
+                    f"{self.stage}  {row.node}  {row.status}  (ok {row.ok}, changed {row.changed}, failed {row.failed})",
+                    markup=False,
+                )
 
     def on_event(self, event: dict) -> None:
         kind = event.get("event", "")
@@ -113,7 +121,12 @@ class StageProgress:
             spin = SPINNER[int(elapsed * 4) % len(SPINNER)]
             symbol = SYMBOL[status] if status != "running" else f"[cyan]{spin}[/]"
             counts = f"ok {row.ok}  changed {row.changed}" + (f"  failed {row.failed}" if row.failed else "")
-            table.add_row(f"[bold]{self.stage}[/]", row.node, symbol, f"[dim]{counts}[/]  {_escape(row.task) if not row.done else ''}")
+            table.add_row(
+                f"[bold]{self.stage}[/]",
+                row.node,
+                symbol,
+                f"[dim]{counts}[/]  {_escape(row.task) if not row.done else ''}",
+            )
         return table
 
 

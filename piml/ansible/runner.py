@@ -45,8 +45,14 @@ class HostStats:
         return "unreachable" if self.unreachable else "failed" if self.failed else "changed" if self.changed else "ok"
 
     def as_dict(self) -> dict:
-        return {"ok": self.ok, "changed": self.changed, "failed": self.failed, "unreachable": self.unreachable,
-                "skipped": self.skipped, "status": self.status}
+        return {
+            "ok": self.ok,
+            "changed": self.changed,
+            "failed": self.failed,
+            "unreachable": self.unreachable,
+            "skipped": self.skipped,
+            "status": self.status,
+        }
 
 
 @dataclass
@@ -79,12 +85,20 @@ class PlaybookResult:
 def ssh_args(known_hosts: Path, control_dir: Path) -> str:
     """ssh options for Ansible: the project's known_hosts only, strictly; connections reused; dead links
     noticed within seconds (ServerAlive) instead of hanging."""
-    return " ".join([
-        "-o ControlMaster=auto", "-o ControlPersist=60s", f"-o ControlPath={control_dir}/%C",
-        f"-o UserKnownHostsFile={_quote(str(known_hosts))}", "-o GlobalKnownHostsFile=/dev/null",
-        "-o StrictHostKeyChecking=yes", "-o BatchMode=yes",
-        "-o ServerAliveInterval=5", "-o ServerAliveCountMax=3", f"-o ConnectTimeout={SSH_CONNECT_TIMEOUT}",
-    ])
+    return " ".join(
+        [
+            "-o ControlMaster=auto",
+            "-o ControlPersist=60s",
+            f"-o ControlPath={control_dir}/%C",
+            f"-o UserKnownHostsFile={_quote(str(known_hosts))}",
+            "-o GlobalKnownHostsFile=/dev/null",
+            "-o StrictHostKeyChecking=yes",
+            "-o BatchMode=yes",
+            "-o ServerAliveInterval=5",
+            "-o ServerAliveCountMax=3",
+            f"-o ConnectTimeout={SSH_CONNECT_TIMEOUT}",
+        ]
+    )
 
 
 def _quote(text: str) -> str:
@@ -118,8 +132,9 @@ def ansible_settings(cluster: Cluster, host_count: int) -> dict[str, str]:
     }
 
 
-def run_playbook(cluster: Cluster, playbook: str, hosts: list[str], extravars: dict,
-                 on_event: Callable[[dict], None] | None = None) -> PlaybookResult:
+def run_playbook(
+    cluster: Cluster, playbook: str, hosts: list[str], extravars: dict, on_event: Callable[[dict], None] | None = None
+) -> PlaybookResult:
     """Run playbooks/<playbook> limited to `hosts`; return per-host counts and failure messages."""
     import ansible_runner
 
@@ -132,8 +147,10 @@ def run_playbook(cluster: Cluster, playbook: str, hosts: list[str], extravars: d
         return result
     patterns = [h for h in hosts if h in ANSIBLE_GROUP_NAMES or any(c in h for c in "*?[]!&,~ ")]
     if patterns:  # the limit must name exactly these hosts: a group name or pattern would widen it
-        result.error = (f"{playbook}: not run: host name(s) {', '.join(map(repr, patterns))} would be read by Ansible as a "
-                        "group or pattern, not one host; rename the node in the inventory")
+        result.error = (
+            f"{playbook}: not run: host name(s) {', '.join(map(repr, patterns))} would be read by Ansible as a "
+            "group or pattern, not one host; rename the node in the inventory"
+        )
         return result
     started = time.monotonic()
     private = Path(tempfile.mkdtemp(prefix="piml-ansible-"))
@@ -142,8 +159,11 @@ def run_playbook(cluster: Cluster, playbook: str, hosts: list[str], extravars: d
         (private / "env").mkdir(mode=0o700)
         write_atomic(private / "env" / "extravars", json.dumps(extravars), mode=0o600)
         (private / "tmp").mkdir(mode=0o700)
-        env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-               **ansible_settings(cluster, len(hosts)), "ANSIBLE_LOCAL_TEMP": str(private / "tmp")}
+        env = {
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+            **ansible_settings(cluster, len(hosts)),
+            "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
+        }
         failures: dict[str, str] = {}
 
         def handle(event: dict) -> bool:
@@ -154,9 +174,16 @@ def run_playbook(cluster: Cluster, playbook: str, hosts: list[str], extravars: d
 
         try:
             runner = ansible_runner.run(
-                private_data_dir=str(private), project_dir=str(book.parent), playbook=str(book),
-                inventory=str(cluster.paths.inventory.resolve()), limit=",".join(hosts), envvars=env,
-                event_handler=handle, quiet=True, timeout=PLAYBOOK_TIMEOUT, rotate_artifacts=1,
+                private_data_dir=str(private),
+                project_dir=str(book.parent),
+                playbook=str(book),
+                inventory=str(cluster.paths.inventory.resolve()),
+                limit=",".join(hosts),
+                envvars=env,
+                event_handler=handle,
+                quiet=True,
+                timeout=PLAYBOOK_TIMEOUT,
+                rotate_artifacts=1,
             )
         except Exception as exc:  # noqa: BLE001 - ansible-runner raises many kinds; one clear line
             result.error = f"ansible-runner could not run {playbook}: {exc}"
@@ -201,16 +228,24 @@ def _collect(event: dict, result: PlaybookResult, failures: dict[str, str]) -> N
         failures[host] = "unreachable: " + _one_line((data.get("res") or {}).get("msg") or "cannot connect")
         result.unreachable_seen.add(host)  # counted here too: `ignore_unreachable` keeps it out of the stats
     elif kind == "playbook_on_stats":
-        for name, key in (("ok", "ok"), ("changed", "changed"), ("failed", "failures"), ("unreachable", "dark"),
-                          ("skipped", "skipped"), ("rescued", "rescued")):
+        for name, key in (
+            ("ok", "ok"),
+            ("changed", "changed"),
+            ("failed", "failures"),
+            ("unreachable", "dark"),
+            ("skipped", "skipped"),
+            ("rescued", "rescued"),
+        ):
             for h, count in (data.get(key) or {}).items():
                 setattr(result.hosts.setdefault(h, HostStats()), name, count)
 
 
 def failure_message(res: dict, task: str = "") -> str:
     if res.get("censored"):
-        return (f"task '{task}' failed; its output is hidden because it handles the k3s token "
-                "(run the playbook yourself with -e @vars.yml and ANSIBLE_DEBUG to see it)")
+        return (
+            f"task '{task}' failed; its output is hidden because it handles the k3s token "
+            "(run the playbook yourself with -e @vars.yml and ANSIBLE_DEBUG to see it)"
+        )
     msg = res.get("msg") or ""
     if isinstance(msg, list):
         msg = " ".join(str(m) for m in msg)

@@ -34,15 +34,19 @@ def run_check(project: Path | None, inventory: Path | None, deep: bool, limit: s
     raise_on_failure(results)
 
 
-def check_cluster(cluster: Cluster, deep: bool = False, limit: str | None = None,
-                  nodes: list[Node] | None = None) -> list[Result]:
+def check_cluster(
+    cluster: Cluster, deep: bool = False, limit: str | None = None, nodes: list[Node] | None = None
+) -> list[Result]:
     """The checks on `nodes` (k3s nodes: ray_external hosts are left out), else on what `limit` selects."""
     from piml.health.nodes import node_checks
     from piml.inventory import Role
     from piml.reach import select_nodes
 
-    nodes = select_nodes(cluster.inventory.nodes, limit, k3s_only=True) if nodes is None else \
-        [n for n in nodes if n.role is not Role.EXTERNAL]
+    nodes = (
+        select_nodes(cluster.inventory.nodes, limit, k3s_only=True)
+        if nodes is None
+        else [n for n in nodes if n.role is not Role.EXTERNAL]
+    )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="piml-node-checks") as pool:
         on_nodes = pool.submit(node_checks, cluster, nodes)
         rest = _platform_checks(cluster, deep)
@@ -91,4 +95,7 @@ def raise_on_failure(results: list[Result]) -> None:
     failed = [r for r in results if r.failed]
     if failed:
         names = ", ".join(f"{r.target} {r.check}" for r in failed[:6]) + (", ..." if len(failed) > 6 else "")
-        raise PimlError(Problem("piml check", f"{len(failed)} check(s) failed: {names}", "see the detail and fix columns above"), EXIT_FAILED)
+        raise PimlError(
+            Problem("piml check", f"{len(failed)} check(s) failed: {names}", "see the detail and fix columns above"),
+            EXIT_FAILED,
+        )

@@ -60,19 +60,49 @@ def run(opts: Options) -> None:
 
 def _check_usage(opts: Options) -> None:
     if not opts.image:
-        raise InputError(Problem("piml flash", "no IMAGE given", "e.g. `piml flash 2025-11-24-raspios-bookworm-arm64-lite.img.xz /dev/sdb --node pi1`, or `piml flash --list`"))
+        raise InputError(
+            Problem(
+                "piml flash",
+                "no IMAGE given",
+                "e.g. `piml flash 2025-11-24-raspios-bookworm-arm64-lite.img.xz /dev/sdb --node pi1`, or `piml flash --list`",
+            )
+        )
     if opts.output is not None and not str(opts.output).strip():
-        raise InputError(Problem("--output", "is empty", "name the image file to write, e.g. --output pi1.img (or a directory with --all)"))
+        raise InputError(
+            Problem(
+                "--output",
+                "is empty",
+                "name the image file to write, e.g. --output pi1.img (or a directory with --all)",
+            )
+        )
     if opts.force and opts.output is None:
-        raise InputError(Problem("--force", "replaces an existing --output file; a disk is confirmed with -y instead", "drop --force"))
+        raise InputError(
+            Problem(
+                "--force", "replaces an existing --output file; a disk is confirmed with -y instead", "drop --force"
+            )
+        )
     if opts.all_nodes and opts.output is None:
-        raise InputError(Problem("--all", "writes one image file per node and needs --output DIR", "add --output images/ (flash disks one at a time with --node NAME)"))
+        raise InputError(
+            Problem(
+                "--all",
+                "writes one image file per node and needs --output DIR",
+                "add --output images/ (flash disks one at a time with --node NAME)",
+            )
+        )
     if opts.all_nodes and opts.node:
-        raise InputError(Problem("--all", "--all and --node exclude each other", "use --all for every node, or --node NAME for one"))
+        raise InputError(
+            Problem("--all", "--all and --node exclude each other", "use --all for every node, or --node NAME for one")
+        )
     if opts.output is not None and (opts.device or opts.cm4):
         raise InputError(Problem("--output", "writes a file, not a DEVICE", "drop DEVICE (or --cm4), or drop --output"))
     if opts.output is None and not opts.device and not opts.cm4:
-        raise InputError(Problem("piml flash", "no DEVICE given", "name the disk (see `piml flash --list`), use --cm4 for a Compute Module's eMMC, or --output FILE"))
+        raise InputError(
+            Problem(
+                "piml flash",
+                "no DEVICE given",
+                "name the disk (see `piml flash --list`), use --cm4 for a Compute Module's eMMC, or --output FILE",
+            )
+        )
     if opts.cm4 and opts.device:
         raise InputError(Problem("--cm4", "finds the eMMC itself; do not give a DEVICE too", "drop DEVICE"))
 
@@ -94,7 +124,9 @@ def show_disks(as_json: bool) -> None:
         table.add_column(column)
     for d in disks:
         note = "SYSTEM DISK" if d.system else ", ".join(d.mounts) or "-"
-        table.add_row(d.path, human_size(d.size), d.model or "-", d.transport or "-", "yes" if d.removable else "no", note)
+        table.add_row(
+            d.path, human_size(d.size), d.model or "-", d.transport or "-", "yes" if d.removable else "no", note
+        )
     console().print(table)
 
 
@@ -161,15 +193,23 @@ def _checked_targets(opts: Options, out: Path, names: list[str], source: Path) -
 
     if opts.all_nodes:
         if out.exists() and not out.is_dir():
-            raise InputError(Problem(f"--output {out}", "is a file; --all writes one image per node into a directory", "name a directory"))
+            raise InputError(
+                Problem(
+                    f"--output {out}", "is a file; --all writes one image per node into a directory", "name a directory"
+                )
+            )
         targets = [(out / f"{name}.img", name) for name in names]
     else:
         if out.is_dir():
             out = out / f"{opts.node or 'image'}.img"
         if out.exists() and out.is_block_device():
-            raise InputError(Problem(f"--output {out}", "is a block device", "give it as DEVICE (without --output) to flash it"))
+            raise InputError(
+                Problem(f"--output {out}", "is a block device", "give it as DEVICE (without --output) to flash it")
+            )
         if os.path.lexists(out.parent) and not out.parent.is_dir():
-            raise InputError(Problem(f"--output {out}", f"'{out.parent}' is not a directory", "name a file inside a directory"))
+            raise InputError(
+                Problem(f"--output {out}", f"'{out.parent}' is not a directory", "name a file inside a directory")
+            )
         if not out.parent.is_dir():
             raise InputError(Problem(f"--output {out}", "its directory does not exist", f"create {out.parent} first"))
         targets = [(out, opts.node)]
@@ -181,7 +221,9 @@ def _checked_targets(opts: Options, out: Path, names: list[str], source: Path) -
         if not path.is_file():
             problems.append(Problem(f"--output {path}", "exists and is not a plain file", "name another file"))
         elif not opts.force:
-            problems.append(Problem(f"--output {path}", "already exists", "pass --force to replace it, or name another file"))
+            problems.append(
+                Problem(f"--output {path}", "already exists", "pass --force to replace it, or name another file")
+            )
     if problems:
         raise InputError(problems)
     if opts.all_nodes:
@@ -212,8 +254,15 @@ class _Progress:
                 TransferSpeedColumn,
             )
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-                                TransferSpeedColumn(), TimeRemainingColumn(), console=err_console(), transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err_console(),
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task(label, total=total)
 
@@ -253,41 +302,87 @@ def _write(image, target, setup, where: str, opts: Options):
     again = "run the same command again to start over"
     try:
         stream = Stream(image)
-        result = writer.write_image(stream, target, size_hint=image.size or image.size_hint,
-                                    edit=_editor(setup, applied), progress=progress, digest=opts.verify)
+        result = writer.write_image(
+            stream,
+            target,
+            size_hint=image.size or image.size_hint,
+            edit=_editor(setup, applied),
+            progress=progress,
+            digest=opts.verify,
+        )
     except writer.TooLarge as exc:
-        raise InputError(Problem(where, f"is too small: {human_size(exc.capacity)} for an image of at least {human_size(exc.needed)}", "use a larger card")) from None
+        raise InputError(
+            Problem(
+                where,
+                f"is too small: {human_size(exc.capacity)} for an image of at least {human_size(exc.needed)}",
+                "use a larger card",
+            )
+        ) from None
     except (FirstBootError, FatError, writer.EditError) as exc:
-        raise InputError(Problem(opts.image, f"{exc}", "flash it without --node and set it up by hand, or use a Raspberry Pi OS or Ubuntu image")) from None
+        raise InputError(
+            Problem(
+                opts.image,
+                f"{exc}",
+                "flash it without --node and set it up by hand, or use a Raspberry Pi OS or Ubuntu image",
+            )
+        ) from None
     except SourceError as exc:
         raise PimlError(Problem(opts.image, f"{exc}; {where} was left incomplete", again), EXIT_FAILED) from None
     except writer.Interrupted as exc:
-        raise PimlError(Problem(where, f"interrupted after {human_size(exc.done)}: it holds no usable image now", again), EXIT_INTERRUPTED) from None
+        raise PimlError(
+            Problem(where, f"interrupted after {human_size(exc.done)}: it holds no usable image now", again),
+            EXIT_INTERRUPTED,
+        ) from None
     except writer.TargetError as exc:
         gone = exc.errno in (5, 6, 19)  # EIO, ENXIO, ENODEV: the disk went away or failed
         what = "stopped answering (unplugged or failing)" if gone else f"write failed: {exc}"
-        raise PimlError(Problem(where, f"{what} after {human_size(exc.done)}; it holds no usable image now",
-                                "plug it in again (or try another card) and " + again), EXIT_FAILED) from None
+        raise PimlError(
+            Problem(
+                where,
+                f"{what} after {human_size(exc.done)}; it holds no usable image now",
+                "plug it in again (or try another card) and " + again,
+            ),
+            EXIT_FAILED,
+        ) from None
     finally:
         progress.close()
     for item in applied:
         console().print(f"customised ({item.mechanism}): {', '.join(item.files)}", markup=False)
     rate = result.size / result.seconds / (1 << 20) if result.seconds else 0
-    console().print(f"wrote {human_size(result.size)} in {result.seconds:.1f} s ({rate:.0f} MiB/s; "
-                    f"{human_size(result.zeroed)} of zeros left to the {'disk' if target.device else 'file system'})", markup=False)
+    console().print(
+        f"wrote {human_size(result.size)} in {result.seconds:.1f} s ({rate:.0f} MiB/s; "
+        f"{human_size(result.zeroed)} of zeros left to the {'disk' if target.device else 'file system'})",
+        markup=False,
+    )
     if not opts.verify:
         return result
     vprog = _Progress(f"verifying {where}", result.size)
     try:
         check = verify(target.path, result.size, result.regions, vprog)
     except KeyboardInterrupt:
-        raise PimlError(Problem(where, "verification interrupted: the image was written but not checked", "run again, or pass --no-verify to skip the check"), EXIT_INTERRUPTED) from None
+        raise PimlError(
+            Problem(
+                where,
+                "verification interrupted: the image was written but not checked",
+                "run again, or pass --no-verify to skip the check",
+            ),
+            EXIT_INTERRUPTED,
+        ) from None
     except OSError as exc:
-        raise PimlError(Problem(where, f"cannot read it back: {exc.strerror or exc}", "plug it in again and " + again), EXIT_FAILED) from None
+        raise PimlError(
+            Problem(where, f"cannot read it back: {exc.strerror or exc}", "plug it in again and " + again), EXIT_FAILED
+        ) from None
     finally:
         vprog.close()
     if not check.ok:
-        raise PimlError(Problem(where, f"reads back different data from {human_size(check.bad_offset or 0)} on (a failing card or reader?)", "try another card or reader and " + again), EXIT_FAILED)
+        raise PimlError(
+            Problem(
+                where,
+                f"reads back different data from {human_size(check.bad_offset or 0)} on (a failing card or reader?)",
+                "try another card or reader and " + again,
+            ),
+            EXIT_FAILED,
+        )
     console().print(f"verified: {where} reads back what was written (sha256 {check.digest[:16]})", markup=False)
     return result
 
@@ -317,7 +412,13 @@ def _flash_to_file(image, path: Path, setup, opts: Options) -> None:
         try:
             publish(tmp, path, replace=opts.force)
         except FileExistsError:
-            raise InputError(Problem(f"--output {path}", "appeared while the image was being written, and was left as it is", "pass --force to replace it, or name another file")) from None
+            raise InputError(
+                Problem(
+                    f"--output {path}",
+                    "appeared while the image was being written, and was left as it is",
+                    "pass --force to replace it, or name another file",
+                )
+            ) from None
         except OSError as exc:
             raise InputError(os_error_problem(f"--output {path}", exc, "cannot give the image its name")) from None
     finally:
@@ -348,9 +449,17 @@ def _flash_to_disk(image, device: str, setup, opts: Options) -> None:
         target = Target(disk.path, device=True, capacity=disk.size or None)
     except OSError as exc:
         if exc.errno == 16:  # EBUSY: O_EXCL refused, something holds it
-            raise InputError(Problem(disk.path, "is in use (mounted or held by another program)", "unmount it or pass --unmount, and close programs using it")) from None
+            raise InputError(
+                Problem(
+                    disk.path,
+                    "is in use (mounted or held by another program)",
+                    "unmount it or pass --unmount, and close programs using it",
+                )
+            ) from None
         if exc.errno in (1, 13):
-            raise InputError(Problem(disk.path, "permission denied", "run piml flash with sudo, or add yourself to the disk group")) from None
+            raise InputError(
+                Problem(disk.path, "permission denied", "run piml flash with sudo, or add yourself to the disk group")
+            ) from None
         raise InputError(Problem(disk.path, f"cannot open it: {exc.strerror}", "check the device")) from None
     except TargetError as exc:
         raise InputError(Problem(disk.path, str(exc), "name a disk")) from None

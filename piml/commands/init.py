@@ -27,18 +27,36 @@ def _ask_nodes() -> list[NodeSpec]:
     return specs
 
 
-def run_init(directory: Path | None, nodes: list[str], user: str | None, ssh_key: Path | None,
-             model: str | None, force: bool, memory_gb: float | None = None, project: Path | None = None,
-             yes: bool = False) -> None:
+def run_init(
+    directory: Path | None,
+    nodes: list[str],
+    user: str | None,
+    ssh_key: Path | None,
+    model: str | None,
+    force: bool,
+    memory_gb: float | None = None,
+    project: Path | None = None,
+    yes: bool = False,
+) -> None:
     if directory is not None and project is not None and Path(directory).resolve() != Path(project).resolve():
-        raise InputError(Problem("piml init", f"two project directories given: {directory} and -C {project}",
-                                 "give the directory once, as DIRECTORY or with -C"))
+        raise InputError(
+            Problem(
+                "piml init",
+                f"two project directories given: {directory} and -C {project}",
+                "give the directory once, as DIRECTORY or with -C",
+            )
+        )
     directory = directory or project or Path.cwd()
     if nodes:
         specs = [parse_node_spec(text) for text in nodes]
     elif yes:  # asked not to ask: the nodes are the one thing init cannot default
-        raise InputError(Problem("piml init", "--yes and no --node: there is nothing to ask and no node to write",
-                                 "pass --node NAME=ADDRESS[:ROLE] (repeatable)"))
+        raise InputError(
+            Problem(
+                "piml init",
+                "--yes and no --node: there is nothing to ask and no node to write",
+                "pass --node NAME=ADDRESS[:ROLE] (repeatable)",
+            )
+        )
     else:
         import typer
 
@@ -49,8 +67,13 @@ def run_init(directory: Path | None, nodes: list[str], user: str | None, ssh_key
         except (EOFError, typer.Abort):  # no terminal, or stdin closed
             specs = []
         if not specs:
-            raise InputError(Problem("piml init", "no nodes given",
-                                     "pass --node NAME=ADDRESS[:ROLE] (repeatable), or run it in a terminal and enter them"))
+            raise InputError(
+                Problem(
+                    "piml init",
+                    "no nodes given",
+                    "pass --node NAME=ADDRESS[:ROLE] (repeatable), or run it in a terminal and enter them",
+                )
+            )
     written = init_project(Path(directory), specs, user or "pi", ssh_key, model, force, memory_gb)
     shown = directory if str(directory) != "." else Path.cwd().name
     console().print(f"Created project [bold]{shown}[/]:")

@@ -31,8 +31,16 @@ def check(project: Path | None, inventory: Path | None, as_json: bool) -> None:
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     inv = cluster.inventory
     if as_json:
-        print_json({"ok": True, "nodes": len(inv.nodes), "servers": len(inv.servers), "agents": len(inv.agents),
-                    "external": len(inv.external), "warnings": [str(w) for w in inv.warnings]})
+        print_json(
+            {
+                "ok": True,
+                "nodes": len(inv.nodes),
+                "servers": len(inv.servers),
+                "agents": len(inv.agents),
+                "external": len(inv.external),
+                "warnings": [str(w) for w in inv.warnings],
+            }
+        )
         return
     for warning in inv.warnings:
         warning_line(str(warning))

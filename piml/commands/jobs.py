@@ -13,18 +13,23 @@ def _time(value: str | None) -> str:
     return str(value).replace("T", " ")[:19] if value else "-"
 
 
-def run_jobs(request_id: str | None, limit: int, queue_url: str | None, project: Path | None, inventory: Path | None,
-             json: bool) -> None:
+def run_jobs(
+    request_id: str | None, limit: int, queue_url: str | None, project: Path | None, inventory: Path | None, json: bool
+) -> None:
     from piml.commands.submit import open_broker
     from piml.errors import InputError, Problem
 
     if limit < 1:
-        raise InputError(Problem("--limit", f"{limit} is not a number of requests to list", "give 1 or more, e.g. -n 20"))
+        raise InputError(
+            Problem("--limit", f"{limit} is not a number of requests to list", "give 1 or more, e.g. -n 20")
+        )
     with open_broker(project, inventory, queue_url) as broker:
         if request_id:
             job = broker.get(request_id)
             if job is None:
-                raise InputError(Problem(request_id, "no such request (or its record expired)", "list recent ones with `piml jobs`"))
+                raise InputError(
+                    Problem(request_id, "no such request (or its record expired)", "list recent ones with `piml jobs`")
+                )
             jobs = [job]
         else:
             jobs = broker.jobs(limit)
@@ -50,8 +55,17 @@ def run_jobs(request_id: str | None, limit: int, queue_url: str | None, project:
         table.add_column(column, overflow="fold")
     for job in jobs:
         state = job["state"] or "?"
-        cells = [job["id"], state, _time(job["submitted_at"]), _time(job["started_at"]), _time(job["finished_at"]), job["node"] or "-",
-                 str(job["attempts"] or 0), job["run_url"] or job["run_id"] or "-", (job["error"] or "")[:120]]
+        cells = [
+            job["id"],
+            state,
+            _time(job["submitted_at"]),
+            _time(job["started_at"]),
+            _time(job["finished_at"]),
+            job["node"] or "-",
+            str(job["attempts"] or 0),
+            job["run_url"] or job["run_id"] or "-",
+            (job["error"] or "")[:120],
+        ]
         cells = [Text(terminal_safe(str(cell))) for cell in cells]  # broker records are written by pods: outside text
         cells[1].stylize(STYLE.get(state, "white"))
         table.add_row(*cells)

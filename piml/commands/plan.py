@@ -8,8 +8,13 @@ from piml.output import console, print_json
 from piml.plan.quantities import fmt_cpu, fmt_memory
 
 
-def load_plan(project: Path | None, inventory: Path | None, reach_nodes: bool, accept_new: bool = False,
-              volumes_required: bool = True):
+def load_plan(
+    project: Path | None,
+    inventory: Path | None,
+    reach_nodes: bool,
+    accept_new: bool = False,
+    volumes_required: bool = True,
+):
     """The cluster and its plan: from facts when asked to reach the nodes, else from the inventory.
 
     Once the cluster exists (.piml/kubeconfig), the stateful services stay on the nodes their volumes are on
@@ -30,18 +35,41 @@ def load_plan(project: Path | None, inventory: Path | None, reach_nodes: bool, a
         reports = reach(cluster, list(cluster.inventory.cluster_nodes), accept_new)
         down = [r for r in reports if not r.reachable]
         if down:
-            raise PimlError([Problem(r.node.name, str(r.failure)) for r in down] + [Problem("piml plan", "cannot plan from facts while nodes are unreachable", "fix them, or plan from the inventory without --reach")], EXIT_FAILED)
+            raise PimlError(
+                [Problem(r.node.name, str(r.failure)) for r in down]
+                + [
+                    Problem(
+                        "piml plan",
+                        "cannot plan from facts while nodes are unreachable",
+                        "fix them, or plan from the inventory without --reach",
+                    )
+                ],
+                EXIT_FAILED,
+            )
         facts = {r.node.name: r.facts for r in reports}
     note = None
     try:
         pins = read_pins(cluster)
     except PimlError as exc:
         if volumes_required:
-            raise PimlError([*exc.problems, Problem("piml", "cannot tell which nodes the platform's volumes are on",
-                                                    "start the cluster (piml status says what is down) and run this again")],
-                            EXIT_FAILED) from None
-        pins, note = {}, (f"the cluster could not be asked ({exc.problems[0]}): this plan does not know which nodes the "
-                          "volumes of MLflow, Redis & co are on; piml up checks that before it applies anything")
+            raise PimlError(
+                [
+                    *exc.problems,
+                    Problem(
+                        "piml",
+                        "cannot tell which nodes the platform's volumes are on",
+                        "start the cluster (piml status says what is down) and run this again",
+                    ),
+                ],
+                EXIT_FAILED,
+            ) from None
+        pins, note = (
+            {},
+            (
+                f"the cluster could not be asked ({exc.problems[0]}): this plan does not know which nodes the "
+                "volumes of MLflow, Redis & co are on; piml up checks that before it applies anything"
+            ),
+        )
     plan = make_plan(cluster, facts, pins)
     return cluster, (replace(plan, notes=(*plan.notes, note)) if note else plan)
 
@@ -56,35 +84,58 @@ def show_plan(cluster, plan) -> None:
         table.add_column(column)
     for node in plan.nodes:
         here = [p for p in plan.services if p.node == node.name]
-        components = [f"{p.component} {fmt_cpu(p.size.cpu_request)}/{fmt_memory(p.size.memory_request)}"
-                      f" ≤ {fmt_cpu(p.size.cpu_limit)}/{fmt_memory(p.size.memory_limit)}"
-                      + (f" (pinned: volume {p.pinned_by})" if p.pinned_by else "") for p in here]
+        components = [
+            f"{p.component} {fmt_cpu(p.size.cpu_request)}/{fmt_memory(p.size.memory_request)}"
+            f" ≤ {fmt_cpu(p.size.cpu_limit)}/{fmt_memory(p.size.memory_limit)}"
+            + (f" (pinned: volume {p.pinned_by})" if p.pinned_by else "")
+            for p in here
+        ]
         k3s = [s for s in plan.system if s.node == node.name]
         if k3s:
-            components.append(f"k3s's pods ({', '.join(s.name for s in k3s)}) {fmt_cpu(sum(s.cpu_request for s in k3s))}/"
-                              f"{fmt_memory(sum(s.memory_request for s in k3s))}")
+            components.append(
+                f"k3s's pods ({', '.join(s.name for s in k3s)}) {fmt_cpu(sum(s.cpu_request for s in k3s))}/"
+                f"{fmt_memory(sum(s.memory_request for s in k3s))}"
+            )
         cpu, memory = plan.used(node.name)
         r = node.reservation
-        allocatable = (f"{fmt_cpu(node.cpu)} CPU, {fmt_memory(node.memory)}\n(of {fmt_cpu(node.total_cpu)}, {fmt_memory(node.total_memory)}; "
-                       f"reserved {fmt_cpu(r.cpu)}, {fmt_memory(r.memory)})")
-        table.add_row(node.name, node.arch, allocatable, ", ".join(components) or "-",
-                      f"{fmt_cpu(cpu)}, {fmt_memory(memory)}", f"{fmt_cpu(node.cpu - cpu)} CPU, {fmt_memory(node.memory - memory)}")
+        allocatable = (
+            f"{fmt_cpu(node.cpu)} CPU, {fmt_memory(node.memory)}\n(of {fmt_cpu(node.total_cpu)}, {fmt_memory(node.total_memory)}; "
+            f"reserved {fmt_cpu(r.cpu)}, {fmt_memory(r.memory)})"
+        )
+        table.add_row(
+            node.name,
+            node.arch,
+            allocatable,
+            ", ".join(components) or "-",
+            f"{fmt_cpu(cpu)}, {fmt_memory(memory)}",
+            f"{fmt_cpu(node.cpu - cpu)} CPU, {fmt_memory(node.memory - memory)}",
+        )
     console().print(table)
     say = lambda text: console().print(text, markup=False)  # noqa: E731
     for role, reserved in sorted({node.role: node.reservation for node in plan.nodes}.items()):
         say(f"kept from pods on each {role} (kubelet-arg in its k3s config): {' '.join(reserved.kubelet_args())}")
     for pool in plan.dask_workers:
-        say(f"dask workers ({pool.arch}): {pool.replicas} × {fmt_cpu(pool.size.cpu_request)} CPU, {fmt_memory(pool.size.memory_request)} (always running)")
+        say(
+            f"dask workers ({pool.arch}): {pool.replicas} × {fmt_cpu(pool.size.cpu_request)} CPU, {fmt_memory(pool.size.memory_request)} (always running)"
+        )
     if plan.split:
         s = plan.split
-        say(f"left for work after the services, k3s's pods and the Dask workers, split {s.ray:.0%} Ray workers / {s.queue:.0%} queue Jobs: "
-            f"Ray {fmt_cpu(s.ray_cpu)} CPU, {fmt_memory(s.ray_memory)}; queue {fmt_cpu(s.queue_cpu)} CPU, {fmt_memory(s.queue_memory)}")
+        say(
+            f"left for work after the services, k3s's pods and the Dask workers, split {s.ray:.0%} Ray workers / {s.queue:.0%} queue Jobs: "
+            f"Ray {fmt_cpu(s.ray_cpu)} CPU, {fmt_memory(s.ray_memory)}; queue {fmt_cpu(s.queue_cpu)} CPU, {fmt_memory(s.queue_memory)}"
+        )
     for pool in plan.ray_workers:
-        say(f"ray workers ({pool.arch}): 0 to {pool.replicas} × {fmt_cpu(pool.size.cpu_request)} CPU, {fmt_memory(pool.size.memory_request)} (autoscaled)")
+        say(
+            f"ray workers ({pool.arch}): 0 to {pool.replicas} × {fmt_cpu(pool.size.cpu_request)} CPU, {fmt_memory(pool.size.memory_request)} (autoscaled)"
+        )
     if plan.runner:
-        say(f"queue jobs: up to {plan.max_jobs} at once × {fmt_cpu(plan.runner.cpu_request)} CPU, {fmt_memory(plan.runner.memory_request)}")
-    say(f"platform services request {fmt_memory(plan.services_memory)}, k3s's own pods {fmt_memory(plan.system_memory)}; "
-        f"{plan.workload_share:.0%} of the boards' memory is left for work")
+        say(
+            f"queue jobs: up to {plan.max_jobs} at once × {fmt_cpu(plan.runner.cpu_request)} CPU, {fmt_memory(plan.runner.memory_request)}"
+        )
+    say(
+        f"platform services request {fmt_memory(plan.services_memory)}, k3s's own pods {fmt_memory(plan.system_memory)}; "
+        f"{plan.workload_share:.0%} of the boards' memory is left for work"
+    )
     for pin in plan.pins:
         say(f"{pin.component} stays on {pin.node}: its volume ({pin.claim}) is there")
     for note in plan.notes:

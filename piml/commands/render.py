@@ -14,14 +14,26 @@ def _out_dir(out: str | Path) -> Path:
     from piml.errors import InputError, Problem
 
     if not str(out).strip():
-        raise InputError(Problem("--out", "is empty", "name a directory, e.g. --out manifests/ (without --out the manifests go to stdout)"))
+        raise InputError(
+            Problem(
+                "--out",
+                "is empty",
+                "name a directory, e.g. --out manifests/ (without --out the manifests go to stdout)",
+            )
+        )
     path = Path(out).expanduser()
     if os.path.lexists(path) and not path.is_dir():
-        raise InputError(Problem(f"--out {path}", "is not a directory", "name a directory (it is created when missing)"))
+        raise InputError(
+            Problem(f"--out {path}", "is not a directory", "name a directory (it is created when missing)")
+        )
     for parent in path.parents:  # the nearest existing ancestor must be a directory
         if os.path.lexists(parent):
             if not parent.is_dir():
-                raise InputError(Problem(f"--out {path}", f"'{parent}' is a file, not a directory", "name a place inside a directory"))
+                raise InputError(
+                    Problem(
+                        f"--out {path}", f"'{parent}' is a file, not a directory", "name a place inside a directory"
+                    )
+                )
             break
     return path
 
@@ -70,4 +82,7 @@ def run_render(project: Path | None, inventory: Path | None, out: str | Path | N
             write_atomic(path, part.text(), mode=mode)
         except OSError as exc:
             raise InputError(os_error_problem(f"{where}", exc, f"cannot write {path.name}")) from None
-    console().print(f"wrote {len(rendered)} files to {out_dir}" + (" (with secret values, mode 0600)" if include_secrets else ""), markup=False)
+    console().print(
+        f"wrote {len(rendered)} files to {out_dir}" + (" (with secret values, mode 0600)" if include_secrets else ""),
+        markup=False,
+    )

@@ -26,7 +26,11 @@ def node_status(report) -> dict:
     if not report.reachable:
         return {**base, "healthy": False, "error": str(report.failure) if report.failure else "no facts"}
     throttled = facts.throttled
-    used = facts.memory_total_mb - facts.memory_available_mb if facts.memory_total_mb and facts.memory_available_mb is not None else None
+    used = (
+        facts.memory_total_mb - facts.memory_available_mb
+        if facts.memory_total_mb and facts.memory_available_mb is not None
+        else None
+    )
     problems = []
     if throttled and throttled.now:
         problems.append("throttled now: " + ", ".join(throttled.now))
@@ -77,14 +81,27 @@ def _view(rows: list[dict]):
             table.add_row(r["name"], "[bold red]unreachable[/]", *["-"] * 8)
             notes.append(Text(r["error"], style="red"))
             continue
-        mem = f"{r['memory_used_mb'] / 1024:.1f}/{r['memory_mb'] / 1024:.1f}" if r["memory_used_mb"] is not None else "-"
+        mem = (
+            f"{r['memory_used_mb'] / 1024:.1f}/{r['memory_mb'] / 1024:.1f}" if r["memory_used_mb"] is not None else "-"
+        )
         disk = f"{r['disk_free_bytes'] / 1e9:.0f}/{r['disk_bytes'] / 1e9:.0f}" if r["disk_bytes"] else "-"
         temp = f"{r['temperature_c']:.0f}" if r["temperature_c"] is not None else "-"
         t = r["throttled"]
         throttled = "-" if not t else "now" if t["now"] else "since boot" if t["since_boot"] else "no"
         state = "[green]ok[/]" if r["healthy"] else "[yellow]attention[/]"
         notes += [Text(f"{r['name']}: {p}", style="yellow") for p in r["problems"]]
-        table.add_row(r["name"], state, r["model"] or "-", r["arch"] or "-", str(r["cpus"] or "-"), mem, disk, temp, throttled, r["k3s"])
+        table.add_row(
+            r["name"],
+            state,
+            r["model"] or "-",
+            r["arch"] or "-",
+            str(r["cpus"] or "-"),
+            mem,
+            disk,
+            temp,
+            throttled,
+            r["k3s"],
+        )
     return Group(table, *notes)
 
 
@@ -96,12 +113,20 @@ def _cluster_view(data: dict):
 
     if not data.get("reachable"):
         return Text(f"cluster: {data.get('error', 'unreachable')}", style="red")
-    nodes = Table(title=f"cluster {data.get('server', '')} ({data.get('version') or 'unknown version'})", title_justify="left")
+    nodes = Table(
+        title=f"cluster {data.get('server', '')} ({data.get('version') or 'unknown version'})", title_justify="left"
+    )
     for column in ("node", "ready", "pressure", "roles", "kubelet", "arch"):
         nodes.add_column(column)
     for n in data["nodes"]:
-        nodes.add_row(n["name"], "[green]yes[/]" if n["ready"] else "[red]no[/]", ", ".join(n["pressure"]) or "-",
-                      ", ".join(n["roles"]) or "-", n.get("kubelet") or "-", n.get("arch") or "-")
+        nodes.add_row(
+            n["name"],
+            "[green]yes[/]" if n["ready"] else "[red]no[/]",
+            ", ".join(n["pressure"]) or "-",
+            ", ".join(n["roles"]) or "-",
+            n.get("kubelet") or "-",
+            n.get("arch") or "-",
+        )
     parts = [nodes]
     if data["components"]:
         components = Table(title="platform", title_justify="left")
@@ -110,7 +135,9 @@ def _cluster_view(data: dict):
         for c in data["components"]:
             detail = c.get("state") or ""
             if "replicas" in c:
-                detail = f"{c['ready_replicas']}/{c['replicas']} ready" + (f" ({detail})" if detail and not c["ready"] else "")
+                detail = f"{c['ready_replicas']}/{c['replicas']} ready" + (
+                    f" ({detail})" if detail and not c["ready"] else ""
+                )
             elif c["kind"] == "HelmChart":
                 detail = f"{c['chart']}: {detail}"
             components.add_row(c["component"], c["kind"], "[green]yes[/]" if c["ready"] else "[yellow]no[/]", detail)
@@ -119,16 +146,28 @@ def _cluster_view(data: dict):
     return Group(*parts)
 
 
-def run_status(project: Path | None, inventory: Path | None, limit: str | None, accept_new: bool,
-               as_json: bool, watch: bool, interval: float) -> None:
+def run_status(
+    project: Path | None,
+    inventory: Path | None,
+    limit: str | None,
+    accept_new: bool,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import reach, select_nodes
 
     if not math.isfinite(interval) or interval < MIN_INTERVAL_S:
-        raise InputError(Problem("--interval", f"{interval:g} is not a number of seconds, {MIN_INTERVAL_S:g} or more",
-                                 "give the seconds between refreshes, e.g. --interval 5"))
+        raise InputError(
+            Problem(
+                "--interval",
+                f"{interval:g} is not a number of seconds, {MIN_INTERVAL_S:g} or more",
+                "give the seconds between refreshes, e.g. --interval 5",
+            )
+        )
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     nodes = select_nodes(cluster.inventory.nodes, limit)
     kubeconfig = cluster.paths.kubeconfig  # written by `piml up`'s kubeconfig stage

@@ -31,8 +31,13 @@ def open_broker(project: Path | None, inventory: Path | None, queue_url: str | N
 
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     if not cluster.config.queue.enabled:
-        raise InputError(Problem(cluster.paths.show(cluster.paths.config), "the queue is switched off (queue.enabled: false)",
-                                 "switch it on and run `piml up`, or pass --queue-url"))
+        raise InputError(
+            Problem(
+                cluster.paths.show(cluster.paths.config),
+                "the queue is switched off (queue.enabled: false)",
+                "switch it on and run `piml up`, or pass --queue-url",
+            )
+        )
     tunnel = open_tunnel(cluster.paths.kubeconfig, cluster.config.namespace, cluster.config.queue.kind)
     try:
         broker = connect(tunnel.url, password=tunnel.password)
@@ -44,20 +49,39 @@ def open_broker(project: Path | None, inventory: Path | None, queue_url: str | N
         tunnel.close()
 
 
-def run_submit(model: str, input: str, params: list[str], output: str | None, request_id: str | None, wait: bool,
-               timeout: float, queue_url: str | None, project: Path | None, inventory: Path | None, json: bool) -> None:
+def run_submit(
+    model: str,
+    input: str,
+    params: list[str],
+    output: str | None,
+    request_id: str | None,
+    wait: bool,
+    timeout: float,
+    queue_url: str | None,
+    project: Path | None,
+    inventory: Path | None,
+    json: bool,
+) -> None:
     from piml.client import follow
     from piml.errors import InputError, PimlError, Problem
     from piml.queue import FAILED, make_request
     from piml.queue.request import parse_param
 
     if wait and (not math.isfinite(timeout) or timeout <= 0):
-        raise InputError(Problem("--timeout", f"{timeout:g} is not a number of seconds to wait", "give more than 0, e.g. --timeout 600"))
+        raise InputError(
+            Problem(
+                "--timeout", f"{timeout:g} is not a number of seconds to wait", "give more than 0, e.g. --timeout 600"
+            )
+        )
     values: dict = {}
     for text in params:
         name, value = parse_param(text)
         if name in values:
-            raise InputError(Problem("--param", f"{name} is given twice ({values[name]!r} and {value!r})", "give each parameter once"))
+            raise InputError(
+                Problem(
+                    "--param", f"{name} is given twice ({values[name]!r} and {value!r})", "give each parameter once"
+                )
+            )
         values[name] = value
     request = make_request(model, input, values, output, request_id)
     with open_broker(project, inventory, queue_url) as broker:
@@ -84,7 +108,16 @@ def run_submit(model: str, input: str, params: list[str], output: str | None, re
     if json:
         print_json({"jobs": [job]})
     elif job["state"] != FAILED:
-        console().print(f"{job['rows']} rows in {job['seconds']:.1f} s; predictions: {job['run_url'] or job['run_id']}", markup=False)
+        console().print(
+            f"{job['rows']} rows in {job['seconds']:.1f} s; predictions: {job['run_url'] or job['run_id']}",
+            markup=False,
+        )
     if job["state"] == FAILED:
-        raise PimlError(Problem(request.id, f"failed after {job['attempts']} attempt(s): {job['error']}",
-                                "see `piml jobs " + request.id + "` and the MLflow run"), 1)
+        raise PimlError(
+            Problem(
+                request.id,
+                f"failed after {job['attempts']} attempt(s): {job['error']}",
+                "see `piml jobs " + request.id + "` and the MLflow run",
+            ),
+            1,
+        )

@@ -18,19 +18,36 @@ from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.output import console, print_json
 
 
-def run_teardown(project: Path | None, inventory: Path | None, k3s: bool, yes: bool, limit: str | None,
-                 as_json: bool, purge: bool = False) -> None:
+def run_teardown(
+    project: Path | None,
+    inventory: Path | None,
+    k3s: bool,
+    yes: bool,
+    limit: str | None,
+    as_json: bool,
+    purge: bool = False,
+) -> None:
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import select_nodes
 
     if purge and k3s:
         # Not both: --purge deletes the platform's volumes through the cluster, --k3s uninstalls k3s, which deletes
         # every volume on the nodes it leaves anyway. With --limit, a purge would reach past the chosen nodes.
-        raise InputError(Problem("--purge", "not with --k3s (uninstalling k3s deletes the volumes on those nodes anyway)",
-                                 "drop --purge; or run `piml teardown --purge` first to delete the platform and its data and keep k3s"))
+        raise InputError(
+            Problem(
+                "--purge",
+                "not with --k3s (uninstalling k3s deletes the volumes on those nodes anyway)",
+                "drop --purge; or run `piml teardown --purge` first to delete the platform and its data and keep k3s",
+            )
+        )
     if limit is not None and not k3s:
-        raise InputError(Problem("--limit", "goes with --k3s only: the platform is removed from the whole cluster",
-                                 "leave --limit out to remove the platform, or add --k3s to uninstall k3s from those nodes"))
+        raise InputError(
+            Problem(
+                "--limit",
+                "goes with --k3s only: the platform is removed from the whole cluster",
+                "leave --limit out to remove the platform, or add --k3s to uninstall k3s from those nodes",
+            )
+        )
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     if not k3s:
         _teardown_platform(cluster, yes, purge, as_json)
@@ -45,11 +62,15 @@ def run_teardown(project: Path | None, inventory: Path | None, k3s: bool, yes: b
         kc.check_target(target)
     if not yes:
         if not sys.stdin.isatty():
-            raise InputError(Problem("piml teardown", "asks for confirmation, but there is no terminal to ask on", "pass --yes"))
+            raise InputError(
+                Problem("piml teardown", "asks for confirmation, but there is no terminal to ask on", "pass --yes")
+            )
         import typer
 
         names = ", ".join(n.name for n in nodes)
-        if not typer.confirm(f"Uninstall k3s from {names}? Workloads and cluster data on them are deleted", default=False):
+        if not typer.confirm(
+            f"Uninstall k3s from {names}? Workloads and cluster data on them are deleted", default=False
+        ):
             console().print("nothing was changed")
             raise SystemExit(1)
 
@@ -77,12 +98,25 @@ def run_teardown(project: Path | None, inventory: Path | None, k3s: bool, yes: b
             console().print(note, markup=False)
     if ok:
         return
-    problems = [Problem(h, "unreachable, skipped: k3s may still be installed there",
-                        f"when it is back, run `piml teardown --k3s --limit {h}`") for h in gone]
+    problems = [
+        Problem(
+            h,
+            "unreachable, skipped: k3s may still be installed there",
+            f"when it is back, run `piml teardown --k3s --limit {h}`",
+        )
+        for h in gone
+    ]
     problems += [Problem(h, m) for h, m in broken.items()]
     failed = [h for h in (*gone, *broken) if h != "cluster"]
-    problems.append(Problem("piml teardown", f"k3s was not removed from {len(failed)} node(s): {', '.join(failed)}" if failed
-                            else "the teardown playbook did not run", "see above"))
+    problems.append(
+        Problem(
+            "piml teardown",
+            f"k3s was not removed from {len(failed)} node(s): {', '.join(failed)}"
+            if failed
+            else "the teardown playbook did not run",
+            "see above",
+        )
+    )
     raise PimlError(problems, EXIT_FAILED)
 
 
@@ -90,16 +124,27 @@ def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
     """Delete the platform; volumes stay unless purge, which wants the project's name typed."""
     kubeconfig = cluster.paths.kubeconfig
     if not kubeconfig.exists():
-        raise InputError(Problem(cluster.paths.show(kubeconfig), "no kubeconfig: there is no cluster piml set up here",
-                                 "run it in the project directory (-C DIR), or nothing needs tearing down"))
+        raise InputError(
+            Problem(
+                cluster.paths.show(kubeconfig),
+                "no kubeconfig: there is no cluster piml set up here",
+                "run it in the project directory (-C DIR), or nothing needs tearing down",
+            )
+        )
     if not yes:
         if not sys.stdin.isatty():
-            raise InputError(Problem("piml teardown", "asks for confirmation, but there is no terminal to ask on", "pass --yes"))
+            raise InputError(
+                Problem("piml teardown", "asks for confirmation, but there is no terminal to ask on", "pass --yes")
+            )
         import typer
 
         if purge:
-            answer = typer.prompt(f"This deletes the platform AND its data (MLflow runs, models, queued requests). "
-                                  f"Type the project name '{cluster.name}' to go on", default="", show_default=False)
+            answer = typer.prompt(
+                f"This deletes the platform AND its data (MLflow runs, models, queued requests). "
+                f"Type the project name '{cluster.name}' to go on",
+                default="",
+                show_default=False,
+            )
             if answer.strip() != cluster.name:
                 console().print("the name did not match: nothing was changed")
                 raise SystemExit(1)
@@ -113,10 +158,24 @@ def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
     if as_json:
         print_json({"teardown": report.as_dict(), "ok": not report.waiting_for})
     else:
-        kept = f"; kept {len(report.kept)}: {', '.join(str(r) for r in report.kept)} (--purge deletes them)" if report.kept else ""
+        kept = (
+            f"; kept {len(report.kept)}: {', '.join(str(r) for r in report.kept)} (--purge deletes them)"
+            if report.kept
+            else ""
+        )
         console().print(f"platform removed: {len(report.deleted)} object(s) deleted{kept}", markup=False)
     if report.waiting_for:  # finalizers that did not finish within the bound: say what each waits for
-        raise PimlError([Problem(line.partition(": ")[0], f"still being deleted: {line.partition(': ')[2]}")
-                         for line in report.waiting_for]
-                        + [Problem("piml teardown", f"{len(report.waiting_for)} object(s) not gone within the bound",
-                                   "run piml teardown again to wait for them")], EXIT_FAILED)
+        raise PimlError(
+            [
+                Problem(line.partition(": ")[0], f"still being deleted: {line.partition(': ')[2]}")
+                for line in report.waiting_for
+            ]
+            + [
+                Problem(
+                    "piml teardown",
+                    f"{len(report.waiting_for)} object(s) not gone within the bound",
+                    "run piml teardown again to wait for them",
+                )
+            ],
+            EXIT_FAILED,
+        )

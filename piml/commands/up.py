@@ -20,36 +20,64 @@ NODE_STAGES = ("preflight", "prepare", "k3s")
 def select_stages(only: str | None, start: str | None, until: str | None) -> list[str]:
     """The stages to run. An option given but naming no stage (`--only ''` from an unset variable, `','`) is an
     error, never "all stages"; --from and --until take one stage each."""
+
     def named(option: str, value: str | None) -> list[str]:
         if value is None:
             return []
         words = [w.strip() for w in value.split(",") if w.strip()]
         if not words:
-            raise InputError(Problem(option, f"{value!r} names no stage (an empty variable?)",
-                                     f"name stages: {', '.join(STAGES)}; leave {option} out to run them all"))
+            raise InputError(
+                Problem(
+                    option,
+                    f"{value!r} names no stage (an empty variable?)",
+                    f"name stages: {', '.join(STAGES)}; leave {option} out to run them all",
+                )
+            )
         for word in words:
             if word not in STAGES:
                 raise InputError(Problem(option, f"no stage '{word}'", did_you_mean(word, STAGES)))
         if option != "--only" and len(words) > 1:
-            raise InputError(Problem(option, f"takes one stage, not {len(words)} ({value})",
-                                     "use --only A,B for some stages, or --from A --until B for a run of them"))
+            raise InputError(
+                Problem(
+                    option,
+                    f"takes one stage, not {len(words)} ({value})",
+                    "use --only A,B for some stages, or --from A --until B for a run of them",
+                )
+            )
         return words
 
     wanted, starts, ends = named("--only", only), named("--from", start), named("--until", until)
     if only is not None and (start is not None or until is not None):
-        raise InputError(Problem("--only", "cannot be combined with --from/--until", "use either --only STAGES or --from/--until"))
+        raise InputError(
+            Problem("--only", "cannot be combined with --from/--until", "use either --only STAGES or --from/--until")
+        )
     if wanted:
         return [s for s in STAGES if s in wanted]
     start, until = (starts or [None])[0], (ends or [None])[0]
     first = STAGES.index(start) if start else 0
     last = STAGES.index(until) if until else len(STAGES) - 1
     if first > last:
-        raise InputError(Problem("--from/--until", f"'{start}' comes after '{until}'", f"stages run in this order: {', '.join(STAGES)}"))
-    return list(STAGES[first:last + 1])
+        raise InputError(
+            Problem(
+                "--from/--until", f"'{start}' comes after '{until}'", f"stages run in this order: {', '.join(STAGES)}"
+            )
+        )
+    return list(STAGES[first : last + 1])
 
 
-def run_up(project: Path | None, inventory: Path | None, only, start, until, limit, accept_new: bool,
-           dry_run: bool, as_json: bool, merge: bool = True, print_command: bool = False) -> None:
+def run_up(
+    project: Path | None,
+    inventory: Path | None,
+    only,
+    start,
+    until,
+    limit,
+    accept_new: bool,
+    dry_run: bool,
+    as_json: bool,
+    merge: bool = True,
+    print_command: bool = False,
+) -> None:
     from piml.inventory import Role
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import select_nodes
@@ -83,7 +111,9 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
         if "preflight" in stages:
             summary["preflight"] = rows
             if not ok:
-                _finish(summary, failed, as_json, stopped="preflight failed: fix what the table says and run piml up again")
+                _finish(
+                    summary, failed, as_json, stopped="preflight failed: fix what the table says and run piml up again"
+                )
         for report in reports:
             if not report.reachable and report.node.role is not Role.EXTERNAL:
                 failed.setdefault(report.node.name, f"reach: {report.failure.reason}; {report.failure.fix}")
@@ -115,7 +145,9 @@ def run_up(project: Path | None, inventory: Path | None, only, start, until, lim
 
     if "kubeconfig" in stages:
         if first.name in failed:
-            summary["kubeconfig"] = st.StageResult("kubeconfig", skipped=f"the first server {first.name} failed").as_dict()
+            summary["kubeconfig"] = st.StageResult(
+                "kubeconfig", skipped=f"the first server {first.name} failed"
+            ).as_dict()
         else:
             result = st.kubeconfig_stage(cluster, merge, show)
             summary["kubeconfig"] = result.as_dict()
@@ -164,7 +196,13 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
 
     kubeconfig = cluster.paths.kubeconfig
     if not kubeconfig.exists():
-        raise InputError(Problem(cluster.paths.show(kubeconfig), "no kubeconfig yet", "run the earlier stages first: piml up (or piml up --until kubeconfig)"))
+        raise InputError(
+            Problem(
+                cluster.paths.show(kubeconfig),
+                "no kubeconfig yet",
+                "run the earlier stages first: piml up (or piml up --until kubeconfig)",
+            )
+        )
     try:  # which nodes the stateful services' volumes are on: the plan keeps them there (or says why it cannot)
         pins = read_pins(cluster, kubeconfig)
     except PimlError as exc:  # the API unreachable: reported like any other platform failure
@@ -185,8 +223,10 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
     if not as_json:
         from piml.render.manifests import urls
 
-        console().print(f"platform: {report.created} created, {report.changed} changed, {report.unchanged} unchanged, "
-                        f"{len(report.pruned)} pruned in {report.seconds:.0f} s")
+        console().print(
+            f"platform: {report.created} created, {report.changed} changed, {report.unchanged} unchanged, "
+            f"{len(report.pruned)} pruned in {report.seconds:.0f} s"
+        )
         for name, url in urls(cluster).items():
             console().print(f"  {name}: {url}", markup=False)
     return {**report.as_dict(), "node_labels": labels.as_dict()}
@@ -199,8 +239,13 @@ def _print_commands(cluster, stages: list[str], nodes, as_json: bool) -> None:
 
     chosen = [s for s in ("prepare", "k3s") if s in stages]
     if not chosen:
-        raise InputError(Problem("--print-command", f"no playbook stage among {', '.join(stages)}",
-                                 "the playbook stages are prepare and k3s: e.g. piml up --only k3s --print-command"))
+        raise InputError(
+            Problem(
+                "--print-command",
+                f"no playbook stage among {', '.join(stages)}",
+                "the playbook stages are prepare and k3s: e.g. piml up --only k3s --print-command",
+            )
+        )
     names = [n.name for n in nodes]
     # The inventory's architectures stand in for the facts the real run gathers (an air-gap dir is checked for them)
     arches = {n.arch or "arm64" for n in nodes}
@@ -233,8 +278,13 @@ def _finish(summary: dict, failed: dict[str, str], as_json: bool, stopped: str =
         raise PimlError(Problem("piml up", stopped), EXIT_FAILED)
     if failed:
         problems = [Problem(node, message, "") for node, message in failed.items()]
-        problems.append(Problem("piml up", f"failed on {', '.join(failed)}",
-                                "fix what is said above, then run piml up again (what succeeded is not changed again)"))
+        problems.append(
+            Problem(
+                "piml up",
+                f"failed on {', '.join(failed)}",
+                "fix what is said above, then run piml up again (what succeeded is not changed again)",
+            )
+        )
         raise PimlError(problems, EXIT_FAILED)
 
 
@@ -242,7 +292,11 @@ def _print_summary(summary: dict, failed: dict[str, str]) -> None:
     from rich.table import Table
 
     # preflight has its own table and platform its own line; the rest are per-host Ansible counts
-    rows = [(stage, data) for stage, data in summary.items() if stage not in ("preflight", "platform") and isinstance(data, dict)]
+    rows = [
+        (stage, data)
+        for stage, data in summary.items()
+        if stage not in ("preflight", "platform") and isinstance(data, dict)
+    ]
     if not rows:
         if failed:
             console().print(f"[red]failed:[/] {', '.join(failed)}")
@@ -256,9 +310,15 @@ def _print_summary(summary: dict, failed: dict[str, str]) -> None:
             continue
         hosts = data["hosts"].values()
         total = {k: sum(h.get(k, 0) for h in hosts) for k in ("ok", "changed", "failed", "unreachable")}
-        table.add_row(stage, str(len(data["hosts"])), str(total["ok"]), str(total["changed"]),
-                      f"[red]{total['failed']}[/]" if total["failed"] else "0",
-                      f"[red]{total['unreachable']}[/]" if total["unreachable"] else "0", f"{data['seconds']:.1f}")
+        table.add_row(
+            stage,
+            str(len(data["hosts"])),
+            str(total["ok"]),
+            str(total["changed"]),
+            f"[red]{total['failed']}[/]" if total["failed"] else "0",
+            f"[red]{total['unreachable']}[/]" if total["unreachable"] else "0",
+            f"{data['seconds']:.1f}",
+        )
     console().print(table)
     console().print("[green]all stages ok[/]" if not failed else f"[red]failed:[/] {', '.join(failed)}")
 
@@ -270,13 +330,17 @@ def _dry_run(cluster, stages: list[str], nodes, merge: bool, as_json: bool) -> N
     capacity = None
     for stage in stages:
         if stage == "preflight":
-            plan[stage] = [f"{n.name}: connect to {n.user or 'ssh'}@{n.address}, gather facts (read-only)" for n in nodes]
+            plan[stage] = [
+                f"{n.name}: connect to {n.user or 'ssh'}@{n.address}, gather facts (read-only)" for n in nodes
+            ]
         elif stage == "platform":
             capacity, plan[stage] = _platform_dry_run(cluster)
         elif stage == "verify":
-            plan[stage] = ["nodes: k3s service running and enabled, API port on servers, memory cgroup, throttling (one facts round trip over SSH per node)",
-                           "cluster: every node Ready without pressure, every workload ready, KEDA serving metrics",
-                           "components: MLflow health and an authenticated call, Dask workers, Ray resources, the queue broker"]
+            plan[stage] = [
+                "nodes: k3s service running and enabled, API port on servers, memory cgroup, throttling (one facts round trip over SSH per node)",
+                "cluster: every node Ready without pressure, every workload ready, KEDA serving metrics",
+                "components: MLflow health and an authenticated call, Dask workers, Ray resources, the queue broker",
+            ]
         else:
             plan[stage] = describe(cluster, stage, nodes, merge)
     if as_json:
@@ -336,7 +400,13 @@ def render_checks(checks) -> None:
         table.add_column(column, overflow="fold")
     for c in checks:
         # a node's answers are outside text: never rich markup, never terminal escapes
-        table.add_row(c.node, c.name, f"[{style[c.status]}]{c.status}[/]", Text(terminal_safe(c.detail)), Text(terminal_safe(c.fix)))
+        table.add_row(
+            c.node,
+            c.name,
+            f"[{style[c.status]}]{c.status}[/]",
+            Text(terminal_safe(c.detail)),
+            Text(terminal_safe(c.fix)),
+        )
     console().print(table)
     counts = {s: sum(c.status == s for c in checks) for s in style}
     console().print(f"preflight: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail")

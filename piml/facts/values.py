@@ -40,7 +40,9 @@ class ServiceState:
     unit: str  # "k3s.service"
     loaded: bool | None = None  # False when systemd has no such unit (LoadState=not-found)
     active: str | None = None  # as `systemctl is-active`: active | inactive | failed | activating ...
-    enabled: str | None = None  # as `systemctl is-enabled`: enabled | disabled | static | masked ...; None: no unit file
+    enabled: str | None = (
+        None  # as `systemctl is-enabled`: enabled | disabled | static | masked ...; None: no unit file
+    )
     sub: str | None = None  # SubState: running | dead | exited | auto-restart ...
 
     @property
@@ -62,8 +64,13 @@ class ServiceState:
         return self.enabled in ("masked", "masked-runtime")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"unit": self.unit, "loaded": self.loaded, "active": self.active, "enabled": self.enabled,
-                "sub": self.sub}
+        return {
+            "unit": self.unit,
+            "loaded": self.loaded,
+            "active": self.active,
+            "enabled": self.enabled,
+            "sub": self.sub,
+        }
 
 
 # systemctl(1): the states `is-active` / `is-enabled` answer with exit status 0.

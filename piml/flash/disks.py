@@ -36,8 +36,14 @@ class Disk:
 
     def as_dict(self) -> dict:
         return {
-            "path": self.path, "size": self.size, "model": self.model, "transport": self.transport,
-            "removable": self.removable, "read_only": self.read_only, "mounts": self.mounts, "system": self.system,
+            "path": self.path,
+            "size": self.size,
+            "model": self.model,
+            "transport": self.transport,
+            "removable": self.removable,
+            "read_only": self.read_only,
+            "mounts": self.mounts,
+            "system": self.system,
         }
 
 
@@ -51,12 +57,21 @@ def human_size(n: int | float) -> str:
 
 def run_lsblk(devices: list[str] | None = None) -> dict:
     try:
-        out = subprocess.run(["lsblk", "--json", "-b", "-o", LSBLK_COLUMNS, *(devices or [])],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["lsblk", "--json", "-b", "-o", LSBLK_COLUMNS, *(devices or [])], check=True, capture_output=True, text=True
+        ).stdout
     except FileNotFoundError:
-        raise InputError(Problem("piml flash", "lsblk is not installed", "install util-linux (apt install util-linux); listing and flashing disks needs Linux")) from None
+        raise InputError(
+            Problem(
+                "piml flash",
+                "lsblk is not installed",
+                "install util-linux (apt install util-linux); listing and flashing disks needs Linux",
+            )
+        ) from None
     except subprocess.CalledProcessError as exc:
-        raise InputError(Problem("piml flash", f"lsblk failed: {exc.stderr.strip()}", "check the device path")) from None
+        raise InputError(
+            Problem("piml flash", f"lsblk failed: {exc.stderr.strip()}", "check the device path")
+        ) from None
     return json.loads(out)
 
 
@@ -123,12 +138,21 @@ def parse_disks(data: dict, system_names: set[str]) -> list[Disk]:
         if not transport and name.startswith("nvme"):
             transport = "nvme"
         system = name in system_names or swap or any(m in SYSTEM_MOUNTS for m in mounts)
-        disks.append(Disk(
-            path=node.get("path") or f"/dev/{name}", name=name, size=int(node.get("size") or 0),
-            model=" ".join(x for x in ((node.get("vendor") or "").strip(), (node.get("model") or "").strip()) if x),
-            transport=transport, removable=_flag(node.get("rm")) or _flag(node.get("hotplug")) or transport in REMOVABLE_TRANSPORTS,
-            read_only=_flag(node.get("ro")), type=node.get("type") or "disk", mounts=mounts, mounted_devices=devices, system=system,
-        ))
+        disks.append(
+            Disk(
+                path=node.get("path") or f"/dev/{name}",
+                name=name,
+                size=int(node.get("size") or 0),
+                model=" ".join(x for x in ((node.get("vendor") or "").strip(), (node.get("model") or "").strip()) if x),
+                transport=transport,
+                removable=_flag(node.get("rm")) or _flag(node.get("hotplug")) or transport in REMOVABLE_TRANSPORTS,
+                read_only=_flag(node.get("ro")),
+                type=node.get("type") or "disk",
+                mounts=mounts,
+                mounted_devices=devices,
+                system=system,
+            )
+        )
     return disks
 
 
@@ -149,9 +173,19 @@ def find_disk(device: str) -> Disk:
     except FileNotFoundError:
         raise InputError(Problem(where, "no such device", "see the candidates with `piml flash --list`")) from None
     if not stat.S_ISBLK(st.st_mode):
-        raise InputError(Problem(where, "is not a block device", "name a whole disk such as /dev/sdb (see `piml flash --list`), or write a file with --output"))
+        raise InputError(
+            Problem(
+                where,
+                "is not a block device",
+                "name a whole disk such as /dev/sdb (see `piml flash --list`), or write a file with --output",
+            )
+        )
     if Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/partition").exists():
-        raise InputError(Problem(where, "is a partition, not a whole disk", "name the disk it is on, e.g. /dev/sdb rather than /dev/sdb1"))
+        raise InputError(
+            Problem(
+                where, "is a partition, not a whole disk", "name the disk it is on, e.g. /dev/sdb rather than /dev/sdb1"
+            )
+        )
     real = os.path.realpath(device)
     for disk in parse_disks(run_lsblk([real]), system_disk_names()):
         return disk
@@ -162,15 +196,41 @@ def check_target(disk: Disk, image_size: int, *, unmount: bool, allow_fixed: boo
     """Refuse the unsafe: raises InputError (exit 2) with the reason and the fix. Writes nothing."""
     where = disk.path
     if disk.system:
-        raise InputError(Problem(where, f"holds the running system ({', '.join(disk.mounts) or 'root file system'})", "pick another disk: see `piml flash --list`"))
+        raise InputError(
+            Problem(
+                where,
+                f"holds the running system ({', '.join(disk.mounts) or 'root file system'})",
+                "pick another disk: see `piml flash --list`",
+            )
+        )
     if disk.read_only:
-        raise InputError(Problem(where, "is read-only", "slide the card's write-protect switch to unlocked, or pick another disk"))
+        raise InputError(
+            Problem(where, "is read-only", "slide the card's write-protect switch to unlocked, or pick another disk")
+        )
     if not disk.removable and disk.type != "loop" and not allow_fixed:
-        raise InputError(Problem(where, f"is a fixed disk ({disk.model or 'unknown model'}, {disk.transport or 'internal'}), not removable", "check it is the right one, then pass --allow-fixed"))
+        raise InputError(
+            Problem(
+                where,
+                f"is a fixed disk ({disk.model or 'unknown model'}, {disk.transport or 'internal'}), not removable",
+                "check it is the right one, then pass --allow-fixed",
+            )
+        )
     if disk.size and image_size > disk.size:
-        raise InputError(Problem(where, f"is too small: {human_size(disk.size)} for an image of {human_size(image_size)}", "use a larger card"))
+        raise InputError(
+            Problem(
+                where,
+                f"is too small: {human_size(disk.size)} for an image of {human_size(image_size)}",
+                "use a larger card",
+            )
+        )
     if disk.mounts and not unmount:
-        raise InputError(Problem(where, f"has mounted partitions ({', '.join(disk.mounts)})", "unmount them, or pass --unmount to let piml do it"))
+        raise InputError(
+            Problem(
+                where,
+                f"has mounted partitions ({', '.join(disk.mounts)})",
+                "unmount them, or pass --unmount to let piml do it",
+            )
+        )
 
 
 def unmount_all(disk: Disk) -> None:
@@ -178,4 +238,10 @@ def unmount_all(disk: Disk) -> None:
     for point in sorted({m for m in disk.mounts if m and m != "[SWAP]"}, key=len, reverse=True):
         result = subprocess.run(["umount", point], capture_output=True, text=True)
         if result.returncode != 0:
-            raise InputError(Problem(disk.path, f"cannot unmount {point}: {result.stderr.strip()}", "close the programs using it (see `fuser -vm " + point + "`) and try again"))
+            raise InputError(
+                Problem(
+                    disk.path,
+                    f"cannot unmount {point}: {result.stderr.strip()}",
+                    "close the programs using it (see `fuser -vm " + point + "`) and try again",
+                )
+            )

@@ -29,10 +29,18 @@ def cache_dir() -> Path:
 
 def _normal_sha(sha: str | None, where: str) -> str:
     if not sha:
-        raise InputError(Problem(where, "a URL needs --sha256 so the download can be checked", "add --sha256 HEX (the image's published SHA-256)"))
+        raise InputError(
+            Problem(
+                where,
+                "a URL needs --sha256 so the download can be checked",
+                "add --sha256 HEX (the image's published SHA-256)",
+            )
+        )
     sha = sha.strip().lower().removeprefix("sha256:")
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise InputError(Problem("--sha256", f"'{sha}' is not a SHA-256 (64 hex digits)", "copy the checksum from the download page"))
+        raise InputError(
+            Problem("--sha256", f"'{sha}' is not a SHA-256 (64 hex digits)", "copy the checksum from the download page")
+        )
     return sha
 
 
@@ -52,7 +60,9 @@ def check_file_sha256(path: Path, sha: str, where: str) -> None:
         raise InputError(Problem(where, "no such file", "check the path"))
     got = file_sha256(path)
     if got != want:
-        raise InputError(Problem(where, f"has sha256 {got[:16]}…, not {want[:16]}…", "download it again, or check --sha256"))
+        raise InputError(
+            Problem(where, f"has sha256 {got[:16]}…, not {want[:16]}…", "download it again, or check --sha256")
+        )
 
 
 def fetch(url: str, sha: str | None, say: Callable[[str], None] = print, timeout: float = 30.0) -> Path:
@@ -89,23 +99,37 @@ def fetch(url: str, sha: str | None, say: Callable[[str], None] = print, timeout
             finally:
                 progress(None)
             if total and done != total:
-                raise PimlError(Problem(url, f"the download stopped after {done} of {total} bytes", "run the same command again"), EXIT_FAILED)
+                raise PimlError(
+                    Problem(url, f"the download stopped after {done} of {total} bytes", "run the same command again"),
+                    EXIT_FAILED,
+                )
             out.flush()
             os.fsync(out.fileno())
     except urllib.error.HTTPError as exc:
         part.unlink(missing_ok=True)
-        raise PimlError(Problem(url, f"the server answered {exc.code} {exc.reason}", "check the URL"), EXIT_FAILED) from None
+        raise PimlError(
+            Problem(url, f"the server answered {exc.code} {exc.reason}", "check the URL"), EXIT_FAILED
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-        raise PimlError(Problem(url, f"download failed: {reason}", "check the network and run the same command again"), EXIT_FAILED) from None
+        raise PimlError(
+            Problem(url, f"download failed: {reason}", "check the network and run the same command again"), EXIT_FAILED
+        ) from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise
     got = h.hexdigest()
     if got != want:
         part.unlink(missing_ok=True)
-        raise PimlError(Problem(url, f"the download has sha256 {got[:16]}…, not {want[:16]}… (corrupt download or wrong --sha256)", "check --sha256 against the download page and run again"), EXIT_FAILED)
+        raise PimlError(
+            Problem(
+                url,
+                f"the download has sha256 {got[:16]}…, not {want[:16]}… (corrupt download or wrong --sha256)",
+                "check --sha256 against the download page and run again",
+            ),
+            EXIT_FAILED,
+        )
     os.replace(part, path)
     say(f"downloaded and checked {path}")
     return path
@@ -118,8 +142,15 @@ def _progress(label: str, total: int):
         return lambda done: None
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-                   TransferSpeedColumn(), TimeRemainingColumn(), console=err_console(), transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console(),
+        transient=True,
+    )
     bar.start()
     task = bar.add_task(f"downloading {label}", total=total or None)
 

@@ -128,20 +128,20 @@ class FatVolume:
     def _fat_get(self, n: int) -> int:
         if self.fat32:
             o = self.fat_offset + n * 4
-            return int.from_bytes(self.buf[o:o + 4], "little") & 0x0FFFFFFF
+            return int.from_bytes(self.buf[o : o + 4], "little") & 0x0FFFFFFF
         o = self.fat_offset + n * 2
-        return int.from_bytes(self.buf[o:o + 2], "little")
+        return int.from_bytes(self.buf[o : o + 2], "little")
 
     def _fat_set(self, n: int, value: int) -> None:
         for copy in range(self.nfats):
             base = self.fat_offset + copy * self.fat_size
             if self.fat32:
                 o = base + n * 4
-                old = int.from_bytes(self.buf[o:o + 4], "little")
-                self.buf[o:o + 4] = ((old & 0xF0000000) | (value & 0x0FFFFFFF)).to_bytes(4, "little")
+                old = int.from_bytes(self.buf[o : o + 4], "little")
+                self.buf[o : o + 4] = ((old & 0xF0000000) | (value & 0x0FFFFFFF)).to_bytes(4, "little")
             else:
                 o = base + n * 2
-                self.buf[o:o + 2] = (value & 0xFFFF).to_bytes(2, "little")
+                self.buf[o : o + 2] = (value & 0xFFFF).to_bytes(2, "little")
 
     @property
     def _eoc(self) -> int:
@@ -167,9 +167,9 @@ class FatVolume:
     def _free_list(self) -> list[int]:
         if self.fat32:
             start = self.fat_offset
-            table = self.buf[start:start + (self.max_cluster + 1) * 4].cast("I").tolist()
+            table = self.buf[start : start + (self.max_cluster + 1) * 4].cast("I").tolist()
             return [i for i in range(2, self.max_cluster + 1) if table[i] & 0x0FFFFFFF == 0]
-        table = self.buf[self.fat_offset:self.fat_offset + (self.max_cluster + 1) * 2].cast("H").tolist()
+        table = self.buf[self.fat_offset : self.fat_offset + (self.max_cluster + 1) * 2].cast("H").tolist()
         return [i for i in range(2, self.max_cluster + 1) if table[i] == 0]
 
     def _allocate(self, count: int) -> list[int]:
@@ -191,7 +191,7 @@ class FatVolume:
         if not self.fat32 or not self.fsinfo_sector:
             return
         o = self.fsinfo_sector * self.bps
-        sec = self.buf[o:o + 512]
+        sec = self.buf[o : o + 512]
         if bytes(sec[0:4]) != b"RRaA" or bytes(sec[484:488]) != b"rrAa":
             return
         free = self._free_list()
@@ -218,7 +218,7 @@ class FatVolume:
         lfn_offsets: list[int] = []
         lfn_sum = None
         for off in self._root_slots():
-            raw = self.buf[off:off + DIR_ENTRY]
+            raw = self.buf[off : off + DIR_ENTRY]
             first = raw[0]
             if first == 0x00:
                 break
@@ -242,9 +242,10 @@ class FatVolume:
             name = _short_display(short, raw[12])
             if lfn_parts and lfn_sum == lfn_checksum(short):
                 units = b"".join(lfn_parts[k] for k in sorted(lfn_parts))
-                units = b"".join(units[i:i + 2] for i in range(0, len(units), 2)
-                                 if units[i:i + 2] not in (b"\xff\xff",))
-                end = next((i for i in range(0, len(units), 2) if units[i:i + 2] == b"\x00\x00"), len(units))
+                units = b"".join(
+                    units[i : i + 2] for i in range(0, len(units), 2) if units[i : i + 2] not in (b"\xff\xff",)
+                )
+                end = next((i for i in range(0, len(units), 2) if units[i : i + 2] == b"\x00\x00"), len(units))
                 name = units[:end].decode("utf-16-le", errors="replace")
             cluster = int.from_bytes(raw[26:28], "little")
             if self.fat32:
@@ -268,12 +269,12 @@ class FatVolume:
         data = bytearray()
         for n in self.chain(entry.cluster):
             o = self._cluster_offset(n)
-            data += self.buf[o:o + self.cluster_size]
+            data += self.buf[o : o + self.cluster_size]
             if len(data) >= entry.size:
                 break
         if len(data) < entry.size:
             raise FatError(f"'{name}' is shorter on disk than its directory entry says")
-        return bytes(data[:entry.size])
+        return bytes(data[: entry.size])
 
     def _write_data(self, data: bytes) -> int:
         """Store `data` in fresh clusters; return the first cluster (0 for an empty file)."""
@@ -282,9 +283,9 @@ class FatVolume:
         count = (len(data) + self.cluster_size - 1) // self.cluster_size
         clusters = self._allocate(count)
         for i, n in enumerate(clusters):
-            piece = data[i * self.cluster_size:(i + 1) * self.cluster_size]
+            piece = data[i * self.cluster_size : (i + 1) * self.cluster_size]
             o = self._cluster_offset(n)
-            self.buf[o:o + self.cluster_size] = piece.ljust(self.cluster_size, b"\x00")
+            self.buf[o : o + self.cluster_size] = piece.ljust(self.cluster_size, b"\x00")
         return clusters[0]
 
     def write(self, name: str, data: bytes, now: float | None = None) -> None:
@@ -304,15 +305,17 @@ class FatVolume:
             offsets = self._free_slots(len(lfn) + 1)
             first = self._write_data(data)
             for off, raw in zip(offsets[:-1], lfn, strict=True):  # the last slot is the short entry's
-                self.buf[off:off + DIR_ENTRY] = raw
+                self.buf[off : off + DIR_ENTRY] = raw
             end = offsets[-1]
-            self.buf[end:end + DIR_ENTRY] = bytes(DIR_ENTRY)
+            self.buf[end : end + DIR_ENTRY] = bytes(DIR_ENTRY)
             self.buf[end + 12] = case
             self._set_entry(end, short, ATTR_ARCHIVE, first, len(data), now, created=True)
         self._update_fsinfo()
 
-    def _set_entry(self, off: int, short: bytes, attr: int, cluster: int, size: int, now, keep_case=False, created=False) -> None:
-        e = self.buf[off:off + DIR_ENTRY]
+    def _set_entry(
+        self, off: int, short: bytes, attr: int, cluster: int, size: int, now, keep_case=False, created=False
+    ) -> None:
+        e = self.buf[off : off + DIR_ENTRY]
         e[0:11] = short
         e[11] = attr
         date, clock = _dos_time(now)
@@ -332,7 +335,9 @@ class FatVolume:
         if not dot:
             base, ext = name, ""
         fits = (
-            0 < len(base) <= 8 and len(ext) <= 3 and name.isascii()
+            0 < len(base) <= 8
+            and len(ext) <= 3
+            and name.isascii()
             and all(ord(c.upper()) in SHORT_CHARS for c in base + ext)
             and (base.islower() or base.isupper() or not any(c.isalpha() for c in base))
             and (not ext or ext.islower() or ext.isupper() or not any(c.isalpha() for c in ext))
@@ -372,7 +377,7 @@ class FatVolume:
         self._fat_set(chain[-1], extra[0])
         for n in extra:
             o = self._cluster_offset(n)
-            self.buf[o:o + self.cluster_size] = bytes(self.cluster_size)
+            self.buf[o : o + self.cluster_size] = bytes(self.cluster_size)
             run += [o + i for i in range(0, self.cluster_size, DIR_ENTRY)]
         return run[:count]
 
@@ -380,10 +385,10 @@ class FatVolume:
 def _lfn_entries(name: str, short: bytes) -> list[bytes]:
     """The long-name entries for `name`, in on-disk order (last part first)."""
     units = name.encode("utf-16-le")
-    chars = [units[i:i + 2] for i in range(0, len(units), 2)]
+    chars = [units[i : i + 2] for i in range(0, len(units), 2)]
     if len(chars) > 255:
         raise FatError(f"file name too long: {name}")
-    parts = [chars[i:i + 13] for i in range(0, len(chars), 13)]
+    parts = [chars[i : i + 13] for i in range(0, len(chars), 13)]
     if len(chars) % 13:
         parts[-1] = parts[-1] + [b"\x00\x00"] + [b"\xff\xff"] * (12 - len(parts[-1]))
     checksum = lfn_checksum(short)
@@ -398,4 +403,3 @@ def _lfn_entries(name: str, short: bytes) -> list[bytes]:
         raw[28:32] = b"".join(part[11:13])
         out.append(bytes(raw))
     return list(reversed(out))
-

@@ -30,11 +30,17 @@ MECHANISMS = (CLOUD_INIT, FIRSTRUN)
 CLOUD_FILES = ("user-data", "meta-data", "network-config")
 CGROUP_FLAGS = ("cgroup_enable=memory", "cgroup_memory=1")
 FIRSTRUN_PATH = "/boot/firmware/firstrun.sh"  # Bookworm mounts the boot partition at /boot/firmware
-FIRSTRUN_FLAGS = (f"systemd.run={FIRSTRUN_PATH}", "systemd.run_success_action=reboot", "systemd.unit=kernel-command-line.target")
+FIRSTRUN_FLAGS = (
+    f"systemd.run={FIRSTRUN_PATH}",
+    "systemd.run_success_action=reboot",
+    "systemd.unit=kernel-command-line.target",
+)
 REPLACED_KEYS = ("systemd.run", "systemd.run_success_action", "systemd.unit")
 CONFIG_MARKER = "# piml: Pi 5 with 4 KB pages"
-LOOKED_FOR = ("cloud-init NoCloud (user-data, meta-data or network-config in the boot partition)",
-              "Raspberry Pi OS Bookworm firstrun (issue.txt 'Raspberry Pi reference', or init=/usr/lib/raspberrypi-sys-mods/firstboot in cmdline.txt)")
+LOOKED_FOR = (
+    "cloud-init NoCloud (user-data, meta-data or network-config in the boot partition)",
+    "Raspberry Pi OS Bookworm firstrun (issue.txt 'Raspberry Pi reference', or init=/usr/lib/raspberrypi-sys-mods/firstboot in cmdline.txt)",
+)
 
 
 class FirstBootError(ValueError):
@@ -83,6 +89,7 @@ class NodeSetup:
 
 # --- detection ---------------------------------------------------------------------------------
 
+
 def detect(names: list[str], cmdline: str | None, issue: str | None) -> str | None:
     """The first-boot mechanism from the boot partition's file names and texts; None if unknown."""
     lower = {n.lower() for n in names}
@@ -94,6 +101,7 @@ def detect(names: list[str], cmdline: str | None, issue: str | None) -> str | No
 
 
 # --- cmdline.txt and config.txt -----------------------------------------------------------------
+
 
 def edit_cmdline(text: str, add: tuple[str, ...] | list[str]) -> str:
     """cmdline.txt with `add` parameters: one line, nothing duplicated.
@@ -120,10 +128,13 @@ def edit_config(text: str, pi5_4k_pages: bool) -> str:
     if not pi5_4k_pages or CONFIG_MARKER in text:
         return text
     body = text if text.endswith("\n") or not text else text + "\n"
-    return body + f"\n{CONFIG_MARKER} (kernel8.img), asked for by nodes.pi5_4k_pages\n[pi5]\nkernel=kernel8.img\n[all]\n"
+    return (
+        body + f"\n{CONFIG_MARKER} (kernel8.img), asked for by nodes.pi5_4k_pages\n[pi5]\nkernel=kernel8.img\n[all]\n"
+    )
 
 
 # --- cloud-init ---------------------------------------------------------------------------------
+
 
 def _yaml(value) -> str:
     """A YAML scalar: JSON strings are valid YAML and quote everything that needs it."""
@@ -145,7 +156,7 @@ def render_cloud_init(s: NodeSetup) -> dict[str, str]:
         f"  - name: {_yaml(s.user)}",
         "    groups: [users, adm, dialout, audio, netdev, video, plugdev, cdrom, games, input, gpio, spi, i2c, render, sudo]",
         "    shell: /bin/bash",
-        "    sudo: \"ALL=(ALL) NOPASSWD:ALL\"",
+        '    sudo: "ALL=(ALL) NOPASSWD:ALL"',
         "    lock_passwd: true",
         "    ssh_authorized_keys:",
         f"      - {_yaml(s.ssh_key.strip())}",
@@ -167,8 +178,12 @@ def render_cloud_init(s: NodeSetup) -> dict[str, str]:
             net += _netplan_static(s.static, "      ")
         else:
             net.append("      dhcp4: true")
-        net += [f"      regulatory-domain: {_yaml(s.wifi.country)}", "      access-points:",
-                f"        {_yaml(s.wifi.ssid)}:", f"          password: {_yaml(s.wifi.psk)}"]
+        net += [
+            f"      regulatory-domain: {_yaml(s.wifi.country)}",
+            "      access-points:",
+            f"        {_yaml(s.wifi.ssid)}:",
+            f"          password: {_yaml(s.wifi.psk)}",
+        ]
     return {
         "user-data": "\n".join(user_data) + "\n",
         "meta-data": "\n".join(meta) + "\n",
@@ -177,14 +192,20 @@ def render_cloud_init(s: NodeSetup) -> dict[str, str]:
 
 
 def _netplan_static(st: StaticAddress, pad: str) -> list[str]:
-    lines = [f"{pad}dhcp4: false", f"{pad}addresses: [{_yaml(st.address)}]",
-             f"{pad}routes:", f"{pad}  - to: default", f"{pad}    via: {_yaml(st.gateway)}"]
+    lines = [
+        f"{pad}dhcp4: false",
+        f"{pad}addresses: [{_yaml(st.address)}]",
+        f"{pad}routes:",
+        f"{pad}  - to: default",
+        f"{pad}    via: {_yaml(st.gateway)}",
+    ]
     if st.dns:
         lines += [f"{pad}nameservers:", f"{pad}  addresses: [{', '.join(_yaml(d) for d in st.dns)}]"]
     return lines
 
 
 # --- firstrun.sh (Raspberry Pi OS Bookworm) -----------------------------------------------------
+
 
 def render_firstrun(s: NodeSetup) -> str:
     q = shlex.quote
@@ -198,16 +219,16 @@ def render_firstrun(s: NodeSetup) -> str:
         f"   /usr/lib/raspberrypi-sys-mods/imager_custom set_hostname {q(s.hostname)}",
         "else",
         f"   echo {q(s.hostname)} >/etc/hostname",
-        f"   sed -i \"s/127.0.1.1.*$CURRENT_HOSTNAME/127.0.1.1\\t\"{q(s.hostname)}\"/g\" /etc/hosts",
+        f'   sed -i "s/127.0.1.1.*$CURRENT_HOSTNAME/127.0.1.1\\t"{q(s.hostname)}"/g" /etc/hosts',
         "fi",
         "",
         "# the user: account 1000 renamed, password locked, the project's SSH key",
         "FIRSTUSER=$(getent passwd 1000 | cut -d: -f1)",
         "if [ -f /usr/lib/userconf-pi/userconf ]; then",
         f"   /usr/lib/userconf-pi/userconf {q(s.user)} '*'",
-        "elif [ -n \"$FIRSTUSER\" ]; then",
-        f"   if [ \"$FIRSTUSER\" != {q(s.user)} ]; then",
-        f"      usermod -l {q(s.user)} \"$FIRSTUSER\"; usermod -m -d /home/{q(s.user)} {q(s.user)}; groupmod -n {q(s.user)} \"$FIRSTUSER\"",
+        'elif [ -n "$FIRSTUSER" ]; then',
+        f'   if [ "$FIRSTUSER" != {q(s.user)} ]; then',
+        f'      usermod -l {q(s.user)} "$FIRSTUSER"; usermod -m -d /home/{q(s.user)} {q(s.user)}; groupmod -n {q(s.user)} "$FIRSTUSER"',
         "   fi",
         f"   usermod -p '*' {q(s.user)}",
         "else",
@@ -216,9 +237,9 @@ def render_firstrun(s: NodeSetup) -> str:
         f"echo {q(s.user + ' ALL=(ALL) NOPASSWD: ALL')} >/etc/sudoers.d/010_piml-nopasswd",
         "chmod 0440 /etc/sudoers.d/010_piml-nopasswd",
         "FIRSTUSERHOME=$(getent passwd 1000 | cut -d: -f6)",
-        "install -o 1000 -g 1000 -m 700 -d \"$FIRSTUSERHOME/.ssh\"",
+        'install -o 1000 -g 1000 -m 700 -d "$FIRSTUSERHOME/.ssh"',
         f"printf '%s\\n' {q(s.ssh_key.strip())} >\"$FIRSTUSERHOME/.ssh/authorized_keys\"",
-        "chown 1000:1000 \"$FIRSTUSERHOME/.ssh/authorized_keys\"; chmod 600 \"$FIRSTUSERHOME/.ssh/authorized_keys\"",
+        'chown 1000:1000 "$FIRSTUSERHOME/.ssh/authorized_keys"; chmod 600 "$FIRSTUSERHOME/.ssh/authorized_keys"',
         "",
         "# SSH on, keys only",
         "mkdir -p /etc/ssh/sshd_config.d",
@@ -235,10 +256,21 @@ def render_firstrun(s: NodeSetup) -> str:
             "else",
             "   mkdir -p /etc/NetworkManager/system-connections",
             "   cat >/etc/NetworkManager/system-connections/piml-wifi.nmconnection <<'PIMLWIFI'",
-            "[connection]", "id=piml-wifi", "type=wifi", "interface-name=wlan0", "autoconnect=true",
-            "[wifi]", "mode=infrastructure", f"ssid={s.wifi.ssid}",
-            "[wifi-security]", "key-mgmt=wpa-psk", f"psk={s.wifi.psk}",
-            "[ipv4]", "method=auto", "[ipv6]", "method=auto",
+            "[connection]",
+            "id=piml-wifi",
+            "type=wifi",
+            "interface-name=wlan0",
+            "autoconnect=true",
+            "[wifi]",
+            "mode=infrastructure",
+            f"ssid={s.wifi.ssid}",
+            "[wifi-security]",
+            "key-mgmt=wpa-psk",
+            f"psk={s.wifi.psk}",
+            "[ipv4]",
+            "method=auto",
+            "[ipv6]",
+            "method=auto",
             "PIMLWIFI",
             "   chmod 600 /etc/NetworkManager/system-connections/piml-wifi.nmconnection",
             f"   iw reg set {q(s.wifi.country)} 2>/dev/null; rfkill unblock wifi 2>/dev/null",
@@ -253,9 +285,17 @@ def render_firstrun(s: NodeSetup) -> str:
             f"# static address on {st.interface}",
             "mkdir -p /etc/NetworkManager/system-connections",
             f"cat >/etc/NetworkManager/system-connections/piml-{st.interface}.nmconnection <<'PIMLNET'",
-            "[connection]", f"id=piml-{st.interface}", f"type={kind}", f"interface-name={st.interface}", "autoconnect-priority=100",
-            "[ipv4]", "method=manual", f"address1={st.address},{st.gateway}", *( [f"dns={dns}"] if dns else []),
-            "[ipv6]", "method=auto",
+            "[connection]",
+            f"id=piml-{st.interface}",
+            f"type={kind}",
+            f"interface-name={st.interface}",
+            "autoconnect-priority=100",
+            "[ipv4]",
+            "method=manual",
+            f"address1={st.address},{st.gateway}",
+            *([f"dns={dns}"] if dns else []),
+            "[ipv6]",
+            "method=auto",
             "PIMLNET",
             f"chmod 600 /etc/NetworkManager/system-connections/piml-{st.interface}.nmconnection",
         ]
@@ -279,6 +319,7 @@ def render_firstrun(s: NodeSetup) -> str:
 
 
 # --- applying -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Applied:
@@ -334,4 +375,6 @@ def apply(vol: FatVolume, setup: NodeSetup, now: float | None = None) -> Applied
 
 def static_address(address: str, prefix: int, gateway: str, dns: tuple[str, ...], interface: str) -> StaticAddress:
     ip = ipaddress.ip_interface(f"{address}/{prefix}")
-    return StaticAddress(interface, str(ip), str(ipaddress.ip_address(gateway)), tuple(str(ipaddress.ip_address(d)) for d in dns))
+    return StaticAddress(
+        interface, str(ip), str(ipaddress.ip_address(gateway)), tuple(str(ipaddress.ip_address(d)) for d in dns)
+    )

@@ -37,7 +37,7 @@ def partitions(head: bytes) -> list[Partition]:
         return []
     found: list[Partition] = []
     for i in range(4):
-        raw = head[446 + 16 * i: 446 + 16 * (i + 1)]
+        raw = head[446 + 16 * i : 446 + 16 * (i + 1)]
         ptype = raw[4]
         lba = int.from_bytes(raw[8:12], "little")
         count = int.from_bytes(raw[12:16], "little")
@@ -52,7 +52,7 @@ def partitions(head: bytes) -> list[Partition]:
 
 
 def _gpt(head: bytes) -> list[Partition]:
-    hdr = head[SECTOR:2 * SECTOR]
+    hdr = head[SECTOR : 2 * SECTOR]
     if len(hdr) < 92 or hdr[:8] != b"EFI PART":
         return []
     entries_lba = int.from_bytes(hdr[72:80], "little")
@@ -63,7 +63,7 @@ def _gpt(head: bytes) -> list[Partition]:
     found: list[Partition] = []
     for i in range(count):
         off = entries_lba * SECTOR + i * size
-        raw = head[off:off + size]
+        raw = head[off : off + size]
         if len(raw) < 128:
             break
         type_guid = uuid.UUID(bytes_le=bytes(raw[0:16]))

@@ -42,7 +42,13 @@ def project_public_key(cluster: Cluster) -> str:
             continue
         if line.startswith(("ssh-", "ecdsa-", "sk-")):
             return line
-    raise InputError(Problem(str(candidates[-1]), "no SSH public key for the nodes", "run `piml init` to make one, or put the .pub next to ansible_ssh_private_key_file"))
+    raise InputError(
+        Problem(
+            str(candidates[-1]),
+            "no SSH public key for the nodes",
+            "run `piml init` to make one, or put the .pub next to ansible_ssh_private_key_file",
+        )
+    )
 
 
 def read_passphrase(cluster: Cluster, ssid: str, ask: Callable[[str], str] | None) -> str:
@@ -57,8 +63,13 @@ def read_passphrase(cluster: Cluster, ssid: str, ask: Callable[[str], str] | Non
         return path.read_text().rstrip("\r\n")
     if ask is not None and sys.stdin.isatty():
         return ask(f"Wi-Fi passphrase for '{ssid}'")
-    raise InputError(Problem("piml.yaml flash.wifi_ssid", f"no passphrase for Wi-Fi '{ssid}'",
-                             f"set ${PASSPHRASE_ENV}, or write it to {cluster.paths.show(path)} (chmod 600), or run in a terminal to be asked"))
+    raise InputError(
+        Problem(
+            "piml.yaml flash.wifi_ssid",
+            f"no passphrase for Wi-Fi '{ssid}'",
+            f"set ${PASSPHRASE_ENV}, or write it to {cluster.paths.show(path)} (chmod 600), or run in a terminal to be asked",
+        )
+    )
 
 
 class SetupFactory:
@@ -75,13 +86,21 @@ class SetupFactory:
         if not flash.wifi_ssid:
             return None
         if not flash.wifi_country:
-            raise InputError(Problem("piml.yaml flash.wifi_country", "Wi-Fi needs a regulatory country", "set flash.wifi_country, e.g. DE or GB"))
+            raise InputError(
+                Problem(
+                    "piml.yaml flash.wifi_country",
+                    "Wi-Fi needs a regulatory country",
+                    "set flash.wifi_country, e.g. DE or GB",
+                )
+            )
         if self._wifi is None:
             passphrase = read_passphrase(self.cluster, flash.wifi_ssid, self.ask)
             try:
                 psk = wpa_psk(flash.wifi_ssid, passphrase)
             except ValueError as exc:
-                raise InputError(Problem("Wi-Fi passphrase", str(exc), "check the passphrase (it is not shown)")) from None
+                raise InputError(
+                    Problem("Wi-Fi passphrase", str(exc), "check the passphrase (it is not shown)")
+                ) from None
             self._wifi = Wifi(flash.wifi_country, flash.wifi_ssid, psk)
         return self._wifi
 
@@ -96,21 +115,51 @@ class SetupFactory:
         if node is None:
             from piml.inventory.ansible import did_you_mean
 
-            raise InputError(Problem(f"--node {name}", f"no node '{name}' in {inventory.source}", did_you_mean(name, [n.name for n in inventory.nodes])))
+            raise InputError(
+                Problem(
+                    f"--node {name}",
+                    f"no node '{name}' in {inventory.source}",
+                    did_you_mean(name, [n.name for n in inventory.nodes]),
+                )
+            )
         if is_ip(node.name):
-            raise InputError(Problem(f"--node {name}", "the node's name is an IP address, which cannot be a host name", "name the host in the inventory and set ansible_host to the address"))
+            raise InputError(
+                Problem(
+                    f"--node {name}",
+                    "the node's name is an IP address, which cannot be a host name",
+                    "name the host in the inventory and set ansible_host to the address",
+                )
+            )
         flash = self.cluster.config.flash
         static = None
         if flash.network == "static" or (flash.network == "auto" and flash.gateway):
             if not is_ip(node.address) or not flash.gateway:
                 if flash.network == "static":
-                    what = "has no gateway in piml.yaml flash.gateway" if not flash.gateway else f"has address '{node.address}', not an IP"
-                    raise InputError(Problem(f"--node {name}", f"flash.network is static but the node {what}", "set ansible_host to an IP address and flash.gateway, or use flash.network: dhcp"))
+                    what = (
+                        "has no gateway in piml.yaml flash.gateway"
+                        if not flash.gateway
+                        else f"has address '{node.address}', not an IP"
+                    )
+                    raise InputError(
+                        Problem(
+                            f"--node {name}",
+                            f"flash.network is static but the node {what}",
+                            "set ansible_host to an IP address and flash.gateway, or use flash.network: dhcp",
+                        )
+                    )
             else:
                 try:
-                    static = static_address(node.address, flash.prefix_length, flash.gateway, tuple(flash.dns), flash.interface)
+                    static = static_address(
+                        node.address, flash.prefix_length, flash.gateway, tuple(flash.dns), flash.interface
+                    )
                 except ValueError as exc:
-                    raise InputError(Problem("piml.yaml flash", f"bad static address settings: {exc}", "check flash.gateway, flash.dns and flash.prefix_length")) from None
+                    raise InputError(
+                        Problem(
+                            "piml.yaml flash",
+                            f"bad static address settings: {exc}",
+                            "check flash.gateway, flash.dns and flash.prefix_length",
+                        )
+                    ) from None
         if self._key is None:
             self._key = project_public_key(self.cluster)
         return NodeSetup(

@@ -21,7 +21,16 @@ from piml.flash import xzblocks
 from piml.flash.xzblocks import BlockError, BlockReader
 
 KINDS = ("raw", "xz", "gz", "zst", "zip")
-SUFFIXES = {".img": "raw", ".bin": "raw", ".raw": "raw", ".xz": "xz", ".gz": "gz", ".zst": "zst", ".zstd": "zst", ".zip": "zip"}
+SUFFIXES = {
+    ".img": "raw",
+    ".bin": "raw",
+    ".raw": "raw",
+    ".xz": "xz",
+    ".gz": "gz",
+    ".zst": "zst",
+    ".zstd": "zst",
+    ".zip": "zip",
+}
 MAGIC = (
     (b"\xfd7zXZ\x00", "xz"),
     (b"\x1f\x8b", "gz"),
@@ -55,9 +64,13 @@ def detect_kind(name: str, head: bytes) -> str:
     if by_magic is None:
         other = next((label for magic, label in UNSUPPORTED_MAGIC if head.startswith(magic)), None)
         if other:
-            raise SourceError(f"is a {other} archive, which piml does not read; unpack it first, or use .img, .img.xz, .img.gz, .img.zst or .zip")
+            raise SourceError(
+                f"is a {other} archive, which piml does not read; unpack it first, or use .img, .img.xz, .img.gz, .img.zst or .zip"
+            )
         if by_name not in (None, "raw"):
-            raise SourceError(f"is named .{by_name} but is not a {by_name} archive (corrupt or wrong download); download it again")
+            raise SourceError(
+                f"is named .{by_name} but is not a {by_name} archive (corrupt or wrong download); download it again"
+            )
         if not head:
             raise SourceError("is empty; download it again")
         return "raw"
@@ -65,6 +78,7 @@ def detect_kind(name: str, head: bytes) -> str:
 
 
 # --- .xz: sizes and the block list from the index at the end of the file ------------------------
+
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
@@ -151,6 +165,7 @@ def _file_reader(path: Path):
 
 # --- .zst: the first frame's content size -------------------------------------------------------
 
+
 def zstd_frame_size(head: bytes) -> int | None:
     """The content size a zstd frame header declares, or None when it declares none."""
     if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
@@ -163,11 +178,12 @@ def zstd_frame_size(head: bytes) -> int | None:
     width = (1 if single else 0, 2, 4, 8)[fcs_flag]
     if width == 0 or len(head) < pos + width:
         return None
-    value = int.from_bytes(head[pos:pos + width], "little")
+    value = int.from_bytes(head[pos : pos + width], "little")
     return value + 256 if width == 2 else value
 
 
 # --- opening ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Image:
@@ -189,7 +205,9 @@ def inspect(path: Path) -> Image:
     try:
         st = path.stat()
         if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):  # opening one waits for a writer, maybe forever
-            raise SourceError("is a pipe, not an image file (piml reads an image more than once); save it to a file first")
+            raise SourceError(
+                "is a pipe, not an image file (piml reads an image more than once); save it to a file first"
+            )
         with open(path, "rb") as handle:
             head = handle.read(64 * 1024)
     except FileNotFoundError:
@@ -211,7 +229,9 @@ def inspect(path: Path) -> Image:
             with zipfile.ZipFile(path) as archive:
                 members = [i for i in archive.infolist() if not i.is_dir()]
         except (zipfile.BadZipFile, OSError) as exc:
-            raise SourceError(f"is not a readable zip archive ({exc}): truncated or corrupt; download it again") from None
+            raise SourceError(
+                f"is not a readable zip archive ({exc}): truncated or corrupt; download it again"
+            ) from None
         images = [m for m in members if m.filename.lower().endswith((".img", ".bin", ".raw"))] or members
         if not images:
             raise SourceError("is a zip archive with no files in it; download it again")
@@ -267,7 +287,9 @@ class Stream:
             command = ["zstd", "-dcq", "--", path]
         if command:
             self.tool = command[0]
-            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
             try:
                 import fcntl
 
@@ -291,7 +313,9 @@ class Stream:
             try:
                 import zstandard
             except ImportError:
-                raise SourceError("is zstd-compressed and neither the `zstd` program nor the Python `zstandard` package is installed; install zstd (apt install zstd / brew install zstd)") from None
+                raise SourceError(
+                    "is zstd-compressed and neither the `zstd` program nor the Python `zstandard` package is installed; install zstd (apt install zstd / brew install zstd)"
+                ) from None
             self._raw = open(image.path, "rb")
             self._file = zstandard.ZstdDecompressor().stream_reader(self._raw, read_across_frames=True)
 

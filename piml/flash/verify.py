@@ -57,7 +57,7 @@ def verify(path: str, size: int, regions: list[str], progress: Callable[[int], N
                 aligned = (want + 4095) // 4096 * 4096
                 buf = mmap.mmap(-1, aligned)
                 got = os.preadv(fd, [buf], offset)
-                data = memoryview(buf)[:min(got, want)]
+                data = memoryview(buf)[: min(got, want)]
             else:
                 data = memoryview(os.pread(fd, want, offset))
             if not len(data):

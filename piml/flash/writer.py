@@ -217,8 +217,12 @@ class Target:
             start = self._sync_started
             lib.sync_file_range(self.fd, start, SYNC_WINDOW, SYNC_FILE_RANGE_WRITE)
             if start >= SYNC_WINDOW:
-                lib.sync_file_range(self.fd, start - SYNC_WINDOW, SYNC_WINDOW,
-                                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
+                lib.sync_file_range(
+                    self.fd,
+                    start - SYNC_WINDOW,
+                    SYNC_WINDOW,
+                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER,
+                )
             self._sync_started = start + SYNC_WINDOW
 
     def finish(self, size: int) -> None:
@@ -296,21 +300,23 @@ def _aligned(pieces, edit: Callable[[memoryview], None] | None, edited: list[boo
         for buf, n in it:
             prefix += memoryview(buf)[:n]
             if boot is None and len(prefix) >= partitions.HEADER_BYTES:
-                boot = partitions.boot_partition(bytes(prefix[:partitions.HEADER_BYTES]))
+                boot = partitions.boot_partition(bytes(prefix[: partitions.HEADER_BYTES]))
                 if boot is None:
                     raise EditError("has no FAT boot partition in its partition table")
                 if boot.end > MAX_EDIT_PREFIX:
-                    raise EditError(f"has its boot partition ending at {boot.end >> 20} MiB, beyond the {MAX_EDIT_PREFIX >> 20} MiB piml edits in memory")
+                    raise EditError(
+                        f"has its boot partition ending at {boot.end >> 20} MiB, beyond the {MAX_EDIT_PREFIX >> 20} MiB piml edits in memory"
+                    )
             if boot is not None and len(prefix) >= boot.end:
                 break
         if boot is None or len(prefix) < boot.end:
             raise EditError("ends before its boot partition does (truncated image)")
         view = memoryview(prefix)
-        edit(view[boot.start:boot.end])
+        edit(view[boot.start : boot.end])
         edited[0] = True
         whole = len(prefix) - len(prefix) % CHUNK
         for start in range(0, whole, CHUNK):
-            yield start, view[start:start + CHUNK]
+            yield start, view[start : start + CHUNK]
         offset = whole
         pending = bytearray(view[whole:])
         del view, prefix
@@ -333,18 +339,24 @@ def _aligned(pieces, edit: Callable[[memoryview], None] | None, edited: list[boo
 
 def _all_zero(piece: memoryview) -> bool:
     # data nearly always shows in its first bytes: look there before copying the whole piece to compare
-    if piece[:64].tobytes() != ZERO_GRAIN[:min(64, len(piece))]:
+    if piece[:64].tobytes() != ZERO_GRAIN[: min(64, len(piece))]:
         return False
-    return piece.tobytes() == ZERO_GRAIN[:len(piece)]
+    return piece.tobytes() == ZERO_GRAIN[: len(piece)]
 
 
 class EditError(Exception):
     """The image cannot be customised: `str()` continues "IMAGE ..."."""
 
 
-def write_image(stream: Stream, target: Target, *, size_hint: int = 0,
-                edit: Callable[[memoryview], None] | None = None,
-                progress: Callable[[int], None] | None = None, digest: bool = True) -> WriteResult:
+def write_image(
+    stream: Stream,
+    target: Target,
+    *,
+    size_hint: int = 0,
+    edit: Callable[[memoryview], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    digest: bool = True,
+) -> WriteResult:
     """Copy `stream` to `target`. Raises TooLarge before writing anything when the image (by its
     declared size or partition table) exceeds the disk; SourceError, TargetError, Interrupted after.
     Without `digest` (nothing will be verified) the hashing is skipped: on few cores it competes
@@ -376,7 +388,7 @@ def write_image(stream: Stream, target: Target, *, size_hint: int = 0,
         for offset, data in _aligned(pieces, edit, edited):
             length = len(data)
             if offset == 0:
-                needed = max(size_hint, partitions.image_extent(bytes(data[:partitions.HEADER_BYTES])))
+                needed = max(size_hint, partitions.image_extent(bytes(data[: partitions.HEADER_BYTES])))
                 if capacity is not None and needed > capacity:
                     raise TooLarge(needed, capacity)
                 if target.device:
@@ -435,8 +447,19 @@ def write_image(stream: Stream, target: Target, *, size_hint: int = 0,
         hasher.shutdown(wait=True)
         stream.close()
     total, regions = digest.finish()
-    return WriteResult(done, total, regions, written, zeroed, time.monotonic() - started,
-                       target.zero_method, edited=edited[0])
+    return WriteResult(
+        done, total, regions, written, zeroed, time.monotonic() - started, target.zero_method, edited=edited[0]
+    )
 
 
-__all__ = ["write_image", "Target", "WriteResult", "TargetError", "TooLarge", "Interrupted", "EditError", "SourceError", "Digest"]
+__all__ = [
+    "write_image",
+    "Target",
+    "WriteResult",
+    "TargetError",
+    "TooLarge",
+    "Interrupted",
+    "EditError",
+    "SourceError",
+    "Digest",
+]

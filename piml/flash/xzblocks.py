@@ -86,13 +86,16 @@ def decode_block(fd: int, block, data: bytes | None = None) -> bytes:
         data = _read_block(fd, block)
     decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
     try:
-        out = decoder.decompress(wrap(block.stream_flags, data, block.unpadded, block.uncompressed),
-                                 max_length=block.uncompressed + 1)
+        out = decoder.decompress(
+            wrap(block.stream_flags, data, block.unpadded, block.uncompressed), max_length=block.uncompressed + 1
+        )
     except lzma.LZMAError as exc:
         raise BlockError(f"has a corrupt .xz block at byte {block.offset} ({exc})") from None
     if len(out) != block.uncompressed or not decoder.eof or decoder.unused_data:
-        raise BlockError(f"has a corrupt .xz block at byte {block.offset} (it decodes to {len(out)} bytes, "
-                         f"its index says {block.uncompressed})")
+        raise BlockError(
+            f"has a corrupt .xz block at byte {block.offset} (it decodes to {len(out)} bytes, "
+            f"its index says {block.uncompressed})"
+        )
     return out
 
 
@@ -158,7 +161,7 @@ class BlockReader:
             for data in self._blocks():
                 view = memoryview(data).toreadonly()
                 for start in range(0, len(view), size):
-                    yield view[start:start + size]
+                    yield view[start : start + size]
                 del view, data
         finally:
             self.close()
@@ -175,7 +178,7 @@ class BlockReader:
                     break
                 self._current = memoryview(data).toreadonly()
             take = min(len(out) - got, len(self._current))
-            out[got:got + take] = self._current[:take]
+            out[got : got + take] = self._current[:take]
             self._current = self._current[take:]
             got += take
         return got

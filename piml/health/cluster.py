@@ -50,17 +50,24 @@ def _node_results(kube: Kube, cluster: Cluster) -> list[Result]:
     listed = timed("cluster", "cluster", "nodes", listing)
     if listed.failed:
         return [listed]
-    return [timed("cluster", node.name, "Ready", lambda node=node: _node_ready(found.get(node.name), node.name))
-            for node in cluster.inventory.cluster_nodes]
+    return [
+        timed("cluster", node.name, "Ready", lambda node=node: _node_ready(found.get(node.name), node.name))
+        for node in cluster.inventory.cluster_nodes
+    ]
 
 
 def _node_ready(row: dict | None, name: str) -> str:
     if row is None:
-        raise CheckFailed("not registered in the cluster", f"see why k3s did not join: on {name}, sudo journalctl -u k3s-agent -n 50 (k3s on servers)")
+        raise CheckFailed(
+            "not registered in the cluster",
+            f"see why k3s did not join: on {name}, sudo journalctl -u k3s-agent -n 50 (k3s on servers)",
+        )
     if not row["ready"]:
         raise CheckFailed("NotReady", f"kubectl describe node {name}; on the node: sudo journalctl -u k3s -n 50")
     if row["pressure"]:
-        raise CheckFailed(", ".join(row["pressure"]), f"kubectl describe node {name}: free memory or disk on it, or move work off it")
+        raise CheckFailed(
+            ", ".join(row["pressure"]), f"kubectl describe node {name}: free memory or disk on it, or move work off it"
+        )
     return f"Ready, no pressure ({row['kubelet'] or 'k3s'}, {row['arch']})"
 
 
@@ -70,8 +77,11 @@ def _workload_result(obj: dict, namespace: str) -> Result:
     def body() -> str:
         if not row["ready"]:
             where = row["namespace"] or namespace
-            look = (f"kubectl -n {where} describe {row['kind'].lower()} {row['name']}" if row["kind"] != "HelmChart"
-                    else f"kubectl -n kube-system logs job/helm-install-{row['name']}")
+            look = (
+                f"kubectl -n {where} describe {row['kind'].lower()} {row['name']}"
+                if row["kind"] != "HelmChart"
+                else f"kubectl -n kube-system logs job/helm-install-{row['name']}"
+            )
             raise CheckFailed(f"{row['kind']} {row['name']} not ready ({row['state']})", look)
         return f"{row['kind']} {row['name']} {row['state']}"
 
@@ -82,14 +92,18 @@ def _keda(kube: Kube) -> str:
     for name in KEDA_DEPLOYMENTS:
         deployment = kube.get(f"/apis/apps/v1/namespaces/{KEDA_NAMESPACE}/deployments/{name}")
         if deployment is None:
-            raise CheckFailed(f"no {name} Deployment in namespace {KEDA_NAMESPACE}",
-                              "see how the KEDA chart install went: kubectl -n kube-system logs job/helm-install-keda")
+            raise CheckFailed(
+                f"no {name} Deployment in namespace {KEDA_NAMESPACE}",
+                "see how the KEDA chart install went: kubectl -n kube-system logs job/helm-install-keda",
+            )
         if not dig(deployment, "status", "availableReplicas"):
             raise CheckFailed(f"{name} has no available replica", f"kubectl -n {KEDA_NAMESPACE} describe deploy/{name}")
     service = kube.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{KEDA_APISERVICE}")
     conditions = {c.get("type"): c for c in dig(service, "status", "conditions", default=[])}
     available = conditions.get("Available", {})
     if available.get("status") != "True":
-        raise CheckFailed(f"the external metrics API is not available ({available.get('message') or 'no APIService'})",
-                          f"kubectl -n {KEDA_NAMESPACE} logs deploy/keda-operator-metrics-apiserver")
+        raise CheckFailed(
+            f"the external metrics API is not available ({available.get('message') or 'no APIService'})",
+            f"kubectl -n {KEDA_NAMESPACE} logs deploy/keda-operator-metrics-apiserver",
+        )
     return "operator and metrics server available"

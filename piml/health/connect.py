@@ -79,20 +79,36 @@ def pod_python(api: Any, namespace: str, selector: str, what: str) -> Callable[[
     def run(script: str) -> str:
         from kubernetes.stream import stream
 
-        pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items, what)
-        response = open_stream(stream, api.connect_get_namespaced_pod_exec, pod, namespace, command=["python", "-c", script],
-                               stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+        pod = pick_pod(
+            api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items, what
+        )
+        response = open_stream(
+            stream,
+            api.connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            command=["python", "-c", script],
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+            _preload_content=False,
+        )
         try:
             response.run_forever(timeout=EXEC_TIMEOUT)
             if response.is_open():
-                raise CheckFailed(f"the script in pod {pod} did not finish within {EXEC_TIMEOUT} s",
-                                  f"kubectl -n {namespace} logs {pod}")
+                raise CheckFailed(
+                    f"the script in pod {pod} did not finish within {EXEC_TIMEOUT} s",
+                    f"kubectl -n {namespace} logs {pod}",
+                )
             out, err, code = response.read_stdout(), response.read_stderr(), response.returncode
         finally:
             response.close()
         if code != 0:
             last = (err.strip().splitlines() or ["no output"])[-1][:300]
-            raise CheckFailed(f"the script in pod {pod} exited with {code}: {last}", f"kubectl -n {namespace} logs {pod}")
+            raise CheckFailed(
+                f"the script in pod {pod} exited with {code}: {last}", f"kubectl -n {namespace} logs {pod}"
+            )
         return out
 
     return run

@@ -67,17 +67,25 @@ class Deadline:
         return time.monotonic() - self.start
 
 
-def deep_checks(endpoints: Endpoints, config: PimlConfig, *, ray_pip: list[str] | None = None, timeout: float = 600) -> list[Result]:
+def deep_checks(
+    endpoints: Endpoints, config: PimlConfig, *, ray_pip: list[str] | None = None, timeout: float = 600
+) -> list[Result]:
     """The deep rows: ray, dask, queue, for the enabled components; the whole ends within about `timeout` s."""
     deadline = Deadline(timeout)
     trained: dict[str, Any] = {}
     rows: dict[str, Result] = {}
 
     def ray_step() -> None:
-        rows["ray"] = timed(GROUP, "ray", "train and register", lambda: train_and_register(endpoints, config, ray_pip, deadline, trained))
+        rows["ray"] = timed(
+            GROUP,
+            "ray",
+            "train and register",
+            lambda: train_and_register(endpoints, config, ray_pip, deadline, trained),
+        )
 
     dask_thread = None
     if config.dask.enabled:
+
         def dask_step() -> None:
             rows["dask"] = timed(GROUP, "dask", "computation", lambda: compute(endpoints, config, deadline))
 
@@ -88,7 +96,9 @@ def deep_checks(endpoints: Endpoints, config: PimlConfig, *, ray_pip: list[str] 
     if dask_thread is not None:
         dask_thread.join()
     if config.queue.enabled:
-        rows["queue"] = timed(GROUP, "queue", "request", lambda: queued_request(endpoints, config, trained, rows.get("ray"), deadline))
+        rows["queue"] = timed(
+            GROUP, "queue", "request", lambda: queued_request(endpoints, config, trained, rows.get("ray"), deadline)
+        )
     ordered = [rows[name] for name in ("ray", "dask", "queue") if name in rows]
     return scrub(ordered, secrets_of(endpoints))
 
@@ -106,20 +116,31 @@ def job_submission(endpoints: Endpoints, job_id: str, ray_pip: list[str] | None 
         runtime_env["pip"] = list(ray_pip)
     if endpoints.mlflow_url_inside:  # the address only: the credentials are the pods' own
         runtime_env["env_vars"] = {"MLFLOW_TRACKING_URI": show_url(endpoints.mlflow_url_inside)}
-    return {"entrypoint": entrypoint(), "submission_id": job_id, "runtime_env": runtime_env, "metadata": {"piml": "check --deep"}}
+    return {
+        "entrypoint": entrypoint(),
+        "submission_id": job_id,
+        "runtime_env": runtime_env,
+        "metadata": {"piml": "check --deep"},
+    }
 
 
 def ray_fix(endpoints: Endpoints, config: PimlConfig, job_id: str | None = None) -> str:
-    page = f"{show_url(endpoints.ray_dashboard_url or '')}/#/jobs/{job_id}" if job_id else show_url(endpoints.ray_dashboard_url or "")
+    page = (
+        f"{show_url(endpoints.ray_dashboard_url or '')}/#/jobs/{job_id}"
+        if job_id
+        else show_url(endpoints.ray_dashboard_url or "")
+    )
     ns = config.namespace
-    return (f"the Ray dashboard shows the job and its log: {page} (while piml runs; else kubectl -n {ns} port-forward "
-            f"svc/ray-head-svc 8265); the head's log: kubectl -n {ns} logs -l ray.io/node-type=head --tail=50")
+    return (
+        f"the Ray dashboard shows the job and its log: {page} (while piml runs; else kubectl -n {ns} port-forward "
+        f"svc/ray-head-svc 8265); the head's log: kubectl -n {ns} logs -l ray.io/node-type=head --tail=50"
+    )
 
 
 def log_tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
     kept = [line.rstrip() for line in _ANSI.sub("", text or "").splitlines() if line.strip()][-lines:]
     tail = " | ".join(kept)
-    return tail if len(tail) <= chars else "..." + tail[-(chars - 3):]
+    return tail if len(tail) <= chars else "..." + tail[-(chars - 3) :]
 
 
 _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit)\b(?::.*)?$")
@@ -139,8 +160,9 @@ def _job_logs(base: str, job_id: str, token: str | None) -> str:
     return str(answer.get("logs") or "") if status == 200 and isinstance(answer, dict) else ""
 
 
-def train_and_register(endpoints: Endpoints, config: PimlConfig, ray_pip: list[str] | None, deadline: Deadline,
-                       trained: dict[str, Any]) -> str:
+def train_and_register(
+    endpoints: Endpoints, config: PimlConfig, ray_pip: list[str] | None, deadline: Deadline, trained: dict[str, Any]
+) -> str:
     base = endpoints.ray_dashboard_url
     if not config.mlflow.enabled:
         raise CheckSkipped("not run: the Ray job registers its model in MLflow, which is disabled in piml.yaml")
@@ -149,24 +171,39 @@ def train_and_register(endpoints: Endpoints, config: PimlConfig, ray_pip: list[s
         raise CheckFailed(f"could not be reached: {why}", ray_fix(endpoints, config))
     if not endpoints.mlflow_url:
         why = (getattr(endpoints, "unreachable", None) or {}).get("mlflow") or "no address for the MLflow server"
-        raise CheckFailed(f"MLflow could not be reached to read the model back: {why}",
-                          f"kubectl -n {config.namespace} get pods -l app.kubernetes.io/name=mlflow")
+        raise CheckFailed(
+            f"MLflow could not be reached to read the model back: {why}",
+            f"kubectl -n {config.namespace} get pods -l app.kubernetes.io/name=mlflow",
+        )
     job_id = f"piml-check-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     submission = job_submission(endpoints, job_id, ray_pip)
     try:
-        status, answer = http_json("POST", join(base, "api/jobs/"), body=submission, timeout=min(SUBMIT_TIMEOUT, max(1.0, deadline.left())),
-                                     bearer=endpoints.ray_token)
+        status, answer = http_json(
+            "POST",
+            join(base, "api/jobs/"),
+            body=submission,
+            timeout=min(SUBMIT_TIMEOUT, max(1.0, deadline.left())),
+            bearer=endpoints.ray_token,
+        )
     except Unreachable as exc:
-        raise CheckFailed(f"the Ray dashboard does not take jobs at {show_url(base)} ({exc})", ray_fix(endpoints, config)) from None
+        raise CheckFailed(
+            f"the Ray dashboard does not take jobs at {show_url(base)} ({exc})", ray_fix(endpoints, config)
+        ) from None
     if status != 200:
-        raise CheckFailed(f"the Ray dashboard refused the job (HTTP {status}): {snippet(answer and json.dumps(answer))}",
-                          ray_fix(endpoints, config))
+        raise CheckFailed(
+            f"the Ray dashboard refused the job (HTTP {status}): {snippet(answer and json.dumps(answer))}",
+            ray_fix(endpoints, config),
+        )
 
     state, message, misses = "PENDING", "", 0
     while True:
         try:
-            status, info = http_json("GET", join(base, f"api/jobs/{quote(job_id)}"), timeout=min(probes.HTTP_TIMEOUT, max(1.0, deadline.left())),
-                                         bearer=endpoints.ray_token)
+            status, info = http_json(
+                "GET",
+                join(base, f"api/jobs/{quote(job_id)}"),
+                timeout=min(probes.HTTP_TIMEOUT, max(1.0, deadline.left())),
+                bearer=endpoints.ray_token,
+            )
             misses = 0 if status == 200 else misses + 1
             if status == 200 and isinstance(info, dict):
                 state, message = str(info.get("status") or state), str(info.get("message") or "")
@@ -175,15 +212,20 @@ def train_and_register(endpoints: Endpoints, config: PimlConfig, ray_pip: list[s
         if state in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         if misses >= 5:
-            raise CheckFailed(f"lost the Ray dashboard while job {job_id} was {state}", ray_fix(endpoints, config, job_id))
+            raise CheckFailed(
+                f"lost the Ray dashboard while job {job_id} was {state}", ray_fix(endpoints, config, job_id)
+            )
         if deadline.left() <= 0:
             tail = log_tail(_job_logs(base, job_id, endpoints.ray_token))
             try:
                 http_json("POST", join(base, f"api/jobs/{quote(job_id)}/stop"), bearer=endpoints.ray_token)
             except Unreachable:
                 pass
-            raise CheckFailed(f"Ray job {job_id} still {state} after {deadline.elapsed():.0f} s (stopped it)"
-                              + (f"; log tail: {tail}" if tail else ""), ray_fix(endpoints, config, job_id))
+            raise CheckFailed(
+                f"Ray job {job_id} still {state} after {deadline.elapsed():.0f} s (stopped it)"
+                + (f"; log tail: {tail}" if tail else ""),
+                ray_fix(endpoints, config, job_id),
+            )
         time.sleep(min(POLL, max(0.0, deadline.left())))
 
     logs = _job_logs(base, job_id, endpoints.ray_token)
@@ -191,20 +233,29 @@ def train_and_register(endpoints: Endpoints, config: PimlConfig, ray_pip: list[s
         said = snippet(message.split(", last available logs")[0], 200)  # Ray appends the log to its message
         error = last_error(logs)
         tail = log_tail(logs)
-        raise CheckFailed(f"Ray job {job_id} {state}" + (f" ({said})" if said else "") + (f": {error}" if error else "")
-                          + (f"; log tail: {tail}" if tail else "; no log"), ray_fix(endpoints, config, job_id))
-    found = [line[line.index(MARK) + len(MARK):] for line in logs.splitlines() if MARK in line]
+        raise CheckFailed(
+            f"Ray job {job_id} {state}"
+            + (f" ({said})" if said else "")
+            + (f": {error}" if error else "")
+            + (f"; log tail: {tail}" if tail else "; no log"),
+            ray_fix(endpoints, config, job_id),
+        )
+    found = [line[line.index(MARK) + len(MARK) :] for line in logs.splitlines() if MARK in line]
     try:
         result = json.loads(found[-1])
         run_id, version = str(result["run_id"]), str(result["version"])
     except (IndexError, ValueError, KeyError, TypeError):
-        raise CheckFailed(f"Ray job {job_id} succeeded but printed no result line; log tail: {log_tail(logs)}",
-                          ray_fix(endpoints, config, job_id)) from None
+        raise CheckFailed(
+            f"Ray job {job_id} succeeded but printed no result line; log tail: {log_tail(logs)}",
+            ray_fix(endpoints, config, job_id),
+        ) from None
 
     model = read_back(endpoints, config, result)
     trained.update(result, job_id=job_id)
-    return (f"Ray job {job_id} trained a LogisticRegression on {result.get('node', '?')} (accuracy {float(result.get('accuracy', 0)):.2f}) "
-            f"and registered {MODEL_NAME} version {version} ({model.get('status', '?')}), MLflow run {run_id}")
+    return (
+        f"Ray job {job_id} trained a LogisticRegression on {result.get('node', '?')} (accuracy {float(result.get('accuracy', 0)):.2f}) "
+        f"and registered {MODEL_NAME} version {version} ({model.get('status', '?')}), MLflow run {run_id}"
+    )
 
 
 def mlflow_auth(endpoints: Endpoints) -> tuple[str, str] | None:
@@ -223,19 +274,25 @@ def read_back(endpoints: Endpoints, config: PimlConfig, result: dict) -> dict:
     except Unreachable as exc:
         raise CheckFailed(f"MLflow does not answer at {show_url(url)} to read the model back ({exc})", fix) from None
     if status != 200 or not isinstance(answer, dict) or "model_version" not in answer:
-        raise CheckFailed(f"the Ray job registered {result['model']} version {result['version']}, but MLflow answers HTTP {status}: "
-                          f"{snippet(answer and json.dumps(answer))}", fix)
+        raise CheckFailed(
+            f"the Ray job registered {result['model']} version {result['version']}, but MLflow answers HTTP {status}: "
+            f"{snippet(answer and json.dumps(answer))}",
+            fix,
+        )
     model = answer["model_version"]
     if model.get("run_id") != result["run_id"]:
-        raise CheckFailed(f"{result['model']} version {result['version']} belongs to run {model.get('run_id')}, not the job's "
-                          f"{result['run_id']}: is another MLflow answering?", fix)
+        raise CheckFailed(
+            f"{result['model']} version {result['version']} belongs to run {model.get('run_id')}, not the job's "
+            f"{result['run_id']}: is another MLflow answering?",
+            fix,
+        )
     if model.get("status") not in (None, "READY"):
         raise CheckFailed(f"{result['model']} version {result['version']} is {model.get('status')}, not READY", fix)
     return model
 
 
 # -- 2. a Dask computation on the workers ---------------------------------------------------------------------
-DASK_SCRIPT = '''
+DASK_SCRIPT = """
 import json, os, sys
 
 from distributed import Client, wait
@@ -276,7 +333,7 @@ with client:
         sys.exit(0)
     say(n=len(results), sum=sum(r[0] for r in results), ran_on=sorted({{r[1] for r in results}}), workers=workers,
         on_client=sum(1 for r in results if r[2] == os.getpid()))
-'''
+"""
 
 
 def dask_script(tasks: int = DASK_TASKS, timeout: float = 120) -> str:
@@ -285,10 +342,14 @@ def dask_script(tasks: int = DASK_TASKS, timeout: float = 120) -> str:
 
 def compute(endpoints: Endpoints, config: PimlConfig, deadline: Deadline) -> str:
     ns = config.namespace
-    fix = (f"kubectl -n {ns} logs deploy/dask-scheduler --tail=50; kubectl -n {ns} get pods -l app.kubernetes.io/name=dask-worker -o wide; "
-           f"kubectl -n {ns} logs -l app.kubernetes.io/name=dask-worker --tail=50")
+    fix = (
+        f"kubectl -n {ns} logs deploy/dask-scheduler --tail=50; kubectl -n {ns} get pods -l app.kubernetes.io/name=dask-worker -o wide; "
+        f"kubectl -n {ns} logs -l app.kubernetes.io/name=dask-worker --tail=50"
+    )
     if endpoints.dask_python is None:
-        why = (getattr(endpoints, "unreachable", None) or {}).get("dask") or "no way to run Python beside the Dask scheduler"
+        why = (getattr(endpoints, "unreachable", None) or {}).get(
+            "dask"
+        ) or "no way to run Python beside the Dask scheduler"
         raise CheckFailed(f"could not be reached: {why}", fix)
     output = endpoints.dask_python(dask_script(timeout=min(120, max(5, deadline.left() - 10))))
     lines = [line for line in (output or "").splitlines() if line.strip().startswith("{")]
@@ -301,30 +362,47 @@ def compute(endpoints: Endpoints, config: PimlConfig, deadline: Deadline) -> str
     expected = sum(x * x for x in range(DASK_TASKS))
     workers, ran_on = set(result.get("workers") or []), set(result.get("ran_on") or [])
     if result.get("n") != DASK_TASKS or result.get("sum") != expected:
-        raise CheckFailed(f"wrong result: {result.get('n')} tasks summing to {result.get('sum')}, expected {DASK_TASKS} summing to {expected}", fix)
+        raise CheckFailed(
+            f"wrong result: {result.get('n')} tasks summing to {result.get('sum')}, expected {DASK_TASKS} summing to {expected}",
+            fix,
+        )
     if not ran_on or not ran_on <= workers or result.get("on_client"):
-        raise CheckFailed(f"the tasks did not run on the scheduler's workers (ran on {sorted(ran_on)}, workers {sorted(workers)})", fix)
-    return (f"{DASK_TASKS} tasks ran on {len(ran_on)} of {len(workers)} worker{'s' * (len(workers) != 1)}; "
-            f"the sum of squares is {expected}, as expected")
+        raise CheckFailed(
+            f"the tasks did not run on the scheduler's workers (ran on {sorted(ran_on)}, workers {sorted(workers)})",
+            fix,
+        )
+    return (
+        f"{DASK_TASKS} tasks ran on {len(ran_on)} of {len(workers)} worker{'s' * (len(workers) != 1)}; "
+        f"the sum of squares is {expected}, as expected"
+    )
 
 
 # -- 3. a request through the queue --------------------------------------------------------------------------
-def queued_request(endpoints: Endpoints, config: PimlConfig, trained: dict[str, Any], ray_row: Result | None,
-                   deadline: Deadline) -> str:
+def queued_request(
+    endpoints: Endpoints, config: PimlConfig, trained: dict[str, Any], ray_row: Result | None, deadline: Deadline
+) -> str:
     from piml.queue import SUCCEEDED, TERMINAL, make_request
 
     if not trained:
         if not config.ray.enabled or not config.mlflow.enabled:
-            raise CheckSkipped("not run: it predicts with the model the Ray step registers, and Ray or MLflow is disabled in piml.yaml")
+            raise CheckSkipped(
+                "not run: it predicts with the model the Ray step registers, and Ray or MLflow is disabled in piml.yaml"
+            )
         why = f" ({ray_row.status}: {snippet(ray_row.detail, 120)})" if ray_row is not None else ""
         raise CheckSkipped(f"not run: the Ray step registered no model to queue a request for{why}")
     if not endpoints.queue_url:
-        why = (getattr(endpoints, "unreachable", None) or {}).get("queue") or f"no address for the {config.queue.kind} broker"
+        why = (getattr(endpoints, "unreachable", None) or {}).get(
+            "queue"
+        ) or f"no address for the {config.queue.kind} broker"
         raise CheckFailed(f"could not be reached: {why}", queue_fix(config))
     ns = config.namespace
-    runner_fix = (f"KEDA starts a runner Job per request: kubectl -n {ns} get scaledjob piml-runner; kubectl -n {ns} get jobs,pods "
-                  f"-l app.kubernetes.io/name=piml-runner; kubectl -n keda logs deploy/keda-operator --tail=50")
-    request = make_request(f"models:/{trained['model']}/{trained['version']}", f"runs:/{trained['run_id']}/{trained['dataset']}")
+    runner_fix = (
+        f"KEDA starts a runner Job per request: kubectl -n {ns} get scaledjob piml-runner; kubectl -n {ns} get jobs,pods "
+        f"-l app.kubernetes.io/name=piml-runner; kubectl -n keda logs deploy/keda-operator --tail=50"
+    )
+    request = make_request(
+        f"models:/{trained['model']}/{trained['version']}", f"runs:/{trained['run_id']}/{trained['dataset']}"
+    )
     broker = open_broker(endpoints, config)
     try:
         broker.submit(request)
@@ -342,16 +420,22 @@ def queued_request(endpoints: Endpoints, config: PimlConfig, trained: dict[str, 
         waiting = "no runner took it" if state == "queued" else f"a runner{where} is still at it"
         raise CheckFailed(f"request {request.id} still {state} after {deadline.elapsed():.0f} s: {waiting}", runner_fix)
     if state != SUCCEEDED:
-        raise CheckFailed(f"request {request.id} failed{where} after {job.get('attempts')} attempt(s): {snippet(job.get('error'), 300)}",
-                          f"piml jobs --queue-url ... shows it; the runner's MLflow run: {job.get('run_url') or 'none'}; {runner_fix}")
+        raise CheckFailed(
+            f"request {request.id} failed{where} after {job.get('attempts')} attempt(s): {snippet(job.get('error'), 300)}",
+            f"piml jobs --queue-url ... shows it; the runner's MLflow run: {job.get('run_url') or 'none'}; {runner_fix}",
+        )
     if job.get("rows") != trained.get("rows"):
-        raise CheckFailed(f"request {request.id} predicted {job.get('rows')} rows, the dataset has {trained.get('rows')}", runner_fix)
+        raise CheckFailed(
+            f"request {request.id} predicted {job.get('rows')} rows, the dataset has {trained.get('rows')}", runner_fix
+        )
     if not job.get("run_id"):
         raise CheckFailed(f"request {request.id} succeeded without an MLflow run id", runner_fix)
     output = _find_artifact(endpoints, job["run_id"], request.output)
     seconds = f" in {job['seconds']:.1f} s" if isinstance(job.get("seconds"), (int, float)) else ""
-    return (f"request {request.id} ran{where}{seconds}: {job['rows']} rows predicted with {request.model}, "
-            f"{request.output} {output} in MLflow run {job['run_id']}")
+    return (
+        f"request {request.id} ran{where}{seconds}: {job['rows']} rows predicted with {request.model}, "
+        f"{request.output} {output} in MLflow run {job['run_id']}"
+    )
 
 
 def _find_artifact(endpoints: Endpoints, run_id: str, name: str) -> str:
@@ -360,15 +444,34 @@ def _find_artifact(endpoints: Endpoints, run_id: str, name: str) -> str:
     if not url:
         return "(not verified: no MLflow address)"
     try:
-        status, answer = http_json("GET", join(url, f"api/2.0/mlflow/artifacts/list?run_id={quote(run_id)}"), auth=mlflow_auth(endpoints))
+        status, answer = http_json(
+            "GET", join(url, f"api/2.0/mlflow/artifacts/list?run_id={quote(run_id)}"), auth=mlflow_auth(endpoints)
+        )
     except Unreachable as exc:
-        raise CheckFailed(f"MLflow does not answer at {show_url(url)} to list the run's artifacts ({exc})", "") from None
-    files = {f.get("path"): f for f in (answer or {}).get("files", [])} if status == 200 and isinstance(answer, dict) else {}
+        raise CheckFailed(
+            f"MLflow does not answer at {show_url(url)} to list the run's artifacts ({exc})", ""
+        ) from None
+    files = (
+        {f.get("path"): f for f in (answer or {}).get("files", [])}
+        if status == 200 and isinstance(answer, dict)
+        else {}
+    )
     found = files.get(name)
     if not found or found.get("is_dir") or not int(found.get("file_size") or 0):
-        raise CheckFailed(f"the runner's MLflow run {run_id} has no {name} (artifacts: {sorted(p for p in files if p) or 'none'}; HTTP {status})",
-                          "the runner logs its predictions to MLflow's artifact store: check the store and the runner's log")
+        raise CheckFailed(
+            f"the runner's MLflow run {run_id} has no {name} (artifacts: {sorted(p for p in files if p) or 'none'}; HTTP {status})",
+            "the runner logs its predictions to MLflow's artifact store: check the store and the runner's log",
+        )
     return f"logged ({int(found['file_size'])} bytes)"
 
 
-__all__ = ["EXPERIMENT", "MODEL_NAME", "dask_script", "deep_checks", "entrypoint", "job_submission", "last_error", "log_tail"]
+__all__ = [
+    "EXPERIMENT",
+    "MODEL_NAME",
+    "dask_script",
+    "deep_checks",
+    "entrypoint",
+    "job_submission",
+    "last_error",
+    "log_tail",
+]

@@ -34,8 +34,11 @@ def train():
 
 
 def main(model_name, experiment):
-    missing = [name for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-               if not os.environ.get(name)]
+    missing = [
+        name
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+        if not os.environ.get(name)
+    ]
     if missing:
         print("piml-check: not set in the Ray pods' environment: " + ", ".join(missing), file=sys.stderr, flush=True)
         return 3
@@ -52,21 +55,36 @@ def main(model_name, experiment):
 
     mlflow.set_experiment(experiment)
     # few calls: with basic auth each costs the server a password hash
-    tags = {"piml.check": "deep", "piml.ray_node": node, "piml.estimator": "LogisticRegression(max_iter=500)", "piml.dataset": "iris"}
+    tags = {
+        "piml.check": "deep",
+        "piml.ray_node": node,
+        "piml.estimator": "LogisticRegression(max_iter=500)",
+        "piml.dataset": "iris",
+    }
     with mlflow.start_run(run_name="piml-check", tags=tags) as run:
         mlflow.log_metric("accuracy", accuracy)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, os.path.basename(DATASET))
             features.to_csv(path, index=False)
             mlflow.log_artifact(path, artifact_path=os.path.dirname(DATASET))
-        options = {"signature": infer_signature(features, model.predict(features)), "registered_model_name": model_name,
-                   "pip_requirements": [f"scikit-learn=={sklearn.__version__}"]}
+        options = {
+            "signature": infer_signature(features, model.predict(features)),
+            "registered_model_name": model_name,
+            "pip_requirements": [f"scikit-learn=={sklearn.__version__}"],
+        }
         # mlflow 3 names a logged model `name`; mlflow 2 took `artifact_path`
         where = "name" if "name" in inspect.signature(mlflow.sklearn.log_model).parameters else "artifact_path"
         info = mlflow.sklearn.log_model(model, **{where: "model"}, **options)
-    result = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "model": model_name,
-              "version": str(info.registered_model_version), "dataset": DATASET, "rows": len(features),
-              "accuracy": accuracy, "node": node}
+    result = {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "model": model_name,
+        "version": str(info.registered_model_version),
+        "dataset": DATASET,
+        "rows": len(features),
+        "accuracy": accuracy,
+        "node": node,
+    }
     print(MARK + json.dumps(result, sort_keys=True), flush=True)
     return 0
 

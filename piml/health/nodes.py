@@ -39,12 +39,20 @@ if TYPE_CHECKING:
 GROUP = "nodes"
 API_PORT = 6443
 RECORD_KEYS = "piml up --only preflight --accept-new-host-keys"
-THROTTLE_WORDS = {"under_voltage": "under-voltage", "arm_freq_capped": "ARM frequency capped",
-                  "throttled": "throttled", "soft_temp_limit": "soft temperature limit"}
+THROTTLE_WORDS = {
+    "under_voltage": "under-voltage",
+    "arm_freq_capped": "ARM frequency capped",
+    "throttled": "throttled",
+    "soft_temp_limit": "soft temperature limit",
+}
 # The facts sections each check reads: a check whose sections did not arrive whole cannot be evaluated.
 OVERLOADED = "check that the node is up and not overloaded (uptime, free -m)"
-NEEDS = {"k3s service": ("services",), "api port": ("listening",), "memory cgroup": ("cgroup", "proc_cgroups"),
-         "throttling": ("throttled",)}
+NEEDS = {
+    "k3s service": ("services",),
+    "api port": ("listening",),
+    "memory cgroup": ("cgroup", "proc_cgroups"),
+    "throttling": ("throttled",),
+}
 
 
 def node_checks(cluster: Cluster, nodes: Iterable[Node], *, timeout: float = 20.0) -> list[Result]:
@@ -57,10 +65,19 @@ def node_checks(cluster: Cluster, nodes: Iterable[Node], *, timeout: float = 20.
     try:
         answers = _gather(k3s_nodes, known_hosts, timeout) if k3s_nodes else {}
     except Exception as exc:  # noqa: BLE001 - e.g. a broken known_hosts file: still rows, never a traceback
-        failed = Result(GROUP, "", "reach", FAIL, f"cannot set up SSH: {type(exc).__name__}: {exc}",
-                        "check the local machine and .piml/known_hosts")
-        return [row for n in nodes
-                for row in (_external(n) if n.role is Role.EXTERNAL else [dataclasses.replace(failed, target=n.name)])]
+        failed = Result(
+            GROUP,
+            "",
+            "reach",
+            FAIL,
+            f"cannot set up SSH: {type(exc).__name__}: {exc}",
+            "check the local machine and .piml/known_hosts",
+        )
+        return [
+            row
+            for n in nodes
+            for row in (_external(n) if n.role is Role.EXTERNAL else [dataclasses.replace(failed, target=n.name)])
+        ]
     rows: list[Result] = []
     for node in nodes:
         rows += _external(node) if node.role is Role.EXTERNAL else _rows(node, answers[node.name], known_hosts, timeout)
@@ -98,14 +115,20 @@ def _rows(node: Node, answer: HostResult[CommandOutput], known_hosts: Path, time
             if missing and cut:
                 raise CheckFailed(f"no answer within {timeout:g} s", OVERLOADED)
             if missing:
-                raise CheckFailed(f"the node's facts stop before {', '.join(missing)}",
-                                  "check the node's shell (sh) and its load; `piml status --json` shows what was read")
+                raise CheckFailed(
+                    f"the node's facts stop before {', '.join(missing)}",
+                    "check the node's shell (sh) and its load; `piml status --json` shows what was read",
+                )
             return body(facts)
+
         return timed(GROUP, node.name, check, evaluate)
 
     user = facts.user or node.user or "the inventory's user"
-    rows = [dataclasses.replace(Result(GROUP, node.name, "reach", PASS, f"ssh as {user}, host key known"),
-                                seconds=output.seconds)]
+    rows = [
+        dataclasses.replace(
+            Result(GROUP, node.name, "reach", PASS, f"ssh as {user}, host key known"), seconds=output.seconds
+        )
+    ]
     server = node.role is Role.SERVER
     rows.append(row("k3s service", lambda f: _service(f, "k3s" if server else "k3s-agent")))
     if server:
@@ -133,48 +156,60 @@ def _unreached(node: Node, answer: HostResult[CommandOutput], known_hosts: Path,
 
 # -- the checks (each returns its pass detail, or raises CheckFailed / CheckSkipped) ----------------
 
+
 def _service(facts: NodeFacts, unit: str) -> str:
     state = facts.k3s_service if unit == "k3s" else facts.k3s_agent_service
     if state is None:
-        raise CheckFailed(f"systemd told nothing about {unit} (no systemctl on the node?)",
-                          f"on the node: systemctl status {unit}")
+        raise CheckFailed(
+            f"systemd told nothing about {unit} (no systemctl on the node?)", f"on the node: systemctl status {unit}"
+        )
     if state.loaded is False and not state.masked:
         if state.enabled is None:  # LoadState=not-found: no unit file at all
             raise CheckFailed(f"no {unit}.service: k3s is not installed", "install it: piml up --only k3s")
-        raise CheckFailed(f"{unit}.service does not load (a broken unit file?)",
-                          f"on the node: systemctl status {unit}")
+        raise CheckFailed(
+            f"{unit}.service does not load (a broken unit file?)", f"on the node: systemctl status {unit}"
+        )
     if state.masked:
-        raise CheckFailed(f"{unit} is masked",
-                          f"on the node: sudo systemctl unmask {unit} && sudo systemctl enable --now {unit}")
+        raise CheckFailed(
+            f"{unit} is masked", f"on the node: sudo systemctl unmask {unit} && sudo systemctl enable --now {unit}"
+        )
     running, enabled = state.is_active, state.is_enabled
     if running and enabled:
         return f"{unit} running and enabled"
-    problems = ([] if running else [f"not running ({state.active or '?'}/{state.sub or '?'})"]) + \
-               ([] if enabled else [f"not enabled ({state.enabled or '?'}): it would not start at boot"])
-    fix = f"on the node: sudo systemctl enable {unit}" if running else \
-        f"on the node: sudo journalctl -u {unit} -n 50, then sudo systemctl enable --now {unit}"
+    problems = ([] if running else [f"not running ({state.active or '?'}/{state.sub or '?'})"]) + (
+        [] if enabled else [f"not enabled ({state.enabled or '?'}): it would not start at boot"]
+    )
+    fix = (
+        f"on the node: sudo systemctl enable {unit}"
+        if running
+        else f"on the node: sudo journalctl -u {unit} -n 50, then sudo systemctl enable --now {unit}"
+    )
     raise CheckFailed(f"{unit} " + "; ".join(problems), fix)
 
 
 def _api_port(facts: NodeFacts) -> str:
     if facts.listening_tcp is None:
-        raise CheckFailed("cannot read the node's listening sockets (/proc/net/tcp)",
-                          f"on the node: ss -ltn 'sport = :{API_PORT}'")
+        raise CheckFailed(
+            "cannot read the node's listening sockets (/proc/net/tcp)", f"on the node: ss -ltn 'sport = :{API_PORT}'"
+        )
     # Any address counts: k3s listens on all of them unless --bind-address names one.
     addresses = sorted({address for address, port in facts.listening_tcp if port == API_PORT})
     if not addresses:
-        raise CheckFailed(f"nothing listens on TCP {API_PORT}: the Kubernetes API is down",
-                          "on the node: sudo journalctl -u k3s -n 50")
+        raise CheckFailed(
+            f"nothing listens on TCP {API_PORT}: the Kubernetes API is down",
+            "on the node: sudo journalctl -u k3s -n 50",
+        )
     return f"{API_PORT} listening on " + ", ".join(addresses)
 
 
 def _memory_cgroup(facts: NodeFacts) -> str:
     version = facts.cgroup_version
     if not facts.memory_cgroup:
-        raise CheckFailed(f"memory cgroup off (cgroup v{version or '?'}): "
-                          "k3s fails with 'failed to find memory cgroup'",
-                          "add cgroup_enable=memory cgroup_memory=1 to /boot/firmware/cmdline.txt and reboot"
-                          " (piml up --only prepare does it)")
+        raise CheckFailed(
+            f"memory cgroup off (cgroup v{version or '?'}): k3s fails with 'failed to find memory cgroup'",
+            "add cgroup_enable=memory cgroup_memory=1 to /boot/firmware/cmdline.txt and reboot"
+            " (piml up --only prepare does it)",
+        )
     return f"on (cgroup v{version})"
 
 
@@ -185,12 +220,17 @@ def _throttling(facts: NodeFacts) -> str:
     if state is None:
         unread = next((note for note in facts.notes if note.startswith("throttled: ")), None)
         why = facts.throttled_error or unread or "vcgencmd get_throttled printed nothing"
-        fix = "add the user to the video group, or allow it passwordless sudo" if why.startswith(VCGENCMD_FAILED) \
+        fix = (
+            "add the user to the video group, or allow it passwordless sudo"
+            if why.startswith(VCGENCMD_FAILED)
             else "on the node: vcgencmd get_throttled"
+        )
         raise CheckFailed(why, fix)
     if state.now:
-        raise CheckFailed(f"{hex(state.raw)}: now " + ", ".join(THROTTLE_WORDS.get(f, f) for f in state.now),
-                          "use the official power supply and a cooler; check: vcgencmd get_throttled")
+        raise CheckFailed(
+            f"{hex(state.raw)}: now " + ", ".join(THROTTLE_WORDS.get(f, f) for f in state.now),
+            "use the official power supply and a cooler; check: vcgencmd get_throttled",
+        )
     since = ""
     if state.since_boot:
         since = f" (since boot: {', '.join(THROTTLE_WORDS.get(f, f) for f in state.since_boot)})"

@@ -68,8 +68,15 @@ def join(base: str, path: str) -> str:
     return base.rstrip("/") + "/" + path.lstrip("/")
 
 
-def http(method: str, url: str, *, auth: tuple[str, str] | None = None, body: Any = None,
-         timeout: float | None = None, bearer: str | None = None) -> tuple[int, bytes]:
+def http(
+    method: str,
+    url: str,
+    *,
+    auth: tuple[str, str] | None = None,
+    body: Any = None,
+    timeout: float | None = None,
+    bearer: str | None = None,
+) -> tuple[int, bytes]:
     """(status, body) of one request bounded by `timeout` (default HTTP_TIMEOUT, AUTH_FACTOR times that with
     basic auth); an HTTP error status is an answer, not an exception. Raises Unreachable when nothing answers.
     `body` is sent as JSON; `bearer` is a token for `Authorization: Bearer` (Ray's token authentication).
@@ -138,8 +145,13 @@ def snippet(content: bytes | str | None, limit: int = 160) -> str:
 # -- secrets ----------------------------------------------------------------------------------------------
 def secrets_of(endpoints: Endpoints) -> list[str]:
     found = [endpoints.mlflow_password, endpoints.queue_password, endpoints.ray_token]
-    for url in (endpoints.queue_url, endpoints.mlflow_url, endpoints.mlflow_url_inside, endpoints.dask_dashboard_url,
-                endpoints.ray_dashboard_url):
+    for url in (
+        endpoints.queue_url,
+        endpoints.mlflow_url,
+        endpoints.mlflow_url_inside,
+        endpoints.dask_dashboard_url,
+        endpoints.ray_dashboard_url,
+    ):
         if url:
             try:
                 found.append(urlsplit(url).password)
@@ -198,32 +210,45 @@ def _mlflow_fix(ns: str) -> str:
 def mlflow_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
     ns, url = config.namespace, endpoints.mlflow_url
     if not url:
-        return [Result(GROUP, "mlflow", "health", FAIL, unreachable(endpoints, "mlflow", "the MLflow server"), _mlflow_fix(ns))]
+        return [
+            Result(
+                GROUP, "mlflow", "health", FAIL, unreachable(endpoints, "mlflow", "the MLflow server"), _mlflow_fix(ns)
+            )
+        ]
 
     def health() -> str:
         status, content = ask("MLflow", _mlflow_fix(ns), url, "health")
         if status != 200 or snippet(content).upper() != "OK":
-            raise CheckFailed(f"{show_url(join(url, 'health'))} answered HTTP {status} {snippet(content, 80)!r}, not 200 OK: "
-                              "is this MLflow (and its URL prefix right)?", _mlflow_fix(ns))
+            raise CheckFailed(
+                f"{show_url(join(url, 'health'))} answered HTTP {status} {snippet(content, 80)!r}, not 200 OK: "
+                "is this MLflow (and its URL prefix right)?",
+                _mlflow_fix(ns),
+            )
         return f"answers at {show_url(url)}"
 
     def auth() -> str:
         search = "api/2.0/mlflow/experiments/search?max_results=1"
         user, password = endpoints.mlflow_user, endpoints.mlflow_password
         if not user or not password:
-            raise CheckFailed("no MLflow user and password to test its basic auth with",
-                              f"piml reads them from the project's secrets, or from the cluster: kubectl -n {ns} get secret mlflow")
+            raise CheckFailed(
+                "no MLflow user and password to test its basic auth with",
+                f"piml reads them from the project's secrets, or from the cluster: kubectl -n {ns} get secret mlflow",
+            )
         status, content = ask("MLflow's API", _mlflow_fix(ns), url, search, auth=(user, password))
         if status == 401:
-            raise CheckFailed(f"MLflow refused user '{user}' (HTTP 401): the password piml has is not the server's",
-                              f"MLflow keeps the admin password of its first start in its auth database; compare piml's with "
-                              f"kubectl -n {ns} get secret mlflow, and see kubectl -n {ns} logs deploy/mlflow")
+            raise CheckFailed(
+                f"MLflow refused user '{user}' (HTTP 401): the password piml has is not the server's",
+                f"MLflow keeps the admin password of its first start in its auth database; compare piml's with "
+                f"kubectl -n {ns} get secret mlflow, and see kubectl -n {ns} logs deploy/mlflow",
+            )
         if status != 200:
             raise CheckFailed(f"an API call as '{user}' answered HTTP {status}: {snippet(content)}", _mlflow_fix(ns))
         anonymous, _ = ask("MLflow's API", _mlflow_fix(ns), url, search)
         if anonymous != 401:
-            raise CheckFailed(f"MLflow answers its API without credentials (HTTP {anonymous}, not 401): basic auth is off",
-                              f"the server must run with --app-name basic-auth: kubectl -n {ns} get deploy mlflow -o yaml")
+            raise CheckFailed(
+                f"MLflow answers its API without credentials (HTTP {anonymous}, not 401): basic auth is off",
+                f"the server must run with --app-name basic-auth: kubectl -n {ns} get deploy mlflow -o yaml",
+            )
         return f"user '{user}' is let in; a call without credentials is refused (401)"
 
     return sequence(GROUP, "mlflow", [("health", health), ("auth", auth)])
@@ -233,16 +258,30 @@ def mlflow_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
 def dask_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
     ns, url = config.namespace, endpoints.dask_dashboard_url
     scheduler_fix = f"kubectl -n {ns} get pods -l app.kubernetes.io/name=dask-scheduler; kubectl -n {ns} logs deploy/dask-scheduler --tail=50"
-    worker_fix = (f"kubectl -n {ns} get pods -l app.kubernetes.io/name=dask-worker -o wide; "
-                  f"kubectl -n {ns} logs -l app.kubernetes.io/name=dask-worker --tail=50")
+    worker_fix = (
+        f"kubectl -n {ns} get pods -l app.kubernetes.io/name=dask-worker -o wide; "
+        f"kubectl -n {ns} logs -l app.kubernetes.io/name=dask-worker --tail=50"
+    )
     if not url:
-        return [Result(GROUP, "dask", "health", FAIL, unreachable(endpoints, "dask", "the Dask scheduler's dashboard"), scheduler_fix)]
+        return [
+            Result(
+                GROUP,
+                "dask",
+                "health",
+                FAIL,
+                unreachable(endpoints, "dask", "the Dask scheduler's dashboard"),
+                scheduler_fix,
+            )
+        ]
 
     def health() -> str:
         status, content = ask("the Dask scheduler", scheduler_fix, url, "health")
         if status != 200 or snippet(content) != "ok":
-            raise CheckFailed(f"{show_url(join(url, 'health'))} answered HTTP {status} {snippet(content, 80)!r}, not 200 ok: "
-                              "is this the Dask dashboard (and its prefix right)?", scheduler_fix)
+            raise CheckFailed(
+                f"{show_url(join(url, 'health'))} answered HTTP {status} {snippet(content, 80)!r}, not 200 ok: "
+                "is this the Dask dashboard (and its prefix right)?",
+                scheduler_fix,
+            )
         return f"the scheduler answers at {show_url(url)}"
 
     def workers() -> str:
@@ -262,16 +301,25 @@ def ray_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
     ns, url = config.namespace, endpoints.ray_dashboard_url
     head_fix = f"kubectl -n {ns} get raycluster ray; kubectl -n {ns} logs -l ray.io/node-type=head --tail=50"
     if not url:
-        return [Result(GROUP, "ray", "dashboard", FAIL, unreachable(endpoints, "ray", "the Ray head's dashboard"), head_fix)]
+        return [
+            Result(GROUP, "ray", "dashboard", FAIL, unreachable(endpoints, "ray", "the Ray head's dashboard"), head_fix)
+        ]
 
     def dashboard() -> str:
-        status, version = ask("the Ray dashboard", head_fix, url, "api/version", as_json=True, bearer=endpoints.ray_token)
+        status, version = ask(
+            "the Ray dashboard", head_fix, url, "api/version", as_json=True, bearer=endpoints.ray_token
+        )
         if status in (401, 403):
-            raise CheckFailed(f"the Ray dashboard refused piml's token (HTTP {status})",
-                              f"the token is in .piml/secrets.yaml (ray_auth_token) and Secret ray-auth; {head_fix}")
+            raise CheckFailed(
+                f"the Ray dashboard refused piml's token (HTTP {status})",
+                f"the token is in .piml/secrets.yaml (ray_auth_token) and Secret ray-auth; {head_fix}",
+            )
         if status != 200 or not isinstance(version, dict) or "ray_version" not in version:
-            raise CheckFailed(f"{show_url(join(url, 'api/version'))} answered HTTP {status} without a Ray version: "
-                              "is this the Ray dashboard?", head_fix)
+            raise CheckFailed(
+                f"{show_url(join(url, 'api/version'))} answered HTTP {status} without a Ray version: "
+                "is this the Ray dashboard?",
+                head_fix,
+            )
         running = str(version["ray_version"])
         note = "" if running == config.ray.version else f" (piml.yaml says {config.ray.version})"
         return f"Ray {running}{note} answers at {show_url(url)}"
@@ -279,17 +327,24 @@ def ray_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
     def auth() -> str:
         status, _ = ask("the Ray dashboard", head_fix, url, "api/version")
         if status not in (401, 403):
-            raise CheckFailed(f"the Ray dashboard answers HTTP {status} without a token: its Jobs API runs any code "
-                              "for anyone who can reach it", f"kubectl -n {ns} get raycluster ray -o jsonpath='{{.spec.authOptions}}'")
+            raise CheckFailed(
+                f"the Ray dashboard answers HTTP {status} without a token: its Jobs API runs any code "
+                "for anyone who can reach it",
+                f"kubectl -n {ns} get raycluster ray -o jsonpath='{{.spec.authOptions}}'",
+            )
         return f"token authentication on (no token: HTTP {status})"
 
     def nodes() -> str:
-        status, answer = ask("the Ray dashboard", head_fix, url, "api/v0/nodes?limit=1000", as_json=True, bearer=endpoints.ray_token)
+        status, answer = ask(
+            "the Ray dashboard", head_fix, url, "api/v0/nodes?limit=1000", as_json=True, bearer=endpoints.ray_token
+        )
         try:
             listed = answer["data"]["result"]["result"]
             assert isinstance(listed, list)
         except (TypeError, KeyError, AssertionError):
-            raise CheckFailed(f"the nodes API answered HTTP {status}: {snippet(json.dumps(answer) if answer else '')}", head_fix) from None
+            raise CheckFailed(
+                f"the nodes API answered HTTP {status}: {snippet(json.dumps(answer) if answer else '')}", head_fix
+            ) from None
         alive = [node for node in listed if node.get("state") == "ALIVE"]
         if not alive:
             raise CheckFailed(f"no Ray node is alive ({len(listed)} known)", head_fix)
@@ -322,21 +377,30 @@ def open_broker(endpoints: Endpoints, config: PimlConfig):
     scheme = url.split("://", 1)[0].lower()
     expected = ("amqp", "amqps") if config.queue.kind == "rabbitmq" else ("redis", "rediss")
     if scheme not in expected:
-        raise CheckFailed(f"the broker URL {redact(url)} is not {config.queue.kind} (piml.yaml's queue.kind)",
-                          "pass the broker's URL (redis://... or amqp://...) that matches queue.kind")
+        raise CheckFailed(
+            f"the broker URL {redact(url)} is not {config.queue.kind} (piml.yaml's queue.kind)",
+            "pass the broker's URL (redis://... or amqp://...) that matches queue.kind",
+        )
     options: dict[str, Any] = {"socket_timeout": HTTP_TIMEOUT} if scheme.startswith("redis") else {}
     try:
         return connect(url, password=endpoints.queue_password, **options)
     except PimlError as exc:
         problem = exc.problems[0]
-        raise CheckFailed(f"{problem.what} at {redact(url)}", f"{problem.fix}; {queue_fix(config)}" if problem.fix else queue_fix(config)) from None
+        raise CheckFailed(
+            f"{problem.what} at {redact(url)}",
+            f"{problem.fix}; {queue_fix(config)}" if problem.fix else queue_fix(config),
+        ) from None
 
 
 def queue_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
     url = endpoints.queue_url
     fix = queue_fix(config)
     if not url:
-        return [Result(GROUP, "queue", "broker", FAIL, unreachable(endpoints, "queue", f"the {config.queue.kind} broker"), fix)]
+        return [
+            Result(
+                GROUP, "queue", "broker", FAIL, unreachable(endpoints, "queue", f"the {config.queue.kind} broker"), fix
+            )
+        ]
     from piml.queue import redact
 
     held: dict[str, Any] = {}
@@ -359,10 +423,15 @@ def queue_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
             kinds = {key: b.r.type(key).decode() for key in (b.queue_key, b.dead_key)}
             wrong = {key: kind for key, kind in kinds.items() if kind not in ("list", "none")}
             if wrong:
-                raise CheckFailed(", ".join(f"{key} is a {kind}, not a list" for key, kind in wrong.items()) +
-                                  ": something else writes piml's keys", fix)
+                raise CheckFailed(
+                    ", ".join(f"{key} is a {kind}, not a list" for key, kind in wrong.items())
+                    + ": something else writes piml's keys",
+                    fix,
+                )
             waiting, dead, runners = b.queue_length(), int(b.r.llen(b.dead_key)), int(b.r.scard(b.runners_key))
-            return f"{b.queue_key}: {waiting} waiting, {dead} dead-lettered, {runners} runner{'s' * (runners != 1)} active"
+            return (
+                f"{b.queue_key}: {waiting} waiting, {dead} dead-lettered, {runners} runner{'s' * (runners != 1)} active"
+            )
         from piml.queue.rabbitmq import DEAD, QUEUE, STATE
 
         counts = {name: int(b.ch.queue_declare(name, passive=True).method.message_count) for name in (QUEUE, DEAD)}
@@ -378,7 +447,11 @@ def queue_rows(endpoints: Endpoints, config: PimlConfig) -> list[Result]:
 
 # -- all of them ------------------------------------------------------------------------------------------
 PROBES: list[tuple[str, Callable[[Endpoints, PimlConfig], list[Result]]]] = [
-    ("mlflow", mlflow_rows), ("dask", dask_rows), ("ray", ray_rows), ("queue", queue_rows)]
+    ("mlflow", mlflow_rows),
+    ("dask", dask_rows),
+    ("ray", ray_rows),
+    ("queue", queue_rows),
+]
 
 
 def component_checks(endpoints: Endpoints, config: PimlConfig) -> list[Result]:

@@ -9,8 +9,12 @@ STYLE = {PASS: "green", FAIL: "bold red", SKIP: "dim"}
 
 
 def as_json(results: list[Result], seconds: float) -> dict:
-    return {"ok": not any(r.failed for r in results), "seconds": round(seconds, 3),
-            "counts": counts(results), "checks": [r.as_dict() for r in results]}
+    return {
+        "ok": not any(r.failed for r in results),
+        "seconds": round(seconds, 3),
+        "counts": counts(results),
+        "checks": [r.as_dict() for r in results],
+    }
 
 
 def counts(results: list[Result]) -> dict[str, int]:
@@ -30,8 +34,15 @@ def show(results: list[Result], seconds: float, title: str = "piml check", json:
     for column in ("group", "target", "check", "result", "seconds", "detail", "fix"):
         table.add_column(column, overflow="fold", justify="right" if column == "seconds" else "left")
     for r in results:  # remote text as Text: a bracket in an error message is not rich markup
-        table.add_row(r.group, Text(r.target), Text(r.check), Text(r.status, style=STYLE[r.status]), f"{r.seconds:.2f}",
-                      Text(terminal_safe(r.detail)), Text(terminal_safe(r.fix)))  # details quote logs and remote output
+        table.add_row(
+            r.group,
+            Text(r.target),
+            Text(r.check),
+            Text(r.status, style=STYLE[r.status]),
+            f"{r.seconds:.2f}",
+            Text(terminal_safe(r.detail)),
+            Text(terminal_safe(r.fix)),
+        )  # details quote logs and remote output
     console().print(table)
     n = counts(results)
     verdict = "[green]all checks pass[/]" if not n[FAIL] else f"[bold red]{n[FAIL]} failed[/]"

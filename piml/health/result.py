@@ -38,8 +38,15 @@ class Result:
         return self.status == FAIL
 
     def as_dict(self) -> dict:
-        return {"group": self.group, "target": self.target, "check": self.check, "status": self.status,
-                "detail": self.detail, "fix": self.fix, "seconds": round(self.seconds, 3)}
+        return {
+            "group": self.group,
+            "target": self.target,
+            "check": self.check,
+            "status": self.status,
+            "detail": self.detail,
+            "fix": self.fix,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def timed(group: str, target: str, check: str, body: Callable[[], str]) -> Result:

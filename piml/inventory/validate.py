@@ -16,9 +16,22 @@ from piml.yamlsrc import YamlDoc, read_yaml
 PIML_VARS = ("piml_model", "piml_arch", "piml_memory_gb", "piml_cpus", "piml_labels", "piml_taints", "piml_storage")
 # k3s-ansible settings that apply to the whole cluster; understood and passed on, never rejected.
 K3S_ANSIBLE_VARS = (
-    "k3s_version", "token", "api_endpoint", "api_port", "extra_server_args", "extra_agent_args",
-    "server_config_yaml", "agent_config_yaml", "cluster_context", "user_kubectl", "kubeconfig",
-    "airgap_dir", "extra_manifests", "server_group", "agent_group", "use_external_database",
+    "k3s_version",
+    "token",
+    "api_endpoint",
+    "api_port",
+    "extra_server_args",
+    "extra_agent_args",
+    "server_config_yaml",
+    "agent_config_yaml",
+    "cluster_context",
+    "user_kubectl",
+    "kubeconfig",
+    "airgap_dir",
+    "extra_manifests",
+    "server_group",
+    "agent_group",
+    "use_external_database",
 )
 ROLE_GROUPS = {"server": Role.SERVER, "agent": Role.AGENT, "ray_external": Role.EXTERNAL}
 ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
@@ -26,7 +39,9 @@ PI_MODELS = ("pi5", "cm4")
 
 _DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 NODE_NAME_RE = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 TAINT_RE = re.compile(r"^(?P<key>[^=:\s]+)(=(?P<value>[^:\s]*))?:(?P<effect>\S+)$")
@@ -82,7 +97,11 @@ class _HostChecker:
         """The variable's value, refusing Jinja piml cannot evaluate."""
         value = self.entry.vars.get(var)
         if isinstance(value, str) and "{{" in value:
-            self.bad(var, f"{var} of '{self.entry.name}' is a Jinja template, which piml does not evaluate", "give a literal value")
+            self.bad(
+                var,
+                f"{var} of '{self.entry.name}' is a Jinja template, which piml does not evaluate",
+                "give a literal value",
+            )
             return None
         return value
 
@@ -100,7 +119,11 @@ class _HostChecker:
         address = self.literal("ansible_host") or name
         name_is_address = "ansible_host" not in entry.vars
         if not (reason and name_is_address) and (not isinstance(address, str) or not is_address(address)):
-            self.bad("ansible_host", f"'{address}' is not a valid address for '{name}'", "use an IPv4/IPv6 address or a host name")
+            self.bad(
+                "ansible_host",
+                f"'{address}' is not a valid address for '{name}'",
+                "use an IPv4/IPv6 address or a host name",
+            )
 
         user = self.literal("ansible_user")
         if user is not None and (not isinstance(user, str) or not user or any(c.isspace() for c in user)):
@@ -109,7 +132,11 @@ class _HostChecker:
 
         port = self.literal("ansible_port")
         if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
-            self.bad("ansible_port", f"ansible_port of '{name}' must be a port number, not '{port}'", "use a number from 1 to 65535")
+            self.bad(
+                "ansible_port",
+                f"ansible_port of '{name}' must be a port number, not '{port}'",
+                "use a number from 1 to 65535",
+            )
             port = None
 
         key_file = self.key_file()
@@ -123,9 +150,21 @@ class _HostChecker:
         if role is None:
             return None
         return Node(
-            name=name, address=str(address), role=role, user=user, port=port, key_file=key_file,
-            model=model, arch=arch, memory_gb=memory, cpus=cpus, labels=labels, taints=taints, storage=storage,
-            vars=dict(entry.vars), where=self.where(),
+            name=name,
+            address=str(address),
+            role=role,
+            user=user,
+            port=port,
+            key_file=key_file,
+            model=model,
+            arch=arch,
+            memory_gb=memory,
+            cpus=cpus,
+            labels=labels,
+            taints=taints,
+            storage=storage,
+            vars=dict(entry.vars),
+            where=self.where(),
         )
 
     def role(self) -> Role | None:
@@ -133,7 +172,11 @@ class _HostChecker:
         if len(roles) == 1:
             return roles.pop()
         if not roles:
-            self.bad(None, f"host '{self.entry.name}' is in none of the groups server, agent, ray_external", "move it under `k3s_cluster: children: server:` or `agent:`")
+            self.bad(
+                None,
+                f"host '{self.entry.name}' is in none of the groups server, agent, ray_external",
+                "move it under `k3s_cluster: children: server:` or `agent:`",
+            )
         else:
             names = " and ".join(sorted(r.value for r in roles))
             self.bad(None, f"host '{self.entry.name}' is in both {names}", "keep it in one role group")
@@ -144,12 +187,20 @@ class _HostChecker:
         if value is None:
             return None
         if not isinstance(value, str) or not value:
-            self.bad("ansible_ssh_private_key_file", "ansible_ssh_private_key_file must be a path", "give the path to a private key")
+            self.bad(
+                "ansible_ssh_private_key_file",
+                "ansible_ssh_private_key_file must be a path",
+                "give the path to a private key",
+            )
             return None
         # `{{ inventory_dir }}` keeps scaffolded projects movable; it is the one Jinja variable we resolve.
         value = re.sub(r"\{\{\s*inventory_dir\s*\}\}", str(self.inventory_dir), value)
         if "{{" in value:
-            self.bad("ansible_ssh_private_key_file", "ansible_ssh_private_key_file uses Jinja other than {{ inventory_dir }}", "give a literal path")
+            self.bad(
+                "ansible_ssh_private_key_file",
+                "ansible_ssh_private_key_file uses Jinja other than {{ inventory_dir }}",
+                "give a literal path",
+            )
             return None
         return Path(value).expanduser()
 
@@ -170,7 +221,11 @@ class _HostChecker:
         if arch is None:
             self.bad("piml_arch", f"piml_arch of '{self.entry.name}' is '{value}'", did_you_mean(str(value), ARCHES))
         elif model in PI_MODELS and arch != "arm64":
-            self.bad("piml_arch", f"'{self.entry.name}' is a {model} but piml_arch says {arch}", "Raspberry Pis are arm64: remove piml_arch")
+            self.bad(
+                "piml_arch",
+                f"'{self.entry.name}' is a {model} but piml_arch says {arch}",
+                "Raspberry Pis are arm64: remove piml_arch",
+            )
         return arch
 
     def memory(self) -> float | None:
@@ -178,7 +233,11 @@ class _HostChecker:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 4096:
-            self.bad("piml_memory_gb", f"piml_memory_gb of '{self.entry.name}' must be a number of GB, not '{value}'", "for example `piml_memory_gb: 8`")
+            self.bad(
+                "piml_memory_gb",
+                f"piml_memory_gb of '{self.entry.name}' must be a number of GB, not '{value}'",
+                "for example `piml_memory_gb: 8`",
+            )
             return None
         return float(value)
 
@@ -187,7 +246,11 @@ class _HostChecker:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1024:
-            self.bad("piml_cpus", f"piml_cpus of '{self.entry.name}' must be a whole number of CPUs, not '{value}'", "for example `piml_cpus: 4`")
+            self.bad(
+                "piml_cpus",
+                f"piml_cpus of '{self.entry.name}' must be a whole number of CPUs, not '{value}'",
+                "for example `piml_cpus: 4`",
+            )
             return None
         return value
 
@@ -196,13 +259,21 @@ class _HostChecker:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.bad("piml_labels", f"piml_labels of '{self.entry.name}' must be a mapping", "for example `piml_labels: {disk: nvme}`")
+            self.bad(
+                "piml_labels",
+                f"piml_labels of '{self.entry.name}' must be a mapping",
+                "for example `piml_labels: {disk: nvme}`",
+            )
             return {}
         labels = {}
         for key, label in value.items():
             text = "" if label is None else str(label).lower() if isinstance(label, bool) else str(label)
             if not check_label_key(str(key)) or not LABEL_VALUE_RE.match(text):
-                self.bad("piml_labels", f"label '{key}: {label}' of '{self.entry.name}' is not a valid Kubernetes label", "use letters, digits, '-', '_', '.' (at most 63), optionally `prefix/` before the key")
+                self.bad(
+                    "piml_labels",
+                    f"label '{key}: {label}' of '{self.entry.name}' is not a valid Kubernetes label",
+                    "use letters, digits, '-', '_', '.' (at most 63), optionally `prefix/` before the key",
+                )
                 continue
             labels[str(key)] = text
         return labels
@@ -214,13 +285,21 @@ class _HostChecker:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
-            self.bad("piml_taints", f"piml_taints of '{self.entry.name}' must be a list", "for example `piml_taints: [\"gpu=true:NoSchedule\"]`")
+            self.bad(
+                "piml_taints",
+                f"piml_taints of '{self.entry.name}' must be a list",
+                'for example `piml_taints: ["gpu=true:NoSchedule"]`',
+            )
             return ()
         taints = []
         for item in value:
             match = TAINT_RE.match(str(item))
             if not match or match["effect"] not in TAINT_EFFECTS or not check_label_key(match["key"]):
-                self.bad("piml_taints", f"taint '{item}' of '{self.entry.name}' is not KEY[=VALUE]:EFFECT", f"EFFECT is one of {', '.join(TAINT_EFFECTS)}")
+                self.bad(
+                    "piml_taints",
+                    f"taint '{item}' of '{self.entry.name}' is not KEY[=VALUE]:EFFECT",
+                    f"EFFECT is one of {', '.join(TAINT_EFFECTS)}",
+                )
                 continue
             taints.append(Taint(match["key"], match["value"] or "", match["effect"]))
         return tuple(taints)
@@ -252,7 +331,11 @@ def _check_cluster_vars(doc: YamlDoc, tree, problems: list[Problem]) -> K3sVars:
             problem(var, f"`{var}` is {value!r}, not text", fix)
             return None
         if not isinstance(value, str):
-            problem(var, f"`{var}` is the number {value!r} (YAML reads an unquoted {value!r} as a number)", f"write it in quotes; {fix}")
+            problem(
+                var,
+                f"`{var}` is the number {value!r} (YAML reads an unquoted {value!r} as a number)",
+                f"write it in quotes; {fix}",
+            )
             return None
         if "{{" in value:
             if not template_ok:
@@ -262,7 +345,11 @@ def _check_cluster_vars(doc: YamlDoc, tree, problems: list[Problem]) -> K3sVars:
 
     version = text("k3s_version", "e.g. k3s_version: v1.36.3+k3s1")
     if version is not None and not K3S_VERSION_RE.match(version):
-        problem("k3s_version", f"`k3s_version` is {version!r}, not a k3s release", "write it like v1.36.3+k3s1 (see k3s's releases)")
+        problem(
+            "k3s_version",
+            f"`k3s_version` is {version!r}, not a k3s release",
+            "write it like v1.36.3+k3s1 (see k3s's releases)",
+        )
         version = None
     token = text("token", "or leave it out and let piml generate one into .piml/k3s-token")
     if token is not None and not token.strip():
@@ -273,11 +360,15 @@ def _check_cluster_vars(doc: YamlDoc, tree, problems: list[Problem]) -> K3sVars:
     if isinstance(port, str) and port.strip().isdigit():
         port = int(port)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        shown = "a Jinja template, which piml does not evaluate" if isinstance(port, str) and "{{" in port else repr(port)
+        shown = (
+            "a Jinja template, which piml does not evaluate" if isinstance(port, str) and "{{" in port else repr(port)
+        )
         problem("api_port", f"`api_port` is {shown}", "give the API server's port as a number, e.g. 6443")
         port = 6443
-    extra = {var: text(var, f"k3s flags in one line, e.g. {var}: --node-ip=10.0.0.5", template_ok=True) or ""
-             for var in ("extra_server_args", "extra_agent_args")}
+    extra = {
+        var: text(var, f"k3s flags in one line, e.g. {var}: --node-ip=10.0.0.5", template_ok=True) or ""
+        for var in ("extra_server_args", "extra_agent_args")
+    }
 
     for var in ("server_config_yaml", "agent_config_yaml"):
         value = settings.get(var)
@@ -296,9 +387,18 @@ def _check_cluster_vars(doc: YamlDoc, tree, problems: list[Problem]) -> K3sVars:
             problem(var, f"{var} is not valid YAML{at}", "fix the YAML inside the text block")
             continue
         if parsed is not None and not isinstance(parsed, dict):
-            problem(var, f"{var} must hold a YAML mapping of k3s settings", "for example `write-kubeconfig-mode: \"0644\"`")
-    return K3sVars(k3s_version=version, token=token, api_endpoint=endpoint, api_port=port, airgap_dir=airgap,
-                   extra_server_args=extra["extra_server_args"], extra_agent_args=extra["extra_agent_args"])
+            problem(
+                var, f"{var} must hold a YAML mapping of k3s settings", 'for example `write-kubeconfig-mode: "0644"`'
+            )
+    return K3sVars(
+        k3s_version=version,
+        token=token,
+        api_endpoint=endpoint,
+        api_port=port,
+        airgap_dir=airgap,
+        extra_server_args=extra["extra_server_args"],
+        extra_agent_args=extra["extra_agent_args"],
+    )
 
 
 def build_inventory(doc: YamlDoc, path: Path) -> Inventory:
@@ -319,14 +419,33 @@ def build_inventory(doc: YamlDoc, path: Path) -> Inventory:
             continue
         if address in seen:
             where = doc.where(entry.var_paths.get("ansible_host") or entry.path)
-            problems.append(Problem(where, f"'{entry.name}' and '{seen[address]}' have the same address {address}", "give each node its own address"))
+            problems.append(
+                Problem(
+                    where,
+                    f"'{entry.name}' and '{seen[address]}' have the same address {address}",
+                    "give each node its own address",
+                )
+            )
         seen.setdefault(address, entry.name)
     servers = [n for n in nodes if n.role is Role.SERVER]
     warnings = []
     if not servers and not any("no groups" in p.what for p in problems):
-        problems.append(Problem(doc.where(tree.group_paths.get("k3s_cluster", ())), "no server: k3s needs at least one", "put a host under `k3s_cluster: children: server: hosts:`"))
+        problems.append(
+            Problem(
+                doc.where(tree.group_paths.get("k3s_cluster", ())),
+                "no server: k3s needs at least one",
+                "put a host under `k3s_cluster: children: server: hosts:`",
+            )
+        )
     elif len(servers) % 2 == 0 and servers:
-        warnings.append(Problem(doc.where(tree.group_paths.get("server", ())), f"{len(servers)} servers: an even number cannot keep etcd quorum when one fails", "use 1, 3 or 5 servers", warning=True))
+        warnings.append(
+            Problem(
+                doc.where(tree.group_paths.get("server", ())),
+                f"{len(servers)} servers: an even number cannot keep etcd quorum when one fails",
+                "use 1, 3 or 5 servers",
+                warning=True,
+            )
+        )
     if problems:
         raise InputError(by_line(problems))
     # Servers first, then agents, then external workers; inventory order within a role.

@@ -35,8 +35,11 @@ def check_target(path: Path) -> None:
     cannot write to. A file that does not exist yet is fine: there is nothing to remove, and a merge creates it."""
     from_env = bool(os.environ.get("KUBECONFIG", "").strip(os.pathsep))
     where = f"KUBECONFIG={path}" if from_env else str(path)
-    fix = ("point KUBECONFIG at a kubeconfig file, or unset it to use ~/.kube/config; nothing was changed" if from_env
-           else "fix or move it; nothing was changed")
+    fix = (
+        "point KUBECONFIG at a kubeconfig file, or unset it to use ~/.kube/config; nothing was changed"
+        if from_env
+        else "fix or move it; nothing was changed"
+    )
 
     def refuse(what: str) -> InputError:
         return InputError(Problem(where, what, fix))
@@ -78,8 +81,14 @@ def for_project(k3s_yaml: str, name: str, server: str) -> dict:
         cluster = data["clusters"][0]["cluster"]
         user = data["users"][0]["user"]
     except (yaml.YAMLError, KeyError, IndexError, TypeError) as exc:
-        raise PimlError(Problem("kubeconfig", f"the server's /etc/rancher/k3s/k3s.yaml is not a kubeconfig ({type(exc).__name__})",
-                                "check k3s on the first server: sudo systemctl status k3s"), EXIT_FAILED) from None
+        raise PimlError(
+            Problem(
+                "kubeconfig",
+                f"the server's /etc/rancher/k3s/k3s.yaml is not a kubeconfig ({type(exc).__name__})",
+                "check k3s on the first server: sudo systemctl status k3s",
+            ),
+            EXIT_FAILED,
+        ) from None
     cluster = dict(cluster, server=server)
     return {
         "apiVersion": "v1",
@@ -147,6 +156,7 @@ def _write(target: Path, existing: str, new: str, rewritten: bool) -> WriteResul
 
 # -- the text splice ----------------------------------------------------------------------------------
 
+
 def expected(existing: dict | None, ours: dict | None, name: str) -> dict:
     """What the merged file must parse to."""
     data = dict(existing or {})
@@ -171,10 +181,23 @@ def merge_text(existing: str, ours: dict | None, name: str) -> tuple[str, bool]:
     try:
         parsed = yaml.safe_load(existing) if existing.strip() else None
     except yaml.YAMLError as exc:
-        raise PimlError(Problem(str(default_target()), f"not valid YAML ({exc.problem if hasattr(exc, 'problem') else exc})",
-                                "fix or move the file, then run piml up --only kubeconfig"), EXIT_FAILED) from None
+        raise PimlError(
+            Problem(
+                str(default_target()),
+                f"not valid YAML ({exc.problem if hasattr(exc, 'problem') else exc})",
+                "fix or move the file, then run piml up --only kubeconfig",
+            ),
+            EXIT_FAILED,
+        ) from None
     if parsed is not None and not isinstance(parsed, dict):
-        raise PimlError(Problem("kubeconfig", "the kubeconfig file is not a mapping", "fix or move it, then run piml up --only kubeconfig"), EXIT_FAILED)
+        raise PimlError(
+            Problem(
+                "kubeconfig",
+                "the kubeconfig file is not a mapping",
+                "fix or move it, then run piml up --only kubeconfig",
+            ),
+            EXIT_FAILED,
+        )
     want = expected(parsed, ours, name)
     if parsed is None:
         return (dump(want) if ours is not None else existing), False
@@ -269,5 +292,6 @@ def _name_of(item) -> str | None:
 
 
 def _is_empty(node) -> bool:
-    return (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")) or \
-        (isinstance(node, yaml.SequenceNode) and not node.value)
+    return (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")) or (
+        isinstance(node, yaml.SequenceNode) and not node.value
+    )

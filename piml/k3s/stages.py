@@ -49,6 +49,7 @@ class StageResult:
 
 # -- settings handed to the playbooks -----------------------------------------------------------------
 
+
 def k3s_version(cluster: Cluster) -> str:
     """piml.yaml's k3s.version when set there, else the inventory's k3s_version, else piml's pin."""
     if "version" in cluster.config.k3s.model_fields_set:
@@ -71,15 +72,26 @@ def check_airgap(cluster: Cluster, arches: set[str]) -> Path | None:
         return None
     where = cluster.paths.show(cluster.paths.config)
     if not path.is_dir():
-        raise InputError(Problem(where, f"k3s.airgap_dir '{path}' is not a directory", "create it with the k3s binary, install.sh and the images tarball, or remove the setting"))
+        raise InputError(
+            Problem(
+                where,
+                f"k3s.airgap_dir '{path}' is not a directory",
+                "create it with the k3s binary, install.sh and the images tarball, or remove the setting",
+            )
+        )
     missing = [] if (path / "install.sh").is_file() else ["install.sh"]
     for arch in sorted(arches or {"arm64"}):
         binary = "k3s" if arch == "amd64" else f"k3s-{arch}"
         if not (path / binary).is_file():
             missing.append(binary)
     if missing:
-        raise InputError(Problem(where, f"k3s.airgap_dir '{path}' lacks {', '.join(missing)}",
-                                 "download them from the k3s release (install.sh from https://get.k3s.io)"))
+        raise InputError(
+            Problem(
+                where,
+                f"k3s.airgap_dir '{path}' lacks {', '.join(missing)}",
+                "download them from the k3s release (install.sh from https://get.k3s.io)",
+            )
+        )
     return path
 
 
@@ -90,17 +102,24 @@ def wants_4k_pages(cluster: Cluster) -> bool:
 
 
 def prepare_vars(cluster: Cluster, airgap: Path | None) -> dict:
-    return {"piml_pi5_4k_pages": wants_4k_pages(cluster), "piml_reboot_timeout": cluster.config.nodes.reboot_timeout,
-            **({"airgap_dir": str(airgap)} if airgap else {})}
+    return {
+        "piml_pi5_4k_pages": wants_4k_pages(cluster),
+        "piml_reboot_timeout": cluster.config.nodes.reboot_timeout,
+        **({"airgap_dir": str(airgap)} if airgap else {}),
+    }
 
 
 def k3s_vars(cluster: Cluster, airgap: Path | None, token: str) -> dict:
     from piml.plan.capacity import kubelet_args
 
-    data = {"token": token, "k3s_version": k3s_version(cluster), "piml_k3s_disable": list(cluster.config.k3s.disable),
-            "piml_k3s_wait_timeout": cluster.config.k3s.wait_timeout,
-            # the capacity plan's reservations, as each node's kubelet-arg: its allocatable is what the plan counts
-            "piml_kubelet_args": kubelet_args(cluster)}
+    data = {
+        "token": token,
+        "k3s_version": k3s_version(cluster),
+        "piml_k3s_disable": list(cluster.config.k3s.disable),
+        "piml_k3s_wait_timeout": cluster.config.k3s.wait_timeout,
+        # the capacity plan's reservations, as each node's kubelet-arg: its allocatable is what the plan counts
+        "piml_kubelet_args": kubelet_args(cluster),
+    }
     if airgap:
         data["airgap_dir"] = str(airgap)
         data["piml_airgap_sha1"] = airgap_checksums(airgap)
@@ -128,8 +147,11 @@ def airgap_checksums(airgap: Path) -> dict[str, str]:
 
 # -- running ---------------------------------------------------------------------------------------
 
+
 def from_playbook(stage: str, result: PlaybookResult) -> StageResult:
-    out = StageResult(stage, {h: s.as_dict() for h, s in result.hosts.items()}, dict(result.failures), seconds=result.seconds)
+    out = StageResult(
+        stage, {h: s.as_dict() for h, s in result.hosts.items()}, dict(result.failures), seconds=result.seconds
+    )
     for host in result.not_run:
         out.hosts[host]["status"] = "not run"
         if not result.failures or host in result.failures:
@@ -140,8 +162,9 @@ def from_playbook(stage: str, result: PlaybookResult) -> StageResult:
     return out
 
 
-def run_playbook_stage(cluster: Cluster, stage: str, nodes: list[Node], extravars: dict, show: bool,
-                       playbook: str | None = None) -> StageResult:
+def run_playbook_stage(
+    cluster: Cluster, stage: str, nodes: list[Node], extravars: dict, show: bool, playbook: str | None = None
+) -> StageResult:
     from piml.ansible.progress import StageProgress
     from piml.ansible.runner import run_playbook
 
@@ -168,7 +191,9 @@ def kubeconfig_stage(cluster: Cluster, merge: bool, show: bool) -> StageResult:
         result.failures[first.name] = f"{answer.failure.reason}; {answer.failure.fix}"
         return result
     if answer.value.exit_code != 0:
-        result.failures[first.name] = f"cannot read {K3S_YAML}: {answer.value.stderr.strip()[-200:]}; run piml up --only k3s first"
+        result.failures[first.name] = (
+            f"cannot read {K3S_YAML}: {answer.value.stderr.strip()[-200:]}; run piml up --only k3s first"
+        )
         return result
     port = cluster.inventory.k3s_vars.api_port
     ours = kc.for_project(answer.value.stdout, cluster.name, kc.server_url(cluster.inventory.api_endpoint, port))
@@ -192,8 +217,13 @@ def kubeconfig_stage(cluster: Cluster, merge: bool, show: bool) -> StageResult:
         current = _current_context(target)
         if current != cluster.name:
             result.notes.append(f"current context is '{current}': use `kubectl config use-context {cluster.name}`")
-    result.hosts[first.name] = {"ok": 1, "changed": int(changed or merged_changed), "failed": 0, "unreachable": 0,
-                                "status": "changed" if changed or merged_changed else "ok"}
+    result.hosts[first.name] = {
+        "ok": 1,
+        "changed": int(changed or merged_changed),
+        "failed": 0,
+        "unreachable": 0,
+        "status": "changed" if changed or merged_changed else "ok",
+    }
     result.seconds = time.monotonic() - started
     if show:
         from piml.output import console
@@ -214,6 +244,7 @@ def _current_context(path: Path) -> str:
 
 # -- dry run ---------------------------------------------------------------------------------------
 
+
 def describe(cluster: Cluster, stage: str, nodes: list[Node], merge: bool) -> list[str]:
     """What `stage` would do on each node, without touching anything."""
     from piml.k3s import kubeconfig as kc
@@ -223,11 +254,21 @@ def describe(cluster: Cluster, stage: str, nodes: list[Node], merge: bool) -> li
     servers = inventory.servers
     first = servers[0]
     if stage == "prepare":
-        pages = ("; on a Pi 5 running 16 KB pages whose boot partition has kernel8.img: kernel=kernel8.img in config.txt"
-                 " (4 KB pages)") if wants_4k_pages(cluster) else ""
-        return [f"{n.name}: hostname {n.name} (+ /etc/hosts); cgroup_enable=memory cgroup_memory=1 in cmdline.txt if missing{pages}; "
-                f"swap off; sysctls + modules overlay, br_netfilter; packages; reboot only if a boot setting changed "
-                f"(wait <= {cluster.config.nodes.reboot_timeout} s) and verify" for n in nodes if n.role is not Role.EXTERNAL]
+        pages = (
+            (
+                "; on a Pi 5 running 16 KB pages whose boot partition has kernel8.img: kernel=kernel8.img in config.txt"
+                " (4 KB pages)"
+            )
+            if wants_4k_pages(cluster)
+            else ""
+        )
+        return [
+            f"{n.name}: hostname {n.name} (+ /etc/hosts); cgroup_enable=memory cgroup_memory=1 in cmdline.txt if missing{pages}; "
+            f"swap off; sysctls + modules overlay, br_netfilter; packages; reboot only if a boot setting changed "
+            f"(wait <= {cluster.config.nodes.reboot_timeout} s) and verify"
+            for n in nodes
+            if n.role is not Role.EXTERNAL
+        ]
     if stage == "k3s":
         source = f"air-gap files from {airgap_dir(cluster)}" if airgap_dir(cluster) else "the official install script"
         version = k3s_version(cluster)
@@ -244,8 +285,11 @@ def describe(cluster: Cluster, stage: str, nodes: list[Node], merge: bool) -> li
             extras = [f"label {k}={v}" for k, v in n.labels.items()] + [f"taint {t}" for t in n.taints]
             kept = reservation(n)
             extras.append(f"the kubelet keeps {kept.cpu}m CPU, {kept.memory}Mi from pods")
-            lines.append(f"{n.name}: k3s {version} as {role} from {source}" + (f"; {', '.join(extras)}" if extras else "")
-                         + f"; wait <= {cluster.config.k3s.wait_timeout} s for Ready; nothing if already so")
+            lines.append(
+                f"{n.name}: k3s {version} as {role} from {source}"
+                + (f"; {', '.join(extras)}" if extras else "")
+                + f"; wait <= {cluster.config.k3s.wait_timeout} s for Ready; nothing if already so"
+            )
         return lines
     if stage == "kubeconfig":
         line = f"{first.name}: read {K3S_YAML}, point it at {kc.server_url(inventory.api_endpoint)}, store .piml/kubeconfig (0600)"

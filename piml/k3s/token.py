@@ -11,6 +11,7 @@ from piml.fsutil import make_private_dir, write_atomic
 if TYPE_CHECKING:
     from piml.project import Cluster
 
+
 def cluster_token(cluster: Cluster) -> tuple[str, str]:
     """(token, where it comes from: "inventory" | "generated" | ".piml/k3s-token")."""
     if cluster.inventory.k3s_vars.token:  # a literal: the inventory's check refuses a template or a number

@@ -45,13 +45,24 @@ def apply_object(kube: Kube, discovery: Discovery, obj: dict) -> Applied:
     target = ref(obj)
     resource = discovery.resource(target.api_version, target.kind)
     if resource is None:
-        raise PimlError(Problem(str(target), f"the cluster does not serve {target.kind} ({target.api_version})",
-                                "check the operator that brings it is installed"), EXIT_FAILED)
+        raise PimlError(
+            Problem(
+                str(target),
+                f"the cluster does not serve {target.kind} ({target.api_version})",
+                "check the operator that brings it is installed",
+            ),
+            EXIT_FAILED,
+        )
     path = resource.path(target.namespace or None, target.name)
     before = kube.get(path)
     try:
-        after = kube.request("PATCH", path, {"fieldManager": FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"},
-                             obj, content_type="application/apply-patch+yaml")
+        after = kube.request(
+            "PATCH",
+            path,
+            {"fieldManager": FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"},
+            obj,
+            content_type="application/apply-patch+yaml",
+        )
     except KubeRefused as exc:
         if exc.status != 403 or "is being terminated" in exc.message:
             raise
@@ -59,17 +70,29 @@ def apply_object(kube: Kube, discovery: Discovery, obj: dict) -> Applied:
     except KubeError as exc:
         immutable = IMMUTABLE.search(exc.message or "")
         if exc.status == 422 and immutable:
-            raise PimlError(Problem(
-                str(target), f"the cluster refused it: {immutable['path']} cannot change once {target.kind} exists "
-                             "(the API server keeps it immutable), and this piml renders it differently",
-                f"delete it and run piml up again, which makes it anew: kubectl{_ns(target)} delete "
-                f"{target.kind.lower()} {target.name}"), EXIT_FAILED) from None
-        raise PimlError(Problem(str(target), refusal(exc, target),
-                                "this is a bug in piml's manifests or a cluster too old for them: please report it"),
-                        EXIT_FAILED) from None
+            raise PimlError(
+                Problem(
+                    str(target),
+                    f"the cluster refused it: {immutable['path']} cannot change once {target.kind} exists "
+                    "(the API server keeps it immutable), and this piml renders it differently",
+                    f"delete it and run piml up again, which makes it anew: kubectl{_ns(target)} delete "
+                    f"{target.kind.lower()} {target.name}",
+                ),
+                EXIT_FAILED,
+            ) from None
+        raise PimlError(
+            Problem(
+                str(target),
+                refusal(exc, target),
+                "this is a bug in piml's manifests or a cluster too old for them: please report it",
+            ),
+            EXIT_FAILED,
+        ) from None
     if before is None:
         action = "created"
-    elif _content(before) != _content(after) or before["metadata"].get("generation") != after["metadata"].get("generation"):
+    elif _content(before) != _content(after) or before["metadata"].get("generation") != after["metadata"].get(
+        "generation"
+    ):
         action = "changed"
     else:
         action = "unchanged"
@@ -86,14 +109,19 @@ def forbidden(message: str, target: Ref, live: dict | None) -> Problem:
     if target.kind == "PersistentVolumeClaim" and "can be resized" in first:
         size = dig(live, "spec", "resources", "requests", "storage") or "its size"
         setting = f" ({CLAIM_SETTINGS[target.name]})" if target.name in CLAIM_SETTINGS else ""
-        return Problem(str(target), f"its size cannot change from {size}: k3s's local-path storage does not resize "
-                                    "volumes",
-                       f"set the size back to {size} in piml.yaml{setting}; for a bigger volume, back up its data, "
-                       f"delete the claim (kubectl{_ns(target)} delete pvc {target.name}: its data is lost) "
-                       "and run piml up again")
-    return Problem(str(target), f"the cluster refused it (403): {first}",
-                   "piml needs the cluster-admin kubeconfig k3s writes (piml up --only kubeconfig); if it has it, "
-                   "an admission policy of the cluster refuses this object")
+        return Problem(
+            str(target),
+            f"its size cannot change from {size}: k3s's local-path storage does not resize volumes",
+            f"set the size back to {size} in piml.yaml{setting}; for a bigger volume, back up its data, "
+            f"delete the claim (kubectl{_ns(target)} delete pvc {target.name}: its data is lost) "
+            "and run piml up again",
+        )
+    return Problem(
+        str(target),
+        f"the cluster refused it (403): {first}",
+        "piml needs the cluster-admin kubeconfig k3s writes (piml up --only kubeconfig); if it has it, "
+        "an admission policy of the cluster refuses this object",
+    )
 
 
 def refusal(exc: KubeError, target: Ref) -> str:

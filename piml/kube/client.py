@@ -43,28 +43,46 @@ class Kube:
     def server(self) -> str:
         return self.api_client.configuration.host
 
-    def request(self, method: str, path: str, query: dict | None = None, body: Any = None,
-                content_type: str = "application/json", text: bool = False) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: dict | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        text: bool = False,
+    ) -> Any:
         import urllib3
 
         full = path + ("?" + urlencode({k: v for k, v in query.items() if v is not None}) if query else "")
         # A text answer (a pod's log) is asked for as client-go asks: the API server answers 406 to `text/plain`.
         headers = {"Accept": "application/json, */*" if text else "application/json", "Content-Type": content_type}
-        request = self.api_client.param_serialize(method, full, header_params=headers, body=body,
-                                                  auth_settings=["BearerToken"])
+        request = self.api_client.param_serialize(
+            method, full, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
         try:
             response = self.api_client.call_api(*request, _request_timeout=self.request_timeout)
             data = response.read()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise PimlError(Problem(self.where, f"cannot reach the Kubernetes API at {self.server} "
-                                    f"({why_unreachable(exc, self.request_timeout)})",
-                                    "check that k3s runs on the first server (piml status) and that this machine can reach it"),
-                            EXIT_FAILED) from None
+            raise PimlError(
+                Problem(
+                    self.where,
+                    f"cannot reach the Kubernetes API at {self.server} ({why_unreachable(exc, self.request_timeout)})",
+                    "check that k3s runs on the first server (piml status) and that this machine can reach it",
+                ),
+                EXIT_FAILED,
+            ) from None
         except Exception as exc:  # kubernetes.client.ApiException with status 0: TLS and the like
             if getattr(exc, "status", None) == 0:
-                raise PimlError(Problem(self.where, f"cannot talk to the Kubernetes API at {self.server}: "
-                                        f"{str(getattr(exc, 'reason', exc)).splitlines()[0]}",
-                                        "fetch a fresh kubeconfig with `piml up --only kubeconfig`"), EXIT_FAILED) from None
+                raise PimlError(
+                    Problem(
+                        self.where,
+                        f"cannot talk to the Kubernetes API at {self.server}: "
+                        f"{str(getattr(exc, 'reason', exc)).splitlines()[0]}",
+                        "fetch a fresh kubeconfig with `piml up --only kubeconfig`",
+                    ),
+                    EXIT_FAILED,
+                ) from None
             raise
         if not 200 <= response.status <= 299:
             message = ""
@@ -118,14 +136,23 @@ def _refusal(where: str, status: int, message: str) -> Problem:
     terminating = re.search(r"in namespace (\S+) because it is being terminated", message)
     if status == 403 and terminating:  # NamespaceLifecycle: a teardown has not finished
         namespace = terminating.group(1)
-        return Problem(f"namespace {namespace}", "is still being deleted (Terminating): nothing can be created in it",
-                       f"wait until it is gone (`kubectl get namespace {namespace} -o yaml` says what it waits for), "
-                       "then run piml up again")
+        return Problem(
+            f"namespace {namespace}",
+            "is still being deleted (Terminating): nothing can be created in it",
+            f"wait until it is gone (`kubectl get namespace {namespace} -o yaml` says what it waits for), "
+            "then run piml up again",
+        )
     if status == 401:
-        return Problem(where, f"the Kubernetes API refused piml's credentials (401: {message})",
-                       "fetch a fresh kubeconfig with `piml up --only kubeconfig`")
-    return Problem(where, f"the Kubernetes API refused a request (403: {message})",
-                   "piml needs the cluster-admin kubeconfig k3s writes: fetch it with `piml up --only kubeconfig`")
+        return Problem(
+            where,
+            f"the Kubernetes API refused piml's credentials (401: {message})",
+            "fetch a fresh kubeconfig with `piml up --only kubeconfig`",
+        )
+    return Problem(
+        where,
+        f"the Kubernetes API refused a request (403: {message})",
+        "piml needs the cluster-admin kubeconfig k3s writes: fetch it with `piml up --only kubeconfig`",
+    )
 
 
 def connect(kubeconfig: Path, where: str | None = None, request_timeout: float = REQUEST_TIMEOUT) -> Kube:
@@ -149,7 +176,9 @@ def api_client(kubeconfig: Path, where: str):
     from yaml import YAMLError
 
     if not Path(kubeconfig).is_file():
-        raise PimlError(Problem(where, "no kubeconfig here", "run `piml up` (the kubeconfig stage writes it)"), EXIT_FAILED)
+        raise PimlError(
+            Problem(where, "no kubeconfig here", "run `piml up` (the kubeconfig stage writes it)"), EXIT_FAILED
+        )
     configuration = k8s.Configuration()
     try:
         load_kube_config(config_file=str(kubeconfig), client_configuration=configuration, persist_config=False)
@@ -157,7 +186,9 @@ def api_client(kubeconfig: Path, where: str):
         # The client parses the file as it goes: a file that is YAML but not a kubeconfig fails as a TypeError
         # or KeyError deep inside it. All of them mean the same thing to the user.
         detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PimlError(Problem(where, f"not a usable kubeconfig: {detail}",
-                                "fetch it again with `piml up --only kubeconfig`"), EXIT_FAILED) from None
+        raise PimlError(
+            Problem(where, f"not a usable kubeconfig: {detail}", "fetch it again with `piml up --only kubeconfig`"),
+            EXIT_FAILED,
+        ) from None
     configuration.retries = 1  # bounded: one retry on a dropped connection, then a plain error
     return k8s.ApiClient(configuration)

@@ -61,7 +61,9 @@ class DeployReport:
     def as_dict(self) -> dict:
         return {
             "ok": self.ok,
-            "created": self.created, "changed": self.changed, "unchanged": self.unchanged,
+            "created": self.created,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
             "pruned": [r.as_dict() for r in self.pruned],
             "kept": [r.as_dict() for r in self.kept],
             "still_deleting": self.still_deleting,
@@ -83,12 +85,24 @@ class DeployError(PimlError):
 def _check_labels(objects: list[dict], project: str) -> None:
     for obj in objects:
         if obj.get("metadata", {}).get("labels", {}).get(PROJECT_LABEL) != project:
-            raise PimlError(Problem(str(ref(obj)), f"has no {PROJECT_LABEL}={project} label",
-                                    "this is a bug in piml's templates: please report it"), EXIT_FAILED)
+            raise PimlError(
+                Problem(
+                    str(ref(obj)),
+                    f"has no {PROJECT_LABEL}={project} label",
+                    "this is a bug in piml's templates: please report it",
+                ),
+                EXIT_FAILED,
+            )
 
 
-def deploy(cluster: Cluster, kubeconfig: Path, rendered: list[Rendered], timeouts: Timeouts | None = None,
-           progress: Progress | None = None, wait: bool = True) -> DeployReport:
+def deploy(
+    cluster: Cluster,
+    kubeconfig: Path,
+    rendered: list[Rendered],
+    timeouts: Timeouts | None = None,
+    progress: Progress | None = None,
+    wait: bool = True,
+) -> DeployReport:
     """Apply `rendered` (render_platform's output, with secrets) to the cluster in `kubeconfig`.
 
     Returns the report when everything is ready; raises DeployError (exit 1, report attached) otherwise.
@@ -102,8 +116,15 @@ def deploy(cluster: Cluster, kubeconfig: Path, rendered: list[Rendered], timeout
         kube.close()
 
 
-def _deploy(kube, project: str, objects: list[dict], timeouts: Timeouts, deadline: Deadline,
-            progress: Progress | None, wait: bool) -> DeployReport:
+def _deploy(
+    kube,
+    project: str,
+    objects: list[dict],
+    timeouts: Timeouts,
+    deadline: Deadline,
+    progress: Progress | None,
+    wait: bool,
+) -> DeployReport:
     say = progress or (lambda line: None)
     report = DeployReport()
     _check_labels(objects, project)
@@ -131,13 +152,21 @@ def _deploy(kube, project: str, objects: list[dict], timeouts: Timeouts, deadlin
     if later:
         kinds = {(o["apiVersion"], o["kind"]) for o in later}
         say("waiting  for " + ", ".join(sorted(k for _, k in kinds)) + " to be served (CRDs from the Helm charts)")
-        problems = wait_for_kinds(kube, discovery, kinds, deadline.within(timeouts.crds), timeouts.poll,
-                                  {o["metadata"]["name"] for o in charts})
+        problems = wait_for_kinds(
+            kube,
+            discovery,
+            kinds,
+            deadline.within(timeouts.crds),
+            timeouts.poll,
+            {o["metadata"]["name"] for o in charts},
+        )
         if problems:
             fail(problems)
         apply_all(later)
 
-    deletion = prune(kube, discovery, project, {ref(o) for o in objects}, progress=lambda line: say(line + " (no longer rendered)"))
+    deletion = prune(
+        kube, discovery, project, {ref(o) for o in objects}, progress=lambda line: say(line + " (no longer rendered)")
+    )
     report.pruned, report.kept = deletion.deleted, deletion.kept
 
     def wait_pruned_gone(seconds: float):  # after the readiness wait, which gave them time too; bounded
@@ -154,8 +183,11 @@ def _deploy(kube, project: str, objects: list[dict], timeouts: Timeouts, deadlin
             waited = time.monotonic() - started
             problems = []
             for target, live in not_ready.items():
-                problems += diagnose(kube, live, str(target), waited) if live.get("metadata", {}).get("uid") else [
-                    Problem(str(target), "was applied but is not in the cluster any more", "run piml up again")]
+                problems += (
+                    diagnose(kube, live, str(target), waited)
+                    if live.get("metadata", {}).get("uid")
+                    else [Problem(str(target), "was applied but is not in the cluster any more", "run piml up again")]
+                )
             wait_pruned_gone(0)  # failing already: look once, do not wait longer
             fail(problems)
     wait_pruned_gone(timeouts.ready)

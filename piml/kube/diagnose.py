@@ -13,8 +13,15 @@ from piml.plan.quantities import memory_mi
 LOG_LINES = 10
 PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 # Which piml.yaml block sizes the pods of each component (piml.io/component on KubeRay's pods, else app.kubernetes.io/name).
-SETTINGS = {"mlflow": "mlflow.resources", "dask-scheduler": "dask.scheduler", "dask-worker": "dask.worker",
-            "ray-head": "ray.head", "ray-worker": "ray.worker", "redis": "queue.resources", "rabbitmq": "queue.resources"}
+SETTINGS = {
+    "mlflow": "mlflow.resources",
+    "dask-scheduler": "dask.scheduler",
+    "dask-worker": "dask.worker",
+    "ray-head": "ray.head",
+    "ray-worker": "ray.worker",
+    "redis": "queue.resources",
+    "rabbitmq": "queue.resources",
+}
 
 
 def pod_selector(obj: dict) -> str | None:
@@ -32,7 +39,11 @@ def diagnose(kube: Kube, obj: dict, where: str, waited: float) -> list[Problem]:
     found = pod_problems(kube, namespace, selector, where) if selector else []
     if found:
         return found
-    hint = f"see `kubectl -n {namespace} describe pod -l {selector}`" if selector else f"see `kubectl -n {namespace} describe {obj['kind'].lower()} {obj['metadata']['name']}`"
+    hint = (
+        f"see `kubectl -n {namespace} describe pod -l {selector}`"
+        if selector
+        else f"see `kubectl -n {namespace} describe {obj['kind'].lower()} {obj['metadata']['name']}`"
+    )
     return [Problem(where, f"not ready after {waited:.0f} s ({progress_text(obj)})", hint)]
 
 
@@ -57,8 +68,10 @@ def pod_problems(kube: Kube, namespace: str, selector: str, where: str) -> list[
             key = str(problem).replace(name, "<pod>")
             seen, more = first.get(key, (problem, -1))
             first[key] = (seen, more + 1)
-    return [Problem(p.where, f"{p.what} ({more} more pod{'s' if more > 1 else ''} alike)", p.fix) if more else p
-            for p, more in first.values()]
+    return [
+        Problem(p.where, f"{p.what} ({more} more pod{'s' if more > 1 else ''} alike)", p.fix) if more else p
+        for p, more in first.values()
+    ]
 
 
 def _pod(kube: Kube, pod: dict, where: str) -> list[Problem]:
@@ -72,26 +85,48 @@ def _pod(kube: Kube, pod: dict, where: str) -> list[Problem]:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         last = ((cs.get("lastState") or {}).get("terminated")) or ((cs.get("state") or {}).get("terminated")) or {}
         if waiting.get("reason") in PULL_REASONS:
-            problems.append(Problem(where, f"image {image} cannot be pulled ({waiting['reason']}{_pull_detail(kube, pod)})",
-                                    "check the image name and tag, and that the nodes can reach its registry"))
+            problems.append(
+                Problem(
+                    where,
+                    f"image {image} cannot be pulled ({waiting['reason']}{_pull_detail(kube, pod)})",
+                    "check the image name and tag, and that the nodes can reach its registry",
+                )
+            )
         elif last.get("reason") == "OOMKilled":
             limit = dig(container, "resources", "limits", "memory", default="unset")
             labels = dig(pod, "metadata", "labels", default={})
             setting = SETTINGS.get(labels.get("piml.io/component") or labels.get("app.kubernetes.io/name", ""))
-            problems.append(Problem(where, f"container {cs['name']} was killed for using more than its memory limit {limit}",
-                                    f"raise it in piml.yaml ({setting}.limits.memory)" if setting else "raise it in piml.yaml"))
-        elif waiting.get("reason") in ("CrashLoopBackOff", "RunContainerError") or (last.get("exitCode", 0) != 0 and not cs.get("ready")):
+            problems.append(
+                Problem(
+                    where,
+                    f"container {cs['name']} was killed for using more than its memory limit {limit}",
+                    f"raise it in piml.yaml ({setting}.limits.memory)" if setting else "raise it in piml.yaml",
+                )
+            )
+        elif waiting.get("reason") in ("CrashLoopBackOff", "RunContainerError") or (
+            last.get("exitCode", 0) != 0 and not cs.get("ready")
+        ):
             lines = _logs(kube, pod, cs["name"])
             if any("exec format error" in line for line in lines) or "exec format error" in (last.get("message") or ""):
                 node = spec.get("nodeName", "?")
-                problems.append(Problem(where, f"image {image} is built for another architecture than node {node} ({_arch(kube, node)})",
-                                        "use an image built for that architecture, or a multi-arch one"
-                                        + ("; Ray's arm64 images are the tags ending in -aarch64" if "rayproject/ray" in image else "")))
+                problems.append(
+                    Problem(
+                        where,
+                        f"image {image} is built for another architecture than node {node} ({_arch(kube, node)})",
+                        "use an image built for that architecture, or a multi-arch one"
+                        + ("; Ray's arm64 images are the tags ending in -aarch64" if "rayproject/ray" in image else ""),
+                    )
+                )
             else:
                 code = last.get("exitCode", "?")
                 shown = "\n".join(f"    | {line}" for line in lines) if lines else "    (the log is empty)"
-                problems.append(Problem(where, f"container {cs['name']} keeps crashing (exit code {code}, pod {name})",
-                                        f"its last log lines say what went wrong:\n{shown}"))
+                problems.append(
+                    Problem(
+                        where,
+                        f"container {cs['name']} keeps crashing (exit code {code}, pod {name})",
+                        f"its last log lines say what went wrong:\n{shown}",
+                    )
+                )
     if status.get("phase") == "Pending" and not spec.get("nodeName"):
         problems += _unschedulable(kube, pod, where)
     return problems
@@ -100,8 +135,9 @@ def _pod(kube: Kube, pod: dict, where: str) -> list[Problem]:
 def _events(kube: Kube, pod: dict) -> list[dict]:
     namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     try:
-        events = kube.request("GET", f"/api/v1/namespaces/{namespace}/events",
-                              {"fieldSelector": f"involvedObject.name={name}"})
+        events = kube.request(
+            "GET", f"/api/v1/namespaces/{namespace}/events", {"fieldSelector": f"involvedObject.name={name}"}
+        )
         events = dig(events, "items", default=[])
     except KubeError:
         return []
@@ -121,7 +157,9 @@ def _logs(kube: Kube, pod: dict, container: str) -> list[str]:
     path = f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}/log"
     for previous in ("true", None):  # the crashed run's log, else the current one
         try:
-            text = kube.request("GET", path, {"container": container, "tailLines": LOG_LINES, "previous": previous}, text=True)
+            text = kube.request(
+                "GET", path, {"container": container, "tailLines": LOG_LINES, "previous": previous}, text=True
+            )
         except KubeError:
             continue
         return [line for line in text.splitlines() if line.strip()][-LOG_LINES:]
@@ -132,8 +170,9 @@ def _arch(kube: Kube, node: str) -> str:
     obj = kube.get(f"/api/v1/nodes/{node}") if node and node != "?" else None
     if not obj:
         return "unknown architecture"
-    return (dig(obj, "status", "nodeInfo", "architecture")
-            or dig(obj, "metadata", "labels", "kubernetes.io/arch", default="unknown architecture"))
+    return dig(obj, "status", "nodeInfo", "architecture") or dig(
+        obj, "metadata", "labels", "kubernetes.io/arch", default="unknown architecture"
+    )
 
 
 def fmt_memory(mebibytes: int) -> str:
@@ -157,8 +196,11 @@ def free_memory(kube: Kube) -> dict[str, tuple[int, int]]:
     for node in nodes:
         name = node["metadata"]["name"]
         allocatable = memory_mi(dig(node, "status", "allocatable", "memory", default="0"))
-        used = sum(_requested_memory(dig(p, "spec", default={})) for p in pods
-                   if dig(p, "spec", "nodeName") == name and dig(p, "status", "phase") not in ("Succeeded", "Failed"))
+        used = sum(
+            _requested_memory(dig(p, "spec", default={}))
+            for p in pods
+            if dig(p, "spec", "nodeName") == name and dig(p, "status", "phase") not in ("Succeeded", "Failed")
+        )
         free[name] = (allocatable - used, allocatable)
     return free
 
@@ -166,18 +208,37 @@ def free_memory(kube: Kube) -> dict[str, tuple[int, int]]:
 def _unschedulable(kube: Kube, pod: dict, where: str) -> list[Problem]:
     name = pod["metadata"]["name"]
     messages = [e.get("message", "") for e in _events(kube, pod) if e.get("reason") == "FailedScheduling"]
-    messages += [c.get("message", "") for c in dig(pod, "status", "conditions", default=[])
-                 if c.get("type") == "PodScheduled" and c.get("status") == "False"]
+    messages += [
+        c.get("message", "")
+        for c in dig(pod, "status", "conditions", default=[])
+        if c.get("type") == "PodScheduled" and c.get("status") == "False"
+    ]
     messages = [m for m in messages if m]
     if not messages:
         return []
-    message = messages[-1] if not any("Insufficient memory" in m for m in messages) else next(m for m in messages if "Insufficient memory" in m)
+    message = (
+        messages[-1]
+        if not any("Insufficient memory" in m for m in messages)
+        else next(m for m in messages if "Insufficient memory" in m)
+    )
     if "Insufficient memory" in message:
         wanted = _requested_memory(dig(pod, "spec", default={}))
-        nodes = ", ".join(f"{n} {fmt_memory(max(f, 0))} of {fmt_memory(a)}" for n, (f, a) in sorted(free_memory(kube).items()))
-        return [Problem(where, f"pod {name} stays Pending: it requests {fmt_memory(wanted)} of memory and no node has that much free "
-                               f"(free: {nodes or 'no nodes'})",
-                        "lower its memory request in piml.yaml, switch a component off, or add a node")]
+        nodes = ", ".join(
+            f"{n} {fmt_memory(max(f, 0))} of {fmt_memory(a)}" for n, (f, a) in sorted(free_memory(kube).items())
+        )
+        return [
+            Problem(
+                where,
+                f"pod {name} stays Pending: it requests {fmt_memory(wanted)} of memory and no node has that much free "
+                f"(free: {nodes or 'no nodes'})",
+                "lower its memory request in piml.yaml, switch a component off, or add a node",
+            )
+        ]
     first = message.split(". preemption:")[0].strip().rstrip(".")
-    return [Problem(where, f"pod {name} cannot be scheduled: {first}",
-                    "check the node labels and taints the pod needs (piml plan shows where each part goes)")]
+    return [
+        Problem(
+            where,
+            f"pod {name} cannot be scheduled: {first}",
+            "check the node labels and taints the pod needs (piml plan shows where each part goes)",
+        )
+    ]

@@ -47,7 +47,9 @@ class Discovery:
                 listing = {"resources": []}
             self._cache[api_version] = {
                 r["kind"]: Resource(api_version, r["kind"], r["name"], bool(r.get("namespaced")))
-                for r in dig(listing, "resources", default=[]) if "/" not in r["name"]}
+                for r in dig(listing, "resources", default=[])
+                if "/" not in r["name"]
+            }
         return self._cache[api_version]
 
     def resource(self, api_version: str, kind: str) -> Resource | None:

@@ -61,8 +61,13 @@ class NodeChange:
         return f"Node {self.node}: " + ("; ".join(parts) or "piml's labels and taints recorded")
 
     def as_dict(self) -> dict:
-        return {"node": self.node, "labels_set": dict(self.labels_set), "labels_removed": list(self.labels_removed),
-                "taints_added": list(self.taints_added), "taints_removed": list(self.taints_removed)}
+        return {
+            "node": self.node,
+            "labels_set": dict(self.labels_set),
+            "labels_removed": list(self.labels_removed),
+            "taints_added": list(self.taints_added),
+            "taints_removed": list(self.taints_removed),
+        }
 
 
 @dataclass
@@ -73,8 +78,12 @@ class NodeLabelsReport:
     failed: dict[str, str] = field(default_factory=dict)  # node -> why the API refused
 
     def as_dict(self) -> dict:
-        return {"changed": [c.as_dict() for c in self.changed], "unchanged": list(self.unchanged),
-                "missing": list(self.missing), "failed": dict(self.failed)}
+        return {
+            "changed": [c.as_dict() for c in self.changed],
+            "unchanged": list(self.unchanged),
+            "missing": list(self.missing),
+            "failed": dict(self.failed),
+        }
 
 
 def _names(text: str | None) -> set[str]:
@@ -91,10 +100,16 @@ def _taint_text(taint: dict) -> str:
 
 
 def _same_taint(a: dict, b: dict) -> bool:
-    return (a.get("key"), a.get("value") or "", a.get("effect")) == (b.get("key"), b.get("value") or "", b.get("effect"))
+    return (a.get("key"), a.get("value") or "", a.get("effect")) == (
+        b.get("key"),
+        b.get("value") or "",
+        b.get("effect"),
+    )
 
 
-def node_patch(live: dict, labels: dict[str, str], taints: Iterable[Taint], model: str | None = None) -> tuple[dict | None, NodeChange]:
+def node_patch(
+    live: dict, labels: dict[str, str], taints: Iterable[Taint], model: str | None = None
+) -> tuple[dict | None, NodeChange]:
     """The merge patch that makes `live` (a Node) carry the inventory's labels and taints, or None when it does.
 
     Pure: the tests and `reconcile` share it.
@@ -174,8 +189,10 @@ def reconcile(kube: Kube, nodes: Iterable[Node], progress: Callable[[str], None]
                 if exc.status == 409 and attempt < ATTEMPTS:
                     continue  # changed by someone else since we read it: read it again
                 message = exc.message.splitlines()[0] if exc.message else "no message"
-                report.failed[node.name] = (f"the API refused its labels/taints ({exc.status} {exc.reason}: {message}); "
-                                            f"check piml_labels / piml_taints of {node.name} in the inventory")
+                report.failed[node.name] = (
+                    f"the API refused its labels/taints ({exc.status} {exc.reason}: {message}); "
+                    f"check piml_labels / piml_taints of {node.name} in the inventory"
+                )
                 say(f"{'failed':<9} Node {node.name}: {report.failed[node.name]}")
                 break
             report.changed.append(change)
@@ -184,8 +201,9 @@ def reconcile(kube: Kube, nodes: Iterable[Node], progress: Callable[[str], None]
     return report
 
 
-def reconcile_node_labels(cluster: Cluster, kubeconfig: Path, progress: Callable[[str], None] | None = None,
-                          request_timeout: float = 15.0) -> NodeLabelsReport:
+def reconcile_node_labels(
+    cluster: Cluster, kubeconfig: Path, progress: Callable[[str], None] | None = None, request_timeout: float = 15.0
+) -> NodeLabelsReport:
     """`piml up`, before the platform: the inventory's labels and taints on the cluster's Node objects."""
     kube = connect(kubeconfig, cluster.paths.show(kubeconfig), request_timeout)
     try:
@@ -194,4 +212,12 @@ def reconcile_node_labels(cluster: Cluster, kubeconfig: Path, progress: Callable
         kube.close()
 
 
-__all__ = ["MANAGED_LABELS", "MANAGED_TAINTS", "NodeChange", "NodeLabelsReport", "node_patch", "reconcile", "reconcile_node_labels"]
+__all__ = [
+    "MANAGED_LABELS",
+    "MANAGED_TAINTS",
+    "NodeChange",
+    "NodeLabelsReport",
+    "node_patch",
+    "reconcile",
+    "reconcile_node_labels",
+]

@@ -60,8 +60,11 @@ def delete(kube: Kube, discovery: Discovery, target: Ref) -> bool:
         return False
     try:
         custom = target.api_version.partition("/")[0] in CUSTOM_GROUPS
-        kube.request("DELETE", resource.path(target.namespace or None, target.name),
-                     {"propagationPolicy": "Background" if custom else "Foreground"})
+        kube.request(
+            "DELETE",
+            resource.path(target.namespace or None, target.name),
+            {"propagationPolicy": "Background" if custom else "Foreground"},
+        )
     except KubeError as exc:
         if exc.status == 404:
             return False
@@ -83,7 +86,11 @@ def delete_objects(kube: Kube, discovery: Discovery, live: list[dict], purge: bo
             result.kept.append(target)
             kept_namespaces.add(target.namespace)
             continue
-        if target.kind == "Namespace" and not purge and (target.name in kept_namespaces or _holds_claims(kube, target.name)):
+        if (
+            target.kind == "Namespace"
+            and not purge
+            and (target.name in kept_namespaces or _holds_claims(kube, target.name))
+        ):
             result.kept.append(target)
             continue
         if delete(kube, discovery, target):
@@ -126,9 +133,12 @@ def wait_pods_gone(kube: Kube, owners: list[dict], until: float, poll: float) ->
     namespaces = sorted({dig(o, "metadata", "namespace") for o in owners} - {None})
     left: list[str] = []
     while namespaces:
-        left = [f"{ns}/{pod['metadata']['name']}" for ns in namespaces
-                for pod in dig(kube.request("GET", f"/api/v1/namespaces/{ns}/pods"), "items", default=[])
-                if any(r.get("uid") in uids for r in dig(pod, "metadata", "ownerReferences", default=[]))]
+        left = [
+            f"{ns}/{pod['metadata']['name']}"
+            for ns in namespaces
+            for pod in dig(kube.request("GET", f"/api/v1/namespaces/{ns}/pods"), "items", default=[])
+            if any(r.get("uid") in uids for r in dig(pod, "metadata", "ownerReferences", default=[]))
+        ]
         remaining = until - time.monotonic()
         if not left or remaining <= 0:
             break
@@ -144,8 +154,11 @@ def why_still_there(kube: Kube, discovery: Discovery, target: Ref) -> str:
         return "gone now"
     finalizers = dig(live, "metadata", "finalizers", default=[])
     if target.kind == "Namespace":
-        waiting = [c.get("message", "") for c in dig(live, "status", "conditions", default=[])
-                   if c.get("status") == "True" and c.get("type") in ("NamespaceContentRemaining",
-                                                                      "NamespaceFinalizersRemaining")]
+        waiting = [
+            c.get("message", "")
+            for c in dig(live, "status", "conditions", default=[])
+            if c.get("status") == "True"
+            and c.get("type") in ("NamespaceContentRemaining", "NamespaceFinalizersRemaining")
+        ]
         return "; ".join(m for m in waiting if m) or "Terminating"
     return f"waiting for {', '.join(finalizers)}" if finalizers else "Terminating"

@@ -42,13 +42,26 @@ def read_status(kube: Kube, project: str) -> dict:
     nodes = [node_row(n) for n in dig(kube.request("GET", "/api/v1/nodes"), "items", default=[])]
     live = project_objects(kube, Discovery(kube), project)
     components = [component_row(o) for o in live if o["kind"] in ("Deployment", "RayCluster", "HelmChart")]
-    volumes = [{"name": o["metadata"]["name"], "namespace": o["metadata"].get("namespace"),
-                "phase": dig(o, "status", "phase", default="Pending"),
-                "size": dig(o, "spec", "resources", "requests", "storage")}
-               for o in live if o["kind"] == "PersistentVolumeClaim"]
+    volumes = [
+        {
+            "name": o["metadata"]["name"],
+            "namespace": o["metadata"].get("namespace"),
+            "phase": dig(o, "status", "phase", default="Pending"),
+            "size": dig(o, "spec", "resources", "requests", "storage"),
+        }
+        for o in live
+        if o["kind"] == "PersistentVolumeClaim"
+    ]
     healthy = all(n["ready"] and not n["pressure"] for n in nodes) and all(c["ready"] for c in components)
-    return {"reachable": True, "server": kube.server, "version": version, "nodes": nodes,
-            "components": components, "volumes": volumes, "healthy": healthy and bool(nodes)}
+    return {
+        "reachable": True,
+        "server": kube.server,
+        "version": version,
+        "nodes": nodes,
+        "components": components,
+        "volumes": volumes,
+        "healthy": healthy and bool(nodes),
+    }
 
 
 def node_row(node: dict) -> dict:
@@ -57,27 +70,51 @@ def node_row(node: dict) -> dict:
     labels = dig(node, "metadata", "labels", default={})
     roles = sorted(k.rpartition("/")[2] for k in labels if k.startswith("node-role.kubernetes.io/"))
     info = dig(status, "nodeInfo", default={})
-    return {"name": node["metadata"]["name"], "ready": conditions.get("Ready") == "True",
-            "pressure": [p for p in PRESSURES if conditions.get(p) == "True"],
-            "unschedulable": bool(dig(node, "spec", "unschedulable")),
-            "roles": roles, "kubelet": info.get("kubeletVersion"), "arch": info.get("architecture") or labels.get("kubernetes.io/arch"),
-            "os": info.get("osImage"), "memory": dig(status, "allocatable", "memory")}
+    return {
+        "name": node["metadata"]["name"],
+        "ready": conditions.get("Ready") == "True",
+        "pressure": [p for p in PRESSURES if conditions.get(p) == "True"],
+        "unschedulable": bool(dig(node, "spec", "unschedulable")),
+        "roles": roles,
+        "kubelet": info.get("kubeletVersion"),
+        "arch": info.get("architecture") or labels.get("kubernetes.io/arch"),
+        "os": info.get("osImage"),
+        "memory": dig(status, "allocatable", "memory"),
+    }
 
 
 def component_row(obj: dict) -> dict:
     meta = obj["metadata"]
     status = obj.get("status") or {}
-    row = {"component": dig(meta, "labels", "app.kubernetes.io/name", default=meta["name"]), "kind": obj["kind"],
-           "namespace": meta.get("namespace"), "name": meta["name"]}
+    row = {
+        "component": dig(meta, "labels", "app.kubernetes.io/name", default=meta["name"]),
+        "kind": obj["kind"],
+        "namespace": meta.get("namespace"),
+        "name": meta["name"],
+    }
     if obj["kind"] == "HelmChart":
-        failed = [c for c in dig(status, "conditions", default=[])
-                  if c.get("type") == "Failed" and c.get("status") == "True"]
-        return {**row, "ready": not failed, "state": "failed" if failed else "applied",
-                "chart": f"{dig(obj, 'spec', 'chart')} {dig(obj, 'spec', 'version', default='')}".strip()}
+        failed = [
+            c for c in dig(status, "conditions", default=[]) if c.get("type") == "Failed" and c.get("status") == "True"
+        ]
+        return {
+            **row,
+            "ready": not failed,
+            "state": "failed" if failed else "applied",
+            "chart": f"{dig(obj, 'spec', 'chart')} {dig(obj, 'spec', 'version', default='')}".strip(),
+        }
     ok, detail = readiness(obj)
     if obj["kind"] == "Deployment":
         want = dig(obj, "spec", "replicas", default=1)
-        return {**row, "ready": ok, "ready_replicas": dig(status, "readyReplicas", default=0), "replicas": want,
-                "state": detail}
-    return {**row, "ready": ok, "state": status.get("state") or "pending",
-            "ready_workers": dig(status, "readyWorkerReplicas", default=0)}
+        return {
+            **row,
+            "ready": ok,
+            "ready_replicas": dig(status, "readyReplicas", default=0),
+            "replicas": want,
+            "state": detail,
+        }
+    return {
+        **row,
+        "ready": ok,
+        "state": status.get("state") or "pending",
+        "ready_workers": dig(status, "readyWorkerReplicas", default=0),
+    }

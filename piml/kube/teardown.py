@@ -34,13 +34,24 @@ class TeardownReport:
     purge: bool = False
 
     def as_dict(self) -> dict:
-        return {"purge": self.purge, "deleted": [r.as_dict() for r in self.deleted], "kept": [r.as_dict() for r in self.kept],
-                "still_deleting": [r.as_dict() for r in self.still_going], "pods_left": self.pods_left,
-                "waiting_for": self.waiting_for}
+        return {
+            "purge": self.purge,
+            "deleted": [r.as_dict() for r in self.deleted],
+            "kept": [r.as_dict() for r in self.kept],
+            "still_deleting": [r.as_dict() for r in self.still_going],
+            "pods_left": self.pods_left,
+            "waiting_for": self.waiting_for,
+        }
 
 
-def teardown_platform(cluster: Cluster, kubeconfig: Path, purge: bool = False, timeout: float = 120.0,
-                      poll: float = 2.0, progress: Callable[[str], None] | None = None) -> TeardownReport:
+def teardown_platform(
+    cluster: Cluster,
+    kubeconfig: Path,
+    purge: bool = False,
+    timeout: float = 120.0,
+    poll: float = 2.0,
+    progress: Callable[[str], None] | None = None,
+) -> TeardownReport:
     """Delete the platform. `purge` also deletes the PersistentVolumeClaims (the data) and the namespace:
     the caller confirms that first (the project name typed, or --yes)."""
     kube = connect(kubeconfig, cluster.paths.show(kubeconfig))

@@ -41,12 +41,15 @@ class Deadline:
 
 
 def _established(crd: dict) -> bool:
-    return any(c.get("type") == "Established" and c.get("status") == "True"
-               for c in dig(crd, "status", "conditions", default=[]))
+    return any(
+        c.get("type") == "Established" and c.get("status") == "True"
+        for c in dig(crd, "status", "conditions", default=[])
+    )
 
 
-def wait_for_kinds(kube: Kube, discovery: Discovery, kinds: set[tuple[str, str]], until: float, poll: float,
-                   charts: set[str]) -> list[Problem]:
+def wait_for_kinds(
+    kube: Kube, discovery: Discovery, kinds: set[tuple[str, str]], until: float, poll: float, charts: set[str]
+) -> list[Problem]:
     """Wait until every (apiVersion, kind) is served: its CRD (found by group and kind) Established and the
     group/version in discovery. `charts` are the HelmCharts just applied: only kinds one of them brings are
     waited for; any other kind that is not served is a problem at once."""
@@ -58,18 +61,29 @@ def wait_for_kinds(kube: Kube, discovery: Discovery, kinds: set[tuple[str, str]]
         if chart in charts:
             pending.add((api_version, kind))
         elif group == "traefik.io":
-            problems.append(Problem(f"{kind} ({api_version})", "this cluster does not serve Traefik's kinds",
-                                    "k3s ships Traefik: remove 'traefik' from k3s.disable in piml.yaml and run piml up again"))
+            problems.append(
+                Problem(
+                    f"{kind} ({api_version})",
+                    "this cluster does not serve Traefik's kinds",
+                    "k3s ships Traefik: remove 'traefik' from k3s.disable in piml.yaml and run piml up again",
+                )
+            )
         else:
-            problems.append(Problem(f"{kind} ({api_version})", "this cluster does not serve this kind and nothing piml applies brings it",
-                                    "install the operator that provides it"))
+            problems.append(
+                Problem(
+                    f"{kind} ({api_version})",
+                    "this cluster does not serve this kind and nothing piml applies brings it",
+                    "install the operator that provides it",
+                )
+            )
     state: dict[tuple[str, str], str] = {k: "no CRD yet" for k in pending}
     while pending:
         crds = dig(kube.request("GET", CRD_PATH), "items", default=[])
         for api_version, kind in sorted(pending):
             group = api_version.partition("/")[0]
-            crd = next((c for c in crds
-                        if dig(c, "spec", "group") == group and dig(c, "spec", "names", "kind") == kind), None)
+            crd = next(
+                (c for c in crds if dig(c, "spec", "group") == group and dig(c, "spec", "names", "kind") == kind), None
+            )
             if crd is None:
                 continue
             if not _established(crd):
@@ -86,9 +100,14 @@ def wait_for_kinds(kube: Kube, discovery: Discovery, kinds: set[tuple[str, str]]
         time.sleep(min(poll, remaining))
     for api_version, kind in sorted(pending):
         chart = CHART_FOR_GROUP[api_version.partition("/")[0]]
-        problems.append(Problem(f"HelmChart kube-system/{chart}", f"{kind} ({api_version}) is still not served ({state[(api_version, kind)]})",
-                                f"see how the chart install went: `kubectl -n kube-system logs job/helm-install-{chart}` "
-                                "(k3s fetches the chart from its repository on the internet)"))
+        problems.append(
+            Problem(
+                f"HelmChart kube-system/{chart}",
+                f"{kind} ({api_version}) is still not served ({state[(api_version, kind)]})",
+                f"see how the chart install went: `kubectl -n kube-system logs job/helm-install-{chart}` "
+                "(k3s fetches the chart from its repository on the internet)",
+            )
+        )
     return problems
 
 
@@ -111,8 +130,9 @@ def readiness(obj: dict) -> tuple[bool, str]:
 WAITED_KINDS = {"Deployment", "RayCluster"}
 
 
-def wait_ready(kube: Kube, discovery: Discovery, refs: list[Ref], until: float, poll: float,
-               progress=None) -> tuple[list[Ref], dict[Ref, dict]]:
+def wait_ready(
+    kube: Kube, discovery: Discovery, refs: list[Ref], until: float, poll: float, progress=None
+) -> tuple[list[Ref], dict[Ref, dict]]:
     """Poll until every object is ready or `until`. Returns (ready refs, not ready: ref -> its last live object)."""
     waiting = [r for r in refs if r.kind in WAITED_KINDS]
     ready: list[Ref] = [r for r in refs if r.kind not in WAITED_KINDS]
@@ -135,4 +155,6 @@ def wait_ready(kube: Kube, discovery: Discovery, refs: list[Ref], until: float, 
         if not waiting or remaining <= 0:
             break
         time.sleep(min(poll, remaining))
-    return ready, {r: last.get(r, {"kind": r.kind, "metadata": {"name": r.name, "namespace": r.namespace}}) for r in waiting}
+    return ready, {
+        r: last.get(r, {"kind": r.kind, "metadata": {"name": r.name, "namespace": r.namespace}}) for r in waiting
+    }

@@ -28,9 +28,18 @@ if TYPE_CHECKING:
     from piml.project import Cluster
 
 # Which piml.yaml section switches each service off.
-SECTION_OF = {"mlflow": "mlflow", "postgres": "mlflow", "minio": "mlflow", "dask-scheduler": "dask",
-              "kuberay-operator": "ray", "ray-head": "ray", "ray-autoscaler": "ray", "redis": "queue",
-              "rabbitmq": "queue", "keda": "queue"}
+SECTION_OF = {
+    "mlflow": "mlflow",
+    "postgres": "mlflow",
+    "minio": "mlflow",
+    "dask-scheduler": "dask",
+    "kuberay-operator": "ray",
+    "ray-head": "ray",
+    "ray-autoscaler": "ray",
+    "redis": "queue",
+    "rabbitmq": "queue",
+    "keda": "queue",
+}
 SERVICES_LABEL = "piml.io/services"  # label nodes "true" to keep the platform services on them
 
 
@@ -47,9 +56,18 @@ class NodeCapacity:
     reservation: Reservation = sizes.RESERVED["agent"]
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "arch": self.arch, "role": self.role, "cpu": self.cpu, "memory": self.memory,
-                "total_cpu": self.total_cpu, "total_memory": self.total_memory, "source": self.source,
-                **self.reservation.as_dict(), "kubelet_args": self.reservation.kubelet_args()}
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "role": self.role,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "total_cpu": self.total_cpu,
+            "total_memory": self.total_memory,
+            "source": self.source,
+            **self.reservation.as_dict(),
+            "kubelet_args": self.reservation.kubelet_args(),
+        }
 
 
 @dataclass(frozen=True)
@@ -91,14 +109,20 @@ class WorkSplit:
     queue_cpu: int = 0
     queue_memory: int = 0
 
-    RULE = ("after the platform services, k3s's own pods and the Dask workers, each node's free CPU and memory is "
-            "split: a share for Ray workers (the autoscaler's maximum), the rest for queue Jobs (max_jobs); "
-            "one of them switched off, the other takes it all")
+    RULE = (
+        "after the platform services, k3s's own pods and the Dask workers, each node's free CPU and memory is "
+        "split: a share for Ray workers (the autoscaler's maximum), the rest for queue Jobs (max_jobs); "
+        "one of them switched off, the other takes it all"
+    )
 
     def as_dict(self) -> dict:
-        return {"rule": self.RULE, "ray_share": self.ray, "queue_share": self.queue,
-                "ray": {"cpu_m": self.ray_cpu, "memory_mi": self.ray_memory},
-                "queue": {"cpu_m": self.queue_cpu, "memory_mi": self.queue_memory}}
+        return {
+            "rule": self.RULE,
+            "ray_share": self.ray,
+            "queue_share": self.queue,
+            "ray": {"cpu_m": self.ray_cpu, "memory_mi": self.ray_memory},
+            "queue": {"cpu_m": self.queue_cpu, "memory_mi": self.queue_memory},
+        }
 
 
 @dataclass(frozen=True)
@@ -146,17 +170,38 @@ class Plan:
 
     def as_dict(self) -> dict:
         def size(s: Size) -> dict:
-            return {"requests": {"cpu_m": s.cpu_request, "memory_mi": s.memory_request},
-                    "limits": {"cpu_m": s.cpu_limit, "memory_mi": s.memory_limit}}
+            return {
+                "requests": {"cpu_m": s.cpu_request, "memory_mi": s.memory_request},
+                "limits": {"cpu_m": s.cpu_limit, "memory_mi": s.memory_limit},
+            }
 
         return {
-            "nodes": [{**n.as_dict(), "services_cpu_m": self.used(n.name)[0], "services_memory_mi": self.used(n.name)[1]} for n in self.nodes],
-            "services": [{"component": p.component, "node": p.node, "arch": p.arch, **size(p.size),
-                          **({"pinned_by": p.pinned_by} if p.pinned_by else {})} for p in self.services],
-            "k3s_pods": [{"name": s.name, "node": s.node, "requests": {"cpu_m": s.cpu_request, "memory_mi": s.memory_request}}
-                         for s in self.system],
-            "dask_workers": [{"arch": w.arch, "replicas": w.replicas, "nodes": list(w.nodes), **size(w.size)} for w in self.dask_workers],
-            "ray_workers": [{"arch": w.arch, "max_replicas": w.replicas, "nodes": list(w.nodes), **size(w.size)} for w in self.ray_workers],
+            "nodes": [
+                {**n.as_dict(), "services_cpu_m": self.used(n.name)[0], "services_memory_mi": self.used(n.name)[1]}
+                for n in self.nodes
+            ],
+            "services": [
+                {
+                    "component": p.component,
+                    "node": p.node,
+                    "arch": p.arch,
+                    **size(p.size),
+                    **({"pinned_by": p.pinned_by} if p.pinned_by else {}),
+                }
+                for p in self.services
+            ],
+            "k3s_pods": [
+                {"name": s.name, "node": s.node, "requests": {"cpu_m": s.cpu_request, "memory_mi": s.memory_request}}
+                for s in self.system
+            ],
+            "dask_workers": [
+                {"arch": w.arch, "replicas": w.replicas, "nodes": list(w.nodes), **size(w.size)}
+                for w in self.dask_workers
+            ],
+            "ray_workers": [
+                {"arch": w.arch, "max_replicas": w.replicas, "nodes": list(w.nodes), **size(w.size)}
+                for w in self.ray_workers
+            ],
             "runner": {"max_jobs": self.max_jobs, **size(self.runner)} if self.runner else None,
             "work_split": self.split.as_dict() if self.split else None,
             "pins": [p.as_dict() for p in self.pins],
@@ -180,9 +225,14 @@ def platform_services(config: PimlConfig) -> list[tuple[str, Size]]:
     if config.dask.enabled:
         wanted.append(("dask-scheduler", d["dask-scheduler"].override(config.dask.scheduler)))
     if config.ray.enabled:
-        wanted += [("kuberay-operator", d["kuberay-operator"]), ("ray-head", d["ray-head"].override(config.ray.head)),
-                   ("ray-autoscaler", d["ray-autoscaler"])]
-    redis_needed = (config.queue.enabled and config.queue.kind == "redis") or (config.ray.enabled and config.ray.gcs_fault_tolerance)
+        wanted += [
+            ("kuberay-operator", d["kuberay-operator"]),
+            ("ray-head", d["ray-head"].override(config.ray.head)),
+            ("ray-autoscaler", d["ray-autoscaler"]),
+        ]
+    redis_needed = (config.queue.enabled and config.queue.kind == "redis") or (
+        config.ray.enabled and config.ray.gcs_fault_tolerance
+    )
     if redis_needed:
         wanted.append(("redis", d["redis"]))
     if config.queue.enabled:
@@ -212,19 +262,43 @@ def node_capacity(node: Node, facts: NodeFacts | None) -> NodeCapacity | Problem
     cpus = cpus or node.cpus or sizes.CPUS_BY_MODEL.get(node.model or "")
     arch = arch if arch in ("arm64", "amd64") else node.arch
     if memory is None or cpus is None or arch is None:
-        missing = ", ".join(k for k, v in (("memory (piml_memory_gb)", memory), ("CPUs (piml_cpus)", cpus), ("architecture (piml_arch)", arch)) if v is None)
-        return Problem(node.where or node.name, f"cannot size node '{node.name}': its {missing} is unknown",
-                       "let piml reach it (piml plan --reach), or declare it in the inventory")
+        missing = ", ".join(
+            k
+            for k, v in (
+                ("memory (piml_memory_gb)", memory),
+                ("CPUs (piml_cpus)", cpus),
+                ("architecture (piml_arch)", arch),
+            )
+            if v is None
+        )
+        return Problem(
+            node.where or node.name,
+            f"cannot size node '{node.name}': its {missing} is unknown",
+            "let piml reach it (piml plan --reach), or declare it in the inventory",
+        )
     reserved = reservation(node)
-    return NodeCapacity(node.name, arch, str(node.role), cpus * 1000 - reserved.cpu, memory - reserved.memory, memory,
-                        source, cpus * 1000, reserved)
+    return NodeCapacity(
+        node.name,
+        arch,
+        str(node.role),
+        cpus * 1000 - reserved.cpu,
+        memory - reserved.memory,
+        memory,
+        source,
+        cpus * 1000,
+        reserved,
+    )
 
 
 def k3s_pods(cluster: Cluster) -> list[SystemPlacement]:
     """k3s's packaged pods that are not disabled, on the first server (k3s starts them before others join)."""
     first = cluster.inventory.servers[0].name
     disabled = set(cluster.config.k3s.disable)  # what the k3s stage passes as --disable
-    return [SystemPlacement(p.name, first, p.cpu_request, p.memory_request) for p in sizes.K3S_PODS if p.disable not in disabled]
+    return [
+        SystemPlacement(p.name, first, p.cpu_request, p.memory_request)
+        for p in sizes.K3S_PODS
+        if p.disable not in disabled
+    ]
 
 
 def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins: dict[str, Pin] | None = None) -> Plan:
@@ -248,9 +322,13 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
     keep_off = {n.name: t for n in nodes for t in n.taints if t.effect in ("NoSchedule", "NoExecute")}
     usable = [c for c in capacities if c.name not in keep_off]
     if not usable:
-        raise InputError(Problem(cluster.inventory.servers[0].where or "inventory", "every node has a NoSchedule or "
-                                 "NoExecute taint (piml_taints): the platform has nowhere to run",
-                                 "leave at least one node without such a taint"))
+        raise InputError(
+            Problem(
+                cluster.inventory.servers[0].where or "inventory",
+                "every node has a NoSchedule or NoExecute taint (piml_taints): the platform has nowhere to run",
+                "leave at least one node without such a taint",
+            )
+        )
     labelled = [c for c in usable if by_name[c.name].labels.get(SERVICES_LABEL) == "true"]
     candidates = labelled or usable  # servers come first in the inventory order
     free = {c.name: [c.cpu, c.memory] for c in capacities}
@@ -258,7 +336,9 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
     for pod in system:
         free[pod.node][0] -= pod.cpu_request
         free[pod.node][1] -= pod.memory_request
-    taint_notes = [f"{name} has the taint {taint}: the platform places nothing there" for name, taint in keep_off.items()]
+    taint_notes = [
+        f"{name} has the taint {taint}: the platform places nothing there" for name, taint in keep_off.items()
+    ]
     for name in keep_off:  # nothing of the platform's fits there: not services, workers or queue Jobs
         free[name] = [0, 0]
 
@@ -266,7 +346,11 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
     sized = dict(services)
     sidecars = {s for parent in sizes.SIDECARS.values() for s in parent}
     # A unit is a pod's worth: a service and the sidecars in its pod, placed together.
-    units = [(name, [name, *(s for s in sizes.SIDECARS.get(name, ()) if s in sized)]) for name, _ in services if name not in sidecars]
+    units = [
+        (name, [name, *(s for s in sizes.SIDECARS.get(name, ()) if s in sized)])
+        for name, _ in services
+        if name not in sidecars
+    ]
 
     def total(members: list[str]) -> Size:
         out = Size(0, 0, 0, 0)
@@ -301,26 +385,38 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
         size = total(members)
         where = f"PersistentVolumeClaim {ns}/{pin.claim}"
         if pin.node not in capacity_of:
-            problems.append(Problem(
-                where, f"{name}'s data is on node {pin.node} (a local-path volume, tied to that node), "
-                       f"which is not in the inventory: {name} cannot run anywhere else",
-                f"put {pin.node} back in the inventory and bring it up; or, to start {name} afresh on another node "
-                f"with its data lost, delete the claim (kubectl -n {ns} delete pvc {pin.claim}) and run piml again"))
+            problems.append(
+                Problem(
+                    where,
+                    f"{name}'s data is on node {pin.node} (a local-path volume, tied to that node), "
+                    f"which is not in the inventory: {name} cannot run anywhere else",
+                    f"put {pin.node} back in the inventory and bring it up; or, to start {name} afresh on another node "
+                    f"with its data lost, delete the claim (kubectl -n {ns} delete pvc {pin.claim}) and run piml again",
+                )
+            )
             continue
         if pin.node in keep_off:
-            problems.append(Problem(
-                where, f"{name}'s data is on node {pin.node} (a local-path volume, tied to that node), which now has "
-                       f"the taint {keep_off[pin.node]}: {name} cannot run there, nor anywhere else",
-                f"remove that taint from {pin.node} in the inventory (piml_taints); or delete the claim "
-                f"(kubectl -n {ns} delete pvc {pin.claim}, its data is lost) to start {name} afresh elsewhere"))
+            problems.append(
+                Problem(
+                    where,
+                    f"{name}'s data is on node {pin.node} (a local-path volume, tied to that node), which now has "
+                    f"the taint {keep_off[pin.node]}: {name} cannot run there, nor anywhere else",
+                    f"remove that taint from {pin.node} in the inventory (piml_taints); or delete the claim "
+                    f"(kubectl -n {ns} delete pvc {pin.claim}, its data is lost) to start {name} afresh elsewhere",
+                )
+            )
             continue
         if not fits(size, pin.node):
-            problems.append(Problem(
-                where, f"{label(name, members)} must stay on {pin.node}, where its volume {pin.claim} is, "
-                       f"but {pin.node} is short by {what_short(size, pin.node)} for its {fmt_memory(size.memory_request)}",
-                f"make room on {pin.node}: give services smaller resources or switch one off in {config_file}, or label "
-                f"other nodes {SERVICES_LABEL}=true so the movable services go there; or delete the claim "
-                f"(kubectl -n {ns} delete pvc {pin.claim}, its data is lost) to start {name} afresh elsewhere"))
+            problems.append(
+                Problem(
+                    where,
+                    f"{label(name, members)} must stay on {pin.node}, where its volume {pin.claim} is, "
+                    f"but {pin.node} is short by {what_short(size, pin.node)} for its {fmt_memory(size.memory_request)}",
+                    f"make room on {pin.node}: give services smaller resources or switch one off in {config_file}, or label "
+                    f"other nodes {SERVICES_LABEL}=true so the movable services go there; or delete the claim "
+                    f"(kubectl -n {ns} delete pvc {pin.claim}, its data is lost) to start {name} afresh elsewhere",
+                )
+            )
             continue
         place(members, capacity_of[pin.node], pin.claim)
 
@@ -331,10 +427,14 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
         fitting = [c for c in candidates if fits(size, c.name)]
         if not fitting:
             best = max(candidates, key=lambda c: free[c.name][1])
-            problems.append(Problem(
-                config_file, f"{label(name, members)} does not fit: it requests {fmt_memory(size.memory_request)}, "
-                f"and the roomiest node, {best.name}, is short by {what_short(size, best.name)}",
-                f"switch off a component in piml.yaml (e.g. `{SECTION_OF[name]}: {{enabled: false}}`), give it smaller resources, or add a node"))
+            problems.append(
+                Problem(
+                    config_file,
+                    f"{label(name, members)} does not fit: it requests {fmt_memory(size.memory_request)}, "
+                    f"and the roomiest node, {best.name}, is short by {what_short(size, best.name)}",
+                    f"switch off a component in piml.yaml (e.g. `{SECTION_OF[name]}: {{enabled: false}}`), give it smaller resources, or add a node",
+                )
+            )
             continue
         place(members, max(fitting, key=lambda c: free[c.name][1]))
     if problems:
@@ -349,10 +449,15 @@ def too_big(size: Size, nodes: list[NodeCapacity], setting: str, what: str) -> N
     """Refuse a size no node could ever hold: the pod would wait (Pending) forever."""
     largest = max(nodes, key=lambda c: c.memory)
     if size.memory_request > largest.memory or size.cpu_request > max(c.cpu for c in nodes):
-        raise InputError(Problem("piml.yaml", f"{setting}: {what} requesting {fmt_cpu(size.cpu_request)} CPU, "
-                                 f"{fmt_memory(size.memory_request)} fits on no node (the largest, {largest.name}, has "
-                                 f"{fmt_cpu(largest.cpu)} CPU, {fmt_memory(largest.memory)} for pods)",
-                                 f"lower {setting}.requests, or leave them out to have the plan size it"))
+        raise InputError(
+            Problem(
+                "piml.yaml",
+                f"{setting}: {what} requesting {fmt_cpu(size.cpu_request)} CPU, "
+                f"{fmt_memory(size.memory_request)} fits on no node (the largest, {largest.name}, has "
+                f"{fmt_cpu(largest.cpu)} CPU, {fmt_memory(largest.memory)} for pods)",
+                f"lower {setting}.requests, or leave them out to have the plan size it",
+            )
+        )
 
 
 def work_shares(config: PimlConfig) -> tuple[float, float]:
@@ -363,8 +468,15 @@ def work_shares(config: PimlConfig) -> tuple[float, float]:
     return (1.0 if ray else 0.0), (1.0 if queue else 0.0)
 
 
-def _with_workers(config: PimlConfig, capacities: list[NodeCapacity], services: tuple[Placement, ...], free: dict,
-                  system: tuple[SystemPlacement, ...], pins: tuple[Pin, ...], notes: list[str]) -> Plan:
+def _with_workers(
+    config: PimlConfig,
+    capacities: list[NodeCapacity],
+    services: tuple[Placement, ...],
+    free: dict,
+    system: tuple[SystemPlacement, ...],
+    pins: tuple[Pin, ...],
+    notes: list[str],
+) -> Plan:
     arches = sorted({c.arch for c in capacities})
     dask_pools: list[WorkerPool] = []
     if config.dask.enabled:
@@ -378,12 +490,19 @@ def _with_workers(config: PimlConfig, capacities: list[NodeCapacity], services: 
             memory = max(memory, sizes.MIN_WORKER_MEMORY)
             cpu = min(1000, min(free[c.name][0] // 2 for c in here))
             size = Size(cpu, memory, cpu * 2, memory).override(config.dask.worker)
-            short = [c.name for c in here if size.memory_request > free[c.name][1] or size.cpu_request > free[c.name][0]]
+            short = [
+                c.name for c in here if size.memory_request > free[c.name][1] or size.cpu_request > free[c.name][0]
+            ]
             if short:  # a worker runs on every node, always: one that cannot start is a plan that does not work
-                raise InputError(Problem("piml.yaml", f"dask.worker: {fmt_cpu(size.cpu_request)} CPU, {fmt_memory(size.memory_request)} "
-                                         f"do not fit on {', '.join(short)} (left after the services: "
-                                         f"{fmt_cpu(free[short[0]][0])} CPU, {fmt_memory(free[short[0]][1])} on {short[0]})",
-                                         "lower dask.worker.requests, or leave them out to have the plan size the workers"))
+                raise InputError(
+                    Problem(
+                        "piml.yaml",
+                        f"dask.worker: {fmt_cpu(size.cpu_request)} CPU, {fmt_memory(size.memory_request)} "
+                        f"do not fit on {', '.join(short)} (left after the services: "
+                        f"{fmt_cpu(free[short[0]][0])} CPU, {fmt_memory(free[short[0]][1])} on {short[0]})",
+                        "lower dask.worker.requests, or leave them out to have the plan size the workers",
+                    )
+                )
             for c in here:
                 free[c.name][0] -= size.cpu_request
                 free[c.name][1] -= size.memory_request
@@ -395,32 +514,53 @@ def _with_workers(config: PimlConfig, capacities: list[NodeCapacity], services: 
     for c in capacities:
         cpu, memory = max(0, free[c.name][0]), max(0, free[c.name][1])
         ray_free[c.name] = (int(cpu * ray_share), int(memory * ray_share))
-        queue_free[c.name] = ((cpu - ray_free[c.name][0]) if queue_share else 0, (memory - ray_free[c.name][1]) if queue_share else 0)
+        queue_free[c.name] = (
+            (cpu - ray_free[c.name][0]) if queue_share else 0,
+            (memory - ray_free[c.name][1]) if queue_share else 0,
+        )
     split = None
     if ray_share or queue_share:
-        split = WorkSplit(ray_share, queue_share, sum(v[0] for v in ray_free.values()), sum(v[1] for v in ray_free.values()),
-                          sum(v[0] for v in queue_free.values()), sum(v[1] for v in queue_free.values()))
+        split = WorkSplit(
+            ray_share,
+            queue_share,
+            sum(v[0] for v in ray_free.values()),
+            sum(v[1] for v in ray_free.values()),
+            sum(v[0] for v in queue_free.values()),
+            sum(v[1] for v in queue_free.values()),
+        )
 
     ray_pools: list[WorkerPool] = []
     if config.ray.enabled:
         # Autoscaled from zero: the maximum fills Ray's share, in workers of one Ray CPU (limit 1000m; the request
         # smaller where the share is, at least MIN_WORKER_CPU) and up to 2 GiB.
         for arch in arches:
-            here = [c for c in capacities if c.arch == arch and ray_free[c.name][1] >= sizes.MIN_WORKER_MEMORY
-                    and ray_free[c.name][0] >= sizes.MIN_WORKER_CPU]
+            here = [
+                c
+                for c in capacities
+                if c.arch == arch
+                and ray_free[c.name][1] >= sizes.MIN_WORKER_MEMORY
+                and ray_free[c.name][0] >= sizes.MIN_WORKER_CPU
+            ]
             if not here:
-                notes.append(f"no {arch} node has room for a Ray worker ({fmt_cpu(sizes.MIN_WORKER_CPU)} CPU, "
-                             f"{fmt_memory(sizes.MIN_WORKER_MEMORY)}) in Ray's share of what is left")
+                notes.append(
+                    f"no {arch} node has room for a Ray worker ({fmt_cpu(sizes.MIN_WORKER_CPU)} CPU, "
+                    f"{fmt_memory(sizes.MIN_WORKER_MEMORY)}) in Ray's share of what is left"
+                )
                 continue
             memory = max(sizes.MIN_WORKER_MEMORY, min(2048, min(ray_free[c.name][1] for c in here)) // 256 * 256)
             cpu = max(sizes.MIN_WORKER_CPU, min(1000, min(ray_free[c.name][0] for c in here) // 50 * 50))
             size = Size(cpu, memory, 1000, memory).override(config.ray.worker)
             too_big(size, [c for c in capacities if c.arch == arch], "ray.worker", "a Ray worker")
-            count = sum(min(ray_free[c.name][1] // size.memory_request, ray_free[c.name][0] // max(1, size.cpu_request)) for c in here)
+            count = sum(
+                min(ray_free[c.name][1] // size.memory_request, ray_free[c.name][0] // max(1, size.cpu_request))
+                for c in here
+            )
             if count:
                 ray_pools.append(WorkerPool("ray", arch, size, count, tuple(c.name for c in here)))
             else:
-                notes.append(f"no {arch} node has the CPU for a Ray worker ({fmt_cpu(size.cpu_request)}) in Ray's share of what is left")
+                notes.append(
+                    f"no {arch} node has the CPU for a Ray worker ({fmt_cpu(size.cpu_request)}) in Ray's share of what is left"
+                )
 
     runner = max_jobs = None
     if config.queue.enabled:
@@ -430,10 +570,24 @@ def _with_workers(config: PimlConfig, capacities: list[NodeCapacity], services: 
         if config.queue.max_jobs:
             max_jobs = config.queue.max_jobs
             if max_jobs > fit:
-                notes.append(f"queue.max_jobs is {max_jobs}, but {fit} Jobs fit in the queue's share: the others wait (Pending) for room")
+                notes.append(
+                    f"queue.max_jobs is {max_jobs}, but {fit} Jobs fit in the queue's share: the others wait (Pending) for room"
+                )
         else:
             max_jobs = max(1, fit)
             if not fit:
-                notes.append("no node has room for a queue Job in the queue's share: one at a time, and it may wait (Pending) for room")
-    return Plan(tuple(capacities), services, tuple(dask_pools), tuple(ray_pools), runner, max_jobs or 0, tuple(notes),
-                system, split, pins)
+                notes.append(
+                    "no node has room for a queue Job in the queue's share: one at a time, and it may wait (Pending) for room"
+                )
+    return Plan(
+        tuple(capacities),
+        services,
+        tuple(dask_pools),
+        tuple(ray_pools),
+        runner,
+        max_jobs or 0,
+        tuple(notes),
+        system,
+        split,
+        pins,
+    )

@@ -38,8 +38,11 @@ class Pin:
 
 def pins_from_claims(claim_nodes: dict[str, str]) -> dict[str, Pin]:
     """{claim: node} as read from the cluster -> {component: Pin} for the stateful services."""
-    return {component: Pin(component, claim_nodes[claim], claim)
-            for component, claim in VOLUMES.items() if claim in claim_nodes}
+    return {
+        component: Pin(component, claim_nodes[claim], claim)
+        for component, claim in VOLUMES.items()
+        if claim in claim_nodes
+    }
 
 
 def read_pins(cluster: Cluster, kubeconfig: Path | None = None, request_timeout: float = 10.0) -> dict[str, Pin]:

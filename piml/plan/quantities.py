@@ -16,8 +16,17 @@ def memory_mi(text: str) -> int:
     if not match:
         raise ValueError(f"not a memory quantity: {text}")
     number, unit = float(match[1]), match[2] or ""
-    factor = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024**2, "k": 1000 / 1024**2, "M": 1000**2 / 1024**2,
-              "G": 1000**3 / 1024**2, "T": 1000**4 / 1024**2, "": 1 / 1024**2}[unit]
+    factor = {
+        "Ki": 1 / 1024,
+        "Mi": 1,
+        "Gi": 1024,
+        "Ti": 1024**2,
+        "k": 1000 / 1024**2,
+        "M": 1000**2 / 1024**2,
+        "G": 1000**3 / 1024**2,
+        "T": 1000**4 / 1024**2,
+        "": 1 / 1024**2,
+    }[unit]
     return int(number * factor)
 
 

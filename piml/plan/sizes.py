@@ -32,8 +32,12 @@ class Size:
         return Size(cpu_request, memory_request, cpu_limit, memory_limit)
 
     def __add__(self, other: Size) -> Size:
-        return Size(self.cpu_request + other.cpu_request, self.memory_request + other.memory_request,
-                    self.cpu_limit + other.cpu_limit, self.memory_limit + other.memory_limit)
+        return Size(
+            self.cpu_request + other.cpu_request,
+            self.memory_request + other.memory_request,
+            self.cpu_limit + other.cpu_limit,
+            self.memory_limit + other.memory_limit,
+        )
 
 
 # Platform services: requested always, so they decide whether the platform fits.
@@ -90,14 +94,18 @@ class Reservation:
 
         A kubelet flag replaces the whole map k3s sets in its config drop-in, so eviction-hard repeats k3s's own
         disk thresholds (imagefs/nodefs.available<5%, k3s pkg/daemons/agent/agent.go)."""
-        return [f"system-reserved=cpu={self.system_cpu}m,memory={self.system_memory}Mi",
-                f"kube-reserved=cpu={self.kube_cpu}m,memory={self.kube_memory}Mi",
-                f"eviction-hard=memory.available<{self.eviction_memory}Mi,{K3S_DISK_EVICTION}"]
+        return [
+            f"system-reserved=cpu={self.system_cpu}m,memory={self.system_memory}Mi",
+            f"kube-reserved=cpu={self.kube_cpu}m,memory={self.kube_memory}Mi",
+            f"eviction-hard=memory.available<{self.eviction_memory}Mi,{K3S_DISK_EVICTION}",
+        ]
 
     def as_dict(self) -> dict:
-        return {"system_reserved": {"cpu_m": self.system_cpu, "memory_mi": self.system_memory},
-                "kube_reserved": {"cpu_m": self.kube_cpu, "memory_mi": self.kube_memory},
-                "eviction_hard": {"memory_mi": self.eviction_memory}}
+        return {
+            "system_reserved": {"cpu_m": self.system_cpu, "memory_mi": self.system_memory},
+            "kube_reserved": {"cpu_m": self.kube_cpu, "memory_mi": self.kube_memory},
+            "eviction_hard": {"memory_mi": self.eviction_memory},
+        }
 
 
 K3S_DISK_EVICTION = "imagefs.available<5%,nodefs.available<5%"

@@ -20,8 +20,25 @@ QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 TERMINAL = (SUCCEEDED, FAILED)
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
 DEFAULT_RETRIES = 3  # piml.yaml queue.retries: attempts after the first before the dead-letter list
-JOB_FIELDS = ("id", "state", "model", "input", "output", "params", "submitted_at", "started_at", "finished_at",
-              "node", "runner", "attempts", "run_id", "run_url", "rows", "seconds", "error")
+JOB_FIELDS = (
+    "id",
+    "state",
+    "model",
+    "input",
+    "output",
+    "params",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+    "node",
+    "runner",
+    "attempts",
+    "run_id",
+    "run_url",
+    "rows",
+    "seconds",
+    "error",
+)
 
 
 def now() -> str:
@@ -81,14 +98,24 @@ def redact(url: str) -> str:
 def check_url(url: str, where: str = "--queue-url") -> str:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in ("redis", "rediss", "amqp", "amqps"):
-        raise InputError(Problem(where, f"'{redact(url)}' is not a broker URL", "write redis://[:PASSWORD@]HOST:6379/0 or amqp://USER:PASSWORD@HOST:5672/"))
+        raise InputError(
+            Problem(
+                where,
+                f"'{redact(url)}' is not a broker URL",
+                "write redis://[:PASSWORD@]HOST:6379/0 or amqp://USER:PASSWORD@HOST:5672/",
+            )
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        raise InputError(Problem(where, f"'{redact(url)}': {exc}", "write redis://HOST:PORT/DB or amqp://HOST:PORT/")) from None
+        raise InputError(
+            Problem(where, f"'{redact(url)}': {exc}", "write redis://HOST:PORT/DB or amqp://HOST:PORT/")
+        ) from None
     if not parts.hostname:
-        raise InputError(Problem(where, f"'{redact(url)}' has no host", "write redis://HOST:6379/0 or amqp://HOST:5672/"))
+        raise InputError(
+            Problem(where, f"'{redact(url)}' has no host", "write redis://HOST:6379/0 or amqp://HOST:5672/")
+        )
     return url
 
 
@@ -99,7 +126,11 @@ def connect(url: str | None = None, *, password: str | None = None, **options: A
     """
     url = url or os.environ.get("PIML_QUEUE_URL")
     if not url:
-        raise InputError(Problem("PIML_QUEUE_URL", "no broker given", "pass --queue-url redis://... or amqp://..., or set PIML_QUEUE_URL"))
+        raise InputError(
+            Problem(
+                "PIML_QUEUE_URL", "no broker given", "pass --queue-url redis://... or amqp://..., or set PIML_QUEUE_URL"
+            )
+        )
     check_url(url, "PIML_QUEUE_URL" if url == os.environ.get("PIML_QUEUE_URL") else "--queue-url")
     password = password if password is not None else os.environ.get("PIML_QUEUE_PASSWORD") or None
     if url.lower().startswith("redis"):

@@ -60,15 +60,28 @@ class RabbitBroker:
         try:
             self.conn = pika.BlockingConnection(params)
         except pika.exceptions.ProbableAuthenticationError:
-            raise PimlError(Problem(redact(url), "RabbitMQ refused the user or password", "check the URL or $PIML_QUEUE_PASSWORD"), 1) from None
+            raise PimlError(
+                Problem(redact(url), "RabbitMQ refused the user or password", "check the URL or $PIML_QUEUE_PASSWORD"),
+                1,
+            ) from None
         except pika.exceptions.AMQPError as exc:
-            raise PimlError(Problem(redact(url), f"cannot reach RabbitMQ ({type(exc).__name__})", "check the address and that RabbitMQ runs"), 1) from None
+            raise PimlError(
+                Problem(
+                    redact(url),
+                    f"cannot reach RabbitMQ ({type(exc).__name__})",
+                    "check the address and that RabbitMQ runs",
+                ),
+                1,
+            ) from None
         self.ch = self.conn.channel()
         self.ch.confirm_delivery()
         self.ch.queue_declare(QUEUE, durable=True)
         self.ch.queue_declare(DEAD, durable=True)
-        self.ch.queue_declare(STATE, durable=True, arguments={"x-queue-type": "stream", "x-max-age": "7D",
-                                                                              "x-max-length-bytes": 256 * 1024 * 1024})
+        self.ch.queue_declare(
+            STATE,
+            durable=True,
+            arguments={"x-queue-type": "stream", "x-max-age": "7D", "x-max-length-bytes": 256 * 1024 * 1024},
+        )
 
     def _publish(self, queue: str, body: bytes, headers: dict | None = None) -> None:
         props = self._pika.BasicProperties(delivery_mode=2, headers=headers or {}, content_type="application/json")
@@ -94,7 +107,9 @@ class RabbitBroker:
             channel = reader.channel()
             channel.basic_qos(prefetch_count=500)
             events: list[dict] = []
-            for method, _, body in channel.consume(STATE, arguments={"x-stream-offset": "first"}, inactivity_timeout=10.0):
+            for method, _, body in channel.consume(
+                STATE, arguments={"x-stream-offset": "first"}, inactivity_timeout=10.0
+            ):
                 if method is None:  # bounded: the marker is there, so this only happens if the stream broke
                     break
                 channel.basic_ack(method.delivery_tag, multiple=True)
@@ -126,9 +141,19 @@ class RabbitBroker:
     # -- the client's side ---------------------------------------------------------------------------
     def submit(self, request: Request) -> None:
         if self.get(request.id) is not None:
-            raise InputError(Problem("id", f"a request '{request.id}' exists already", "leave the id out for a fresh one"))
-        self._event(request.id, state=QUEUED, model=request.model, input=request.input, output=request.output,
-                    params=json.dumps(request.params), submitted_at=now(), attempts=0)
+            raise InputError(
+                Problem("id", f"a request '{request.id}' exists already", "leave the id out for a fresh one")
+            )
+        self._event(
+            request.id,
+            state=QUEUED,
+            model=request.model,
+            input=request.input,
+            output=request.output,
+            params=json.dumps(request.params),
+            submitted_at=now(),
+            attempts=0,
+        )
         self._publish(QUEUE, request.to_json().encode(), {ATTEMPTS: 0})
 
     def get(self, request_id: str) -> dict | None:
@@ -182,7 +207,15 @@ class RabbitBroker:
 
     def running(self, delivery: Delivery, node: str) -> None:
         if delivery.id:
-            self._event(delivery.id, state=RUNNING, node=node, runner=delivery.runner, started_at=now(), finished_at=None, error=None)
+            self._event(
+                delivery.id,
+                state=RUNNING,
+                node=node,
+                runner=delivery.runner,
+                started_at=now(),
+                finished_at=None,
+                error=None,
+            )
 
     def progress(self, delivery: Delivery, **fields: Any) -> None:
         if delivery.id:
@@ -203,8 +236,13 @@ class RabbitBroker:
         if delivery.id is None:
             self._event(request_id, submitted_at=now(), model="", input="", attempts=delivery.attempts)
         self._event(request_id, state=FAILED, error=error, finished_at=now(), dead_letter=1)
-        letter = {"id": request_id, "message": delivery.raw.decode("utf-8", "replace"), "error": error,
-                  "attempts": delivery.attempts, "failed_at": now()}
+        letter = {
+            "id": request_id,
+            "message": delivery.raw.decode("utf-8", "replace"),
+            "error": error,
+            "attempts": delivery.attempts,
+            "failed_at": now(),
+        }
         self._publish(DEAD, json.dumps(letter).encode())
         self.ch.basic_ack(delivery.tag)
         return FAILED

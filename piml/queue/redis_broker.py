@@ -37,8 +37,16 @@ KEEP_JOBS = 10_000  # the index keeps the newest this many
 class RedisBroker:
     kind = "redis"
 
-    def __init__(self, url: str, *, password: str | None = None, prefix: str = "piml", lease_seconds: float = DEFAULT_LEASE,
-                 state_ttl: int = DEFAULT_STATE_TTL, socket_timeout: float = 10.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None = None,
+        prefix: str = "piml",
+        lease_seconds: float = DEFAULT_LEASE,
+        state_ttl: int = DEFAULT_STATE_TTL,
+        socket_timeout: float = 10.0,
+    ):
         import redis
 
         self.url = url
@@ -50,16 +58,30 @@ class RedisBroker:
         self.dead_key = f"{prefix}:dead"
         self.jobs_key = f"{prefix}:jobs"
         self.runners_key = f"{prefix}:runners"
-        kwargs: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": socket_timeout, "health_check_interval": 30}
+        kwargs: dict[str, Any] = {
+            "socket_connect_timeout": 5,
+            "socket_timeout": socket_timeout,
+            "health_check_interval": 30,
+        }
         if password is not None:
             kwargs["password"] = password
         try:
             self.r = redis.Redis.from_url(url, **kwargs)
             self.r.ping()
         except redis.AuthenticationError:
-            raise PimlError(Problem(redact(url), "Redis refused the password", "check the password in the URL or $PIML_QUEUE_PASSWORD"), 1) from None
+            raise PimlError(
+                Problem(
+                    redact(url), "Redis refused the password", "check the password in the URL or $PIML_QUEUE_PASSWORD"
+                ),
+                1,
+            ) from None
         except redis.RedisError as exc:
-            raise PimlError(Problem(redact(url), f"cannot reach Redis ({type(exc).__name__})", "check the address and that Redis runs"), 1) from None
+            raise PimlError(
+                Problem(
+                    redact(url), f"cannot reach Redis ({type(exc).__name__})", "check the address and that Redis runs"
+                ),
+                1,
+            ) from None
 
     # -- keys ----------------------------------------------------------------------------------------
     def job_key(self, request_id: str) -> str:
@@ -75,9 +97,18 @@ class RedisBroker:
     def submit(self, request: Request) -> None:
         key = self.job_key(request.id)
         if not self.r.hsetnx(key, "id", request.id):
-            raise InputError(Problem("id", f"a request '{request.id}' exists already", "leave the id out for a fresh one"))
-        fields = {"state": QUEUED, "model": request.model, "input": request.input, "output": request.output,
-                  "params": json.dumps(request.params), "submitted_at": now(), "attempts": 0}
+            raise InputError(
+                Problem("id", f"a request '{request.id}' exists already", "leave the id out for a fresh one")
+            )
+        fields = {
+            "state": QUEUED,
+            "model": request.model,
+            "input": request.input,
+            "output": request.output,
+            "params": json.dumps(request.params),
+            "submitted_at": now(),
+            "attempts": 0,
+        }
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(key, mapping=fields)
         pipe.expire(key, self.state_ttl)
@@ -107,7 +138,9 @@ class RedisBroker:
         return found
 
     def dead_letters(self, limit: int = 50) -> list[dict]:
-        return [letter for letter in map(_json_object, self.r.lrange(self.dead_key, 0, limit - 1)) if letter is not None]
+        return [
+            letter for letter in map(_json_object, self.r.lrange(self.dead_key, 0, limit - 1)) if letter is not None
+        ]
 
     def queue_length(self) -> int:
         return int(self.r.llen(self.queue_key))
@@ -159,7 +192,9 @@ class RedisBroker:
                 moved += 1
                 request_id = id_of(raw)
                 if request_id is not None:
-                    self._update(request_id, state=QUEUED, error=f"runner {runner} stopped while running it; queued again")
+                    self._update(
+                        request_id, state=QUEUED, error=f"runner {runner} stopped while running it; queued again"
+                    )
             if not self.r.exists(self.lease_key(runner)) and not self.r.llen(source):
                 self.r.srem(self.runners_key, runner)
         return moved
@@ -174,8 +209,15 @@ class RedisBroker:
 
     def running(self, delivery: Delivery, node: str) -> None:
         if delivery.id:
-            self._update(delivery.id, state=RUNNING, node=node, runner=delivery.runner, started_at=now(),
-                         finished_at=None, error=None)
+            self._update(
+                delivery.id,
+                state=RUNNING,
+                node=node,
+                runner=delivery.runner,
+                started_at=now(),
+                finished_at=None,
+                error=None,
+            )
 
     def progress(self, delivery: Delivery, **fields: Any) -> None:
         if delivery.id:
@@ -204,12 +246,27 @@ class RedisBroker:
             pipe.execute()
             return QUEUED
         if delivery.id is None:  # no usable id: give the malformed message a record of its own
-            self.r.hset(self.job_key(request_id), mapping={"id": request_id, "submitted_at": now(), "attempts": delivery.attempts,
-                                                           "model": "", "input": ""})
+            self.r.hset(
+                self.job_key(request_id),
+                mapping={
+                    "id": request_id,
+                    "submitted_at": now(),
+                    "attempts": delivery.attempts,
+                    "model": "",
+                    "input": "",
+                },
+            )
             self.r.zadd(self.jobs_key, {request_id: time.time()})
         self._update(request_id, state=FAILED, error=error, finished_at=now(), dead_letter=1)
-        letter = json.dumps({"id": request_id, "message": delivery.raw.decode("utf-8", "replace"), "error": error,
-                             "attempts": delivery.attempts, "failed_at": now()})
+        letter = json.dumps(
+            {
+                "id": request_id,
+                "message": delivery.raw.decode("utf-8", "replace"),
+                "error": error,
+                "attempts": delivery.attempts,
+                "failed_at": now(),
+            }
+        )
         pipe = self.r.pipeline(transaction=True)
         pipe.lrem(mine, 1, delivery.raw)
         pipe.lpush(self.dead_key, letter)

@@ -38,7 +38,9 @@ DEFAULT_OUTPUT = "predictions.csv"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _MODEL_NAME = r"[^/@\x00-\x1f\x7f]{1,256}"
-_MODEL_URI = re.compile(rf"^models:/(?P<name>{_MODEL_NAME})(/(?P<version>\d{{1,9}}|latest|[A-Z][a-zA-Z]{{1,30}})|@(?P<alias>[A-Za-z0-9_-]{{1,255}}))$")
+_MODEL_URI = re.compile(
+    rf"^models:/(?P<name>{_MODEL_NAME})(/(?P<version>\d{{1,9}}|latest|[A-Z][a-zA-Z]{{1,30}})|@(?P<alias>[A-Za-z0-9_-]{{1,255}}))$"
+)
 _RUN_URI = re.compile(r"^runs:/(?P<run>[0-9a-f]{32}|[A-Za-z0-9_-]{1,64})/(?P<path>[^\x00-\x1f\x7f]{1,1024})$")
 _ARTIFACT_SCHEMES = ("runs", "mlflow-artifacts", "s3", "gs", "wasbs")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -95,17 +97,31 @@ def new_id() -> str:
 
 def check_model(uri: Any, where: str = "model") -> str:
     if not isinstance(uri, str) or not uri.strip():
-        raise _problem(where, f"must be an MLflow model URI, not {_show(uri)}", "write models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH")
+        raise _problem(
+            where,
+            f"must be an MLflow model URI, not {_show(uri)}",
+            "write models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH",
+        )
     uri = uri.strip()
     if uri.startswith("models:/"):
         if not _MODEL_URI.match(uri):
-            raise _problem(where, f"{_show(uri)} is not a registered model URI", "write models:/NAME/VERSION (a number), models:/NAME/latest or models:/NAME@ALIAS")
+            raise _problem(
+                where,
+                f"{_show(uri)} is not a registered model URI",
+                "write models:/NAME/VERSION (a number), models:/NAME/latest or models:/NAME@ALIAS",
+            )
         return uri
     if uri.startswith("runs:/"):
         if not _RUN_URI.match(uri):
-            raise _problem(where, f"{_show(uri)} is not a run URI", "write runs:/RUN_ID/ARTIFACT_PATH, e.g. runs:/0a1b.../model")
+            raise _problem(
+                where, f"{_show(uri)} is not a run URI", "write runs:/RUN_ID/ARTIFACT_PATH, e.g. runs:/0a1b.../model"
+            )
         return uri
-    raise _problem(where, f"{_show(uri)} is not an MLflow model URI", "write models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH")
+    raise _problem(
+        where,
+        f"{_show(uri)} is not an MLflow model URI",
+        "write models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH",
+    )
 
 
 def input_format(uri: str) -> str:
@@ -115,16 +131,26 @@ def input_format(uri: str) -> str:
     for ext, fmt in FORMATS.items():
         if lowered.endswith(ext):
             return fmt
-    raise _problem("input", f"{_show(uri)} is not a .csv, .parquet or .jsonl file", "name a dataset whose file name ends in .csv, .parquet or .jsonl")
+    raise _problem(
+        "input",
+        f"{_show(uri)} is not a .csv, .parquet or .jsonl file",
+        "name a dataset whose file name ends in .csv, .parquet or .jsonl",
+    )
 
 
 def check_input(uri: Any, where: str = "input") -> str:
     """The dataset URI, normalised: a relative path becomes mlflow-artifacts:/PATH."""
     if not isinstance(uri, str) or not uri.strip():
-        raise _problem(where, f"must be a dataset URI or path, not {_show(uri)}", "name a .csv, .parquet or .jsonl file: an MLflow artifact URI, an http(s) URL or a path")
+        raise _problem(
+            where,
+            f"must be a dataset URI or path, not {_show(uri)}",
+            "name a .csv, .parquet or .jsonl file: an MLflow artifact URI, an http(s) URL or a path",
+        )
     uri = uri.strip()
     if len(uri) > 4096 or _CONTROL.search(uri):
-        raise _problem(where, f"{_show(uri)} is too long or has control characters", "name the dataset with a plain URI or path")
+        raise _problem(
+            where, f"{_show(uri)} is too long or has control characters", "name the dataset with a plain URI or path"
+        )
     scheme = uri.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) else ""
     if scheme in ("http", "https"):
         parts = urlsplit(uri)
@@ -137,11 +163,19 @@ def check_input(uri: Any, where: str = "input") -> str:
         if uri.rstrip("/") in (f"{scheme}:", f"{scheme}:/"):
             raise _problem(where, f"{_show(uri)} names no file", f"write {scheme}:/.../DATA.csv")
     elif scheme:
-        raise _problem(where, f"{_show(uri)}: unsupported scheme '{scheme}'", "use runs:/, mlflow-artifacts:/, s3://, http(s)://, file:/// or a path")
+        raise _problem(
+            where,
+            f"{_show(uri)}: unsupported scheme '{scheme}'",
+            "use runs:/, mlflow-artifacts:/, s3://, http(s)://, file:/// or a path",
+        )
     elif not uri.startswith("/"):
         parts = [p for p in uri.split("/") if p not in ("", ".")]
         if not parts or ".." in parts:
-            raise _problem(where, f"{_show(uri)} leaves the artifact store", "name a path inside the shared artifact store, without '..'")
+            raise _problem(
+                where,
+                f"{_show(uri)} leaves the artifact store",
+                "name a path inside the shared artifact store, without '..'",
+            )
         uri = "mlflow-artifacts:/" + "/".join(parts)
     input_format(uri)
     return uri
@@ -151,12 +185,22 @@ def check_output(name: Any, where: str = "output") -> str:
     if name is None:
         return DEFAULT_OUTPUT
     if not isinstance(name, str) or not name.strip() or len(name) > 255 or _CONTROL.search(name):
-        raise _problem(where, f"must be a file name, not {_show(name)}", "write e.g. predictions.csv, predictions.parquet or predictions.jsonl")
+        raise _problem(
+            where,
+            f"must be a file name, not {_show(name)}",
+            "write e.g. predictions.csv, predictions.parquet or predictions.jsonl",
+        )
     parts = name.strip().split("/")
     if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise _problem(where, f"{_show(name)} is not a relative artifact path", "write e.g. predictions.csv or out/predictions.parquet")
+        raise _problem(
+            where,
+            f"{_show(name)} is not a relative artifact path",
+            "write e.g. predictions.csv or out/predictions.parquet",
+        )
     if not any(name.lower().endswith(ext) for ext in FORMATS):
-        raise _problem(where, f"{_show(name)} is not a .csv, .parquet or .jsonl file", "end the name with .csv, .parquet or .jsonl")
+        raise _problem(
+            where, f"{_show(name)} is not a .csv, .parquet or .jsonl file", "end the name with .csv, .parquet or .jsonl"
+        )
     return name.strip()
 
 
@@ -164,13 +208,19 @@ def check_params(params: Any, where: str = "params") -> dict[str, Any]:
     if params is None:
         return {}
     if not isinstance(params, dict):
-        raise _problem(where, f"must be a mapping of names to values, not {_show(params)}", 'write e.g. {"batch_size": 5000}')
+        raise _problem(
+            where, f"must be a mapping of names to values, not {_show(params)}", 'write e.g. {"batch_size": 5000}'
+        )
     if len(params) > MAX_PARAMS:
         raise _problem(where, f"has {len(params)} entries", f"pass at most {MAX_PARAMS}")
     checked: dict[str, Any] = {}
     for name, value in params.items():
         if not isinstance(name, str) or not _PARAM_NAME.match(name):
-            raise _problem(where, f"{_show(name)} is not a parameter name", "use letters, digits, '_', '.', '-' (starting with a letter or '_')")
+            raise _problem(
+                where,
+                f"{_show(name)} is not a parameter name",
+                "use letters, digits, '_', '.', '-' (starting with a letter or '_')",
+            )
         here = f"{where}.{name}"
         if isinstance(value, float) and not math.isfinite(value):
             raise _problem(here, f"is {value}", "give a finite number")
@@ -184,14 +234,20 @@ def check_params(params: Any, where: str = "params") -> dict[str, Any]:
         if isinstance(size, str) and size.strip().isdigit():
             size = int(size.strip())
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH:
-            raise _problem(f"{where}.batch_size", f"is {_show(size)}", f"give a whole number of rows from 1 to {MAX_BATCH}")
+            raise _problem(
+                f"{where}.batch_size", f"is {_show(size)}", f"give a whole number of rows from 1 to {MAX_BATCH}"
+            )
         checked["batch_size"] = size
     return checked
 
 
 def check_id(value: Any, where: str = "id") -> str:
     if not isinstance(value, str) or not _ID.match(value):
-        raise _problem(where, f"{_show(value)} is not a request id", "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise _problem(
+            where,
+            f"{_show(value)} is not a request id",
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
     return value
 
 
@@ -208,13 +264,17 @@ def make_request(model: Any, input: Any, params: Any = None, output: Any = None,
 
 def from_dict(data: Any) -> Request:
     if not isinstance(data, dict):
-        raise _problem("request", f"must be a JSON object, not {type(data).__name__}", 'send {"id": ..., "model": ..., "input": ...}')
+        raise _problem(
+            "request",
+            f"must be a JSON object, not {type(data).__name__}",
+            'send {"id": ..., "model": ..., "input": ...}',
+        )
     unknown = sorted(str(k) for k in data if k not in FIELDS)
     if unknown:
         raise _problem("request", f"unknown field {_show(unknown[0])}", f"use only {', '.join(FIELDS)}")
     for name in ("id", "model", "input"):
         if name not in data:
-            raise _problem("request", f"has no '{name}'", f"add \"{name}\"")
+            raise _problem("request", f"has no '{name}'", f'add "{name}"')
     return Request(
         id=check_id(data["id"]),
         model=check_model(data["model"]),
@@ -228,7 +288,11 @@ def parse_message(raw: bytes | str) -> Request:
     """A request from its queue message; RequestError with one clear line for anything else."""
     if isinstance(raw, bytes):
         if len(raw) > MAX_MESSAGE:
-            raise _problem("request", f"is {len(raw)} bytes", f"keep a request under {MAX_MESSAGE} bytes: name the data, do not carry it")
+            raise _problem(
+                "request",
+                f"is {len(raw)} bytes",
+                f"keep a request under {MAX_MESSAGE} bytes: name the data, do not carry it",
+            )
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -236,11 +300,17 @@ def parse_message(raw: bytes | str) -> Request:
     if not isinstance(raw, str):
         raise _problem("request", f"is a {type(raw).__name__}", "send a JSON object")
     if len(raw) > MAX_MESSAGE:
-        raise _problem("request", f"is {len(raw)} characters", f"keep a request under {MAX_MESSAGE} bytes: name the data, do not carry it")
+        raise _problem(
+            "request",
+            f"is {len(raw)} characters",
+            f"keep a request under {MAX_MESSAGE} bytes: name the data, do not carry it",
+        )
     try:
         data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
-        raise _problem("request", f"is not valid JSON ({_short(exc)})", 'send {"id": ..., "model": ..., "input": ...}') from None
+        raise _problem(
+            "request", f"is not valid JSON ({_short(exc)})", 'send {"id": ..., "model": ..., "input": ...}'
+        ) from None
     return from_dict(data)
 
 

@@ -49,8 +49,14 @@ def open_stream(opener: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     if "stream" not in outcome:
-        raise PimlError(Problem("the Kubernetes API", f"opened no exec / port-forward stream within {REQUEST_TIMEOUT:.0f} s",
-                                "check that k3s runs on the first server: `piml status`"), 1)
+        raise PimlError(
+            Problem(
+                "the Kubernetes API",
+                f"opened no exec / port-forward stream within {REQUEST_TIMEOUT:.0f} s",
+                "check that k3s runs on the first server: `piml status`",
+            ),
+            1,
+        )
     return outcome["stream"]
 
 
@@ -64,8 +70,14 @@ def unreachable(api: Any, exc: BaseException) -> PimlError:
     from piml.kube.client import REQUEST_TIMEOUT, why_unreachable
 
     host = api.api_client.configuration.host
-    return PimlError(Problem("the Kubernetes API", f"cannot reach {host} ({why_unreachable(exc, REQUEST_TIMEOUT)})",
-                             "check that k3s runs on the first server: `piml status`"), 1)
+    return PimlError(
+        Problem(
+            "the Kubernetes API",
+            f"cannot reach {host} ({why_unreachable(exc, REQUEST_TIMEOUT)})",
+            "check that k3s runs on the first server: `piml status`",
+        ),
+        1,
+    )
 
 
 def pick_pod(pods: list[Any], kind: str) -> str:
@@ -76,7 +88,9 @@ def pick_pod(pods: list[Any], kind: str) -> str:
             continue
         if any(c.type == "Ready" and c.status == "True" for c in status.conditions or []):
             return pod.metadata.name
-    raise PimlError(Problem(kind, "no ready pod in the cluster", "check it with `piml status`, or wait for `piml up` to finish"), 1)
+    raise PimlError(
+        Problem(kind, "no ready pod in the cluster", "check it with `piml status`, or wait for `piml up` to finish"), 1
+    )
 
 
 def secret_password(secret: Any, kind: str) -> str:
@@ -149,7 +163,11 @@ def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:
     from pathlib import Path
 
     if not Path(kubeconfig).is_file():
-        raise InputError(Problem(str(kubeconfig), "no kubeconfig", "run `piml up` first, or pass --queue-url redis://... / amqp://..."))
+        raise InputError(
+            Problem(
+                str(kubeconfig), "no kubeconfig", "run `piml up` first, or pass --queue-url redis://... / amqp://..."
+            )
+        )
     from kubernetes.client.rest import ApiException
 
     from piml.kube.client import REQUEST_TIMEOUT, core_api
@@ -158,12 +176,22 @@ def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:
     try:
         password = secret_password(api.read_namespaced_secret(kind, namespace, _request_timeout=REQUEST_TIMEOUT), kind)
     except ApiException as exc:
-        raise PimlError(Problem(f"cluster ({namespace})", f"cannot read the {kind} Secret: HTTP {exc.status} {exc.reason}",
-                                "check the kubeconfig and that `piml up` finished"), 1) from None
+        raise PimlError(
+            Problem(
+                f"cluster ({namespace})",
+                f"cannot read the {kind} Secret: HTTP {exc.status} {exc.reason}",
+                "check the kubeconfig and that `piml up` finished",
+            ),
+            1,
+        ) from None
     except (OSError, urllib3_errors()) as exc:
         raise unreachable(api, exc) from None
     forwarder = forward(api, namespace, f"app.kubernetes.io/name={kind}", PORTS[kind], kind)
-    url = f"redis://127.0.0.1:{forwarder.port}/0" if kind == "redis" else f"amqp://{RABBITMQ_USER}@127.0.0.1:{forwarder.port}/"
+    url = (
+        f"redis://127.0.0.1:{forwarder.port}/0"
+        if kind == "redis"
+        else f"amqp://{RABBITMQ_USER}@127.0.0.1:{forwarder.port}/"
+    )
     return Tunnel(url, password, forwarder)
 
 
@@ -175,10 +203,18 @@ def forward(api: Any, namespace: str, selector: str, port: int, what: str) -> Fo
     from piml.kube.client import REQUEST_TIMEOUT
 
     try:
-        pod = pick_pod(api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items, what)
+        pod = pick_pod(
+            api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items, what
+        )
     except ApiException as exc:
-        raise PimlError(Problem(f"cluster ({namespace})", f"cannot list the {what} pods: HTTP {exc.status} {exc.reason}",
-                                "check the kubeconfig and that `piml up` finished"), 1) from None
+        raise PimlError(
+            Problem(
+                f"cluster ({namespace})",
+                f"cannot list the {what} pods: HTTP {exc.status} {exc.reason}",
+                "check the kubeconfig and that `piml up` finished",
+            ),
+            1,
+        ) from None
     except (OSError, urllib3_errors()) as exc:
         raise unreachable(api, exc) from None
 

@@ -33,7 +33,9 @@ class _BlockDumper(yaml.SafeDumper):
 
 
 _BlockDumper.add_representer(
-    str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+    str,
+    lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None),
+)
 
 
 def _environment():
@@ -70,7 +72,10 @@ def context(cluster: Cluster, plan: Plan, secrets: dict[str, str] | None) -> dic
             "mlflow": images.mlflow(config.mlflow.version),
             "dask": images.dask(config.dask.version),
             "ray": {arch: images.ray(config.ray.version, arch) for arch in ("arm64", "amd64")},
-            "redis": images.REDIS, "postgres": images.POSTGRES, "minio": images.MINIO, "rabbitmq": images.RABBITMQ,
+            "redis": images.REDIS,
+            "postgres": images.POSTGRES,
+            "minio": images.MINIO,
+            "rabbitmq": images.RABBITMQ,
         },
         "secrets": _with_mlflow_stores(cluster, secrets),  # None: Secret objects are rendered without values
         "mlflow_allowed_hosts": mlflow_hosts,
@@ -129,9 +134,14 @@ def _with_mlflow_stores(cluster: Cluster, secrets: dict[str, str] | None) -> dic
 
         missing = [n for n in ("mlflow_s3_access_key", "mlflow_s3_secret_key") if not secrets.get(n)]
         if missing:
-            raise InputError(Problem(where, f"mlflow.artifacts is s3, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not given",
-                                     f"add {', '.join(f'{n}: ...' for n in missing)} to {where} (or set "
-                                     f"{', '.join('$' + USER_GIVEN[n] for n in missing)}): your S3 store's keys"))
+            raise InputError(
+                Problem(
+                    where,
+                    f"mlflow.artifacts is s3, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not given",
+                    f"add {', '.join(f'{n}: ...' for n in missing)} to {where} (or set "
+                    f"{', '.join('$' + USER_GIVEN[n] for n in missing)}): your S3 store's keys",
+                )
+            )
     return secrets
 
 
@@ -143,8 +153,13 @@ def backend_uri(uri: str, password: str | None, where: str = ".piml/secrets.yaml
     userinfo, _, host = parts.netloc.rpartition("@")
     user = userinfo.partition(":")[0]
     if not user:
-        raise InputError(Problem(where, "mlflow_backend_password is given, but mlflow.backend_uri names no user",
-                                 "write the user into the URI in piml.yaml: postgresql://USER@HOST/DB"))
+        raise InputError(
+            Problem(
+                where,
+                "mlflow_backend_password is given, but mlflow.backend_uri names no user",
+                "write the user into the URI in piml.yaml: postgresql://USER@HOST/DB",
+            )
+        )
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 

@@ -51,11 +51,17 @@ class Result:
 @dataclass
 class Runner:
     broker: Broker
-    runner_id: str = field(default_factory=lambda: os.environ.get("PIML_RUNNER_ID") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    runner_id: str = field(
+        default_factory=lambda: (
+            os.environ.get("PIML_RUNNER_ID") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+    )
     node: str = field(default_factory=lambda: os.environ.get("PIML_NODE_NAME") or socket.gethostname())
     retries: int = field(default_factory=lambda: int(os.environ.get("PIML_RETRIES", DEFAULT_RETRIES)))
     # rows per batch; unset: by memory (piml.runner.data.rows_per_batch)
-    batch_size: int | None = field(default_factory=lambda: int(os.environ["PIML_BATCH_SIZE"]) if os.environ.get("PIML_BATCH_SIZE") else None)
+    batch_size: int | None = field(
+        default_factory=lambda: int(os.environ["PIML_BATCH_SIZE"]) if os.environ.get("PIML_BATCH_SIZE") else None
+    )
     log: Callable[[str], None] = field(default=lambda line: print(f"piml-runner: {line}", file=sys.stderr, flush=True))
     _models: dict = field(default_factory=dict)
 
@@ -97,16 +103,25 @@ class Runner:
             self.broker.fail(delivery, error, retry=False, retries=self.retries)
             self.log(f"{request.id}: {error}; parked on the dead-letter list")
             return FAILED
-        self.log(f"took {request.id} (attempt {delivery.attempts} of {self.retries + 1}): {request.model} on {redact(request.input)}")
+        self.log(
+            f"took {request.id} (attempt {delivery.attempts} of {self.retries + 1}): {request.model} on {redact(request.input)}"
+        )
         self.broker.running(delivery, self.node)
         try:
-            result = self.run(request, on_run=lambda run_id, url: self.broker.progress(delivery, run_id=run_id, run_url=url))
+            result = self.run(
+                request, on_run=lambda run_id, url: self.broker.progress(delivery, run_id=run_id, run_url=url)
+            )
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the request, never lost
             error = scrub(str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {first_line(exc)}")
             state = self.broker.fail(delivery, error, retry=True, retries=self.retries)
-            self.log(f"{request.id} failed ({error}); " + ("queued again" if state != FAILED else "parked on the dead-letter list"))
+            self.log(
+                f"{request.id} failed ({error}); "
+                + ("queued again" if state != FAILED else "parked on the dead-letter list")
+            )
             return state
-        self.broker.succeed(delivery, run_id=result.run_id, run_url=result.run_url, rows=result.rows, seconds=round(result.seconds, 3))
+        self.broker.succeed(
+            delivery, run_id=result.run_id, run_url=result.run_url, rows=result.rows, seconds=round(result.seconds, 3)
+        )
         self.log(f"{request.id} succeeded: {result.rows} rows in {result.seconds:.2f} s, MLflow run {result.run_id}")
         return SUCCEEDED
 
@@ -121,8 +136,11 @@ class Runner:
             experiment = mlflow.set_experiment(EXPERIMENT)
         params = {"request_id": request.id, "model": request.model, "input": request.input, "output": request.output}
         params.update({f"param.{k}": v for k, v in request.params.items()})
-        with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=request.id,
-                              tags={"piml.request_id": request.id, "piml.node": self.node}) as run:
+        with mlflow.start_run(
+            experiment_id=experiment.experiment_id,
+            run_name=request.id,
+            tags={"piml.request_id": request.id, "piml.node": self.node},
+        ) as run:
             run_id = run.info.run_id
             url = run_url(experiment.experiment_id, run_id)
             if on_run:
@@ -178,7 +196,9 @@ class Runner:
                 try:
                     predictions = model.predict(batch, params=model_params) if model_params else model.predict(batch)
                 except Exception as exc:  # noqa: BLE001 - whatever the model raises
-                    raise StageError(f"predict: rows {rows}-{rows + len(batch) - 1}: {type(exc).__name__}: {first_line(exc)}") from None
+                    raise StageError(
+                        f"predict: rows {rows}-{rows + len(batch) - 1}: {type(exc).__name__}: {first_line(exc)}"
+                    ) from None
                 frame = as_frame(predictions, rows)
                 if len(frame) != len(batch):
                     raise StageError(f"predict: the model returned {len(frame)} predictions for {len(batch)} rows")
@@ -222,8 +242,15 @@ def scrub(text: str) -> str:
     return text
 
 
-def serve(broker: Broker, *, once: bool = False, drain: bool = False, wait: float = 60.0, runner: Runner | None = None,
-          **options: Any) -> int:
+def serve(
+    broker: Broker,
+    *,
+    once: bool = False,
+    drain: bool = False,
+    wait: float = 60.0,
+    runner: Runner | None = None,
+    **options: Any,
+) -> int:
     """Take requests: one (--once), until none comes within `wait` s (--drain), or until stopped. How many ran."""
     runner = runner or Runner(broker, **options)
     done = 0

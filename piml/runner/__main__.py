@@ -19,13 +19,25 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="take one request, run it and exit")
     mode.add_argument("--drain", action="store_true", help="run requests until none comes within --wait seconds")
-    parser.add_argument("--wait", type=float, default=float(os.environ.get("PIML_RUNNER_WAIT", 60)),
-                        help="seconds to wait for a request (default 60, $PIML_RUNNER_WAIT)")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=float(os.environ.get("PIML_RUNNER_WAIT", 60)),
+        help="seconds to wait for a request (default 60, $PIML_RUNNER_WAIT)",
+    )
     parser.add_argument("--queue-url", default=None, help="broker URL (default $PIML_QUEUE_URL)")
-    parser.add_argument("--runner-id", default=None, help="this runner's name (default $PIML_RUNNER_ID, else host-pid-random)")
-    parser.add_argument("--retries", type=int, default=None, help="retries after the first attempt (default $PIML_RETRIES or 3)")
-    parser.add_argument("--lease", type=float, default=float(os.environ.get("PIML_LEASE_SECONDS", 30)),
-                        help="seconds without a heartbeat before this runner counts as dead (Redis; default 30)")
+    parser.add_argument(
+        "--runner-id", default=None, help="this runner's name (default $PIML_RUNNER_ID, else host-pid-random)"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=None, help="retries after the first attempt (default $PIML_RETRIES or 3)"
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=float(os.environ.get("PIML_LEASE_SECONDS", 30)),
+        help="seconds without a heartbeat before this runner counts as dead (Redis; default 30)",
+    )
     args = parser.parse_args(argv)
 
     from piml.errors import PimlError
@@ -34,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # leave the request in processing: it is reaped
     try:
-        options = {"lease_seconds": args.lease} if (args.queue_url or os.environ.get("PIML_QUEUE_URL", "")).startswith("redis") else {}
+        options = (
+            {"lease_seconds": args.lease}
+            if (args.queue_url or os.environ.get("PIML_QUEUE_URL", "")).startswith("redis")
+            else {}
+        )
         broker = connect(args.queue_url, **options)
         runner = Runner(broker)
         if args.runner_id:

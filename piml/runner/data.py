@@ -128,7 +128,10 @@ def as_frame(predictions, index_start: int):
     values = np.asarray(predictions)
     if values.ndim <= 1:
         return pd.DataFrame({"prediction": values.reshape(-1)})
-    return pd.DataFrame(values.reshape(len(values), -1), columns=[f"prediction_{i}" for i in range(values.reshape(len(values), -1).shape[1])])
+    return pd.DataFrame(
+        values.reshape(len(values), -1),
+        columns=[f"prediction_{i}" for i in range(values.reshape(len(values), -1).shape[1])],
+    )
 
 
 class PredictionWriter:

@@ -14,8 +14,19 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]  # .../piml
 # Only these modules go to the cluster: the runner and what it imports (pure standard library besides
 # mlflow/pandas and the broker client).
-FILES = ("__init__.py", "errors.py", "client.py", "queue/__init__.py", "queue/base.py", "queue/request.py",
-         "queue/redis_broker.py", "queue/rabbitmq.py", "runner/__init__.py", "runner/__main__.py", "runner/data.py")
+FILES = (
+    "__init__.py",
+    "errors.py",
+    "client.py",
+    "queue/__init__.py",
+    "queue/base.py",
+    "queue/request.py",
+    "queue/redis_broker.py",
+    "queue/rabbitmq.py",
+    "runner/__init__.py",
+    "runner/__main__.py",
+    "runner/data.py",
+)
 # The broker clients the init container installs, pinned (runtime deps of piml itself: pyproject.toml).
 PIP = {"redis": "redis==5.2.1", "rabbitmq": "pika==1.3.2"}
 

@@ -53,8 +53,12 @@ class Fleet:
         if node.key_file:
             connect_kwargs["key_filename"] = [str(node.key_file)]
         conn = Connection(
-            host=node.address, user=node.user, port=node.port, config=self._fabric_config,
-            connect_timeout=int(max(1, self.timeouts.connect)), connect_kwargs=connect_kwargs,
+            host=node.address,
+            user=node.user,
+            port=node.port,
+            config=self._fabric_config,
+            connect_timeout=int(max(1, self.timeouts.connect)),
+            connect_kwargs=connect_kwargs,
         )
         self.known_hosts.install(conn.client)
         port = int(conn.port or 22)
@@ -67,8 +71,14 @@ class Fleet:
         return HostResult(node.name)
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, command: str, stdin: str | None = None, sudo: bool = False,
-            names: Iterable[str] | None = None, timeout: float | None = None) -> dict[str, HostResult[CommandOutput]]:
+    def run(
+        self,
+        command: str,
+        stdin: str | None = None,
+        sudo: bool = False,
+        names: Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, HostResult[CommandOutput]]:
         """Run `command` on every node (or `names`), in parallel; `stdin` is fed to it.
 
         With sudo, `sudo -n` is used: a node whose sudo asks for a password fails clearly instead
@@ -81,7 +91,9 @@ class Fleet:
         targets = [self.nodes[n] for n in wanted if n in self.nodes]
         if sudo:
             command = f"sudo -n -- sh -c {_quote(command)}"
-        return self._parallel(lambda node: self._connect_and_run(node, command, stdin, sudo, timeout or self.timeouts.command), targets)
+        return self._parallel(
+            lambda node: self._connect_and_run(node, command, stdin, sudo, timeout or self.timeouts.command), targets
+        )
 
     def _connect_and_run(self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float) -> HostResult:
         if node.name in self.failures:
@@ -99,7 +111,9 @@ class Fleet:
                 return HostResult(node.name, failure=Failure(R.TIMEOUT, took, "check the node's load and its network"))
         return self._run_one(node, command, stdin, sudo, timeout)
 
-    def _run_one(self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float) -> HostResult[CommandOutput]:
+    def _run_one(
+        self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float
+    ) -> HostResult[CommandOutput]:
         client: paramiko.SSHClient = self._connections[node.name].client
         started, wall = time.monotonic(), time.time()
         channel = None
@@ -120,13 +134,34 @@ class Fleet:
                 partial = CommandOutput(-1, exc.stdout, exc.stderr, time.monotonic() - started, wall)
             if channel is not None:
                 channel.close()
-            return HostResult(node.name, value=partial, failure=Failure(
-                R.TIMEOUT, f"{node.name}: command did not finish within {timeout:.0f} s", "check the node's load, or raise the timeout"))
+            return HostResult(
+                node.name,
+                value=partial,
+                failure=Failure(
+                    R.TIMEOUT,
+                    f"{node.name}: command did not finish within {timeout:.0f} s",
+                    "check the node's load, or raise the timeout",
+                ),
+            )
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            return HostResult(node.name, failure=Failure(R.UNREACHABLE, f"{node.name}: connection lost ({exc or type(exc).__name__})", "check that the node is up and on the network"))
+            return HostResult(
+                node.name,
+                failure=Failure(
+                    R.UNREACHABLE,
+                    f"{node.name}: connection lost ({exc or type(exc).__name__})",
+                    "check that the node is up and on the network",
+                ),
+            )
         out = CommandOutput(code, stdout, stderr, time.monotonic() - started, wall)
         if sudo and code != 0 and "password is required" in stderr:
-            return HostResult(node.name, failure=Failure(R.SUDO, f"{node.name}: sudo asks {node.user or 'the user'} for a password", f"allow passwordless sudo: `echo '{node.user or 'USER'} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/010_piml`"))
+            return HostResult(
+                node.name,
+                failure=Failure(
+                    R.SUDO,
+                    f"{node.name}: sudo asks {node.user or 'the user'} for a password",
+                    f"allow passwordless sudo: `echo '{node.user or 'USER'} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/010_piml`",
+                ),
+            )
         return HostResult(node.name, value=out)
 
     def close(self) -> None:
@@ -192,30 +227,60 @@ def _classify(exc: Exception, node: Node, port: int, known: KnownHosts) -> Failu
     """Turn whatever connecting raised into one clear, per-node failure."""
     name, where = node.name, f"{node.address}:{port}"
     if isinstance(exc, UnknownHostKey):
-        return Failure(R.HOST_KEY, f"{name}: host key {fingerprint(exc.key)} is not yet known", "check it, then rerun with --accept-new-host-keys to record it")
+        return Failure(
+            R.HOST_KEY,
+            f"{name}: host key {fingerprint(exc.key)} is not yet known",
+            "check it, then rerun with --accept-new-host-keys to record it",
+        )
     if isinstance(exc, paramiko.BadHostKeyException):
-        return Failure(R.HOST_KEY, f"{name}: HOST KEY CHANGED: expected {fingerprint(exc.expected_key)}, got {fingerprint(exc.key)}",
-                       f"if the node was reinstalled, remove its line '{host_entry_name(node.address, port)}' from {known.path}; otherwise someone may be intercepting")
+        return Failure(
+            R.HOST_KEY,
+            f"{name}: HOST KEY CHANGED: expected {fingerprint(exc.expected_key)}, got {fingerprint(exc.key)}",
+            f"if the node was reinstalled, remove its line '{host_entry_name(node.address, port)}' from {known.path}; otherwise someone may be intercepting",
+        )
     if isinstance(exc, paramiko.AuthenticationException):
         key = f" with key {node.key_file}" if node.key_file else ""
-        return Failure(R.AUTH, f"{name}: {node.user or 'the user'}@{where} refused our login{key}", "put the project's public key (.piml/id_ed25519.pub) in ~/.ssh/authorized_keys on the node, or fix ansible_user / ansible_ssh_private_key_file")
+        return Failure(
+            R.AUTH,
+            f"{name}: {node.user or 'the user'}@{where} refused our login{key}",
+            "put the project's public key (.piml/id_ed25519.pub) in ~/.ssh/authorized_keys on the node, or fix ansible_user / ansible_ssh_private_key_file",
+        )
     if isinstance(exc, (FileNotFoundError, PermissionError)) and getattr(exc, "filename", None):
-        return Failure(R.AUTH, f"{name}: cannot read key file {exc.filename}", "fix ansible_ssh_private_key_file in the inventory")
+        return Failure(
+            R.AUTH, f"{name}: cannot read key file {exc.filename}", "fix ansible_ssh_private_key_file in the inventory"
+        )
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return Failure(R.UNREACHABLE, f"{name}: no answer from {where} within the timeout", "check that the node is powered, booted and on the network")
+        return Failure(
+            R.UNREACHABLE,
+            f"{name}: no answer from {where} within the timeout",
+            "check that the node is powered, booted and on the network",
+        )
     if isinstance(exc, ConnectionRefusedError):
-        return Failure(R.UNREACHABLE, f"{name}: {where} refused the connection", "check that sshd runs on the node and the port is right")
+        return Failure(
+            R.UNREACHABLE,
+            f"{name}: {where} refused the connection",
+            "check that sshd runs on the node and the port is right",
+        )
     if isinstance(exc, socket.gaierror):
         return Failure(R.UNREACHABLE, f"{name}: cannot resolve {node.address}", "use an IP address or fix DNS")
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         return Failure(R.UNREACHABLE, f"{name}: cannot connect to {where}", "check that the node is up and sshd runs")
     if isinstance(exc, OSError):
-        return Failure(R.UNREACHABLE, f"{name}: cannot reach {where} ({exc.strerror or exc})", "check the address and the network")
+        return Failure(
+            R.UNREACHABLE, f"{name}: cannot reach {where} ({exc.strerror or exc})", "check the address and the network"
+        )
     if isinstance(exc, EOFError):  # paramiko: the other end closed the connection during the handshake
-        return Failure(R.UNREACHABLE, f"{name}: {where} closed the connection during the SSH handshake",
-                       "check that sshd is healthy on the node (its log: journalctl -u ssh) and that the port is SSH's")
+        return Failure(
+            R.UNREACHABLE,
+            f"{name}: {where} closed the connection during the SSH handshake",
+            "check that sshd is healthy on the node (its log: journalctl -u ssh) and that the port is SSH's",
+        )
     if isinstance(exc, paramiko.SSHException):
         # paramiko glues its causes on ("...banner[Errno 104] Connection reset by peer"): one phrase is enough
         reason = str(exc).split("[Errno")[0].strip() or type(exc).__name__
-        return Failure(R.UNREACHABLE, f"{name}: SSH failed at {where}: {reason}", "check that sshd is healthy on the node and that the port is SSH's")
+        return Failure(
+            R.UNREACHABLE,
+            f"{name}: SSH failed at {where}: {reason}",
+            "check that sshd is healthy on the node and that the port is SSH's",
+        )
     return Failure(R.UNREACHABLE, f"{name}: {type(exc).__name__}: {exc}", "check the node")

@@ -58,7 +58,9 @@ class KnownHosts:
             self.keys.add(name, key.get_name(), key)
             self.recorded.append((name, fingerprint(key)))
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            lines = [f"{host} {kind} {k.get_base64()}\n" for host, entry in self.keys.items() for kind, k in entry.items()]
+            lines = [
+                f"{host} {kind} {k.get_base64()}\n" for host, entry in self.keys.items() for kind, k in entry.items()
+            ]
             write_atomic(self.path, "".join(lines), mode=0o600)
 
 
