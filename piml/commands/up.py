@@ -247,9 +247,10 @@ def _print_commands(cluster, stages: list[str], nodes, as_json: bool) -> None:
             )
         )
     names = [n.name for n in nodes]
-    # The inventory's architectures stand in for the facts the real run gathers (an air-gap dir is checked for them)
-    arches = {n.arch or "arm64" for n in nodes}
-    airgap = st.check_airgap(cluster, arches)
+    # Without the nodes' facts (nothing is reached) the architectures are the inventory's, when it says them: the
+    # air-gap dir is checked for those binaries only (`piml up` checks it against the nodes' real ones)
+    known = {n.arch for n in nodes if n.arch}
+    airgap = st.check_airgap(cluster, known) if known else st.airgap_dir(cluster)
     commands = {}
     for stage in chosen:
         if stage == "prepare":

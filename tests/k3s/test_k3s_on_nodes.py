@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import ssl
 import stat
@@ -112,6 +113,22 @@ def entry_text(text: str, section: str, name: str) -> str:
     raise AssertionError(f"{section}/{name} not found")
 
 
+def fast_path_off(sc) -> dict[str, dict[str, dict[str, int]]]:
+    """Run each playbook stage's printed command with the fast path off; {stage: {host: PLAY RECAP counts}}."""
+    out = sc.piml("up", "--only", "prepare,k3s", "--print-command", "--json")
+    assert out.returncode == 0, out.stderr
+    recaps = {}
+    for stage, command in json.loads(out.stdout)["commands"].items():
+        env = {**os.environ, **command["env"], "KUBECONFIG": str(sc.kubeconfig)}
+        run = subprocess.run([*command["argv"], "-e", "piml_fast_path=false"], env=env, capture_output=True,
+                             text=True, timeout=900, cwd=sc.root)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+        recap = run.stdout.rpartition("PLAY RECAP")[2]
+        recaps[stage] = {line.split()[0]: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+                         for line in recap.splitlines() if ":" in line and "ok=" in line}
+    return recaps
+
+
 def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_nodes, piml, tmp_path):
     sub = node_factory.substrate
     nodes = fresh_nodes(3, names=["k1srv", "k1ag1", "k1ag2"])
@@ -194,6 +211,11 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
     # ... and cheaply: every node is left after its probe (a handful of tasks, not the whole playbooks)
     for stage in ("prepare", "k3s"):
         assert all(h["ok"] <= 6 for h in data["stages"][stage]["hosts"].values()), (stage, data["stages"][stage])
+    # The fast path trusts the probe: with it off, every task of the plays runs on the converged nodes and
+    # changes nothing either (run by hand, as `piml up --print-command` prints it, with piml_fast_path=false)
+    for stage, recap in fast_path_off(sc).items():
+        assert recap and all(counts["changed"] == 0 and counts["failed"] == 0 for counts in recap.values()), (stage, recap)
+        assert all(counts["ok"] > 6 for counts in recap.values()), (stage, recap)  # the whole plays ran
 
     # a changed setting is applied on re-run, on that node only: a new label (k3s restarts there) and a
     # tampered sysctl file (prepare rewrites it); the rest is left alone
