@@ -214,7 +214,8 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
     # The fast path trusts the probe: with it off, every task of the plays runs on the converged nodes and
     # changes nothing either (run by hand, as `piml up --print-command` prints it, with piml_fast_path=false)
     for stage, recap in fast_path_off(sc).items():
-        assert recap and all(counts["changed"] == 0 and counts["failed"] == 0 for counts in recap.values()), (stage, recap)
+        assert recap, stage
+        assert all(counts["changed"] == 0 and counts["failed"] == 0 for counts in recap.values()), (stage, recap)
         assert all(counts["ok"] > 6 for counts in recap.values()), (stage, recap)  # the whole plays ran
 
     # a changed setting is applied on re-run, on that node only: a new label (k3s restarts there) and a
