@@ -45,7 +45,17 @@ def test_a_replaced_head_keeps_the_clusters_state_in_redis(pod_network, tmp_path
         platform.kubelet.delete(head)
         again = platform.ray_head("ray-head-1")
         platform.kubelet.wait_probe(again.container("ray-head"), "readinessProbe", budget=180)
-        listed = {j.get("submission_id") for j in jobs_api(again, token)}
+        # Ready says the raylet and GCS answer; the dashboard (Jobs API) may take a moment more, as after any head
+        # restart: a client retries connection refused for a while (bounded)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                listed = {j.get("submission_id") for j in jobs_api(again, token)}
+                break
+            except AssertionError as exc:
+                if "Connection refused" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
         assert "piml-ft-check" in listed, f"the new head does not know the job: {listed}\n{again.container('ray-head').tail()}"
     finally:
         platform.close()
