@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.controlplane import faults
-from tests.controlplane.test_control_plane import GO, cp, until
+from tests.controlplane.test_control_plane import GO, until
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed (needed to build the control plane)")
 
@@ -28,18 +28,8 @@ def deployment(name: str, image: str = "busybox:1.36") -> dict:
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory):
-    from piml.kube.client import connect
-
-    build = cp("build", timeout=3 * 3600)
-    assert build.returncode == 0, build.stderr
-    d = tmp_path_factory.mktemp("cp") / "plane"
-    r = cp("up", str(d), "--nodes", "1", "--no-helm-controller", "--no-kuberay", timeout=300)
-    assert r.returncode == 0, r.stderr
-    k = connect(d / "kubeconfig", request_timeout=10)
-    yield d, k
-    k.close()
-    cp("down", str(d), timeout=60)
+def plane(bare_plane):
+    return bare_plane
 
 
 def pod_of(k, name: str) -> dict:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.controlplane.test_control_plane import GO, cp, until
+from tests.controlplane.test_control_plane import GO, until
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed (needed to build the control plane)")
 
@@ -57,18 +57,8 @@ DEPLOYMENT = {
 
 
 @pytest.fixture(scope="module")
-def kube(tmp_path_factory):
-    from piml.kube.client import connect
-
-    build = cp("build", timeout=3 * 3600)
-    assert build.returncode == 0, build.stderr
-    d = tmp_path_factory.mktemp("cp") / "plane"
-    r = cp("up", str(d), "--nodes", "1", "--no-helm-controller", "--no-kuberay", timeout=300)
-    assert r.returncode == 0, r.stderr
-    k = connect(d / "kubeconfig", request_timeout=10)
-    yield k
-    k.close()
-    cp("down", str(d), timeout=60)
+def kube(bare_plane):
+    return bare_plane[1]
 
 
 def null_paths(obj, path: tuple = ()) -> Iterator[tuple]:
