@@ -98,7 +98,8 @@ class Node:
         self.uid = None
         self.used_ips: set[str] = set()
         self.next_ip = 2
-        self.played: set[str] = set()  # pods (uid) already given their status: a failed pull stays Pending
+        self.played: set[str] = set()
+        self.faults: dict = {}  # DIR/faults.json as last read (sync_pods)  # pods (uid) already given their status: a failed pull stays Pending
         self.logs = kubelet_api.Logs()
         self.kubelet = kubelet_api.serve(
             self.ip, tls[f"serving-kubelet-{self.name}"], tls[f"serving-kubelet-{self.name}-key"], tls["client-ca"],
@@ -294,8 +295,8 @@ class Node:
         log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} {shown} at {ip}")
 
     def failing(self, pod) -> dict | None:
-        """The fault a test injected for this pod (faults.py), if any."""
-        return faults.for_pod(faults.load(Path(self.state["dir"])), pod.metadata.name, pod.metadata.labels)
+        """The fault a test injected for this pod (faults.py), if any, as read at the start of this pass."""
+        return faults.for_pod(self.faults, pod.metadata.name, pod.metadata.labels)
 
     def event(self, pod, reason: str, message: str, type_: str = "Normal") -> None:
         """An event about `pod` from this node's kubelet, as a kubelet records one."""
@@ -315,6 +316,7 @@ class Node:
         pods = self.core.list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={self.name}", _request_timeout=TIMEOUT
         ).items
+        self.faults = faults.load(Path(self.state["dir"]))  # once a pass, not once a pod
         self.used_ips = {p.status.pod_ip for p in pods if p.status and p.status.pod_ip}
         for pod in pods:
             if stop.is_set():

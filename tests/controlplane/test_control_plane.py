@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.controlplane.objects import deployment
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "control-plane"
 GO = shutil.which("go") or ("/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None)
@@ -107,16 +109,7 @@ def _deployment(name: str, extra_container_field: dict | None = None) -> dict:
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
     }
     container.update(extra_container_field or {})
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}},
-        },
-    }
+    return deployment(name, {"containers": [container]})
 
 
 def raw(

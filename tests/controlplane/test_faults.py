@@ -6,25 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tests.controlplane import faults
+from tests.controlplane.objects import deployment
 from tests.controlplane.test_control_plane import GO, until
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed (needed to build the control plane)")
 
 
-def deployment(name: str, image: str = "busybox:1.36") -> dict:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "main", "image": image, "command": ["/bin/app"]}]},
-            },
-        },
-    }
+def crashing(name: str, image: str = "busybox:1.36") -> dict:
+    return deployment(name, {"containers": [{"name": "main", "image": image, "command": ["/bin/app"]}]}, "default")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +32,7 @@ def pod_of(k, name: str) -> dict:
 def test_crash_logs_come_through_the_api_servers_proxy(plane):
     d, k = plane
     faults.inject(d, "crasher", "crash", logs=[f"line {i}" for i in range(1, 13)] + ["Error: boom"])
-    k.request("POST", "/apis/apps/v1/namespaces/default/deployments", body=deployment("crasher"))
+    k.request("POST", "/apis/apps/v1/namespaces/default/deployments", body=crashing("crasher"))
     pod = pod_of(k, "crasher")
     (cs,) = pod["status"]["containerStatuses"]
     assert cs["state"]["waiting"]["reason"] == "CrashLoopBackOff" and cs["lastState"]["terminated"]["exitCode"] == 1
@@ -61,8 +50,8 @@ def test_exec_format_and_image_pull_as_a_kubelet_reports_them(plane):
     d, k = plane
     faults.inject(d, "wrongarch", "exec-format")
     faults.inject(d, "nosuchimage", "image-pull")
-    k.request("POST", "/apis/apps/v1/namespaces/default/deployments", body=deployment("wrongarch"))
-    k.request("POST", "/apis/apps/v1/namespaces/default/deployments", body=deployment("nosuchimage", "nope:0"))
+    k.request("POST", "/apis/apps/v1/namespaces/default/deployments", body=crashing("wrongarch"))
+    k.request("POST", "/apis/apps/v1/namespaces/default/deployments", body=crashing("nosuchimage", "nope:0"))
     wrong = pod_of(k, "wrongarch")
     assert wrong["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 255
     pulled = pod_of(k, "nosuchimage")

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.controlplane.objects import deployment
 from tests.controlplane.test_control_plane import GO, cp, until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,30 +216,10 @@ def refused_units(error) -> dict[str, int]:
     return out
 
 
-def deployment(name: str, cpu_m: int, memory_mi: int, node: str) -> dict:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "fit"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {"kubernetes.io/hostname": node},
-                    "containers": [
-                        {
-                            "name": "main",
-                            "image": "busybox:1.36",
-                            "resources": {"requests": {"cpu": f"{cpu_m}m", "memory": f"{memory_mi}Mi"}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
+def sized(name: str, cpu_m: int, memory_mi: int, node: str) -> dict:
+    container = {"name": "main", "image": "busybox:1.36",
+                 "resources": {"requests": {"cpu": f"{cpu_m}m", "memory": f"{memory_mi}Mi"}}}
+    return deployment(name, {"nodeSelector": {"kubernetes.io/hostname": node}, "containers": [container]}, "fit")
 
 
 @pytest.mark.timeout(180)
@@ -296,7 +277,7 @@ def test_cannot_fit_is_refused_as_the_real_scheduler_would(tmp_path):
 
         pending = {}
         for name, (cpu_m, memory_mi) in order:
-            apps.create_namespaced_deployment("fit", deployment(name, cpu_m, memory_mi, first), _request_timeout=10)
+            apps.create_namespaced_deployment("fit", sized(name, cpu_m, memory_mi, first), _request_timeout=10)
             state, detail = until(f"the scheduler's decision on {name}", lambda name=name: outcome(name), 30)
             if state == "pending":
                 pending[name] = detail

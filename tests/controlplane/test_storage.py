@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.controlplane.objects import deployment
 from tests.controlplane.test_control_plane import GO, alive, cp, raw, until
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed (needed to build the control plane)")
@@ -85,29 +86,14 @@ def _claim(name: str) -> dict:
 
 
 def _deployment(name: str, claim: str) -> dict:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "redis",
-                            "image": "redis:7.4",
-                            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-                        }
-                    ],
-                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
-                },
-            },
-        },
+    container = {
+        "name": "redis",
+        "image": "redis:7.4",
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
     }
+    volume = {"name": "data", "persistentVolumeClaim": {"claimName": claim}}
+    return deployment(name, {"containers": [container], "volumes": [volume]})
 
 
 def _node_dir(plane: Path, node: str, pv) -> Path:
