@@ -98,8 +98,8 @@ class Node:
         self.uid = None
         self.used_ips: set[str] = set()
         self.next_ip = 2
-        self.played: set[str] = set()
-        self.faults: dict = {}  # DIR/faults.json as last read (sync_pods)  # pods (uid) already given their status: a failed pull stays Pending
+        self.played: set[str] = set()  # pods (uid) already given their status: a failed pull stays Pending
+        self.faults: dict = {}  # DIR/faults.json as last read (sync_pods)
         self.logs = kubelet_api.Logs()
         self.kubelet = kubelet_api.serve(
             self.ip, tls[f"serving-kubelet-{self.name}"], tls[f"serving-kubelet-{self.name}-key"], tls["client-ca"],

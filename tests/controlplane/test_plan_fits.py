@@ -216,7 +216,7 @@ def refused_units(error) -> dict[str, int]:
     return out
 
 
-def sized(name: str, cpu_m: int, memory_mi: int, node: str) -> dict:
+def pinned_deployment(name: str, cpu_m: int, memory_mi: int, node: str) -> dict:
     container = {"name": "main", "image": "busybox:1.36",
                  "resources": {"requests": {"cpu": f"{cpu_m}m", "memory": f"{memory_mi}Mi"}}}
     return deployment(name, {"nodeSelector": {"kubernetes.io/hostname": node}, "containers": [container]}, "fit")
@@ -277,7 +277,8 @@ def test_cannot_fit_is_refused_as_the_real_scheduler_would(tmp_path):
 
         pending = {}
         for name, (cpu_m, memory_mi) in order:
-            apps.create_namespaced_deployment("fit", sized(name, cpu_m, memory_mi, first), _request_timeout=10)
+            body = pinned_deployment(name, cpu_m, memory_mi, first)
+            apps.create_namespaced_deployment("fit", body, _request_timeout=10)
             state, detail = until(f"the scheduler's decision on {name}", lambda name=name: outcome(name), 30)
             if state == "pending":
                 pending[name] = detail
