@@ -59,3 +59,40 @@ def error_line(text: str) -> None:
 def warning_line(text: str) -> None:
     err_console().print("[yellow]warning:[/] ", end="")
     err_console().print(terminal_safe(text), markup=False)
+
+
+class ByteProgress:
+    """A progress bar of bytes (done, throughput, time left) on stderr when it is a terminal; nothing otherwise.
+    Call it with the bytes done so far; `close()` at the end."""
+
+    def __init__(self, label: str, total: int | None):
+        self.bar = None
+        if err_console().is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err_console(),
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total)
+
+    def __call__(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
-from piml.output import console, err_console, print_json
+from piml.output import ByteProgress, console, print_json
 
 EXIT_INTERRUPTED = 130
 
@@ -239,42 +239,6 @@ def _holds_secrets(setup) -> bool:
     return setup is not None and setup.wifi is not None
 
 
-class _Progress:
-    """A rich progress bar with throughput and ETA on a terminal; nothing otherwise."""
-
-    def __init__(self, label: str, total: int | None):
-        self.bar = None
-        if err_console().is_terminal:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(binary_units=True),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=err_console(),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=total)
-
-    def __call__(self, done: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _editor(setup, applied: list):
     if setup is None:
         return None
@@ -298,7 +262,7 @@ def _write(image, target, setup, where: str, opts: Options):
     from piml.flash.verify import verify
 
     applied: list = []
-    progress = _Progress(f"writing {where}", image.size)
+    progress = ByteProgress(f"writing {where}", image.size)
     again = "run the same command again to start over"
     try:
         stream = Stream(image)
@@ -356,7 +320,7 @@ def _write(image, target, setup, where: str, opts: Options):
     )
     if not opts.verify:
         return result
-    vprog = _Progress(f"verifying {where}", result.size)
+    vprog = ByteProgress(f"verifying {where}", result.size)
     try:
         check = verify(target.path, result.size, result.regions, vprog)
     except KeyboardInterrupt:

@@ -136,28 +136,8 @@ def fetch(url: str, sha: str | None, say: Callable[[str], None] = print, timeout
 
 
 def _progress(label: str, total: int):
-    from piml.output import err_console
+    """update(done); update(None) ends the bar."""
+    from piml.output import ByteProgress
 
-    if not err_console().is_terminal:
-        return lambda done: None
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err_console(),
-        transient=True,
-    )
-    bar.start()
-    task = bar.add_task(f"downloading {label}", total=total or None)
-
-    def update(done):
-        if done is None:
-            bar.stop()
-        else:
-            bar.update(task, completed=done)
-
-    return update
+    bar = ByteProgress(f"downloading {label}", total or None)
+    return lambda done: bar.close() if done is None else bar(done)
