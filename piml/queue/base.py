@@ -61,6 +61,18 @@ class Delivery:
     extra: dict = field(default_factory=dict)
 
 
+def running_fields(delivery: Delivery, node: str) -> dict[str, Any]:
+    """What a request's record says once a runner on `node` has taken it (both brokers record it so)."""
+    return {
+        "state": RUNNING,
+        "node": node,
+        "runner": delivery.runner,
+        "started_at": now(),
+        "finished_at": None,
+        "error": None,
+    }
+
+
 class Broker(Protocol):
     lost: tuple[type[BaseException], ...]  # what the broker's library raises when the broker goes away mid-command
     url: str

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from piml.errors import InputError, PimlError, Problem
-from piml.queue.base import FAILED, QUEUED, RUNNING, SUCCEEDED, Delivery, job_record, now, redact
+from piml.queue.base import FAILED, QUEUED, SUCCEEDED, Delivery, job_record, now, redact, running_fields
 from piml.queue.request import Request, id_of
 
 QUEUE, DEAD, STATE = "piml.requests", "piml.dead", "piml.state"
@@ -207,15 +207,7 @@ class RabbitBroker:
 
     def running(self, delivery: Delivery, node: str) -> None:
         if delivery.id:
-            self._event(
-                delivery.id,
-                state=RUNNING,
-                node=node,
-                runner=delivery.runner,
-                started_at=now(),
-                finished_at=None,
-                error=None,
-            )
+            self._event(delivery.id, **running_fields(delivery, node))
 
     def progress(self, delivery: Delivery, **fields: Any) -> None:
         if delivery.id:

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from piml.errors import InputError, PimlError, Problem
-from piml.queue.base import FAILED, QUEUED, RUNNING, SUCCEEDED, Delivery, job_record, now, redact
+from piml.queue.base import FAILED, QUEUED, SUCCEEDED, Delivery, job_record, now, redact, running_fields
 from piml.queue.request import Request, id_of
 
 DEFAULT_LEASE = 30  # seconds without a heartbeat before a runner counts as dead
@@ -209,15 +209,7 @@ class RedisBroker:
 
     def running(self, delivery: Delivery, node: str) -> None:
         if delivery.id:
-            self._update(
-                delivery.id,
-                state=RUNNING,
-                node=node,
-                runner=delivery.runner,
-                started_at=now(),
-                finished_at=None,
-                error=None,
-            )
+            self._update(delivery.id, **running_fields(delivery, node))
 
     def progress(self, delivery: Delivery, **fields: Any) -> None:
         if delivery.id:
