@@ -7,18 +7,14 @@ from __future__ import annotations
 from piml.inventory.validate import parse_inventory_text
 from piml.kube.client import connect
 from piml.kube.node_labels import reconcile
+from tests.standins.kubeapi.project import LOOPBACK_INVENTORY
 from tests.standins.kubeapi.server import FakeKubeAPI
 
-INVENTORY = """
-k3s_cluster:
-  children:
-    server:
-      hosts:
-        pi1: {ansible_host: 127.0.0.1, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}
-    agent:
-      hosts:
-        pi2: {ansible_host: 127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8, piml_taints: ['gpu:NoSchedule']}
-"""
+# pi2 with a taint of piml's, so that piml patches it
+INVENTORY = LOOPBACK_INVENTORY.replace("127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}",
+                                       "127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8, "
+                                       "piml_taints: ['gpu:NoSchedule']}")
+
 
 
 def test_a_concurrent_change_is_read_again_and_kept(tmp_path):
