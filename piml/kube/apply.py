@@ -64,7 +64,7 @@ def apply_object(kube: Kube, discovery: Discovery, obj: dict) -> Applied:
             content_type="application/apply-patch+yaml",
         )
     except KubeRefused as exc:
-        if exc.status != 403 or "is being terminated" in exc.message:
+        if exc.status != 403 or exc.terminating:  # credentials, or a namespace going: as the client says it
             raise
         raise PimlError(forbidden(exc.message, target, before), EXIT_FAILED) from None
     except KubeError as exc:

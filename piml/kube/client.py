@@ -23,12 +23,21 @@ class KubeError(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+TERMINATING = re.compile(r"in namespace (\S+) because it is being terminated")
+
+
 class KubeRefused(PimlError):
     """A 401 or 403 as one line (exit 1); a caller that knows which object it was about may say it better."""
 
     def __init__(self, problem: Problem, status: int, message: str):
         super().__init__(problem, EXIT_FAILED)
         self.status, self.message = status, message
+
+    @property
+    def terminating(self) -> str | None:
+        """The namespace still being deleted that refused a new object (NamespaceLifecycle), if that was it."""
+        found = TERMINATING.search(self.message) if self.status == 403 else None
+        return found.group(1) if found else None
 
 
 class Kube:
@@ -133,7 +142,7 @@ REQUEST_TIMEOUT = 15.0  # seconds for one API request (or for opening one exec /
 
 def _refusal(where: str, status: int, message: str) -> Problem:
     """A 401 is about credentials; a 403 is the authorizer or an admission plugin saying no, for a reason."""
-    terminating = re.search(r"in namespace (\S+) because it is being terminated", message)
+    terminating = TERMINATING.search(message)
     if status == 403 and terminating:  # NamespaceLifecycle: a teardown has not finished
         namespace = terminating.group(1)
         return Problem(
