@@ -166,10 +166,7 @@ def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
         console().print(f"platform removed: {len(report.deleted)} object(s) deleted{kept}", markup=False)
     if report.waiting_for:  # finalizers that did not finish within the bound: say what each waits for
         raise PimlError(
-            [
-                Problem(line.partition(": ")[0], f"still being deleted: {line.partition(': ')[2]}")
-                for line in report.waiting_for
-            ]
+            [Problem(what, f"still being deleted: {why}") for what, why in report.waiting_for.items()]
             + [
                 Problem(
                     "piml teardown",

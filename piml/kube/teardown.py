@@ -30,7 +30,7 @@ class TeardownReport:
     kept: list[Ref] = field(default_factory=list)
     still_going: list[Ref] = field(default_factory=list)  # deletion asked, not finished in time (finalizers)
     pods_left: list[str] = field(default_factory=list)  # the custom resources' pods, not gone in time
-    waiting_for: list[str] = field(default_factory=list)  # "<object>: <what it waits for>", for each of those
+    waiting_for: dict[str, str] = field(default_factory=dict)  # object -> what it waits for, for each of those
     purge: bool = False
 
     def as_dict(self) -> dict:
@@ -82,6 +82,6 @@ def _teardown(kube, project: str, purge: bool, timeout: float, poll: float, prog
     # Deleted in the foreground, so a Deployment goes after its pods; k3s uninstalls a chart before its HelmChart
     # goes; a namespace empties before it goes. Wait for all of it, bounded.
     report.still_going += wait_gone(kube, discovery, last, until, poll)
-    report.waiting_for = [f"{r}: {why_still_there(kube, discovery, r)}" for r in report.still_going]
-    report.waiting_for += [f"Pod {pod}: still there" for pod in report.pods_left]
+    report.waiting_for = {str(r): why_still_there(kube, discovery, r) for r in report.still_going}
+    report.waiting_for.update({f"Pod {pod}": "still there" for pod in report.pods_left})
     return report

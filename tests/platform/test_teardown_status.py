@@ -136,8 +136,9 @@ def test_what_a_finalizer_holds_is_named_with_what_it_waits_for(project, plane):
         kube.request("PATCH", path, body={"metadata": {"finalizers": ["example.com/hold"]}},
                      content_type="application/merge-patch+json")
         report = teardown_platform(cluster, project.kubeconfig, purge=True, timeout=45, poll=0.2)
-        assert "ConfigMap piml/piml-runner: waiting for example.com/hold" in report.waiting_for, report.waiting_for
-        namespace = next(line for line in report.waiting_for if line.startswith("Namespace piml: "))
+        waits = report.waiting_for
+        assert waits.get("ConfigMap piml/piml-runner") == "waiting for example.com/hold", waits
+        namespace = report.waiting_for["Namespace piml"]
         assert "example.com/hold" in namespace  # the namespace controller's own words: what it still has
         assert report.as_dict()["waiting_for"] == report.waiting_for
     finally:
