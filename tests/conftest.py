@@ -67,7 +67,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if parts[0] == "contract":
             item.add_marker("contract")
             item.add_marker("root")
-        if parts[0] == "controlplane" or "plane" in used:
+        if parts[0] == "controlplane" or used & {"plane", "own_plane"}:
             item.add_marker("controlplane")
         if used & NODE_FIXTURES or item.get_closest_marker("nodes"):
             item.add_marker("nodes")

@@ -85,6 +85,20 @@ def plane(tmp_path_factory):
     cp("down", str(p.dir), timeout=60)
 
 
+@pytest.fixture
+def own_plane(tmp_path_factory):
+    """Starts planes of the test's own (other node sizes, faults from the start); stops them after the test."""
+    started: list[Plane] = []
+
+    def start(*args: str) -> Plane:
+        started.append(start_plane(tmp_path_factory, *args))
+        return started[-1]
+
+    yield start
+    for p in started:
+        cp("down", str(p.dir), timeout=60)
+
+
 class Project:
     """A piml project directory (named `lab`) whose .piml/kubeconfig is the plane's."""
 

@@ -7,7 +7,7 @@ import pytest
 from piml.errors import EXIT_FAILED, PimlError
 from piml.kube.deploy import DeployError, deploy
 from piml.kube.wait import Timeouts
-from tests.platform.conftest import FAST, Project, api_gone, purge, start_plane
+from tests.platform.conftest import FAST, Project, api_gone, purge
 
 
 def project_objects(kube, project: str = "lab") -> dict[str, dict]:
@@ -136,12 +136,10 @@ def test_objects_of_other_projects_are_left_alone(project, plane):
         kube.close()
 
 
-def test_crds_that_never_come_are_a_plain_error(tmp_path, tmp_path_factory):
+def test_crds_that_never_come_are_a_plain_error(tmp_path, own_plane):
     """A fresh cluster whose chart installs fail (the helm-install pods crash, as when k3s cannot fetch a chart):
     the charts' kinds are never served, and piml says where to look, within its bound."""
-    from tests.controlplane.test_control_plane import cp
-
-    plane = start_plane(tmp_path_factory)
+    plane = own_plane()
     project = Project(tmp_path / "lab", plane)
     try:
         for chart in ("kuberay-operator", "keda"):
@@ -173,7 +171,6 @@ def test_crds_that_never_come_are_a_plain_error(tmp_path, tmp_path_factory):
             kube.close()
     finally:
         purge(project)
-        cp("down", str(plane.dir), timeout=60)
 
 
 def test_an_unreachable_api_is_one_plain_line(project):

@@ -9,8 +9,7 @@ import pytest
 
 from piml.errors import EXIT_FAILED
 from piml.kube.deploy import DeployError, deploy
-from tests.controlplane.test_control_plane import cp
-from tests.platform.conftest import SHORT, Project, purge, start_plane
+from tests.platform.conftest import SHORT, Project, purge
 
 
 def failed_deploy(project, settings=None) -> tuple[DeployError, float]:
@@ -87,10 +86,10 @@ def test_replicas_failing_alike_are_reported_once(project, plane):
     assert len(error.problems) == 1
 
 
-def test_pending_for_lack_of_memory_gives_the_numbers(tmp_path, tmp_path_factory):
+def test_pending_for_lack_of_memory_gives_the_numbers(tmp_path, own_plane):
     """Boards smaller than the inventory says: the plan fits, the real scheduler refuses, piml says so, once for
     the replicas that fail alike."""
-    small = start_plane(tmp_path_factory, "--node-memory", "1Gi")  # the later --node-memory wins
+    small = own_plane("--node-memory", "1Gi")  # the later --node-memory wins
     project = Project(tmp_path / "lab", small)
     try:
         error, _ = failed_deploy(project)
@@ -105,4 +104,3 @@ def test_pending_for_lack_of_memory_gives_the_numbers(tmp_path, tmp_path_factory
         assert text.endswith("lower its memory request in piml.yaml, switch a component off, or add a node")
     finally:
         purge(project)
-        cp("down", str(small.dir), timeout=60)
