@@ -14,6 +14,7 @@ from piml.errors import InputError
 from piml.inventory.validate import parse_inventory_text
 from piml.scaffold import parse_node_spec
 from piml.yamlsrc import parse_yaml
+from tests.fuzzing import examples
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
                     st.text(max_size=30), st.sampled_from(["pi5", "cm4", "arm64", "{{ x }}", "10.0.0.1", "server", "v1.36.3+k3s1", "6443", 1.3]))
@@ -55,32 +56,32 @@ def _config(text):
     return parse_config(parse_yaml(text, "piml.yaml"))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents)
 def test_structured_inventories(doc):
     _accepts_or_input_error(_inventory, yaml.safe_dump(doc))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(documents)
 def test_structured_configs(doc):
     _accepts_or_input_error(_config, yaml.safe_dump(doc))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=200))
 def test_raw_text(text):
     _accepts_or_input_error(_inventory, text)
     _accepts_or_input_error(_config, text)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=60))
 def test_node_specs(text):
     _accepts_or_input_error(parse_node_spec, text)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(mlflow_settings)
 def test_mlflow_store_settings(mlflow):
     """One line per problem, and a password in a URI never shows up in one."""
@@ -179,7 +180,7 @@ def _hostile(parse, text):
     return None
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(alias_bombs(), st.booleans())
 def test_alias_bombs(bomb, in_inventory):
     text, at_least = bomb
@@ -189,7 +190,7 @@ def test_alias_bombs(bomb, in_inventory):
             assert error is not None and any("aliases expand" in p.what for p in error.problems), error
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deep_nestings())
 def test_deep_nesting(nesting):
     text, depth = nesting
@@ -199,7 +200,7 @@ def test_deep_nesting(nesting):
             assert error is not None, f"nested {depth} deep and accepted"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet="&*<:[]{}-,?!|>'\"\n #ab01", max_size=300))
 def test_raw_yaml_punctuation(text):
     _hostile(_inventory, text)

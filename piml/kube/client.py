@@ -175,7 +175,8 @@ def core_api(kubeconfig: Path, where: str | None = None):
     (exec, port-forward). Callers pass `_request_timeout=REQUEST_TIMEOUT` to every call."""
     from kubernetes import client as k8s
 
-    return k8s.CoreV1Api(api_client(kubeconfig, where or str(kubeconfig)))
+    checked = api_client(kubeconfig, where or str(kubeconfig))  # first: CoreV1Api takes a second to import
+    return k8s.CoreV1Api(checked)
 
 
 def api_client(kubeconfig: Path, where: str):

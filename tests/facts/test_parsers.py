@@ -24,6 +24,7 @@ from piml.facts import NodeFacts, RootMount, ServiceState, Throttled, gather_com
 from piml.facts import parsers as p
 from piml.facts.commands import NAMES, marker
 from piml.facts.sections import split_sections
+from tests.fuzzing import examples
 
 CAPTURED = Path(__file__).parent / "captured"
 
@@ -366,7 +367,7 @@ def test_listening():
         p.parse_listening("00000000:0016")  # an address without its table
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.booleans(), st.ip_addresses(), st.integers(0, 65535)), max_size=20))
 def test_fuzz_listening_round_trip(sockets):
     """The kernel's hex form (32-bit words in little-endian order) of any address and port reads back as is."""
@@ -379,7 +380,7 @@ def test_fuzz_listening_round_trip(sockets):
     assert set(parsed or ()) == {(str(ip), port) for _, ip, port in sockets}
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(st.sampled_from(["exit=0", "exit=1", "sudo_exit=0", "sudo_exit=1", "exit=", "throttled=0x5",
                                            "throttled=0x", "vcgencmd=absent", "sudo: a password is required"]),
                           st.text(max_size=30)), max_size=8))
@@ -494,13 +495,13 @@ def _check(output: str) -> None:
     assert not any("internal error" in n for n in facts.notes), facts.notes
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(st.text())
 def test_fuzz_arbitrary_text(text):
     _check(text)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.one_of(st.sampled_from(ODD_LINES), st.text(max_size=40)), max_size=60),
     st.sampled_from(["\n", "\r\n", "\r"]),
@@ -509,7 +510,7 @@ def test_fuzz_markers_in_odd_places(lines, newline):
     _check(newline.join(lines))
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(sorted(path.name for path in CAPTURED.glob("*.txt"))),
     st.lists(st.tuples(st.integers(0, 400), st.sampled_from(ODD_LINES)), max_size=8),

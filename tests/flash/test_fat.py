@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from piml.flash.fat import FatError, FatVolume
+from tests.fuzzing import examples
 
 from .conftest import fat_listing, fsck_fat, read_fat_file, run
 
@@ -92,7 +93,7 @@ NAME = st.text(st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_
     lambda s: s.strip(". ") == s and s not in (".", ".."))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(NAME, st.binary(max_size=3000), min_size=1, max_size=6, dict_class=dict))
 def test_random_files_roundtrip_and_stay_consistent(tmp_path, files):
     lowered: dict[str, bytes] = {}

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from piml.flash import firstboot, partitions, sources
 from piml.flash.sources import SourceError
+from tests.fuzzing import examples
 
 NAMES = st.sampled_from(["a.img", "a.img.xz", "a.img.gz", "a.img.zst", "a.zip", "a.bin", "noext", "A.IMG.XZ", "x.7z"])
 MAGICS = st.sampled_from([b"", b"\xfd7zXZ\x00", b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PK\x03\x04", b"BZh", b"\x55\xaa"])
@@ -74,7 +75,7 @@ def test_xz_index_parser_only_raises_source_error(tail):
     assert all(b.uncompressed >= 0 for b in blocks)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(st.binary(min_size=1, max_size=5000), st.integers(1, 6))
 def test_xz_index_sizes_match_real_files_and_truncation_is_caught(payload, parts):
     data = b"".join(lzma.compress(payload * k) for k in range(1, parts + 1))  # concatenated streams

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from piml import entry
+from tests.fuzzing import examples
 
 RUN_FUNCTIONS = {
     "piml.commands.init": "run_init",
@@ -187,7 +188,7 @@ def recorded(monkeypatch):
 
 
 @settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(argv=argvs)
 def test_any_argv_parses_or_is_a_usage_error(recorded, argv):
@@ -253,7 +254,7 @@ real_tokens = st.one_of(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(command=st.sampled_from(REAL), rest=st.lists(real_tokens, max_size=6))
 def test_cheap_commands_for_real_never_crash_and_change_nothing(project, scratch, command, rest):

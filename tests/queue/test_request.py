@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from piml.queue.base import check_url, redact
 from piml.queue.request import Request, RequestError, make_request, parse_message, parse_param
+from tests.fuzzing import examples
 
 
 @pytest.mark.parametrize("model", ["models:/iris/3", "models:/iris@champion", "models:/My Model/latest", "models:/a.b-c_d/12",
@@ -126,7 +127,7 @@ uri_like = st.one_of(st.text(max_size=40), st.tuples(prefixes, st.text(max_size=
                      .map("".join))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200),
                  st.dictionaries(st.sampled_from(["id", "model", "input", "output", "params", "x"]), json_values, max_size=6).map(json.dumps),
                  st.fixed_dictionaries({"id": st.text(max_size=20), "model": uri_like, "input": uri_like},
@@ -142,7 +143,7 @@ def test_fuzz_messages_give_a_request_or_one_clear_line(raw):
     assert parse_message(request.to_json()) == request  # what is accepted survives the queue unchanged
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(uri_like, uri_like, json_values, st.one_of(st.none(), st.text(max_size=20)))
 def test_fuzz_make_request(model, data, params, output):
     try:

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-from functools import cache
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
 from piml.config import PimlConfig
 from piml.errors import InputError
@@ -19,15 +15,11 @@ from piml.plan import make_plan
 from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform
 from piml.secrets import load_or_create
+from tests.crd_schemas import CRDS, crd_validator
 from tests.podspecs import pod_specs
 
 HERE = Path(__file__).resolve().parent
-# ../shared beside the checkout (as CI has it): read there, never copied. PIML_SHARED overrides.
-SCHEMAS = Path(os.environ.get("PIML_SHARED", HERE.parents[2] / "shared")) / "schemas"
 K8S_VERSION = "1.36.0"  # the pinned k3s is v1.36.3
-CRDS = {("helm.cattle.io/v1", "HelmChart"): "helm.cattle.io_helmcharts.yaml",
-        ("ray.io/v1", "RayCluster"): "ray.io_rayclusters.yaml",
-        ("keda.sh/v1alpha1", "ScaledJob"): "keda.sh_scaledjobs.yaml"}
 NO_SCHEMA_HERE = {("traefik.io/v1alpha1", "Middleware")}  # k3s's Traefik CRD; its schema is not in shared/
 FITTING = ["pi5-3x8gb", "cm4-5x4gb", "amd64-server-arm64-agents", "single-node"]
 CONFIGS = {
@@ -41,15 +33,6 @@ def cluster_for(scenario: str, tmp_path: Path, settings: dict) -> Cluster:
     path = HERE / "scenarios" / f"{scenario}.yml"
     paths = ProjectPaths(tmp_path, path)
     return Cluster(paths, load_inventory(path), PimlConfig.model_validate(settings))
-
-
-@cache
-def crd_schema(api_version: str, kind: str) -> dict:
-    if not SCHEMAS.is_dir():
-        pytest.fail(f"CRD schemas not found at {SCHEMAS}: put shared/ beside the checkout or set PIML_SHARED")
-    doc = yaml.safe_load((SCHEMAS / CRDS[(api_version, kind)]).read_text())
-    version = api_version.split("/")[1]
-    return next(v for v in doc["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
 
 
 def all_objects(cluster, plan, secrets=None):
@@ -66,7 +49,7 @@ def test_valid_against_real_schemas(scenario, settings, tmp_path):
         key = (obj["apiVersion"], obj["kind"])
         kinds.add(key)
         if key in CRDS:
-            jsonschema.validate(obj, crd_schema(*key))
+            crd_validator(*key).validate(obj)
         elif key not in NO_SCHEMA_HERE:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     assert ("ray.io/v1", "RayCluster") in kinds and ("helm.cattle.io/v1", "HelmChart") in kinds

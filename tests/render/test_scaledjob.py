@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
 from piml.config import PimlConfig
 from piml.inventory import load_inventory
@@ -18,17 +15,9 @@ from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform
 from piml.render.manifests import canonical_cpu, canonical_memory
 from piml.secrets import load_or_create
+from tests.crd_schemas import crd_validator
 
 HERE = Path(__file__).resolve().parent
-SCHEMAS = Path(os.environ.get("PIML_SHARED", HERE.parents[2] / "shared")) / "schemas"
-
-
-def scaledjob_schema() -> dict:
-    path = SCHEMAS / "keda.sh_scaledjobs.yaml"
-    if not path.is_file():
-        pytest.fail(f"CRD schema not found at {path}: put shared/ beside the checkout or set PIML_SHARED")
-    doc = yaml.safe_load(path.read_text())
-    return next(v for v in doc["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"]
 
 
 def render(tmp_path, scenario: str, settings: dict):
@@ -47,7 +36,7 @@ def test_scaledjob_valid_and_sized_by_the_plan(tmp_path, scenario, kind):
     objects = {o["kind"]: o for o in rendered["runner"]}
     assert set(objects) == {"ConfigMap", "ScaledJob"}
     job = objects["ScaledJob"]
-    jsonschema.validate(job, scaledjob_schema())
+    crd_validator("keda.sh/v1alpha1", "ScaledJob").validate(job)
     kubernetes_validate.validate(objects["ConfigMap"], "1.36.0", strict=True)
     # The JobSpec inside is a real batch/v1 JobSpec.
     kubernetes_validate.validate({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"}, "spec": job["spec"]["jobTargetRef"]},
