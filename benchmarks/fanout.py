@@ -53,12 +53,21 @@ def main() -> int:
             args += ["--node", f"{node.name}={node.address}" + (":server" if index == 0 else "")]
         subprocess.run(args, cwd=work, check=True, capture_output=True, timeout=60)
         project = work / "rack"
-        env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_FORKS": str(NODES),
-               "ANSIBLE_SSH_ARGS": f"-o UserKnownHostsFile={nodes[0].known_hosts} -o ControlMaster=auto -o ControlPersist=60s",
-               "ANSIBLE_PYTHON_INTERPRETER": "auto_silent"}
+        env = {
+            **os.environ,
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_FORKS": str(NODES),
+            "ANSIBLE_SSH_ARGS": f"-o UserKnownHostsFile={nodes[0].known_hosts} -o ControlMaster=auto -o ControlPersist=60s",
+            "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        }
         # Record host keys once, so every measured run is the steady state.
-        subprocess.run([python, "-m", "piml", "status", "--json", "--accept-new-host-keys"], cwd=project, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [python, "-m", "piml", "status", "--json", "--accept-new-host-keys"],
+            cwd=project,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         commands = {
             "piml status (12 nodes)": [python, "-m", "piml", "status", "--json"],
             "piml status (1 node)": [python, "-m", "piml", "status", "--json", "--limit", nodes[0].name],

@@ -63,13 +63,22 @@ def build(work: Path, data_gib: float) -> tuple[Path, Path, int]:
     root_mib = size // MiB - start - boot_mib - 64  # leave empty space at the end, as real images do not
     with open(img, "wb") as f:
         f.truncate(size)
-    sh("sfdisk", "--quiet", img, input=(f"label: dos\nstart={start * 2048}, size={boot_mib * 2048}, type=c\n"
-                                        f"start={(start + boot_mib) * 2048}, size={root_mib * 2048}, type=83\n").encode())
+    sh(
+        "sfdisk",
+        "--quiet",
+        img,
+        input=(
+            f"label: dos\nstart={start * 2048}, size={boot_mib * 2048}, type=c\n"
+            f"start={(start + boot_mib) * 2048}, size={root_mib * 2048}, type=83\n"
+        ).encode(),
+    )
     boot = work / "boot.part"
     with open(boot, "wb") as f:
         f.truncate(boot_mib * MiB)
     sh("mkfs.vfat", "-F", "32", "-n", "bootfs", boot, stdout=subprocess.DEVNULL)
-    (work / "cmdline.txt").write_text("console=serial0,115200 console=tty1 root=PARTUUID=00000000-02 rootfstype=ext4 rootwait init=/usr/lib/raspberrypi-sys-mods/firstboot\n")
+    (work / "cmdline.txt").write_text(
+        "console=serial0,115200 console=tty1 root=PARTUUID=00000000-02 rootfstype=ext4 rootwait init=/usr/lib/raspberrypi-sys-mods/firstboot\n"
+    )
     (work / "config.txt").write_text("dtparam=audio=on\n")
     (work / "issue.txt").write_text("Raspberry Pi reference 2025-11-24\n")
     (work / "kernel_2712.img").write_bytes(os.urandom(9 * MiB))
@@ -83,7 +92,15 @@ def build(work: Path, data_gib: float) -> tuple[Path, Path, int]:
     root = work / "root.part"
     sh("mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", tree, root, f"{root_mib}M")
     shutil.rmtree(tree)
-    sh("dd", f"if={root}", f"of={img}", "bs=4M", f"seek={(start + boot_mib) // 4}", "conv=notrunc,sparse", "status=none")
+    sh(
+        "dd",
+        f"if={root}",
+        f"of={img}",
+        "bs=4M",
+        f"seek={(start + boot_mib) // 4}",
+        "conv=notrunc,sparse",
+        "status=none",
+    )
     root.unlink()
     print("compressing with xz -T0 -6 (multi-block, like current Raspberry Pi OS images)", flush=True)
     sh("xz", "-k", "-f", "-T0", "-6", img)
@@ -127,13 +144,19 @@ def main() -> None:
     backing = args.workdir / "loop.bin"
     with open(backing, "wb") as f:
         f.truncate(size + 256 * MiB)
-    loop = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True).stdout.strip()
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
     python = sys.executable
     repo = Path(__file__).resolve().parents[1]
     piml = f"PYTHONPATH={repo} {python} -m piml flash"
     try:
-        print(f"image {xz.name}: {xz.stat().st_size / MiB:.0f} MiB compressed, {size / GiB:.1f} GiB raw; target {loop}; {os.cpu_count()} cores")
-        t_dd = timed("xz -dc | dd bs=4M fsync", f"xz -dc {xz} | dd of={loop} bs=4M iflag=fullblock conv=fsync status=none", loop)
+        print(
+            f"image {xz.name}: {xz.stat().st_size / MiB:.0f} MiB compressed, {size / GiB:.1f} GiB raw; target {loop}; {os.cpu_count()} cores"
+        )
+        t_dd = timed(
+            "xz -dc | dd bs=4M fsync", f"xz -dc {xz} | dd of={loop} bs=4M iflag=fullblock conv=fsync status=none", loop
+        )
         t_bmap = timed("bmaptool copy (bmap)", f"bmaptool -q copy --bmap {bmap} {xz} {loop}", loop)
         t_piml = timed("piml flash --no-verify", f"{piml} {xz} {loop} -y --no-verify >/dev/null", loop)
         t_total = timed("piml flash (write+verify)", f"{piml} {xz} {loop} -y >/dev/null", loop)

@@ -44,8 +44,10 @@ def main() -> int:
                 if out.returncode != 0:
                     print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
                     return 1
-            changed = {stage: {h: s["changed"] for h, s in data["stages"][stage]["hosts"].items()}
-                       for stage in ("prepare", "k3s", "kubeconfig")}
+            changed = {
+                stage: {h: s["changed"] for h, s in data["stages"][stage]["hosts"].items()}
+                for stage in ("prepare", "k3s", "kubeconfig")
+            }
         ratio = times[1] / times[0]
         print(f"first piml up:  {times[0]:6.1f} s  (prepare with reboots, k3s install, kubeconfig)")
         print(f"second piml up: {times[1]:6.1f} s  changed: {json.dumps(changed)}")

@@ -27,8 +27,11 @@ def cluster_of(text: str, tmp: Path) -> Cluster:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         hosts = "\n".join(f"        pi{i}: {{ansible_host: 10.0.0.{i}}}" for i in range(2, 21))
-        big = cluster_of("k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n"
-                         f"    agent:\n      hosts:\n{hosts}\n  vars: {{piml_model: pi5, piml_memory_gb: 8}}\n", Path(tmp))
+        big = cluster_of(
+            "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n"
+            f"    agent:\n      hosts:\n{hosts}\n  vars: {{piml_model: pi5, piml_memory_gb: 8}}\n",
+            Path(tmp),
+        )
         render_platform(big, make_plan(big))  # warm: template compilation happens once per process
         runs = []
         for _ in range(5):
@@ -41,8 +44,10 @@ def main() -> int:
         plan = make_plan(small)
     best = min(runs)
     print(f"plan + render, 20 nodes: {best * 1000:.0f} ms (goal < 500 ms)")
-    print(f"default platform on 3 x Pi 5 8 GB: services request {plan.services_memory / 1024:.2f} GiB (goal <= 3 GiB), "
-          f"{plan.workload_share:.0%} left for workloads (goal >= 60%)")
+    print(
+        f"default platform on 3 x Pi 5 8 GB: services request {plan.services_memory / 1024:.2f} GiB (goal <= 3 GiB), "
+        f"{plan.workload_share:.0%} left for workloads (goal >= 60%)"
+    )
     return 0 if best < 0.5 and plan.services_memory <= 3072 and plan.workload_share >= 0.6 else 1
 
 

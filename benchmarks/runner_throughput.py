@@ -56,9 +56,14 @@ def main() -> None:
     model = RandomForestClassifier(n_estimators=100, max_depth=12, n_jobs=1, random_state=0).fit(train, labels)
     mlflow.set_experiment("bench")
     with mlflow.start_run():
-        mlflow.sklearn.log_model(model, name="model", signature=infer_signature(train, model.predict(train)),
-                                 registered_model_name="bench-forest", pip_requirements=["scikit-learn"],
-                                 skops_trusted_types=["sklearn.tree._tree.Tree"])
+        mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(train, model.predict(train)),
+            registered_model_name="bench-forest",
+            pip_requirements=["scikit-learn"],
+            skops_trusted_types=["sklearn.tree._tree.Tree"],
+        )
     uri = "models:/bench-forest/1"
     data = pd.DataFrame(rng.normal(size=(args.rows, 20)), columns=columns)
     files = {"parquet": workdir / "data.parquet", "csv": workdir / "data.csv"}
@@ -77,13 +82,17 @@ def main() -> None:
         direct = _timed(lambda: pyfunc.predict(data))
         for fmt, path in files.items():
             runner = Runner(Quiet(), log=lambda line: None)  # fresh: loads the model from the registry each time
-            request = make_request(uri, str(path), output="predictions.parquet" if fmt == "parquet" else "predictions.csv")
+            request = make_request(
+                uri, str(path), output="predictions.parquet" if fmt == "parquet" else "predictions.csv"
+            )
             took = _timed(lambda runner=runner, request=request: runner.run(request))
             ratios[fmt].append(took / direct)
             print(f"direct {direct:.3f} s, runner ({fmt}) {took:.3f} s: ratio {took / direct:.2f}")
     for fmt in files:
         print(f"median ratio runner / direct predict, {fmt} input: {statistics.median(ratios[fmt]):.2f}")
-    print(f"ratio runner / direct predict (parquet, {args.rows} rows): {statistics.median(ratios['parquet']):.2f} (goal <= {GOAL})")
+    print(
+        f"ratio runner / direct predict (parquet, {args.rows} rows): {statistics.median(ratios['parquet']):.2f} (goal <= {GOAL})"
+    )
 
 
 def _timed(fn) -> float:

@@ -49,14 +49,24 @@ def write(tmp_path):
 #   services: real Redis, MLflow, RabbitMQ, Ray or Dask processes; contract: the rendered containers' programs;
 #   controlplane: the Kubernetes control plane built from Go modules.
 # `scripts/test --fast` runs what carries none of them.
-SERVICE_FIXTURES = {"redis_server", "mlflow_server", "rabbitmq_server", "ray_head", "dask_cluster", "idle_dask", "own_redis"}
+SERVICE_FIXTURES = {
+    "redis_server",
+    "mlflow_server",
+    "rabbitmq_server",
+    "ray_head",
+    "dask_cluster",
+    "idle_dask",
+    "own_redis",
+}
 NODE_FIXTURES = {"node_substrate", "node_factory", "three_nodes"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for name, what in (("root", "needs root (network namespaces, loop devices)"),
-                       ("services", "runs real Redis / MLflow / RabbitMQ / Ray / Dask processes on loopback"),
-                       ("controlplane", "runs the Kubernetes control plane built from Go modules (tests/controlplane)")):
+    for name, what in (
+        ("root", "needs root (network namespaces, loop devices)"),
+        ("services", "runs real Redis / MLflow / RabbitMQ / Ray / Dask processes on loopback"),
+        ("controlplane", "runs the Kubernetes control plane built from Go modules (tests/controlplane)"),
+    ):
         config.addinivalue_line("markers", f"{name}: {what}")
 
 
@@ -92,4 +102,6 @@ def _missing(module: str) -> bool:
 
 collect_ignore = [f for module, files in HEAVY.items() if _missing(module) for f in files]
 if collect_ignore and os.environ.get("PIML_TEST_FULL"):
-    raise pytest.UsageError(f"the full suite needs {', '.join(m for m in HEAVY if _missing(m))}: run scripts/test, which installs it")
+    raise pytest.UsageError(
+        f"the full suite needs {', '.join(m for m in HEAVY if _missing(m))}: run scripts/test, which installs it"
+    )

@@ -43,9 +43,27 @@ def redis_server(tmp_path_factory):
     SECRETS.append(server.password)
     log = workdir / "redis.log"
     proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(server.port), "--dir", str(workdir), "--save", "",
-         "--appendonly", "no", "--requirepass", server.password, "--logfile", str(log)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(server.port),
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            server.password,
+            "--logfile",
+            str(log),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         import redis
 
@@ -77,21 +95,56 @@ def mlflow_server(tmp_path_factory):
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{workdir}/basic_auth.db\n"
         "admin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16), "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}"}
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
+    }
     log = workdir / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
-             "--artifacts-destination", str(workdir / "artifacts"), "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"],
-            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--app-name",
+                "basic-auth",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{workdir}/mlflow.db",
+                "--artifacts-destination",
+                str(workdir / "artifacts"),
+                "--allowed-hosts",
+                f"127.0.0.1:{port},localhost:{port}",
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, 120, "mlflow server", proc, log)
-        server = MlflowServer(url, "admin", password, workdir / "artifacts",
-                              {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password})
+        wait_for(
+            lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, 120, "mlflow server", proc, log
+        )
+        server = MlflowServer(
+            url,
+            "admin",
+            password,
+            workdir / "artifacts",
+            {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password},
+        )
         with pytest.MonkeyPatch.context() as environ:  # put back at the end
             for key, value in server.env.items():
                 environ.setenv(key, value)
@@ -122,8 +175,13 @@ def registered_model(mlflow_server):
     model = LogisticRegression(max_iter=500).fit(X, iris.target)
     mlflow.set_experiment("piml-tests")
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(X, model.predict(X)),
-                                        registered_model_name=MODEL_NAME, pip_requirements=["scikit-learn"])
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(X, model.predict(X)),
+            registered_model_name=MODEL_NAME,
+            pip_requirements=["scikit-learn"],
+        )
     client = mlflow.MlflowClient()
     version = info.registered_model_version
     client.set_registered_model_alias(MODEL_NAME, "champion", version)
@@ -149,8 +207,15 @@ def dataset(tmp_path_factory, registered_model):
 
 @pytest.fixture
 def runner_env(redis_server, mlflow_server):
-    env = {**os.environ, **mlflow_server.env, "PIML_QUEUE_URL": redis_server.url, "PYTHONPATH": str(REPO),
-           "PIML_LEASE_SECONDS": "2", "PIML_RETRIES": "2", "PIML_RUNNER_WAIT": "10"}
+    env = {
+        **os.environ,
+        **mlflow_server.env,
+        "PIML_QUEUE_URL": redis_server.url,
+        "PYTHONPATH": str(REPO),
+        "PIML_LEASE_SECONDS": "2",
+        "PIML_RETRIES": "2",
+        "PIML_RUNNER_WAIT": "10",
+    }
     env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
     return env
 
@@ -179,15 +244,27 @@ def rabbitmq_server(tmp_path_factory):
     (workdir / "enabled_plugins").write_text("[].\n")
     (workdir / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = 127.0.0.1:{server.port}\nloopback_users = none\n"
-        f"default_user = piml\ndefault_pass = {server.password}\n")
-    env = {**os.environ, "HOME": str(workdir), "RABBITMQ_NODENAME": f"piml-test-{server.port}@localhost",
-           "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(server.port), "RABBITMQ_DIST_PORT": str(free_port()),
-           "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"), "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
-           "RABBITMQ_LOG_BASE": str(workdir / "log"), "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
-           "RABBITMQ_PLUGINS_EXPAND_DIR": str(workdir / "plugins"), "RABBITMQ_FEATURE_FLAGS_FILE": str(workdir / "mnesia/ff")}
+        f"default_user = piml\ndefault_pass = {server.password}\n"
+    )
+    env = {
+        **os.environ,
+        "HOME": str(workdir),
+        "RABBITMQ_NODENAME": f"piml-test-{server.port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(server.port),
+        "RABBITMQ_DIST_PORT": str(free_port()),
+        "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
+        "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(workdir / "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+        "RABBITMQ_PLUGINS_EXPAND_DIR": str(workdir / "plugins"),
+        "RABBITMQ_FEATURE_FLAGS_FILE": str(workdir / "mnesia/ff"),
+    }
     log = workdir / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(binary)], env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(binary)], env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         import pika
 

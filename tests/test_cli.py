@@ -26,16 +26,35 @@ def test_version(piml):
 
 
 def test_every_command_has_examples(piml):
-    for command in (["init"], ["inventory", "show"], ["inventory", "check"], ["up"], ["status"], ["plan"], ["render"], ["flash"]):
+    for command in (
+        ["init"],
+        ["inventory", "show"],
+        ["inventory", "check"],
+        ["up"],
+        ["status"],
+        ["plan"],
+        ["render"],
+        ["flash"],
+    ):
         out = piml(*command, "--help")
         assert out.returncode == 0 and "Examples:\n    piml " in out.stdout and "[bold]" not in out.stdout, command
 
 
 def test_inventory_show_json_and_table(piml, tmp_path):
-    assert piml("init", "p", "-n", "pi1=198.18.0.11", "-n", "pi2=198.18.0.12", "--model", "pi5", cwd=tmp_path).returncode == 0
+    assert (
+        piml("init", "p", "-n", "pi1=198.18.0.11", "-n", "pi2=198.18.0.12", "--model", "pi5", cwd=tmp_path).returncode
+        == 0
+    )
     out = piml("inventory", "show", "--json", "-C", "p", cwd=tmp_path)
     data = json.loads(out.stdout)
-    assert data["nodes"][0] == {**data["nodes"][0], "name": "pi1", "address": "198.18.0.11", "role": "server", "user": "pi", "model": "pi5"}
+    assert data["nodes"][0] == {
+        **data["nodes"][0],
+        "name": "pi1",
+        "address": "198.18.0.11",
+        "role": "server",
+        "user": "pi",
+        "model": "pi5",
+    }
     assert [n["role"] for n in data["nodes"]] == ["server", "agent"]
     table = piml("inventory", "show", cwd=tmp_path / "p").stdout
     assert "pi2" in table and "198.18.0.12" in table and "agent" in table
@@ -48,7 +67,10 @@ def test_inventory_commands_work_outside_a_project_with_i(piml, tmp_path, write)
 
 
 def test_check_reports_every_problem_exit_2(piml, tmp_path, write):
-    write("p/inventory/hosts.yml", "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1:\n          piml_model: pi9\n")
+    write(
+        "p/inventory/hosts.yml",
+        "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1:\n          piml_model: pi9\n",
+    )
     write("p/piml.yaml", "mlflw: {}\n")
     out = piml("inventory", "check", "-C", "p", cwd=tmp_path)
     assert out.returncode == 2

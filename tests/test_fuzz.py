@@ -16,29 +16,100 @@ from piml.scaffold import parse_node_spec
 from piml.yamlsrc import parse_yaml
 from tests.fuzzing import examples
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=30), st.sampled_from(["pi5", "cm4", "arm64", "{{ x }}", "10.0.0.1", "server", "v1.36.3+k3s1", "6443", 1.3]))
-keys = st.one_of(st.text(max_size=15), st.sampled_from([
-    "k3s_cluster", "children", "server", "agent", "hosts", "vars", "ray_external", "all", "ansible_host",
-    "ansible_port", "ansible_user", "piml_model", "piml_arch", "piml_labels", "piml_taints", "piml_memory_gb",
-    "piml_storage", "server_config_yaml", "ansible_ssh_private_key_file", "k3s_version", "api_port", "token", "api_endpoint",
-    "airgap_dir", "extra_server_args", "mlflow", "ray", "queue", "k3s",
-    "version", "enabled", "kind", "resources", "limits", "memory", "pi1", "pi2"]))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.sampled_from(["pi5", "cm4", "arm64", "{{ x }}", "10.0.0.1", "server", "v1.36.3+k3s1", "6443", 1.3]),
+)
+keys = st.one_of(
+    st.text(max_size=15),
+    st.sampled_from(
+        [
+            "k3s_cluster",
+            "children",
+            "server",
+            "agent",
+            "hosts",
+            "vars",
+            "ray_external",
+            "all",
+            "ansible_host",
+            "ansible_port",
+            "ansible_user",
+            "piml_model",
+            "piml_arch",
+            "piml_labels",
+            "piml_taints",
+            "piml_memory_gb",
+            "piml_storage",
+            "server_config_yaml",
+            "ansible_ssh_private_key_file",
+            "k3s_version",
+            "api_port",
+            "token",
+            "api_endpoint",
+            "airgap_dir",
+            "extra_server_args",
+            "mlflow",
+            "ray",
+            "queue",
+            "k3s",
+            "version",
+            "enabled",
+            "kind",
+            "resources",
+            "limits",
+            "memory",
+            "pi1",
+            "pi2",
+        ]
+    ),
+)
 # MLflow's store settings (issue 10): URIs near and far from valid, some with a password that must never be echoed.
 PASSWORD = "hunter2"
-uris = st.one_of(st.text(max_size=40), st.builds(
-    lambda scheme, user, host, port, path: f"{scheme}{user}{host}{port}{path}",
-    st.sampled_from(["postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://", "mysql://", "s3://", "http://", "https://", "", "s3:/"]),
-    st.sampled_from(["", "mlflow@", f"mlflow:{PASSWORD}@", f":{PASSWORD}@", "a b@"]),
-    st.sampled_from(["db.lan", "Bucket", "nas", "[::1]", "[fe80::", "10.0.0.5", "", "b"]),
-    st.sampled_from(["", ":5432", ":99999", ":x", ":0"]),
-    st.sampled_from(["", "/", "/mlflow", "/a b", f"/db?password={PASSWORD}", "?x=1", "#f", "/\n"])))
-mlflow_settings = st.fixed_dictionaries({}, optional={
-    "backend": st.sampled_from(["sqlite", "postgresql", "mysql"]), "backend_uri": st.one_of(st.none(), uris),
-    "artifacts": st.sampled_from(["pvc", "minio", "s3", "S3"]), "artifacts_uri": st.one_of(st.none(), uris),
-    "s3_endpoint_url": st.one_of(st.none(), uris), "s3_region": st.one_of(st.none(), st.text(max_size=12), st.just("garage")),
-    "enabled": st.booleans()})
-documents = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)), max_leaves=40)
+uris = st.one_of(
+    st.text(max_size=40),
+    st.builds(
+        lambda scheme, user, host, port, path: f"{scheme}{user}{host}{port}{path}",
+        st.sampled_from(
+            [
+                "postgresql://",
+                "postgresql+psycopg://",
+                "postgresql+psycopg2://",
+                "mysql://",
+                "s3://",
+                "http://",
+                "https://",
+                "",
+                "s3:/",
+            ]
+        ),
+        st.sampled_from(["", "mlflow@", f"mlflow:{PASSWORD}@", f":{PASSWORD}@", "a b@"]),
+        st.sampled_from(["db.lan", "Bucket", "nas", "[::1]", "[fe80::", "10.0.0.5", "", "b"]),
+        st.sampled_from(["", ":5432", ":99999", ":x", ":0"]),
+        st.sampled_from(["", "/", "/mlflow", "/a b", f"/db?password={PASSWORD}", "?x=1", "#f", "/\n"]),
+    ),
+)
+mlflow_settings = st.fixed_dictionaries(
+    {},
+    optional={
+        "backend": st.sampled_from(["sqlite", "postgresql", "mysql"]),
+        "backend_uri": st.one_of(st.none(), uris),
+        "artifacts": st.sampled_from(["pvc", "minio", "s3", "S3"]),
+        "artifacts_uri": st.one_of(st.none(), uris),
+        "s3_endpoint_url": st.one_of(st.none(), uris),
+        "s3_region": st.one_of(st.none(), st.text(max_size=12), st.just("garage")),
+        "enabled": st.booleans(),
+    },
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)),
+    max_leaves=40,
+)
 
 
 def _accepts_or_input_error(parse, text):
@@ -133,7 +204,10 @@ def _bounded():
 def _in_inventory(body: str) -> str:
     """Hostile lines placed where an inventory's group variables go, after a valid server."""
     indented = "".join(f"    {line}\n" for line in body.splitlines())
-    return "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n  vars:\n" + indented
+    return (
+        "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n  vars:\n"
+        + indented
+    )
 
 
 @st.composite

@@ -16,9 +16,25 @@ def mode(path):
 
 
 def test_non_interactive(piml, tmp_path):
-    out = piml("init", "rack", "--node", "pi1=198.18.0.11", "--node", "pi2=198.18.0.12", "--node",
-               "cp=198.18.0.10:server", "--node", "mac=198.18.0.50:external", "--user", "ubuntu", "--model", "cm4",
-               "--memory-gb", "4", cwd=tmp_path)
+    out = piml(
+        "init",
+        "rack",
+        "--node",
+        "pi1=198.18.0.11",
+        "--node",
+        "pi2=198.18.0.12",
+        "--node",
+        "cp=198.18.0.10:server",
+        "--node",
+        "mac=198.18.0.50:external",
+        "--user",
+        "ubuntu",
+        "--model",
+        "cm4",
+        "--memory-gb",
+        "4",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     root = tmp_path / "rack"
     assert mode(root / ".piml") == 0o700
@@ -32,8 +48,16 @@ def test_non_interactive(piml, tmp_path):
     assert all(n.user == "ubuntu" and n.key_file == root.resolve() / "inventory/../.piml/id_ed25519" for n in inv.nodes)
     assert all(n.model == "cm4" and n.memory_gb == 4 for n in inv.cluster_nodes)
     # Ansible reads what we wrote, with the same groups.
-    listed = json.loads(subprocess.run(["ansible-inventory", "-i", "inventory/hosts.yml", "--list"], cwd=root,
-                                       capture_output=True, text=True, check=True, timeout=60).stdout)
+    listed = json.loads(
+        subprocess.run(
+            ["ansible-inventory", "-i", "inventory/hosts.yml", "--list"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
     assert listed["server"]["hosts"] == ["cp"] and listed["ray_external"]["hosts"] == ["mac"]
     # The scaffolded piml.yaml is valid and means the defaults.
     assert piml("inventory", "check", "-C", "rack", cwd=tmp_path).returncode == 0

@@ -81,16 +81,18 @@ class NotInstallable(RuntimeError):
     pass
 
 
-def pinned_venv(name: str, minor: str, package: str, version: str, extras: tuple[str, ...] = (),
-                also: tuple[str, ...] = ()) -> tuple[Path, str]:
+def pinned_venv(
+    name: str, minor: str, package: str, version: str, extras: tuple[str, ...] = (), also: tuple[str, ...] = ()
+) -> tuple[Path, str]:
     """`package==version` (plus `also`); where this machine's registry cannot install that version, the newest
     one below it that installs. Returns (bin, the version installed)."""
     spec = f"{package}[{','.join(extras)}]" if extras else package
     try:
         return venv(name, minor, [f"{spec}=={version}", *also]), version
     except NotInstallable as first:
-        listing = subprocess.run([sys.executable, "-m", "pip", "index", "versions", package], capture_output=True,
-                                 text=True, timeout=120).stdout
+        listing = subprocess.run(
+            [sys.executable, "-m", "pip", "index", "versions", package], capture_output=True, text=True, timeout=120
+        ).stdout
         line = next((text for text in listing.splitlines() if text.startswith("Available versions:")), "")
         wanted = _numbers(version)
         below = [v.strip() for v in line.split(":", 1)[-1].split(",") if v.strip() and _numbers(v.strip()) < wanted]
@@ -113,6 +115,7 @@ def _differs(package: str, pinned: str, installed: str) -> str:
 # --- the mirrors -------------------------------------------------------------------------------------------
 # Each function reads the image name piml rendered, so the pin is piml's own (piml/render/images.py).
 
+
 def mlflow(image: str) -> Mirror:
     """ghcr.io/mlflow/mlflow:vX (mlflow/mlflow docker/Dockerfile): FROM python:3.11-slim-trixie,
     `pip install --no-cache mlflow==X`, no extras; root, no WORKDIR, no ENTRYPOINT (CMD python3)."""
@@ -130,8 +133,12 @@ def dask(image: str) -> Mirror:
     version, _, py = tag.partition("-py")
     minor = py or "3.10"
     bin, installed = pinned_venv("dask", minor, "dask", version, ("complete",), ("cachey", "streamz"))
-    return Mirror(image, bin, entrypoint=("sh", "-ec", DASK_PREPARE, "prepare.sh"),
-                  note=f"pip instead of conda-forge, Python {minor} " + _differs("dask", version, installed))
+    return Mirror(
+        image,
+        bin,
+        entrypoint=("sh", "-ec", DASK_PREPARE, "prepare.sh"),
+        note=f"pip instead of conda-forge, Python {minor} " + _differs("dask", version, installed),
+    )
 
 
 DASK_PREPARE = 'if [ -n "$EXTRA_PIP_PACKAGES" ]; then pip install $EXTRA_PIP_PACKAGES; fi; exec "$@"'
@@ -146,8 +153,12 @@ def ray(image: str, extra: tuple[str, ...] = ()) -> Mirror:
     minor = f"{py[0]}.{py[1:]}"
     bin, installed = pinned_venv("ray", minor, "ray", version, ("default",), extra)
     added = f" plus {', '.join(extra)} (a user's Ray image, for ray.check_pip: [])" if extra else ""
-    return Mirror(image, bin, note=f"ray[default]{added} (the image has ray[all]); runs as root, not uid 1000 "
-                  + _differs("ray", version, installed))
+    return Mirror(
+        image,
+        bin,
+        note=f"ray[default]{added} (the image has ray[all]); runs as root, not uid 1000 "
+        + _differs("ray", version, installed),
+    )
 
 
 def redis(image: str) -> Mirror:
@@ -155,8 +166,9 @@ def redis(image: str) -> Mirror:
     start with '-', drops to the redis user), CMD redis-server, WORKDIR /data. Debian's redis-server stands in."""
     found = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=30).stdout.split()
     here = next((w.split("=")[1] for w in found if w.startswith("v=")), "?")
-    return Mirror(image, None, cmd=("redis-server",), workdir="/data",
-                  note=f"Debian's redis-server {here} stands in for {image}")
+    return Mirror(
+        image, None, cmd=("redis-server",), workdir="/data", note=f"Debian's redis-server {here} stands in for {image}"
+    )
 
 
 def rabbitmq(image: str) -> Mirror:
@@ -169,12 +181,24 @@ def rabbitmq(image: str) -> Mirror:
     (etc / "conf.d").mkdir(parents=True, exist_ok=True)
     (etc / "conf.d" / "10-defaults.conf").write_text("loopback_users.guest = false\nlog.console = true\n")
     (etc / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
-    found = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"], capture_output=True, text=True, timeout=30)
+    found = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"], capture_output=True, text=True, timeout=30
+    )
     here = found.stdout.split("-")[0] or "?"
-    env = {"RABBITMQ_CONFIG_FILES": str(etc / "conf.d"), "RABBITMQ_ENABLED_PLUGINS_FILE": str(etc / "enabled_plugins"),
-           "RABBITMQ_MNESIA_BASE": "/var/lib/rabbitmq/mnesia", "RABBITMQ_LOG_BASE": "/var/lib/rabbitmq/log"}
-    return Mirror(image, Path("/usr/lib/rabbitmq/bin"), cmd=("rabbitmq-server",), env=env, home="/var/lib/rabbitmq",
-                  note=f"Debian's rabbitmq-server {here} stands in for {image}")
+    env = {
+        "RABBITMQ_CONFIG_FILES": str(etc / "conf.d"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(etc / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": "/var/lib/rabbitmq/mnesia",
+        "RABBITMQ_LOG_BASE": "/var/lib/rabbitmq/log",
+    }
+    return Mirror(
+        image,
+        Path("/usr/lib/rabbitmq/bin"),
+        cmd=("rabbitmq-server",),
+        env=env,
+        home="/var/lib/rabbitmq",
+        note=f"Debian's rabbitmq-server {here} stands in for {image}",
+    )
 
 
 def postgres(image: str) -> Mirror:
@@ -188,9 +212,14 @@ def postgres(image: str) -> Mirror:
     if not bindir:
         raise RuntimeError("PostgreSQL is not installed: run tests/contract/install-deps.sh as root")
     here = bindir[-1].parent.name
-    return Mirror(image, bindir[-1], entrypoint=("sh", "-ec", POSTGRES_ENTRYPOINT, "docker-entrypoint.sh"),
-                  cmd=("postgres",), private_dirs=("/var/run/postgresql",),
-                  note=f"Debian's PostgreSQL {here} stands in for {image}")
+    return Mirror(
+        image,
+        bindir[-1],
+        entrypoint=("sh", "-ec", POSTGRES_ENTRYPOINT, "docker-entrypoint.sh"),
+        cmd=("postgres",),
+        private_dirs=("/var/run/postgresql",),
+        note=f"Debian's PostgreSQL {here} stands in for {image}",
+    )
 
 
 POSTGRES_ENTRYPOINT = r"""
@@ -221,13 +250,22 @@ S3_STANDIN = "standin:moto-s3-server"
 
 
 def s3_standin() -> Mirror:
-    return Mirror(S3_STANDIN, venv("moto", "3.11", ["moto[server]==5.2.5"]),
-                  note="moto's S3 server stands in for MinIO (MinIO itself cannot be had here)")
+    return Mirror(
+        S3_STANDIN,
+        venv("moto", "3.11", ["moto[server]==5.2.5"]),
+        note="moto's S3 server stands in for MinIO (MinIO itself cannot be had here)",
+    )
 
 
 def for_images(images: set[str], ray_extra: tuple[str, ...] = ()) -> dict[str, Mirror]:
-    makers = {"ghcr.io/mlflow/mlflow": mlflow, "ghcr.io/dask/dask": dask, "rayproject/ray": ray, "redis": redis,
-              "rabbitmq": rabbitmq, "postgres": postgres}
+    makers = {
+        "ghcr.io/mlflow/mlflow": mlflow,
+        "ghcr.io/dask/dask": dask,
+        "rayproject/ray": ray,
+        "redis": redis,
+        "rabbitmq": rabbitmq,
+        "postgres": postgres,
+    }
     found = {S3_STANDIN: s3_standin()} if any(image.startswith("minio/minio:") for image in images) else {}
     for image in images:
         repo = image.rsplit(":", 1)[0]

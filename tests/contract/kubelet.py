@@ -44,11 +44,13 @@ _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 def expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion: defined variables replaced, $$ an escaped $, the rest as written."""
+
     def one(match: re.Match) -> str:
         if match.group(0) == "$$":
             return "$"
         name = match.group(1)
         return env.get(name, match.group(0))
+
     return _VAR.sub(one, text)
 
 
@@ -135,8 +137,9 @@ class Pod:
 class Kubelet:
     """Runs pods of one rendered platform. `objects` are the rendered objects, Secrets with their values."""
 
-    def __init__(self, objects: list[dict], mirrors: dict[str, Mirror], workdir: Path, network: Network,
-                 node_name: str = "pi1"):
+    def __init__(
+        self, objects: list[dict], mirrors: dict[str, Mirror], workdir: Path, network: Network, node_name: str = "pi1"
+    ):
         self.objects = objects
         self.mirrors = mirrors
         self.workdir = workdir
@@ -151,7 +154,11 @@ class Kubelet:
     def find(self, kind: str, name: str, namespace: str | None = None) -> dict:
         for obj in self.objects:
             meta = obj["metadata"]
-            if obj["kind"] == kind and meta["name"] == name and (namespace is None or meta.get("namespace") == namespace):
+            if (
+                obj["kind"] == kind
+                and meta["name"] == name
+                and (namespace is None or meta.get("namespace") == namespace)
+            ):
                 return obj
         raise KeyError(f"no {kind} {name} in the rendered objects")
 
@@ -221,7 +228,9 @@ class Kubelet:
             if hook:
                 result = self.exec(pod, hook["command"], container.name, timeout=180)
                 if result.returncode:
-                    raise RuntimeError(f"postStart of {name}/{container.name} failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
+                    raise RuntimeError(
+                        f"postStart of {name}/{container.name} failed: {result.stdout[-1000:]}{result.stderr[-1000:]}"
+                    )
         return pod
 
     def refresh_hosts(self) -> None:
@@ -236,8 +245,10 @@ class Kubelet:
             target = port.get("targetPort", port["port"])
             target = named.get(target, target)
             if str(target) != str(port["port"]):
-                raise RuntimeError(f"Service {svc['metadata']['name']} maps port {port['port']} to {target}: the contract "
-                                   "kubelet resolves names straight to pods and cannot carry that (see README.md)")
+                raise RuntimeError(
+                    f"Service {svc['metadata']['name']} maps port {port['port']} to {target}: the contract "
+                    "kubelet resolves names straight to pods and cannot carry that (see README.md)"
+                )
 
     def _volumes(self, pod: Pod) -> None:
         for volume in pod.spec.get("volumes", []):
@@ -255,7 +266,10 @@ class Kubelet:
                     data = {k: str(v) for k, v in self.find("ConfigMap", ref, pod.namespace).get("data", {}).items()}
                 else:
                     secret = self.find("Secret", ref, pod.namespace)
-                    data = {k: self.secret_value(ref, k, pod.namespace) for k in (*secret.get("stringData", {}), *secret.get("data", {}))}
+                    data = {
+                        k: self.secret_value(ref, k, pod.namespace)
+                        for k in (*secret.get("stringData", {}), *secret.get("data", {}))
+                    }
                 items = source.get("items") or [{"key": k, "path": k} for k in data]
                 for item in items:
                     target = path / item["path"]
@@ -266,7 +280,9 @@ class Kubelet:
 
     def preview(self, name: str, namespace: str, labels: dict, spec: dict) -> Container:
         """A container as it would be started (its env resolved), without starting anything."""
-        return self._container(Pod(name, namespace, dict(labels), spec, node=self.node_name), spec["containers"][0], None)
+        return self._container(
+            Pod(name, namespace, dict(labels), spec, node=self.node_name), spec["containers"][0], None
+        )
 
     def _container(self, pod: Pod, spec: dict, extra_env: dict | None) -> Container:
         image = spec["image"]
@@ -296,8 +312,13 @@ class Kubelet:
         return Container(pod, spec, mirror, env, log)
 
     def _field(self, pod: Pod, path: str) -> str:
-        fields = {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "spec.nodeName": pod.node,
-                  "status.podIP": pod.ip, "status.hostIP": NODE_IP}
+        fields = {
+            "metadata.name": pod.name,
+            "metadata.namespace": pod.namespace,
+            "spec.nodeName": pod.node,
+            "status.podIP": pod.ip,
+            "status.hostIP": NODE_IP,
+        }
         if path in fields:
             return fields[path]
         label = re.fullmatch(r"metadata\.labels\['([^']+)'\]", path)
@@ -323,7 +344,7 @@ class Kubelet:
             if mount.get("readOnly"):
                 steps.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
         mirror = self.mirrors.get(spec.get("image", ""))
-        for private in (mirror.private_dirs if mirror else ()):
+        for private in mirror.private_dirs if mirror else ():
             own = pod.workdir / "image" / spec["name"] / private.strip("/").replace("/", "_")
             own.mkdir(parents=True, exist_ok=True)
             steps.append(f"mount --bind {shlex.quote(str(own))} {shlex.quote(private)}")
@@ -338,8 +359,9 @@ class Kubelet:
         installs = wait and Path(container.argv()[0]).name in ("pip", "pip3")
         argv = self._wrapper(container.pod, container.spec, network=not installs) + container.argv()
         with open(container.log, "ab") as out:
-            container.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              start_new_session=True)
+            container.proc = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         if wait:
             try:
                 return container.proc.wait(timeout=300)  # a real init container may wait forever; a test may not
@@ -348,14 +370,16 @@ class Kubelet:
                 return -1
         return 0
 
-    def exec(self, pod: Pod, argv: list[str], container: str | None = None, timeout: float = 30,
-             env: dict | None = None) -> subprocess.CompletedProcess:
+    def exec(
+        self, pod: Pod, argv: list[str], container: str | None = None, timeout: float = 30, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         """`kubectl exec` / an exec probe: the argv inside the container, with its env (no $(VAR) expansion)."""
         target = pod.container(container)
         full_env = {**target.env, **(env or {}), "PIML_WORKDIR": target.mirror.workdir}
         argv = self._wrapper(pod, target.spec) + list(argv)
-        proc = subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -372,8 +396,7 @@ class Kubelet:
             get = probe["httpGet"]
             port = container.port(get["port"])
             host = get.get("host") or pod.ip
-            headers = {"User-Agent": f"kube-probe/{KUBE_VERSION}", "Accept": "*/*",
-                       "Host": f"{host}:{port}"}
+            headers = {"User-Agent": f"kube-probe/{KUBE_VERSION}", "Accept": "*/*", "Host": f"{host}:{port}"}
             for h in get.get("httpHeaders", []):
                 headers[h["name"] if h["name"].lower() != "host" else "Host"] = h["value"]
             return http_get(host, port, get.get("path", "/"), headers, timeout)
@@ -398,7 +421,9 @@ class Kubelet:
         probe = container.spec.get(kind)
         if not probe:
             raise KeyError(f"{container.pod.name}/{container.name} has no {kind}")
-        allowed = probe.get("initialDelaySeconds", 0) + probe.get("failureThreshold", 3) * probe.get("periodSeconds", 10)
+        allowed = probe.get("initialDelaySeconds", 0) + probe.get("failureThreshold", 3) * probe.get(
+            "periodSeconds", 10
+        )
         if kind == "readinessProbe":
             allowed = budget or 120
         start = time.monotonic()
@@ -406,14 +431,18 @@ class Kubelet:
         last = ""
         while time.monotonic() - start < allowed:
             if container.proc is not None and container.proc.poll() is not None:
-                raise AssertionError(f"{container.pod.name}/{container.name} exited {container.proc.returncode} before its "
-                                     f"{kind} passed:\n{container.tail()}")
+                raise AssertionError(
+                    f"{container.pod.name}/{container.name} exited {container.proc.returncode} before its "
+                    f"{kind} passed:\n{container.tail()}"
+                )
             ok, last = self.probe_once(container, probe)
             if ok:
                 return time.monotonic() - start
             time.sleep(0.5)
-        raise AssertionError(f"{container.pod.name}/{container.name}: {kind} did not pass within {allowed} s; last: {last}\n"
-                             f"{container.tail()}")
+        raise AssertionError(
+            f"{container.pod.name}/{container.name}: {kind} did not pass within {allowed} s; last: {last}\n"
+            f"{container.tail()}"
+        )
 
     # --- the end ------------------------------------------------------------------------------------------
     @staticmethod
@@ -460,8 +489,17 @@ class Kubelet:
                 pass
 
 
-def http_get(host: str, port: int, path: str, headers: dict, timeout: float, method: str = "GET",
-             body: bytes | None = None, redirects: int = 10, limit: int = 300) -> tuple[bool, str]:
+def http_get(
+    host: str,
+    port: int,
+    path: str,
+    headers: dict,
+    timeout: float,
+    method: str = "GET",
+    body: bytes | None = None,
+    redirects: int = 10,
+    limit: int = 300,
+) -> tuple[bool, str]:
     """One HTTP request as Go's client in the kubelet makes it; 200-399 passes, same-host redirects followed."""
     try:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)

@@ -20,8 +20,11 @@ from pathlib import Path
 from tests.contract.images import CACHE, NOTES
 
 SOURCE = Path(__file__).resolve().parent / "kuberay"
-KUBERAY_MODULE_VERSION = next(line.split()[-1] for line in (SOURCE / "go.mod").read_text().splitlines()
-                              if "ray-project/kuberay/ray-operator " in line)
+KUBERAY_MODULE_VERSION = next(
+    line.split()[-1]
+    for line in (SOURCE / "go.mod").read_text().splitlines()
+    if "ray-project/kuberay/ray-operator " in line
+)
 
 
 def go() -> str:
@@ -33,14 +36,22 @@ def go() -> str:
 
 def tool() -> Path:
     """The built program, keyed by its sources (a changed go.mod or main.go builds anew)."""
-    key = hashlib.sha256(b"".join((SOURCE / name).read_bytes() for name in ("go.mod", "go.sum", "main.go"))).hexdigest()[:12]
+    key = hashlib.sha256(
+        b"".join((SOURCE / name).read_bytes() for name in ("go.mod", "go.sum", "main.go"))
+    ).hexdigest()[:12]
     binary = CACHE / f"kuberay-pods-{key}"
     if binary.exists():
         return binary
     CACHE.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
-    result = subprocess.run([go(), "build", "-o", str(binary) + ".tmp", "."], cwd=SOURCE, env=env, capture_output=True,
-                            text=True, timeout=1800)
+    result = subprocess.run(
+        [go(), "build", "-o", str(binary) + ".tmp", "."],
+        cwd=SOURCE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if result.returncode:
         raise RuntimeError(f"building KubeRay's pod builders failed:\n{result.stderr[-3000:]}")
     os.replace(str(binary) + ".tmp", binary)
@@ -49,8 +60,10 @@ def tool() -> Path:
 
 def operator_objects(ray_cluster: dict) -> dict:
     """{"head": Pod, "workers": {group: Pod}, "headService": Service} as the operator builds them."""
-    NOTES.add(f"KubeRay's pod builders: ray-operator {KUBERAY_MODULE_VERSION} (the newest the Go proxy serves at or below "
-              "the pinned chart's release)")
+    NOTES.add(
+        f"KubeRay's pod builders: ray-operator {KUBERAY_MODULE_VERSION} (the newest the Go proxy serves at or below "
+        "the pinned chart's release)"
+    )
     result = subprocess.run([str(tool())], input=json.dumps(ray_cluster), capture_output=True, text=True, timeout=60)
     if result.returncode:
         raise RuntimeError(f"KubeRay's pod builders refused the RayCluster: {result.stderr.strip()}")

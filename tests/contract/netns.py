@@ -69,9 +69,13 @@ class Network:
         sh("ip", "link", "add", host_side, "type", "veth", "peer", "name", pod_side)
         sh("ip", "link", "set", host_side, "master", BRIDGE, "up")
         sh("ip", "link", "set", pod_side, "netns", name)
-        for argv in (["ip", "addr", "add", f"{ip}/24", "dev", pod_side], ["ip", "link", "set", pod_side, "name", "eth0"],
-                     ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
-                     ["ip", "route", "add", "default", "via", NODE_IP]):
+        for argv in (
+            ["ip", "addr", "add", f"{ip}/24", "dev", pod_side],
+            ["ip", "link", "set", pod_side, "name", "eth0"],
+            ["ip", "link", "set", "eth0", "up"],
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "route", "add", "default", "via", NODE_IP],
+        ):
             sh("ip", "netns", "exec", name, *argv)
         etc = Path("/etc/netns") / name
         etc.mkdir(parents=True, exist_ok=True)

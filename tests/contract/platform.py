@@ -55,8 +55,17 @@ class Platform:
         obj = self.kubelet.find("Deployment", "mlflow-minio", self.ns)
         template = obj["spec"]["template"]
         minio = template["spec"]["containers"][0]
-        spec = {"containers": [{"name": "minio", "image": images.S3_STANDIN, "env": minio["env"], "ports": minio["ports"],
-                                "command": ["moto_server", "-H", "0.0.0.0", "-p", "9000"]}]}
+        spec = {
+            "containers": [
+                {
+                    "name": "minio",
+                    "image": images.S3_STANDIN,
+                    "env": minio["env"],
+                    "ports": minio["ports"],
+                    "command": ["moto_server", "-H", "0.0.0.0", "-p", "9000"],
+                }
+            ]
+        }
         pod = self.kubelet.start("mlflow-minio-0", self.ns, template["metadata"]["labels"], spec)
         # What MinIO's postStart hook does (`mc mb local/mlflow` against 127.0.0.1:9000), inside the pod, bounded.
         make_bucket = (
@@ -69,7 +78,8 @@ class Platform:
             "    except Exception:\n"
             "        time.sleep(0.5)\n"
             "else:\n"
-            "    raise SystemExit('the S3 stand-in never answered')\n")
+            "    raise SystemExit('the S3 stand-in never answered')\n"
+        )
         result = self.kubelet.exec(pod, ["python", "-c", make_bucket], timeout=90)
         if result.returncode:
             raise RuntimeError(f"the bucket could not be made: {result.stderr[-1000:]}")
@@ -79,7 +89,11 @@ class Platform:
         """A pod of the Job that KEDA makes from a ScaledJob (its jobTargetRef template, the Job's labels)."""
         obj = self.kubelet.find("ScaledJob", scaled_job, self.ns)
         template = obj["spec"]["jobTargetRef"]["template"]
-        labels = {**template["metadata"].get("labels", {}), "job-name": job_name, "batch.kubernetes.io/job-name": job_name}
+        labels = {
+            **template["metadata"].get("labels", {}),
+            "job-name": job_name,
+            "batch.kubernetes.io/job-name": job_name,
+        }
         return self.kubelet.start(f"{job_name}-x", self.ns, labels, template["spec"])
 
     def ray_cluster(self, worker_groups: int = 1) -> tuple[Pod, list[Pod]]:
@@ -108,7 +122,9 @@ class Platform:
         """The scaled Job's main container with its env resolved, not started (what KEDA reads *FromEnv from)."""
         obj = self.kubelet.find("ScaledJob", scaled_job, self.ns)
         template = obj["spec"]["jobTargetRef"]["template"]
-        return self.kubelet.preview(f"{scaled_job}-preview", self.ns, template["metadata"].get("labels", {}), template["spec"])
+        return self.kubelet.preview(
+            f"{scaled_job}-preview", self.ns, template["metadata"].get("labels", {}), template["spec"]
+        )
 
     def forward(self, pod: Pod, port: int) -> PortForward:
         forward = PortForward(pod.netns, port)
@@ -132,10 +148,17 @@ def render(scenario: str, settings: dict, project: Path) -> tuple[Cluster, list[
     return cluster, objects, secrets
 
 
-def start_platform(scenario: str, settings: dict, workdir: Path, network: Network, ray_extra: tuple[str, ...] = ()) -> Platform:
+def start_platform(
+    scenario: str, settings: dict, workdir: Path, network: Network, ray_extra: tuple[str, ...] = ()
+) -> Platform:
     """`ray_extra`: packages added to the Ray image mirror (a user's own Ray image)."""
     cluster, objects, secrets = render(scenario, settings, workdir / "project")
-    used = {c["image"] for obj in objects for spec in pod_specs(obj) for c in spec.get("containers", []) + spec.get("initContainers", [])}
+    used = {
+        c["image"]
+        for obj in objects
+        for spec in pod_specs(obj)
+        for c in spec.get("containers", []) + spec.get("initContainers", [])
+    }
     mirrors = images.for_images(used, ray_extra)
     node = cluster.inventory.cluster_nodes[0]
     kubelet = Kubelet(objects, mirrors, workdir / "pods", network, node_name=node.name)

@@ -41,7 +41,9 @@ def test_probes_and_the_worker_joins_by_service_name(dask_pods):
         if ok and json.loads(answer.split(" ", 1)[1]).get("workers") == 1:
             return
         time.sleep(1)
-    raise AssertionError(f"the worker (tcp://dask-scheduler:8786) never registered: {answer}\n{worker.container().tail()}")
+    raise AssertionError(
+        f"the worker (tcp://dask-scheduler:8786) never registered: {answer}\n{worker.container().tail()}"
+    )
 
 
 def test_browsers_through_the_ingress(dask_pods):
@@ -74,7 +76,11 @@ def test_one_python_for_every_image_that_runs_user_code(dask_pods):
     found = {}
     for image, mirror in platform.mirrors.items():
         if mirror.bin is not None:
-            out = subprocess.run([str(mirror.bin / "python"), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=60).stdout.strip()
+            out = subprocess.run(
+                [str(mirror.bin / "python"), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.strip()
             found[image] = out
     assert len(set(found.values())) == 1, found

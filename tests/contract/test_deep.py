@@ -31,8 +31,9 @@ def test_the_ray_job_trains_and_registers_in_mlflow_by_service_name(pod_network,
     import importlib.metadata
 
     mlflow_version = importlib.metadata.version("mlflow")  # the server mirror's (images.mlflow picks the same)
-    platform = start_platform("pi5-3x8gb", {"ray": {"check_pip": []}}, tmp_path, pod_network,
-                              ray_extra=tuple(ray_pip_for(mlflow_version)))
+    platform = start_platform(
+        "pi5-3x8gb", {"ray": {"check_pip": []}}, tmp_path, pod_network, ray_extra=tuple(ray_pip_for(mlflow_version))
+    )
     try:
         mlflow = platform.deployment("mlflow")
         head, workers = platform.ray_cluster()
@@ -41,12 +42,17 @@ def test_the_ray_job_trains_and_registers_in_mlflow_by_service_name(pod_network,
         for worker in workers:
             platform.kubelet.wait_probe(worker.container(), "readinessProbe", budget=180)
         endpoints = Endpoints(
-            mlflow_url=f"{platform.forward(mlflow, 5000).url}/mlflow", mlflow_user="admin",
+            mlflow_url=f"{platform.forward(mlflow, 5000).url}/mlflow",
+            mlflow_user="admin",
             mlflow_password=platform.secret("mlflow", "admin-password"),
-            ray_dashboard_url=platform.forward(head, 8265).url, ray_token=platform.secret("ray-auth", "auth_token"))
+            ray_dashboard_url=platform.forward(head, 8265).url,
+            ray_token=platform.secret("ray-auth", "auth_token"),
+        )
         trained: dict = {}
         detail = train_and_register(endpoints, platform.cluster.config, [], Deadline(300), trained)
         assert "registered piml-check version" in detail, detail
-        assert trained.get("node") not in (None, head.name), f"the job's task ran on {trained.get('node')}, not a worker"
+        assert trained.get("node") not in (None, head.name), (
+            f"the job's task ran on {trained.get('node')}, not a worker"
+        )
     finally:
         platform.close()

@@ -15,9 +15,11 @@ from tests.contract.platform import basic, start_platform
 
 pytestmark = pytest.mark.contract
 
-SCENARIOS = {"default": ("pi5-3x8gb", {}),
-             "postgresql-minio": ("pi5-3x8gb", {"mlflow": {"backend": "postgresql", "artifacts": "minio"}}),
-             "amd64-server": ("amd64-server-arm64-agents", {})}
+SCENARIOS = {
+    "default": ("pi5-3x8gb", {}),
+    "postgresql-minio": ("pi5-3x8gb", {"mlflow": {"backend": "postgresql", "artifacts": "minio"}}),
+    "amd64-server": ("amd64-server-arm64-agents", {}),
+}
 
 
 @pytest.fixture(scope="module", params=SCENARIOS, ids=SCENARIOS)
@@ -47,8 +49,12 @@ def test_init_container_installs_only_what_is_missing(mlflow_pod):
     platform, pod = mlflow_pod
     extra = pod.mounts["extra"]
     installed = sorted(p.name for p in extra.iterdir() if p.name.endswith(".dist-info"))
-    image_has = {p.name.split("-")[0].lower() for p in platform.mirrors[pod.container().spec["image"]].bin.parent.glob(
-        "lib/python*/site-packages/*.dist-info")}
+    image_has = {
+        p.name.split("-")[0].lower()
+        for p in platform.mirrors[pod.container().spec["image"]].bin.parent.glob(
+            "lib/python*/site-packages/*.dist-info"
+        )
+    }
     again = [name for name in installed if name.split("-")[0].lower() in image_has]
     assert not again, f"the init container installs again what the image has (shadowing it via PYTHONPATH): {again}"
 
@@ -56,16 +62,27 @@ def test_init_container_installs_only_what_is_missing(mlflow_pod):
 def _ui_requests(platform, pod, host: str):
     """What a browser sends through Traefik: Host as typed, X-Forwarded-*, Origin on POSTs, basic auth."""
     auth = basic("admin", platform.secret("mlflow", "admin-password"))
-    forwarded = {"Host": host, "X-Forwarded-For": "192.0.2.10", "X-Forwarded-Host": host, "X-Forwarded-Port": "80",
-                 "X-Forwarded-Proto": "http", "X-Real-Ip": "192.0.2.10", "Authorization": auth}
+    forwarded = {
+        "Host": host,
+        "X-Forwarded-For": "192.0.2.10",
+        "X-Forwarded-Host": host,
+        "X-Forwarded-Port": "80",
+        "X-Forwarded-Proto": "http",
+        "X-Real-Ip": "192.0.2.10",
+        "Authorization": auth,
+    }
     origin = {"Origin": f"http://{host}", "Content-Type": "application/json"}
     search = json.dumps({"max_results": 1}).encode()
     return [
         ("GET", "/mlflow/", forwarded, None),
         ("GET", "/mlflow/ajax-api/2.0/mlflow/experiments/search?max_results=1", forwarded, None),
         ("POST", "/mlflow/ajax-api/2.0/mlflow/experiments/search", {**forwarded, **origin}, search),
-        ("POST", "/mlflow/ajax-api/2.0/mlflow/experiments/create", {**forwarded, **origin},
-         json.dumps({"name": f"from-the-ui-{host}"}).encode()),
+        (
+            "POST",
+            "/mlflow/ajax-api/2.0/mlflow/experiments/create",
+            {**forwarded, **origin},
+            json.dumps({"name": f"from-the-ui-{host}"}).encode(),
+        ),
     ]
 
 
@@ -99,9 +116,11 @@ def test_other_pods_by_every_service_name(mlflow_pod):
         "    except Exception as e:\n"
         "        bad.append(f'{host}: {str(e)[:200]}')\n"
         "print('\\n'.join(bad))\n"
-        "sys.exit(1 if bad else 0)\n")
-    result = platform.kubelet.exec(client, ["python", "-c", script, *forms], timeout=180,
-                                   env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+        "sys.exit(1 if bad else 0)\n"
+    )
+    result = platform.kubelet.exec(
+        client, ["python", "-c", script, *forms], timeout=180, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     # The URL piml renders for the pods is one of these, and it works as given.
     assert client.container().env["MLFLOW_TRACKING_URI"] == f"http://mlflow.{ns}.svc:5000/mlflow"
@@ -120,16 +139,28 @@ def test_artifacts_through_the_servers_proxy(mlflow_pod):
         "    mlflow.log_text('piml contract', 'note.txt')\n"
         "local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path='note.txt', dst_path=tempfile.mkdtemp())\n"
         "assert pathlib.Path(local).read_text() == 'piml contract'\n"
-        "print(mlflow.get_run(run.info.run_id).info.artifact_uri)\n")
-    result = platform.kubelet.exec(client, ["python", "-c", script], timeout=180, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+        "print(mlflow.get_run(run.info.run_id).info.artifact_uri)\n"
+    )
+    result = platform.kubelet.exec(
+        client, ["python", "-c", script], timeout=180, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:] + pod.container("mlflow").tail(2000)
     assert result.stdout.strip().splitlines()[-1].startswith("mlflow-artifacts:/"), result.stdout
     if platform.cluster.config.mlflow.artifacts == "minio":  # the object really is in the bucket
         store = next(p for p in platform.kubelet.pods if p.name == "mlflow-minio-0")
-        listing = platform.kubelet.exec(store, ["python", "-c", (
-            "import os, boto3; s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:9000', region_name='us-east-1', "
-            "aws_access_key_id=os.environ['MINIO_ROOT_USER'], aws_secret_access_key=os.environ['MINIO_ROOT_PASSWORD']); "
-            "print([o['Key'] for o in s3.list_objects_v2(Bucket='mlflow').get('Contents', [])])")], timeout=60)
+        listing = platform.kubelet.exec(
+            store,
+            [
+                "python",
+                "-c",
+                (
+                    "import os, boto3; s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:9000', region_name='us-east-1', "
+                    "aws_access_key_id=os.environ['MINIO_ROOT_USER'], aws_secret_access_key=os.environ['MINIO_ROOT_PASSWORD']); "
+                    "print([o['Key'] for o in s3.list_objects_v2(Bucket='mlflow').get('Contents', [])])"
+                ),
+            ],
+            timeout=60,
+        )
         assert "note.txt" in listing.stdout, listing.stdout + listing.stderr
 
 
@@ -149,8 +180,11 @@ def test_piml_through_a_port_forward(mlflow_pod):
     platform, pod = mlflow_pod
     platform.kubelet.wait_probe(pod.container("mlflow"), "readinessProbe", budget=120)
     forward = platform.forward(pod, 5000)
-    endpoints = Endpoints(mlflow_url=f"{forward.url}/mlflow", mlflow_user="admin",
-                          mlflow_password=platform.secret("mlflow", "admin-password"))
+    endpoints = Endpoints(
+        mlflow_url=f"{forward.url}/mlflow",
+        mlflow_user="admin",
+        mlflow_password=platform.secret("mlflow", "admin-password"),
+    )
     rows = mlflow_rows(endpoints, platform.cluster.config)
     failed = [str(r) for r in rows if r.status != "pass"]
     assert not failed, failed

@@ -61,8 +61,13 @@ def _model_and_dataset(platform, mlflow_url, tmp_path):
         data = tmp_path / "iris.csv"
         X.to_csv(data, index=False)
         with mlflow.start_run() as run:
-            info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(X, model.predict(X)),
-                                            registered_model_name="contract-iris", pip_requirements=["scikit-learn"])
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=infer_signature(X, model.predict(X)),
+                registered_model_name="contract-iris",
+                pip_requirements=["scikit-learn"],
+            )
             mlflow.log_artifact(str(data), "data")
         return info.registered_model_version, f"runs:/{run.info.run_id}/data/iris.csv", model, X, pd
 
@@ -77,15 +82,21 @@ def keda_sees(platform, scaled: dict) -> int:
         import redis
 
         host, port = meta["address"].rsplit(":", 1)
-        client = redis.Redis(platform.kubelet.resolve(host, "keda"), int(port), password=runner.env[meta["passwordFromEnv"]],
-                             socket_timeout=5)
+        client = redis.Redis(
+            platform.kubelet.resolve(host, "keda"),
+            int(port),
+            password=runner.env[meta["passwordFromEnv"]],
+            socket_timeout=5,
+        )
         return client.llen(meta["listName"])
     from urllib.parse import urlsplit
 
     import pika
 
     url = urlsplit(runner.env[meta["hostFromEnv"]])
-    params = pika.URLParameters(url._replace(netloc=url.netloc.replace(url.hostname, platform.kubelet.resolve(url.hostname, "keda"))).geturl())
+    params = pika.URLParameters(
+        url._replace(netloc=url.netloc.replace(url.hostname, platform.kubelet.resolve(url.hostname, "keda"))).geturl()
+    )
     connection = pika.BlockingConnection(params)
     try:
         return connection.channel().queue_declare(meta["queueName"], passive=True).method.message_count
@@ -100,8 +111,11 @@ def test_a_request_becomes_predictions_through_the_rendered_runner(queue_platfor
     version, dataset, model, X, pd = _model_and_dataset(platform, mlflow_url, tmp_path)
     password = platform.secret(kind, "password")
     forward = platform.forward(broker_pod, BROKER_PORT[kind])
-    queue_url = (f"redis://:{password}@127.0.0.1:{forward.port}/0" if kind == "redis"
-                 else f"amqp://piml:{password}@127.0.0.1:{forward.port}/")
+    queue_url = (
+        f"redis://:{password}@127.0.0.1:{forward.port}/0"
+        if kind == "redis"
+        else f"amqp://piml:{password}@127.0.0.1:{forward.port}/"
+    )
     request_id = submit(f"models:/contract-iris/{version}", dataset, queue_url=queue_url)
     scaled = platform.kubelet.find("ScaledJob", "piml-runner", platform.ns)
     assert keda_sees(platform, scaled) == 1
@@ -115,7 +129,9 @@ def test_a_request_becomes_predictions_through_the_rendered_runner(queue_platfor
     import mlflow
 
     with mlflow_as_admin(platform, mlflow_url):
-        local = mlflow.artifacts.download_artifacts(run_id=state["run_id"], artifact_path="predictions.csv", dst_path=str(tmp_path))
+        local = mlflow.artifacts.download_artifacts(
+            run_id=state["run_id"], artifact_path="predictions.csv", dst_path=str(tmp_path)
+        )
     predicted = pd.read_csv(local)
     assert list(predicted.iloc[:, -1]) == list(model.predict(X)), "the predictions are not the model's"
     assert runner.init_results == [("extra-packages", 0)]

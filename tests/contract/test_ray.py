@@ -39,8 +39,9 @@ def test_head_probes_pass_within_the_kubelets_budget(ray_pods):
 def test_a_worker_joins_through_the_head_service(ray_pods):
     """The worker's init container waits for the GCS at ray-head-svc...:6379; the Service must select the head."""
     platform, head, workers = ray_pods
-    assert platform.kubelet.resolve(f"ray-head-svc.{platform.ns}.svc.cluster.local") == head.ip, \
+    assert platform.kubelet.resolve(f"ray-head-svc.{platform.ns}.svc.cluster.local") == head.ip, (
         "ray-head-svc selects no pod: the head pod's labels do not match KubeRay's Service selector"
+    )
     for worker in workers:
         assert ("wait-gcs-ready", 0) in worker.init_results
         platform.kubelet.wait_probe(worker.container(), "readinessProbe", budget=180)
@@ -52,11 +53,20 @@ def test_browsers_through_the_ingress_need_the_token(ray_pods):
     token = platform.secret("ray-auth", "auth_token")
     for host in platform.node_addresses + platform.node_names:
         # Traefik's stripPrefix middleware: /ray/api/version reaches the dashboard as /api/version.
-        headers = {"Host": host, "X-Forwarded-For": "192.0.2.10", "X-Forwarded-Host": host, "X-Forwarded-Proto": "http",
-                   "X-Forwarded-Prefix": "/ray"}
+        headers = {
+            "Host": host,
+            "X-Forwarded-For": "192.0.2.10",
+            "X-Forwarded-Host": host,
+            "X-Forwarded-Proto": "http",
+            "X-Forwarded-Prefix": "/ray",
+        }
         ok, answer = http_get(head.ip, 8265, "/api/version", headers, timeout=10)
-        assert not ok and answer.startswith("401"), f"Host {host}: the dashboard answers without a token: {answer[:120]}"
-        ok, answer = http_get(head.ip, 8265, "/api/version", {**headers, "Authorization": f"Bearer {token}"}, timeout=10)
+        assert not ok and answer.startswith("401"), (
+            f"Host {host}: the dashboard answers without a token: {answer[:120]}"
+        )
+        ok, answer = http_get(
+            head.ip, 8265, "/api/version", {**headers, "Authorization": f"Bearer {token}"}, timeout=10
+        )
         assert ok and "ray_version" in answer, f"Host {host}: {answer[:200]}"
         ok, answer = http_get(head.ip, 8265, "/", headers, timeout=10)  # the page that asks for the token
         assert ok, f"Host {host}: {answer[:200]}"

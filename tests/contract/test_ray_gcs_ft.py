@@ -17,8 +17,16 @@ pytestmark = pytest.mark.contract
 
 def jobs_api(pod, token: str, method: str = "GET", body: dict | None = None, path: str = "/api/jobs/"):
     headers = {"Host": f"{pod.ip}:8265", "Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    ok, answer = http_get(pod.ip, 8265, path, headers, timeout=30, method=method,
-                          body=json.dumps(body).encode() if body is not None else None, limit=1 << 20)
+    ok, answer = http_get(
+        pod.ip,
+        8265,
+        path,
+        headers,
+        timeout=30,
+        method=method,
+        body=json.dumps(body).encode() if body is not None else None,
+        limit=1 << 20,
+    )
     status, _, text = answer.partition(" ")
     assert ok, f"{method} {path}: {answer[:300]}"
     return json.loads(text)
@@ -56,6 +64,8 @@ def test_a_replaced_head_keeps_the_clusters_state_in_redis(pod_network, tmp_path
                 if "Connection refused" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        assert "piml-ft-check" in listed, f"the new head does not know the job: {listed}\n{again.container('ray-head').tail()}"
+        assert "piml-ft-check" in listed, (
+            f"the new head does not know the job: {listed}\n{again.container('ray-head').tail()}"
+        )
     finally:
         platform.close()

@@ -25,6 +25,14 @@ def requests(plane_dir: Path) -> list[Request]:
         if event.get("stage") != "ResponseComplete":
             continue
         ref = event.get("objectRef") or {}
-        out.append(Request(event["verb"], ref.get("resource", ""), ref.get("namespace", ""), ref.get("name", ""),
-                           (event.get("responseStatus") or {}).get("code", 0), event.get("requestURI", "")))
+        out.append(
+            Request(
+                event["verb"],
+                ref.get("resource", ""),
+                ref.get("namespace", ""),
+                ref.get("name", ""),
+                (event.get("responseStatus") or {}).get("code", 0),
+                event.get("requestURI", ""),
+            )
+        )
     return out

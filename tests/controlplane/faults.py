@@ -93,8 +93,13 @@ def container_status(fault: dict, base: dict, t: str) -> dict:
             }
         },
         lastState={
-            "terminated": {"exitCode": code, "reason": reason, "startedAt": t, "finishedAt": t,
-                           "containerID": base["containerID"]}
+            "terminated": {
+                "exitCode": code,
+                "reason": reason,
+                "startedAt": t,
+                "finishedAt": t,
+                "containerID": base["containerID"],
+            }
         },
     )
 

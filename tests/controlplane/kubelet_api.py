@@ -76,7 +76,7 @@ def serve(ip: str, cert: str, key: str, client_ca: str, logs: Logs) -> Threading
                 return self._answer(400, f'previous terminated container "{container}" in pod "{pod}" not found')
             tail = query.get("tailLines", [None])[0]
             if tail is not None and tail.isdigit():
-                lines = lines[-int(tail):] if int(tail) else []
+                lines = lines[-int(tail) :] if int(tail) else []
             return self._answer(200, "".join(line + "\n" for line in lines))
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -102,7 +102,10 @@ class Node:
         self.faults: dict = {}  # DIR/faults.json as last read (sync_pods)
         self.logs = kubelet_api.Logs()
         self.kubelet = kubelet_api.serve(
-            self.ip, tls[f"serving-kubelet-{self.name}"], tls[f"serving-kubelet-{self.name}-key"], tls["client-ca"],
+            self.ip,
+            tls[f"serving-kubelet-{self.name}"],
+            tls[f"serving-kubelet-{self.name}-key"],
+            tls["client-ca"],
             self.logs,
         )
         mem_ki = parse_quantity_ki(spec["memory"])
@@ -303,11 +306,21 @@ class Node:
         t = now()
         body = {
             "metadata": {"generateName": f"{pod.metadata.name}.", "namespace": pod.metadata.namespace},
-            "involvedObject": {"kind": "Pod", "namespace": pod.metadata.namespace, "name": pod.metadata.name,
-                               "uid": pod.metadata.uid, "apiVersion": "v1"},
-            "reason": reason, "message": message, "type": type_, "count": 1,
-            "firstTimestamp": t, "lastTimestamp": t,
-            "source": {"component": "kubelet", "host": self.name}, "reportingComponent": "kubelet",
+            "involvedObject": {
+                "kind": "Pod",
+                "namespace": pod.metadata.namespace,
+                "name": pod.metadata.name,
+                "uid": pod.metadata.uid,
+                "apiVersion": "v1",
+            },
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "count": 1,
+            "firstTimestamp": t,
+            "lastTimestamp": t,
+            "source": {"component": "kubelet", "host": self.name},
+            "reportingComponent": "kubelet",
             "reportingInstance": self.name,
         }
         self.core.create_namespaced_event(pod.metadata.namespace, body, _request_timeout=TIMEOUT)
@@ -336,11 +349,13 @@ class Node:
                     log(f"{self.name}: pod {pod.metadata.namespace}/{pod.metadata.name} stopped and deleted")
                 elif (pod.status.phase or "Pending") == "Pending" and pod.metadata.uid not in self.played:
                     self.run_pod(pod)
-                elif (pod.status.phase == "Running" and chart_jobs.is_helm_job_pod(pod)
-                      and not self.failing(pod)):
+                elif pod.status.phase == "Running" and chart_jobs.is_helm_job_pod(pod) and not self.failing(pod):
                     chart_jobs.play(self, pod, log)  # k3s's helm-install/-delete pods: see chart_jobs.py
-                elif (pod.status.phase == "Running" and not self.failing(pod)
-                      and (pod.metadata.labels or {}).get("ray.io/node-type") == "redis-cleanup"):
+                elif (
+                    pod.status.phase == "Running"
+                    and not self.failing(pod)
+                    and (pod.metadata.labels or {}).get("ray.io/node-type") == "redis-cleanup"
+                ):
                     # KubeRay's GCS fault-tolerance cleanup Job, made when a RayCluster with it is deleted: its
                     # container would delete the cluster's keys in Redis. Played as done (exit 0).
                     chart_jobs.finish_pod(self, pod, 0)

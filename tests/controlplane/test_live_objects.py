@@ -47,9 +47,7 @@ DEPLOYMENT = {
         "template": {
             "metadata": {"labels": {"app": "reader"}},
             "spec": {
-                "containers": [
-                    {"name": "c", "image": "busybox:1.36", "resources": {"requests": {"memory": "64Mi"}}}
-                ]
+                "containers": [{"name": "c", "image": "busybox:1.36", "resources": {"requests": {"memory": "64Mi"}}}]
             },
         },
     },
@@ -101,8 +99,9 @@ def test_a_crd_just_created_answers_null_conditions_and_piml_waits_for_it(kube):
         assert answer["status"]["conditions"] is None
         assert _established(answer) is False
         # And the wait itself, from the moment the CRD exists (the chart just created it).
-        problems = wait_for_kinds(kube, Discovery(kube), {("example.io/v1", "Gadget")}, until=_in(20), poll=0.05,
-                                  charts={"gadgets"})
+        problems = wait_for_kinds(
+            kube, Discovery(kube), {("example.io/v1", "Gadget")}, until=_in(20), poll=0.05, charts={"gadgets"}
+        )
         # example.io has no chart: not waited for, one plain problem at once.
         assert [p.what for p in problems] == [
             "this cluster does not serve this kind and nothing piml applies brings it"
@@ -119,17 +118,25 @@ def test_wait_for_kinds_on_a_crd_that_a_chart_brings(kube, monkeypatch):
     from piml.kube.discovery import Discovery
 
     monkeypatch.setitem(wait.CHART_FOR_GROUP, "example.io", "gadgets")
-    timer = threading.Timer(0.2, lambda: kube.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                                                       body=CRD))
+    timer = threading.Timer(
+        0.2, lambda: kube.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body=CRD)
+    )
     timer.start()
     try:
-        problems = wait.wait_for_kinds(kube, Discovery(kube), {("example.io/v1", "Gadget")}, until=_in(30), poll=0.01,
-                                       charts={"gadgets"})
+        problems = wait.wait_for_kinds(
+            kube, Discovery(kube), {("example.io/v1", "Gadget")}, until=_in(30), poll=0.01, charts={"gadgets"}
+        )
         assert problems == []
     finally:
         timer.join()
-        until("the CRD deleted", lambda: kube.request(
-            "DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gadgets.example.io") is not None, 10)
+        until(
+            "the CRD deleted",
+            lambda: (
+                kube.request("DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gadgets.example.io")
+                is not None
+            ),
+            10,
+        )
 
 
 def test_every_reader_takes_any_list_or_map_written_as_null(kube):
@@ -138,11 +145,20 @@ def test_every_reader_takes_any_list_or_map_written_as_null(kube):
     from piml.kube.wait import _established, readiness
 
     kube.request("POST", "/apis/apps/v1/namespaces/default/deployments", body=DEPLOYMENT)
-    pods = until("the reader's pod Running", lambda: [
-        p for p in kube.request("GET", "/api/v1/namespaces/default/pods", {"labelSelector": "app=reader"})["items"]
-        if (p.get("status") or {}).get("phase") == "Running"], 60)
-    until("the Deployment available", lambda: readiness(
-        kube.request("GET", "/apis/apps/v1/namespaces/default/deployments/reader"))[0], 60)
+    pods = until(
+        "the reader's pod Running",
+        lambda: [
+            p
+            for p in kube.request("GET", "/api/v1/namespaces/default/pods", {"labelSelector": "app=reader"})["items"]
+            if (p.get("status") or {}).get("phase") == "Running"
+        ],
+        60,
+    )
+    until(
+        "the Deployment available",
+        lambda: readiness(kube.request("GET", "/apis/apps/v1/namespaces/default/deployments/reader"))[0],
+        60,
+    )
     deployment = kube.request("GET", "/apis/apps/v1/namespaces/default/deployments/reader")
     node = kube.request("GET", "/api/v1/nodes")["items"][0]
     crd = kube.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body=CRD)

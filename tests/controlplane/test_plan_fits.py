@@ -161,8 +161,10 @@ def test_plan_fits_the_real_scheduler(tmp_path, scenario):
 
     cluster = scenario_cluster(tmp_path, scenario)
     caps = capacities(cluster)
-    nodes = [(n.name, memory_quantity(n.memory_gb), c.arch) for n, c in zip(cluster.inventory.cluster_nodes, caps,
-                                                                            strict=True)]
+    nodes = [
+        (n.name, memory_quantity(n.memory_gb), c.arch)
+        for n, c in zip(cluster.inventory.cluster_nodes, caps, strict=True)
+    ]
     plan = make_plan(cluster)
     rendered = render_platform(cluster, plan, load_or_create(cluster.paths.root / ".piml"))
     assert cluster.config.namespace == NS
@@ -217,8 +219,11 @@ def refused_units(error) -> dict[str, int]:
 
 
 def pinned_deployment(name: str, cpu_m: int, memory_mi: int, node: str) -> dict:
-    container = {"name": "main", "image": "busybox:1.36",
-                 "resources": {"requests": {"cpu": f"{cpu_m}m", "memory": f"{memory_mi}Mi"}}}
+    container = {
+        "name": "main",
+        "image": "busybox:1.36",
+        "resources": {"requests": {"cpu": f"{cpu_m}m", "memory": f"{memory_mi}Mi"}},
+    }
     return deployment(name, {"nodeSelector": {"kubernetes.io/hostname": node}, "containers": [container]}, "fit")
 
 
@@ -242,9 +247,7 @@ def test_cannot_fit_is_refused_as_the_real_scheduler_would(tmp_path):
     # piml's units as make_plan places them: a service with the sidecars of its pod, largest first.
     sized = dict(platform_services(cluster.config))
     sidecars = {s for parent in SIDECARS.values() for s in parent}
-    units = {
-        name: [name, *(s for s in SIDECARS.get(name, ()) if s in sized)] for name in sized if name not in sidecars
-    }
+    units = {name: [name, *(s for s in SIDECARS.get(name, ()) if s in sized)] for name in sized if name not in sidecars}
     totals = {
         name: (sum(sized[m].cpu_request for m in members), sum(sized[m].memory_request for m in members))
         for name, members in units.items()
@@ -255,15 +258,24 @@ def test_cannot_fit_is_refused_as_the_real_scheduler_would(tmp_path):
     order += sorted(totals.items(), key=lambda item: -item[1][1])
 
     # The node as a real k3s server of this board with piml's reservations: allocatable = the plan's memory.
-    with start(tmp_path, [(cap.name, f"{cap.memory + EVICTION_MI}Mi", cap.arch)], "--no-helm-controller",
-               "--no-kuberay", "--no-local-path", "--no-traefik-crds") as plane:
+    with start(
+        tmp_path,
+        [(cap.name, f"{cap.memory + EVICTION_MI}Mi", cap.arch)],
+        "--no-helm-controller",
+        "--no-kuberay",
+        "--no-local-path",
+        "--no-traefik-crds",
+    ) as plane:
         core = core_api(plane)
         apps = client.AppsV1Api(core.api_client)
         node = core.read_node(cap.name, _request_timeout=10)
         assert node.status.allocatable["memory"] == f"{cap.memory}Mi"
         core.create_namespace({"metadata": {"name": "fit"}}, _request_timeout=10)
-        until("the default ServiceAccount in namespace fit",
-              lambda: core.list_namespaced_service_account("fit", _request_timeout=10).items, 30)
+        until(
+            "the default ServiceAccount in namespace fit",
+            lambda: core.list_namespaced_service_account("fit", _request_timeout=10).items,
+            30,
+        )
 
         def outcome(name: str):
             """('bound', node) or ('pending', the scheduler's message) once the scheduler has decided."""

@@ -86,8 +86,9 @@ def test_probe_and_facts_say_the_same_on_each_layout(tmp_path, name):
 def test_the_probe_program_reports_the_rule():
     # main(), run as the node runs it, reports "on" exactly when the rule says so (unknown counts as off)
     probe = playbooks_dir() / "files" / "probe.py"
-    out = subprocess.run([sys.executable, "-c", probe.read_text(), ""], capture_output=True, text=True, timeout=60,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe.read_text(), ""], capture_output=True, text=True, timeout=60, check=True
+    )
     node = json.loads(out.stdout.partition("PIML-PROBE ")[2])
     assert node["memory_cgroup"] is (p.probe_module().memory_cgroup("/")[1] is True)
 

@@ -57,19 +57,32 @@ def test_pi5_nvme_k3s_server():
     assert f.boot_cmdline_path == "/boot/firmware/cmdline.txt"
     assert f.boot_cmdline.endswith("cgroup_memory=1 cgroup_enable=memory") and "\n" not in f.boot_cmdline
     assert p.cmdline_args(f.kernel_cmdline)["cgroup_enable"] == "memory"
-    assert (f.swap_total_mb, f.swap_devices, f.dphys_swapfile_active, f.zram_active) == (511, ("/var/swap",), True, False)
+    assert (f.swap_total_mb, f.swap_devices, f.dphys_swapfile_active, f.zram_active) == (
+        511,
+        ("/var/swap",),
+        True,
+        False,
+    )
     assert (f.time_synced, f.time_source, f.epoch) == (True, "timedatectl", 1795000000)
     assert f.temperature_c == 52.35
     assert f.throttled == Throttled(raw=0) and f.throttled.ok
     assert (f.k3s_installed, f.k3s_version) == (True, "v1.36.3+k3s1")
     assert f.k3s_service == ServiceState("k3s.service", loaded=True, active="active", enabled="enabled", sub="running")
     assert f.k3s_service.running and f.k3s_service.is_active and f.k3s_service.is_enabled
-    assert f.k3s_agent_service == ServiceState("k3s-agent.service", loaded=False, active="inactive", enabled=None,
-                                               sub="dead")
+    assert f.k3s_agent_service == ServiceState(
+        "k3s-agent.service", loaded=False, active="inactive", enabled=None, sub="dead"
+    )
     assert (f.vcgencmd, f.throttled_error) == (True, None)
     # the API server's socket is IPv6 and dual-stack: "::"
-    assert f.listening_tcp == (("0.0.0.0", 22), ("::", 22), ("::", 6443), ("127.0.0.1", 6444),
-                               ("127.0.0.1", 10010), ("127.0.0.1", 10248), ("::", 10250))
+    assert f.listening_tcp == (
+        ("0.0.0.0", 22),
+        ("::", 22),
+        ("::", 6443),
+        ("127.0.0.1", 6444),
+        ("127.0.0.1", 10010),
+        ("127.0.0.1", 10248),
+        ("::", 10250),
+    )
     assert (f.sudo_installed, f.sudo_nopasswd, f.uid, f.user) == (True, True, 1000, "pi")
     assert f.can_become_root is True and not f.is_root
 
@@ -179,7 +192,9 @@ def test_cpus():
 
 
 def test_os_release_quoting():
-    text = 'ID=raspbian\nPRETTY_NAME="Raspbian GNU/Linux 11 (bullseye)"\nNAME=\'It\'"\'"\'s\'\n# c\nBAD\nX="unbalanced\n'
+    text = (
+        "ID=raspbian\nPRETTY_NAME=\"Raspbian GNU/Linux 11 (bullseye)\"\nNAME='It'\"'\"'s'\n# c\nBAD\nX=\"unbalanced\n"
+    )
     values = p.parse_os_release(text)
     assert values["ID"] == "raspbian"
     assert values["PRETTY_NAME"] == "Raspbian GNU/Linux 11 (bullseye)"
@@ -219,7 +234,10 @@ PI5_USB = "/sys/devices/platform/axi/1000120000.pcie/1f00200000.usb/xhci-hcd.0/u
         (_root("/dev/mmcblk0p2", disk="mmcblk0", mmc_type="MMC"), "emmc"),
         (_root("/dev/nvme0n1p2"), "nvme"),
         (_root("/dev/sda2", sysfs=PI5_USB, disk="sda"), "usb"),
-        (_root("/dev/sda2", sysfs="/sys/devices/pci0000:00/0000:00:17.0/ata1/host0/block/sda/sda2", disk="sda"), "other"),
+        (
+            _root("/dev/sda2", sysfs="/sys/devices/pci0000:00/0000:00:17.0/ata1/host0/block/sda/sda2", disk="sda"),
+            "other",
+        ),
         (_root("overlay"), "other"),
         (_root("/dev/mapper/vg-root", sysfs="/sys/devices/virtual/block/dm-0", disk="dm-0"), "other"),
         (_root("/dev/vda", sysfs="/sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda", disk="vda"), "other"),
@@ -246,7 +264,9 @@ def test_rootfs_last_mount_wins_and_escapes():
 
 
 def test_root_device_resolves_dev_root():
-    root = _root("/dev/root", sysfs="/sys/devices/platform/emmc2bus/fe340000.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0/mmcblk0p2")
+    root = _root(
+        "/dev/root", sysfs="/sys/devices/platform/emmc2bus/fe340000.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0/mmcblk0p2"
+    )
     assert p.root_device(root) == "/dev/mmcblk0p2"
     assert p.root_device(_root("/dev/root")) == "/dev/root"
 
@@ -255,7 +275,9 @@ def test_memory_cgroup():
     assert p.memory_cgroup(("cpuset", "cpu", "memory"), {}) == (2, True)
     assert p.memory_cgroup(("cpuset", "cpu"), {"memory": True}) == (2, False)  # v2 decides alone
     assert p.memory_cgroup((), {}) == (2, False)  # an empty controllers file
-    assert p.memory_cgroup(None, p.parse_proc_cgroups("#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t4\t32\t0\n")) == (1, False)
+    assert p.memory_cgroup(
+        None, p.parse_proc_cgroups("#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t4\t32\t0\n")
+    ) == (1, False)
     # enabled but on no v1 hierarchy (cgroup_no_v1=memory, or v2 only): k3s's v1 check finds none
     no_hierarchy = "#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t0\t1\t1\n"
     assert p.memory_cgroup(None, p.parse_proc_cgroups(no_hierarchy)) == (1, False)
@@ -338,9 +360,15 @@ def test_vcgencmd():
     assert p.parse_vcgencmd("exit=0\nvcgencmd: warning\nthrottled=0x0") == (True, Throttled(raw=0), None)
     # fails as the user (not in the video group), works with sudo -n
     assert p.parse_vcgencmd("exit=1\nVCHI initialization failed\nsudo_exit=0\nthrottled=0x4\n") == (
-        True, Throttled.decode(0x4), None)
+        True,
+        Throttled.decode(0x4),
+        None,
+    )
     assert p.parse_vcgencmd("exit=1\nVCHI initialization failed\nsudo_exit=1\nsudo: a password is required\n") == (
-        True, None, "vcgencmd get_throttled failed: VCHI initialization failed (with sudo -n: sudo: a password is required)")
+        True,
+        None,
+        "vcgencmd get_throttled failed: VCHI initialization failed (with sudo -n: sudo: a password is required)",
+    )
     assert p.parse_vcgencmd("exit=255\n") == (True, None, "vcgencmd get_throttled failed: exit status 255")  # as root
     assert p.parse_vcgencmd("exit=0\n") == (True, None, "vcgencmd get_throttled printed nothing")
     assert p.parse_vcgencmd("exit=0\nbogus\n") == (True, None, "unexpected vcgencmd output 'bogus'")
@@ -371,6 +399,7 @@ def test_listening():
 @given(st.lists(st.tuples(st.booleans(), st.ip_addresses(), st.integers(0, 65535)), max_size=20))
 def test_fuzz_listening_round_trip(sockets):
     """The kernel's hex form (32-bit words in little-endian order) of any address and port reads back as is."""
+
     def hex_form(ip, port):
         raw = ip.packed
         return "".join(raw[i : i + 4][::-1].hex().upper() for i in range(0, len(raw), 4)) + f":{port:04X}"
@@ -381,9 +410,27 @@ def test_fuzz_listening_round_trip(sockets):
 
 
 @settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(st.sampled_from(["exit=0", "exit=1", "sudo_exit=0", "sudo_exit=1", "exit=", "throttled=0x5",
-                                           "throttled=0x", "vcgencmd=absent", "sudo: a password is required"]),
-                          st.text(max_size=30)), max_size=8))
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(
+                [
+                    "exit=0",
+                    "exit=1",
+                    "sudo_exit=0",
+                    "sudo_exit=1",
+                    "exit=",
+                    "throttled=0x5",
+                    "throttled=0x",
+                    "vcgencmd=absent",
+                    "sudo: a password is required",
+                ]
+            ),
+            st.text(max_size=30),
+        ),
+        max_size=8,
+    )
+)
 def test_fuzz_vcgencmd(lines):
     """Any output: a state, or a reason (or a ValueError, which parse_facts makes a note); never both."""
     try:
@@ -403,7 +450,10 @@ def test_services_order_independent():
 
 
 def test_k3s_sudo_user():
-    assert p.parse_k3s("installed=yes\nk3s version v1.37.1+k3s1 (deadbeef)\ngo version go1.25") == (True, "v1.37.1+k3s1")
+    assert p.parse_k3s("installed=yes\nk3s version v1.37.1+k3s1 (deadbeef)\ngo version go1.25") == (
+        True,
+        "v1.37.1+k3s1",
+    )
     assert p.parse_k3s("installed=yes\n") == (True, None)  # present but not executable
     assert p.parse_k3s("installed=no") == (False, None)
     assert p.parse_k3s("") == (None, None)

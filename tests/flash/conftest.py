@@ -17,15 +17,19 @@ from pathlib import Path
 import pytest
 
 MiB = 1 << 20
-BOOKWORM_CMDLINE = ("console=serial0,115200 console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes "
-                    "rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot splash plymouth.ignore-serial-consoles\n")
+BOOKWORM_CMDLINE = (
+    "console=serial0,115200 console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes "
+    "rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot splash plymouth.ignore-serial-consoles\n"
+)
 TRIXIE_CMDLINE = "console=serial0,115200 console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes rootwait quiet splash\n"
 CONFIG_TXT = "# For more options and information see\n# http://rptl.io/configtxt\ndtparam=audio=on\ncamera_auto_detect=1\n\n[cm4]\notg_mode=1\n\n[all]\narm_boost=1\n"
 SSH_PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTestsOnly0000000000000000000000 piml@test"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "flash_root: needs root and loop devices (losetup); fails without root unless PIML_SKIP_ROOT_TESTS=1")
+    config.addinivalue_line(
+        "markers", "flash_root: needs root and loop devices (losetup); fails without root unless PIML_SKIP_ROOT_TESTS=1"
+    )
 
 
 def pytest_runtest_setup(item):
@@ -35,7 +39,9 @@ def pytest_runtest_setup(item):
         return
     if os.environ.get("PIML_SKIP_ROOT_TESTS") == "1":
         pytest.skip("needs root and losetup (PIML_SKIP_ROOT_TESTS=1)")
-    pytest.fail("this test needs root and losetup (run tests/flash/install-deps.sh and pytest as root), or set PIML_SKIP_ROOT_TESTS=1 to skip it")
+    pytest.fail(
+        "this test needs root and losetup (run tests/flash/install-deps.sh and pytest as root), or set PIML_SKIP_ROOT_TESTS=1 to skip it"
+    )
 
 
 def run(*args, **kw) -> subprocess.CompletedProcess:
@@ -52,8 +58,16 @@ class BuiltImage:
     size: int
 
 
-def build_image(directory: Path, flavour: str = "bookworm", *, size_mib: int = 48, boot_mib: int = 34,
-                root_mib: int = 8, fat: int = 32, name: str | None = None) -> BuiltImage:
+def build_image(
+    directory: Path,
+    flavour: str = "bookworm",
+    *,
+    size_mib: int = 48,
+    boot_mib: int = 34,
+    root_mib: int = 8,
+    fat: int = 32,
+    name: str | None = None,
+) -> BuiltImage:
     """An MBR image: 4 MiB gap, FAT `bootfs` (cmdline.txt, config.txt, a fake kernel, flavour files),
     ext4 `rootfs` with files, then empty space to `size_mib`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -61,9 +75,11 @@ def build_image(directory: Path, flavour: str = "bookworm", *, size_mib: int = 4
     boot_start, root_start = 4 * MiB, (4 + boot_mib) * MiB
     with open(path, "wb") as f:
         f.truncate(size_mib * MiB)
-    table = (f"label: dos\nlabel-id: 0x6c586e13\n"
-             f"start={boot_start // 512}, size={boot_mib * MiB // 512}, type=c\n"
-             f"start={root_start // 512}, size={root_mib * MiB // 512}, type=83\n")
+    table = (
+        f"label: dos\nlabel-id: 0x6c586e13\n"
+        f"start={boot_start // 512}, size={boot_mib * MiB // 512}, type=c\n"
+        f"start={root_start // 512}, size={root_mib * MiB // 512}, type=83\n"
+    )
     run("sfdisk", "--quiet", path, input=table)
 
     boot = directory / f"{path.stem}.boot.part"

@@ -36,7 +36,11 @@ def edit(path: Path, fn) -> None:
 
 @pytest.mark.parametrize("fat", [16, 32])
 def test_replace_and_create_files_readable_by_mtools(tmp_path, fat):
-    path = make_fat(tmp_path, fat, files={"cmdline.txt": b"console=tty1 root=/dev/mmcblk0p2\n", "kernel8.img": bytes(range(256)) * 9000})
+    path = make_fat(
+        tmp_path,
+        fat,
+        files={"cmdline.txt": b"console=tty1 root=/dev/mmcblk0p2\n", "kernel8.img": bytes(range(256)) * 9000},
+    )
     big = bytes(range(251)) * 400  # spans many clusters
 
     def change(vol: FatVolume):
@@ -89,8 +93,9 @@ def test_not_fat_is_an_error(data):
         FatVolume(bytearray(data))
 
 
-NAME = st.text(st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="-_.~ "), min_size=1, max_size=40).filter(
-    lambda s: s.strip(". ") == s and s not in (".", ".."))
+NAME = st.text(
+    st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="-_.~ "), min_size=1, max_size=40
+).filter(lambda s: s.strip(". ") == s and s not in (".", ".."))
 
 
 @settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,9 +14,14 @@ PASSPHRASE = "correct horse battery staple"
 
 
 def setup(**kw) -> NodeSetup:
-    base = dict(hostname="pi1", user="ops", ssh_key=KEY, timezone="Europe/Berlin",
-                wifi=Wifi("DE", "Lab Net", wpa_psk("Lab Net", PASSPHRASE)),
-                static=static_address("192.168.50.21", 24, "192.168.50.1", ("192.168.50.1",), "eth0"))
+    base = dict(
+        hostname="pi1",
+        user="ops",
+        ssh_key=KEY,
+        timezone="Europe/Berlin",
+        wifi=Wifi("DE", "Lab Net", wpa_psk("Lab Net", PASSPHRASE)),
+        static=static_address("192.168.50.21", 24, "192.168.50.1", ("192.168.50.1",), "eth0"),
+    )
     base.update(kw)
     return NodeSetup(**base)
 
@@ -70,6 +75,7 @@ def test_firstrun_quotes_hostile_values():
 
 # --- kernel=kernel8.img: only where asked for and where the image has that kernel --------------------------------
 
+
 def _boot_partition(tmp_path, files: dict[str, bytes]) -> bytearray:
     """A FAT boot partition made by mkfs.vfat and mtools (an independent implementation), as a buffer."""
     from .conftest import run
@@ -86,12 +92,21 @@ def _boot_partition(tmp_path, files: dict[str, bytes]) -> bytearray:
 
 
 CONFIG = b"dtparam=audio=on\n[all]\n"
-RPI_OS = {"cmdline.txt": b"console=tty1 root=PARTUUID=6c586e13-02 rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n",
-          "config.txt": CONFIG, "issue.txt": b"Raspberry Pi reference 2025-11-24\n", "kernel8.img": b"\0" * 4096,
-          "kernel_2712.img": b"\0" * 4096}
-UBUNTU = {"cmdline.txt": b"console=tty1 root=LABEL=writable rootwait ds=nocloud;s=file:///boot/firmware/\n",
-          "config.txt": CONFIG, "vmlinuz": b"\0" * 4096, "initrd.img": b"\0" * 4096, "user-data": b"#cloud-config\n",
-          "meta-data": b"instance-id: ubuntu\n"}
+RPI_OS = {
+    "cmdline.txt": b"console=tty1 root=PARTUUID=6c586e13-02 rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n",
+    "config.txt": CONFIG,
+    "issue.txt": b"Raspberry Pi reference 2025-11-24\n",
+    "kernel8.img": b"\0" * 4096,
+    "kernel_2712.img": b"\0" * 4096,
+}
+UBUNTU = {
+    "cmdline.txt": b"console=tty1 root=LABEL=writable rootwait ds=nocloud;s=file:///boot/firmware/\n",
+    "config.txt": CONFIG,
+    "vmlinuz": b"\0" * 4096,
+    "initrd.img": b"\0" * 4096,
+    "user-data": b"#cloud-config\n",
+    "meta-data": b"instance-id: ubuntu\n",
+}
 
 
 def test_kernel8_only_where_the_image_has_it(tmp_path):
@@ -100,7 +115,9 @@ def test_kernel8_only_where_the_image_has_it(tmp_path):
     wanted = setup(pi5_4k_pages=True)
     rpi = FatVolume(_boot_partition(tmp_path, RPI_OS))
     applied = firstboot.apply(rpi, wanted)
-    assert "config.txt" in applied.files and rpi.read("config.txt").decode().endswith("[pi5]\nkernel=kernel8.img\n[all]\n")
+    assert "config.txt" in applied.files and rpi.read("config.txt").decode().endswith(
+        "[pi5]\nkernel=kernel8.img\n[all]\n"
+    )
     # Ubuntu for Pi boots vmlinuz and has no kernel8.img: pointing its firmware there would leave it unbootable
     ubuntu = FatVolume(_boot_partition(tmp_path, UBUNTU))
     applied = firstboot.apply(ubuntu, wanted)
@@ -108,7 +125,9 @@ def test_kernel8_only_where_the_image_has_it(tmp_path):
     assert ubuntu.read("config.txt") == CONFIG
     # not asked for: left alone on either
     rpi = FatVolume(_boot_partition(tmp_path, RPI_OS))
-    assert "config.txt" not in firstboot.apply(rpi, setup(pi5_4k_pages=False)).files and rpi.read("config.txt") == CONFIG
+    assert (
+        "config.txt" not in firstboot.apply(rpi, setup(pi5_4k_pages=False)).files and rpi.read("config.txt") == CONFIG
+    )
 
 
 def test_only_an_explicit_true_asks_for_4k_pages(project):
@@ -120,8 +139,12 @@ def test_only_an_explicit_true_asks_for_4k_pages(project):
         return load_cluster(ProjectPaths.resolve(project, None))
 
     # the default platform runs Redis: that no longer switches a Pi 5 (the official image runs on 16 KB pages)
-    for text in ("", "nodes: {pi5_4k_pages: auto}\n", "queue: {kind: redis}\nray: {gcs_fault_tolerance: true}\n",
-                 "nodes: {pi5_4k_pages: false}\n"):
+    for text in (
+        "",
+        "nodes: {pi5_4k_pages: auto}\n",
+        "queue: {kind: redis}\nray: {gcs_fault_tolerance: true}\n",
+        "nodes: {pi5_4k_pages: false}\n",
+    ):
         assert wants_4k_pages(cluster(text), "pi5") is False, text
     explicit = cluster("nodes: {pi5_4k_pages: true}\n")
     assert wants_4k_pages(explicit, "pi5") is True

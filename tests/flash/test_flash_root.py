@@ -22,7 +22,14 @@ pytestmark = pytest.mark.flash_root
 
 def piml(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "piml", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "piml", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=300,
+    )
 
 
 def same_bytes(a: str | Path, b: str | Path, length: int, offset: int = 0) -> bool:
@@ -69,7 +76,9 @@ def test_node_flash_writes_exactly_the_nodes_settings(images, loops, project, fl
     assert "kernel=kernel8.img" not in config  # a pi5 running Redis: 16 KB pages are fine (pi5_4k_pages: auto)
     names = fat_listing(dev, img.boot_start)
     if flavour == "bookworm":
-        assert cmdline.rstrip().endswith("systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target")
+        assert cmdline.rstrip().endswith(
+            "systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target"
+        )
         script = read_fat_file(dev, img.boot_start, "firstrun.sh")
         assert "set_hostname pi1" in script and SSH_PUB in script and "userconf ops" in script
         assert "user-data" not in names
@@ -84,7 +93,9 @@ def test_node_flash_writes_exactly_the_nodes_settings(images, loops, project, fl
 
 
 def test_static_address_and_wifi_from_piml_yaml(images, loops, project, tmp_path):
-    (project / "piml.yaml").write_text("flash:\n  wifi_country: DE\n  wifi_ssid: Lab Net\n  gateway: 192.168.50.1\n  dns: [192.168.50.1]\n  timezone: Europe/Berlin\n")
+    (project / "piml.yaml").write_text(
+        "flash:\n  wifi_country: DE\n  wifi_ssid: Lab Net\n  gateway: 192.168.50.1\n  dns: [192.168.50.1]\n  timezone: Europe/Berlin\n"
+    )
     secret = "s3cret passphrase never shown"
     img = images["trixie"]
     dev = loops.make(img.size)
@@ -96,7 +107,11 @@ def test_static_address_and_wifi_from_piml_yaml(images, loops, project, tmp_path
     assert "Europe/Berlin" in read_fat_file(dev, img.boot_start, "user-data")
     # without the passphrase and without a terminal: one clear line, nothing written
     result = piml("flash", img.path, dev, "-n", "pi2", "-y", cwd=project, env={"PIML_WIFI_PASSPHRASE": ""})
-    assert result.returncode == 2 and "PIML_WIFI_PASSPHRASE" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        result.returncode == 2
+        and "PIML_WIFI_PASSPHRASE" in result.stderr
+        and len(result.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_output_file_and_all_nodes(images, project, tmp_path):
@@ -242,7 +257,9 @@ def test_verify_catches_a_bad_disk(images, loops, monkeypatch):
         flash_run(Options(image=str(img.path), device=dev, yes=True))
 
 
-@pytest.mark.parametrize("kind,damage", [("xz", "truncate"), ("gz", "truncate"), ("zst", "corrupt"), ("zip", "truncate"), ("xz", "corrupt")])
+@pytest.mark.parametrize(
+    "kind,damage", [("xz", "truncate"), ("gz", "truncate"), ("zst", "corrupt"), ("zip", "truncate"), ("xz", "corrupt")]
+)
 def test_corrupt_or_truncated_archive_is_a_clear_error(images, loops, tmp_path, kind, damage):
     img = images["bookworm"]
     packed = compress(img.path, kind)
@@ -251,7 +268,7 @@ def test_corrupt_or_truncated_archive_is_a_clear_error(images, loops, tmp_path, 
         data = data[: len(data) * 2 // 3]
     else:
         middle = len(data) // 2
-        data[middle:middle + 64] = bytes(64)
+        data[middle : middle + 64] = bytes(64)
     bad = tmp_path / f"bad{packed.name}"
     bad.write_bytes(data)
     dev = loops.make(img.size)

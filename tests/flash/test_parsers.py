@@ -46,23 +46,30 @@ def test_partitions_never_raise(data):
         assert part.start >= 0 and part.size > 0
 
 
-@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), min_size=4, max_size=4))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 255), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), min_size=4, max_size=4
+    )
+)
 def test_mbr_entries_roundtrip(entries):
     head = bytearray(partitions.HEADER_BYTES)
     for i, (ptype, lba, count) in enumerate(entries):
         head[446 + 16 * i + 4] = ptype
-        head[446 + 16 * i + 8:446 + 16 * i + 16] = struct.pack("<II", lba, count)
+        head[446 + 16 * i + 8 : 446 + 16 * i + 16] = struct.pack("<II", lba, count)
     head[510:512] = b"\x55\xaa"
     found = partitions.partitions(bytes(head))
     if any(p == 0xEE for p, _, _ in entries):
         return
-    expected = [(i + 1, lba * 512, count * 512) for i, (p, lba, count) in enumerate(entries)
-                if p not in (0, 0x05, 0x0F, 0x85) and lba and count]
+    expected = [
+        (i + 1, lba * 512, count * 512)
+        for i, (p, lba, count) in enumerate(entries)
+        if p not in (0, 0x05, 0x0F, 0x85) and lba and count
+    ]
     assert [(p.index, p.start, p.size) for p in found] == expected
 
 
 def _reader(data: bytes):
-    return lambda offset, size: data[offset:offset + size] if offset >= 0 else b""
+    return lambda offset, size: data[offset : offset + size] if offset >= 0 else b""
 
 
 @given(st.binary(min_size=0, max_size=300))
@@ -110,7 +117,9 @@ def test_edit_cmdline_keeps_one_line_and_adds_once(tokens, ending, with_firstrun
     words = out.split()
     for token in add:
         assert words.count(token) == 1
-    kept = [t for t in tokens if t.split("=", 1)[0] not in {a.split("=", 1)[0] for a in add if a.startswith("systemd.")}]
+    kept = [
+        t for t in tokens if t.split("=", 1)[0] not in {a.split("=", 1)[0] for a in add if a.startswith("systemd.")}
+    ]
     assert all(t in words for t in kept)
     if with_firstrun:  # systemd.run* last, so firstrun.sh's `sed 's| systemd.run.*||'` keeps everything else
         cut = out.split(" systemd.run", 1)[0].split()
@@ -118,8 +127,14 @@ def test_edit_cmdline_keeps_one_line_and_adds_once(tokens, ending, with_firstrun
     assert firstboot.edit_cmdline(out, add) == out  # idempotent
 
 
-@given(st.lists(st.sampled_from(["cmdline.txt", "config.txt", "user-data", "META-DATA", "network-config", "issue.txt", "x"]), max_size=6),
-       st.one_of(st.none(), st.text(max_size=80)), st.one_of(st.none(), st.text(max_size=80)))
+@given(
+    st.lists(
+        st.sampled_from(["cmdline.txt", "config.txt", "user-data", "META-DATA", "network-config", "issue.txt", "x"]),
+        max_size=6,
+    ),
+    st.one_of(st.none(), st.text(max_size=80)),
+    st.one_of(st.none(), st.text(max_size=80)),
+)
 def test_detect_mechanism(names, cmdline, issue):
     result = firstboot.detect(names, cmdline, issue)
     if any(n.lower() in firstboot.CLOUD_FILES for n in names):

@@ -12,23 +12,79 @@ import pytest
 from piml.errors import InputError, PimlError
 from piml.flash import disks, download, rpiboot
 
-LSBLK = {"blockdevices": [
-    {"name": "nvme0n1", "path": "/dev/nvme0n1", "type": "disk", "size": 512110190592, "model": "Samsung SSD 980", "vendor": None,
-     "tran": "nvme", "rm": False, "hotplug": False, "ro": False, "mountpoints": [None], "children": [
-         {"name": "nvme0n1p1", "path": "/dev/nvme0n1p1", "type": "part", "mountpoints": ["/boot/efi"]},
-         {"name": "nvme0n1p2", "path": "/dev/nvme0n1p2", "type": "part", "mountpoints": [None], "children": [
-             {"name": "cryptroot", "path": "/dev/mapper/cryptroot", "type": "crypt", "mountpoints": ["/"]}]}]},
-    {"name": "sda", "path": "/dev/sda", "type": "disk", "size": 31914983424, "model": "SD/MMC", "vendor": "Generic ",
-     "tran": "usb", "rm": True, "hotplug": True, "ro": False, "mountpoints": [None], "children": [
-         {"name": "sda1", "path": "/dev/sda1", "type": "part", "mountpoints": ["/media/me/bootfs"]},
-         {"name": "sda2", "path": "/dev/sda2", "type": "part", "mountpoints": [None]}]},
-    {"name": "sdb", "path": "/dev/sdb", "type": "disk", "size": 2000398934016, "model": "WDC WD20", "vendor": "ATA",
-     "tran": "sata", "rm": False, "hotplug": False, "ro": False, "mountpoints": [None]},
-    {"name": "mmcblk0", "path": "/dev/mmcblk0", "type": "disk", "size": 15634268160, "model": None, "tran": None,
-     "rm": False, "hotplug": False, "ro": False, "mountpoints": [None]},
-    {"name": "zram0", "path": "/dev/zram0", "type": "disk", "size": 1000, "mountpoints": ["[SWAP]"]},
-    {"name": "loop3", "path": "/dev/loop3", "type": "loop", "size": 0, "mountpoints": [None]},
-]}
+LSBLK = {
+    "blockdevices": [
+        {
+            "name": "nvme0n1",
+            "path": "/dev/nvme0n1",
+            "type": "disk",
+            "size": 512110190592,
+            "model": "Samsung SSD 980",
+            "vendor": None,
+            "tran": "nvme",
+            "rm": False,
+            "hotplug": False,
+            "ro": False,
+            "mountpoints": [None],
+            "children": [
+                {"name": "nvme0n1p1", "path": "/dev/nvme0n1p1", "type": "part", "mountpoints": ["/boot/efi"]},
+                {
+                    "name": "nvme0n1p2",
+                    "path": "/dev/nvme0n1p2",
+                    "type": "part",
+                    "mountpoints": [None],
+                    "children": [
+                        {"name": "cryptroot", "path": "/dev/mapper/cryptroot", "type": "crypt", "mountpoints": ["/"]}
+                    ],
+                },
+            ],
+        },
+        {
+            "name": "sda",
+            "path": "/dev/sda",
+            "type": "disk",
+            "size": 31914983424,
+            "model": "SD/MMC",
+            "vendor": "Generic ",
+            "tran": "usb",
+            "rm": True,
+            "hotplug": True,
+            "ro": False,
+            "mountpoints": [None],
+            "children": [
+                {"name": "sda1", "path": "/dev/sda1", "type": "part", "mountpoints": ["/media/me/bootfs"]},
+                {"name": "sda2", "path": "/dev/sda2", "type": "part", "mountpoints": [None]},
+            ],
+        },
+        {
+            "name": "sdb",
+            "path": "/dev/sdb",
+            "type": "disk",
+            "size": 2000398934016,
+            "model": "WDC WD20",
+            "vendor": "ATA",
+            "tran": "sata",
+            "rm": False,
+            "hotplug": False,
+            "ro": False,
+            "mountpoints": [None],
+        },
+        {
+            "name": "mmcblk0",
+            "path": "/dev/mmcblk0",
+            "type": "disk",
+            "size": 15634268160,
+            "model": None,
+            "tran": None,
+            "rm": False,
+            "hotplug": False,
+            "ro": False,
+            "mountpoints": [None],
+        },
+        {"name": "zram0", "path": "/dev/zram0", "type": "disk", "size": 1000, "mountpoints": ["[SWAP]"]},
+        {"name": "loop3", "path": "/dev/loop3", "type": "loop", "size": 0, "mountpoints": [None]},
+    ]
+}
 
 
 def by_name():
@@ -69,6 +125,7 @@ def test_system_disk_named_through_partitions_and_dm():
 @pytest.fixture
 def server(tmp_path):
     (tmp_path / "img.img.xz").write_bytes(b"\xfd7zXZ\x00" + b"x" * 5000)
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **k):
             super().__init__(*a, directory=str(tmp_path), **k)
@@ -130,7 +187,9 @@ def test_rpiboot_finds_the_new_usb_disk():
     class Done:
         returncode, stdout, stderr = 0, "", ""
 
-    assert rpiboot.wait_for_cm4(5, lambda s: None, poll=0.01, runner=lambda *a, **k: Done(), lister=lister) == "/dev/sdb"
+    assert (
+        rpiboot.wait_for_cm4(5, lambda s: None, poll=0.01, runner=lambda *a, **k: Done(), lister=lister) == "/dev/sdb"
+    )
 
 
 def test_rpiboot_times_out():
@@ -145,7 +204,9 @@ def test_cli_help_is_fast_and_has_examples():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "piml", "flash", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "piml", "flash", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "piml flash --list" in out.stdout
     assert "piml.flash" not in out.stderr  # flash modules load only when the command runs
 
@@ -171,11 +232,25 @@ def test_flash_from_url_to_output_file(images, tmp_path, monkeypatch):
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/{packed.name}"
         out = tmp_path / "out.img"
-        env = {"PIML_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
-        result = subprocess.run([sys.executable, "-m", "piml", "flash", url, "--sha256", sha, "--output", out], capture_output=True, text=True, env=env)
+        env = {
+            "PIML_CACHE_DIR": str(tmp_path / "cache"),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "piml", "flash", url, "--sha256", sha, "--output", out],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert result.returncode == 0, result.stderr
         assert out.read_bytes() == images["plain"].path.read_bytes()
-        result = subprocess.run([sys.executable, "-m", "piml", "flash", url, "--sha256", "0" * 64, "--output", out], capture_output=True, text=True, env=env)
+        result = subprocess.run(
+            [sys.executable, "-m", "piml", "flash", url, "--sha256", "0" * 64, "--output", out],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert result.returncode == 1 and "wrong --sha256" in result.stderr
     finally:
         httpd.shutdown()

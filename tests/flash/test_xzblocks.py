@@ -107,7 +107,7 @@ def _corrupt(packed: Path, tmp: Path, block_no: int) -> Path:
     data = bytearray(packed.read_bytes())
     block = blocks[block_no]
     middle = block.offset + block.unpadded // 2
-    data[middle:middle + 16] = bytes(b ^ 0x55 for b in data[middle:middle + 16])
+    data[middle : middle + 16] = bytes(b ^ 0x55 for b in data[middle : middle + 16])
     bad = tmp / "bad.img.xz"
     bad.write_bytes(data)
     return bad
@@ -168,10 +168,10 @@ def test_wrapped_block_is_a_valid_xz_stream(tmp_path):
     blocks = sources.xz_blocks(sources._file_reader(packed)[1], packed.stat().st_size)
     data = packed.read_bytes()
     block = blocks[1]
-    stored = data[block.offset:block.offset + (block.unpadded + 3) // 4 * 4]
+    stored = data[block.offset : block.offset + (block.unpadded + 3) // 4 * 4]
     alone = tmp_path / "alone.xz"
     alone.write_bytes(xzblocks.wrap(block.stream_flags, stored, block.unpadded, block.uncompressed))
     full = xz_dc(packed)
     start = sum(b.uncompressed for b in blocks[:1])
-    assert xz_dc(alone) == full[start:start + block.uncompressed]
-    assert hashlib.sha256(xz_dc(alone)).digest() == hashlib.sha256(full[start:start + block.uncompressed]).digest()
+    assert xz_dc(alone) == full[start : start + block.uncompressed]
+    assert hashlib.sha256(xz_dc(alone)).digest() == hashlib.sha256(full[start : start + block.uncompressed]).digest()

@@ -84,16 +84,45 @@ def ray_head(mlflow_server):
     marker = secrets.token_hex(8)
     token = secrets.token_hex(32)
     temp = Path(tempfile.mkdtemp(prefix="piml-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-                                             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
-                                             "node-manager-port", "object-manager-port")}
-    env = {**os.environ, **mlflow_server.env, MARKER: marker, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(REPO),
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    ports = {
+        name: free_port()
+        for name in (
+            "port",
+            "dashboard-port",
+            "ray-client-server-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+    }
+    env = {
+        **os.environ,
+        **mlflow_server.env,
+        MARKER: marker,
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "PYTHONPATH": str(REPO),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+    }
     env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
     log = temp / "ray-start.log"
-    args = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--num-cpus=1", "--dashboard-host=127.0.0.1",
-            "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}", "--object-store-memory=100000000"]
+    args = [
+        os.path.join(VENV_BIN, "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus=1",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+        "--object-store-memory=100000000",
+    ]
     args += [f"--{name}={port}" for name, port in ports.items()]
     with open(log, "w") as out:
         proc = subprocess.Popen(args, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -120,16 +149,55 @@ def start_dask(tmp: Path, marker: str, workers: int) -> tuple[DaskCluster, list[
     env = {**os.environ, MARKER: marker}
     procs = []
     with open(tmp / "scheduler.log", "w") as out:
-        procs.append(subprocess.Popen([os.path.join(VENV_BIN, "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                       "--dashboard-address", f"127.0.0.1:{dashboard}", "--dashboard-prefix", "/dask"],
-                                      env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    os.path.join(VENV_BIN, "dask"),
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--dashboard-address",
+                    f"127.0.0.1:{dashboard}",
+                    "--dashboard-prefix",
+                    "/dask",
+                ],
+                env=env,
+                cwd=tmp,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     cluster = DaskCluster(f"tcp://127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}/dask")  # the cluster's prefix
     for i in range(workers):
         with open(tmp / f"worker-{i}.log", "w") as out:
-            procs.append(subprocess.Popen([os.path.join(VENV_BIN, "dask"), "worker", cluster.address, "--host", "127.0.0.1",
-                                           "--nthreads", "1", "--no-nanny", "--name", f"worker-{i}", "--local-directory", str(tmp),
-                                           "--dashboard-address", f"127.0.0.1:{free_port()}"],
-                                          env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        os.path.join(VENV_BIN, "dask"),
+                        "worker",
+                        cluster.address,
+                        "--host",
+                        "127.0.0.1",
+                        "--nthreads",
+                        "1",
+                        "--no-nanny",
+                        "--name",
+                        f"worker-{i}",
+                        "--local-directory",
+                        str(tmp),
+                        "--dashboard-address",
+                        f"127.0.0.1:{free_port()}",
+                    ],
+                    env=env,
+                    cwd=tmp,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     return cluster, procs
 
 
@@ -161,7 +229,9 @@ def idle_dask(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dask-idle")
     cluster, procs = start_dask(tmp, marker, workers=0)
     try:
-        wait_for(lambda: http_ok(f"{cluster.dashboard_url}/health"), 60, "dask scheduler", procs[0], tmp / "scheduler.log")
+        wait_for(
+            lambda: http_ok(f"{cluster.dashboard_url}/health"), 60, "dask scheduler", procs[0], tmp / "scheduler.log"
+        )
         yield cluster
     finally:
         end(procs[0], marker)
@@ -170,10 +240,17 @@ def idle_dask(tmp_path_factory):
 @pytest.fixture
 def endpoints(mlflow_server, redis_server, dask_cluster, ray_head) -> Endpoints:
     """Every component healthy, as `piml check` would see a cluster through its port-forwards."""
-    return Endpoints(mlflow_url=mlflow_server.url, mlflow_user=mlflow_server.username, mlflow_password=mlflow_server.password,
-                     dask_dashboard_url=dask_cluster.dashboard_url, dask_python=dask_cluster.python,
-                     ray_dashboard_url=ray_head.dashboard_url, ray_token=ray_head.token,
-                     queue_url=f"redis://127.0.0.1:{redis_server.port}/0", queue_password=redis_server.password)
+    return Endpoints(
+        mlflow_url=mlflow_server.url,
+        mlflow_user=mlflow_server.username,
+        mlflow_password=mlflow_server.password,
+        dask_dashboard_url=dask_cluster.dashboard_url,
+        dask_python=dask_cluster.python,
+        ray_dashboard_url=ray_head.dashboard_url,
+        ray_token=ray_head.token,
+        queue_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        queue_password=redis_server.password,
+    )
 
 
 @pytest.fixture

@@ -15,8 +15,13 @@ def local_dask_python(address: str, timeout: float = 180):
 
     def run(script: str) -> str:
         try:
-            out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "DASK_SCHEDULER_ADDRESS": address},
-                                 capture_output=True, text=True, timeout=timeout)
+            out = subprocess.run(
+                [sys.executable, "-c", script],
+                env={**os.environ, "DASK_SCHEDULER_ADDRESS": address},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             raise CheckFailed(f"the Dask script did not finish within {timeout:g} s") from None
         if out.returncode:

@@ -39,9 +39,11 @@ def prefixed(target: str, prefix: str = "/mlflow"):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def _relay(self):
-            path = self.path[len(prefix):] if self.path.startswith(prefix) else self.path
+            path = self.path[len(prefix) :] if self.path.startswith(prefix) else self.path
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")
+            }
             request = urllib.request.Request(target + (path or "/"), data=body, headers=headers, method=self.command)
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
@@ -77,12 +79,17 @@ def lab(tmp_path, mlflow_server, redis_server, dask_cluster, ray_head):
     root = tmp_path / "lab"
     state = root / ".piml"
     secrets = load_or_create(state)  # then the services' own passwords, as `piml up` would have put them there
-    secrets.update(mlflow_admin_password=mlflow_server.password, redis_password=redis_server.password,
-                   ray_auth_token=ray_head.token)
+    secrets.update(
+        mlflow_admin_password=mlflow_server.password,
+        redis_password=redis_server.password,
+        ray_auth_token=ray_head.token,
+    )
     write_atomic(state / "secrets.yaml", json.dumps(secrets), mode=0o600)
     (root / "inventory").mkdir()
     (root / "inventory/hosts.yml").write_text(INVENTORY)
-    (root / "piml.yaml").write_text("ray:\n  check_pip: []  # the local Ray has mlflow and scikit-learn: no pip from PyPI\n")
+    (root / "piml.yaml").write_text(
+        "ray:\n  check_pip: []  # the local Ray has mlflow and scikit-learn: no pip from PyPI\n"
+    )
     api = FakeKubeAPI(nodes=0).start()
     for name in ("pi1", "pi2"):
         api.add_node(name)
@@ -101,8 +108,11 @@ def lab(tmp_path, mlflow_server, redis_server, dask_cluster, ray_head):
             # `kubectl exec` into the scheduler's pod runs here, next to the local scheduler
             # (`python` there is this venv's, which has distributed, as the Dask image's has)
             path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-            api.on_exec(NAMESPACE, pods["dask-scheduler"],
-                        api.run_locally(env={"DASK_SCHEDULER_ADDRESS": dask_cluster.address, "PATH": path}))
+            api.on_exec(
+                NAMESPACE,
+                pods["dask-scheduler"],
+                api.run_locally(env={"DASK_SCHEDULER_ADDRESS": dask_cluster.address, "PATH": path}),
+            )
             project.pods = pods
             yield project
         finally:
@@ -124,9 +134,21 @@ def test_check_proves_cluster_and_components_and_names_the_unreachable_nodes(pim
     assert failed == {("pi1", "reach"), ("pi2", "reach")}, json.dumps(data, indent=1)
     groups = {row["group"] for row in data["checks"]}
     assert groups == {"nodes", "cluster", "components"}
-    for key in [("pi1", "Ready"), ("pi2", "Ready"), ("keda", "serving metrics"), ("mlflow", "ready"), ("ray", "ready"),
-                ("mlflow", "health"), ("mlflow", "auth"), ("dask", "health"), ("dask", "workers"),
-                ("ray", "dashboard"), ("ray", "nodes"), ("queue", "broker"), ("queue", "queues")]:
+    for key in [
+        ("pi1", "Ready"),
+        ("pi2", "Ready"),
+        ("keda", "serving metrics"),
+        ("mlflow", "ready"),
+        ("ray", "ready"),
+        ("mlflow", "health"),
+        ("mlflow", "auth"),
+        ("dask", "health"),
+        ("dask", "workers"),
+        ("ray", "dashboard"),
+        ("ray", "nodes"),
+        ("queue", "broker"),
+        ("queue", "queues"),
+    ]:
         assert rows[key]["status"] == "pass", (key, rows.get(key))
     assert "1 worker" in rows[("dask", "workers")]["detail"]
     assert all(isinstance(r["seconds"], (int, float)) for r in data["checks"]) and data["ok"] is False
@@ -140,7 +162,12 @@ def test_a_component_gone_fails_its_own_rows_only(piml, lab):
     lab.api.forward(NAMESPACE, lab.pods["redis"], 6379, free_port())  # nothing listens there: Redis is "down"
     rows = rows_of(piml("check", "--json", cwd=lab.root))
     assert rows[("queue", "broker")]["status"] == "fail" and rows[("queue", "broker")]["fix"]
-    assert rows[("mlflow", "auth")]["status"] == rows[("dask", "workers")]["status"] == rows[("ray", "nodes")]["status"] == "pass"
+    assert (
+        rows[("mlflow", "auth")]["status"]
+        == rows[("dask", "workers")]["status"]
+        == rows[("ray", "nodes")]["status"]
+        == "pass"
+    )
 
 
 def test_up_verify_stage_reports_in_the_summary(piml, lab):
@@ -167,8 +194,13 @@ def test_deep_check_runs_work_through_the_api(piml, lab, runner_env, redis_serve
     """--deep through the API: the Ray job goes in through the dashboard's port-forward, the Dask computation
     through exec into the scheduler's pod, the request through the Redis tunnel; a runner here plays the
     Job KEDA would start."""
-    runner = start_runner({**runner_env, "PIML_QUEUE_URL": redis_server.url, "PIML_NODE_NAME": "pi2"},
-                          "--once", "--wait", "240", log=tmp_path / "runner.log")
+    runner = start_runner(
+        {**runner_env, "PIML_QUEUE_URL": redis_server.url, "PIML_NODE_NAME": "pi2"},
+        "--once",
+        "--wait",
+        "240",
+        log=tmp_path / "runner.log",
+    )
     try:
         out = piml("check", "--deep", "--json", cwd=lab.root)
     finally:

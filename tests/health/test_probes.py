@@ -15,8 +15,17 @@ from piml.health.probes import component_checks
 from tests.health.helpers import assert_rows_clean, by_key, rows_text
 from tests.queue.helpers import answering_http, free_port
 
-ALL = [("mlflow", "health"), ("mlflow", "auth"), ("dask", "health"), ("dask", "workers"), ("ray", "dashboard"), ("ray", "auth"), ("ray", "nodes"),
-       ("queue", "broker"), ("queue", "queues")]
+ALL = [
+    ("mlflow", "health"),
+    ("mlflow", "auth"),
+    ("dask", "health"),
+    ("dask", "workers"),
+    ("ray", "dashboard"),
+    ("ray", "auth"),
+    ("ray", "nodes"),
+    ("queue", "broker"),
+    ("queue", "queues"),
+]
 
 
 def config(**settings) -> PimlConfig:
@@ -45,7 +54,10 @@ def test_healthy_platform_passes_every_probe(endpoints, mlflow_server, redis_ser
     assert got["dask", "workers"].detail == "1 worker on 1 host, 1 thread"
     assert got["ray", "dashboard"].detail.startswith("Ray 2.")
     assert got["ray", "nodes"].detail == "1 node alive (1 head), 1 CPU"
-    assert got["queue", "broker"].detail.startswith("Redis ") and f"redis://127.0.0.1:{redis_server.port}/0" in got["queue", "broker"].detail
+    assert (
+        got["queue", "broker"].detail.startswith("Redis ")
+        and f"redis://127.0.0.1:{redis_server.port}/0" in got["queue", "broker"].detail
+    )
     assert got["queue", "queues"].detail.startswith("piml:queue: ")
     assert all(r.seconds < 5 for r in rows)
     assert_rows_clean(rows)
@@ -55,7 +67,9 @@ def test_healthy_platform_passes_every_probe(endpoints, mlflow_server, redis_ser
 def test_a_stopped_component_fails_alone(endpoints, component):
     """Its address answers nothing (as a stopped service or a dead port-forward): its first row fails and says
     where, its other row is skipped, every other component still passes."""
-    field = {"mlflow": "mlflow_url", "dask": "dask_dashboard_url", "ray": "ray_dashboard_url", "queue": "queue_url"}[component]
+    field = {"mlflow": "mlflow_url", "dask": "dask_dashboard_url", "ray": "ray_dashboard_url", "queue": "queue_url"}[
+        component
+    ]
     url = dead_url("redis" if component == "queue" else "http") + ("/0" if component == "queue" else "")
     rows = component_checks(replace(endpoints, **{field: url}), PimlConfig())
     first, *rest = [r for r in rows if r.target == component]
@@ -68,11 +82,15 @@ def test_a_stopped_component_fails_alone(endpoints, component):
         assert first.fix.startswith("kubectl -n piml ")
     assert all(r.detail == f"not checked: {component} does not answer" for r in rest)
     others = [r for r in rows if r.target != component]
-    assert len(others) == len([k for k in ALL if k[0] != component]) and all(r.status == "pass" for r in others), rows_text(rows)
+    assert len(others) == len([k for k in ALL if k[0] != component]) and all(r.status == "pass" for r in others), (
+        rows_text(rows)
+    )
 
 
 def test_dask_without_workers_fails_the_workers_row(endpoints, idle_dask):
-    rows = component_checks(replace(endpoints, dask_dashboard_url=idle_dask.dashboard_url), config(ray={"enabled": False}))
+    rows = component_checks(
+        replace(endpoints, dask_dashboard_url=idle_dask.dashboard_url), config(ray={"enabled": False})
+    )
     got = by_key(rows)
     assert got["dask", "health"].status == "pass"
     assert got["dask", "workers"].status == "fail"
@@ -85,7 +103,9 @@ def test_a_url_that_is_not_the_component_says_so(endpoints, ray_head):
     rows = component_checks(replace(endpoints, mlflow_url=ray_head.dashboard_url), config(dask={"enabled": False}))
     got = by_key(rows)
     assert got["mlflow", "health"].status == "fail"
-    assert "answered HTTP 401" in got["mlflow", "health"].detail and "is this MLflow" in got["mlflow", "health"].detail  # Ray asks for its token
+    assert (
+        "answered HTTP 401" in got["mlflow", "health"].detail and "is this MLflow" in got["mlflow", "health"].detail
+    )  # Ray asks for its token
     assert got["ray", "nodes"].status == "pass" and got["queue", "queues"].status == "pass"
 
 
@@ -105,45 +125,73 @@ def test_wrong_mlflow_password_fails_the_auth_row(endpoints, mlflow_server):
 def test_mlflow_without_basic_auth_fails_the_auth_row(endpoints):
     """A server that lets anyone in (basic auth off): the auth row must fail even though the credentials work."""
     with stand_in(lambda path, headers: (200, "OK" if path == "/health" else '{"experiments": []}')) as url:
-        rows = component_checks(replace(endpoints, mlflow_url=url), config(dask={"enabled": False}, ray={"enabled": False},
-                                                                          queue={"enabled": False}))
+        rows = component_checks(
+            replace(endpoints, mlflow_url=url),
+            config(dask={"enabled": False}, ray={"enabled": False}, queue={"enabled": False}),
+        )
     got = by_key(rows)
     assert [(r.target, r.check) for r in rows] == [("mlflow", "health"), ("mlflow", "auth")]
     assert got["mlflow", "health"].status == "pass"
     assert got["mlflow", "auth"].status == "fail"
-    assert got["mlflow", "auth"].detail == "MLflow answers its API without credentials (HTTP 200, not 401): basic auth is off"
+    assert (
+        got["mlflow", "auth"].detail
+        == "MLflow answers its API without credentials (HTTP 200, not 401): basic auth is off"
+    )
     assert "--app-name basic-auth" in got["mlflow", "auth"].fix
 
 
 def test_wrong_redis_password_fails_the_broker_row(endpoints, redis_server):
     wrong = "wrong-redis-password-" + "y" * 6
-    rows = component_checks(replace(endpoints, queue_password=wrong), config(dask={"enabled": False}, ray={"enabled": False}))
+    rows = component_checks(
+        replace(endpoints, queue_password=wrong), config(dask={"enabled": False}, ray={"enabled": False})
+    )
     got = by_key(rows)
     assert got["queue", "broker"].status == "fail"
     assert got["queue", "broker"].detail == f"Redis refused the password at redis://127.0.0.1:{redis_server.port}/0"
     assert got["queue", "queues"].status == "skip"
     assert got["mlflow", "auth"].status == "pass"
     # the password inside the URL (no separate one) is redacted in the detail, and is not shown either
-    rows = component_checks(replace(endpoints, queue_url=f"redis://:{wrong}@127.0.0.1:{redis_server.port}/0", queue_password=None),
-                            config(mlflow={"enabled": False}, dask={"enabled": False}, ray={"enabled": False}))
-    assert rows[0].status == "fail" and rows[0].detail == f"Redis refused the password at redis://:***@127.0.0.1:{redis_server.port}/0"
+    rows = component_checks(
+        replace(endpoints, queue_url=f"redis://:{wrong}@127.0.0.1:{redis_server.port}/0", queue_password=None),
+        config(mlflow={"enabled": False}, dask={"enabled": False}, ray={"enabled": False}),
+    )
+    assert (
+        rows[0].status == "fail"
+        and rows[0].detail == f"Redis refused the password at redis://:***@127.0.0.1:{redis_server.port}/0"
+    )
     assert_rows_clean(rows, wrong)
 
 
 def test_disabled_components_give_no_rows_and_missing_addresses_fail(endpoints):
     cfg = config(dask={"enabled": False}, ray={"enabled": False})
-    rows = component_checks(replace(endpoints, mlflow_url=None, queue_url=None,
-                                    unreachable={"mlflow": "no running pod of deploy/mlflow to forward a port to"}), cfg)
+    rows = component_checks(
+        replace(
+            endpoints,
+            mlflow_url=None,
+            queue_url=None,
+            unreachable={"mlflow": "no running pod of deploy/mlflow to forward a port to"},
+        ),
+        cfg,
+    )
     assert [(r.target, r.check, r.status) for r in rows] == [("mlflow", "health", "fail"), ("queue", "broker", "fail")]
     assert rows[0].detail == "could not be reached: no running pod of deploy/mlflow to forward a port to"
     assert rows[1].detail == "could not be reached: no address for the redis broker"
-    assert component_checks(endpoints, config(mlflow={"enabled": False}, dask={"enabled": False}, ray={"enabled": False},
-                                              queue={"enabled": False})) == []
+    assert (
+        component_checks(
+            endpoints,
+            config(
+                mlflow={"enabled": False}, dask={"enabled": False}, ray={"enabled": False}, queue={"enabled": False}
+            ),
+        )
+        == []
+    )
 
 
 def test_queue_kind_must_match_the_url(endpoints):
-    rows = component_checks(endpoints, config(mlflow={"enabled": False}, dask={"enabled": False}, ray={"enabled": False},
-                                              queue={"kind": "rabbitmq"}))
+    rows = component_checks(
+        endpoints,
+        config(mlflow={"enabled": False}, dask={"enabled": False}, ray={"enabled": False}, queue={"kind": "rabbitmq"}),
+    )
     assert rows[0].status == "fail" and "is not rabbitmq (piml.yaml's queue.kind)" in rows[0].detail
 
 
@@ -167,13 +215,17 @@ def test_probes_run_in_parallel_and_each_call_is_bounded(endpoints, monkeypatch)
     cut at HTTP_TIMEOUT and the whole takes about the slowest component, not the sum."""
     monkeypatch.setattr(probes, "HTTP_TIMEOUT", 1.5)
     counts = '{"workers": 2, "cores": 4, "hosts": 2}'
-    with stand_in(lambda path, headers: (200, "OK"), delay=30) as hanging, \
-            stand_in(lambda path, headers: (200, "ok" if path.endswith("/health") else counts), delay=1.0) as slow:
+    with (
+        stand_in(lambda path, headers: (200, "OK"), delay=30) as hanging,
+        stand_in(lambda path, headers: (200, "ok" if path.endswith("/health") else counts), delay=1.0) as slow,
+    ):
         started = time.monotonic()
         rows = component_checks(replace(endpoints, mlflow_url=hanging, dask_dashboard_url=slow), PimlConfig())
         took = time.monotonic() - started
     got = by_key(rows)
     assert got["mlflow", "health"].status == "fail"
     assert got["mlflow", "health"].detail == f"MLflow does not answer at {hanging} (no answer within 1.5 s)"
-    assert got["dask", "workers"].status == "pass" and got["dask", "workers"].detail == "2 workers on 2 hosts, 4 threads"
+    assert (
+        got["dask", "workers"].status == "pass" and got["dask", "workers"].detail == "2 workers on 2 hosts, 4 threads"
+    )
     assert took < 3.2, f"{took:.1f} s: the probes did not run in parallel"  # sequential: 1.5 + 2 + more

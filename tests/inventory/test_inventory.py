@@ -55,7 +55,9 @@ def test_literal_api_endpoint_wins(write):
 
 
 def test_group_vars_apply_outer_to_inner_and_host_vars_win(write):
-    path = write("hosts.yml", """
+    path = write(
+        "hosts.yml",
+        """
         all:
           vars:
             ansible_user: outer
@@ -80,7 +82,8 @@ def test_group_vars_apply_outer_to_inner_and_host_vars_win(write):
         ray_external:
           hosts:
             mac: {ansible_host: 10.0.0.50, piml_arch: arm64}
-    """)
+    """,
+    )
     inv = load_inventory(path)
     cp, pi1, pi2, mac = inv.nodes
     assert (cp.user, cp.memory_gb, cp.model, cp.arch) == ("cluster", 8.0, "other", "amd64")
@@ -91,7 +94,9 @@ def test_group_vars_apply_outer_to_inner_and_host_vars_win(write):
 
 
 def test_pi_models_imply_arm64_and_taints_parse(write):
-    path = write("hosts.yml", """
+    path = write(
+        "hosts.yml",
+        """
         k3s_cluster:
           children:
             server:
@@ -101,14 +106,17 @@ def test_pi_models_imply_arm64_and_taints_parse(write):
                   piml_model: PI5
                   piml_storage: nvme
                   piml_taints: ["dedicated=ml:NoSchedule", "gpu:NoExecute"]
-    """)
+    """,
+    )
     (node,) = load_inventory(path).nodes
     assert (node.model, node.arch, node.storage) == ("pi5", "arm64", "nvme")
     assert [str(t) for t in node.taints] == ["dedicated=ml:NoSchedule", "gpu:NoExecute"]
 
 
 def test_key_file_resolves_inventory_dir(write, tmp_path):
-    path = write("proj/inventory/hosts.yml", """
+    path = write(
+        "proj/inventory/hosts.yml",
+        """
         k3s_cluster:
           children:
             server:
@@ -116,7 +124,8 @@ def test_key_file_resolves_inventory_dir(write, tmp_path):
                 pi1:
           vars:
             ansible_ssh_private_key_file: "{{ inventory_dir }}/../.piml/id_ed25519"
-    """)
+    """,
+    )
     (node,) = load_inventory(path).nodes
     assert node.key_file == (tmp_path / "proj/inventory").resolve() / "../.piml/id_ed25519"
 
@@ -181,8 +190,10 @@ def test_every_problem_is_reported_at_once_with_its_line(write):
         load_inventory(path, "hosts.yml")
     lines = [str(p) for p in info.value.problems]
     for expected in EXPECTED_ERRORS:
-        assert any(line.startswith("hosts.yml" + expected.split(" ", 1)[0]) and expected.split(" ", 1)[1] in line
-                   for line in lines), f"missing {expected!r} in {lines}"
+        assert any(
+            line.startswith("hosts.yml" + expected.split(" ", 1)[0]) and expected.split(" ", 1)[1] in line
+            for line in lines
+        ), f"missing {expected!r} in {lines}"
     assert len(lines) == len(EXPECTED_ERRORS), lines
     assert all(";" in line for line in lines)  # every error says how to fix it
 
@@ -194,8 +205,10 @@ def test_every_problem_is_reported_at_once_with_its_line(write):
         ("- a\n- b\n", "must be a mapping of groups"),
         ("k3s_cluster:\n  children:\n    agent:\n      hosts:\n        a1:\n", "no server: k3s needs at least one"),
         ("k3s_cluster:\n  children:\n    server:\n      hosts: [a, b]\n", "is a list"),
-        ("k3s_cluster:\n  children:\n    server:\n      hosts:\n        a:\n          ansible_host: '{{ x }}'\n",
-         "is a Jinja template"),
+        (
+            "k3s_cluster:\n  children:\n    server:\n      hosts:\n        a:\n          ansible_host: '{{ x }}'\n",
+            "is a Jinja template",
+        ),
     ],
 )
 def test_structural_errors(write, text, message):
@@ -204,12 +217,18 @@ def test_structural_errors(write, text, message):
 
 
 def test_even_number_of_servers_is_a_warning(write):
-    inv = load_inventory(write("hosts.yml", """
+    inv = load_inventory(
+        write(
+            "hosts.yml",
+            """
         k3s_cluster:
           children:
             server:
               hosts: {s1: , s2: }
-    """), "hosts.yml")
+    """,
+        ),
+        "hosts.yml",
+    )
     (warning,) = inv.warnings
     assert warning.warning and str(warning).startswith("hosts.yml:3: warning: 2 servers")
 
@@ -219,7 +238,9 @@ def test_ansible_reads_the_sample_too(write):
     import json
 
     path = write("hosts.yml", K3S_ANSIBLE_SAMPLE)
-    out = subprocess.run(["ansible-inventory", "-i", str(path), "--list"], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        ["ansible-inventory", "-i", str(path), "--list"], capture_output=True, text=True, timeout=60, check=True
+    )
     listed = json.loads(out.stdout)
     inv = load_inventory(path)
     assert listed["server"]["hosts"] == [n.name for n in inv.servers]
@@ -244,18 +265,22 @@ k3s_cluster:
 """
 
 
-@pytest.mark.parametrize("line, words", [
-    ("k3s_version: 1.30", ("hosts.yml:7:", "`k3s_version` is the number 1.3", "quotes")),
-    ("k3s_version: v1.30", ("hosts.yml:7:", "not a k3s release", "v1.36.3+k3s1")),
-    ("k3s_version: '{{ lookup(\"env\", \"V\") }}'", ("hosts.yml:7:", "Jinja template")),
-    ("api_port: '{{ my_port }}'", ("hosts.yml:7:", "`api_port` is a Jinja template", "6443")),
-    ("api_port: 70000", ("hosts.yml:7:", "`api_port` is 70000")),
-    ("api_port: true", ("hosts.yml:7:", "`api_port` is True")),
-    ("token: 12345", ("hosts.yml:7:", "`token` is the number 12345", "quotes")),
-    ("token: '{{ vault_token }}'", ("hosts.yml:7:", "`token` is a Jinja template")),
-    ("airgap_dir: [a, b]", ("hosts.yml:7:", "`airgap_dir` is ['a', 'b'], not text")),
-    ("extra_server_args: [--a, --b]", ("hosts.yml:7:", "`extra_server_args`", "not text")),
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("k3s_version: 1.30", ("hosts.yml:7:", "`k3s_version` is the number 1.3", "quotes")),
+        ("k3s_version: v1.30", ("hosts.yml:7:", "not a k3s release", "v1.36.3+k3s1")),
+        ('k3s_version: \'{{ lookup("env", "V") }}\'', ("hosts.yml:7:", "Jinja template")),
+        ("api_port: '{{ my_port }}'", ("hosts.yml:7:", "`api_port` is a Jinja template", "6443")),
+        ("api_port: 70000", ("hosts.yml:7:", "`api_port` is 70000")),
+        ("api_port: true", ("hosts.yml:7:", "`api_port` is True")),
+        ("token: 12345", ("hosts.yml:7:", "`token` is the number 12345", "quotes")),
+        ("token: '{{ vault_token }}'", ("hosts.yml:7:", "`token` is a Jinja template")),
+        ("airgap_dir: [a, b]", ("hosts.yml:7:", "`airgap_dir` is ['a', 'b'], not text")),
+        ("extra_server_args: [--a, --b]", ("hosts.yml:7:", "`extra_server_args`", "not text")),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_k3s_ansible_variables_piml_reads_are_typed(write, line, words):
     """k3s_version: 1.30 passed and reached the installer as 1.3; api_port as a template ended as an internal error."""
     with pytest.raises(InputError) as caught:
@@ -266,8 +291,13 @@ def test_k3s_ansible_variables_piml_reads_are_typed(write, line, words):
 
 
 def test_k3s_ansible_variables_as_they_should_be(write):
-    inv = load_inventory(write("hosts.yml", K3S_VARS_BASE + "    k3s_version: v1.36.3+k3s1\n    api_port: '6444'\n"
-                               "    token: s3cret\n    api_endpoint: '{{ hostvars[groups.server[0]].ansible_host }}'\n"))
+    inv = load_inventory(
+        write(
+            "hosts.yml",
+            K3S_VARS_BASE + "    k3s_version: v1.36.3+k3s1\n    api_port: '6444'\n"
+            "    token: s3cret\n    api_endpoint: '{{ hostvars[groups.server[0]].ansible_host }}'\n",
+        )
+    )
     k3s = inv.k3s_vars
     assert (k3s.k3s_version, k3s.api_port, k3s.token) == ("v1.36.3+k3s1", 6444, "s3cret")
     assert inv.api_endpoint == "10.0.0.1"  # the template is Ansible's: piml uses the first server

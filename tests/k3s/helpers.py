@@ -50,8 +50,14 @@ class Scenario:
 
     def piml(self, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), COLUMNS="200")
-        return subprocess.run([sys.executable, "-m", "piml", *args], cwd=self.root, capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "piml", *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
 
     def up(self, *args: str, timeout: float = 420) -> tuple[subprocess.CompletedProcess, dict]:
         if not {"--only", "--until"} & set(args):
@@ -61,7 +67,9 @@ class Scenario:
         try:
             data = json.loads(out.stdout)
         except ValueError:
-            raise AssertionError(f"piml up printed no JSON (exit {out.returncode}):\n{out.stdout}\n{out.stderr}") from None
+            raise AssertionError(
+                f"piml up printed no JSON (exit {out.returncode}):\n{out.stdout}\n{out.stderr}"
+            ) from None
         return out, data
 
     @staticmethod
@@ -71,9 +79,15 @@ class Scenario:
         data = data or {}
         stages = {stage: value for stage, value in (data.get("stages") or {}).items() if stage != "preflight"}
         preflight = [row for row in (data.get("stages") or {}).get("preflight") or [] if row.get("status") == "fail"]
-        return "\n".join([f"exit {out.returncode}; failed: {json.dumps(data.get('failed'))}",
-                          f"preflight failures: {json.dumps(preflight)}", f"stages: {json.dumps(stages)[:6000]}",
-                          "--- stderr (tail):", out.stderr[-4000:]])
+        return "\n".join(
+            [
+                f"exit {out.returncode}; failed: {json.dumps(data.get('failed'))}",
+                f"preflight failures: {json.dumps(preflight)}",
+                f"stages: {json.dumps(stages)[:6000]}",
+                "--- stderr (tail):",
+                out.stderr[-4000:],
+            ]
+        )
 
     def inventory(self) -> dict:
         return yaml.safe_load((self.root / "inventory/hosts.yml").read_text())
@@ -90,8 +104,16 @@ class Scenario:
         self.nodes.append(node)
 
 
-def make_scenario(piml, base: Path, nodes: list, servers: int = 1, name: str = "rack", token: str | None = None,
-                  host_vars: dict | None = None, config: dict | None = None) -> Scenario:
+def make_scenario(
+    piml,
+    base: Path,
+    nodes: list,
+    servers: int = 1,
+    name: str = "rack",
+    token: str | None = None,
+    host_vars: dict | None = None,
+    config: dict | None = None,
+) -> Scenario:
     """A project for `nodes` (the first `servers` are servers), k3s from the stand-in air-gap dir."""
     base.mkdir(parents=True, exist_ok=True)
     args = ["init", name, "--ssh-key", nodes[0].key_path]

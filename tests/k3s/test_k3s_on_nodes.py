@@ -86,7 +86,9 @@ def api_get(kubeconfig: dict, path: str, context: str):
             paths[key] = os.path.join(tmp, key)
             with open(paths[key], "wb") as handle:
                 handle.write(base64.b64decode(user[key]))
-        context_ssl = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+        context_ssl = ssl.create_default_context(
+            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+        )
         context_ssl.load_cert_chain(paths["client-certificate-data"], paths["client-key-data"])
         with socket.create_connection((host, int(port)), timeout=10) as raw:
             with context_ssl.wrap_socket(raw, server_hostname=host) as tls:
@@ -120,12 +122,21 @@ def fast_path_off(sc) -> dict[str, dict[str, dict[str, int]]]:
     recaps = {}
     for stage, command in json.loads(out.stdout)["commands"].items():
         env = {**os.environ, **command["env"], "KUBECONFIG": str(sc.kubeconfig)}
-        run = subprocess.run([*command["argv"], "-e", "piml_fast_path=false"], env=env, capture_output=True,
-                             text=True, timeout=900, cwd=sc.root)
+        run = subprocess.run(
+            [*command["argv"], "-e", "piml_fast_path=false"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=sc.root,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
         recap = run.stdout.rpartition("PLAY RECAP")[2]
-        recaps[stage] = {line.split()[0]: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
-                         for line in recap.splitlines() if ":" in line and "ok=" in line}
+        recaps[stage] = {
+            line.split()[0]: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+            for line in recap.splitlines()
+            if ":" in line and "ok=" in line
+        }
     return recaps
 
 
@@ -133,8 +144,12 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
     sub = node_factory.substrate
     nodes = fresh_nodes(3, names=["k1srv", "k1ag1", "k1ag2"])
     server, agent1, agent2 = nodes
-    sc = make_scenario(piml, tmp_path, nodes, host_vars={"k1ag2": {"piml_labels": {"disk": "nvme"},
-                                                                    "piml_taints": ["dedicated=ml:NoSchedule"]}})
+    sc = make_scenario(
+        piml,
+        tmp_path,
+        nodes,
+        host_vars={"k1ag2": {"piml_labels": {"disk": "nvme"}, "piml_taints": ["dedicated=ml:NoSchedule"]}},
+    )
     sc.kubeconfig.parent.mkdir(parents=True)
     sc.kubeconfig.write_text(OTHER_KUBECONFIG)
     before_boot = {n.name: boot_id(sub, n) for n in nodes}
@@ -161,7 +176,9 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
         assert boot_id(sub, n) != before_boot[n.name], f"{n.name} should have rebooted for the cmdline change"
         assert sub.run(n, "hostname").stdout.strip() == n.name
         assert f"127.0.1.1\t{n.name}" in sub.run(n, "cat /etc/hosts").stdout
-        assert "kernel=kernel8.img" not in sub.run(n, "cat /boot/firmware/config.txt").stdout  # Pi 5 + Redis: 16 KB is fine
+        assert (
+            "kernel=kernel8.img" not in sub.run(n, "cat /boot/firmware/config.txt").stdout
+        )  # Pi 5 + Redis: 16 KB is fine
     listed = cluster_nodes(sub, server)
     assert set(listed) == {"k1srv", "k1ag1", "k1ag2"} and all(is_ready(n) for n in listed.values())
     assert listed["k1srv"]["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] == "true"
@@ -190,7 +207,9 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
     for section in ("clusters", "contexts", "users"):
         assert [e for e in merged[section] if e["name"] != "rack"] == original[section]
         for entry in original[section]:
-            assert entry_text(merged_text, section, entry["name"]) == entry_text(OTHER_KUBECONFIG, section, entry["name"])
+            assert entry_text(merged_text, section, entry["name"]) == entry_text(
+                OTHER_KUBECONFIG, section, entry["name"]
+            )
     assert merged["current-context"] == "work"  # the user's choice is kept
     assert (sc.kubeconfig.parent / "config.piml.bak").read_text() == OTHER_KUBECONFIG
     # the API answers with a certificate valid for the server's address (--tls-san), and lists the nodes
@@ -266,8 +285,9 @@ def test_ha_given_token_and_a_node_added_later(node_factory, fresh_nodes, piml, 
     nodes = fresh_nodes(5, names=["k2s1", "k2s2", "k2s3", "k2ag1", "k2ag2"])
     first, *_ = nodes
     given = "piml-test-given-token-0123456789"
-    sc = make_scenario(piml, tmp_path, nodes[:4], servers=3, name="harack", token=given,
-                       config={"nodes": {"pi5_4k_pages": False}})
+    sc = make_scenario(
+        piml, tmp_path, nodes[:4], servers=3, name="harack", token=given, config={"nodes": {"pi5_4k_pages": False}}
+    )
     out, data = sc.up("--accept-new-host-keys")
     assert out.returncode == 0, sc.failure(out, data)
     assert not (sc.root / ".piml/k3s-token").exists()  # the inventory's token is used, not a generated one
@@ -300,14 +320,22 @@ def test_ha_given_token_and_a_node_added_later(node_factory, fresh_nodes, piml, 
     assert "k2ag2" in listed and is_ready(listed["k2ag2"])
 
 
-def test_node_lost_mid_run_then_rerun_converges_and_teardown_skips_a_gone_node(node_factory, fresh_nodes, piml, tmp_path):
+def test_node_lost_mid_run_then_rerun_converges_and_teardown_skips_a_gone_node(
+    node_factory, fresh_nodes, piml, tmp_path
+):
     sub = node_factory.substrate
     nodes = fresh_nodes(3, names=["k3srv", "k3ag1", "k3ag2"])
     server, agent1, victim = nodes
     sc = make_scenario(piml, tmp_path, nodes, name="lossy")
     env = dict(os.environ, KUBECONFIG=str(sc.kubeconfig), PYTHONUNBUFFERED="1", COLUMNS="200")
-    proc = subprocess.Popen([sys.executable, "-m", "piml", "up", "--accept-new-host-keys", "--until", "kubeconfig"], cwd=sc.root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piml", "up", "--accept-new-host-keys", "--until", "kubeconfig"],
+        cwd=sc.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     cut = False
     try:
         for line in proc.stdout:  # the moment preflight has seen every node, the victim's cable is pulled

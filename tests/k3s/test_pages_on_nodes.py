@@ -47,8 +47,14 @@ def test_kernel8_only_where_the_node_runs_16k_pages_and_has_kernel8(node_factory
         assert all(h["ok"] <= 6 for h in data["stages"]["prepare"]["hosts"].values()), data["stages"]["prepare"]
 
         # auto (the default): 4 KB pages are not asked for; piml's block goes, without a reboot for it
-        (sc.root / "piml.yaml").write_text(yaml.safe_dump({**yaml.safe_load((sc.root / "piml.yaml").read_text()),
-                                                           "nodes": {"pi5_4k_pages": "auto", "reboot_timeout": 120}}))
+        (sc.root / "piml.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    **yaml.safe_load((sc.root / "piml.yaml").read_text()),
+                    "nodes": {"pi5_4k_pages": "auto", "reboot_timeout": 120},
+                }
+            )
+        )
         boots = {n.name: boot_id(sub, n) for n in nodes}
         out, data = sc.up("--until", "prepare")
         assert out.returncode == 0, sc.failure(out, data)

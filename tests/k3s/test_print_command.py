@@ -42,17 +42,18 @@ def test_the_printed_command_is_one_ansible_playbook_accepts(piml, tmp_path):
     command = json.loads(out.stdout)["commands"]["k3s"]
     assert command["argv"][-2:] == ["--limit", "pi2"]
     env = {**os.environ, **command["env"]}
-    checked = subprocess.run([*command["argv"], "--syntax-check"], env=env, capture_output=True, text=True,
-                             timeout=120)
+    checked = subprocess.run([*command["argv"], "--syntax-check"], env=env, capture_output=True, text=True, timeout=120)
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
     # and the shell form says the same
     table = piml("up", "--only", "k3s", "--limit", "pi2", "--print-command", cwd=root).stdout.splitlines()[1]
-    assert shlex.split(table)[len(command["env"]):] == command["argv"]
+    assert shlex.split(table)[len(command["env"]) :] == command["argv"]
 
 
 def test_no_playbook_stage_is_one_line_exit_2(piml, tmp_path):
     out = piml("up", "--only", "platform", "--print-command", cwd=lab(tmp_path))
     assert out.returncode == 2
-    assert out.stderr.strip() == ("error: --print-command: no playbook stage among platform; the playbook stages are "
-                                  "prepare and k3s: e.g. piml up --only k3s --print-command")
+    assert out.stderr.strip() == (
+        "error: --print-command: no playbook stage among platform; the playbook stages are "
+        "prepare and k3s: e.g. piml up --only k3s --print-command"
+    )
     assert not (tmp_path / ".piml" / "vars-k3s.json").exists()

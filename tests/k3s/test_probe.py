@@ -15,8 +15,13 @@ PROBE = playbooks_dir() / "files" / "probe.py"
 
 
 def probe(want: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE.read_text(), json.dumps(want)], capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.read_text(), json.dumps(want)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     marker, _, rest = out.stdout.partition("PIML-PROBE ")
     assert marker == "" and rest.endswith("\n")
     return json.loads(rest)
@@ -36,9 +41,22 @@ def test_plain_probe_reports_the_basics():
 
 
 def _prepare_want(files: dict[str, str]) -> dict:
-    return {"prepare": {"hostname": "", "hosts_regexp": "^x", "hosts_line": "x", "cgroup_flags": [], "want_4k": False,
-                        "config_markers": ["# BEGIN x", "# END x"], "config_block": "", "fstab_regexp": "^$^",
-                        "files": files, "modules": [], "sysctls": {}, "packages": []}}
+    return {
+        "prepare": {
+            "hostname": "",
+            "hosts_regexp": "^x",
+            "hosts_line": "x",
+            "cgroup_flags": [],
+            "want_4k": False,
+            "config_markers": ["# BEGIN x", "# END x"],
+            "config_block": "",
+            "fstab_regexp": "^$^",
+            "files": files,
+            "modules": [],
+            "sysctls": {},
+            "packages": [],
+        }
+    }
 
 
 def test_prepare_file_checks_compare_content_and_mode(tmp_path):
@@ -60,20 +78,36 @@ def test_k3s_state_hashes_the_asked_files(tmp_path):
     images = tmp_path / "k3s-airgap-images-amd64.tar.zst"
     images.write_bytes(b"images")
     os.chmod(images, 0o644)
-    state = probe({"k3s": {"unit": "piml-no-such-unit", "hash": [str(tmp_path / "k3s-airgap-images-*"), str(tmp_path / "nope")]}})["k3s"]
-    assert state["files"] == {str(images): {"sha1": hashlib.sha1(b"images").hexdigest(), "mode": "0644"},
-                              str(tmp_path / "nope"): None}
+    state = probe(
+        {"k3s": {"unit": "piml-no-such-unit", "hash": [str(tmp_path / "k3s-airgap-images-*"), str(tmp_path / "nope")]}}
+    )["k3s"]
+    assert state["files"] == {
+        str(images): {"sha1": hashlib.sha1(b"images").hexdigest(), "mode": "0644"},
+        str(tmp_path / "nope"): None,
+    }
     assert state["active"] != "active" and state["port"] is None and state["ready"] is None
 
 
 def test_airgap_checksums_cover_the_files_the_playbook_copies(tmp_path):
-    for name, data in (("k3s", b"bin"), ("k3s-arm64", b"arm"), ("install.sh", b"sh"),
-                       ("k3s-airgap-images-arm64.tar.zst", b"img"), ("README", b"no")):
+    for name, data in (
+        ("k3s", b"bin"),
+        ("k3s-arm64", b"arm"),
+        ("install.sh", b"sh"),
+        ("k3s-airgap-images-arm64.tar.zst", b"img"),
+        ("README", b"no"),
+    ):
         (tmp_path / name).write_bytes(data)
     (tmp_path / "k3s-dir").mkdir()
     sums = airgap_checksums(tmp_path)
-    assert sums == {name: hashlib.sha1(data).hexdigest() for name, data in
-                    (("k3s", b"bin"), ("k3s-arm64", b"arm"), ("install.sh", b"sh"), ("k3s-airgap-images-arm64.tar.zst", b"img"))}
+    assert sums == {
+        name: hashlib.sha1(data).hexdigest()
+        for name, data in (
+            ("k3s", b"bin"),
+            ("k3s-arm64", b"arm"),
+            ("install.sh", b"sh"),
+            ("k3s-airgap-images-arm64.tar.zst", b"img"),
+        )
+    }
 
 
 def test_a_check_that_breaks_means_differs():
@@ -120,7 +154,9 @@ class Prepare:
         self.vars = _trusted(dict(play["vars"]))
         tasks = play["tasks"]
         self.block_task = next(t for t in tasks if "ansible.builtin.blockinfile" in t)
-        self.reboot_task = next(t for t in tasks if "block" in t and any("ansible.builtin.reboot" in b for b in t["block"]))
+        self.reboot_task = next(
+            t for t in tasks if "block" in t and any("ansible.builtin.reboot" in b for b in t["block"])
+        )
         self.verify_task = next(t for t in tasks if t["name"] == "Verify the page size")
 
     def templar(self, want_4k, node):
@@ -145,10 +181,17 @@ class Prepare:
         block = self.block_task
         runs = self.condition(t, block["when"])
         state = self.value(t, block["ansible.builtin.blockinfile"]["state"]) if runs else None
-        changed = state is not None and (state == "present") != node["pages_block"]  # our configs: block exact or absent
+        changed = (
+            state is not None and (state == "present") != node["pages_block"]
+        )  # our configs: block exact or absent
         t.available_variables = {**t.available_variables, "_config_changed": {"changed": changed}}  # as registered
-        return {"want": self.value(t, "{{ _probe_want }}"), "state": state, "changed": changed,
-                "reboot": self.condition(t, self.reboot_task["when"]), "verify": self.condition(t, self.verify_task["when"])}
+        return {
+            "want": self.value(t, "{{ _probe_want }}"),
+            "state": state,
+            "changed": changed,
+            "reboot": self.condition(t, self.reboot_task["when"]),
+            "verify": self.condition(t, self.verify_task["when"]),
+        }
 
 
 def _pages_node(tmp_path, want, kind, page_size, kernel8, block):
@@ -164,8 +207,16 @@ def _pages_node(tmp_path, want, kind, page_size, kernel8, block):
     (boot / "cmdline.txt").write_text("console=tty1 root=PARTUUID=x cgroup_enable=memory cgroup_memory=1\n")
     if kernel8:
         (boot / "kernel8.img").write_bytes(b"kernel")
-    node = {"kind": kind, "boot_dir": str(boot), "kernel8": kernel8, "page_size": page_size, "memory_cgroup": True,
-            "swap_active": 0, "dphys_swapfile": False, "container": False}
+    node = {
+        "kind": kind,
+        "boot_dir": str(boot),
+        "kernel8": kernel8,
+        "page_size": page_size,
+        "memory_cgroup": True,
+        "swap_active": 0,
+        "dphys_swapfile": False,
+        "container": False,
+    }
     node["pages_block"] = block  # what probe.py's pages_block() finds there (test_probe_reports_kernel8_and_piml_block)
     return node
 
@@ -173,7 +224,9 @@ def _pages_node(tmp_path, want, kind, page_size, kernel8, block):
 def test_page_size_decisions_agree_between_probe_and_playbook(tmp_path):
     probe = probe_functions()
     prepare = Prepare()
-    want_on = prepare.decide(True, {"kind": "other", "boot_dir": "", "kernel8": False, "page_size": 4096, "pages_block": False})["want"]["prepare"]
+    want_on = prepare.decide(
+        True, {"kind": "other", "boot_dir": "", "kernel8": False, "page_size": 4096, "pages_block": False}
+    )["want"]["prepare"]
     assert want_on["want_4k"] is True and len(want_on["config_markers"]) == 2
     outcomes = {}
     for kind in ("pi5", "cm4"):
@@ -185,17 +238,30 @@ def test_page_size_decisions_agree_between_probe_and_playbook(tmp_path):
                         base.mkdir(exist_ok=True)
                         node = _pages_node(base, want_on, kind, page_size, kernel8, block)
                         decided = prepare.decide(want_4k, node)
-                        want = dict(decided["want"]["prepare"], hostname="", files={}, modules=[], sysctls={}, packages=[],
-                                    fstab_regexp="^$^")
+                        want = dict(
+                            decided["want"]["prepare"],
+                            hostname="",
+                            files={},
+                            modules=[],
+                            sysctls={},
+                            packages=[],
+                            fstab_regexp="^$^",
+                        )
                         differs = probe["prepare_differs"](want, node)
                         key = (kind, want_4k, page_size, kernel8, block)
                         assert ("config.txt" in differs) == decided["changed"], (key, differs, decided)
                         assert ("page size" in differs) == decided["reboot"], (key, differs, decided)
-                        assert decided["verify"] == (decided["state"] == "present"), (key, decided)  # 4 KB checked where asked
+                        assert decided["verify"] == (decided["state"] == "present"), (
+                            key,
+                            decided,
+                        )  # 4 KB checked where asked
                         outcomes[key] = (decided["state"], decided["reboot"])
     # What the issue asks for, case by case (state of piml's block in config.txt, reboot):
     assert outcomes["pi5", True, 16384, True, False] == ("present", True)  # Raspberry Pi OS on a Pi 5, 4 KB asked for
-    assert outcomes["pi5", True, 4096, False, False] == ("absent", False)  # Ubuntu: vmlinuz, 4 KB already, no kernel8.img
+    assert outcomes["pi5", True, 4096, False, False] == (
+        "absent",
+        False,
+    )  # Ubuntu: vmlinuz, 4 KB already, no kernel8.img
     assert outcomes["pi5", True, 16384, False, False] == ("absent", False)  # 16 KB but no kernel8.img: left alone
     assert outcomes["pi5", False, 16384, True, False] == ("absent", False)  # not asked for (auto): no switch, no reboot
     assert outcomes["pi5", None, 16384, True, False] == ("absent", False)  # by hand, unset: the same

@@ -113,8 +113,10 @@ def _strings_in(function: str) -> set[str]:
 
 def test_every_skippable_task_has_its_probe_check_or_a_reason():
     missing = unlinked(playbooks_dir())
-    assert not missing, (f"tasks the re-run fast path would skip without a check: {missing}; add the check to "
-                         "playbooks/files/probe.py and the task to PROBED here (or to NOT_PROBED with the reason)")
+    assert not missing, (
+        f"tasks the re-run fast path would skip without a check: {missing}; add the check to "
+        "playbooks/files/probe.py and the task to PROBED here (or to NOT_PROBED with the reason)"
+    )
 
 
 def test_the_links_name_real_tasks_and_real_checks():
@@ -138,8 +140,10 @@ def test_a_task_added_without_its_probe_check_fails(tmp_path):
     base = tmp_path / "playbooks"
     shutil.copytree(playbooks_dir(), base)
     assert unlinked(base) == []
-    new = {"name": "Tune something new",
-           "ansible.builtin.copy": {"dest": "/etc/new.conf", "content": "x", "mode": "0644"}}
+    new = {
+        "name": "Tune something new",
+        "ansible.builtin.copy": {"dest": "/etc/new.conf", "content": "x", "mode": "0644"},
+    }
 
     prepare = yaml.safe_load((base / "prepare.yml").read_text())
     prepare[0]["tasks"].append(new)

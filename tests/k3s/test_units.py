@@ -63,7 +63,9 @@ def ours(name="rack", server="https://10.0.0.1:6443"):
 
 def test_for_project_renames_and_points_at_the_server():
     data = ours()
-    assert data["clusters"] == [{"name": "rack", "cluster": {"certificate-authority-data": "Q0E=", "server": "https://10.0.0.1:6443"}}]
+    assert data["clusters"] == [
+        {"name": "rack", "cluster": {"certificate-authority-data": "Q0E=", "server": "https://10.0.0.1:6443"}}
+    ]
     assert data["contexts"][0] == {"name": "rack", "context": {"cluster": "rack", "user": "rack"}}
     assert data["users"][0]["user"]["client-key-data"] == "a2V5" and data["current-context"] == "rack"
     assert kc.server_url("fd00::1") == "https://[fd00::1]:6443"
@@ -129,11 +131,43 @@ def test_stage_selection():
 
 def test_runner_events_become_counts_and_messages():
     result, failures = PlaybookResult("k3s.yml"), {}
-    _collect({"event": "runner_on_failed", "event_data": {"host": "a", "task": "Say what to look at", "res": {"msg": "a did not become Ready"}}}, result, failures)
-    _collect({"event": "runner_on_failed", "event_data": {"host": "b", "task": "Write config", "res": {"censored": "the output has been hidden"}}}, result, failures)
-    _collect({"event": "runner_on_unreachable", "event_data": {"host": "c", "res": {"msg": "ssh: connect to host c port 22:\n timed out"}}}, result, failures)
-    _collect({"event": "runner_on_failed", "event_data": {"host": "d", "ignore_errors": True, "res": {"msg": "ignored"}}}, result, failures)
-    _collect({"event": "playbook_on_stats", "event_data": {"ok": {"a": 3, "d": 2}, "changed": {"a": 1}, "failures": {"a": 1, "b": 1}, "dark": {"c": 1}}}, result, failures)
+    _collect(
+        {
+            "event": "runner_on_failed",
+            "event_data": {"host": "a", "task": "Say what to look at", "res": {"msg": "a did not become Ready"}},
+        },
+        result,
+        failures,
+    )
+    _collect(
+        {
+            "event": "runner_on_failed",
+            "event_data": {"host": "b", "task": "Write config", "res": {"censored": "the output has been hidden"}},
+        },
+        result,
+        failures,
+    )
+    _collect(
+        {
+            "event": "runner_on_unreachable",
+            "event_data": {"host": "c", "res": {"msg": "ssh: connect to host c port 22:\n timed out"}},
+        },
+        result,
+        failures,
+    )
+    _collect(
+        {"event": "runner_on_failed", "event_data": {"host": "d", "ignore_errors": True, "res": {"msg": "ignored"}}},
+        result,
+        failures,
+    )
+    _collect(
+        {
+            "event": "playbook_on_stats",
+            "event_data": {"ok": {"a": 3, "d": 2}, "changed": {"a": 1}, "failures": {"a": 1, "b": 1}, "dark": {"c": 1}},
+        },
+        result,
+        failures,
+    )
     assert failures["a"] == "a did not become Ready"
     assert "hidden" in failures["b"] and "token" in failures["b"]
     assert failures["c"] == "unreachable: ssh: connect to host c port 22: timed out"
@@ -171,8 +205,24 @@ def test_token_generated_once_0600_or_taken_from_the_inventory(tmp_path, piml):
 def test_cli_guards_and_dry_run_without_nodes(tmp_path, piml):
     key = tmp_path / "key"
     os.system(f"ssh-keygen -q -t ed25519 -N '' -f {key}")
-    assert piml("init", "p", "--ssh-key", str(key), "--node", "s1=10.0.0.1:server", "--node", "s2=10.0.0.2:server",
-                "--node", "s3=10.0.0.3:server", "--node", "a1=10.0.0.4", cwd=tmp_path).returncode == 0
+    assert (
+        piml(
+            "init",
+            "p",
+            "--ssh-key",
+            str(key),
+            "--node",
+            "s1=10.0.0.1:server",
+            "--node",
+            "s2=10.0.0.2:server",
+            "--node",
+            "s3=10.0.0.3:server",
+            "--node",
+            "a1=10.0.0.4",
+            cwd=tmp_path,
+        ).returncode
+        == 0
+    )
     project = tmp_path / "p"
     out = piml("teardown", cwd=project)  # the platform: there is no cluster yet
     assert out.returncode == 2 and "no kubeconfig" in out.stderr
@@ -218,26 +268,62 @@ def test_k3s_config_carries_the_plans_kubelet_reservations(tmp_path):
     task.pop("no_log", None)
     out = tmp_path / "out"
     out.mkdir()
-    playbook = [{"hosts": "all", "gather_facts": False,
-                 "vars": {"_role": "{{ 'server' if inventory_hostname in groups['server'] else 'agent' }}",
-                          "_first": "{{ inventory_hostname == 'pi1' }}", "_node": {"kind": "pi5"},
-                          "_tls_sans": ["10.0.0.1"], "_server_url": "https://10.0.0.1:6443",
-                          "extra_server_args": "", "extra_agent_args": ""},
-                 "tasks": [task, {"name": "keep it", "ansible.builtin.copy": {"content": "{{ _config_text }}",
-                                                                            "dest": f"{out}/{{{{ inventory_hostname }}}}.yaml"}}]}]
+    playbook = [
+        {
+            "hosts": "all",
+            "gather_facts": False,
+            "vars": {
+                "_role": "{{ 'server' if inventory_hostname in groups['server'] else 'agent' }}",
+                "_first": "{{ inventory_hostname == 'pi1' }}",
+                "_node": {"kind": "pi5"},
+                "_tls_sans": ["10.0.0.1"],
+                "_server_url": "https://10.0.0.1:6443",
+                "extra_server_args": "",
+                "extra_agent_args": "",
+            },
+            "tasks": [
+                task,
+                {
+                    "name": "keep it",
+                    "ansible.builtin.copy": {
+                        "content": "{{ _config_text }}",
+                        "dest": f"{out}/{{{{ inventory_hostname }}}}.yaml",
+                    },
+                },
+            ],
+        }
+    ]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
-    (tmp_path / "hosts.ini").write_text(f"[server]\npi1\n[agent]\npi2\n[all:vars]\nansible_connection=local\n"
-                                        f"ansible_python_interpreter={sys.executable}\n")
+    (tmp_path / "hosts.ini").write_text(
+        f"[server]\npi1\n[agent]\npi2\n[all:vars]\nansible_connection=local\n"
+        f"ansible_python_interpreter={sys.executable}\n"
+    )
     ansible = Path(sys.executable).parent / "ansible-playbook"
 
     def run(variables: dict) -> dict[str, dict]:
         (tmp_path / "vars.json").write_text(json.dumps(variables))
-        done = subprocess.run([str(ansible), "-i", str(tmp_path / "hosts.ini"), str(tmp_path / "play.yml"), "-e", f"@{tmp_path}/vars.json"],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                              env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp")})
+        done = subprocess.run(
+            [
+                str(ansible),
+                "-i",
+                str(tmp_path / "hosts.ini"),
+                str(tmp_path / "play.yml"),
+                "-e",
+                f"@{tmp_path}/vars.json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp")},
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-        return {name: json.loads("\n".join(line for line in (out / f"{name}.yaml").read_text().splitlines() if not line.startswith("#")))
-                for name in ("pi1", "pi2")}
+        return {
+            name: json.loads(
+                "\n".join(line for line in (out / f"{name}.yaml").read_text().splitlines() if not line.startswith("#"))
+            )
+            for name in ("pi1", "pi2")
+        }
 
     configs = run({"token": "test-token", "piml_kubelet_args": extravars["piml_kubelet_args"]})
     for name in ("pi1", "pi2"):

@@ -188,7 +188,9 @@ def recorded(monkeypatch):
 
 
 @settings(
-    max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=examples(400),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(argv=argvs)
 def test_any_argv_parses_or_is_a_usage_error(recorded, argv):
@@ -254,7 +256,9 @@ real_tokens = st.one_of(
 
 
 @settings(
-    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(command=st.sampled_from(REAL), rest=st.lists(real_tokens, max_size=6))
 def test_cheap_commands_for_real_never_crash_and_change_nothing(project, scratch, command, rest):

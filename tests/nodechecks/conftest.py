@@ -40,10 +40,16 @@ def piml(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def install_standin(sub, node, server: bool) -> None:
     """A k3s (server) or k3s-agent stand-in unit, enabled and started."""
     unit = "k3s" if server else "k3s-agent"
-    text = STANDIN_UNIT.format(unit=unit, what="listens on 6443" if server else "only sleeps",
-                               command=SERVER_STANDIN if server else AGENT_STANDIN)
-    sub.run(node, f"cat > /etc/systemd/system/{unit}.service && systemctl daemon-reload && systemctl enable --now {unit}",
-            input=text)
+    text = STANDIN_UNIT.format(
+        unit=unit,
+        what="listens on 6443" if server else "only sleeps",
+        command=SERVER_STANDIN if server else AGENT_STANDIN,
+    )
+    sub.run(
+        node,
+        f"cat > /etc/systemd/system/{unit}.service && systemctl daemon-reload && systemctl enable --now {unit}",
+        input=text,
+    )
     if server:
         wait_api_port(sub, node)
 

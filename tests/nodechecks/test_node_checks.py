@@ -61,8 +61,10 @@ def test_disabled_service_fails(rack):
 
 def test_missing_unit_says_k3s_is_not_installed(rack):
     by, _ = rack.check_broken(
-        rack.agent, "systemctl disable --now k3s-agent && mv /etc/systemd/system/k3s-agent.service /root/ && systemctl daemon-reload",
-        "mv /root/k3s-agent.service /etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now k3s-agent")
+        rack.agent,
+        "systemctl disable --now k3s-agent && mv /etc/systemd/system/k3s-agent.service /root/ && systemctl daemon-reload",
+        "mv /root/k3s-agent.service /etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now k3s-agent",
+    )
     row = by[rack.agent.name, "k3s service"]
     assert row.status == "fail" and "not installed" in row.detail and "piml up --only k3s" in row.fix, row
 
@@ -70,9 +72,11 @@ def test_missing_unit_says_k3s_is_not_installed(rack):
 def test_api_port_not_listening_fails(rack):
     # The stand-in keeps running but listens nowhere.
     by, _ = rack.check_broken(
-        rack.server, "mkdir -p /run/systemd/system/k3s.service.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/sleep infinity\\n'"
-                     " > /run/systemd/system/k3s.service.d/no-listen.conf && systemctl daemon-reload && systemctl restart k3s",
-        "rm -r /run/systemd/system/k3s.service.d && systemctl daemon-reload && systemctl restart k3s")
+        rack.server,
+        "mkdir -p /run/systemd/system/k3s.service.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/sleep infinity\\n'"
+        " > /run/systemd/system/k3s.service.d/no-listen.conf && systemctl daemon-reload && systemctl restart k3s",
+        "rm -r /run/systemd/system/k3s.service.d && systemctl daemon-reload && systemctl restart k3s",
+    )
     assert by[rack.server.name, "k3s service"].status == "pass"
     row = by[rack.server.name, "api port"]
     assert row.status == "fail" and "nothing listens on TCP 6443" in row.detail, row
@@ -94,7 +98,9 @@ def test_throttled_now_fails_naming_the_reasons(rack):
 
 
 def test_no_vcgencmd_is_a_skip(rack):
-    by, _ = rack.check_broken(rack.agent, "mv /usr/bin/vcgencmd /usr/bin/vcgencmd.away", "mv /usr/bin/vcgencmd.away /usr/bin/vcgencmd")
+    by, _ = rack.check_broken(
+        rack.agent, "mv /usr/bin/vcgencmd /usr/bin/vcgencmd.away", "mv /usr/bin/vcgencmd.away /usr/bin/vcgencmd"
+    )
     row = by[rack.agent.name, "throttling"]
     assert (row.status, row.detail) == ("skip", "no vcgencmd: not a Raspberry Pi OS node")
     assert by[rack.server.name, "throttling"].status == "pass"
@@ -102,7 +108,9 @@ def test_no_vcgencmd_is_a_skip(rack):
 
 def test_a_hanging_command_is_cut_at_the_timeout(rack):
     # A vcgencmd that never answers (like a wedged firmware mailbox), ahead of the image's in PATH.
-    rack.sub.run(rack.server, "printf '#!/bin/sh\\nsleep 30\\n' > /usr/local/bin/vcgencmd && chmod 755 /usr/local/bin/vcgencmd")
+    rack.sub.run(
+        rack.server, "printf '#!/bin/sh\\nsleep 30\\n' > /usr/local/bin/vcgencmd && chmod 755 /usr/local/bin/vcgencmd"
+    )
     try:
         started = time.monotonic()
         by, rows = rack.check(timeout=4)
@@ -114,7 +122,8 @@ def test_a_hanging_command_is_cut_at_the_timeout(rack):
     assert row.status == "fail" and row.detail == "no answer within 4 s", row
     # what the node had answered before the hang is still checked
     assert {c: s for c, s in statuses(rows, rack.server).items() if c != "throttling"} == dict.fromkeys(
-        ["reach", "k3s service", "api port", "memory cgroup"], "pass"), rows
+        ["reach", "k3s service", "api port", "memory cgroup"], "pass"
+    ), rows
     assert set(statuses(rows, rack.agent).values()) == {"pass"}, rows
 
 
@@ -135,7 +144,9 @@ def test_a_host_missing_from_known_hosts_is_refused(rack, tmp_path):
     """Only the project's known_hosts counts: the agent's line removed, the agent fails, the server passes."""
     project = make_project(tmp_path, [(rack.server, "server"), (rack.agent, "agent")])
     known = project / ".piml/known_hosts"
-    known.write_text("".join(line for line in known.read_text().splitlines(keepends=True) if rack.agent.address not in line))
+    known.write_text(
+        "".join(line for line in known.read_text().splitlines(keepends=True) if rack.agent.address not in line)
+    )
     by, rows = check(project)
     assert [r.check for r in rows if r.target == rack.agent.name] == ["reach"]
     assert "not yet known" in by[rack.agent.name, "reach"].detail
@@ -148,12 +159,16 @@ def test_changed_host_key_is_refused(rack, tmp_path):
     known = project / ".piml/known_hosts"
     # The server's entry now holds the agent's key: the server presents a key that does not match.
     agent_lines = [line for line in known.read_text().splitlines() if line.startswith(rack.agent.address + " ")]
-    known.write_text("".join(line.replace(rack.agent.address, rack.server.address, 1) + "\n" for line in agent_lines)
-                     + "".join(line + "\n" for line in agent_lines))
+    known.write_text(
+        "".join(line.replace(rack.agent.address, rack.server.address, 1) + "\n" for line in agent_lines)
+        + "".join(line + "\n" for line in agent_lines)
+    )
     logins = accepted_logins(rack.sub, rack.server)
     by, rows = check(project)
     row = by[rack.server.name, "reach"]
-    assert row.status == "fail" and "HOST KEY CHANGED" in row.detail and rack.server.host_key_fingerprint in row.detail, row
+    assert (
+        row.status == "fail" and "HOST KEY CHANGED" in row.detail and rack.server.host_key_fingerprint in row.detail
+    ), row
     assert f"'{rack.server.address}'" in row.fix
     assert [r.check for r in rows if r.target == rack.server.name] == ["reach"]
     assert accepted_logins(rack.sub, rack.server) == logins
@@ -211,8 +226,12 @@ def test_vcgencmd_needing_root_runs_with_sudo(rack):
         rack.sub.run(rack.agent, "rm -f /usr/local/bin/vcgencmd")
     assert with_sudo[rack.agent.name, "throttling"].status == "pass", with_sudo[rack.agent.name, "throttling"]
     row = without[rack.agent.name, "throttling"]
-    assert row.status == "fail" and row.detail == ("vcgencmd get_throttled failed: VCHI initialization failed"
-                                                                  " (with sudo -n: sudo: a password is required)") and "video group" in row.fix, row
+    assert (
+        row.status == "fail"
+        and row.detail
+        == ("vcgencmd get_throttled failed: VCHI initialization failed (with sudo -n: sudo: a password is required)")
+        and "video group" in row.fix
+    ), row
 
 
 def test_stopped_node_is_one_reach_row_within_the_timeout(node_factory, rack, tmp_path):
@@ -239,14 +258,19 @@ def test_memory_cgroup_off_fails(rack):
     cgroups = rack.sub.run(rack.agent, "cat /proc/cgroups").stdout
     if "cgroup.controllers" in rack.sub.run(rack.agent, "ls /sys/fs/cgroup").stdout:
         pytest.skip("this machine's nodes use cgroup v2: the memory controller cannot be hidden per node")
-    off = "".join(line.rsplit("\t", 1)[0] + "\t0\n" if line.startswith("memory\t") else line + "\n" for line in cgroups.splitlines())
+    off = "".join(
+        line.rsplit("\t", 1)[0] + "\t0\n" if line.startswith("memory\t") else line + "\n"
+        for line in cgroups.splitlines()
+    )
     rack.sub.run(rack.agent, "cat > /run/cgroups-off && mount --bind /run/cgroups-off /proc/cgroups", input=off)
     try:
         by, rows = rack.check()
     finally:
         rack.sub.run(rack.agent, "umount /proc/cgroups && rm /run/cgroups-off")
     row = by[rack.agent.name, "memory cgroup"]
-    assert row.status == "fail" and "memory cgroup off (cgroup v1)" in row.detail and "cgroup_enable=memory" in row.fix, row
+    assert (
+        row.status == "fail" and "memory cgroup off (cgroup v1)" in row.detail and "cgroup_enable=memory" in row.fix
+    ), row
     assert by[rack.server.name, "memory cgroup"].status == "pass"
 
 

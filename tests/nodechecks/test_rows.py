@@ -36,10 +36,15 @@ def test_healthy_k3s_server_over_ipv6():
 def test_sd_node_without_k3s_memory_cgroup_off_and_throttled():
     rows = rows_of((CAPTURED / "pi5-bookworm-sd-6.12.txt").read_text(), Role.AGENT)
     assert list(rows) == ["reach", "k3s service", "memory cgroup", "throttling"]  # no api port on agents
-    assert rows["k3s service"] == ("fail", "no k3s-agent.service: k3s is not installed",
-                                   "install it: piml up --only k3s")
-    assert rows["memory cgroup"][:2] == ("fail", "memory cgroup off (cgroup v2): "
-                                                 "k3s fails with 'failed to find memory cgroup'")
+    assert rows["k3s service"] == (
+        "fail",
+        "no k3s-agent.service: k3s is not installed",
+        "install it: piml up --only k3s",
+    )
+    assert rows["memory cgroup"][:2] == (
+        "fail",
+        "memory cgroup off (cgroup v2): k3s fails with 'failed to find memory cgroup'",
+    )
     assert rows["throttling"][:2] == ("fail", "0x50005: now under-voltage, throttled")
 
 
@@ -57,12 +62,16 @@ def test_service_states():
         return rows_of(text)["k3s service"]
 
     assert service("ActiveState=inactive\nSubState=dead\nUnitFileState=enabled\n")[:2] == (
-        "fail", "k3s not running (inactive/dead)")
+        "fail",
+        "k3s not running (inactive/dead)",
+    )
     _, detail, fix = service("ActiveState=active\nSubState=running\nUnitFileState=disabled\n")
     assert detail == "k3s not enabled (disabled): it would not start at boot"
     assert fix == "on the node: sudo systemctl enable k3s"
-    text = base.replace("LoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\n",
-                        "LoadState=masked\nActiveState=inactive\nSubState=dead\nUnitFileState=masked\n")
+    text = base.replace(
+        "LoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\n",
+        "LoadState=masked\nActiveState=inactive\nSubState=dead\nUnitFileState=masked\n",
+    )
     assert rows_of(text)["k3s service"][:2] == ("fail", "k3s is masked")
     assert service("ActiveState=reloading\nSubState=reload\nUnitFileState=static\n")[0] == "pass"
 
@@ -89,8 +98,12 @@ def test_failures_to_connect_are_one_reach_row():
         return [(r.check, r.status, r.detail, r.fix) for r in rows]
 
     (row,) = reach(Failure(R.HOST_KEY, "pi1: host key SHA256:abc is not yet known", "rerun with --accept-..."))
-    assert row == ("reach", "fail", "host key SHA256:abc is not yet known (not in .piml/known_hosts)",
-                   "check it, then run `piml up --only preflight --accept-new-host-keys`")
+    assert row == (
+        "reach",
+        "fail",
+        "host key SHA256:abc is not yet known (not in .piml/known_hosts)",
+        "check it, then run `piml up --only preflight --accept-new-host-keys`",
+    )
     (row,) = reach(Failure(R.HOST_KEY, "pi1: HOST KEY CHANGED: expected A, got B", "remove its line"))
     assert row[2:] == ("HOST KEY CHANGED: expected A, got B", "remove its line")
     (row,) = reach(Failure(R.TIMEOUT, "pi1: command did not finish within 6 s", "..."))  # nothing printed at all

@@ -37,15 +37,23 @@ def _print_nodes(sub: Substrate) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.nodes", description="piml test nodes (systemd-nspawn)",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m tests.nodes",
+        description="piml test nodes (systemd-nspawn)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     p.add_argument("--instance", type=int, default=DEFAULT_INSTANCE, help="0..9 (default %(default)s)")
     sp = p.add_subparsers(dest="cmd", required=True)
     up = sp.add_parser("up", help="boot N nodes (replaces nodes already up in this instance)")
     up.add_argument("count", type=int)
     up.add_argument("--model", default="pi5", choices=sorted(MODELS))
-    up.add_argument("--hostname-all", default=None, metavar="NAME",
-                    help="give every node this hostname (e.g. raspberrypi, like fresh Pi images)")
+    up.add_argument(
+        "--hostname-all",
+        default=None,
+        metavar="NAME",
+        help="give every node this hostname (e.g. raspberrypi, like fresh Pi images)",
+    )
     sp.add_parser("down", help="stop and remove all nodes of the instance")
     sp.add_parser("status", help="list nodes")
     sp.add_parser("cleanup", help="remove leftovers of all instances (crashed runs)")
@@ -89,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         node = sub.nodes.get(a.name)
         if node is None:
-            print(f"no node {a.name!r} in instance {a.instance} (have: {', '.join(sub.nodes) or 'none'})",
-                  file=sys.stderr)
+            print(
+                f"no node {a.name!r} in instance {a.instance} (have: {', '.join(sub.nodes) or 'none'})", file=sys.stderr
+            )
             return 2
         if a.cmd == "ssh":
             os.execvp("ssh", node.ssh_argv(*a.command))
@@ -99,8 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(res.stdout)
             sys.stderr.write(res.stderr)
             return res.returncode
-        {"stop": sub.stop, "start": sub.start, "cut": sub.cut_link, "restore": sub.restore_link,
-         "sudopw": sub.require_sudo_password}.get(a.cmd, lambda n: None)(node)
+        {
+            "stop": sub.stop,
+            "start": sub.start,
+            "cut": sub.cut_link,
+            "restore": sub.restore_link,
+            "sudopw": sub.require_sudo_password,
+        }.get(a.cmd, lambda n: None)(node)
         if a.cmd == "newkey":
             print(sub.new_host_key(node))
         if a.cmd == "throttled":

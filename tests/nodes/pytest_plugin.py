@@ -35,8 +35,9 @@ class NodeFactory:
         self.substrate = substrate
         self._trio: list[Node] | None = None
 
-    def __call__(self, count: int = 1, model: str = "pi5", hostname: str | None = None,
-                 names: Sequence[str] | None = None) -> list[Node]:
+    def __call__(
+        self, count: int = 1, model: str = "pi5", hostname: str | None = None, names: Sequence[str] | None = None
+    ) -> list[Node]:
         return self.substrate.create(count, model=model, hostname=hostname, names=names)
 
     def destroy(self, nodes: Sequence[Node]) -> None:
@@ -58,9 +59,11 @@ class NodeFactory:
 def _fail_or_skip(reason: str) -> None:
     if os.environ.get("PIML_SKIP_NODE_TESTS") == "1":
         pytest.skip(f"node tests skipped (PIML_SKIP_NODE_TESTS=1): {reason}")
-    pytest.fail(f"cannot run node tests on this machine: {reason}\n"
-                f"Run as root after tests/nodes/install-deps.sh, or set PIML_SKIP_NODE_TESTS=1 to skip them.",
-                pytrace=False)
+    pytest.fail(
+        f"cannot run node tests on this machine: {reason}\n"
+        f"Run as root after tests/nodes/install-deps.sh, or set PIML_SKIP_NODE_TESTS=1 to skip them.",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -276,9 +276,9 @@ def _nspawn_pids(machine_prefix: str) -> dict[str, int]:
         if not argv or not argv[0].endswith("systemd-nspawn"):
             continue
         for a in argv:
-            if a.startswith("--machine=") and a[len("--machine="):].startswith(machine_prefix):
+            if a.startswith("--machine=") and a[len("--machine=") :].startswith(machine_prefix):
                 if _pid_alive(int(entry)):
-                    found[a[len("--machine="):]] = int(entry)
+                    found[a[len("--machine=") :]] = int(entry)
     return found
 
 
@@ -331,9 +331,15 @@ def check_environment() -> list[str]:
     problems = []
     if os.geteuid() != 0:
         problems.append("not running as root (test nodes need root for netns, overlayfs and systemd-nspawn)")
-    for tool, pkg in (("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap"),
-                      ("ip", "iproute2"), ("ssh", "openssh-client"), ("ssh-keygen", "openssh-client"),
-                      ("nsenter", "util-linux"), ("mount", "mount")):
+    for tool, pkg in (
+        ("systemd-nspawn", "systemd-container"),
+        ("debootstrap", "debootstrap"),
+        ("ip", "iproute2"),
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("nsenter", "util-linux"),
+        ("mount", "mount"),
+    ):
         if shutil.which(tool) is None:
             problems.append(f"{tool} not found (apt-get install {pkg}; see tests/nodes/install-deps.sh)")
     try:
@@ -379,8 +385,10 @@ def ensure_rootfs(log=_log) -> Path:
         try:
             log(f"[testnodes] building rootfs {final} with debootstrap (once; about a minute)")
             t0 = time.monotonic()
-            _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(build),
-                  MIRROR], timeout=1800)
+            _run(
+                ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(build), MIRROR],
+                timeout=1800,
+            )
             _run(["chroot", str(build), "/bin/sh", "-c", PREPARE_ROOTFS], timeout=300)
             (build / ".piml-testnodes").write_text(json.dumps({"packages": sorted(PACKAGES), "key": rootfs_key()}))
             os.rename(build, final)
@@ -423,11 +431,28 @@ class Node:
 
     def ssh_argv(self, *command: str, user: str | None = None, extra: Sequence[str] = ()) -> list[str]:
         """argv for ssh to this node with the test key and the substrate's known_hosts (strict checking)."""
-        return ["ssh", "-i", self.key_path, "-p", str(self.port),
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", *extra,
-                f"{user or self.user}@{self.address}", *command]
+        return [
+            "ssh",
+            "-i",
+            self.key_path,
+            "-p",
+            str(self.port),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+            *extra,
+            f"{user or self.user}@{self.address}",
+            *command,
+        ]
 
     def ssh_command_line(self) -> str:
         return " ".join(self.ssh_argv())
@@ -456,8 +481,9 @@ def _raise_inotify_limits() -> None:
 class Substrate:
     """A set of test nodes on bridge pimlbr<instance>. Use as a context manager or call teardown()."""
 
-    def __init__(self, instance: int = 0, hostname_all: str | None = None, boot_timeout: float = BOOT_TIMEOUT,
-                 log=_log):
+    def __init__(
+        self, instance: int = 0, hostname_all: str | None = None, boot_timeout: float = BOOT_TIMEOUT, log=_log
+    ):
         if not 0 <= instance <= 9:
             raise ValueError("instance must be 0..9")
         self.instance = instance
@@ -502,8 +528,11 @@ class Substrate:
     def _save_state(self) -> None:
         with self._lock_state:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            data = {"instance": self.instance, "hostname_all": self.hostname_all,
-                    "nodes": [dataclasses.asdict(n) for n in sorted(self.nodes.values(), key=lambda n: n.index)]}
+            data = {
+                "instance": self.instance,
+                "hostname_all": self.hostname_all,
+                "nodes": [dataclasses.asdict(n) for n in sorted(self.nodes.values(), key=lambda n: n.index)],
+            }
             tmp = self.run_dir / "state.json.tmp"
             tmp.write_text(json.dumps(data, indent=1))
             os.replace(tmp, self.run_dir / "state.json")
@@ -524,8 +553,20 @@ class Substrate:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o755)
         if not self.key_path.exists():
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"piml-testnodes-{self.instance}",
-                  "-f", str(self.key_path)])
+            _run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    f"piml-testnodes-{self.instance}",
+                    "-f",
+                    str(self.key_path),
+                ]
+            )
         os.chmod(self.key_path, 0o600)
         if not _link_exists(self.bridge):
             _run(["ip", "link", "add", self.bridge, "type", "bridge"])
@@ -551,8 +592,9 @@ class Substrate:
                 return i
         raise SubstrateError("no free node index")
 
-    def create(self, count: int = 1, model: str = "pi5", hostname: str | None = None,
-               names: Sequence[str] | None = None) -> list[Node]:
+    def create(
+        self, count: int = 1, model: str = "pi5", hostname: str | None = None, names: Sequence[str] | None = None
+    ) -> list[Node]:
         """Create and boot nodes in parallel; return them once sshd answers on every one."""
         if self._rootfs is None:
             self.setup()
@@ -573,10 +615,17 @@ class Substrate:
                 raise ValueError(f"bad or duplicate node name {name!r}")
             idx = self._free_index(taken)
             taken.add(idx)
-            node = Node(name=name, address=f"198.18.{self.instance}.{10 + idx}", model=model,
-                        hostname=hostname or self.hostname_all or name, key_path=str(self.key_path),
-                        known_hosts=str(self.known_hosts), host_key_fingerprint="", index=idx,
-                        instance=self.instance)
+            node = Node(
+                name=name,
+                address=f"198.18.{self.instance}.{10 + idx}",
+                model=model,
+                hostname=hostname or self.hostname_all or name,
+                key_path=str(self.key_path),
+                known_hosts=str(self.known_hosts),
+                host_key_fingerprint="",
+                index=idx,
+                instance=self.instance,
+            )
             self._seed(node)
             self._plumb(node)
             self.nodes[name] = node
@@ -614,13 +663,26 @@ class Substrate:
         (upper / "etc/hostname").write_text(node.hostname + "\n")
         (upper / "etc/hosts").write_text(
             f"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
-            f"ff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n\n127.0.1.1\t{node.hostname}\n")
+            f"ff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n\n127.0.1.1\t{node.hostname}\n"
+        )
         mid = upper / "etc/machine-id"
         mid.write_text(secrets.token_hex(16) + "\n")
         os.chmod(mid, 0o444)
         for kt in ("ed25519", "ecdsa"):
-            _run(["ssh-keygen", "-q", "-t", kt, "-N", "", "-C", f"root@{node.hostname}",
-                  "-f", str(upper / f"etc/ssh/ssh_host_{kt}_key")])
+            _run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    kt,
+                    "-N",
+                    "",
+                    "-C",
+                    f"root@{node.hostname}",
+                    "-f",
+                    str(upper / f"etc/ssh/ssh_host_{kt}_key"),
+                ]
+            )
         node.host_key_fingerprint = _fingerprint(upper / "etc/ssh/ssh_host_ed25519_key.pub")
         # pi's authorized key
         ssh_dir = upper / "home/pi/.ssh"
@@ -637,24 +699,29 @@ class Substrate:
         # which holds the reboot for its 2-minute stop timeout. Bound it; a real Pi does not need this.
         (upper / "etc/systemd/system/user@.service.d").mkdir(parents=True)
         (upper / "etc/systemd/system/user@.service.d/piml-test.conf").write_text(
-            "# piml test node: bound the user manager's stop (see tests/nodes/README.md)\n[Service]\nTimeoutStopSec=3s\n")
+            "# piml test node: bound the user manager's stop (see tests/nodes/README.md)\n[Service]\nTimeoutStopSec=3s\n"
+        )
         # systemd-user-sessions removes /run/nologin; until it has, every login is refused. It has failed
         # under load (CI): let systemd retry it, as wait_ssh would, also after a reboot nobody watches.
         (upper / "etc/systemd/system/systemd-user-sessions.service.d").mkdir(parents=True)
         (upper / "etc/systemd/system/systemd-user-sessions.service.d/piml-test.conf").write_text(
-            "# piml test node: retry a failed start (see tests/nodes/README.md)\n[Service]\nRestart=on-failure\nRestartSec=1s\n")
+            "# piml test node: retry a failed start (see tests/nodes/README.md)\n[Service]\nRestart=on-failure\nRestartSec=1s\n"
+        )
         (upper / "etc/systemd/system.conf.d").mkdir(parents=True)
         (upper / "etc/systemd/system.conf.d/piml-test.conf").write_text(
             "# piml test node: no unit may hold a shutdown for long (see tests/nodes/README.md)\n"
-            "[Manager]\nDefaultTimeoutStopSec=5s\n")
+            "[Manager]\nDefaultTimeoutStopSec=5s\n"
+        )
         # time sync only towards the host's bridge address (nothing listens there; it never leaves the box)
         (upper / "etc/systemd/timesyncd.conf.d/piml-test.conf").write_text(
-            f"# piml test node: only the test bridge\n[Time]\nNTP={self.gateway}\nFallbackNTP=\n")
+            f"# piml test node: only the test bridge\n[Time]\nNTP={self.gateway}\nFallbackNTP=\n"
+        )
         # what a Raspberry Pi has in /boot/firmware
         partuuid = secrets.token_hex(4)
         (upper / "boot/firmware/cmdline.txt").write_text(
             f"console=serial0,115200 console=tty1 root=PARTUUID={partuuid}-02 rootfstype=ext4 "
-            f"fsck.repair=yes rootwait\n")
+            f"fsck.repair=yes rootwait\n"
+        )
         (upper / "boot/firmware/config.txt").write_text(CONFIG_TXT)
         # device tree -> bound at /sys/firmware in the node
         info = MODELS[node.model]
@@ -695,26 +762,46 @@ class Substrate:
         d = self._node_dir(node.name)
         root = d / "root"
         if str(root) not in _mounts_under(d):
-            _run(["mount", "-t", "overlay", "overlay", "-o",
-                  f"lowerdir={self._rootfs or rootfs_path()},upperdir={d / 'upper'},workdir={d / 'work'}",
-                  str(root)])
-        argv = ["systemd-nspawn", f"--machine={node.machine}", f"--directory={root}",
-                f"--hostname={node.hostname}", "--boot", "--register=no", "--keep-unit",
-                f"--network-namespace-path=/run/netns/{node.netns}", "--resolv-conf=off", "--timezone=off",
-                "--link-journal=no", "--console=read-only",
-                f"--bind-ro={d / 'hw/firmware'}:/sys/firmware",
-                f"--bind-ro={d / 'hw/thermal'}:/sys/class/thermal",
-                f"--bind={d / 'piml-test'}:/etc/piml-test"]
+            _run(
+                [
+                    "mount",
+                    "-t",
+                    "overlay",
+                    "overlay",
+                    "-o",
+                    f"lowerdir={self._rootfs or rootfs_path()},upperdir={d / 'upper'},workdir={d / 'work'}",
+                    str(root),
+                ]
+            )
+        argv = [
+            "systemd-nspawn",
+            f"--machine={node.machine}",
+            f"--directory={root}",
+            f"--hostname={node.hostname}",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            f"--network-namespace-path=/run/netns/{node.netns}",
+            "--resolv-conf=off",
+            "--timezone=off",
+            "--link-journal=no",
+            "--console=read-only",
+            f"--bind-ro={d / 'hw/firmware'}:/sys/firmware",
+            f"--bind-ro={d / 'hw/thermal'}:/sys/class/thermal",
+            f"--bind={d / 'piml-test'}:/etc/piml-test",
+        ]
         console = open(d / "console.log", "ab")
         console.write(f"\n==== piml testnodes: boot at {time.ctime()} ====\n".encode())
         console.flush()
         env = dict(os.environ, SYSTEMD_LOG_COLOR="0")
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         self._procs[node.name] = proc
         console.close()
-        threading.Thread(target=self._restart_on_reboot, args=(node, proc), daemon=True,
-                         name=f"reboot-watch-{node.name}").start()
+        threading.Thread(
+            target=self._restart_on_reboot, args=(node, proc), daemon=True, name=f"reboot-watch-{node.name}"
+        ).start()
 
     def _restart_on_reboot(self, node: Node, proc: subprocess.Popen) -> None:
         """A node that reboots itself (`reboot`, Ansible's reboot module) makes systemd-nspawn exit with
@@ -766,8 +853,10 @@ class Substrate:
         sshd_since = 0.0  # when sshd first answered
         while time.monotonic() < deadline:
             if not self.is_running(node):
-                raise SubstrateError(f"node {node.name}: systemd-nspawn exited during boot\n"
-                                     f"--- console tail ---\n{self.console_tail(node)}")
+                raise SubstrateError(
+                    f"node {node.name}: systemd-nspawn exited during boot\n"
+                    f"--- console tail ---\n{self.console_tail(node)}"
+                )
             if port_open(node.address, node.port, timeout=1.0):
                 if self.run(node, "test ! -e /run/nologin", check=False, timeout=10).returncode == 0:
                     return
@@ -777,25 +866,40 @@ class Substrate:
                 if stuck:
                     sshd_since = time.monotonic()  # give that start its own grace before the next
             time.sleep(0.2)
-        raise SubstrateError(f"node {node.name} ({node.address}): sshd not answering after "
-                             f"{timeout or self.boot_timeout:.0f}s\n--- console tail ---\n{self.console_tail(node)}"
-                             f"\n--- journal tail ---\n{self.journal_tail(node)}")
+        raise SubstrateError(
+            f"node {node.name} ({node.address}): sshd not answering after "
+            f"{timeout or self.boot_timeout:.0f}s\n--- console tail ---\n{self.console_tail(node)}"
+            f"\n--- journal tail ---\n{self.journal_tail(node)}"
+        )
 
     def _retry_user_sessions(self, node: Node, stuck: bool = False) -> None:
         """Under heavy load systemd-user-sessions has failed in a node (seen once in CI), leaving /run/nologin
         and every login refused; start it again (it only removes that file) and say so. `stuck`: sshd has
         answered for a while and the unit has still not run (a dependency's job failed, say): start it too."""
-        failed = self.run(node, "systemctl is-failed --quiet systemd-user-sessions", check=False, timeout=10).returncode == 0
+        failed = (
+            self.run(node, "systemctl is-failed --quiet systemd-user-sessions", check=False, timeout=10).returncode == 0
+        )
         if failed or stuck:
-            why = self.run(node, "journalctl -u systemd-user-sessions --no-pager -o cat -n 5", check=False, timeout=10).stdout
+            why = self.run(
+                node, "journalctl -u systemd-user-sessions --no-pager -o cat -n 5", check=False, timeout=10
+            ).stdout
             state = "failed" if failed else "has not run"
-            _log(f"{node.name}: systemd-user-sessions {state}, starting it again ({' | '.join(why.split(chr(10))[-5:])})")
+            _log(
+                f"{node.name}: systemd-user-sessions {state}, starting it again ({' | '.join(why.split(chr(10))[-5:])})"
+            )
             self.run(node, "systemctl restart systemd-user-sessions", check=False, timeout=30)
 
     # ---- running commands ----------------------------------------------------------------------
 
-    def run(self, node: Node, cmd: str, user: str = "root", check: bool = True, timeout: float = 60,
-            input: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        node: Node,
+        cmd: str,
+        user: str = "root",
+        check: bool = True,
+        timeout: float = 60,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run a shell command inside the node from the host, via nsenter into its namespaces.
 
         Works while the link is cut or sshd is down; needs the node running.
@@ -804,23 +908,43 @@ class Substrate:
         if leader is None:
             raise SubstrateError(f"node {node.name} is not running")
         inner = ["/bin/sh", "-c", cmd] if user == "root" else ["runuser", "-u", user, "--", "/bin/sh", "-c", cmd]
-        argv = ["nsenter", "-t", str(leader), "-m", "-u", "-i", "-n", "-p", "-C", "-r", "-w",
-                "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                f"HOME={'/root' if user == 'root' else '/home/' + user}", "LANG=C.UTF-8", *inner]
+        argv = [
+            "nsenter",
+            "-t",
+            str(leader),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-C",
+            "-r",
+            "-w",
+            "env",
+            "-i",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            f"HOME={'/root' if user == 'root' else '/home/' + user}",
+            "LANG=C.UTF-8",
+            *inner,
+        ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
         if check and proc.returncode != 0:
-            raise SubstrateError(f"node {node.name}: command failed ({proc.returncode}): {cmd}\n"
-                                 f"{proc.stdout}{proc.stderr}")
+            raise SubstrateError(
+                f"node {node.name}: command failed ({proc.returncode}): {cmd}\n{proc.stdout}{proc.stderr}"
+            )
         return proc
 
-    def ssh(self, node: Node, cmd: str, check: bool = True, timeout: float = 60,
-            user: str | None = None) -> subprocess.CompletedProcess:
+    def ssh(
+        self, node: Node, cmd: str, check: bool = True, timeout: float = 60, user: str | None = None
+    ) -> subprocess.CompletedProcess:
         """Run a command over real SSH as pi (with the test key and strict host key checking)."""
-        proc = subprocess.run(node.ssh_argv(cmd, user=user), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            node.ssh_argv(cmd, user=user), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
         if check and proc.returncode != 0:
-            raise SubstrateError(f"node {node.name}: ssh command failed ({proc.returncode}): {cmd}\n"
-                                 f"{proc.stdout}{proc.stderr}")
+            raise SubstrateError(
+                f"node {node.name}: ssh command failed ({proc.returncode}): {cmd}\n{proc.stdout}{proc.stderr}"
+            )
         return proc
 
     # ---- faults --------------------------------------------------------------------------------
@@ -896,10 +1020,13 @@ class Substrate:
         """Regenerate the node's SSH host keys and restart sshd (like a reinstalled Pi). Returns the new
         ed25519 fingerprint and updates the substrate's known_hosts."""
         self.dirty.add(node.name)
-        self.run(node, "rm -f /etc/ssh/ssh_host_*"
-                       " && ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key"
-                       " && ssh-keygen -q -t ecdsa -N '' -f /etc/ssh/ssh_host_ecdsa_key"
-                       " && systemctl restart ssh.service")
+        self.run(
+            node,
+            "rm -f /etc/ssh/ssh_host_*"
+            " && ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key"
+            " && ssh-keygen -q -t ecdsa -N '' -f /etc/ssh/ssh_host_ecdsa_key"
+            " && systemctl restart ssh.service",
+        )
         node.host_key_fingerprint = _fingerprint(self._node_dir(node.name) / "upper/etc/ssh/ssh_host_ed25519_key.pub")
         self._save_state()
         self.wait_ssh(node, timeout=30)
@@ -911,8 +1038,11 @@ class Substrate:
         self.run(node, "rm -f /etc/sudoers.d/010_pi-nopasswd && chpasswd", input=f"pi:{password}\n")
 
     def allow_sudo_nopasswd(self, node: Node) -> None:
-        self.run(node, "echo 'pi ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/010_pi-nopasswd"
-                       " && chmod 0440 /etc/sudoers.d/010_pi-nopasswd")
+        self.run(
+            node,
+            "echo 'pi ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/010_pi-nopasswd"
+            " && chmod 0440 /etc/sudoers.d/010_pi-nopasswd",
+        )
 
     def set_throttled(self, node: Node, value: str | int) -> None:
         """What the stand-in `vcgencmd get_throttled` answers, e.g. "0x50005"."""
@@ -987,8 +1117,9 @@ def cleanup_stale(instance: int | None = None, log=_log) -> None:
     for ns in namespaces:
         _run(["ip", "netns", "del", ns], check=False)
     for link in sorted(os.listdir("/sys/class/net")):
-        if re.fullmatch(rf"{VETH_PREFIX}{inst or '[0-9]'}v\d+", link) or \
-                re.fullmatch(rf"{BRIDGE_PREFIX}{inst or '[0-9]'}", link):
+        if re.fullmatch(rf"{VETH_PREFIX}{inst or '[0-9]'}v\d+", link) or re.fullmatch(
+            rf"{BRIDGE_PREFIX}{inst or '[0-9]'}", link
+        ):
             _run(["ip", "link", "del", link], check=False)
     # 4. files
     for root in roots:

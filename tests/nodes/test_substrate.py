@@ -60,8 +60,7 @@ def test_cm4_and_duplicate_hostnames(node_factory):
     nodes = node_factory(2, model="cm4", hostname="raspberrypi")
     for n in nodes:
         assert sub.ssh(n, "hostname").stdout.strip() == "raspberrypi"
-        assert sub.run(n, "cat /sys/firmware/devicetree/base/model").stdout == \
-            "Raspberry Pi Compute Module 4 Rev 1.0\0"
+        assert sub.run(n, "cat /sys/firmware/devicetree/base/model").stdout == "Raspberry Pi Compute Module 4 Rev 1.0\0"
     assert nodes[0].address != nodes[1].address
     node_factory.destroy(nodes)
 
@@ -96,8 +95,9 @@ def test_new_host_key_changes_fingerprint(three_nodes, node_factory):
     subprocess.run(["cp", n.known_hosts, old_known], check=True)
     after = sub.new_host_key(n)
     assert after != before and after.startswith("SHA256:")
-    scanned = subprocess.run(["ssh-keyscan", "-t", "ed25519", n.address], capture_output=True, text=True,
-                             timeout=15).stdout
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", n.address], capture_output=True, text=True, timeout=15
+    ).stdout
     fp = subprocess.run(["ssh-keygen", "-lf", "-"], input=scanned, capture_output=True, text=True).stdout
     assert after in fp
     argv = n.ssh_argv("true")
@@ -144,8 +144,12 @@ def test_ready_waits_for_logins_and_restarts_failed_user_sessions(node_factory):
     (node,) = node_factory(1)
     sub = node_factory.substrate
     drop_in = "/run/systemd/system/systemd-user-sessions.service.d"
-    sub.run(node, f"mkdir -p {drop_in} && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {drop_in}/fail.conf"
-                  " && systemctl daemon-reload && systemctl restart systemd-user-sessions", check=False)
+    sub.run(
+        node,
+        f"mkdir -p {drop_in} && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {drop_in}/fail.conf"
+        " && systemctl daemon-reload && systemctl restart systemd-user-sessions",
+        check=False,
+    )
     # the node's own Restart=on-failure tries a few times, then systemd gives up (its start limit)
     deadline = time.monotonic() + 30
     while sub.run(node, "systemctl is-failed --quiet systemd-user-sessions", check=False).returncode != 0:

@@ -22,8 +22,11 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "render" / "scenarios"
 FITTING = ["pi5-3x8gb", "cm4-5x4gb", "amd64-server-arm64-agents", "single-node"]
 CONFIGS = {
     "defaults": {},
-    "postgres-minio-rabbitmq": {"mlflow": {"backend": "postgresql", "artifacts": "minio"}, "queue": {"kind": "rabbitmq"},
-                                "ray": {"gcs_fault_tolerance": True}},
+    "postgres-minio-rabbitmq": {
+        "mlflow": {"backend": "postgresql", "artifacts": "minio"},
+        "queue": {"kind": "rabbitmq"},
+        "ray": {"gcs_fault_tolerance": True},
+    },
     "no-dask": {"dask": {"enabled": False}},
 }
 
@@ -34,10 +37,16 @@ def cluster_for(scenario: str, tmp_path: Path, settings: dict | None = None) -> 
 
 
 def rendered(cluster, plan, kind, name):
-    return next(o for r in render_platform(cluster, plan) for o in r.objects if o["kind"] == kind and o["metadata"]["name"] == name)
+    return next(
+        o
+        for r in render_platform(cluster, plan)
+        for o in r.objects
+        if o["kind"] == kind and o["metadata"]["name"] == name
+    )
 
 
 # -- 1. the free memory is split between Ray's workers and the queue's Jobs, not given to both ----------------------
+
 
 @pytest.mark.parametrize("settings", CONFIGS.values(), ids=CONFIGS.keys())
 @pytest.mark.parametrize("scenario", FITTING)
@@ -77,7 +86,9 @@ def test_one_switched_off_the_other_takes_it_all(tmp_path, off, takes_all):
     if takes_all == "queue":
         assert not plan.ray_workers and plan.max_jobs > both.max_jobs
     else:
-        assert plan.runner is None and sum(p.replicas for p in plan.ray_workers) > sum(p.replicas for p in both.ray_workers)
+        assert plan.runner is None and sum(p.replicas for p in plan.ray_workers) > sum(
+            p.replicas for p in both.ray_workers
+        )
 
 
 def test_a_max_jobs_beyond_the_share_is_said(tmp_path):
@@ -101,6 +112,7 @@ def test_plan_command_states_the_split(piml, tmp_path):
 
 # -- 2. the Ray autoscaler sidecar: counted on the head's node, rendered from the same numbers ----------------------
 
+
 @pytest.mark.parametrize("scenario", FITTING)
 def test_autoscaler_sidecar_is_counted_on_the_heads_node(scenario, tmp_path):
     cluster = cluster_for(scenario, tmp_path)
@@ -109,10 +121,16 @@ def test_autoscaler_sidecar_is_counted_on_the_heads_node(scenario, tmp_path):
     assert sidecar is not None and sidecar.node == head.node
     assert sidecar.size == sizes.DEFAULTS["ray-autoscaler"]
     here = [p for p in plan.services if p.node == head.node]
-    assert plan.used(head.node)[1] >= sum(p.size.memory_request for p in here) >= head.size.memory_request + sidecar.size.memory_request
+    assert (
+        plan.used(head.node)[1]
+        >= sum(p.size.memory_request for p in here)
+        >= head.size.memory_request + sidecar.size.memory_request
+    )
     resources = rendered(cluster, plan, "RayCluster", "ray")["spec"]["autoscalerOptions"]["resources"]
-    assert resources == {"requests": {"cpu": f"{sidecar.size.cpu_request}m", "memory": f"{sidecar.size.memory_request}Mi"},
-                         "limits": {"cpu": f"{sidecar.size.cpu_limit}m", "memory": f"{sidecar.size.memory_limit}Mi"}}
+    assert resources == {
+        "requests": {"cpu": f"{sidecar.size.cpu_request}m", "memory": f"{sidecar.size.memory_request}Mi"},
+        "limits": {"cpu": f"{sidecar.size.cpu_limit}m", "memory": f"{sidecar.size.memory_limit}Mi"},
+    }
 
 
 def test_head_and_sidecar_that_do_not_fit_together_are_an_error(tmp_path):
@@ -123,6 +141,7 @@ def test_head_and_sidecar_that_do_not_fit_together_are_an_error(tmp_path):
 
 
 # -- 3. the KubeRay operator: never less memory than its chart's default limit -------------------------------------
+
 
 def test_operator_limit_is_not_below_the_charts_512Mi(tmp_path):
     cluster = cluster_for("pi5-3x8gb", tmp_path)
@@ -140,6 +159,7 @@ def test_operator_limit_is_not_below_the_charts_512Mi(tmp_path):
 
 
 # -- 4. reservations: the plan's allocatable is the kubelet's -------------------------------------------------------
+
 
 def kubelet_allocatable(args: list[str], capacity_cpu: int, capacity_memory: int) -> tuple[int, int]:
     """What the kubelet computes from these flags: capacity - system-reserved - kube-reserved - eviction-hard."""
@@ -170,15 +190,20 @@ def test_allocatable_is_what_the_kubelet_will_say(scenario, tmp_path):
 def test_servers_keep_more_than_agents(tmp_path):
     cluster = cluster_for("pi5-3x8gb", tmp_path)
     args = capacity.kubelet_args(cluster)
-    assert args["pi1"] == sizes.RESERVED["server"].kubelet_args() and args["pi2"] == sizes.RESERVED["agent"].kubelet_args()
+    assert (
+        args["pi1"] == sizes.RESERVED["server"].kubelet_args() and args["pi2"] == sizes.RESERVED["agent"].kubelet_args()
+    )
     assert args["pi1"] != args["pi2"]
 
 
 # -- k3s's own pods (coredns, metrics-server, traefik, local-path-provisioner) --------------------------------------
 
+
 def test_k3s_pods_are_counted_on_the_first_server(tmp_path):
     plan = make_plan(cluster_for("amd64-server-arm64-agents", tmp_path))
-    assert {(s.name, s.node) for s in plan.system} == {(n, "nuc") for n in ("coredns", "metrics-server", "traefik", "local-path-provisioner")}
+    assert {(s.name, s.node) for s in plan.system} == {
+        (n, "nuc") for n in ("coredns", "metrics-server", "traefik", "local-path-provisioner")
+    }
     services_cpu = sum(p.size.cpu_request for p in plan.services if p.node == "nuc")
     services_memory = sum(p.size.memory_request for p in plan.services if p.node == "nuc")
     assert plan.used("nuc") == (services_cpu + 200, services_memory + 140)  # coredns + metrics-server: 100m / 70Mi each

@@ -26,8 +26,15 @@ k3s_cluster:
         pi2: {ansible_host: 10.0.0.2}
   vars: {piml_model: pi5, piml_memory_gb: 8}
 """
-THREE = TWO.replace("        pi2: {ansible_host: 10.0.0.2}\n", "        pi2: {ansible_host: 10.0.0.2}\n        pi3: {ansible_host: 10.0.0.3}\n")
-STORES = {"mlflow": {"backend": "postgresql", "artifacts": "minio"}, "queue": {"kind": "rabbitmq"}, "ray": {"gcs_fault_tolerance": True}}
+THREE = TWO.replace(
+    "        pi2: {ansible_host: 10.0.0.2}\n",
+    "        pi2: {ansible_host: 10.0.0.2}\n        pi3: {ansible_host: 10.0.0.3}\n",
+)
+STORES = {
+    "mlflow": {"backend": "postgresql", "artifacts": "minio"},
+    "queue": {"kind": "rabbitmq"},
+    "ray": {"gcs_fault_tolerance": True},
+}
 
 
 def cluster(tmp_path: Path, inventory: str, settings: dict | None = None) -> Cluster:
@@ -53,7 +60,9 @@ def test_adding_a_node_moves_no_stateful_service(tmp_path, settings):
     assert {p.component: p.pinned_by for p in plan.services if p.pinned_by} == {c: VOLUMES[c] for c in stateful}
     assert set(plan.pins) == set(pins.values())
     data = plan.as_dict()
-    assert {s["component"]: s.get("pinned_by") for s in data["services"] if s.get("pinned_by")} == {c: VOLUMES[c] for c in stateful}
+    assert {s["component"]: s.get("pinned_by") for s in data["services"] if s.get("pinned_by")} == {
+        c: VOLUMES[c] for c in stateful
+    }
 
 
 def test_a_pin_to_a_node_that_is_gone_is_exit_2_with_the_fix(tmp_path):
@@ -67,7 +76,9 @@ def test_a_pin_to_a_node_that_is_gone_is_exit_2_with_the_fix(tmp_path):
 
 
 def test_a_pin_to_a_node_without_room_is_exit_2_naming_the_shortfall(tmp_path):
-    big = {"mlflow": {"resources": {"requests": {"memory": "6900Mi"}}}}  # fits the agent, not the server (it keeps more)
+    big = {
+        "mlflow": {"resources": {"requests": {"memory": "6900Mi"}}}
+    }  # fits the agent, not the server (it keeps more)
     assert where(make_plan(cluster(tmp_path, TWO, big)))["mlflow"] == "pi2"
     with pytest.raises(InputError) as caught:
         make_plan(cluster(tmp_path, TWO, big), pins={"mlflow": Pin("mlflow", "pi1", "mlflow-data")})
@@ -78,13 +89,17 @@ def test_a_pin_to_a_node_without_room_is_exit_2_naming_the_shortfall(tmp_path):
 
 
 def test_pins_for_services_switched_off_are_ignored(tmp_path):
-    plan = make_plan(cluster(tmp_path, TWO, {"queue": {"enabled": False}}), pins={"redis": Pin("redis", "pi9", "redis-data")})
+    plan = make_plan(
+        cluster(tmp_path, TWO, {"queue": {"enabled": False}}), pins={"redis": Pin("redis", "pi9", "redis-data")}
+    )
     assert plan.placement("redis") is None and not plan.pins
 
 
 def test_pinned_services_still_count_against_their_node(tmp_path):
-    plan = make_plan(cluster(tmp_path, THREE), pins={"mlflow": Pin("mlflow", "pi1", "mlflow-data"),
-                                                       "redis": Pin("redis", "pi1", "redis-data")})
+    plan = make_plan(
+        cluster(tmp_path, THREE),
+        pins={"mlflow": Pin("mlflow", "pi1", "mlflow-data"), "redis": Pin("redis", "pi1", "redis-data")},
+    )
     for node in plan.nodes:
         cpu, memory = plan.used(node.name)
         assert cpu <= node.cpu and memory <= node.memory
@@ -105,11 +120,14 @@ def test_each_claim_belongs_to_the_service_it_pins(tmp_path, settings):
         spec = obj["spec"]["template"]["spec"]
         for volume in spec.get("volumes", []):
             if "persistentVolumeClaim" in volume:
-                component = next(name for name, claim in VOLUMES.items() if claim == volume["persistentVolumeClaim"]["claimName"])
+                component = next(
+                    name for name, claim in VOLUMES.items() if claim == volume["persistentVolumeClaim"]["claimName"]
+                )
                 assert spec["nodeSelector"]["kubernetes.io/hostname"] == plan.placement(component).node == "pi2"
 
 
 # -- reading the cluster: which node each claim's volume is on -----------------------------------------------------
+
 
 class FakeKube:
     def __init__(self, claims, volumes):
@@ -126,23 +144,46 @@ def claim(name, uid, annotations=None):
 
 
 def local_pv(name, claim_name, uid, node, namespace="piml"):
-    return {"metadata": {"name": name}, "spec": {
-        "claimRef": {"namespace": namespace, "name": claim_name, "uid": uid},
-        "nodeAffinity": {"required": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}}
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "claimRef": {"namespace": namespace, "name": claim_name, "uid": uid},
+            "nodeAffinity": {
+                "required": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
+                    ]
+                }
+            },
+        },
+    }
 
 
 def test_claim_nodes_reads_local_path_volumes():
     kube = FakeKube(
-        claims=[claim("redis-data", "u1"), claim("mlflow-data", "u2"), claim("rabbitmq-data", "u3", {"volume.kubernetes.io/selected-node": "pi3"}),
-                claim("mlflow-minio-data", "u4"), claim("mlflow-postgres-data", "u5")],
-        volumes=[local_pv("pvc-u1", "redis-data", "u1", "pi2"),
-                 local_pv("pvc-old", "mlflow-data", "u0", "pi9"),  # left from a deleted claim of the same name
-                 local_pv("pvc-u2", "mlflow-data", "u2", "pi1"),
-                 local_pv("pvc-other", "redis-data", "x", "pi7", namespace="elsewhere"),
-                 {"metadata": {"name": "nfs"}, "spec": {"claimRef": {"namespace": "piml", "name": "mlflow-minio-data", "uid": "u4"}, "nfs": {}}}])
+        claims=[
+            claim("redis-data", "u1"),
+            claim("mlflow-data", "u2"),
+            claim("rabbitmq-data", "u3", {"volume.kubernetes.io/selected-node": "pi3"}),
+            claim("mlflow-minio-data", "u4"),
+            claim("mlflow-postgres-data", "u5"),
+        ],
+        volumes=[
+            local_pv("pvc-u1", "redis-data", "u1", "pi2"),
+            local_pv("pvc-old", "mlflow-data", "u0", "pi9"),  # left from a deleted claim of the same name
+            local_pv("pvc-u2", "mlflow-data", "u2", "pi1"),
+            local_pv("pvc-other", "redis-data", "x", "pi7", namespace="elsewhere"),
+            {
+                "metadata": {"name": "nfs"},
+                "spec": {"claimRef": {"namespace": "piml", "name": "mlflow-minio-data", "uid": "u4"}, "nfs": {}},
+            },
+        ],
+    )
     assert claim_nodes(kube, "piml") == {"redis-data": "pi2", "mlflow-data": "pi1", "rabbitmq-data": "pi3"}
-    assert kube.paths == [("GET", "/api/v1/namespaces/piml/persistentvolumeclaims"), ("GET", "/api/v1/persistentvolumes")]
+    assert kube.paths == [
+        ("GET", "/api/v1/namespaces/piml/persistentvolumeclaims"),
+        ("GET", "/api/v1/persistentvolumes"),
+    ]
     assert pins_from_claims(claim_nodes(kube, "piml"))["redis"] == Pin("redis", "pi2", "redis-data")
 
 

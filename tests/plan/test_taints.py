@@ -28,7 +28,9 @@ k3s_cluster:
 
 
 def plan_for(tmp_path, pins=None, **taints):
-    text = INVENTORY.format(**{n: f", piml_taints: [{taints[n]!r}]" if n in taints else "" for n in ("pi1", "pi2", "pi3")})
+    text = INVENTORY.format(
+        **{n: f", piml_taints: [{taints[n]!r}]" if n in taints else "" for n in ("pi1", "pi2", "pi3")}
+    )
     path = tmp_path / "hosts.yml"
     path.write_text(text)
     inventory = parse_inventory_text(text, "hosts.yml", path)
@@ -36,7 +38,7 @@ def plan_for(tmp_path, pins=None, **taints):
 
 
 def everything_on(plan) -> set[str]:
-    return ({p.node for p in plan.services} | {n for pool in plan.dask_workers + plan.ray_workers for n in pool.nodes})
+    return {p.node for p in plan.services} | {n for pool in plan.dask_workers + plan.ray_workers for n in pool.nodes}
 
 
 @pytest.mark.parametrize("effect", ["NoSchedule", "NoExecute"])

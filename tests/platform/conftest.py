@@ -114,8 +114,11 @@ class Project:
         self.secrets = load_or_create(root / ".piml")
 
     def cluster(self, settings: dict | None = None) -> Cluster:
-        return Cluster(ProjectPaths(self.root, self.inventory), load_inventory(self.inventory),
-                       PimlConfig.model_validate(settings or {}))
+        return Cluster(
+            ProjectPaths(self.root, self.inventory),
+            load_inventory(self.inventory),
+            PimlConfig.model_validate(settings or {}),
+        )
 
     def plan(self, settings: dict | None = None):
         """Plan as `piml up` does: against the live cluster, so services stay where their volumes are."""

@@ -15,8 +15,10 @@ def project_objects(kube, project: str = "lab") -> dict[str, dict]:
     from piml.kube.discovery import Discovery
     from piml.kube.prune import project_objects as live
 
-    return {f"{o['kind']} {o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o
-            for o in live(kube, Discovery(kube), project)}
+    return {
+        f"{o['kind']} {o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o
+        for o in live(kube, Discovery(kube), project)
+    }
 
 
 def pimls_writes(obj: dict) -> tuple:
@@ -90,8 +92,12 @@ def test_switching_ray_off_prunes_it(project, plane):
     cluster, rendered = project.render({"ray": {"enabled": False}})
     report = deploy(cluster, project.kubeconfig, rendered, FAST)
     pruned = {str(r) for r in report.pruned}
-    assert pruned == {"RayCluster piml/ray", "HelmChart kube-system/kuberay-operator", "Middleware piml/strip-ray",
-                      "Secret piml/ray-auth"}
+    assert pruned == {
+        "RayCluster piml/ray",
+        "HelmChart kube-system/kuberay-operator",
+        "Middleware piml/strip-ray",
+        "Secret piml/ray-auth",
+    }
     kube = plane.kube()
     try:
         live = project_objects(kube)
@@ -125,8 +131,16 @@ def test_switching_the_queue_off_keeps_its_volume(project, plane):
 def test_objects_of_other_projects_are_left_alone(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
-    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "theirs", "namespace": "piml", "labels": {
-        "app.kubernetes.io/managed-by": "piml", "piml.io/project": "another-lab"}}, "data": {"a": "b"}}
+    other = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "theirs",
+            "namespace": "piml",
+            "labels": {"app.kubernetes.io/managed-by": "piml", "piml.io/project": "another-lab"},
+        },
+        "data": {"a": "b"},
+    }
     kube = plane.kube()
     try:
         kube.request("POST", "/api/v1/namespaces/piml/configmaps", body=other)
@@ -146,26 +160,38 @@ def test_crds_that_never_come_are_a_plain_error(tmp_path, own_plane):
             plane.inject(f"helm-install-{chart}", "crash", logs=["Error: failed to fetch chart: no route to host"])
         cluster, rendered = project.render()
         with pytest.raises(DeployError) as caught:
-            deploy(cluster, project.kubeconfig, rendered, Timeouts(crds=5.0, ready=5.0, total=60.0, poll=0.2,
-                                                                     request=10.0))
+            deploy(
+                cluster, project.kubeconfig, rendered, Timeouts(crds=5.0, ready=5.0, total=60.0, poll=0.2, request=10.0)
+            )
         assert caught.value.exit_code == EXIT_FAILED
         lines = [str(p) for p in caught.value.problems]
         charts = {"ray.io/v1": "kuberay-operator", "keda.sh/v1alpha1": "keda"}
-        waited_for = sorted({(o["apiVersion"], o["kind"]) for r in rendered for o in r.objects
-                             if o["apiVersion"] in charts})
+        waited_for = sorted(
+            {(o["apiVersion"], o["kind"]) for r in rendered for o in r.objects if o["apiVersion"] in charts}
+        )
         assert ("ray.io/v1", "RayCluster") in waited_for
-        assert lines == [f"HelmChart kube-system/{charts[v]}: {k} ({v}) is still not served (no CRD yet); "
-                         f"see how the chart install went: `kubectl -n kube-system logs job/helm-install-{charts[v]}` "
-                         "(k3s fetches the chart from its repository on the internet)" for v, k in waited_for]
+        assert lines == [
+            f"HelmChart kube-system/{charts[v]}: {k} ({v}) is still not served (no CRD yet); "
+            f"see how the chart install went: `kubectl -n kube-system logs job/helm-install-{charts[v]}` "
+            "(k3s fetches the chart from its repository on the internet)"
+            for v, k in waited_for
+        ]
         assert "rayclusters" not in {r.resource for r in plane.requests() if r.verb == "patch"}
         assert caught.value.report.created == len([o for r in rendered for o in r.objects]) - len(waited_for)
         # And the log the hint points at says why (through the API server, from the node).
         kube = plane.kube()
         try:
-            pods = kube.request("GET", "/api/v1/namespaces/kube-system/pods",
-                                {"labelSelector": "batch.kubernetes.io/job-name=helm-install-keda"})["items"]
-            log = kube.request("GET", f"/api/v1/namespaces/kube-system/pods/{pods[0]['metadata']['name']}/log",
-                               {"previous": "true"}, text=True)
+            pods = kube.request(
+                "GET",
+                "/api/v1/namespaces/kube-system/pods",
+                {"labelSelector": "batch.kubernetes.io/job-name=helm-install-keda"},
+            )["items"]
+            log = kube.request(
+                "GET",
+                f"/api/v1/namespaces/kube-system/pods/{pods[0]['metadata']['name']}/log",
+                {"previous": "true"},
+                text=True,
+            )
             assert "failed to fetch chart" in log
         finally:
             kube.close()
@@ -195,11 +221,18 @@ def test_a_missing_kubeconfig_says_how_to_get_one(project):
         project.kubeconfig.write_text(text)
 
 
-@pytest.mark.parametrize("settings", [
-    {"mlflow": {"backend": "postgresql", "artifacts": "minio"}, "queue": {"kind": "rabbitmq"},
-     "ray": {"gcs_fault_tolerance": True}},
-    {"ray": {"enabled": False}, "dask": {"enabled": False}, "queue": {"enabled": False}},
-], ids=["postgres-minio-rabbitmq", "mlflow-only"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {
+            "mlflow": {"backend": "postgresql", "artifacts": "minio"},
+            "queue": {"kind": "rabbitmq"},
+            "ray": {"gcs_fault_tolerance": True},
+        },
+        {"ray": {"enabled": False}, "dask": {"enabled": False}, "queue": {"enabled": False}},
+    ],
+    ids=["postgres-minio-rabbitmq", "mlflow-only"],
+)
 def test_other_configurations_converge(project, settings):
     cluster, rendered = project.render(settings)
     first = deploy(cluster, project.kubeconfig, rendered, FAST)
@@ -215,8 +248,11 @@ def test_up_into_a_namespace_still_terminating_says_so(project, plane):
     held = "/api/v1/namespaces/piml/configmaps/held"
     try:
         kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "piml"}})
-        kube.request("POST", "/api/v1/namespaces/piml/configmaps",
-                     body={"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})
+        kube.request(
+            "POST",
+            "/api/v1/namespaces/piml/configmaps",
+            body={"metadata": {"name": "held", "finalizers": ["example.com/hold"]}},
+        )
         kube.request("DELETE", "/api/v1/namespaces/piml")
         cluster, rendered = project.render()
         with pytest.raises(PimlError) as caught:
@@ -226,8 +262,9 @@ def test_up_into_a_namespace_still_terminating_says_so(project, plane):
         assert str(problem).startswith("namespace piml: is still being deleted (Terminating)"), str(problem)
         assert "kubectl get namespace piml -o yaml" in problem.fix
     finally:
-        kube.request("PATCH", held, body={"metadata": {"finalizers": None}},
-                     content_type="application/merge-patch+json")
+        kube.request(
+            "PATCH", held, body={"metadata": {"finalizers": None}}, content_type="application/merge-patch+json"
+        )
         kube.close()
 
 
@@ -242,7 +279,8 @@ def test_a_volume_size_change_is_one_line_with_the_fix(project):
     assert str(problem) == (
         "PersistentVolumeClaim piml/mlflow-data: its size cannot change from 10Gi: k3s's local-path storage does not "
         "resize volumes; set the size back to 10Gi in piml.yaml (mlflow.storage); for a bigger volume, back up its "
-        "data, delete the claim (kubectl -n piml delete pvc mlflow-data: its data is lost) and run piml up again")
+        "data, delete the claim (kubectl -n piml delete pvc mlflow-data: its data is lost) and run piml up again"
+    )
 
 
 def test_an_immutable_field_piml_now_renders_differently_is_one_line_with_the_fix(project, plane):
@@ -261,7 +299,8 @@ def test_an_immutable_field_piml_now_renders_differently_is_one_line_with_the_fi
     assert str(problem) == (
         "Deployment piml/dask-scheduler: the cluster refused it: spec.selector cannot change once Deployment exists "
         "(the API server keeps it immutable), and this piml renders it differently; delete it and run piml up again, "
-        "which makes it anew: kubectl -n piml delete deployment dask-scheduler")
+        "which makes it anew: kubectl -n piml delete deployment dask-scheduler"
+    )
 
 
 def test_a_users_kubectl_change_to_a_piml_field_is_taken_back_and_their_own_fields_stay(project, plane):
@@ -274,10 +313,20 @@ def test_a_users_kubectl_change_to_a_piml_field_is_taken_back_and_their_own_fiel
     kube = plane.kube()
     try:
         want = kube.get(path)["spec"]["replicas"]
-        kube.request("PATCH", f"{path}/scale", {"fieldManager": "kubectl"}, {"spec": {"replicas": want + 2}},
-                     content_type="application/merge-patch+json")
-        kube.request("PATCH", path, {"fieldManager": "kubectl-label"},
-                     {"metadata": {"labels": {"team": "vision"}}}, content_type="application/merge-patch+json")
+        kube.request(
+            "PATCH",
+            f"{path}/scale",
+            {"fieldManager": "kubectl"},
+            {"spec": {"replicas": want + 2}},
+            content_type="application/merge-patch+json",
+        )
+        kube.request(
+            "PATCH",
+            path,
+            {"fieldManager": "kubectl-label"},
+            {"metadata": {"labels": {"team": "vision"}}},
+            content_type="application/merge-patch+json",
+        )
         report = deploy(cluster, project.kubeconfig, rendered, FAST)
         assert "Deployment piml/dask-worker-arm64" in {str(a.ref) for a in report.applied if a.action == "changed"}
         live = kube.get(path)

@@ -32,9 +32,12 @@ def test_image_pull_failure(project, plane):
     plane.inject("mlflow", "image-pull")
     error, took = failed_deploy(project)
     image = rendered_container(project, "Deployment", "mlflow")["image"]
-    assert [str(p) for p in error.problems] == [(
-        f"Deployment piml/mlflow: image {image} cannot be pulled (ImagePullBackOff: not found); "
-        "check the image name and tag, and that the nodes can reach its registry")]
+    assert [str(p) for p in error.problems] == [
+        (
+            f"Deployment piml/mlflow: image {image} cannot be pulled (ImagePullBackOff: not found); "
+            "check the image name and tag, and that the nodes can reach its registry"
+        )
+    ]
     assert took < SHORT.crds + SHORT.ready + 5  # bounded: the waits, plus the diagnosis
     assert {str(r) for r in error.report.ready} >= {"Deployment piml/redis", "RayCluster piml/ray"}
 
@@ -46,16 +49,20 @@ def test_wrong_architecture(project, plane):
     node = next(p.node for p in project.plan().services if p.component == "ray-head")  # the real scheduler honours it
     (problem,) = error.problems
     assert str(problem).startswith(
-        f"RayCluster piml/ray: image {image} is built for another architecture than node {node} (arm64); ")
+        f"RayCluster piml/ray: image {image} is built for another architecture than node {node} (arm64); "
+    )
 
 
 def test_oom_killed(project, plane):
     plane.inject("redis", "oom")
     error, _ = failed_deploy(project)
     limit = rendered_container(project, "Deployment", "redis")["resources"]["limits"]["memory"]
-    assert [str(p) for p in error.problems] == [(
-        f"Deployment piml/redis: container redis was killed for using more than its memory limit {limit}; "
-        "raise it in piml.yaml (queue.resources.limits.memory)")]
+    assert [str(p) for p in error.problems] == [
+        (
+            f"Deployment piml/redis: container redis was killed for using more than its memory limit {limit}; "
+            "raise it in piml.yaml (queue.resources.limits.memory)"
+        )
+    ]
 
 
 def test_crash_loop_shows_the_last_log_lines(project, plane):
@@ -65,7 +72,8 @@ def test_crash_loop_shows_the_last_log_lines(project, plane):
     (problem,) = error.problems
     text = str(problem)
     assert text.startswith(
-        "Deployment piml/dask-scheduler: container scheduler keeps crashing (exit code 1, pod dask-scheduler-")
+        "Deployment piml/dask-scheduler: container scheduler keeps crashing (exit code 1, pod dask-scheduler-"
+    )
     shown = [line.removeprefix("    | ") for line in text.splitlines()[1:]]
     assert shown == log[-10:]  # read through the API server from the node, as `kubectl logs --previous`
 
@@ -93,7 +101,9 @@ def test_pending_for_lack_of_memory_gives_the_numbers(tmp_path, own_plane):
     project = Project(tmp_path / "lab", small)
     try:
         error, _ = failed_deploy(project)
-        workers = next(o for r in project.render()[1] for o in r.objects if o["metadata"]["name"] == "dask-worker-arm64")
+        workers = next(
+            o for r in project.render()[1] for o in r.objects if o["metadata"]["name"] == "dask-worker-arm64"
+        )
         request = workers["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
         (problem,) = [p for p in error.problems if p.where == "Deployment piml/dask-worker-arm64"]
         text = str(problem)

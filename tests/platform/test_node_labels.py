@@ -43,9 +43,12 @@ def kube(plane):
         node = k.get(f"/api/v1/nodes/{name}")
         labels = {key: None for key in node["metadata"].get("labels", {}) if not key.startswith(REGISTERED)}
         annotations = {key: None for key in node["metadata"].get("annotations", {}) if key.startswith("piml.io/")}
-        k.request("PATCH", f"/api/v1/nodes/{name}", body={"metadata": {"labels": labels, "annotations": annotations},
-                                                          "spec": {"taints": None}},
-                  content_type="application/merge-patch+json")
+        k.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}",
+            body={"metadata": {"labels": labels, "annotations": annotations}, "spec": {"taints": None}},
+            content_type="application/merge-patch+json",
+        )
     k.close()
 
 
@@ -56,8 +59,11 @@ def _reconcile(kube, tmp_path, **hosts):
 
 def _node(kube, name):
     node = kube.get(f"/api/v1/nodes/{name}")
-    return (node["metadata"].get("labels", {}), node["metadata"].get("annotations", {}),
-            (node.get("spec") or {}).get("taints", []))
+    return (
+        node["metadata"].get("labels", {}),
+        node["metadata"].get("annotations", {}),
+        (node.get("spec") or {}).get("taints", []),
+    )
 
 
 def _patches(plane, mark: int = 0):
@@ -66,27 +72,38 @@ def _patches(plane, mark: int = 0):
 
 def test_added_changed_removed_and_others_untouched(plane, kube, tmp_path):
     # Someone else's label and taint (kubectl) on node-2 before piml ever ran.
-    kube.request("PATCH", "/api/v1/nodes/node-2", body={
-        "metadata": {"labels": {"team": "vision"}},
-        "spec": {"taints": [{"key": "example.com/maintenance", "effect": "NoSchedule"}]}},
-        content_type="application/merge-patch+json")
+    kube.request(
+        "PATCH",
+        "/api/v1/nodes/node-2",
+        body={
+            "metadata": {"labels": {"team": "vision"}},
+            "spec": {"taints": [{"key": "example.com/maintenance", "effect": "NoSchedule"}]},
+        },
+        content_type="application/merge-patch+json",
+    )
 
-    report = _reconcile(kube, tmp_path,
-                        node2=", piml_labels: {disk: nvme, zone: a}, piml_taints: ['gpu=yes:NoSchedule']")
+    report = _reconcile(
+        kube, tmp_path, node2=", piml_labels: {disk: nvme, zone: a}, piml_taints: ['gpu=yes:NoSchedule']"
+    )
     assert {c.node for c in report.changed} == {"node-1", "node-2"} and not report.failed
     labels, annotations, taints = _node(kube, "node-2")
     assert (labels["disk"], labels["zone"], labels["piml.io/model"], labels["team"]) == ("nvme", "a", "pi5", "vision")
     assert annotations[MANAGED_LABELS] == "disk,zone" and annotations[MANAGED_TAINTS] == "gpu:NoSchedule"
-    assert taints == [{"key": "example.com/maintenance", "effect": "NoSchedule"},
-                      {"key": "gpu", "effect": "NoSchedule", "value": "yes"}]
+    assert taints == [
+        {"key": "example.com/maintenance", "effect": "NoSchedule"},
+        {"key": "gpu", "effect": "NoSchedule", "value": "yes"},
+    ]
 
     # The inventory changes: a value changes, a label goes, a taint's value changes and another is added.
-    report = _reconcile(kube, tmp_path,
-                        node2=", piml_labels: {disk: ssd}, piml_taints: ['gpu=no:NoSchedule', 'ml:PreferNoSchedule']")
+    report = _reconcile(
+        kube, tmp_path, node2=", piml_labels: {disk: ssd}, piml_taints: ['gpu=no:NoSchedule', 'ml:PreferNoSchedule']"
+    )
     (change,) = report.changed
     assert (change.node, change.labels_set, change.labels_removed) == ("node-2", {"disk": "ssd"}, ["zone"])
-    assert (change.taints_added, change.taints_removed) == (["gpu=no:NoSchedule", "ml:PreferNoSchedule"],
-                                                            ["gpu=yes:NoSchedule"])
+    assert (change.taints_added, change.taints_removed) == (
+        ["gpu=no:NoSchedule", "ml:PreferNoSchedule"],
+        ["gpu=yes:NoSchedule"],
+    )
     labels, annotations, taints = _node(kube, "node-2")
     assert labels["disk"] == "ssd" and "zone" not in labels and labels["team"] == "vision"  # not piml's: kept
     assert annotations[MANAGED_LABELS] == "disk" and annotations[MANAGED_TAINTS] == "gpu:NoSchedule,ml:PreferNoSchedule"
@@ -113,13 +130,22 @@ def test_a_second_run_patches_nothing(plane, kube, tmp_path):
 
 def test_what_k3s_set_at_registration_is_adopted_without_a_change(kube, tmp_path):
     """A node registered with the inventory's labels/taints (k3s's config): piml only records that they are its own."""
-    kube.request("PATCH", "/api/v1/nodes/node-2", body={
-        "metadata": {"labels": {"disk": "nvme", "piml.io/model": "pi5"}},
-        "spec": {"taints": [{"key": "gpu", "effect": "NoExecute", "timeAdded": "2026-11-01T00:00:00Z"}]}},
-        content_type="application/merge-patch+json")  # timeAdded as `kubectl taint` writes it for NoExecute
+    kube.request(
+        "PATCH",
+        "/api/v1/nodes/node-2",
+        body={
+            "metadata": {"labels": {"disk": "nvme", "piml.io/model": "pi5"}},
+            "spec": {"taints": [{"key": "gpu", "effect": "NoExecute", "timeAdded": "2026-11-01T00:00:00Z"}]},
+        },
+        content_type="application/merge-patch+json",
+    )  # timeAdded as `kubectl taint` writes it for NoExecute
     live = kube.get("/api/v1/nodes/node-2")
-    patch, change = node_patch(live, {"disk": "nvme"},
-                               _inventory(tmp_path, node2=", piml_taints: ['gpu:NoExecute']")[1].agents[0].taints, "pi5")
+    patch, change = node_patch(
+        live,
+        {"disk": "nvme"},
+        _inventory(tmp_path, node2=", piml_taints: ['gpu:NoExecute']")[1].agents[0].taints,
+        "pi5",
+    )
     assert not change and "labels" not in patch["metadata"] and "spec" not in patch  # timeAdded is not rewritten
     assert patch["metadata"]["annotations"] == {MANAGED_LABELS: "disk", MANAGED_TAINTS: "gpu:NoExecute"}
 

@@ -22,13 +22,19 @@ def test_teardown_keeps_the_volumes(project, plane):
     mark = len(plane.requests())
     lines = []
     report = teardown_platform(cluster, project.kubeconfig, timeout=120, poll=0.2, progress=lines.append)
-    assert {str(r) for r in report.kept} == {"PersistentVolumeClaim piml/mlflow-data",
-                                             "PersistentVolumeClaim piml/redis-data", "Namespace piml"}
+    assert {str(r) for r in report.kept} == {
+        "PersistentVolumeClaim piml/mlflow-data",
+        "PersistentVolumeClaim piml/redis-data",
+        "Namespace piml",
+    }
     assert len(lines) == len(report.deleted) and not report.still_going
     kube = plane.kube()
     try:
-        assert set(project_objects(kube)) == {"PersistentVolumeClaim piml/mlflow-data",
-                                              "PersistentVolumeClaim piml/redis-data", "Namespace /piml"}
+        assert set(project_objects(kube)) == {
+            "PersistentVolumeClaim piml/mlflow-data",
+            "PersistentVolumeClaim piml/redis-data",
+            "Namespace /piml",
+        }
         # Waited for: the pods are gone (the kubelets stopped them), and so are the HelmCharts (k3s ran helm delete).
         assert kube.request("GET", "/api/v1/namespaces/piml/pods")["items"] == []
         assert kube.request("GET", "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts")["items"] == []
@@ -68,10 +74,16 @@ def test_status_reads_nodes_and_components(project, plane):
     kube = plane.kube()
     try:  # node-3 reports memory pressure, as its kubelet would
         node = kube.get("/api/v1/nodes/node-3")
-        conditions = [dict(c, status="True", reason="KubeletHasInsufficientMemory") if c["type"] == "MemoryPressure"
-                      else c for c in node["status"]["conditions"]]
-        kube.request("PATCH", "/api/v1/nodes/node-3/status", body={"status": {"conditions": conditions}},
-                     content_type="application/strategic-merge-patch+json")
+        conditions = [
+            dict(c, status="True", reason="KubeletHasInsufficientMemory") if c["type"] == "MemoryPressure" else c
+            for c in node["status"]["conditions"]
+        ]
+        kube.request(
+            "PATCH",
+            "/api/v1/nodes/node-3/status",
+            body={"status": {"conditions": conditions}},
+            content_type="application/strategic-merge-patch+json",
+        )
     finally:
         kube.close()
     status = cluster_status(cluster, project.kubeconfig)
@@ -87,8 +99,11 @@ def test_status_reads_nodes_and_components(project, plane):
     assert components["RayCluster", "ray"]["state"] == "ready"  # as the real KubeRay operator says
     assert components["HelmChart", "kuberay-operator"]["chart"] == "kuberay-operator 1.7.0"
     assert {v["name"]: v["phase"] for v in status["volumes"]} == {"mlflow-data": "Bound", "redis-data": "Bound"}
-    assert status["urls"] == {"mlflow": "http://127.0.0.1/mlflow/", "ray dashboard": "http://127.0.0.1/ray/",
-                              "dask dashboard": "http://127.0.0.1/dask/status"}
+    assert status["urls"] == {
+        "mlflow": "http://127.0.0.1/mlflow/",
+        "ray dashboard": "http://127.0.0.1/ray/",
+        "dask dashboard": "http://127.0.0.1/dask/status",
+    }
 
 
 def test_status_shows_what_is_not_ready(project, plane):
@@ -115,11 +130,17 @@ def test_no_secret_in_any_output(project, plane, caplog):
     lines: list[str] = []
     with pytest.raises(DeployError) as caught:
         deploy(cluster, project.kubeconfig, rendered, SHORT, progress=lines.append)
-    teardown = teardown_platform(cluster, project.kubeconfig, purge=True, timeout=120, poll=0.2,
-                                 progress=lines.append)
-    said = "\n".join([*lines, str(caught.value), json.dumps(caught.value.report.as_dict()),
-                      json.dumps(teardown.as_dict()), json.dumps(cluster_status(cluster, project.kubeconfig)),
-                      caplog.text])
+    teardown = teardown_platform(cluster, project.kubeconfig, purge=True, timeout=120, poll=0.2, progress=lines.append)
+    said = "\n".join(
+        [
+            *lines,
+            str(caught.value),
+            json.dumps(caught.value.report.as_dict()),
+            json.dumps(teardown.as_dict()),
+            json.dumps(cluster_status(cluster, project.kubeconfig)),
+            caplog.text,
+        ]
+    )
     assert "Secret piml/redis" in said  # objects are named ...
     for name, value in project.secrets.items():  # ... their values never, not even base64-encoded
         assert value not in said and base64.b64encode(value.encode()).decode() not in said, name
@@ -133,8 +154,12 @@ def test_what_a_finalizer_holds_is_named_with_what_it_waits_for(project, plane):
     kube = plane.kube()
     path = "/api/v1/namespaces/piml/configmaps/piml-runner"
     try:
-        kube.request("PATCH", path, body={"metadata": {"finalizers": ["example.com/hold"]}},
-                     content_type="application/merge-patch+json")
+        kube.request(
+            "PATCH",
+            path,
+            body={"metadata": {"finalizers": ["example.com/hold"]}},
+            content_type="application/merge-patch+json",
+        )
         report = teardown_platform(cluster, project.kubeconfig, purge=True, timeout=45, poll=0.2)
         waits = report.waiting_for
         assert waits.get("ConfigMap piml/piml-runner") == "waiting for example.com/hold", waits
@@ -142,8 +167,9 @@ def test_what_a_finalizer_holds_is_named_with_what_it_waits_for(project, plane):
         assert "example.com/hold" in namespace  # the namespace controller's own words: what it still has
         assert report.as_dict()["waiting_for"] == report.waiting_for
     finally:
-        kube.request("PATCH", path, body={"metadata": {"finalizers": None}},
-                     content_type="application/merge-patch+json")
+        kube.request(
+            "PATCH", path, body={"metadata": {"finalizers": None}}, content_type="application/merge-patch+json"
+        )
         kube.close()
 
 
@@ -159,8 +185,9 @@ def test_teardown_of_a_fault_tolerant_ray_waits_for_kuberays_redis_cleanup(proje
         assert "ray.io/gcs-ft-redis-cleanup-finalizer" in ray["metadata"]["finalizers"]
         report = teardown_platform(cluster, project.kubeconfig, timeout=120, poll=0.2)
         assert not report.waiting_for and kube.get("/apis/ray.io/v1/namespaces/piml/rayclusters/ray") is None
-        events = kube.request("GET", "/api/v1/namespaces/piml/events",
-                              {"fieldSelector": "involvedObject.name=ray"})["items"]
+        events = kube.request("GET", "/api/v1/namespaces/piml/events", {"fieldSelector": "involvedObject.name=ray"})[
+            "items"
+        ]
         assert "CreatedRedisCleanupJob" in {e["reason"] for e in events}  # the operator's own account of it
     finally:
         kube.close()

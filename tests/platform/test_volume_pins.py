@@ -34,8 +34,12 @@ def project_cluster(project, inventory: str) -> Cluster:
 
 
 def placed(rendered) -> dict[str, str]:
-    return {o["metadata"]["name"]: o["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"]
-            for r in rendered for o in r.objects if o["kind"] == "Deployment" and o["metadata"]["name"] in STATEFUL}
+    return {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"]
+        for r in rendered
+        for o in r.objects
+        if o["kind"] == "Deployment" and o["metadata"]["name"] in STATEFUL
+    }
 
 
 def volume_nodes(plane) -> dict[str, str]:
@@ -103,12 +107,20 @@ def test_up_platform_keeps_them_and_refuses_when_their_node_is_gone(piml, projec
     project_cluster(project, THREE)  # a node added to the inventory
     out = piml("up", "--only", "platform", "--json", cwd=project.root)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr
-    objects = {o["name"]: o["action"] for o in json.loads(out.stdout)["stages"]["platform"]["objects"] if o["kind"] == "Deployment"}
+    objects = {
+        o["name"]: o["action"]
+        for o in json.loads(out.stdout)["stages"]["platform"]["objects"]
+        if o["kind"] == "Deployment"
+    }
     assert objects["redis"] == "unchanged"
     kube = plane.kube()
     try:
-        selectors = {name: kube.get(f"/apis/apps/v1/namespaces/piml/deployments/{name}")["spec"]["template"]["spec"]
-                     ["nodeSelector"]["kubernetes.io/hostname"] for name in STATEFUL}
+        selectors = {
+            name: kube.get(f"/apis/apps/v1/namespaces/piml/deployments/{name}")["spec"]["template"]["spec"][
+                "nodeSelector"
+            ]["kubernetes.io/hostname"]
+            for name in STATEFUL
+        }
     finally:
         kube.close()
     assert selectors == volumes
@@ -118,7 +130,9 @@ def test_up_platform_keeps_them_and_refuses_when_their_node_is_gone(piml, projec
 
     gone = volumes["redis"]  # the node with Redis's data leaves the inventory
     assert gone != "node-1", "the plan put Redis on the only server: pick another stateful service for this test"
-    project_cluster(project, "\n".join(line for line in THREE.splitlines() if not line.strip().startswith(f"{gone}:")) + "\n")
+    project_cluster(
+        project, "\n".join(line for line in THREE.splitlines() if not line.strip().startswith(f"{gone}:")) + "\n"
+    )
     out = piml("up", "--only", "platform", cwd=project.root)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr
     assert f"redis's data is on node {gone}" in out.stderr and "kubectl -n piml delete pvc redis-data" in out.stderr

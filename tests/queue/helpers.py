@@ -38,7 +38,9 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = N
             pass
         time.sleep(0.1)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
-    pytest.fail(f"{what} not ready within {timeout} s{' (exited)' if proc is not None and proc.poll() is not None else ''}\n{tail}")
+    pytest.fail(
+        f"{what} not ready within {timeout} s{' (exited)' if proc is not None and proc.poll() is not None else ''}\n{tail}"
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -60,16 +62,23 @@ def assert_no_secrets(text: str) -> None:
 
 
 def run_runner(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "piml.runner", *args], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "piml.runner", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
     assert_no_secrets(out.stdout + out.stderr)
     return out
 
 
 def start_runner(env: dict, *args: str, log: Path) -> subprocess.Popen:
     handle = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "piml.runner", *args], env=env, cwd=REPO, stdout=handle,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "piml.runner", *args],
+        env=env,
+        cwd=REPO,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 @contextmanager
@@ -125,7 +134,9 @@ def kill_runner_mid_request(broker, env: dict, request, log: Path) -> None:
     """Start a runner, wait until it holds `request` (state running), then SIGKILL it, as a node loss would."""
     victim = start_runner(env, "--once", log=log)
     try:
-        wait_for(lambda: broker.get(request.id)["state"] == "running", 30, "the first runner to start the request", victim)
+        wait_for(
+            lambda: broker.get(request.id)["state"] == "running", 30, "the first runner to start the request", victim
+        )
     finally:
         if victim.poll() is None:
             os.killpg(victim.pid, signal.SIGKILL)
@@ -133,6 +144,8 @@ def kill_runner_mid_request(broker, env: dict, request, log: Path) -> None:
 
 
 def run_piml(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "piml", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "piml", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
     assert_no_secrets(out.stdout + out.stderr)
     return out

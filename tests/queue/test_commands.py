@@ -26,13 +26,20 @@ def test_submit_and_jobs_with_queue_url(broker, redis_server, runner_env, regist
     listed = json.loads(run_piml(env, "jobs", "--json", "--queue-url", url).stdout)
     assert [j["id"] for j in listed["jobs"]] == [request_id]
     job = listed["jobs"][0]
-    assert {"id", "state", "model", "input", "run_id", "error", "submitted_at", "node", "run_url", "attempts"} <= set(job)
+    assert {"id", "state", "model", "input", "run_id", "error", "submitted_at", "node", "run_url", "attempts"} <= set(
+        job
+    )
     assert job["state"] == "queued" and job["params"] == {"batch_size": 50} and job["run_id"] is None
     assert run_runner(runner_env, "--once").returncode == 0
     one = json.loads(run_piml(env, "jobs", request_id, "--json", "--queue-url", url).stdout)["jobs"][0]
     assert one["state"] == "succeeded" and one["run_id"] and one["rows"] == 450
     table = run_piml({**env, "PIML_QUEUE_URL": url, "COLUMNS": "400"}, "jobs")  # the URL from the environment
-    assert table.returncode == 0 and request_id in table.stdout and "succeeded" in table.stdout and one["run_id"] in table.stdout
+    assert (
+        table.returncode == 0
+        and request_id in table.stdout
+        and "succeeded" in table.stdout
+        and one["run_id"] in table.stdout
+    )
     detail = run_piml(env, "jobs", request_id, "--queue-url", url)
     assert "state" in detail.stdout and "succeeded" in detail.stdout
 
@@ -41,16 +48,41 @@ def test_submit_wait_follows_to_the_end(broker, redis_server, runner_env, regist
     env = {k: v for k, v in runner_env.items() if k != "PIML_QUEUE_URL"}
     runner = start_runner(runner_env, "--drain", "--wait", "30", log=tmp_path / "runner.log")
     try:
-        ok = run_piml(env, "submit", registered_model.alias_uri, str(dataset), "--wait", "--timeout", "90", "--queue-url", redis_server.url)
+        ok = run_piml(
+            env,
+            "submit",
+            registered_model.alias_uri,
+            str(dataset),
+            "--wait",
+            "--timeout",
+            "90",
+            "--queue-url",
+            redis_server.url,
+        )
         assert ok.returncode == 0, ok.stderr
         request_id, summary = ok.stdout.strip().splitlines()
         assert summary.startswith("450 rows in ") and broker.get(request_id)["run_id"] in summary
         assert "queued" in ok.stderr and "running on " in ok.stderr and "succeeded" in ok.stderr
-        bad = run_piml(env, "submit", registered_model.uri, str(tmp_path / "nothing.csv"), "--wait", "--timeout", "90",
-                       "--queue-url", redis_server.url)
+        bad = run_piml(
+            env,
+            "submit",
+            registered_model.uri,
+            str(tmp_path / "nothing.csv"),
+            "--wait",
+            "--timeout",
+            "90",
+            "--queue-url",
+            redis_server.url,
+        )
         assert bad.returncode == 1
-        assert bad.stderr.strip().splitlines()[-1].endswith(f"failed after 3 attempt(s): input: no such file {tmp_path / 'nothing.csv'}; "
-                                                            f"see `piml jobs {bad.stdout.strip()}` and the MLflow run")
+        assert (
+            bad.stderr.strip()
+            .splitlines()[-1]
+            .endswith(
+                f"failed after 3 attempt(s): input: no such file {tmp_path / 'nothing.csv'}; "
+                f"see `piml jobs {bad.stdout.strip()}` and the MLflow run"
+            )
+        )
     finally:
         runner.terminate()
         runner.wait(timeout=30)
@@ -60,13 +92,21 @@ def test_submit_wait_follows_to_the_end(broker, redis_server, runner_env, regist
 def test_submit_refuses_bad_requests_before_queueing(broker, redis_server, runner_env):
     env = {k: v for k, v in runner_env.items() if k != "PIML_QUEUE_URL"}
     for args, message in [
-        (["models:/iris", "/d/x.csv"], "error: model: 'models:/iris' is not a registered model URI; write models:/NAME/VERSION"),
+        (
+            ["models:/iris", "/d/x.csv"],
+            "error: model: 'models:/iris' is not a registered model URI; write models:/NAME/VERSION",
+        ),
         (["models:/iris/1", "/d/x.xlsx"], "error: input: '/d/x.xlsx' is not a .csv, .parquet or .jsonl file"),
         (["models:/iris/1", "/d/x.csv", "--param", "oops"], "error: --param: 'oops' is not NAME=VALUE"),
-        (["models:/iris/1", "/d/x.csv", "--queue-url", "http://x"], "error: --queue-url: 'http://x' is not a broker URL"),
+        (
+            ["models:/iris/1", "/d/x.csv", "--queue-url", "http://x"],
+            "error: --queue-url: 'http://x' is not a broker URL",
+        ),
     ]:
         out = run_piml(env, "submit", *args, *(["--queue-url", redis_server.url] if "--queue-url" not in args else []))
-        assert out.returncode == 2 and out.stderr.strip().startswith(message) and "Traceback" not in out.stderr, out.stderr
+        assert out.returncode == 2 and out.stderr.strip().startswith(message) and "Traceback" not in out.stderr, (
+            out.stderr
+        )
     assert broker.queue_length() == 0
     out = run_piml(env, "jobs", "nope", "--queue-url", redis_server.url)
     assert out.returncode == 2 and "nope: no such request" in out.stderr
@@ -96,15 +136,23 @@ def test_python_helper(broker, redis_server, runner_env, registered_model, datas
 
 # -- the port-forward path, piece by piece (no Kubernetes API server here) ------------------------------
 
+
 def _pod(name, phase="Running", ready="True", deleting=None):
-    return SimpleNamespace(metadata=SimpleNamespace(name=name, deletion_timestamp=deleting),
-                           status=SimpleNamespace(phase=phase, conditions=[SimpleNamespace(type="Ready", status=ready)]))
+    return SimpleNamespace(
+        metadata=SimpleNamespace(name=name, deletion_timestamp=deleting),
+        status=SimpleNamespace(phase=phase, conditions=[SimpleNamespace(type="Ready", status=ready)]),
+    )
 
 
 def test_tunnel_picks_a_ready_pod_and_reads_the_secret():
     from piml.queue.tunnel import pick_pod, secret_password
 
-    pods = [_pod("redis-a", phase="Pending"), _pod("redis-b", ready="False"), _pod("redis-c", deleting="now"), _pod("redis-d")]
+    pods = [
+        _pod("redis-a", phase="Pending"),
+        _pod("redis-b", ready="False"),
+        _pod("redis-c", deleting="now"),
+        _pod("redis-d"),
+    ]
     assert pick_pod(pods, "redis") == "redis-d"
     with pytest.raises(PimlError, match="redis: no ready pod"):
         pick_pod(pods[:3], "redis")
@@ -143,8 +191,14 @@ def test_forwarder_bridges_loopback_connections(broker, redis_server):
 
 def test_no_cluster_no_queue_url_is_one_clear_line(tmp_path, runner_env):
     env = {k: v for k, v in runner_env.items() if k != "PIML_QUEUE_URL"}
-    init = subprocess.run([sys.executable, "-m", "piml", "init", "p", "-n", "pi1=198.18.0.11"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    init = subprocess.run(
+        [sys.executable, "-m", "piml", "init", "p", "-n", "pi1=198.18.0.11"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert init.returncode == 0, init.stderr
     out = run_piml(env, "jobs", "-C", str(tmp_path / "p"))
     assert out.returncode == 2 and "kubeconfig: no kubeconfig; run `piml up` first, or pass --queue-url" in out.stderr
@@ -152,9 +206,13 @@ def test_no_cluster_no_queue_url_is_one_clear_line(tmp_path, runner_env):
 
 def test_help_has_examples_and_loads_no_queue_libraries():
     for command in ("submit", "jobs"):
-        out = subprocess.run([sys.executable, "-m", "piml", command, "--help"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "piml", command, "--help"], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0 and "Examples:\n    piml " + command in out.stdout
-    code = ("import sys\nfrom piml.entry import main\nsys.argv=['piml','--help']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print('LOADED=' + ','.join(m for m in ('redis', 'pika', 'mlflow', 'pandas', 'kubernetes') if m in sys.modules))")
+    code = (
+        "import sys\nfrom piml.entry import main\nsys.argv=['piml','--help']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('LOADED=' + ','.join(m for m in ('redis', 'pika', 'mlflow', 'pandas', 'kubernetes') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("LOADED="), out.stdout[-200:]

@@ -56,9 +56,17 @@ def test_failures_retry_then_dead_letter_and_malformed_fails_at_once(rabbit, rab
     out = run_runner(rabbit_env, "--drain", "--wait", "1")
     assert out.returncode == 0, out.stderr
     job = rabbit.get(unknown.id)
-    assert job["state"] == "failed" and job["attempts"] == 3 and job["error"].startswith("model: cannot load models:/no-such-model/1")
+    assert (
+        job["state"] == "failed"
+        and job["attempts"] == 3
+        and job["error"].startswith("model: cannot load models:/no-such-model/1")
+    )
     bad = rabbit.get("bad-2")
-    assert bad["state"] == "failed" and bad["attempts"] == 1 and bad["error"] == "malformed request: request: has no 'input'; add \"input\""
+    assert (
+        bad["state"] == "failed"
+        and bad["attempts"] == 1
+        and bad["error"] == "malformed request: request: has no 'input'; add \"input\""
+    )
     assert {letter["id"] for letter in rabbit.dead_letters()} == {unknown.id, "bad-2"}
     assert rabbit.queue_length() == 0
 

@@ -13,52 +13,79 @@ from piml.queue.request import Request, RequestError, make_request, parse_messag
 from tests.fuzzing import examples
 
 
-@pytest.mark.parametrize("model", ["models:/iris/3", "models:/iris@champion", "models:/My Model/latest", "models:/a.b-c_d/12",
-                                   "runs:/0a1b2c3d4e5f60718293a4b5c6d7e8f9/model", "runs:/abc/sub/dir/model"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "models:/iris/3",
+        "models:/iris@champion",
+        "models:/My Model/latest",
+        "models:/a.b-c_d/12",
+        "runs:/0a1b2c3d4e5f60718293a4b5c6d7e8f9/model",
+        "runs:/abc/sub/dir/model",
+    ],
+)
 def test_model_uris_accepted(model):
     assert make_request(model, "/data/x.csv").model == model
 
 
-@pytest.mark.parametrize("model, message", [
-    ("iris", "'iris' is not an MLflow model URI; write models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH"),
-    ("models:/iris", "'models:/iris' is not a registered model URI; write models:/NAME/VERSION (a number), models:/NAME/latest or models:/NAME@ALIAS"),
-    ("models:/iris/three", "'models:/iris/three' is not a registered model URI"),
-    ("models:/iris@", "is not a registered model URI"),
-    ("runs:/abc", "'runs:/abc' is not a run URI; write runs:/RUN_ID/ARTIFACT_PATH"),
-    ("", "must be an MLflow model URI, not ''"),
-    (7, "must be an MLflow model URI, not 7"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (
+            "iris",
+            "'iris' is not an MLflow model URI; write models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH",
+        ),
+        (
+            "models:/iris",
+            "'models:/iris' is not a registered model URI; write models:/NAME/VERSION (a number), models:/NAME/latest or models:/NAME@ALIAS",
+        ),
+        ("models:/iris/three", "'models:/iris/three' is not a registered model URI"),
+        ("models:/iris@", "is not a registered model URI"),
+        ("runs:/abc", "'runs:/abc' is not a run URI; write runs:/RUN_ID/ARTIFACT_PATH"),
+        ("", "must be an MLflow model URI, not ''"),
+        (7, "must be an MLflow model URI, not 7"),
+    ],
+)
 def test_bad_models_refused(model, message):
     with pytest.raises(RequestError) as err:
         make_request(model, "/data/x.csv")
     assert str(err.value).startswith("model: ") and message in str(err.value)
 
 
-@pytest.mark.parametrize("given_input, stored", [
-    ("/data/x.csv", "/data/x.csv"),
-    ("file:///data/x.parquet", "file:///data/x.parquet"),
-    ("https://data.lan/x.jsonl?token=abc", "https://data.lan/x.jsonl?token=abc"),
-    ("datasets/iris.csv", "mlflow-artifacts:/datasets/iris.csv"),
-    ("./datasets//iris.PQ", "mlflow-artifacts:/datasets/iris.PQ"),
-    ("runs:/0a1b/data/x.ndjson", "runs:/0a1b/data/x.ndjson"),
-    ("mlflow-artifacts:/d/x.csv", "mlflow-artifacts:/d/x.csv"),
-    ("s3://bucket/x.parquet", "s3://bucket/x.parquet"),
-])
+@pytest.mark.parametrize(
+    "given_input, stored",
+    [
+        ("/data/x.csv", "/data/x.csv"),
+        ("file:///data/x.parquet", "file:///data/x.parquet"),
+        ("https://data.lan/x.jsonl?token=abc", "https://data.lan/x.jsonl?token=abc"),
+        ("datasets/iris.csv", "mlflow-artifacts:/datasets/iris.csv"),
+        ("./datasets//iris.PQ", "mlflow-artifacts:/datasets/iris.PQ"),
+        ("runs:/0a1b/data/x.ndjson", "runs:/0a1b/data/x.ndjson"),
+        ("mlflow-artifacts:/d/x.csv", "mlflow-artifacts:/d/x.csv"),
+        ("s3://bucket/x.parquet", "s3://bucket/x.parquet"),
+    ],
+)
 def test_inputs_accepted_and_normalised(given_input, stored):
     request = make_request("models:/m/1", given_input)
     assert request.input == stored and request.format in ("csv", "parquet", "jsonl")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("/data/x.txt", "is not a .csv, .parquet or .jsonl file; name a dataset whose file name ends in .csv, .parquet or .jsonl"),
-    ("../secrets.csv", "leaves the artifact store"),
-    ("ftp://host/x.csv", "unsupported scheme 'ftp'"),
-    ("http:///x.csv", "has no host"),
-    ("file://host/x.csv", "is not a local file URL"),
-    ("https://data.lan/x.csv.gz", "is not a .csv, .parquet or .jsonl file"),
-    ("/data/x\n.csv", "control characters"),
-    (None, "must be a dataset URI or path"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            "/data/x.txt",
+            "is not a .csv, .parquet or .jsonl file; name a dataset whose file name ends in .csv, .parquet or .jsonl",
+        ),
+        ("../secrets.csv", "leaves the artifact store"),
+        ("ftp://host/x.csv", "unsupported scheme 'ftp'"),
+        ("http:///x.csv", "has no host"),
+        ("file://host/x.csv", "is not a local file URL"),
+        ("https://data.lan/x.csv.gz", "is not a .csv, .parquet or .jsonl file"),
+        ("/data/x\n.csv", "control characters"),
+        (None, "must be a dataset URI or path"),
+    ],
+)
 def test_bad_inputs_refused(bad, message):
     with pytest.raises(RequestError) as err:
         make_request("models:/m/1", bad)
@@ -66,12 +93,19 @@ def test_bad_inputs_refused(bad, message):
 
 
 def test_params_and_output():
-    request = make_request("models:/m/1", "/x.csv", {"batch_size": "500", "threshold": 0.5, "mode": "fast"}, "out/p.parquet")
+    request = make_request(
+        "models:/m/1", "/x.csv", {"batch_size": "500", "threshold": 0.5, "mode": "fast"}, "out/p.parquet"
+    )
     assert request.batch_size == 500 and request.model_params == {"threshold": 0.5, "mode": "fast"}
     assert request.output == "out/p.parquet"
-    for params, message in [({"batch_size": 0}, "params.batch_size: is 0"), ({"batch_size": True}, "params.batch_size: is True"),
-                            ({"x": [1]}, "params.x: is [1]; give text, a number or true/false"), ([1], "params: must be a mapping"),
-                            ({"1x": 1}, "params: '1x' is not a parameter name"), ({"x": float("nan")}, "params.x: is nan")]:
+    for params, message in [
+        ({"batch_size": 0}, "params.batch_size: is 0"),
+        ({"batch_size": True}, "params.batch_size: is True"),
+        ({"x": [1]}, "params.x: is [1]; give text, a number or true/false"),
+        ([1], "params: must be a mapping"),
+        ({"1x": 1}, "params: '1x' is not a parameter name"),
+        ({"x": float("nan")}, "params.x: is nan"),
+    ]:
         with pytest.raises(RequestError, match=None) as err:
             make_request("models:/m/1", "/x.csv", params)
         assert str(err.value).startswith(message), str(err.value)
@@ -84,12 +118,20 @@ def test_params_and_output():
 def test_message_round_trip_and_strictness():
     request = make_request("models:/m/1", "d/x.csv", {"batch_size": 10}, id="r-1")
     assert parse_message(request.to_json().encode()) == request
-    assert json.loads(request.to_json()) == {"id": "r-1", "model": "models:/m/1", "input": "mlflow-artifacts:/d/x.csv",
-                                             "output": "predictions.csv", "params": {"batch_size": 10}}
+    assert json.loads(request.to_json()) == {
+        "id": "r-1",
+        "model": "models:/m/1",
+        "input": "mlflow-artifacts:/d/x.csv",
+        "output": "predictions.csv",
+        "params": {"batch_size": 10},
+    }
     cases = [
         (b"[]", "request: must be a JSON object, not list"),
         (b'{"id": "a", "model": "models:/m/1"}', "request: has no 'input'"),
-        (b'{"id": "a", "model": "models:/m/1", "input": "/x.csv", "extra": 1}', "request: unknown field 'extra'; use only id, model, input, output, params"),
+        (
+            b'{"id": "a", "model": "models:/m/1", "input": "/x.csv", "extra": 1}',
+            "request: unknown field 'extra'; use only id, model, input, output, params",
+        ),
         (b'{"id": "-a", "model": "models:/m/1", "input": "/x.csv"}', "id: '-a' is not a request id"),
         (b'{"id": "a", "model": "models:/m/1", "input": "/x.csv", "params": {"x": NaN}}', "request: is not valid JSON"),
         (b"{" * 100_000, "request: is 100000 bytes"),
@@ -120,18 +162,36 @@ def test_broker_urls_are_checked_and_redacted():
         assert str(err.value).startswith("--queue-url: ")
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
-prefixes = st.sampled_from(["models:/", "runs:/", "http://", "https://h/", "file:///", "mlflow-artifacts:/", "s3://", "/", "../", ""])
-uri_like = st.one_of(st.text(max_size=40), st.tuples(prefixes, st.text(max_size=30), st.sampled_from([".csv", ".parquet", ".jsonl", "/1", "@a", ""]))
-                     .map("".join))
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+prefixes = st.sampled_from(
+    ["models:/", "runs:/", "http://", "https://h/", "file:///", "mlflow-artifacts:/", "s3://", "/", "../", ""]
+)
+uri_like = st.one_of(
+    st.text(max_size=40),
+    st.tuples(prefixes, st.text(max_size=30), st.sampled_from([".csv", ".parquet", ".jsonl", "/1", "@a", ""])).map(
+        "".join
+    ),
+)
 
 
 @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(st.binary(max_size=200), st.text(max_size=200),
-                 st.dictionaries(st.sampled_from(["id", "model", "input", "output", "params", "x"]), json_values, max_size=6).map(json.dumps),
-                 st.fixed_dictionaries({"id": st.text(max_size=20), "model": uri_like, "input": uri_like},
-                                       optional={"output": st.text(max_size=20), "params": json_values}).map(json.dumps)))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200),
+        st.dictionaries(
+            st.sampled_from(["id", "model", "input", "output", "params", "x"]), json_values, max_size=6
+        ).map(json.dumps),
+        st.fixed_dictionaries(
+            {"id": st.text(max_size=20), "model": uri_like, "input": uri_like},
+            optional={"output": st.text(max_size=20), "params": json_values},
+        ).map(json.dumps),
+    )
+)
 def test_fuzz_messages_give_a_request_or_one_clear_line(raw):
     try:
         request = parse_message(raw)

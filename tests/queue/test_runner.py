@@ -83,7 +83,9 @@ def test_artifact_parquet_and_http_jsonl_inputs(broker, runner_env, registered_m
         mlflow.log_artifact(str(parquet), "data")
     root, base = http_root
     data.to_json(root / "iris.jsonl", orient="records", lines=True)
-    first = make_request(registered_model.alias_uri, f"runs:/{run.info.run_id}/data/iris.parquet", output="out/p.parquet")
+    first = make_request(
+        registered_model.alias_uri, f"runs:/{run.info.run_id}/data/iris.parquet", output="out/p.parquet"
+    )
     second = make_request(registered_model.uri, f"{base}/iris.jsonl", output="p.jsonl")
     broker.submit(first)
     broker.submit(second)
@@ -100,16 +102,23 @@ def test_malformed_request_fails_at_once(broker, runner_env):
     assert out.returncode == 0, out.stderr
     job = broker.get("bad-1")
     assert job["state"] == "failed" and job["attempts"] == 1 and job["dead_letter"]
-    assert job["error"].startswith("malformed request: model: 'mlflow:/nope' is not an MLflow model URI; write models:/")
+    assert job["error"].startswith(
+        "malformed request: model: 'mlflow:/nope' is not an MLflow model URI; write models:/"
+    )
     letters = {letter["id"]: letter for letter in broker.dead_letters()}
     assert len(letters) == 2 and "bad-1" in letters
     (other,) = [letter for key, letter in letters.items() if key != "bad-1"]
-    assert other["id"].startswith("invalid-") and other["error"] == "malformed request: request: is not UTF-8 text; send a JSON object encoded as UTF-8"
+    assert (
+        other["id"].startswith("invalid-")
+        and other["error"] == "malformed request: request: is not UTF-8 text; send a JSON object encoded as UTF-8"
+    )
     assert broker.get(other["id"])["state"] == "failed"  # listed by `piml jobs` too
     assert broker.queue_length() == 0
 
 
-def test_unknown_model_and_unreadable_dataset_are_dead_lettered_after_retries(broker, runner_env, registered_model, dataset, tmp_path):
+def test_unknown_model_and_unreadable_dataset_are_dead_lettered_after_retries(
+    broker, runner_env, registered_model, dataset, tmp_path
+):
     """Requests that always fail: tried 1 + PIML_RETRIES (2) times, then parked with their error."""
     garbage = tmp_path / "broken.parquet"
     garbage.write_text("this is not parquet\n")
@@ -130,7 +139,10 @@ def test_unknown_model_and_unreadable_dataset_are_dead_lettered_after_retries(br
     assert jobs[missing.id]["error"] == f"input: no such file {tmp_path / 'missing.csv'}"
     letters = broker.dead_letters()
     assert {letter["id"] for letter in letters} == set(jobs) and all(letter["attempts"] == 3 for letter in letters)
-    assert json.loads(next(letter for letter in letters if letter["id"] == unknown.id)["message"])["model"] == unknown.model
+    assert (
+        json.loads(next(letter for letter in letters if letter["id"] == unknown.id)["message"])["model"]
+        == unknown.model
+    )
 
 
 def test_killed_runner_request_is_taken_again_and_succeeds(broker, runner_env, registered_model, dataset, tmp_path):
@@ -170,7 +182,9 @@ def test_runner_without_requests_exits_quickly_and_broker_errors_are_one_line(ru
     out = run_runner(runner_env, "--once", "--wait", "0.5")
     assert out.returncode == 0 and "no request within 0.5 s" in out.stderr
     assert time.monotonic() - started < 30
-    bad = run_runner({**runner_env, "PIML_QUEUE_URL": runner_env["PIML_QUEUE_URL"].replace("redis://:", "redis://:wrong")}, "--once")
+    bad = run_runner(
+        {**runner_env, "PIML_QUEUE_URL": runner_env["PIML_QUEUE_URL"].replace("redis://:", "redis://:wrong")}, "--once"
+    )
     assert bad.returncode == 1 and "Redis refused the password" in bad.stderr and "Traceback" not in bad.stderr
     unset = run_runner({k: v for k, v in runner_env.items() if k != "PIML_QUEUE_URL"}, "--once")
     assert unset.returncode == 2 and "PIML_QUEUE_URL: no broker given" in unset.stderr

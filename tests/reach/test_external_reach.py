@@ -70,15 +70,28 @@ def test_piml_up_preflight_does_not_wait_for_or_fail_on_a_silent_ray_external_ho
     (root / "inventory").mkdir(parents=True)
     (root / ".piml").mkdir(mode=0o700)
     (root / "piml.yaml").write_text("")
-    (root / "inventory/hosts.yml").write_text(yaml.safe_dump({
-        "k3s_cluster": {"children": {"server": {"hosts": {"s1": {"ansible_host": "127.0.0.1", "ansible_port": refused}}}},
-                        "vars": {"ansible_user": "pi"}},
-        "ray_external": {"hosts": {"macmini": {"ansible_host": "127.0.0.2", "ansible_port": silent, "piml_arch": "arm64"}},
-                         "vars": {"ansible_user": "pi"}},
-    }))
+    (root / "inventory/hosts.yml").write_text(
+        yaml.safe_dump(
+            {
+                "k3s_cluster": {
+                    "children": {"server": {"hosts": {"s1": {"ansible_host": "127.0.0.1", "ansible_port": refused}}}},
+                    "vars": {"ansible_user": "pi"},
+                },
+                "ray_external": {
+                    "hosts": {"macmini": {"ansible_host": "127.0.0.2", "ansible_port": silent, "piml_arch": "arm64"}},
+                    "vars": {"ansible_user": "pi"},
+                },
+            }
+        )
+    )
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "piml", "up", "--only", "preflight", "--json"], cwd=root,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "piml", "up", "--only", "preflight", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     took = time.monotonic() - started
     rows = json.loads(out.stdout)["stages"]["preflight"]
     by = {(r["node"], r["check"]): r for r in rows}

@@ -58,7 +58,9 @@ def test_unknown_host_keys_are_refused_without_the_flag(piml, tmp_path, three_no
     assert out.returncode == 1
     for node in three_nodes:
         row = by_check(rows, node.name, "reach")
-        assert row["status"] == "fail" and "is not yet known" in row["detail"] and "--accept-new-host-keys" in row["fix"]
+        assert (
+            row["status"] == "fail" and "is not yet known" in row["detail"] and "--accept-new-host-keys" in row["fix"]
+        )
     assert not (project / ".piml/known_hosts").exists()
 
 
@@ -132,8 +134,12 @@ def test_wrong_key_file_names_the_node(piml, tmp_path, three_nodes):
     project = make_project(piml, tmp_path, three_nodes)
     hosts = project / "inventory/hosts.yml"
     a, b, c = three_nodes
-    hosts.write_text(hosts.read_text().replace(f"ansible_host: {b.address}\n",
-                                               f"ansible_host: {b.address}\n          ansible_ssh_private_key_file: {other_key}\n"))
+    hosts.write_text(
+        hosts.read_text().replace(
+            f"ansible_host: {b.address}\n",
+            f"ansible_host: {b.address}\n          ansible_ssh_private_key_file: {other_key}\n",
+        )
+    )
     out, rows = preflight(piml, project, "--accept-new-host-keys")
     assert out.returncode == 1
     row = by_check(rows, b.name, "reach")
@@ -183,8 +189,14 @@ def test_watch_refreshes_in_place_until_ctrl_c(piml, tmp_path, three_nodes):
     project = make_project(piml, tmp_path, three_nodes)
     assert piml("status", "--accept-new-host-keys", cwd=project).returncode == 0
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "piml", "status", "--watch", "--interval", "1"], cwd=project,
-                            stdin=follower, stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "150"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piml", "status", "--watch", "--interval", "1"],
+        cwd=project,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "150"},
+    )
     os.close(follower)
     screen = b""
     deadline = time.monotonic() + 20
@@ -205,8 +217,18 @@ def test_asleep_ray_external_host_is_a_warning_and_preflight_goes_on(piml, tmp_p
     """A ray_external host (a Mac mini joining Ray, outside Kubernetes) that is off: a warning on its own row;
     the k3s nodes pass and `piml up` is not stopped (exit 0), nor held up by its connect timeout."""
     a, b, mac = node_factory.trio()
-    args = ["init", "rack", "--ssh-key", a.key_path, "--node", f"{a.name}={a.address}:server",
-            "--node", f"{b.name}={b.address}", "--node", f"{mac.name}={mac.address}:external"]
+    args = [
+        "init",
+        "rack",
+        "--ssh-key",
+        a.key_path,
+        "--node",
+        f"{a.name}={a.address}:server",
+        "--node",
+        f"{b.name}={b.address}",
+        "--node",
+        f"{mac.name}={mac.address}:external",
+    ]
     assert piml(*args, cwd=tmp_path).returncode == 0
     project = tmp_path / "rack"
     out, rows = preflight(piml, project, "--accept-new-host-keys")

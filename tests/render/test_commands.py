@@ -26,13 +26,23 @@ def test_render_files_and_secrets(piml, tmp_path):
     out = piml("render", "-i", inventory, "--out", "plain", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     files = sorted(p.name for p in (tmp_path / "plain").iterdir())
-    assert files == ["00-namespace.yaml", "01-mlflow.yaml", "02-dask.yaml", "03-ray.yaml", "04-queue.yaml", "05-runner.yaml", "06-ingress.yaml"]
+    assert files == [
+        "00-namespace.yaml",
+        "01-mlflow.yaml",
+        "02-dask.yaml",
+        "03-ray.yaml",
+        "04-queue.yaml",
+        "05-runner.yaml",
+        "06-ingress.yaml",
+    ]
     assert not (tmp_path / ".piml/secrets.yaml").exists()  # nothing secret was needed or made
     out = piml("render", "-i", inventory, "--out", "secret", "--include-secrets", cwd=tmp_path)
     assert out.returncode == 0
     secrets_file = tmp_path / ".piml/secrets.yaml"
     assert stat.S_IMODE(os.stat(secrets_file).st_mode) == 0o600
-    password = next(line.split(": ", 1)[1] for line in secrets_file.read_text().splitlines() if line.startswith("redis_password"))
+    password = next(
+        line.split(": ", 1)[1] for line in secrets_file.read_text().splitlines() if line.startswith("redis_password")
+    )
     assert password in (tmp_path / "secret/04-queue.yaml").read_text()
     assert password not in (tmp_path / "plain/04-queue.yaml").read_text()
     assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in (tmp_path / "secret").iterdir())

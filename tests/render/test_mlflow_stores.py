@@ -16,8 +16,15 @@ from tests.render.test_render import HERE, K8S_VERSION, cluster_for
 
 PASSWORD = "db p@ss:w/rd%"  # characters a URI must escape
 S3_KEY, S3_SECRET = "AKIAUSERKEY0000", "user-s3-secret-key-0000"
-EXTERNAL = {"mlflow": {"backend_uri": "postgresql://mlflow@db.lan:5432/mlflow", "artifacts": "s3",
-                       "artifacts_uri": "s3://ml-artifacts/piml", "s3_endpoint_url": "http://nas.lan:3900", "s3_region": "garage"}}
+EXTERNAL = {
+    "mlflow": {
+        "backend_uri": "postgresql://mlflow@db.lan:5432/mlflow",
+        "artifacts": "s3",
+        "artifacts_uri": "s3://ml-artifacts/piml",
+        "s3_endpoint_url": "http://nas.lan:3900",
+        "s3_region": "garage",
+    }
+}
 
 
 @pytest.fixture
@@ -27,14 +34,19 @@ def user_secrets(tmp_path, monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     state = tmp_path / ".piml"
     state.mkdir()
-    (state / "secrets.yaml").write_text(yaml.safe_dump({"mlflow_backend_password": PASSWORD,
-                                                        "mlflow_s3_access_key": S3_KEY, "mlflow_s3_secret_key": S3_SECRET}))
+    (state / "secrets.yaml").write_text(
+        yaml.safe_dump(
+            {"mlflow_backend_password": PASSWORD, "mlflow_s3_access_key": S3_KEY, "mlflow_s3_secret_key": S3_SECRET}
+        )
+    )
     return load_or_create(state)
 
 
 def _mlflow(tmp_path, settings, secrets):
     cluster = cluster_for("pi5-3x8gb", tmp_path, settings)
-    objects = [o for r in render_platform(cluster, make_plan(cluster), secrets) if r.component == "mlflow" for o in r.objects]
+    objects = [
+        o for r in render_platform(cluster, make_plan(cluster), secrets) if r.component == "mlflow" for o in r.objects
+    ]
     by_kind = {(o["kind"], o["metadata"]["name"]): o for o in objects}
     container = by_kind["Deployment", "mlflow"]["spec"]["template"]["spec"]["containers"][0]
     return objects, by_kind.get(("Secret", "mlflow")), container
@@ -50,7 +62,9 @@ def test_external_backend_uri_only_in_the_secret(tmp_path, user_secrets):
     assert secret["stringData"]["backend-store-uri"] == full
     # The Deployment names it only by reference: Kubernetes expands $(VAR) in args from the container's env.
     assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in container["args"]
-    assert _env(container)["MLFLOW_BACKEND_STORE_URI"] == {"secretKeyRef": {"name": "mlflow", "key": "backend-store-uri"}}
+    assert _env(container)["MLFLOW_BACKEND_STORE_URI"] == {
+        "secretKeyRef": {"name": "mlflow", "key": "backend-store-uri"}
+    }
     outside = json.dumps([o for o in objects if o["kind"] != "Secret"])
     for value in (full, "db.lan", PASSWORD, "p%40ss"):
         assert value not in outside, value
@@ -77,7 +91,11 @@ def test_aws_s3_has_no_endpoint_or_region(tmp_path, user_secrets):
     settings = {"mlflow": {"artifacts": "s3", "artifacts_uri": "s3://ml-artifacts"}}
     _, _, container = _mlflow(tmp_path, settings, user_secrets)
     env = _env(container)
-    assert "MLFLOW_S3_ENDPOINT_URL" not in env and "AWS_DEFAULT_REGION" not in env and "MLFLOW_BACKEND_STORE_URI" not in env
+    assert (
+        "MLFLOW_S3_ENDPOINT_URL" not in env
+        and "AWS_DEFAULT_REGION" not in env
+        and "MLFLOW_BACKEND_STORE_URI" not in env
+    )
     assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in container["args"]
 
 
@@ -131,6 +149,8 @@ def test_s3_without_a_bucket_is_refused_before_anything(piml, tmp_path):
     out = piml("render", "-i", str(HERE / "scenarios" / "pi5-3x8gb.yml"), cwd=tmp_path)
     assert out.returncode == 2 and not out.stdout
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].endswith("piml.yaml:3: 'mlflow.artifacts' is 's3' but no bucket is named; "
-                                                 "add artifacts_uri: s3://BUCKET[/PATH] (and s3_endpoint_url for a store other than AWS)"), lines
+    assert len(lines) == 1 and lines[0].endswith(
+        "piml.yaml:3: 'mlflow.artifacts' is 's3' but no bucket is named; "
+        "add artifacts_uri: s3://BUCKET[/PATH] (and s3_endpoint_url for a store other than AWS)"
+    ), lines
     assert "None" not in out.stderr

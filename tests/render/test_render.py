@@ -24,8 +24,11 @@ NO_SCHEMA_HERE = {("traefik.io/v1alpha1", "Middleware")}  # k3s's Traefik CRD; i
 FITTING = ["pi5-3x8gb", "cm4-5x4gb", "amd64-server-arm64-agents", "single-node"]
 CONFIGS = {
     "defaults": {},
-    "postgres-minio-rabbitmq": {"mlflow": {"backend": "postgresql", "artifacts": "minio"}, "queue": {"kind": "rabbitmq"},
-                                "ray": {"gcs_fault_tolerance": True}},
+    "postgres-minio-rabbitmq": {
+        "mlflow": {"backend": "postgresql", "artifacts": "minio"},
+        "queue": {"kind": "rabbitmq"},
+        "ray": {"gcs_fault_tolerance": True},
+    },
 }
 
 
@@ -69,7 +72,9 @@ def test_policies(scenario, settings, tmp_path):
             for container in spec.get("containers", []) + spec.get("initContainers", []):
                 name = f"{obj['kind']}/{obj['metadata']['name']}/{container['name']}"
                 res = container.get("resources", {})
-                assert {"cpu", "memory"} <= set(res.get("requests", {})) and {"cpu", "memory"} <= set(res.get("limits", {})), name
+                assert {"cpu", "memory"} <= set(res.get("requests", {})) and {"cpu", "memory"} <= set(
+                    res.get("limits", {})
+                ), name
                 image = container["image"]
                 assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), name
                 if image.startswith("rayproject/ray:"):  # Ray has no multi-arch images
@@ -81,7 +86,9 @@ def test_policies(scenario, settings, tmp_path):
         assert value not in outside, name
     # Only platform pods reach the data stores.
     policies = {o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"}
-    stores = {"redis", "rabbitmq", "mlflow-postgres", "mlflow-minio"} & {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
+    stores = {"redis", "rabbitmq", "mlflow-postgres", "mlflow-minio"} & {
+        o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"
+    }
     assert stores and stores <= policies
     # Every placed service sits on a node of the plan, and the plan's requests fit every node.
     for node in plan.nodes:
@@ -104,7 +111,9 @@ def test_ray_ports_are_never_exposed(tmp_path):
     ray = next(o for o in objects if o["kind"] == "RayCluster")
     assert ray["spec"]["headGroupSpec"]["serviceType"] == "ClusterIP"
     ingress = next(o for o in objects if o["kind"] == "Ingress")
-    ports = {p["backend"]["service"]["port"]["number"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
+    ports = {
+        p["backend"]["service"]["port"]["number"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]
+    }
     assert ports == {5000, 8787, 8265}  # MLflow and the two dashboards: never GCS 6379 or client 10001
     assert not any(o["kind"] == "Service" and o["spec"].get("type") in ("NodePort", "LoadBalancer") for o in objects)
 
@@ -133,13 +142,19 @@ def test_cannot_fit_names_node_and_shortfall(tmp_path):
 
 
 def test_sizes_can_be_overridden(tmp_path):
-    plan = make_plan(cluster_for("pi5-3x8gb", tmp_path, {"mlflow": {"resources": {"limits": {"memory": "3Gi"}, "requests": {"cpu": "1"}}}}))
+    plan = make_plan(
+        cluster_for(
+            "pi5-3x8gb", tmp_path, {"mlflow": {"resources": {"limits": {"memory": "3Gi"}, "requests": {"cpu": "1"}}}}
+        )
+    )
     mlflow = plan.placement("mlflow")
     assert (mlflow.size.memory_limit, mlflow.size.cpu_request) == (3072, 1000)
 
 
 def test_unknown_memory_is_a_clear_error(tmp_path, write):
-    path = write("hosts.yml", "k3s_cluster:\n  children:\n    server:\n      hosts:\n        x: {ansible_host: 10.9.9.9}\n")
+    path = write(
+        "hosts.yml", "k3s_cluster:\n  children:\n    server:\n      hosts:\n        x: {ansible_host: 10.9.9.9}\n"
+    )
     cluster = Cluster(ProjectPaths(tmp_path, path), load_inventory(path), PimlConfig())
     with pytest.raises(InputError, match="cannot size node 'x'"):
         make_plan(cluster)

@@ -39,8 +39,11 @@ def test_scaledjob_valid_and_sized_by_the_plan(tmp_path, scenario, kind):
     crd_validator("keda.sh/v1alpha1", "ScaledJob").validate(job)
     kubernetes_validate.validate(objects["ConfigMap"], "1.36.0", strict=True)
     # The JobSpec inside is a real batch/v1 JobSpec.
-    kubernetes_validate.validate({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"}, "spec": job["spec"]["jobTargetRef"]},
-                                 "1.36.0", strict=True)
+    kubernetes_validate.validate(
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"}, "spec": job["spec"]["jobTargetRef"]},
+        "1.36.0",
+        strict=True,
+    )
     spec = job["spec"]
     assert spec["maxReplicaCount"] == plan.max_jobs >= 1
     assert spec["scalingStrategy"] == {"strategy": "accurate"} and spec["pollingInterval"] >= 1
@@ -51,7 +54,8 @@ def test_scaledjob_valid_and_sized_by_the_plan(tmp_path, scenario, kind):
         runner = plan.runner
         assert container["resources"] == {  # canonical, as Kubernetes writes quantities back
             "requests": {"cpu": canonical_cpu(runner.cpu_request), "memory": canonical_memory(runner.memory_request)},
-            "limits": {"cpu": canonical_cpu(runner.cpu_limit), "memory": canonical_memory(runner.memory_limit)}}
+            "limits": {"cpu": canonical_cpu(runner.cpu_limit), "memory": canonical_memory(runner.memory_limit)},
+        }
         image = container["image"]
         assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
     (runner,) = pod["spec"]["containers"]
@@ -63,11 +67,20 @@ def test_scaledjob_valid_and_sized_by_the_plan(tmp_path, scenario, kind):
     (trigger,) = spec["triggers"]
     assert trigger["type"] == kind
     if kind == "redis":
-        assert trigger["metadata"] == {"address": f"redis.{cluster.config.namespace}.svc:6379", "listName": "piml:queue",
-                                       "listLength": "1", "passwordFromEnv": "PIML_QUEUE_PASSWORD"}
+        assert trigger["metadata"] == {
+            "address": f"redis.{cluster.config.namespace}.svc:6379",
+            "listName": "piml:queue",
+            "listLength": "1",
+            "passwordFromEnv": "PIML_QUEUE_PASSWORD",
+        }
         assert "PIML_QUEUE_PASSWORD" in env
     else:
-        assert trigger["metadata"] == {"hostFromEnv": "RABBITMQ_HOST", "queueName": "piml.requests", "mode": "QueueLength", "value": "1"}
+        assert trigger["metadata"] == {
+            "hostFromEnv": "RABBITMQ_HOST",
+            "queueName": "piml.requests",
+            "mode": "QueueLength",
+            "value": "1",
+        }
         assert "$(PIML_QUEUE_PASSWORD)" in env["RABBITMQ_HOST"]["value"]
     # No secret value outside Secrets.
     text = json.dumps(rendered["runner"])
@@ -78,7 +91,9 @@ def test_configmap_carries_the_runner_source_it_mounts(tmp_path):
     _, _, _, rendered = render(tmp_path, "pi5-3x8gb", {})
     objects = {o["kind"]: o for o in rendered["runner"]}
     data = objects["ConfigMap"]["data"]
-    volume = next(v for v in objects["ScaledJob"]["spec"]["jobTargetRef"]["template"]["spec"]["volumes"] if v["name"] == "source")
+    volume = next(
+        v for v in objects["ScaledJob"]["spec"]["jobTargetRef"]["template"]["spec"]["volumes"] if v["name"] == "source"
+    )
     paths = {item["key"]: item["path"] for item in volume["configMap"]["items"]}
     assert set(paths) == set(data)
     assert {"runner/__main__.py", "queue/redis_broker.py", "queue/request.py", "__init__.py"} <= set(paths.values())
@@ -100,7 +115,11 @@ def test_ray_and_dask_pods_log_to_mlflow_with_the_secret(tmp_path, mlflow):
     _, _, secrets, rendered = render(tmp_path, "pi5-3x8gb", {"mlflow": {"enabled": mlflow}})
     ray = next(o for o in rendered["ray"] if o["kind"] == "RayCluster")["spec"]
     pods = [ray["headGroupSpec"]["template"]] + [g["template"] for g in ray["workerGroupSpecs"]]
-    pods += [o["spec"]["template"] for o in rendered["dask"] if o["kind"] == "Deployment" and "worker" in o["metadata"]["name"]]
+    pods += [
+        o["spec"]["template"]
+        for o in rendered["dask"]
+        if o["kind"] == "Deployment" and "worker" in o["metadata"]["name"]
+    ]
     assert len(pods) >= 3
     for pod in pods:
         env = {e["name"]: e for e in pod["spec"]["containers"][0].get("env", [])}
@@ -109,5 +128,8 @@ def test_ray_and_dask_pods_log_to_mlflow_with_the_secret(tmp_path, mlflow):
             continue
         assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.piml.svc:5000/mlflow"
         assert env["MLFLOW_TRACKING_USERNAME"]["value"] == "admin"
-        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow", "key": "admin-password"}
+        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "mlflow",
+            "key": "admin-password",
+        }
     assert secrets["mlflow_admin_password"] not in json.dumps(pods)

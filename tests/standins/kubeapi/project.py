@@ -44,8 +44,12 @@ class Project:
         self.secrets = load_or_create(root / ".piml")
 
     def cluster(self, settings: dict | None = None) -> Cluster:
-        return Cluster(ProjectPaths(self.root, SCENARIO), load_inventory(SCENARIO), PimlConfig.model_validate(settings or {}))
+        return Cluster(
+            ProjectPaths(self.root, SCENARIO), load_inventory(SCENARIO), PimlConfig.model_validate(settings or {})
+        )
 
     def render(self, settings: dict | None = None):
         cluster = self.cluster(settings)
-        return cluster, render_platform(cluster, make_plan(cluster, pins=read_pins(cluster, self.kubeconfig)), self.secrets)
+        return cluster, render_platform(
+            cluster, make_plan(cluster, pins=read_pins(cluster, self.kubeconfig)), self.secrets
+        )

@@ -65,10 +65,14 @@ BUILTIN = [
 ]
 # What a HelmChart of that name "installs": the CRDs (served after `crd_delay` seconds).
 CHART_CRDS = {
-    "kuberay-operator": [Kind("ray.io", "v1", "RayCluster", "rayclusters", True),
-                         Kind("ray.io", "v1", "RayJob", "rayjobs", True)],
-    "keda": [Kind("keda.sh", "v1alpha1", "ScaledJob", "scaledjobs", True),
-             Kind("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects", True)],
+    "kuberay-operator": [
+        Kind("ray.io", "v1", "RayCluster", "rayclusters", True),
+        Kind("ray.io", "v1", "RayJob", "rayjobs", True),
+    ],
+    "keda": [
+        Kind("keda.sh", "v1alpha1", "ScaledJob", "scaledjobs", True),
+        Kind("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects", True),
+    ],
 }
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
 HOSTNAME = "kubernetes.io/hostname"
@@ -82,8 +86,15 @@ class ApiError(Exception):
         self.code, self.reason, self.message = code, reason, message
 
     def status(self) -> dict:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "code": self.code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
 
 
 def _now() -> str:
@@ -124,8 +135,14 @@ def _field(obj: dict, path: str):
 class FakeKubeAPI:
     """The stand-in API server. Thread-safe: one lock around the store."""
 
-    def __init__(self, nodes: int = 3, node_memory: str = "8032000Ki", arch: str = "arm64",
-                 crd_delay: float = 0.3, ready_delay: float = 0.1):
+    def __init__(
+        self,
+        nodes: int = 3,
+        node_memory: str = "8032000Ki",
+        arch: str = "arm64",
+        crd_delay: float = 0.3,
+        ready_delay: float = 0.1,
+    ):
         self.crd_delay, self.ready_delay = crd_delay, ready_delay
         self.kinds: list[Kind] = list(BUILTIN)
         self.objects: dict[tuple[str, str, str], dict] = {}  # (plural, namespace, name) -> object
@@ -170,37 +187,71 @@ class FakeKubeAPI:
 
     def write_kubeconfig(self, path) -> None:
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "standin",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "standin",
             "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
             "users": [{"name": "standin", "user": {"token": "standin-token"}}],
             "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin"}}],
         }
         path.write_text(yaml.safe_dump(config))
 
-    def add_node(self, name: str, memory: str = "8032000Ki", arch: str = "arm64", cpu: str = "4",
-                 pressure: tuple[str, ...] = ()) -> None:
-        conditions = [{"type": t, "status": "True" if t in pressure else "False", "reason": f"Kubelet{t}"}
-                      for t in ("MemoryPressure", "DiskPressure", "PIDPressure")]
+    def add_node(
+        self, name: str, memory: str = "8032000Ki", arch: str = "arm64", cpu: str = "4", pressure: tuple[str, ...] = ()
+    ) -> None:
+        conditions = [
+            {"type": t, "status": "True" if t in pressure else "False", "reason": f"Kubelet{t}"}
+            for t in ("MemoryPressure", "DiskPressure", "PIDPressure")
+        ]
         conditions.append({"type": "Ready", "status": "True", "reason": "KubeletReady"})
-        node = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/arch": arch}},
-                "status": {"capacity": {"cpu": cpu, "memory": memory}, "allocatable": {"cpu": cpu, "memory": memory},
-                           "conditions": conditions,
-                           "nodeInfo": {"kubeletVersion": K8S_VERSION, "architecture": arch, "osImage": "Debian GNU/Linux 12 (bookworm)"}}}
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/arch": arch}},
+            "status": {
+                "capacity": {"cpu": cpu, "memory": memory},
+                "allocatable": {"cpu": cpu, "memory": memory},
+                "conditions": conditions,
+                "nodeInfo": {
+                    "kubeletVersion": K8S_VERSION,
+                    "architecture": arch,
+                    "osImage": "Debian GNU/Linux 12 (bookworm)",
+                },
+            },
+        }
         with self._lock:
             self._store(self.kind("Node"), node)
 
-    def add_pod(self, namespace: str, name: str, labels: dict | None = None, containers: tuple[str, ...] = ("main",)) -> dict:
+    def add_pod(
+        self, namespace: str, name: str, labels: dict | None = None, containers: tuple[str, ...] = ("main",)
+    ) -> dict:
         """A Running, Ready pod of its own (no owner), e.g. to exec into or forward to. The namespace must exist."""
         with self._lock:
             self._check_namespace(self.kind("Pod"), namespace)
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
-                   "spec": {"nodeName": self._nodes()[0], "containers": [{"name": c, "image": "standin"} for c in containers]},
-                   "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
-                              "containerStatuses": [{"name": c, "image": "standin", "imageID": _image_id("standin"),
-                                                     "ready": True, "restartCount": 0,
-                                                     "state": {"running": {"startedAt": _now()}}} for c in containers]}}
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+                "spec": {
+                    "nodeName": self._nodes()[0],
+                    "containers": [{"name": c, "image": "standin"} for c in containers],
+                },
+                "status": {
+                    "phase": "Running",
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "containerStatuses": [
+                        {
+                            "name": c,
+                            "image": "standin",
+                            "imageID": _image_id("standin"),
+                            "ready": True,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": _now()}},
+                        }
+                        for c in containers
+                    ],
+                },
+            }
             return copy.deepcopy(self._store(self.kind("Pod"), pod))
 
     def forward(self, namespace: str, pod: str, pod_port: int, local_port: int) -> None:
@@ -283,8 +334,13 @@ class FakeKubeAPI:
             if path in (["api", "v1"],) or (len(path) == 3 and path[0] == "apis"):
                 group, version = ("", "v1") if path[0] == "api" else (path[1], path[2])
                 return self._resource_list(group, version)
-            group, version, rest = (("", "v1", path[2:]) if path[:2] == ["api", "v1"]
-                                    else (path[1], path[2], path[3:]) if path[:1] == ["apis"] and len(path) > 3 else (None, None, None))
+            group, version, rest = (
+                ("", "v1", path[2:])
+                if path[:2] == ["api", "v1"]
+                else (path[1], path[2], path[3:])
+                if path[:1] == ["apis"] and len(path) > 3
+                else (None, None, None)
+            )
             if rest is None:
                 raise ApiError(404, "NotFound", f"the server could not find the requested resource ({parts.path})")
             namespace = ""
@@ -318,9 +374,18 @@ class FakeKubeAPI:
         for k in self.kinds:
             if k.group and k.version not in groups.setdefault(k.group, []):
                 groups[k.group].append(k.version)
-        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-            {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
-             "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}} for g, vs in groups.items()]}
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": g,
+                    "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+                    "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]},
+                }
+                for g, vs in groups.items()
+            ],
+        }
 
     def _resource_list(self, group: str, version: str) -> tuple[int, dict]:
         kinds = [k for k in self.kinds if k.group == group and k.version == version]
@@ -329,17 +394,45 @@ class FakeKubeAPI:
         resources = []
         for k in kinds:
             verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
-            resources.append({"name": k.plural, "singularName": k.kind.lower(), "namespaced": k.namespaced,
-                              "kind": k.kind, "verbs": verbs})
+            resources.append(
+                {
+                    "name": k.plural,
+                    "singularName": k.kind.lower(),
+                    "namespaced": k.namespaced,
+                    "kind": k.kind,
+                    "verbs": verbs,
+                }
+            )
             if k.kind in ("Deployment", "RayCluster", "HelmChart", "CustomResourceDefinition"):
-                resources.append({"name": f"{k.plural}/status", "singularName": "", "namespaced": k.namespaced,
-                                  "kind": k.kind, "verbs": ["get", "patch", "update"]})
+                resources.append(
+                    {
+                        "name": f"{k.plural}/status",
+                        "singularName": "",
+                        "namespaced": k.namespaced,
+                        "kind": k.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
             if k.kind == "Pod":
-                resources.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
-                resources += [{"name": f"pods/{sub}", "singularName": "", "namespaced": True, "kind": f"Pod{kind}Options",
-                               "verbs": ["create", "get"]} for sub, kind in (("exec", "Exec"), ("portforward", "PortForward"))]
-        return 200, {"kind": "APIResourceList", "apiVersion": "v1",
-                     "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+                resources.append(
+                    {"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]}
+                )
+                resources += [
+                    {
+                        "name": f"pods/{sub}",
+                        "singularName": "",
+                        "namespaced": True,
+                        "kind": f"Pod{kind}Options",
+                        "verbs": ["create", "get"],
+                    }
+                    for sub, kind in (("exec", "Exec"), ("portforward", "PortForward"))
+                ]
+        return 200, {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
 
     def _served(self, group: str, version: str, plural: str) -> Kind:
         for k in self.kinds:
@@ -364,8 +457,12 @@ class FakeKubeAPI:
             if any(str(_field(obj, key) or "") != value for key, value in wanted):
                 continue
             items.append(obj)
-        return {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
-                "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+        return {
+            "kind": f"{kind.kind}List",
+            "apiVersion": kind.api_version,
+            "metadata": {"resourceVersion": str(self._rv)},
+            "items": items,
+        }
 
     def _check_namespace(self, kind: Kind, namespace: str) -> None:
         if kind.namespaced and ("namespaces", "", namespace) not in self.objects:
@@ -406,9 +503,16 @@ class FakeKubeAPI:
                 new["status"] = old["status"]
             stored = self._store(kind, new, old)
             if stored is not old:
-                stored["metadata"]["managedFields"] = [{"manager": query["fieldManager"], "operation": "Apply",
-                                                        "apiVersion": kind.api_version, "time": _now(),
-                                                        "fieldsType": "FieldsV1", "fieldsV1": {}}]
+                stored["metadata"]["managedFields"] = [
+                    {
+                        "manager": query["fieldManager"],
+                        "operation": "Apply",
+                        "apiVersion": kind.api_version,
+                        "time": _now(),
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": {},
+                    }
+                ]
                 self.history.append(("apply", kind.kind, namespace, name))
                 self._created(kind, stored) if old is None else self._changed(kind, stored, old)
             return (201 if old is None else 200), stored
@@ -420,8 +524,12 @@ class FakeKubeAPI:
             # A resourceVersion in the patch is a precondition, as on the real server (optimistic concurrency).
             wanted = (patch.get("metadata") or {}).get("resourceVersion")
             if wanted is not None and wanted != old["metadata"].get("resourceVersion"):
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural} "{name}": the object has '
-                                                "been modified; please apply your changes to the latest version and try again")
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {kind.plural} "{name}": the object has '
+                    "been modified; please apply your changes to the latest version and try again",
+                )
             stored = self._store(kind, _merge(copy.deepcopy(old), patch), old)
             self._changed(kind, stored, old)
             return 200, stored
@@ -436,7 +544,12 @@ class FakeKubeAPI:
             owned = any(ref.get("uid") == uid for ref in other["metadata"].get("ownerReferences", []))
             if owned or (kind.kind == "Namespace" and key[1] == name):
                 del self.objects[key]
-        return {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name, "kind": kind.plural}}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Success",
+            "details": {"name": name, "kind": kind.plural},
+        }
 
     def stream(self, method: str, raw_path: str, headers) -> tuple[tuple[str, ...], callable]:
         """Check a pods/exec or pods/portforward request as the API server does before it upgrades the connection.
@@ -459,9 +572,13 @@ class FakeKubeAPI:
                 raise ApiError(400, "BadRequest", f"pod {name} does not have a host assigned")
             phase = pod.get("status", {}).get("phase")
             if sub == "exec" and phase in ("Succeeded", "Failed"):
-                raise ApiError(400, "BadRequest", f"cannot exec into a container in a completed pod; current phase is {phase}")
+                raise ApiError(
+                    400, "BadRequest", f"cannot exec into a container in a completed pod; current phase is {phase}"
+                )
             if phase != "Running":
-                raise ApiError(400, "BadRequest", f"unable to upgrade connection: pod {name} is not running (phase {phase})")
+                raise ApiError(
+                    400, "BadRequest", f"unable to upgrade connection: pod {name} is not running (phase {phase})"
+                )
             uid = pod["metadata"]["uid"]
             if sub == "portforward":
                 try:
@@ -470,15 +587,22 @@ class FakeKubeAPI:
                     raise ApiError(400, "BadRequest", f"invalid ports {query.get('ports')}") from None
                 if not ports or not all(0 < p < 65536 for p in ports):
                     raise ApiError(400, "BadRequest", "at least one port between 1 and 65535 is required")
-                targets = {p: self.forwards[(namespace, name, p)] for p in ports if (namespace, name, p) in self.forwards}
-                return streams.PORTFORWARD_PROTOCOLS, lambda ws: streams.serve_portforward(ws, name, uid, ports, targets)
+                targets = {
+                    p: self.forwards[(namespace, name, p)] for p in ports if (namespace, name, p) in self.forwards
+                }
+                return streams.PORTFORWARD_PROTOCOLS, lambda ws: streams.serve_portforward(
+                    ws, name, uid, ports, targets
+                )
             command, containers = query.get("command", []), [c["name"] for c in pod["spec"].get("containers", [])]
             container = (query.get("container") or [""])[-1]
             if container and container not in containers:
                 raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
             if not container and len(containers) > 1:
-                raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, "
-                                                  f"choose one of: [{' '.join(containers)}]")
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]",
+                )
             if flag("stdin") or flag("tty"):
                 raise ApiError(400, "BadRequest", "the stand-in's exec takes no stdin and no tty")
             if not (flag("stdout") or flag("stderr")):
@@ -531,26 +655,55 @@ class FakeKubeAPI:
             self._store(self.kind("Namespace"), {"metadata": {"name": namespace}})
         for name in ("keda-operator", "keda-operator-metrics-apiserver"):
             labels = {"app.kubernetes.io/name": name}
-            deployment = self._store(self.kind("Deployment"), {
-                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
-                "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                         "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": name, "image": f"ghcr.io/kedacore/{name}"}]}}}})
+            deployment = self._store(
+                self.kind("Deployment"),
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": labels},
+                        "template": {
+                            "metadata": {"labels": labels},
+                            "spec": {"containers": [{"name": name, "image": f"ghcr.io/kedacore/{name}"}]},
+                        },
+                    },
+                },
+            )
             self._sync_pods(deployment)
-        self._store(self.kind("APIService"), {
-            "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
-            "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
-                     "service": {"namespace": namespace, "name": "keda-operator-metrics-apiserver"}},
-            "status": {"conditions": [{"type": "Available", "status": "True", "reason": "Passed"}]}})
+        self._store(
+            self.kind("APIService"),
+            {
+                "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+                "spec": {
+                    "group": "external.metrics.k8s.io",
+                    "version": "v1beta1",
+                    "service": {"namespace": namespace, "name": "keda-operator-metrics-apiserver"},
+                },
+                "status": {"conditions": [{"type": "Available", "status": "True", "reason": "Passed"}]},
+            },
+        )
 
     def _install_crds(self, kinds: list[Kind]) -> None:
         for k in kinds:
-            crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                   "metadata": {"name": f"{k.plural}.{k.group}"},
-                   "spec": {"group": k.group, "scope": "Namespaced" if k.namespaced else "Cluster",
-                            "names": {"kind": k.kind, "plural": k.plural},
-                            "versions": [{"name": k.version, "served": True, "storage": True}]},
-                   "status": {"conditions": [{"type": "NamesAccepted", "status": "True"},
-                                             {"type": "Established", "status": "True"}]}}
+            crd = {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{k.plural}.{k.group}"},
+                "spec": {
+                    "group": k.group,
+                    "scope": "Namespaced" if k.namespaced else "Cluster",
+                    "names": {"kind": k.kind, "plural": k.plural},
+                    "versions": [{"name": k.version, "served": True, "storage": True}],
+                },
+                "status": {
+                    "conditions": [
+                        {"type": "NamesAccepted", "status": "True"},
+                        {"type": "Established", "status": "True"},
+                    ]
+                },
+            }
             key = ("customresourcedefinitions", "", crd["metadata"]["name"])
             self._store(self.kind("CustomResourceDefinition"), crd, self.objects.get(key))
             if k not in self.kinds:
@@ -563,7 +716,9 @@ class FakeKubeAPI:
         if owner["kind"] == "Deployment":
             return [(name, spec.get("template", {}), int(spec.get("replicas", 1)))]
         template = copy.deepcopy(spec.get("headGroupSpec", {}).get("template", {}))
-        template.setdefault("metadata", {}).setdefault("labels", {}).update({"ray.io/cluster": name, "ray.io/node-type": "head"})
+        template.setdefault("metadata", {}).setdefault("labels", {}).update(
+            {"ray.io/cluster": name, "ray.io/node-type": "head"}
+        )
         return [(f"{name}-head", template, 1)]
 
     def _sync_pods(self, owner: dict) -> None:
@@ -581,22 +736,45 @@ class FakeKubeAPI:
                 node, why = self._schedule(namespace, spec, i)
                 if why is None:
                     spec["nodeName"] = node
-                pod = {"apiVersion": "v1", "kind": "Pod",
-                       "metadata": {"name": f"{prefix}-{uuid.uuid4().hex[:5]}-{i}", "namespace": namespace,
-                                    "labels": dict(template.get("metadata", {}).get("labels", {})),
-                                    "ownerReferences": [{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
-                                                         "name": owner["metadata"]["name"], "uid": uid, "controller": True}]},
-                       "spec": spec, "status": {"phase": "Pending"}}
+                pod = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": f"{prefix}-{uuid.uuid4().hex[:5]}-{i}",
+                        "namespace": namespace,
+                        "labels": dict(template.get("metadata", {}).get("labels", {})),
+                        "ownerReferences": [
+                            {
+                                "apiVersion": owner["apiVersion"],
+                                "kind": owner["kind"],
+                                "name": owner["metadata"]["name"],
+                                "uid": uid,
+                                "controller": True,
+                            }
+                        ],
+                    },
+                    "spec": spec,
+                    "status": {"phase": "Pending"},
+                }
                 created.append(self._store(pods, pod))
                 if why is not None:
                     unschedulable.append((created[-1], why))
         self._set_owner_status(owner, ready=0)
         for pod, why in unschedulable:  # as the scheduler leaves it: Pending, PodScheduled False, an event
-            pod["status"] = {"phase": "Pending", "conditions": [
-                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}]}
-            self._event(pod, "FailedScheduling", why + f" preemption: 0/{len(self._nodes())} nodes are available: {len(self._nodes())} Preemption is not "
-                        "helpful for scheduling.")
-        self._later(self.ready_delay, lambda: self._become_ready(owner["kind"], namespace, owner["metadata"]["name"], uid))
+            pod["status"] = {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}],
+            }
+            self._event(
+                pod,
+                "FailedScheduling",
+                why
+                + f" preemption: 0/{len(self._nodes())} nodes are available: {len(self._nodes())} Preemption is not "
+                "helpful for scheduling.",
+            )
+        self._later(
+            self.ready_delay, lambda: self._become_ready(owner["kind"], namespace, owner["metadata"]["name"], uid)
+        )
 
     def _nodes(self) -> list[str]:
         return sorted(n for (p, _, n) in self.objects if p == "nodes")
@@ -616,12 +794,26 @@ class FakeKubeAPI:
             return
         ready = 0
         for key, pod in self.objects.items():
-            if key[0] == "pods" and pod["spec"].get("nodeName") and any(r.get("uid") == uid for r in pod["metadata"].get("ownerReferences", [])):
-                pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
-                                 "containerStatuses": [{"name": c["name"], "image": c.get("image", ""),
-                                                        "imageID": _image_id(c.get("image", "")), "ready": True,
-                                                        "restartCount": 0, "state": {"running": {"startedAt": _now()}}}
-                                                       for c in pod["spec"].get("containers", [])]}
+            if (
+                key[0] == "pods"
+                and pod["spec"].get("nodeName")
+                and any(r.get("uid") == uid for r in pod["metadata"].get("ownerReferences", []))
+            ):
+                pod["status"] = {
+                    "phase": "Running",
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "containerStatuses": [
+                        {
+                            "name": c["name"],
+                            "image": c.get("image", ""),
+                            "imageID": _image_id(c.get("image", "")),
+                            "ready": True,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": _now()}},
+                        }
+                        for c in pod["spec"].get("containers", [])
+                    ],
+                }
                 pod["metadata"]["resourceVersion"] = self._next_rv()
                 ready += 1
         self._set_owner_status(owner, ready)
@@ -629,20 +821,32 @@ class FakeKubeAPI:
     def _set_owner_status(self, owner: dict, ready: int) -> None:
         if owner["kind"] == "Deployment":
             want = int(owner["spec"].get("replicas", 1))
-            owner["status"] = {"observedGeneration": owner["metadata"].get("generation", 1), "replicas": want,
-                               "updatedReplicas": want, "readyReplicas": ready, "availableReplicas": ready,
-                               "conditions": [{"type": "Available", "status": "True" if ready >= want else "False"}]}
+            owner["status"] = {
+                "observedGeneration": owner["metadata"].get("generation", 1),
+                "replicas": want,
+                "updatedReplicas": want,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                "conditions": [{"type": "Available", "status": "True" if ready >= want else "False"}],
+            }
         else:
             owner["status"] = {"state": "ready", "readyWorkerReplicas": 0} if ready else {}
         owner["metadata"]["resourceVersion"] = self._next_rv()
 
     def _event(self, pod: dict, reason: str, message: str) -> None:
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-        event = {"apiVersion": "v1", "kind": "Event",
-                 "metadata": {"name": f"{name}.{uuid.uuid4().hex[:8]}", "namespace": namespace},
-                 "involvedObject": {"kind": "Pod", "name": name, "namespace": namespace, "uid": pod["metadata"]["uid"]},
-                 "reason": reason, "message": message, "type": "Warning", "count": 3,
-                 "firstTimestamp": _now(), "lastTimestamp": _now()}
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:8]}", "namespace": namespace},
+            "involvedObject": {"kind": "Pod", "name": name, "namespace": namespace, "uid": pod["metadata"]["uid"]},
+            "reason": reason,
+            "message": message,
+            "type": "Warning",
+            "count": 3,
+            "firstTimestamp": _now(),
+            "lastTimestamp": _now(),
+        }
         self._store(self.kind("Event"), event)
 
 
@@ -697,7 +901,9 @@ def _handler(api: FakeKubeAPI):
             try:
                 protocols, session = api.stream(self.command, self.path, self.headers)
                 if (protocol := websocket.choose_protocol(self.headers, protocols)) is None:
-                    raise ApiError(400, "BadRequest", f"unable to upgrade: the stand-in speaks only {', '.join(protocols)}")
+                    raise ApiError(
+                        400, "BadRequest", f"unable to upgrade: the stand-in speaks only {', '.join(protocols)}"
+                    )
             except Exception as exc:  # noqa: BLE001 - ApiError as the API answers it; anything else is a stand-in bug
                 error = exc if isinstance(exc, ApiError) else ApiError(500, "InternalError", f"stand-in error: {exc!r}")
                 self.close_connection = True  # a refused upgrade ends the connection (the client drops it anyway)

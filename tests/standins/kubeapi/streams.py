@@ -37,9 +37,13 @@ def exec_status(argv: list[str], code: int) -> dict:
     """The Status the kubelet writes on the error channel when the command ended (remotecommand v4)."""
     if code == 0:
         return {"metadata": {}, "status": "Success"}
-    return {"metadata": {}, "status": "Failure",
-            "message": f"command terminated with non-zero exit code: error executing command [{' '.join(argv)}], exit code {code}",
-            "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code: error executing command [{' '.join(argv)}], exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
 
 
 def serve_exec(ws: WebSocket, argv: list[str], handler: ExecHandler, stdout: bool, stderr: bool) -> None:
@@ -48,13 +52,18 @@ def serve_exec(ws: WebSocket, argv: list[str], handler: ExecHandler, stdout: boo
         status = exec_status(argv, int(code))
     except Exception as exc:  # noqa: BLE001 - a broken handler is a test bug: say so the way the API says its own errors
         out, err = b"", b""
-        status = {"metadata": {}, "status": "Failure", "reason": "InternalError", "code": 500,
-                  "message": f"stand-in exec handler failed: {exc!r}"}
+        status = {
+            "metadata": {},
+            "status": "Failure",
+            "reason": "InternalError",
+            "code": 500,
+            "message": f"stand-in exec handler failed: {exc!r}",
+        }
     try:
         for channel, data, wanted in ((STDOUT, out, stdout), (STDERR, err, stderr)):
             data = data.encode() if isinstance(data, str) else bytes(data)
             for start in range(0, len(data) if wanted else 0, CHUNK):
-                ws.send(bytes([channel]) + data[start:start + CHUNK])
+                ws.send(bytes([channel]) + data[start : start + CHUNK])
         ws.send(bytes([ERROR]) + json.dumps(status).encode())
     except OSError:
         pass  # the client went away (e.g. its own timeout): nothing to tell it any more
@@ -76,8 +85,10 @@ def serve_portforward(ws: WebSocket, pod: str, uid: str, ports: list[int], targe
             conns[i].settimeout(None)
         except OSError as exc:  # the kubelet's message, on the port's error channel; the client closes that port
             reason = exc.strerror or str(exc)
-            message = (f"error forwarding port {port} to pod {pod}, uid {uid}: failed to connect to localhost:{port} "
-                       f"inside the pod: dial tcp4 127.0.0.1:{port}: connect: {reason.lower()}")
+            message = (
+                f"error forwarding port {port} to pod {pod}, uid {uid}: failed to connect to localhost:{port} "
+                f"inside the pod: dial tcp4 127.0.0.1:{port}: connect: {reason.lower()}"
+            )
             ws.send(bytes([2 * i + 1]) + message.encode())
     remaining = [len(conns)]
     lock = threading.Lock()
@@ -96,8 +107,9 @@ def serve_portforward(ws: WebSocket, pod: str, uid: str, ports: list[int], targe
                 if remaining[0] == 0:
                     ws.close_soon()
 
-    threads = [threading.Thread(target=pump, args=item, daemon=True, name=f"standin-forward-{pod}")
-               for item in conns.items()]
+    threads = [
+        threading.Thread(target=pump, args=item, daemon=True, name=f"standin-forward-{pod}") for item in conns.items()
+    ]
     for thread in threads:
         thread.start()
     if not conns:
@@ -137,8 +149,15 @@ def run_locally(env: dict[str, str] | None = None, timeout: float = 60.0, cwd=No
 
     def run(argv: list[str]) -> tuple[int, bytes, bytes]:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
+            )
         except FileNotFoundError:
             return 127, b"", f'exec: "{argv[0]}": executable file not found in $PATH\n'.encode()
         try:

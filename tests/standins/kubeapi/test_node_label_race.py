@@ -11,10 +11,10 @@ from tests.standins.kubeapi.project import LOOPBACK_INVENTORY
 from tests.standins.kubeapi.server import FakeKubeAPI
 
 # pi2 with a taint of piml's, so that piml patches it
-INVENTORY = LOOPBACK_INVENTORY.replace("127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}",
-                                       "127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8, "
-                                       "piml_taints: ['gpu:NoSchedule']}")
-
+INVENTORY = LOOPBACK_INVENTORY.replace(
+    "127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8}",
+    "127.0.0.2, ansible_port: 9, piml_model: pi5, piml_memory_gb: 8, piml_taints: ['gpu:NoSchedule']}",
+)
 
 
 def test_a_concurrent_change_is_read_again_and_kept(tmp_path):
@@ -38,6 +38,9 @@ def test_a_concurrent_change_is_read_again_and_kept(tmp_path):
         assert not report.failed and "pi2" in {c.node for c in report.changed}
         patches = [p for m, p in api.requests if m == "PATCH" and p.startswith("/api/v1/nodes/pi2")]
         assert len(patches) == 2
-        assert [t["key"] for t in api.get("nodes", "", "pi2")["spec"]["taints"]] == ["node.kubernetes.io/not-ready", "gpu"]
+        assert [t["key"] for t in api.get("nodes", "", "pi2")["spec"]["taints"]] == [
+            "node.kubernetes.io/not-ready",
+            "gpu",
+        ]
     finally:
         api.stop()

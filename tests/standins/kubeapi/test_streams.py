@@ -138,8 +138,18 @@ def open_forward(core, pod: str, port: int, namespace: str = "default"):
 
 def run(core, pod: str, command: list[str], namespace: str = "default", **kwargs):
     """pods/exec as piml's code calls it; returns the finished WSClient."""
-    response = stream(core.connect_get_namespaced_pod_exec, pod, namespace, command=command, stderr=True, stdin=False,
-                      stdout=True, tty=False, _preload_content=False, **kwargs)
+    response = stream(
+        core.connect_get_namespaced_pod_exec,
+        pod,
+        namespace,
+        command=command,
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+        _preload_content=False,
+        **kwargs,
+    )
     response.run_forever(timeout=TIMEOUT)
     assert not response.is_open(), "the stand-in did not end the exec stream"
     return response
@@ -164,7 +174,10 @@ def test_portforward_round_trips_bytes_and_ends_the_pod_connection(kubeapi, core
 def test_portforward_two_connections_at_once(kubeapi, core, echo):
     kubeapi.add_pod("default", "web")
     kubeapi.forward("default", "web", 8080, echo.port)
-    (_stream_a, a), (_stream_b, b) = open_forward(core, "web", 8080), open_forward(core, "web", 8080)  # streams kept open
+    (_stream_a, a), (_stream_b, b) = (
+        open_forward(core, "web", 8080),
+        open_forward(core, "web", 8080),
+    )  # streams kept open
     for i in range(20):  # interleaved: each stream gets back only its own bytes
         a.sendall(b"a%03d" % i)
         b.sendall(b"b%03d" % i)
@@ -235,7 +248,9 @@ def test_portforward_to_a_port_nothing_listens_on_is_refused_on_the_error_channe
         forward, sock = open_forward(core, "web", port)
         assert sock.recv(10) == b""  # the client closes the port's socket when the error arrives
         error = forward.error(port)
-        assert error.startswith(f"error forwarding port {port} to pod web, uid ") and error.endswith("connection refused")
+        assert error.startswith(f"error forwarding port {port} to pod web, uid ") and error.endswith(
+            "connection refused"
+        )
         sock.close()
 
 
@@ -247,16 +262,36 @@ def test_streams_need_a_running_pod(make_api, tmp_path):
     api_client = config.new_client_from_config(str(path))
     core = client.CoreV1Api(api_client)
     labels = {"app": "box"}
-    client.AppsV1Api(api_client).create_namespaced_deployment("default", {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "box"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "main", "image": "box"}]}}}})
+    client.AppsV1Api(api_client).create_namespaced_deployment(
+        "default",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "box"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "main", "image": "box"}]},
+                },
+            },
+        },
+    )
     pod = core.list_namespaced_pod("default", label_selector="app=box").items[0]
     assert pod.status.phase == "Pending"
     api.on_exec("default", pod.metadata.name, lambda argv: (0, b"up", b""))
     with pytest.raises(ApiException) as raised:
-        stream(core.connect_get_namespaced_pod_exec, pod.metadata.name, "default", command=["true"], stderr=True,
-               stdin=False, stdout=True, tty=False)
+        stream(
+            core.connect_get_namespaced_pod_exec,
+            pod.metadata.name,
+            "default",
+            command=["true"],
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+        )
     assert "400" in raised.value.reason and "is not running (phase Pending)" in raised.value.reason
     wait_until(lambda: core.read_namespaced_pod(pod.metadata.name, "default").status.phase == "Running", 5)
     assert run(core, pod.metadata.name, ["true"]).read_stdout() == "up"
@@ -292,9 +327,25 @@ def redis_server(tmp_path):
 
     port, password = free_port(), secrets.token_urlsafe(18)
     proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path), "--save", "",
-         "--appendonly", "no", "--requirepass", password], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(tmp_path),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            password,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         check = redis.Redis(port=port, password=password, socket_connect_timeout=1, socket_timeout=2)
         wait_until(lambda: proc.poll() is None and _ping(check), 20)
@@ -369,15 +420,22 @@ def test_exec_status_is_the_api_servers(kubeapi, core):
     kubeapi.on_exec("default", "box", kubeapi.run_locally(timeout=TIMEOUT))
     response = run(core, "box", ["sh", "-c", "exit 7"])
     status = json.loads(response.read_channel(3))
-    assert status == {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
-                      "message": "command terminated with non-zero exit code: error executing command [sh -c exit 7], exit code 7",
-                      "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}}
+    assert status == {
+        "metadata": {},
+        "status": "Failure",
+        "reason": "NonZeroExitCode",
+        "message": "command terminated with non-zero exit code: error executing command [sh -c exit 7], exit code 7",
+        "details": {"causes": [{"reason": "ExitCode", "message": "7"}]},
+    }
     response.close()
     response = run(core, "box", ["true"])
     assert json.loads(response.read_channel(3)) == {"metadata": {}, "status": "Success"}
     response.close()
     response = run(core, "box", ["no-such-program-here"])
-    assert (response.returncode, response.read_stderr()) == (127, 'exec: "no-such-program-here": executable file not found in $PATH\n')
+    assert (response.returncode, response.read_stderr()) == (
+        127,
+        'exec: "no-such-program-here": executable file not found in $PATH\n',
+    )
     response.close()
 
 
@@ -389,8 +447,17 @@ def test_exec_large_output_in_several_frames_and_preloaded(kubeapi, core):
     assert response.read_stdout() == out.decode() and response.returncode == 0
     response.close()
     # _preload_content=True (the default): stdout and stderr together, as one string
-    text = stream(core.connect_get_namespaced_pod_exec, "box", "default", command=["cat", "big"], stderr=True,
-                  stdin=False, stdout=True, tty=False, _request_timeout=TIMEOUT)
+    text = stream(
+        core.connect_get_namespaced_pod_exec,
+        "box",
+        "default",
+        command=["cat", "big"],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+        _request_timeout=TIMEOUT,
+    )
     assert text == out.decode() + "done\n"
 
 
@@ -401,8 +468,17 @@ def test_exec_refusals_before_the_upgrade(kubeapi, core):
 
     def refused(pod, **kwargs) -> str:
         with pytest.raises(ApiException) as raised:
-            stream(core.connect_get_namespaced_pod_exec, pod, "default", command=["true"], stderr=True, stdin=False,
-                   stdout=True, tty=False, **kwargs)
+            stream(
+                core.connect_get_namespaced_pod_exec,
+                pod,
+                "default",
+                command=["true"],
+                stderr=True,
+                stdin=False,
+                stdout=True,
+                tty=False,
+                **kwargs,
+            )
         return raised.value.reason
 
     assert "404" in refused("nope") and 'pods \\"nope\\" not found' in refused("nope")
@@ -422,8 +498,12 @@ def test_accept_key_is_rfc_6455s():
 def _raw_upgrade(kubeapi, path: str, protocol: str) -> tuple[socket.socket, bytes]:
     sock = socket.create_connection(("127.0.0.1", int(kubeapi.url.rsplit(":", 1)[1])), timeout=TIMEOUT)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: standin\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: standin\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+        ).encode()
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
@@ -451,7 +531,10 @@ def test_websocket_ping_data_close_and_an_unmasked_frame(kubeapi, echo):
     path = "/api/v1/namespaces/default/pods/web/portforward?ports=8080"
     sock, head = _raw_upgrade(kubeapi, path, "v4.channel.k8s.io")
     assert head.startswith(b"HTTP/1.1 101 ") and b"Sec-WebSocket-Protocol: v4.channel.k8s.io" in head
-    assert [_read_frame(sock), _read_frame(sock)] == [(websocket.BINARY, b"\x00\x90\x1f"), (websocket.BINARY, b"\x01\x90\x1f")]
+    assert [_read_frame(sock), _read_frame(sock)] == [
+        (websocket.BINARY, b"\x00\x90\x1f"),
+        (websocket.BINARY, b"\x01\x90\x1f"),
+    ]
     sock.sendall(_masked(websocket.PING, b"are you there"))
     assert _read_frame(sock) == (websocket.PONG, b"are you there")
     sock.sendall(_masked(websocket.BINARY, b"\x00hi"))
@@ -485,8 +568,12 @@ def test_websocket_exec_over_v4_and_an_unknown_subprotocol(kubeapi):
     sock.close()
 
     sock = socket.create_connection(("127.0.0.1", int(kubeapi.url.rsplit(":", 1)[1])), timeout=TIMEOUT)
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: standin\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                  "Sec-WebSocket-Protocol: v3.channel.k8s.io\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: standin\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: v3.channel.k8s.io\r\n\r\n"
+        ).encode()
+    )
     assert sock.recv(200).startswith(b"HTTP/1.1 400 ")
     sock.close()
