@@ -176,14 +176,7 @@ def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:
     try:
         password = secret_password(api.read_namespaced_secret(kind, namespace, _request_timeout=REQUEST_TIMEOUT), kind)
     except ApiException as exc:
-        raise PimlError(
-            Problem(
-                f"cluster ({namespace})",
-                f"cannot read the {kind} Secret: HTTP {exc.status} {exc.reason}",
-                "check the kubeconfig and that `piml up` finished",
-            ),
-            1,
-        ) from None
+        raise _refused(namespace, f"read the {kind} Secret", exc) from None
     except (OSError, urllib3_errors()) as exc:
         raise unreachable(api, exc) from None
     forwarder = forward(api, namespace, f"app.kubernetes.io/name={kind}", PORTS[kind], kind)
@@ -193,6 +186,13 @@ def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:
         else f"amqp://{RABBITMQ_USER}@127.0.0.1:{forwarder.port}/"
     )
     return Tunnel(url, password, forwarder)
+
+
+def _refused(namespace: str, doing: str, exc: Any) -> PimlError:
+    """The API server answered an error (an ApiException) to what the tunnel needed."""
+    where = f"cluster ({namespace})"
+    fix = "check the kubeconfig and that `piml up` finished"
+    return PimlError(Problem(where, f"cannot {doing}: HTTP {exc.status} {exc.reason}", fix), 1)
 
 
 def forward(api: Any, namespace: str, selector: str, port: int, what: str) -> Forwarder:
@@ -207,14 +207,7 @@ def forward(api: Any, namespace: str, selector: str, port: int, what: str) -> Fo
             api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items, what
         )
     except ApiException as exc:
-        raise PimlError(
-            Problem(
-                f"cluster ({namespace})",
-                f"cannot list the {what} pods: HTTP {exc.status} {exc.reason}",
-                "check the kubeconfig and that `piml up` finished",
-            ),
-            1,
-        ) from None
+        raise _refused(namespace, f"list the {what} pods", exc) from None
     except (OSError, urllib3_errors()) as exc:
         raise unreachable(api, exc) from None
 

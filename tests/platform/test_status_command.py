@@ -1,4 +1,5 @@
-"""`piml status` with a cluster: the node part over SSH (unreachable here), the cluster part over the real API."""
+"""`piml status` with a cluster: the node part over SSH (unreachable here), the cluster part over the real API;
+and `piml jobs`, whose tunnel to the broker starts with the real API too."""
 
 import json
 
@@ -26,3 +27,10 @@ def test_status_without_a_kubeconfig_has_no_cluster_part(piml, tmp_path):
     (tmp_path / "inventory/hosts.yml").write_text(INVENTORY)
     out = piml("status", "--json", cwd=tmp_path)
     assert json.loads(out.stdout)["cluster"] is None
+
+
+def test_jobs_before_the_platform_is_up_names_the_secret_it_cannot_read(piml, project):
+    out = piml("jobs", cwd=project.root)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "cluster (piml): cannot read the redis Secret: HTTP 404 Not Found; " in out.stderr, out.stderr
+    assert "check the kubeconfig and that `piml up` finished" in out.stderr and "Traceback" not in out.stderr
