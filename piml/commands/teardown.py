@@ -124,13 +124,9 @@ def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
     """Delete the platform; volumes stay unless purge, which wants the project's name typed."""
     kubeconfig = cluster.paths.kubeconfig
     if not kubeconfig.exists():
-        raise InputError(
-            Problem(
-                cluster.paths.show(kubeconfig),
-                "no kubeconfig: there is no cluster piml set up here",
-                "run it in the project directory (-C DIR), or nothing needs tearing down",
-            )
-        )
+        fix = "run it in the project directory (-C DIR), or nothing needs tearing down"
+        where = cluster.paths.show(kubeconfig)
+        raise InputError(Problem(where, "no kubeconfig: there is no cluster piml set up here", fix))
     if not yes:
         if not sys.stdin.isatty():
             raise InputError(

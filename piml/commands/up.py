@@ -196,13 +196,8 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
 
     kubeconfig = cluster.paths.kubeconfig
     if not kubeconfig.exists():
-        raise InputError(
-            Problem(
-                cluster.paths.show(kubeconfig),
-                "no kubeconfig yet",
-                "run the earlier stages first: piml up (or piml up --until kubeconfig)",
-            )
-        )
+        fix = "run the earlier stages first: piml up (or piml up --until kubeconfig)"
+        raise InputError(Problem(cluster.paths.show(kubeconfig), "no kubeconfig yet", fix))
     try:  # which nodes the stateful services' volumes are on: the plan keeps them there (or says why it cannot)
         pins = read_pins(cluster, kubeconfig)
     except PimlError as exc:  # the API unreachable: reported like any other platform failure

@@ -33,6 +33,9 @@ class GroupTree:
     group_paths: dict[str, YamlPath]
     problems: list[Problem]
 
+    def refuse(self, where: str, what: str, fix: str) -> None:
+        self.problems.append(Problem(where, what, fix))
+
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     match = get_close_matches(word, list(choices), n=1, cutoff=0.6)
@@ -42,14 +45,10 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
 def read_groups(doc: YamlDoc) -> GroupTree:
     tree = GroupTree({}, {}, {}, [])
     if doc.data is None:
-        tree.problems.append(
-            Problem(doc.source, "the inventory is empty", "run `piml init` or add a `k3s_cluster` group")
-        )
+        tree.refuse(doc.source, "the inventory is empty", "run `piml init` or add a `k3s_cluster` group")
         return tree
     if not isinstance(doc.data, dict):
-        tree.problems.append(
-            Problem(doc.where(), "the inventory must be a mapping of groups", "start it with `k3s_cluster:`")
-        )
+        tree.refuse(doc.where(), "the inventory must be a mapping of groups", "start it with `k3s_cluster:`")
         return tree
     for name, body in doc.data.items():
         _group(doc, tree, str(name), body, (name,), [], {}, {})
@@ -58,35 +57,27 @@ def read_groups(doc: YamlDoc) -> GroupTree:
 
 def _group(doc, tree, name, body, path, parents, inherited, inherited_paths) -> None:
     if name in parents:
-        tree.problems.append(
-            Problem(doc.where(path), f"group '{name}' contains itself", "remove the loop in `children`")
-        )
+        tree.refuse(doc.where(path), f"group '{name}' contains itself", "remove the loop in `children`")
         return
     tree.group_paths.setdefault(name, path)
     if body is None:
         return
     if not isinstance(body, dict):
-        tree.problems.append(
-            Problem(doc.where(path), f"group '{name}' must be a mapping", "give it `hosts:`, `vars:` or `children:`")
-        )
+        tree.refuse(doc.where(path), f"group '{name}' must be a mapping", "give it `hosts:`, `vars:` or `children:`")
         return
     for key in body:
         if key not in GROUP_KEYS:
-            tree.problems.append(
-                Problem(
-                    doc.where(path + (key,)),
-                    f"unknown key '{key}' in group '{name}'",
-                    did_you_mean(str(key), GROUP_KEYS),
-                )
+            tree.refuse(
+                doc.where(path + (key,)),
+                f"unknown key '{key}' in group '{name}'",
+                did_you_mean(str(key), GROUP_KEYS),
             )
     group_vars = body.get("vars") or {}
     if not isinstance(group_vars, dict):
-        tree.problems.append(
-            Problem(
-                doc.where(path + ("vars",)),
-                f"`vars` of group '{name}' must be a mapping",
-                "write `name: value` lines under it",
-            )
+        tree.refuse(
+            doc.where(path + ("vars",)),
+            f"`vars` of group '{name}' must be a mapping",
+            "write `name: value` lines under it",
         )
         group_vars = {}
     tree.group_vars.setdefault(name, {}).update(group_vars)
@@ -96,32 +87,26 @@ def _group(doc, tree, name, body, path, parents, inherited, inherited_paths) -> 
 
     hosts = body.get("hosts") or {}
     if isinstance(hosts, list):  # a common slip: `hosts: [a, b]`
-        tree.problems.append(
-            Problem(
-                doc.where(path + ("hosts",)),
-                f"`hosts` of group '{name}' is a list",
-                "write each host as a key: `pi1:` on its own line",
-            )
+        tree.refuse(
+            doc.where(path + ("hosts",)),
+            f"`hosts` of group '{name}' is a list",
+            "write each host as a key: `pi1:` on its own line",
         )
         hosts = {}
     elif not isinstance(hosts, dict):
-        tree.problems.append(
-            Problem(
-                doc.where(path + ("hosts",)),
-                f"`hosts` of group '{name}' must be a mapping",
-                "write each host as a key: `pi1:`",
-            )
+        tree.refuse(
+            doc.where(path + ("hosts",)),
+            f"`hosts` of group '{name}' must be a mapping",
+            "write each host as a key: `pi1:`",
         )
         hosts = {}
     for host, host_vars in hosts.items():
         host_path = path + ("hosts", host)
         if host_vars is not None and not isinstance(host_vars, dict):
-            tree.problems.append(
-                Problem(
-                    doc.where(host_path),
-                    f"host '{host}' must have a mapping of variables or nothing",
-                    "write `name: value` lines under it, or leave it empty",
-                )
+            tree.refuse(
+                doc.where(host_path),
+                f"host '{host}' must have a mapping of variables or nothing",
+                "write `name: value` lines under it, or leave it empty",
             )
             host_vars = {}
         entry = tree.hosts.setdefault(str(host), HostEntry(str(host), path=host_path))
@@ -139,12 +124,10 @@ def _group(doc, tree, name, body, path, parents, inherited, inherited_paths) -> 
 
     children = body.get("children") or {}
     if not isinstance(children, dict):
-        tree.problems.append(
-            Problem(
-                doc.where(path + ("children",)),
-                f"`children` of group '{name}' must be a mapping of groups",
-                "write each child group as a key",
-            )
+        tree.refuse(
+            doc.where(path + ("children",)),
+            f"`children` of group '{name}' must be a mapping of groups",
+            "write each child group as a key",
         )
         return
     for child, child_body in children.items():
