@@ -91,7 +91,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # A light virtualenv (`pip install -e '.[test-fast]'`) has none of the services' packages: the modules that import
 # them at the top are not collected there. scripts/test (the full run, CI's) sets PIML_TEST_FULL, and then a
 # missing package is an error, never a silently smaller suite.
-HEAVY = {"pandas": ["queue/test_batches.py", "queue/test_runner.py", "queue/test_rabbitmq.py", "health/test_deep.py"]}
+HEAVY = {
+    "pandas": ["queue/test_batches.py", "queue/test_runner.py", "queue/test_rabbitmq.py", "health/test_deep.py"],
+    "mlflow": ["serve/test_payload.py"],
+}
 
 
 def _missing(module: str) -> bool:

@@ -58,3 +58,19 @@ def test_wheel_installs_and_finds_its_data(tmp_path):
     )
     assert cli.returncode == 0, cli.stderr
     assert (elsewhere / "p/inventory/hosts.yml").is_file()
+
+
+def test_the_full_test_extra_runs_the_services_at_the_versions_piml_pins():
+    """tests/services.py runs MLflow, Ray and Dask from the `test` extra: at another version than the cluster's
+    they would prove nothing about it."""
+    import re
+    import tomllib
+
+    from piml.config import DASK_VERSION, MLFLOW_VERSION, RAY_VERSION
+
+    repo = Path(__file__).resolve().parent.parent
+    extra = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    pins = {m[1]: m[2] for m in (re.match(r"^([a-z]+)(?:\[[a-z,]+\])?(\S*)$", d) for d in extra) if m}
+    assert pins.get("ray") == f"=={RAY_VERSION}"
+    assert pins.get("distributed") == f"=={DASK_VERSION}"
+    assert pins.get("mlflow", "").endswith(f",<={MLFLOW_VERSION}")  # never newer than the cluster's

@@ -1,0 +1,98 @@
+"""A real Ray head with Ray Serve (`ray start --head`, token authentication on, as the platform runs Ray) whose
+processes carry MLflow's address and credentials in their environment, as the cluster's Ray pods do; piml's
+Serve application is deployed to it with `serve deploy`, the way KubeRay hands a RayService's serveConfigV2 to
+the head's dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.queue.helpers import REPO, free_port, wait_for
+from tests.raytools import MARKER, VENV_BIN, alive_nodes, end, http_ok
+
+
+@dataclass
+class ServeHead:
+    dashboard_url: str
+    serve_url: str  # the Serve HTTP proxy
+    env: dict
+    log: Path
+    temp: Path
+
+    def deploy(self, config: dict, timeout: float = 180) -> None:
+        """`serve deploy` the config, then wait (bounded) until every application in it is RUNNING."""
+        path = self.temp / "serve.yaml"
+        path.write_text(yaml.safe_dump(config))
+        serve = os.path.join(VENV_BIN, "serve")
+        done = subprocess.run(
+            [serve, "deploy", str(path), "--address", self.dashboard_url],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        names = [app["name"] for app in config["applications"]]
+        wait_for(lambda: all(self.status().get(n) == "RUNNING" for n in names), timeout, "serve applications")
+
+    def replica_log(self, lines: int = 60) -> str:
+        """The end of the Serve replicas' logs, for a failing assertion to show what the replica said."""
+        logs = sorted((self.temp / "session_latest" / "logs" / "serve").glob("replica_*.log"))
+        return "\n".join("\n".join(p.read_text(errors="replace").splitlines()[-lines:]) for p in logs)
+
+    def status(self) -> dict[str, str]:
+        request = urllib.request.Request(
+            f"{self.dashboard_url}/api/serve/applications/",
+            headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            apps = json.load(response).get("applications", {})
+        failed = {n: a.get("message", "") for n, a in apps.items() if a.get("status") == "DEPLOY_FAILED"}
+        assert not failed, f"serve applications failed to deploy: {failed}"
+        return {name: app.get("status") for name, app in apps.items()}
+
+
+@pytest.fixture(scope="module")
+def serve_head(mlflow_server):
+    marker = secrets.token_hex(8)
+    token = secrets.token_hex(32)
+    temp = Path(tempfile.mkdtemp(prefix="piml-serve-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    names = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port")
+    names += ("dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    ports = {name: free_port() for name in (*names, "node-manager-port", "object-manager-port")}
+    env = {
+        **os.environ,
+        **mlflow_server.env,
+        MARKER: marker,
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(REPO),  # piml.serve, as the ConfigMap mounted in the Ray pods provides it
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+    }
+    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+    log = temp / "ray-start.log"
+    args = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--num-cpus=2"]
+    args += ["--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats"]
+    args += [f"--temp-dir={temp}", "--object-store-memory=100000000"]
+    args += [f"--{name}={port}" for name, port in ports.items()]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{ports['dashboard-port']}"
+    try:
+        wait_for(lambda: http_ok(f"{url}/api/jobs/", token) and alive_nodes(url, token), 90, "ray head", proc, log)
+        yield ServeHead(url, f"http://127.0.0.1:{free_port()}", env, log, temp)
+    finally:
+        end(proc, marker)
+        shutil.rmtree(temp, ignore_errors=True)
