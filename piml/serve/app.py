@@ -8,13 +8,26 @@ MLFLOW_TRACKING_USERNAME / _PASSWORD from MLflow's Secret), never from a request
   GET  /          the route, the model's name and the version loaded, since when
   POST /predict   JSON (inputs, dataframe_split, dataframe_records, instances) or CSV -> predictions
                   (and probabilities where the model has predict_proba); a bad request is a 400 with one line
+  POST /reload    (Authorization: Bearer $PIML_SERVE_TOKEN) load the URI's version now (an alias's current one)
+                  on every replica, without dropping a request: each request is answered by the model it began
+                  with, and the new one takes over once loaded
+
+Reload reaches every replica through a small named Ray actor per route (RouteState): /reload records the wanted
+version there; each replica polls it every second, loads a version it lacks beside the one serving, swaps, and
+reports; /reload answers when every live replica reports the version (bounded). A replica started later loads
+the wanted version, not the URI's version of its start.
 
 Requests of plain rows (a DataFrame each) are batched (@serve.batch): one model call for up to batch_size
 requests that arrive together, each answered with its own rows.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at runtime.
+import asyncio
+import hmac
+import logging
+import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +38,9 @@ from ray import serve
 
 from piml.serve.payload import PayloadError, parse, predict
 
+POLL_SECONDS = 1.0
+LIVE_SECONDS = 5.0  # a replica that has not reported for this long is gone (scaled down, restarted)
+RELOAD_SECONDS = 120.0  # the bound of POST /reload: a Pi loads a small model in seconds, a big one in a minute
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+|latest))$")
 api = FastAPI(title="piml model route")
 
@@ -55,11 +71,40 @@ def resolve(uri: str) -> tuple[str, str]:
     return name, match["version"]
 
 
-def load(uri: str) -> Loaded:
+def load(name: str, version: str) -> Loaded:
     import mlflow.pyfunc
 
-    name, version = resolve(uri)
     return Loaded(name, version, mlflow.pyfunc.load_model(f"models:/{name}/{version}"), time.time())
+
+
+class RouteState:
+    """The version a route should serve (None until a reload), and which version each replica has. The wanted
+    version is kept with its URI: a route changed to another model in piml.yaml starts from that model's own."""
+
+    def __init__(self) -> None:
+        self.wanted: tuple[str, str] | None = None  # (uri, version)
+        self.reports: dict[str, tuple[str, float]] = {}
+
+    def want(self, uri: str, version: str) -> None:
+        self.wanted = (uri, version)
+
+    def get_wanted(self, uri: str) -> str | None:
+        return self.wanted[1] if self.wanted and self.wanted[0] == uri else None
+
+    def report(self, replica: str, uri: str, version: str) -> str | None:
+        self.reports[replica] = (version, time.time())
+        return self.get_wanted(uri)
+
+    def replicas(self) -> dict[str, str]:
+        now = time.time()
+        return {r: v for r, (v, at) in self.reports.items() if now - at < LIVE_SECONDS}
+
+
+def route_state(route: str) -> Any:
+    import ray
+
+    actor = ray.remote(num_cpus=0)(RouteState)
+    return actor.options(name=f"piml-route-{route}", lifetime="detached", get_if_exists=True).remote()
 
 
 def _bad(reason: str) -> JSONResponse:
@@ -79,9 +124,47 @@ def _split(whole: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
 @serve.ingress(api)
 class ModelRoute:
     def __init__(self, route: str, model: str, batch_size: int = 16):
+        import ray
+
         self.route, self.uri = route, model
-        self.loaded = load(model)
+        self.replica = os.urandom(6).hex()
+        self.state = route_state(route)
+        name, version = resolve(model)
+        wanted = ray.get(self.state.get_wanted.remote(model), timeout=30)
+        self.loaded = load(name, wanted or version)
+        self._stop = threading.Event()
+        self._loading = threading.Lock()
+        threading.Thread(target=self._follow, name="piml-route-follow", daemon=True).start()
         self.predict_frames.set_max_batch_size(batch_size)  # type: ignore[attr-defined, unused-ignore]  # ray typed or not
+
+    def _follow(self) -> None:
+        """Every second: report the version this replica serves, and start loading the wanted one if it differs.
+        The load runs beside this loop, so a replica busy loading still reports (and is not taken for gone)."""
+        import ray
+
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                wanted = ray.get(self.state.report.remote(self.replica, self.uri, self.loaded.version), timeout=10)
+            except Exception as exc:  # noqa: BLE001 - the actor away for a moment: the next round tries again
+                logging.getLogger("ray.serve").warning("piml route %s: following reloads: %r", self.route, exc)
+                continue
+            if wanted and wanted != self.loaded.version and not self._loading.locked():
+                threading.Thread(target=self._switch_quietly, args=(wanted,), daemon=True).start()
+
+    def _switch(self, version: str) -> None:
+        """Load `version` and serve it; one load at a time, and none for the version already served."""
+        with self._loading:
+            if version != self.loaded.version:
+                self.loaded = load(self.loaded.name, version)  # the old one keeps answering until this returns
+
+    def _switch_quietly(self, version: str) -> None:
+        try:
+            self._switch(version)
+        except Exception as exc:  # noqa: BLE001 - MLflow away, the version unloadable: the next round retries
+            logging.getLogger("ray.serve").warning("piml route %s: loading version %s: %r", self.route, version, exc)
+
+    def __del__(self) -> None:
+        self._stop.set()
 
     def _schema(self) -> Any:
         return self.loaded.model.metadata.get_input_schema()
@@ -100,7 +183,7 @@ class ModelRoute:
         try:
             data, params = parse(await request.body(), request.headers.get("content-type"), self._schema())
             if isinstance(data, pd.DataFrame) and not params:
-                answer = await self.predict_frames(data)
+                answer = await self.predict_frames((loaded, data))
                 if isinstance(answer, PayloadError):
                     raise answer
             else:
@@ -110,13 +193,15 @@ class ModelRoute:
         return {**answer, "model": loaded.name, "version": loaded.version}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def predict_frames(self, frames: list) -> list:
-        """One model call for the frames of requests that came together; a batch the model refuses is asked
-        again frame by frame, so only the bad request gets its 400."""
+    async def predict_frames(self, items: list) -> list:
+        """One model call for the frames of requests that came together, (loaded, frame) each: each is answered
+        by the model its request began with. A batch the model refuses is asked again frame by frame, so only
+        the bad request gets its 400."""
         import pandas as pd
 
-        model = self.loaded.model
-        if len(frames) > 1:
+        frames = [frame for _, frame in items]
+        model = items[0][0].model
+        if len(items) > 1 and all(loaded.model is model for loaded, _ in items):
             try:
                 whole = predict(model, pd.concat(frames, ignore_index=True), None)
                 if all(isinstance(v, list) and len(v) == sum(map(len, frames)) for v in whole.values()):
@@ -124,12 +209,36 @@ class ModelRoute:
             except PayloadError:
                 pass
         answers: list = []
-        for frame in frames:
+        for loaded, frame in items:
             try:
-                answers.append(predict(model, frame, None))
+                answers.append(predict(loaded.model, frame, None))
             except PayloadError as exc:
                 answers.append(exc)
         return answers
+
+    @api.post("/reload")
+    async def reload(self, request: Request) -> Any:
+        token = os.environ.get("PIML_SERVE_TOKEN", "")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            return JSONResponse({"error": "reload needs the route token (Authorization: Bearer ...)"}, status_code=401)
+        try:
+            name, version = await asyncio.to_thread(resolve, self.uri)
+            await asyncio.to_thread(self._switch, version)  # here first: a version that cannot load fails now
+            await self.state.want.remote(self.uri, version)  # then every other replica follows
+        except Exception as exc:  # noqa: BLE001 - MLflow unreachable, the alias gone, the version unloadable
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            return JSONResponse({"error": f"cannot load {self.uri}: {reason}"}, status_code=502)
+        deadline = time.monotonic() + RELOAD_SECONDS
+        while True:
+            replicas = await self.state.replicas.remote()
+            loaded = sum(v == version for v in replicas.values())
+            if replicas and loaded == len(replicas):
+                return {"route": self.route, "model": name, "version": version, "replicas": loaded}
+            if time.monotonic() > deadline:
+                reason = f"{loaded} of {len(replicas)} replicas serve version {version} after {RELOAD_SECONDS:.0f} s"
+                return JSONResponse({"error": f"{reason}; the others keep trying"}, status_code=504)
+            await asyncio.sleep(POLL_SECONDS / 2)
 
 
 def build(args: dict[str, Any]) -> Any:

@@ -21,6 +21,61 @@ import yaml
 from tests.queue.helpers import REPO, free_port, wait_for
 from tests.raytools import MARKER, VENV_BIN, alive_nodes, end, http_ok
 
+SERVE_TOKEN = secrets.token_hex(16)
+MODEL = "piml-serve-iris"
+
+
+@dataclass
+class ServedModel:
+    """A model registered for these tests alone (the session's registered_model keeps its alias): version 1 a
+    LogisticRegression with alias `champion`; `register` adds versions."""
+
+    features: list
+    versions: dict  # version -> the fitted estimator
+
+    def register(self, estimator, trusted: tuple[str, ...] = ()) -> str:
+        """Fit and register `estimator`; `trusted`: the skops types MLflow 3 wants named (trees: their Tree)."""
+        import mlflow
+        from mlflow.models import infer_signature
+
+        X, y = iris()
+        estimator.fit(X, y)
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(
+                estimator,
+                name="model",
+                signature=infer_signature(X, estimator.predict(X)),
+                registered_model_name=MODEL,
+                pip_requirements=["scikit-learn"],
+                **({"skops_trusted_types": list(trusted)} if trusted else {}),
+            )
+        version = str(info.registered_model_version)
+        self.versions[version] = estimator
+        return version
+
+    def alias(self, version: str) -> None:
+        import mlflow
+
+        mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", version)
+
+
+def iris():
+    from sklearn.datasets import load_iris
+
+    data = load_iris(as_frame=True)
+    return data.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_")), data.target
+
+
+@pytest.fixture(scope="module")
+def served_model(mlflow_server) -> ServedModel:
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_experiment("piml-serve-tests")
+    model = ServedModel(list(iris()[0].columns), {})
+    model.alias(model.register(LogisticRegression(max_iter=500)))
+    return model
+
 
 @dataclass
 class ServeHead:
@@ -80,6 +135,7 @@ def serve_head(mlflow_server):
         "PYTHONPATH": str(REPO),  # piml.serve, as the ConfigMap mounted in the Ray pods provides it
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
+        "PIML_SERVE_TOKEN": SERVE_TOKEN,  # the route token, from its Secret in the cluster
     }
     env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
     log = temp / "ray-start.log"

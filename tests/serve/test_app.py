@@ -1,5 +1,6 @@
 """piml's Ray Serve application (piml/serve/app.py) on a real Ray Serve, serving a model registered in a real
-MLflow server with basic auth: its answers are the model's own, and a bad request is a 400 with one line."""
+MLflow server with basic auth, on two replicas: its answers are the model's own, a bad request is a 400 with one
+line, and a reload switches every replica to the alias's new version without a failed request."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.services import MODEL_NAME
+from tests.serve.conftest import MODEL, SERVE_TOKEN, iris
 
 
 def serve_config(head, route: str, model: str, batch_size: int = 8) -> dict:
@@ -23,14 +24,15 @@ def serve_config(head, route: str, model: str, batch_size: int = 8) -> dict:
                 "route_prefix": f"/serve/{route}",
                 "import_path": "piml.serve.app:build",
                 "args": {"route": route, "model": model, "batch_size": batch_size},
-                "deployments": [{"name": "model", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}}],
+                "deployments": [{"name": "model", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}],
             }
         ],
     }
 
 
-def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+def post(url: str, body: bytes, content_type: str = "application/json", **headers: str) -> tuple[int, dict]:
+    headers = {"Content-Type": content_type, **headers}
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.load(response)
@@ -43,23 +45,19 @@ def post(url: str, body: bytes, content_type: str = "application/json") -> tuple
 
 
 @pytest.fixture(scope="module")
-def iris_route(serve_head, registered_model):
-    serve_head.deploy(serve_config(serve_head, "iris", registered_model.alias_uri))
+def iris_route(serve_head, served_model):
+    serve_head.deploy(serve_config(serve_head, "iris", f"models:/{MODEL}@champion"))
     return f"{serve_head.serve_url}/serve/iris"
 
 
-def rows():
-    from sklearn.datasets import load_iris
-
-    return load_iris(as_frame=True).data.to_numpy()[::10]
+def sample():
+    return iris()[0].iloc[::10].reset_index(drop=True)
 
 
-def test_predictions_are_the_models_own(iris_route, registered_model):
-    import pandas as pd
-
-    frame = pd.DataFrame(rows(), columns=registered_model.features)
-    expected = registered_model.sklearn.predict(frame).tolist()
-    probabilities = registered_model.sklearn.predict_proba(frame).tolist()
+def test_predictions_are_the_models_own(iris_route, served_model):
+    frame = sample()
+    expected = served_model.versions["1"].predict(frame).tolist()
+    probabilities = served_model.versions["1"].predict_proba(frame).tolist()
     bodies = {
         "dataframe_split": json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode(),
         "dataframe_records": json.dumps({"dataframe_records": frame.to_dict(orient="records")}).encode(),
@@ -70,14 +68,14 @@ def test_predictions_are_the_models_own(iris_route, registered_model):
         assert status == 200, (name, answer)
         assert answer["predictions"] == expected, name
         assert answer["probabilities"] == probabilities, name  # JSON carries floats exactly
-        assert (answer["model"], answer["version"]) == (MODEL_NAME, "1"), name
+        assert (answer["model"], answer["version"]) == (MODEL, "1"), name
 
 
 def test_info_names_the_version_loaded(iris_route):
     with urllib.request.urlopen(f"{iris_route}/", timeout=10) as response:
         info = json.load(response)
-    assert info["route"] == "iris" and info["model"] == MODEL_NAME and info["version"] == "1"
-    assert info["uri"] == f"models:/{MODEL_NAME}@champion" and info["since"].endswith("Z")
+    assert info["route"] == "iris" and info["model"] == MODEL and info["version"] == "1"
+    assert info["uri"] == f"models:/{MODEL}@champion" and info["since"].endswith("Z")
 
 
 @pytest.mark.parametrize(
@@ -97,16 +95,57 @@ def test_a_bad_request_is_a_400_with_one_line(iris_route, body, content_type, re
     assert reason in answer["error"] and "\n" not in answer["error"] and "Traceback" not in answer["error"]
 
 
-def test_requests_together_are_answered_each_with_its_own_rows(serve_head, iris_route, registered_model):
+def test_requests_together_are_answered_each_with_its_own_rows(serve_head, iris_route, served_model):
     """Concurrent requests are batched into one model call; each still gets exactly its rows' predictions."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import pandas as pd
-
-    frame = pd.DataFrame(rows(), columns=registered_model.features)
+    frame = sample()
     singles = [frame.iloc[[i]] for i in range(len(frame))]
     bodies = [json.dumps({"dataframe_split": s.to_dict(orient="split")}).encode() for s in singles]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda b: post(f"{iris_route}/predict", b), bodies))
     assert [a for s, a in answers if s != 200] == [], serve_head.replica_log()
-    assert [a["predictions"] for _, a in answers] == [registered_model.sklearn.predict(s).tolist() for s in singles]
+    assert [a["predictions"] for _, a in answers] == [served_model.versions["1"].predict(s).tolist() for s in singles]
+
+
+def test_reload_needs_the_token(iris_route):
+    assert post(f"{iris_route}/reload", b"")[0] == 401
+    assert post(f"{iris_route}/reload", b"", Authorization="Bearer wrong")[0] == 401
+
+
+def test_reload_switches_every_replica_without_a_failed_request(serve_head, iris_route, served_model):
+    """Version 2 (a RandomForest) registered and the alias moved: /reload answers once both replicas serve it,
+    while requests sent all along never fail and each is answered whole by one version."""
+    import threading
+
+    from sklearn.ensemble import RandomForestClassifier
+
+    frame = sample()
+    body = json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode()
+    expected = {v: m.predict_proba(frame).tolist() for v, m in served_model.versions.items()}
+    forest = RandomForestClassifier(n_estimators=20, random_state=0)
+    version = served_model.register(forest, trusted=("sklearn.tree._tree.Tree",))  # as MLflow 3 asks for trees
+    expected[version] = served_model.versions[version].predict_proba(frame).tolist()
+    served_model.alias(version)
+    answers: list = []
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set() and len(answers) < 5000:  # bounded either way
+            answers.append(post(f"{iris_route}/predict", body))
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        status, reloaded = post(f"{iris_route}/reload", b"", Authorization=f"Bearer {SERVE_TOKEN}")
+        after = [post(f"{iris_route}/predict", body) for _ in range(10)]
+    finally:
+        stop.set()
+        sender.join(60)
+    assert status == 200, (reloaded, serve_head.replica_log())
+    assert reloaded == {"route": "iris", "model": MODEL, "version": version, "replicas": 2}, serve_head.replica_log()
+    assert [a for s, a in answers + after if s != 200] == [], serve_head.replica_log()
+    assert len(answers) > 10  # the switch happened under traffic
+    for _, answer in answers + after:  # each answer is one version's, whole
+        assert answer["probabilities"] == expected[answer["version"]]
+    assert {a["version"] for _, a in after} == {version}  # both replicas (Serve spreads the ten over them)
