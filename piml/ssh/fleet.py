@@ -226,61 +226,65 @@ def _quote(text: str) -> str:
 def _classify(exc: Exception, node: Node, port: int, known: KnownHosts) -> Failure:
     """Turn whatever connecting raised into one clear, per-node failure."""
     name, where = node.name, f"{node.address}:{port}"
+
+    def failed(kind: str, reason: str, fix: str) -> Failure:
+        return Failure(kind, f"{name}: {reason}", fix)
+
     if isinstance(exc, UnknownHostKey):
-        return Failure(
+        return failed(
             R.HOST_KEY,
-            f"{name}: host key {fingerprint(exc.key)} is not yet known",
+            f"host key {fingerprint(exc.key)} is not yet known",
             "check it, then rerun with --accept-new-host-keys to record it",
         )
     if isinstance(exc, paramiko.BadHostKeyException):
-        return Failure(
+        return failed(
             R.HOST_KEY,
-            f"{name}: HOST KEY CHANGED: expected {fingerprint(exc.expected_key)}, got {fingerprint(exc.key)}",
-            f"if the node was reinstalled, remove its line '{host_entry_name(node.address, port)}' from {known.path}; otherwise someone may be intercepting",
+            f"HOST KEY CHANGED: expected {fingerprint(exc.expected_key)}, got {fingerprint(exc.key)}",
+            f"if the node was reinstalled, remove its line '{host_entry_name(node.address, port)}' from {known.path}; "
+            "otherwise someone may be intercepting",
         )
     if isinstance(exc, paramiko.AuthenticationException):
         key = f" with key {node.key_file}" if node.key_file else ""
-        return Failure(
+        return failed(
             R.AUTH,
-            f"{name}: {node.user or 'the user'}@{where} refused our login{key}",
-            "put the project's public key (.piml/id_ed25519.pub) in ~/.ssh/authorized_keys on the node, or fix ansible_user / ansible_ssh_private_key_file",
+            f"{node.user or 'the user'}@{where} refused our login{key}",
+            "put the project's public key (.piml/id_ed25519.pub) in ~/.ssh/authorized_keys on the node, "
+            "or fix ansible_user / ansible_ssh_private_key_file",
         )
     if isinstance(exc, (FileNotFoundError, PermissionError)) and getattr(exc, "filename", None):
-        return Failure(
-            R.AUTH, f"{name}: cannot read key file {exc.filename}", "fix ansible_ssh_private_key_file in the inventory"
+        return failed(
+            R.AUTH, f"cannot read key file {exc.filename}", "fix ansible_ssh_private_key_file in the inventory"
         )
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return Failure(
+        return failed(
             R.UNREACHABLE,
-            f"{name}: no answer from {where} within the timeout",
+            f"no answer from {where} within the timeout",
             "check that the node is powered, booted and on the network",
         )
     if isinstance(exc, ConnectionRefusedError):
-        return Failure(
-            R.UNREACHABLE,
-            f"{name}: {where} refused the connection",
-            "check that sshd runs on the node and the port is right",
+        return failed(
+            R.UNREACHABLE, f"{where} refused the connection", "check that sshd runs on the node and the port is right"
         )
     if isinstance(exc, socket.gaierror):
-        return Failure(R.UNREACHABLE, f"{name}: cannot resolve {node.address}", "use an IP address or fix DNS")
+        return failed(R.UNREACHABLE, f"cannot resolve {node.address}", "use an IP address or fix DNS")
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return Failure(R.UNREACHABLE, f"{name}: cannot connect to {where}", "check that the node is up and sshd runs")
+        return failed(R.UNREACHABLE, f"cannot connect to {where}", "check that the node is up and sshd runs")
     if isinstance(exc, OSError):
-        return Failure(
-            R.UNREACHABLE, f"{name}: cannot reach {where} ({exc.strerror or exc})", "check the address and the network"
+        return failed(
+            R.UNREACHABLE, f"cannot reach {where} ({exc.strerror or exc})", "check the address and the network"
         )
     if isinstance(exc, EOFError):  # paramiko: the other end closed the connection during the handshake
-        return Failure(
+        return failed(
             R.UNREACHABLE,
-            f"{name}: {where} closed the connection during the SSH handshake",
+            f"{where} closed the connection during the SSH handshake",
             "check that sshd is healthy on the node (its log: journalctl -u ssh) and that the port is SSH's",
         )
     if isinstance(exc, paramiko.SSHException):
         # paramiko glues its causes on ("...banner[Errno 104] Connection reset by peer"): one phrase is enough
         reason = str(exc).split("[Errno")[0].strip() or type(exc).__name__
-        return Failure(
+        return failed(
             R.UNREACHABLE,
-            f"{name}: SSH failed at {where}: {reason}",
+            f"SSH failed at {where}: {reason}",
             "check that sshd is healthy on the node and that the port is SSH's",
         )
-    return Failure(R.UNREACHABLE, f"{name}: {type(exc).__name__}: {exc}", "check the node")
+    return failed(R.UNREACHABLE, f"{type(exc).__name__}: {exc}", "check the node")

@@ -18,6 +18,8 @@ COMMAND = "command"
 
 @dataclass(frozen=True)
 class Failure:
+    """Why a host gave no value: `kind` (one of the kinds above), the reason naming the host, and the fix."""
+
     kind: str
     reason: str
     fix: str
