@@ -24,7 +24,14 @@ def serve_config(head, route: str, model: str, batch_size: int = 8) -> dict:
                 "route_prefix": f"/serve/{route}",
                 "import_path": "piml.serve.app:build",
                 "args": {"route": route, "model": model, "batch_size": batch_size},
-                "deployments": [{"name": "model", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}],
+                "deployments": [
+                    {
+                        "name": "model",
+                        "num_replicas": 2,
+                        "max_ongoing_requests": 2 * batch_size,  # Serve's default (5) would cap the batches
+                        "ray_actor_options": {"num_cpus": 0.5},
+                    }
+                ],
             }
         ],
     }
