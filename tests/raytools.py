@@ -1,14 +1,23 @@
-"""Helpers for the tests that start real Ray and Dask processes (tests/health, tests/serve): end a process group
-and whatever it left behind, ask a Ray dashboard whether it answers and how many nodes are alive."""
+"""Helpers for the tests that start real Ray and Dask processes (tests/health, tests/serve): a Ray head started
+with `ray start --head` on loopback, end a process group and whatever it left behind, ask a Ray dashboard whether
+it answers and how many nodes are alive."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+from tests.queue.helpers import REPO, free_port, wait_for
 
 VENV_BIN = str(Path(sys.executable).parent)
 MARKER = "PIML_TEST_SERVICE"
@@ -51,3 +60,52 @@ def alive_nodes(url: str, token: str) -> int:
     request = urllib.request.Request(f"{url}/api/v0/nodes", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=5) as response:
         return sum(node["state"] == "ALIVE" for node in json.load(response)["data"]["result"]["result"])
+
+
+@dataclass
+class RayHead:
+    dashboard_url: str
+    log: Path
+    env: dict
+    token: str  # token authentication on, as the platform runs Ray (authOptions mode token)
+    temp: Path  # Ray's temp dir: its session logs are under session_latest/logs
+
+
+@contextmanager
+def ray_head_running(mlflow_env: dict, num_cpus: int, extra_env: dict | None = None) -> Iterator[RayHead]:
+    """A Ray head (`ray start --head --block`) whose processes all bind to 127.0.0.1 on free ports, in a temp dir of
+    their own, with token authentication and MLflow's address and credentials in their environment (as the
+    cluster's Ray pods have them); ended at exit, also on failure, with whatever it started."""
+    marker = secrets.token_hex(8)
+    token = secrets.token_hex(32)
+    temp = Path(tempfile.mkdtemp(prefix="piml-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    names = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port")
+    names += ("dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    ports = {name: free_port() for name in (*names, "node-manager-port", "object-manager-port")}
+    env = {
+        **os.environ,
+        **mlflow_env,
+        MARKER: marker,
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "PYTHONPATH": str(REPO),  # piml's code, as the ConfigMaps mounted in the Ray pods provide it
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        **(extra_env or {}),
+    }
+    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+    log = temp / "ray-start.log"
+    args = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}"]
+    args += ["--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats"]
+    args += [f"--temp-dir={temp}", "--object-store-memory=100000000"]
+    args += [f"--{name}={port}" for name, port in ports.items()]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{ports['dashboard-port']}"
+    try:
+        wait_for(lambda: http_ok(f"{url}/api/jobs/", token) and alive_nodes(url, token), 90, "ray head", proc, log)
+        yield RayHead(url, log, env, token, temp)
+    finally:
+        end(proc, marker)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,73 +21,15 @@ import pytest
 
 from piml.health.endpoints import Endpoints
 from tests.health.helpers import local_dask_python
-from tests.queue.helpers import REPO, free_port, wait_for
-from tests.raytools import MARKER, VENV_BIN, alive_nodes, end, http_ok
-
-
-@dataclass
-class RayHead:
-    dashboard_url: str
-    log: Path
-    env: dict
-    token: str  # token authentication on, as the platform runs Ray (authOptions mode token)
+from tests.queue.helpers import free_port, wait_for
+from tests.raytools import MARKER, VENV_BIN, end, http_ok, ray_head_running
 
 
 @pytest.fixture(scope="session")
 def ray_head(mlflow_server):
     """A Ray head with one CPU and token authentication; its dashboard at `dashboard_url`."""
-    marker = secrets.token_hex(8)
-    token = secrets.token_hex(32)
-    temp = Path(tempfile.mkdtemp(prefix="piml-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    ports = {
-        name: free_port()
-        for name in (
-            "port",
-            "dashboard-port",
-            "ray-client-server-port",
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "runtime-env-agent-port",
-            "metrics-export-port",
-            "node-manager-port",
-            "object-manager-port",
-        )
-    }
-    env = {
-        **os.environ,
-        **mlflow_server.env,
-        MARKER: marker,
-        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "PYTHONPATH": str(REPO),
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-    }
-    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
-    log = temp / "ray-start.log"
-    args = [
-        os.path.join(VENV_BIN, "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--num-cpus=1",
-        "--dashboard-host=127.0.0.1",
-        "--include-dashboard=true",
-        "--disable-usage-stats",
-        f"--temp-dir={temp}",
-        "--object-store-memory=100000000",
-    ]
-    args += [f"--{name}={port}" for name, port in ports.items()]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{ports['dashboard-port']}"
-    try:
-        wait_for(lambda: http_ok(f"{url}/api/jobs/", token) and alive_nodes(url, token), 90, "ray head", proc, log)
-        yield RayHead(url, log, env, token)
-    finally:
-        end(proc, marker)
-        shutil.rmtree(temp, ignore_errors=True)
+    with ray_head_running(mlflow_server.env, num_cpus=1) as head:
+        yield head
 
 
 @dataclass

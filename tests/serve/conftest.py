@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.queue.helpers import REPO, free_port, wait_for
-from tests.raytools import MARKER, VENV_BIN, alive_nodes, end, http_ok
+from tests.queue.helpers import free_port, wait_for
+from tests.raytools import VENV_BIN, ray_head_running
 
 SERVE_TOKEN = secrets.token_hex(16)
 MODEL = "piml-serve-iris"
@@ -120,35 +118,5 @@ class ServeHead:
 
 @pytest.fixture(scope="module")
 def serve_head(mlflow_server):
-    marker = secrets.token_hex(8)
-    token = secrets.token_hex(32)
-    temp = Path(tempfile.mkdtemp(prefix="piml-serve-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    names = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port")
-    names += ("dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
-    ports = {name: free_port() for name in (*names, "node-manager-port", "object-manager-port")}
-    env = {
-        **os.environ,
-        **mlflow_server.env,
-        MARKER: marker,
-        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONPATH": str(REPO),  # piml.serve, as the ConfigMap mounted in the Ray pods provides it
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-        "PIML_SERVE_TOKEN": SERVE_TOKEN,  # the route token, from its Secret in the cluster
-    }
-    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
-    log = temp / "ray-start.log"
-    args = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--num-cpus=2"]
-    args += ["--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats"]
-    args += [f"--temp-dir={temp}", "--object-store-memory=100000000"]
-    args += [f"--{name}={port}" for name, port in ports.items()]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{ports['dashboard-port']}"
-    try:
-        wait_for(lambda: http_ok(f"{url}/api/jobs/", token) and alive_nodes(url, token), 90, "ray head", proc, log)
-        yield ServeHead(url, f"http://127.0.0.1:{free_port()}", env, log, temp)
-    finally:
-        end(proc, marker)
-        shutil.rmtree(temp, ignore_errors=True)
+    with ray_head_running(mlflow_server.env, num_cpus=2, extra_env={"PIML_SERVE_TOKEN": SERVE_TOKEN}) as head:
+        yield ServeHead(head.dashboard_url, f"http://127.0.0.1:{free_port()}", head.env, head.log, head.temp)
