@@ -35,27 +35,22 @@ _REMOTE = {
 }
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(exc).__name__
-
-
 def expected_problem(exc: BaseException):
     """A PimlError for an error that a user's environment causes (a file, the network, a broker), else None."""
-    from piml.errors import EXIT_FAILED, EXIT_USAGE, PimlError, Problem
+    from piml.errors import EXIT_FAILED, EXIT_USAGE, PimlError, Problem, first_line
 
     top = type(exc).__module__.split(".")[0]
     if top in _REMOTE:
         where, fix = _REMOTE[top]
-        return PimlError(Problem(where, f"{type(exc).__name__}: {_first_line(exc)}", fix), EXIT_FAILED)
+        return PimlError(Problem(where, f"{type(exc).__name__}: {first_line(exc)}", fix), EXIT_FAILED)
     if isinstance(exc, ValueError) and "null byte" in str(exc):  # os.* on a path typed with a NUL in it
         return PimlError(
             Problem("arguments", "a path contains a NUL character", "type the path again without it"), EXIT_USAGE
         )
     if top == "yaml":
-        return PimlError(Problem("YAML", _first_line(exc), "fix the file it names"), EXIT_USAGE)
+        return PimlError(Problem("YAML", first_line(exc), "fix the file it names"), EXIT_USAGE)
     if isinstance(exc, OSError):
-        what = exc.strerror or _first_line(exc)
+        what = exc.strerror or first_line(exc)
         if exc.filename is not None:
             code = EXIT_USAGE if exc.errno in _PATH_ERRNOS else EXIT_FAILED
             return PimlError(Problem(str(exc.filename), what, "check the path and its permissions"), code)

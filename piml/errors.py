@@ -53,3 +53,10 @@ class InputError(PimlError):
 
     def __init__(self, problems: list[Problem] | Problem | str):
         super().__init__(problems, EXIT_USAGE)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line of at most 300 characters (MLflow's carry a `.message`), for a one-line error."""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    line = str(message).strip().splitlines()[0].strip() if str(message).strip() else type(exc).__name__
+    return line[:300]

@@ -161,12 +161,29 @@ class Model:
     features: list[str]
 
 
+def log_and_register(estimator, X, name: str, trusted: tuple[str, ...] = ()) -> str:
+    """Log a fitted scikit-learn estimator in a new run and register it under `name`; its new version.
+    `trusted`: the skops types MLflow 3 wants named when it logs them (trees: sklearn.tree._tree.Tree)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            estimator,
+            name="model",
+            signature=infer_signature(X, estimator.predict(X)),
+            registered_model_name=name,
+            pip_requirements=["scikit-learn"],
+            **({"skops_trusted_types": list(trusted)} if trusted else {}),
+        )
+    return str(info.registered_model_version)
+
+
 @pytest.fixture(scope="session")
 def registered_model(mlflow_server):
     """A real scikit-learn classifier, logged and registered (version 1, alias `champion`)."""
     import mlflow
     import pandas as pd
-    from mlflow.models import infer_signature
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
@@ -174,16 +191,8 @@ def registered_model(mlflow_server):
     X = iris.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
     model = LogisticRegression(max_iter=500).fit(X, iris.target)
     mlflow.set_experiment("piml-tests")
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(X, model.predict(X)),
-            registered_model_name=MODEL_NAME,
-            pip_requirements=["scikit-learn"],
-        )
+    version = log_and_register(model, X, MODEL_NAME)
     client = mlflow.MlflowClient()
-    version = info.registered_model_version
     client.set_registered_model_alias(MODEL_NAME, "champion", version)
     assert isinstance(X, pd.DataFrame)
     return Model(f"models:/{MODEL_NAME}/{version}", f"models:/{MODEL_NAME}@champion", model, list(X.columns))

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from piml.errors import first_line
 from piml.queue.base import DEFAULT_RETRIES, FAILED, SUCCEEDED, Broker, Delivery, redact
 from piml.queue.request import Request, RequestError, input_format, parse_message
-from piml.runner.data import DataError, PredictionWriter, as_frame, fetch, first_line, read_batches
+from piml.runner.data import DataError, PredictionWriter, as_frame, fetch, read_batches
 
 EXPERIMENT = "piml-jobs"
 SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "PIML_QUEUE_PASSWORD", "AWS_SECRET_ACCESS_KEY")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from piml.errors import first_line
 from piml.queue.base import redact
 
 BATCH_BYTES = 32 << 20  # a batch's numbers take about this much memory: bounded, and few predict() calls
@@ -165,9 +166,3 @@ class PredictionWriter:
             self._parquet.close()
         if not self.path.exists():
             self.path.write_text("")
-
-
-def first_line(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    line = str(message).strip().splitlines()[0] if str(message).strip() else type(exc).__name__
-    return line[:300]

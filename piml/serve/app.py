@@ -36,6 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from piml.errors import first_line
 from piml.serve.payload import PayloadError, parse, predict
 
 POLL_SECONDS = 1.0
@@ -107,8 +108,8 @@ def route_state(route: str) -> Any:
     return actor.options(name=f"piml-route-{route}", lifetime="detached", get_if_exists=True).remote()
 
 
-def _bad(reason: str) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=400)
+def _error(reason: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
 
 
 def _split(whole: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
@@ -189,7 +190,7 @@ class ModelRoute:
             else:
                 answer = predict(loaded.model, data, params)
         except PayloadError as exc:
-            return _bad(str(exc))
+            return _error(str(exc))
         return {**answer, "model": loaded.name, "version": loaded.version}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
@@ -221,14 +222,13 @@ class ModelRoute:
         token = os.environ.get("PIML_SERVE_TOKEN", "")
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            return JSONResponse({"error": "reload needs the route token (Authorization: Bearer ...)"}, status_code=401)
+            return _error("reload needs the route token (Authorization: Bearer ...)", 401)
         try:
             name, version = await asyncio.to_thread(resolve, self.uri)
             await asyncio.to_thread(self._switch, version)  # here first: a version that cannot load fails now
             await self.state.want.remote(self.uri, version)  # then every other replica follows
         except Exception as exc:  # noqa: BLE001 - MLflow unreachable, the alias gone, the version unloadable
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            return JSONResponse({"error": f"cannot load {self.uri}: {reason}"}, status_code=502)
+            return _error(f"cannot load {self.uri}: {first_line(exc)}", 502)
         deadline = time.monotonic() + RELOAD_SECONDS
         while True:
             replicas = await self.state.replicas.remote()
@@ -237,7 +237,7 @@ class ModelRoute:
                 return {"route": self.route, "model": name, "version": version, "replicas": loaded}
             if time.monotonic() > deadline:
                 reason = f"{loaded} of {len(replicas)} replicas serve version {version} after {RELOAD_SECONDS:.0f} s"
-                return JSONResponse({"error": f"{reason}; the others keep trying"}, status_code=504)
+                return _error(f"{reason}; the others keep trying", 504)
             await asyncio.sleep(POLL_SECONDS / 2)
 
 

@@ -12,6 +12,8 @@ import json
 from io import StringIO
 from typing import Any
 
+from piml.errors import first_line
+
 JSON = "application/json"
 CSV = "text/csv"
 MAX_BODY = 32 * 1024 * 1024  # a Pi's replica holds the whole request in memory
@@ -20,11 +22,6 @@ FORMATS = ("inputs", "dataframe_split", "dataframe_records", "instances")
 
 class PayloadError(Exception):
     """A request the model cannot be asked with; str() is the one-line reason for the 400."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return str(text).strip().splitlines()[0][:300] if str(text).strip() else type(exc).__name__
 
 
 def parse(body: bytes, content_type: str | None, input_schema: Any = None) -> tuple[Any, dict | None]:
@@ -42,7 +39,7 @@ def parse(body: bytes, content_type: str | None, input_schema: Any = None) -> tu
         try:
             return scoring_server.parse_csv_input(StringIO(text), schema=input_schema), None
         except Exception as exc:  # noqa: BLE001 - pandas and MLflow raise many kinds for a bad CSV
-            raise PayloadError(f"not a CSV the model can read: {_first_line(exc)}") from None
+            raise PayloadError(f"not a CSV the model can read: {first_line(exc)}") from None
     if mime != JSON:
         raise PayloadError(f"content type {mime!r} is not served: send {JSON} or {CSV}")
     try:
@@ -60,7 +57,7 @@ def parse(body: bytes, content_type: str | None, input_schema: Any = None) -> tu
     try:
         return scoring_server.infer_and_parse_data(document, input_schema), params
     except Exception as exc:  # noqa: BLE001 - MlflowException, or pandas' own for a malformed frame
-        raise PayloadError(f"the rows do not fit the model: {_first_line(exc)}") from None
+        raise PayloadError(f"the rows do not fit the model: {first_line(exc)}") from None
 
 
 def predict(model: Any, data: Any, params: dict | None) -> dict[str, Any]:
@@ -71,7 +68,7 @@ def predict(model: Any, data: Any, params: dict | None) -> dict[str, Any]:
     try:
         raw = model.predict(data, params=params) if params else model.predict(data)
     except Exception as exc:  # noqa: BLE001 - schema enforcement (MlflowException) or the model's own error
-        raise PayloadError(f"the model refused the rows: {_first_line(exc)}") from None
+        raise PayloadError(f"the model refused the rows: {first_line(exc)}") from None
     out = StringIO()
     scoring_server.predictions_to_json(raw, out)
     answer = json.loads(out.getvalue())

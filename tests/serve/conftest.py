@@ -18,6 +18,7 @@ import yaml
 
 from tests.queue.helpers import free_port, wait_for
 from tests.raytools import VENV_BIN, ray_head_running
+from tests.services import log_and_register
 
 SERVE_TOKEN = secrets.token_hex(16)
 MODEL = "piml-serve-iris"
@@ -32,22 +33,9 @@ class ServedModel:
     versions: dict  # version -> the fitted estimator
 
     def register(self, estimator, trusted: tuple[str, ...] = ()) -> str:
-        """Fit and register `estimator`; `trusted`: the skops types MLflow 3 wants named (trees: their Tree)."""
-        import mlflow
-        from mlflow.models import infer_signature
-
+        """Fit and register `estimator` (`trusted`: see log_and_register); its version."""
         X, y = iris()
-        estimator.fit(X, y)
-        with mlflow.start_run():
-            info = mlflow.sklearn.log_model(
-                estimator,
-                name="model",
-                signature=infer_signature(X, estimator.predict(X)),
-                registered_model_name=MODEL,
-                pip_requirements=["scikit-learn"],
-                **({"skops_trusted_types": list(trusted)} if trusted else {}),
-            )
-        version = str(info.registered_model_version)
+        version = log_and_register(estimator.fit(X, y), X, MODEL, trusted)
         self.versions[version] = estimator
         return version
 
