@@ -219,7 +219,7 @@ def _split_url(value: str):
     return parts
 
 
-def _setting(what: str, fix: str, key: str | None = None, named: bool = True) -> PydanticCustomError:
+def _setting(what: str, fix: str, key: str | tuple | None = None, named: bool = True) -> PydanticCustomError:
     """A problem found by piml's own checks; `key`: the setting to point at (a model validator's own errors
     would point at the block). `named=False`: `what` does not name its block, so the message is prefixed with it."""
     return PydanticCustomError("piml_setting", "{what}; {fix}", {"what": what, "fix": fix, "key": key, "named": named})
@@ -257,6 +257,62 @@ class Queue(Settings):
     resources: Size = Size()
 
 
+# An MLflow registry URI: a name with an alias, a version number, or latest (what mlflow.pyfunc.load_model takes).
+MODEL_URI_PATTERN = r"^models:/[^/@\s]+(@[A-Za-z0-9_-]+|/(\d+|latest))$"
+ModelUri = Annotated[str, StringConstraints(pattern=MODEL_URI_PATTERN)]
+# A route is a Serve application's name and URL path, and part of a Ray actor's name: a short DNS label.
+ROUTE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,28}[a-z0-9])?$"
+RouteName = Annotated[str, StringConstraints(pattern=ROUTE_PATTERN)]
+PATTERN_HINTS[MODEL_URI_PATTERN] = "as models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest"
+PATTERN_HINTS[ROUTE_PATTERN] = "in lower-case letters, digits and '-', at most 30, e.g. iris"
+
+
+class ServeRoute(Settings):
+    """One served model: POST /serve/<route>/predict answers with it."""
+
+    model: ModelUri = Field(description="the registered model, e.g. models:/iris@champion")
+    min_replicas: int = Field(1, ge=0, le=32, description="replicas always running (0: the first request waits)")
+    max_replicas: int = Field(2, ge=1, le=32, description="most replicas under load (the plan reserves room)")
+    batch_size: int = Field(8, ge=1, le=256, description="requests answered together by one model call")
+    cpu: CpuQuantity = Field("500m", description="CPU each replica's pod requests")
+    memory: MemoryQuantity = Field("1Gi", description="memory each replica's model process may use")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> ServeRoute:
+        if self.min_replicas > self.max_replicas:
+            raise _setting(
+                f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}",
+                f"lower min_replicas or raise max_replicas to at least {self.min_replicas}",
+                key="min_replicas",
+                named=False,
+            )
+        return self
+
+
+class Serve(Settings):
+    enabled: bool = Field(False, description="online serving of registered MLflow models through Ray Serve")
+    routes: dict[RouteName, ServeRoute] = Field(
+        default_factory=dict,
+        description="one per model: POST /serve/NAME/predict answers with it",
+    )
+    pip: list[str] | None = Field(
+        None,
+        description="what the replicas pip-install (Ray runtime_env); unset: mlflow-skinny (the server's "
+        "version), scikit-learn, skops, pandas; [] when the Ray image has them (air-gapped clusters)",
+    )
+    head: Size = Size()
+
+    @model_validator(mode="after")
+    def _has_routes(self) -> Serve:
+        if self.enabled and not self.routes:
+            raise _setting(
+                "'serve.enabled' is true but no route is given",
+                "add one, e.g. `routes: {iris: {model: 'models:/iris@champion'}}`, or set enabled: false",
+                "enabled",
+            )
+        return self
+
+
 class Flash(Settings):
     """`piml flash --node`: first-boot settings shared by every node (the node's own come from the inventory).
 
@@ -291,18 +347,42 @@ class PimlConfig(Settings):
     dask: Dask = Dask()
     ray: Ray = Ray()
     queue: Queue = Queue()
+    serve: Serve = Serve()
     flash: Flash = Flash()
+
+    @model_validator(mode="after")
+    def _serving_needs(self) -> PimlConfig:
+        for section in ("mlflow", "ray"):
+            if self.serve.enabled and not getattr(self, section).enabled:
+                why = "the models come from its registry" if section == "mlflow" else "KubeRay runs the serving"
+                raise _setting(
+                    f"'serve.enabled' needs {section} ({why}), and {section}.enabled is false",
+                    f"set {section}.enabled: true, or serve.enabled: false",
+                    ("serve", "enabled"),
+                )
+        return self
+
+
+def _step(annotation: Any, key: Any) -> Any:
+    """The annotation one key below `annotation`: a model's field, or a mapping's value (serve.routes.NAME)."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(key))
+        return field.annotation if field is not None else None
+    if typing.get_origin(annotation) is dict and not isinstance(key, int):
+        return typing.get_args(annotation)[1]
+    return None
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """The valid keys of the settings block at `loc`, for a "did you mean" hint."""
+    annotation: Any = model
     for key in loc:
-        field = model.model_fields.get(str(key))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
+        annotation = _step(annotation, key)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
 
 
 # What each member of a union setting accepts, by the tag pydantic puts into an error's location for it.
@@ -392,8 +472,20 @@ def _problem(doc: YamlDoc, error: dict) -> Problem:
     if error["type"] == "piml_setting":  # piml's own checks (MLflow's stores): what and fix are already worded
         ctx = error["ctx"]
         what = ctx["what"] if ctx.get("named", True) else f"{dotted}: {ctx['what']}"
-        return Problem(doc.where(loc + ((ctx["key"],) if ctx.get("key") else ())), what, ctx["fix"])
+        key = ctx.get("key") or ()
+        return Problem(doc.where(loc + (key if isinstance(key, tuple) else (key,))), what, ctx["fix"])
+    if loc and loc[-1] == "[key]":  # a mapping's key refused (serve.routes' route names)
+        loc = loc[:-1]
+        parent = ".".join(str(k) for k in loc[:-1])
+        return Problem(
+            doc.where(loc), f"'{parent}' has the name {loc[-1]!r}, not a valid one", _pattern_fix(error, None)
+        )
     where = doc.where(loc)
+    if error["type"] == "missing":
+        field = _field(loc)
+        parent = dotted.rpartition(".")[0] or "(top)"
+        about = f" ({field.description})" if field is not None and field.description else ""
+        return Problem(doc.where(loc[:-1]), f"'{parent}' has no '{loc[-1]}'", f"add {loc[-1]}{about}")
     if tags and (field := _field(loc)) is not None:  # a union: one problem naming every kind of value it takes
         return Problem(where, f"'{dotted}' is {error['input']!r}", f"use {_alternatives(field.annotation)}")
     if error["type"] in PLAIN:
@@ -437,15 +529,17 @@ def _problem(doc: YamlDoc, error: dict) -> Problem:
     if error["type"] == "string_type":
         return Problem(where, f"'{dotted}' must be text, not {error['input']!r}", "put the value in quotes")
     if error["type"] == "string_pattern_mismatch":
-        field = _field(loc)
-        if field is not None and isinstance(field.default, str):
-            fix = f"write it like {field.default!r}"
-        elif (pattern := (error.get("ctx") or {}).get("pattern")) in PATTERN_HINTS:
-            fix = f"write it {PATTERN_HINTS[pattern]}"
-        else:
-            fix = "see the comments in a new `piml init` piml.yaml"
-        return Problem(where, f"'{dotted}' is {error['input']!r}, not a valid value", fix)
+        return Problem(where, f"'{dotted}' is {error['input']!r}, not a valid value", _pattern_fix(error, _field(loc)))
     return Problem(where, f"'{dotted}': {error['msg'].lower()}", "see the comments in a new `piml init` piml.yaml")
+
+
+def _pattern_fix(error: dict, field) -> str:
+    """How to write a value that failed its pattern: like the default, else the pattern's hint."""
+    if field is not None and isinstance(field.default, str):
+        return f"write it like {field.default!r}"
+    if (pattern := (error.get("ctx") or {}).get("pattern")) in PATTERN_HINTS:
+        return f"write it {PATTERN_HINTS[pattern]}"
+    return "see the comments in a new `piml init` piml.yaml"
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -453,16 +547,14 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def _field(loc: tuple):
-    model: Any = PimlConfig
-    field = None
-    for key in loc:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        field = model.model_fields.get(str(key))
-        if field is None:
-            return None
-        model = field.annotation
-    return field
+    """The pydantic field at `loc` (through mappings such as serve.routes), or None."""
+    *above, last = loc or (None,)
+    annotation: Any = PimlConfig
+    for key in above:
+        annotation = _step(annotation, key)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation.model_fields.get(str(last))
+    return None
 
 
 def parse_config(doc: YamlDoc) -> PimlConfig:
@@ -485,6 +577,10 @@ def load_config(path: Path, source: str | None = None) -> PimlConfig:
     return parse_config(read_yaml(path, source))
 
 
+# Mappings whose entries have settings of their own (empty by default): the example `piml init` shows.
+MAPPING_EXAMPLES = {"routes": ("iris", ServeRoute(model="models:/iris@champion"))}
+
+
 def commented_defaults() -> str:
     """piml.yaml for a new project: every setting, commented out, at its default, with what it means."""
     lines = [
@@ -502,6 +598,11 @@ def commented_defaults() -> str:
             elif isinstance(value, BaseModel):
                 lines.append(f"# {pad}{name}:{note}")
                 emit(value, indent + 1)
+            elif name in MAPPING_EXAMPLES:  # a mapping, empty by default: an example entry with every key
+                key, example = MAPPING_EXAMPLES[name]
+                lines.append(f"# {pad}{name}:{note}")
+                lines.append(f"# {pad}  {key}:")
+                emit(example, indent + 2)
             else:
                 import yaml
 

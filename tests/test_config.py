@@ -20,7 +20,13 @@ def test_commented_defaults_uncommented_are_the_defaults():
         and not line.startswith("# piml")
         and not line.startswith("# uncomment")
     )
-    assert parse_config(parse_yaml(text, "piml.yaml")) == PimlConfig()
+    # the mappings' example entries (serve.routes.iris) come along, switched off with their block
+    from piml.config import MAPPING_EXAMPLES
+
+    key, example = MAPPING_EXAMPLES["routes"]
+    expected = PimlConfig.model_validate({"serve": {"routes": {key: example.model_dump()}}})
+    assert parse_config(parse_yaml(text, "piml.yaml")) == expected
+    assert not expected.serve.enabled
 
 
 def test_settings_are_read():
@@ -93,6 +99,40 @@ def test_settings_are_read():
         (
             "mlflow:\n  backend_uri: postgresql://mlflow@db.lan:99999/mlflow\n",
             "piml.yaml:2: 'mlflow.backend_uri' is not a postgresql://USER@HOST[:PORT]/DB URI",
+        ),
+        # serve: (#12)
+        (
+            "serve: {enabled: true}\n",
+            "piml.yaml:1: 'serve.enabled' is true but no route is given; add one, e.g. `routes: {iris: {model: ",
+        ),
+        (
+            "ray: {enabled: false}\nserve:\n  enabled: true\n  routes: {iris: {model: 'models:/iris/1'}}\n",
+            "piml.yaml:3: 'serve.enabled' needs ray (KubeRay runs the serving), and ray.enabled is false; "
+            "set ray.enabled: true, or serve.enabled: false",
+        ),
+        (
+            "serve:\n  routes:\n    Iris: {model: 'models:/iris/1'}\n",
+            "piml.yaml:3: 'serve.routes' has the name 'Iris', not a valid one; "
+            "write it in lower-case letters, digits and '-', at most 30, e.g. iris",
+        ),
+        (
+            "serve:\n  routes:\n    iris: {max_replicas: 2}\n",
+            "piml.yaml:3: 'serve.routes.iris' has no 'model'; "
+            "add model (the registered model, e.g. models:/iris@champion)",
+        ),
+        (
+            "serve:\n  routes:\n    iris:\n      modle: x\n",
+            "piml.yaml:4: unknown setting 'serve.routes.iris.modle'; did you mean 'model'?",
+        ),
+        (
+            "serve:\n  routes:\n    iris: {model: 'models:/iris'}\n",
+            "piml.yaml:3: 'serve.routes.iris.model' is 'models:/iris', not a valid value; "
+            "write it as models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest",
+        ),
+        (
+            "serve:\n  routes:\n    iris: {model: 'models:/i/2', min_replicas: 3}\n",
+            "piml.yaml:3: serve.routes.iris: min_replicas 3 is above max_replicas 2; "
+            "lower min_replicas or raise max_replicas to at least 3",
         ),
     ],
 )
