@@ -118,10 +118,21 @@ def show_plan(cluster, plan) -> None:
         say(
             f"dask workers ({pool.arch}): {pool.replicas} × {fmt_cpu(pool.size.cpu_request)} CPU, {fmt_memory(pool.size.memory_request)} (always running)"
         )
+    for pool in plan.serve_workers:
+        say(
+            f"serving replicas ({pool.arch}): up to {pool.replicas} × {fmt_cpu(pool.size.cpu_request)} CPU, "
+            f"{fmt_memory(pool.size.memory_request)} (a pod each; room kept for every route's max_replicas)"
+        )
+    if plan.serve_workers:
+        for name, route in cluster.config.serve.routes.items():
+            say(
+                f"route {name}: {route.model}, {route.min_replicas} to {route.max_replicas} replicas of "
+                f"{route.cpu} CPU, {route.memory}, batches of up to {route.batch_size}"
+            )
     if plan.split:
         s = plan.split
         say(
-            f"left for work after the services, k3s's pods and the Dask workers, split {s.ray:.0%} Ray workers / {s.queue:.0%} queue Jobs: "
+            f"left for work after the services, k3s's pods, the Dask workers and serving, split {s.ray:.0%} Ray workers / {s.queue:.0%} queue Jobs: "
             f"Ray {fmt_cpu(s.ray_cpu)} CPU, {fmt_memory(s.ray_memory)}; queue {fmt_cpu(s.queue_cpu)} CPU, {fmt_memory(s.queue_memory)}"
         )
     for pool in plan.ray_workers:

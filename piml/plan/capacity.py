@@ -39,6 +39,8 @@ SECTION_OF = {
     "redis": "queue",
     "rabbitmq": "queue",
     "keda": "queue",
+    "serve-head": "serve",
+    "serve-autoscaler": "serve",
 }
 SERVICES_LABEL = "piml.io/services"  # label nodes "true" to keep the platform services on them
 
@@ -137,6 +139,7 @@ class Plan:
     system: tuple[SystemPlacement, ...] = ()
     split: WorkSplit | None = None
     pins: tuple[Pin, ...] = ()
+    serve_workers: tuple[WorkerPool, ...] = ()  # one pod per serving replica, room kept for every route's maximum
 
     def placement(self, component: str) -> Placement | None:
         return next((p for p in self.services if p.component == component), None)
@@ -202,6 +205,10 @@ class Plan:
                 {"arch": w.arch, "max_replicas": w.replicas, "nodes": list(w.nodes), **size(w.size)}
                 for w in self.ray_workers
             ],
+            "serve_workers": [
+                {"arch": w.arch, "max_replicas": w.replicas, "nodes": list(w.nodes), **size(w.size)}
+                for w in self.serve_workers
+            ],
             "runner": {"max_jobs": self.max_jobs, **size(self.runner)} if self.runner else None,
             "work_split": self.split.as_dict() if self.split else None,
             "pins": [p.as_dict() for p in self.pins],
@@ -239,7 +246,55 @@ def platform_services(config: PimlConfig) -> list[tuple[str, Size]]:
         if config.queue.kind == "rabbitmq":
             wanted.append(("rabbitmq", d["rabbitmq"]))
         wanted.append(("keda", d["keda"]))
+    if config.serve.enabled:
+        wanted += [
+            ("serve-head", d["serve-head"].override(config.serve.head)),
+            ("serve-autoscaler", d["serve-autoscaler"]),
+        ]
     return wanted
+
+
+def serving_pod(config: PimlConfig) -> Size:
+    """The Ray worker pod of one serving replica: the largest route's replica plus what Ray runs beside it."""
+    from piml.plan.quantities import cpu_m, memory_mi
+
+    routes = config.serve.routes.values()
+    cpu = max(cpu_m(r.cpu) for r in routes) + sizes.SERVE_POD_OVERHEAD.cpu_request
+    memory = max(memory_mi(r.memory) for r in routes) + sizes.SERVE_POD_OVERHEAD.memory_request
+    return Size(cpu, memory, max(1000, cpu), memory)
+
+
+def _serve_pools(config: PimlConfig, capacities: list[NodeCapacity], free: dict) -> tuple[WorkerPool, ...]:
+    """Room for every route's max_replicas, one pod each, taken from `free` on the roomiest nodes first (online
+    serving is kept its maximum, as the Dask workers are: a burst of batch work must not starve it)."""
+    size = serving_pod(config)
+    too_big(size, capacities, "serve.routes", "a serving replica's pod")
+    wanted = sum(r.max_replicas for r in config.serve.routes.values())
+    placed: dict[str, int] = {}
+    for _ in range(wanted):
+        fitting = [
+            c for c in capacities if free[c.name][1] >= size.memory_request and free[c.name][0] >= size.cpu_request
+        ]
+        if not fitting:
+            raise InputError(
+                Problem(
+                    "piml.yaml",
+                    f"serve needs room for {wanted} replica pods (the routes' max_replicas) of "
+                    f"{fmt_cpu(size.cpu_request)} CPU, {fmt_memory(size.memory_request)} each, and only "
+                    f"{sum(placed.values())} fit after the services and Dask workers",
+                    "lower max_replicas or the routes' cpu/memory, switch a component off, or add a node",
+                )
+            )
+        node = max(fitting, key=lambda c: free[c.name][1])
+        free[node.name][0] -= size.cpu_request
+        free[node.name][1] -= size.memory_request
+        placed[node.name] = placed.get(node.name, 0) + 1
+    pools = []
+    for arch in sorted({c.arch for c in capacities}):
+        here = [c.name for c in capacities if c.arch == arch and c.name in placed]
+        if here:
+            pools.append(WorkerPool("serve", arch, size, sum(placed[n] for n in here), tuple(here)))
+    return tuple(pools)
 
 
 def reservation(node: Node) -> Reservation:
@@ -508,6 +563,8 @@ def _with_workers(
                 free[c.name][1] -= size.memory_request
             dask_pools.append(WorkerPool("dask", arch, size, len(here), tuple(c.name for c in here)))
 
+    serve_pools = _serve_pools(config, capacities, free) if config.serve.enabled else ()
+
     # What is left is split once, so Ray's maximum and the queue's max_jobs can both be reached at the same time.
     ray_share, queue_share = work_shares(config)
     ray_free, queue_free = {}, {}
@@ -590,4 +647,5 @@ def _with_workers(
         system,
         split,
         pins,
+        serve_pools,
     )

@@ -56,15 +56,23 @@ DEFAULTS = {
     # autoscalerOptions.resources (KubeRay's own default would be 500m / 512Mi requests = limits).
     "ray-autoscaler": Size(100, 256, 500, 512),
     "dask-scheduler": Size(100, 256, 500, 1024),
+    # Online serving's own Ray head (a RayService makes its own cluster): GCS, dashboard, the Serve controller
+    # and an HTTP proxy; no replica (num-cpus 0). Its autoscaler sidecar is sized as the batch head's.
+    "serve-head": Size(250, 1024, 1000, 2048),
+    "serve-autoscaler": Size(100, 256, 500, 512),
 }
 # Containers that share a pod with another service: placed on its node, counted there.
-SIDECARS = {"ray-head": ("ray-autoscaler",)}
+SIDECARS = {"ray-head": ("ray-autoscaler",), "serve-head": ("serve-autoscaler",)}
 KUBERAY_CHART_MEMORY_LIMIT = 512  # MiB: the chart's default; the operator never gets less
 
 # Workloads: sized per node from what the services leave.
 RUNNER_JOB = Size(500, 1024, 1000, 2048)
 MIN_WORKER_MEMORY = 512  # MiB: smaller Dask/Ray workers are not worth having
 MIN_WORKER_CPU = 250  # millicores a Ray worker requests at least
+# A serving replica gets a Ray worker pod of its own: the replica's CPU and memory (piml.yaml serve.routes) plus
+# what Ray runs beside it there (raylet, agents, the HTTP proxy; a small object store, rendered so).
+SERVE_POD_OVERHEAD = Size(100, 512, 0, 512)
+SERVE_OBJECT_STORE_BYTES = 100 * 1024 * 1024  # Ray's floor is 75 MiB; a serving node passes rows, not objects
 # What is left after the services and the (always running) Dask workers is split between the Ray workers'
 # autoscaling maximum and the queue's Jobs, memory and CPU alike, so the two can run at their maximum together.
 # One of them switched off: the other takes it all.

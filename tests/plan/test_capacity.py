@@ -28,6 +28,15 @@ CONFIGS = {
         "ray": {"gcs_fault_tolerance": True},
     },
     "no-dask": {"dask": {"enabled": False}},
+    "serving": {
+        "serve": {
+            "enabled": True,
+            "routes": {
+                "iris": {"model": "models:/iris@champion"},
+                "wine": {"model": "models:/wine/2", "min_replicas": 0, "max_replicas": 3, "memory": "768Mi"},
+            },
+        }
+    },
 }
 
 
@@ -48,14 +57,19 @@ def rendered(cluster, plan, kind, name):
 # -- 1. the free memory is split between Ray's workers and the queue's Jobs, not given to both ----------------------
 
 
-@pytest.mark.parametrize("settings", CONFIGS.values(), ids=CONFIGS.keys())
-@pytest.mark.parametrize("scenario", FITTING)
-def test_everything_at_its_maximum_fits_the_allocatable(scenario, settings, tmp_path):
+# Five serving replicas do not fit beside the platform on one 8 GB board: the next test has that case.
+FITTING_CASES = [(s, c) for s in FITTING for c in CONFIGS if (s, c) != ("single-node", "serving")]
+
+
+@pytest.mark.parametrize("scenario,config", FITTING_CASES, ids=[f"{s}-{c}" for s, c in FITTING_CASES])
+def test_everything_at_its_maximum_fits_the_allocatable(scenario, config, tmp_path):
+    settings = CONFIGS[config]
     plan = make_plan(cluster_for(scenario, tmp_path, settings))
     memory = sum(plan.used(n.name)[1] for n in plan.nodes)
     cpu = sum(plan.used(n.name)[0] for n in plan.nodes)
-    memory += sum(p.replicas * p.size.memory_request for p in plan.dask_workers + plan.ray_workers)
-    cpu += sum(p.replicas * p.size.cpu_request for p in plan.dask_workers + plan.ray_workers)
+    pools = plan.dask_workers + plan.ray_workers + plan.serve_workers
+    memory += sum(p.replicas * p.size.memory_request for p in pools)
+    cpu += sum(p.replicas * p.size.cpu_request for p in pools)
     memory += plan.max_jobs * plan.runner.memory_request
     cpu += plan.max_jobs * plan.runner.cpu_request
     assert memory <= sum(n.memory for n in plan.nodes), "Ray's maximum and the queue's max_jobs overcommit memory"
@@ -63,6 +77,46 @@ def test_everything_at_its_maximum_fits_the_allocatable(scenario, settings, tmp_
     # each architecture's Ray pool fits the Ray share of that architecture's nodes
     for pool in plan.ray_workers:
         assert pool.replicas >= 1 and set(pool.nodes) <= {n.name for n in plan.nodes if n.arch == pool.arch}
+
+
+def test_serving_that_does_not_fit_says_how_many_replicas_do(tmp_path):
+    from piml.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        make_plan(cluster_for("single-node", tmp_path, CONFIGS["serving"]))
+    assert str(info.value) == (
+        "piml.yaml: serve needs room for 5 replica pods (the routes' max_replicas) of 600m CPU, 1536Mi each, and "
+        "only 1 fit after the services and Dask workers; lower max_replicas or the routes' cpu/memory, switch a "
+        "component off, or add a node"
+    )
+
+
+def test_serving_keeps_room_for_every_routes_maximum_before_ray_and_the_queue(tmp_path):
+    without = make_plan(cluster_for("pi5-3x8gb", tmp_path))
+    plan = make_plan(cluster_for("pi5-3x8gb", tmp_path, CONFIGS["serving"]))
+    (pool,) = plan.serve_workers
+    # one pod per replica, sized for the largest route (1Gi) plus Ray's own processes beside it
+    assert (pool.arch, pool.replicas) == ("arm64", 5)
+    assert (pool.size.cpu_request, pool.size.memory_request, pool.size.memory_limit) == (600, 1536, 1536)
+    # its own head and the head's autoscaler sidecar, together on one node
+    head, sidecar = plan.placement("serve-head"), plan.placement("serve-autoscaler")
+    assert head.node == sidecar.node
+    # the five pods are taken before the Ray/queue split: what is left for work is the same, less the serving
+    # head with its sidecar, and it now holds the five pods too
+
+    def for_work(p):
+        dask = sum(w.replicas * w.size.memory_request for w in p.dask_workers)
+        serving = sum(w.replicas * w.size.memory_request for w in p.serve_workers)
+        return dask + serving + p.split.ray_memory + p.split.queue_memory
+
+    assert serving_total(plan) == 5 * 1536
+    assert for_work(without) - for_work(plan) == pytest.approx(
+        head.size.memory_request + sidecar.size.memory_request, abs=3
+    )
+
+
+def serving_total(plan) -> int:
+    return sum(w.replicas * w.size.memory_request for w in plan.serve_workers)
 
 
 def test_the_split_is_half_and_half_and_stated(tmp_path):
