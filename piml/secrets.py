@@ -27,6 +27,7 @@ NAMES = (
     "minio_secret_key",
     "rabbitmq_password",
     "ray_auth_token",
+    "serve_token",
 )
 # The user's own secrets (name in secrets.yaml -> environment variable that overrides it); piml makes none of them.
 USER_GIVEN = {

@@ -4,6 +4,7 @@ it answers and how many nodes are alive."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -72,7 +73,9 @@ class RayHead:
 
 
 @contextmanager
-def ray_head_running(mlflow_env: dict, num_cpus: int, extra_env: dict | None = None) -> Iterator[RayHead]:
+def ray_head_running(
+    mlflow_env: dict, num_cpus: int, extra_env: dict | None = None, resources: dict | None = None
+) -> Iterator[RayHead]:
     """A Ray head (`ray start --head --block`) whose processes all bind to 127.0.0.1 on free ports, in a temp dir of
     their own, with token authentication and MLflow's address and credentials in their environment (as the
     cluster's Ray pods have them); ended at exit, also on failure, with whatever it started."""
@@ -99,6 +102,8 @@ def ray_head_running(mlflow_env: dict, num_cpus: int, extra_env: dict | None = N
     args = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}"]
     args += ["--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats"]
     args += [f"--temp-dir={temp}", "--object-store-memory=100000000"]
+    if resources:  # custom resources, as a KubeRay group's `resources` gives its pods
+        args.append(f"--resources={json.dumps(resources)}")
     args += [f"--{name}={port}" for name, port in ports.items()]
     with open(log, "w") as out:
         proc = subprocess.Popen(args, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -82,13 +82,13 @@ def _platform_checks(cluster: Cluster, deep: bool) -> list[Result]:
 
 
 def ray_pip(cluster: Cluster) -> list[str]:
-    """What the deep check's Ray job needs beyond the Ray image: an MLflow client matching the server,
-    scikit-learn, skops (MLflow 3 saves scikit-learn models with it; mlflow-skinny does not bring it) and
-    pandas, unless piml.yaml says (ray.check_pip). Ray installs them into the job's environment, which needs
-    PyPI from the cluster."""
+    """What the deep check's Ray job needs beyond the Ray image (images.model_pip), unless piml.yaml says
+    (ray.check_pip)."""
+    from piml.render.images import model_pip
+
     if cluster.config.ray.check_pip is not None:
         return list(cluster.config.ray.check_pip)
-    return [f"mlflow-skinny=={cluster.config.mlflow.version}", "scikit-learn", "skops<1", "pandas"]
+    return model_pip(cluster.config.mlflow.version)
 
 
 def raise_on_failure(results: list[Result]) -> None:

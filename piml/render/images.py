@@ -37,3 +37,10 @@ MLFLOW_EXTRA = {
     "postgresql": ["psycopg==3.3.9", "psycopg-binary==3.3.9"],
     "s3": ["boto3==1.44.5", "botocore==1.44.5", "s3transfer==0.19.3", "jmespath==1.1.0"],
 }
+
+
+def model_pip(mlflow_version: str) -> list[str]:
+    """What a Ray process needs beyond the Ray image to load a registered scikit-learn model: an MLflow client
+    matching the server, scikit-learn, skops (MLflow 3 saves scikit-learn models with it; mlflow-skinny does not
+    bring it) and pandas. Ray installs them into a runtime_env, which needs PyPI from the cluster."""
+    return [f"mlflow-skinny=={mlflow_version}", "scikit-learn", "skops<1", "pandas"]

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from piml.plan import Plan
     from piml.project import Cluster
 
-COMPONENTS = ("namespace", "mlflow", "dask", "ray", "queue", "runner", "ingress")
+COMPONENTS = ("namespace", "mlflow", "dask", "ray", "queue", "runner", "serve", "ingress")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "piml"}
 
 
@@ -84,6 +84,7 @@ def context(cluster: Cluster, plan: Plan, secrets: dict[str, str] | None) -> dic
         "ui_host": servers[0],
         "common_labels": {**MANAGED_BY, "app.kubernetes.io/part-of": "piml", "piml.io/project": cluster.name},
         **_runner(config),
+        "serve": _serve(config),
     }
 
 
@@ -170,6 +171,26 @@ def _runner(config) -> dict[str, Any]:
     from piml.runner.ship import PIP, source_files
 
     return {"runner_source": source_files(), "runner_pip": PIP}
+
+
+def _serve(config) -> dict[str, Any] | None:
+    """The serving cluster's code, serveConfigV2 text and names, for templates/serve.yaml.j2."""
+    if not config.serve.enabled:
+        return None
+    from piml.plan.sizes import SERVE_OBJECT_STORE_BYTES
+    from piml.render.source import digest
+    from piml.serve import apps
+
+    source = apps.code()
+    text = yaml.safe_dump(apps.serve_config(config, digest(source)), sort_keys=False)
+    return {
+        "name": apps.NAME,
+        "port": apps.SERVE_PORT,
+        "slot": apps.SLOT,
+        "source": source,
+        "config_text": text,
+        "object_store_bytes": SERVE_OBJECT_STORE_BYTES,
+    }
 
 
 def render_platform(cluster: Cluster, plan: Plan, secrets: dict[str, str] | None = None) -> list[Rendered]:

@@ -8,10 +8,9 @@ For clusters without PyPI access, images/runner/Dockerfile bakes the same into a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from piml.render.source import SourceFile
+from piml.render.source import source_files as _source_files
 
-PACKAGE = Path(__file__).resolve().parents[1]  # .../piml
 # Only these modules go to the cluster: the runner and what it imports (pure standard library besides
 # mlflow/pandas and the broker client).
 FILES = (
@@ -31,12 +30,5 @@ FILES = (
 PIP = {"redis": "redis==5.2.1", "rabbitmq": "pika==1.3.2"}
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    key: str  # ConfigMap key: no '/' allowed
-    path: str  # where it is mounted, below /app/piml
-    text: str
-
-
 def source_files() -> list[SourceFile]:
-    return [SourceFile("piml." + name.replace("/", "."), name, (PACKAGE / name).read_text()) for name in FILES]
+    return _source_files(FILES)

@@ -137,7 +137,8 @@ def version_key(go: str) -> str:
     return f"k8s-{KUBE_VERSION}-{h.hexdigest()[:12]}"
 
 
-def _env() -> dict:
+def go_env() -> dict:
+    """The environment of every go command here: caches under CACHE, the local toolchain, no VCS stamping."""
     env = dict(os.environ)
     env.update(
         GOCACHE=str(CACHE / "gocache"),
@@ -188,7 +189,7 @@ def build(log=print) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         logfile = top / "build.log"
-        env = _env()
+        env = go_env()
         t0 = time.monotonic()
         timings = {}
         log(f"building the control plane ({', '.join(BINARIES)}) into {bin_dir}; log: {logfile}")

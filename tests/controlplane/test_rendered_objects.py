@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from tests.controlplane.test_control_plane import GO, cp, until
+from tests.crd_schemas import kuberay_module_crd
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "tests" / "render" / "scenarios"
@@ -54,8 +55,17 @@ SETTINGS = {
         "queue": {"kind": "rabbitmq"},
         "ray": {"gcs_fault_tolerance": True},
     },
+    "serving": {"serve": {"enabled": True, "routes": {"iris": {"model": "models:/iris@champion", "max_replicas": 2}}}},
 }
-CASES = [(s.stem, name) for s in sorted(SCENARIOS.glob("*.yml")) if s.stem not in NOT_PLANNING for name in SETTINGS]
+# Serving on one architecture and on two (a worker group per architecture).
+SERVING_SCENARIOS = {"pi5-3x8gb", "amd64-server-arm64-agents"}
+CASES = [
+    (s.stem, name)
+    for s in sorted(SCENARIOS.glob("*.yml"))
+    if s.stem not in NOT_PLANNING
+    for name in SETTINGS
+    if name != "serving" or s.stem in SERVING_SCENARIOS
+]
 DEFAULT_NAMESPACE_CASE = ("pi5-3x8gb", "defaults")  # keeps piml's own namespace, `piml`; the others get their own
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed (needed to build the control plane)")
@@ -84,6 +94,7 @@ def kube(plane):
 
     k = connect(plane / "kubeconfig", request_timeout=10)
     crds = [yaml.safe_load((SCHEMAS / f).read_text()) for f in CRD_FILES]
+    crds.append(yaml.safe_load(kuberay_module_crd("ray.io_rayservices.yaml").read_text()))
     bootstrap = Discovery(k)
     for crd in crds:
         apply_object(k, bootstrap, crd)
@@ -114,6 +125,7 @@ def discovery(kube):
                 ("helm.cattle.io/v1", "HelmChart"),
                 ("ray.io/v1", "RayCluster"),
                 ("ray.io/v1", "RayJob"),
+                ("ray.io/v1", "RayService"),
                 ("keda.sh/v1alpha1", "ScaledJob"),
                 ("traefik.io/v1alpha1", "Middleware"),
             )
@@ -267,6 +279,13 @@ def test_rendered_platform_is_accepted_kept_and_reapplied_unchanged(scenario, se
     # The HelmCharts live in kube-system and are shared by every case here; the rest is new.
     assert all(a == "created" for n, a in first.items() if not n.startswith("HelmChart")), first
 
+    if "RayService" in kinds:  # the real KubeRay operator takes the RayService up: valid by its own rules too
+        until(
+            "KubeRay made the RayService's cluster",
+            lambda: rayservice_cluster(kube, namespace or "piml"),
+            60,
+        )
+
     # (c) nothing sent was dropped
     live = {name_of(o): kube.get(live_path(discovery, o)) for o in objects}
     lost = [f"{n}: {p}" for o in objects for n in [name_of(o)] for p in dropped_from(o, live[n])]
@@ -291,6 +310,22 @@ def test_rendered_platform_is_accepted_kept_and_reapplied_unchanged(scenario, se
             # A controller may write an object meanwhile (the PV controller annotates PVCs): only piml's part counts.
             changed.append(f"{applied.ref}: written again (resourceVersion {rv_before} -> {rv_after})")
     assert not changed, "the second apply changed:\n" + "\n".join(changed)
+
+
+def rayservice_cluster(kube, ns: str) -> str | None:
+    """The RayCluster KubeRay made for the RayService piml-serve; fails at once on a refusal by its validation."""
+    live = kube.get(f"/apis/ray.io/v1/namespaces/{ns}/rayservices/piml-serve") or {}
+    refused = [c for c in (live.get("status") or {}).get("conditions") or [] if c.get("reason") == "ValidationFailed"]
+    assert not refused, f"KubeRay refused the RayService: {refused}"
+    clusters = (kube.get(f"/apis/ray.io/v1/namespaces/{ns}/rayclusters") or {}).get("items") or []
+    owned = [
+        c["metadata"]["name"]
+        for c in clusters
+        if any(
+            r["kind"] == "RayService" and r["name"] == "piml-serve" for r in c["metadata"].get("ownerReferences", [])
+        )
+    ]
+    return owned[0] if owned else None
 
 
 def settle(kube, discovery, objects, quiet: float = 2.0, bound: float = 30.0) -> None:

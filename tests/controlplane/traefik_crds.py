@@ -33,7 +33,7 @@ def module_dir(log=print) -> Path:
     go = build.find_go()
     if not go:
         raise TraefikError("Go not found (looked on PATH and in /usr/local/go/bin); install Go >= 1.26.5")
-    env = build._env()
+    env = build.go_env()
     env["GONOSUMDB"] = ",".join(x for x in (env.get("GONOSUMDB"), "github.com/traefik/traefik") if x)
     build.CACHE.mkdir(parents=True, exist_ok=True)
     try:

@@ -14,27 +14,16 @@ from tests.serve.conftest import MODEL, SERVE_TOKEN, iris
 
 
 def serve_config(head, route: str, model: str, batch_size: int = 8) -> dict:
-    """What the RayService's serveConfigV2 will carry for one route (piml renders it; #12)."""
+    """What piml renders into the RayService's serveConfigV2 for this route (piml.serve.apps), two replicas and no
+    pip (this venv has what the pods' runtime_env installs); only the HTTP proxy listens where the test says."""
+    from piml.config import PimlConfig
+    from piml.serve import apps
+
+    settings = {"model": model, "batch_size": batch_size, "min_replicas": 2, "max_replicas": 2}
+    config = PimlConfig.model_validate({"serve": {"enabled": True, "pip": [], "routes": {route: settings}}})
+    rendered = apps.serve_config(config)
     port = int(head.serve_url.rsplit(":", 1)[1])
-    return {
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {
-                "name": route,
-                "route_prefix": f"/serve/{route}",
-                "import_path": "piml.serve.app:build",
-                "args": {"route": route, "model": model, "batch_size": batch_size},
-                "deployments": [
-                    {
-                        "name": "model",
-                        "num_replicas": 2,
-                        "max_ongoing_requests": 2 * batch_size,  # Serve's default (5) would cap the batches
-                        "ray_actor_options": {"num_cpus": 0.5},
-                    }
-                ],
-            }
-        ],
-    }
+    return {**rendered, "http_options": {"host": "127.0.0.1", "port": port}}
 
 
 def post(url: str, body: bytes, content_type: str = "application/json", **headers: str) -> tuple[int, dict]:

@@ -1,0 +1,82 @@
+"""What the RayService `piml-serve` serves: one Ray Serve application per route of piml.yaml's `serve:`, and the
+code they run, shipped as source (piml.render.source).
+
+Decisions (docs/serving-design.md, from KubeRay 1.6/1.7 and Ray 2.60's code):
+- a replica asks for one `piml_serve_slot`, a custom resource each serving worker pod offers once: one replica per
+  pod, and the pod is what the capacity plan sized (Ray's autoscaler adds a pod for each replica Serve wants);
+- `max_ongoing_requests` is twice the batch size: Serve's default (5) would cap the batches;
+- the code's hash rides in each app's runtime_env: KubeRay re-submits serveConfigV2 when its text changes, and
+  Serve restarts replicas whose runtime_env changed, so new code rolls without a new Ray cluster.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from piml.render.source import SourceFile, digest, source_files
+
+if TYPE_CHECKING:
+    from piml.config import PimlConfig
+
+NAME = "piml-serve"  # the RayService, its ConfigMap and Secret
+SERVE_PORT = 8000  # Ray Serve's HTTP proxy (its default), declared as the containers' port `serve`
+ROUTE_PREFIX = "/serve/"
+SLOT = "piml_serve_slot"
+DEPLOYMENT = "model"  # piml/serve/app.py's @serve.deployment name
+# Only these modules go to the cluster: the application and what it imports.
+FILES = ("__init__.py", "errors.py", "serve/__init__.py", "serve/app.py", "serve/payload.py")
+
+
+def code() -> list[SourceFile]:
+    return source_files(FILES)
+
+
+def route_url(route: str) -> str:
+    return f"{ROUTE_PREFIX}{route}"
+
+
+def applications(config: PimlConfig, code_hash: str | None = None) -> list[dict[str, Any]]:
+    """serveConfigV2's applications, one per route, in piml.yaml's order."""
+    from piml.render.images import model_pip
+
+    serve = config.serve
+    pip = list(serve.pip) if serve.pip is not None else model_pip(config.mlflow.version)
+    code_hash = code_hash or digest(code())
+    apps = []
+    for name, route in serve.routes.items():
+        runtime_env: dict[str, Any] = {"env_vars": {"PIML_CODE_HASH": code_hash}}
+        if pip:
+            runtime_env["pip"] = pip
+        autoscaling = {
+            "min_replicas": route.min_replicas,
+            "max_replicas": route.max_replicas,
+            # a replica is busy once half a batch waits on it
+            "target_ongoing_requests": max(2, route.batch_size // 2),
+        }
+        apps.append(
+            {
+                "name": name,
+                "route_prefix": route_url(name),
+                "import_path": "piml.serve.app:build",
+                "args": {"route": name, "model": route.model, "batch_size": route.batch_size},
+                "runtime_env": runtime_env,
+                "deployments": [
+                    {
+                        "name": DEPLOYMENT,
+                        "max_ongoing_requests": 2 * route.batch_size,
+                        "autoscaling_config": autoscaling,
+                        "ray_actor_options": {"num_cpus": 0, "resources": {SLOT: 1}},
+                    }
+                ],
+            }
+        )
+    return apps
+
+
+def serve_config(config: PimlConfig, code_hash: str | None = None) -> dict[str, Any]:
+    """The RayService's serveConfigV2 (Ray's ServeDeploySchema): HTTP on every pod's port `serve`."""
+    return {
+        "proxy_location": "EveryNode",  # HeadOnly leaves every worker NotReady with KubeRay 1.6/1.7 (kuberay#4994)
+        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+        "applications": applications(config, code_hash),
+    }
