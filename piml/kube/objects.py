@@ -22,6 +22,7 @@ KNOWN_KINDS: tuple[tuple[str, str], ...] = (
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("ray.io/v1", "RayCluster"),
     ("ray.io/v1", "RayJob"),
+    ("ray.io/v1", "RayService"),
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "ScaledJob"),
     ("traefik.io/v1alpha1", "Middleware"),

@@ -280,11 +280,16 @@ def test_rendered_platform_is_accepted_kept_and_reapplied_unchanged(scenario, se
     assert all(a == "created" for n, a in first.items() if not n.startswith("HelmChart")), first
 
     if "RayService" in kinds:  # the real KubeRay operator takes the RayService up: valid by its own rules too
-        until(
-            "KubeRay made the RayService's cluster",
-            lambda: rayservice_cluster(kube, namespace or "piml"),
-            60,
-        )
+        ns = namespace or "piml"
+        made = until("KubeRay made the RayService's cluster", lambda: rayservice_cluster(kube, ns), 60)
+        # KubeRay copies the RayService's labels, piml's among them, onto the RayCluster it makes: piml's prune
+        # must not take it for a piml object that no longer renders (it is owned, so left to its owner)
+        from piml.kube.prune import project_objects
+
+        labels = kube.get(f"/apis/ray.io/v1/namespaces/{ns}/rayclusters/{made}")["metadata"]["labels"]
+        project = objects[0]["metadata"]["labels"]["piml.io/project"]
+        assert labels.get("piml.io/project") == project
+        assert made not in {o["metadata"]["name"] for o in project_objects(kube, discovery, project)}
 
     # (c) nothing sent was dropped
     live = {name_of(o): kube.get(live_path(discovery, o)) for o in objects}
