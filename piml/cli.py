@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 inventory_app = typer.Typer(help="Show and check the inventory.", no_args_is_help=True)
 app.add_typer(inventory_app, name="inventory")
+serve_app = typer.Typer(help="Online serving: the routes, predictions, reloads.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
 
 ProjectOpt = Annotated[
     Path | None,
@@ -566,3 +568,76 @@ def jobs(
     from piml.commands.jobs import run_jobs
 
     run_jobs(request_id, limit, queue_url, project, inventory, json)
+
+
+ServeUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Reach Ray Serve's HTTP proxy here (http://HOST:PORT) instead of the cluster's through the Kubernetes "
+        "API [default: $PIML_SERVE_URL].",
+        show_default=False,
+    ),
+]
+
+
+@serve_app.command("list")
+def serve_list(
+    url: ServeUrlOpt = None, project: ProjectOpt = None, inventory: InventoryOpt = None, json: JsonOpt = False
+) -> None:
+    """The routes of piml.yaml: model, version loaded and since when, replicas serving it.
+
+    Exit 1 naming each route that does not answer.
+
+    \b
+    Examples:
+      piml serve list
+      piml serve list --json | jq '.routes[] | {route, version}'
+    """
+    from piml.commands.serve import run_list
+
+    run_list(project, inventory, url, json)
+
+
+@serve_app.command("predict")
+def serve_predict(
+    route: Annotated[str, typer.Argument(help="The route (a name under serve.routes).", show_default=False)],
+    input: Annotated[str, typer.Argument(help="JSON or CSV rows: a file, or - for stdin.", show_default=False)],
+    url: ServeUrlOpt = None,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Predictions for rows: one per line (the model and version on stderr); --json adds probabilities.
+
+    JSON as MLflow's scoring server takes it ({"inputs": [[...]]}, {"dataframe_split": ...}, records) or CSV
+    with a header. Exit 2 with the route's one-line reason when it refuses the rows.
+
+    \b
+    Examples:
+      piml serve predict iris rows.csv
+      echo '{"inputs": [[5.1, 3.5, 1.4, 0.2]]}' | piml serve predict iris - --json
+    """
+    from piml.commands.serve import run_predict
+
+    run_predict(route, input, project, inventory, url, json)
+
+
+@serve_app.command("reload")
+def serve_reload(
+    route: Annotated[str, typer.Argument(help="The route to reload.", show_default=False)],
+    url: ServeUrlOpt = None,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Load the version the route's model URI names now (e.g. after moving an alias), on every replica, without
+    dropping a request; waits until all serve it (bounded).
+
+    \b
+    Examples:
+      piml serve reload iris
+    """
+    from piml.commands.serve import run_reload
+
+    run_reload(route, project, inventory, url, json)

@@ -40,6 +40,14 @@ USER_GIVEN = {
 SECRETS_FILE = "secrets.yaml"  # in the project's .piml/ (piml.project.ProjectPaths.secrets)
 
 
+def load_existing(state_dir: Path) -> dict[str, str]:
+    """The project's secrets as they are, creating nothing (for commands that only read: an unknown directory
+    gets no .piml/)."""
+    path = Path(state_dir) / SECRETS_FILE
+    current = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return {str(k): str(v) for k, v in current.items() if v not in (None, "")} if isinstance(current, dict) else {}
+
+
 def load_or_create(state_dir: Path) -> dict[str, str]:
     """The project's secrets, creating any that are missing (existing ones are never changed), and the
     user-given ones that are set (environment first)."""

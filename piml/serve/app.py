@@ -171,10 +171,19 @@ class ModelRoute:
         return self.loaded.model.metadata.get_input_schema()
 
     @api.get("/")
-    def info(self) -> dict[str, Any]:
+    async def info(self) -> dict[str, Any]:
         loaded = self.loaded
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(loaded.since))
-        return {"route": self.route, "uri": self.uri, "model": loaded.name, "version": loaded.version, "since": since}
+        replicas = await self.state.replicas.remote()  # the live replicas and the version each serves
+        return {
+            "route": self.route,
+            "uri": self.uri,
+            "model": loaded.name,
+            "version": loaded.version,
+            "since": since,
+            "replicas": len(replicas),
+            "replicas_on_version": sum(v == loaded.version for v in replicas.values()),
+        }
 
     @api.post("/predict")
     async def predict(self, request: Request) -> Any:

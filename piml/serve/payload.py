@@ -2,8 +2,10 @@
 
 A request body is JSON with one of `inputs`, `dataframe_split`, `dataframe_records` or `instances` (and optional
 `params`), or CSV with a header. Parsing is MLflow's (mlflow.pyfunc.scoring_server), against the model's input
-schema, so what `mlflow models serve` accepts is accepted here and means the same. Anything else is a
-PayloadError whose text is one line for a 400.
+schema, so what `mlflow models serve` accepts is accepted here and means the same. One addition: plain rows
+(`{"inputs": [[5.1, 3.5, 1.4, 0.2]]}`) for a model whose schema names its columns are given those columns in
+order (MLflow's server refuses them, "Failed to enforce schema", for every scikit-learn model logged from a
+DataFrame). Anything else is a PayloadError whose text is one line for a 400.
 """
 
 from __future__ import annotations
@@ -55,9 +57,24 @@ def parse(body: bytes, content_type: str | None, input_schema: Any = None) -> tu
     if params is not None and not isinstance(params, dict):
         raise PayloadError("`params` must be an object of name: value")
     try:
-        return scoring_server.infer_and_parse_data(document, input_schema), params
+        data = scoring_server.infer_and_parse_data(document, input_schema)
     except Exception as exc:  # noqa: BLE001 - MlflowException, or pandas' own for a malformed frame
         raise PayloadError(f"the rows do not fit the model: {first_line(exc)}") from None
+    return _named(data, input_schema), params
+
+
+def _named(data: Any, input_schema: Any) -> Any:
+    """Plain rows as wide as a column schema: a frame with the schema's columns, in order."""
+    import numpy as np
+
+    if input_schema is None or input_schema.is_tensor_spec() or not input_schema.has_input_names():
+        return data
+    names = input_schema.input_names()
+    if isinstance(data, np.ndarray) and data.ndim == 2 and data.shape[1] == len(names):
+        import pandas as pd
+
+        return pd.DataFrame(data, columns=names)
+    return data
 
 
 def predict(model: Any, data: Any, params: dict | None) -> dict[str, Any]:

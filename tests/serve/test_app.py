@@ -104,6 +104,87 @@ def test_requests_together_are_answered_each_with_its_own_rows(serve_head, iris_
     assert [a["predictions"] for _, a in answers] == [served_model.versions["1"].predict(s).tolist() for s in singles]
 
 
+# -- the CLI: `piml serve` against the same routes (--url: the port-forward path is the cluster's) -------------
+
+
+def serve_url(iris_route: str) -> str:
+    return iris_route.removesuffix("/serve/iris")
+
+
+def test_cli_predict_prints_the_models_own_predictions(piml, iris_route, served_model, tmp_path):
+    frame = sample()
+    rows = tmp_path / "rows.csv"
+    rows.write_text(frame.to_csv(index=False))
+    done = piml("serve", "predict", "iris", str(rows), "--url", serve_url(iris_route))
+    assert done.returncode == 0, done.stderr
+    expected = served_model.versions["1"].predict(frame).tolist()
+    assert [json.loads(line) for line in done.stdout.splitlines()] == expected
+    assert done.stderr.strip() == f"iris: {MODEL} version 1"
+    # JSON on stdin, --json: the whole answer, probabilities too
+    body = json.dumps({"inputs": frame.values.tolist()})
+    done = piml("serve", "predict", "iris", "-", "--url", serve_url(iris_route), "--json", input=body)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["predictions"] == expected and answer["version"] == "1"
+    assert answer["probabilities"] == served_model.versions["1"].predict_proba(frame).tolist()
+
+
+def test_cli_list_says_what_each_route_serves(piml, iris_route, tmp_path):
+    project = tmp_path / "lab"
+    (project / "inventory").mkdir(parents=True)
+    (project / "inventory" / "hosts.yml").write_text(
+        "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n"
+    )
+    (project / "piml.yaml").write_text(
+        f"serve:\n  enabled: true\n  routes:\n    iris: {{model: 'models:/{MODEL}@champion'}}\n"
+        "    gone: {model: 'models:/nothing/1'}\n"
+    )
+    done = piml("serve", "list", "-C", str(project), "--url", serve_url(iris_route), "--json")
+    assert done.returncode == 1, done.stderr  # `gone` is not served
+    rows = {r["route"]: r for r in json.loads(done.stdout)["routes"]}
+    assert rows["iris"]["ok"] and rows["iris"]["version"] == "1" and rows["iris"]["model"] == MODEL
+    assert (rows["iris"]["replicas"], rows["iris"]["replicas_on_version"]) == (2, 2)
+    assert rows["gone"] == {**rows["gone"], "ok": False}
+    assert done.stderr.strip() == (
+        "error: route gone: is not served; add it to serve.routes in piml.yaml and run `piml up`"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "expected"),
+    [
+        (("predict", "iris", "-"), '{"rows": [[1, 2]]}', "error: route iris: refused the input: "),
+        (("predict", "nope", "-"), '{"inputs": [[1, 2, 3, 4]]}', "error: route nope: is not served; "),
+        (("predict", "iris", "/nonexistent.csv"), None, "error: /nonexistent.csv: cannot read it (No such file"),
+        (("predict", "iris", "-"), "  \n", "error: -: is empty; "),
+    ],
+    ids=["bad-rows", "unknown-route", "no-file", "empty"],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(piml, iris_route, args, stdin, expected):
+    done = piml("serve", *args, "--url", serve_url(iris_route), input=stdin)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(expected) and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_reload_needs_the_token(piml, iris_route, tmp_path, monkeypatch):
+    done = piml("serve", "reload", "iris", "--url", serve_url(iris_route), "-C", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.startswith("error: serve_token: no reload token"), done.stderr
+    monkeypatch.setenv("PIML_SERVE_TOKEN", "wrong")
+    done = piml("serve", "reload", "iris", "--url", serve_url(iris_route))
+    assert done.returncode == 2 and done.stderr.startswith("error: route iris: refused the reload token"), done.stderr
+
+
+def test_cli_on_a_dead_address_is_one_line_and_exit_1(piml):
+    from tests.queue.helpers import free_port
+
+    done = piml("serve", "predict", "iris", "-", "--url", f"http://127.0.0.1:{free_port()}", input='{"inputs": [[1]]}')
+    assert done.returncode == 1 and done.stderr.startswith("error: route iris: no answer from http://127.0.0.1:"), (
+        done.stderr
+    )
+    assert done.stderr.count("\n") == 1
+
+
 def test_reload_needs_the_token(iris_route):
     assert post(f"{iris_route}/reload", b"")[0] == 401
     assert post(f"{iris_route}/reload", b"", Authorization="Bearer wrong")[0] == 401
@@ -145,3 +226,12 @@ def test_reload_switches_every_replica_without_a_failed_request(serve_head, iris
     for _, answer in answers + after:  # each answer is one version's, whole
         assert answer["probabilities"] == expected[answer["version"]]
     assert {a["version"] for _, a in after} == {version}  # both replicas (Serve spreads the ten over them)
+
+
+def test_cli_reload_after_the_switch_says_what_serves(piml, iris_route, served_model, monkeypatch):
+    """After the reload above: `piml serve reload` with the project's token is idempotent and says so."""
+    monkeypatch.setenv("PIML_SERVE_TOKEN", SERVE_TOKEN)
+    version = max(served_model.versions, key=int)
+    done = piml("serve", "reload", "iris", "--url", serve_url(iris_route))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"iris: serving {MODEL} version {version} on 2 replica(s)"

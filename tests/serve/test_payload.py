@@ -54,3 +54,20 @@ def test_the_formats_mlflow_scores_are_read_as_it_reads_them():
 def test_ambiguous_or_malformed_documents_are_refused(body):
     with pytest.raises(PayloadError):
         parse(body, "application/json")
+
+
+def test_plain_rows_get_the_columns_a_schema_names():
+    """{"inputs": [[...]]} for a model logged from a DataFrame: MLflow's own server refuses it (its schema names
+    columns), piml gives the rows those columns in order; rows of another width stay as they are (and the model
+    refuses them with its own reason)."""
+    import numpy as np
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    columns = Schema([ColSpec("double", "sepal length"), ColSpec("double", "petal width")])
+    data, _ = parse(b'{"inputs": [[5.1, 0.2], [6.0, 1.5]]}', "application/json", columns)
+    assert list(data.columns) == ["sepal length", "petal width"] and data.values.tolist() == [[5.1, 0.2], [6.0, 1.5]]
+    data, _ = parse(b'{"inputs": [[5.1, 0.2, 9.9]]}', "application/json", columns)
+    assert isinstance(data, np.ndarray)
+    tensor = Schema([TensorSpec(np.dtype("float64"), (-1, 2))])
+    data, _ = parse(b'{"inputs": [[5.1, 0.2]]}', "application/json", tensor)
+    assert isinstance(data, np.ndarray)
