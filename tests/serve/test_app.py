@@ -185,6 +185,45 @@ def test_cli_on_a_dead_address_is_one_line_and_exit_1(piml):
     assert done.stderr.count("\n") == 1
 
 
+def test_cli_reaches_the_routes_through_a_port_forward(piml, iris_route, served_model, tmp_path):
+    """Without --url, piml forwards a loopback port to port 8000 of the serving head's pod through the Kubernetes
+    API. Here that API is the kubeapi STAND-IN (tests/standins/kubeapi), whose pods/portforward is bridged to the
+    real Serve proxy: the real API server hands port-forwards to the kubelet, which the control plane's kubelet
+    stand-in does not serve yet (#11)."""
+    from kubernetes import client, config
+
+    from tests.standins.kubeapi.server import FakeKubeAPI
+
+    project = tmp_path / "lab"
+    (project / "inventory").mkdir(parents=True)
+    (project / "inventory" / "hosts.yml").write_text(
+        "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n"
+    )
+    (project / "piml.yaml").write_text(
+        f"serve:\n  enabled: true\n  routes:\n    iris: {{model: 'models:/{MODEL}@champion'}}\n"
+    )
+    api = FakeKubeAPI().start()
+    try:
+        kubeconfig = project / ".piml" / "kubeconfig"
+        kubeconfig.parent.mkdir()
+        api.write_kubeconfig(kubeconfig)
+        core = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        core.create_namespace({"metadata": {"name": "piml"}})
+        core.api_client.close()
+        api.add_pod("piml", "piml-serve-head-abcde", {"piml.io/component": "serve-head"})
+        api.forward("piml", "piml-serve-head-abcde", 8000, int(serve_url(iris_route).rsplit(":", 1)[1]))
+        done = piml("serve", "list", "-C", str(project), "--json")
+        assert done.returncode == 0, done.stderr
+        (row,) = json.loads(done.stdout)["routes"]
+        assert (row["route"], row["version"], row["replicas"]) == ("iris", "1", 2)
+        body = json.dumps({"dataframe_split": sample().to_dict(orient="split")})
+        done = piml("serve", "predict", "iris", "-", "-C", str(project), "--json", input=body)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["predictions"] == served_model.versions["1"].predict(sample()).tolist()
+    finally:
+        api.stop()
+
+
 def test_reload_needs_the_token(iris_route):
     assert post(f"{iris_route}/reload", b"")[0] == 401
     assert post(f"{iris_route}/reload", b"", Authorization="Bearer wrong")[0] == 401
