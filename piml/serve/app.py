@@ -133,6 +133,8 @@ class ModelRoute:
         name, version = resolve(model)
         wanted = ray.get(self.state.get_wanted.remote(model), timeout=30)
         self.loaded = load(name, wanted or version)
+        # counted from the start (GET / right after a deploy or a scale-up), not from the first round of _follow
+        ray.get(self.state.report.remote(self.replica, model, self.loaded.version), timeout=30)
         self._stop = threading.Event()
         self._loading = threading.Lock()
         threading.Thread(target=self._follow, name="piml-route-follow", daemon=True).start()

@@ -107,7 +107,7 @@ class ServeHead:
 @pytest.fixture(scope="module")
 def serve_head(mlflow_server, tmp_path_factory):
     """A Ray head that is a serving pod: PYTHONPATH holds exactly the files piml ships in its ConfigMap (a module
-    it forgets fails here as on the cluster), and two replica slots, as two serving worker pods offer."""
+    it forgets fails here as on the cluster), and four replica slots, as four serving worker pods offer."""
     from piml.serve import apps
 
     app_dir = tmp_path_factory.mktemp("serve-code")
@@ -116,5 +116,5 @@ def serve_head(mlflow_server, tmp_path_factory):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f.text)
     env = {"PIML_SERVE_TOKEN": SERVE_TOKEN, "PYTHONPATH": str(app_dir)}
-    with ray_head_running(mlflow_server.env, num_cpus=2, extra_env=env, resources={apps.SLOT: 2}) as head:
+    with ray_head_running(mlflow_server.env, num_cpus=2, extra_env=env, resources={apps.SLOT: 4}) as head:
         yield ServeHead(head.dashboard_url, f"http://127.0.0.1:{free_port()}", head.env, head.log, head.temp)

@@ -274,3 +274,56 @@ def test_cli_reload_after_the_switch_says_what_serves(piml, iris_route, served_m
     done = piml("serve", "reload", "iris", "--url", serve_url(iris_route))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"iris: serving {MODEL} version {version} on 2 replica(s)"
+
+
+def test_a_route_scales_from_one_replica_to_two_under_load_and_back(serve_head, iris_route, served_model):
+    """Serve's autoscaler on piml's rendered autoscaling_config (min 1, max 2, target from the batch size): steady
+    concurrent requests bring a second replica, and it goes once they stop. Only the delays are shortened here
+    (Serve's defaults wait 30 s to add and 600 s to remove)."""
+    import threading
+    import time
+
+    route = "iris-auto"
+    config = serve_config(serve_head, route, f"models:/{MODEL}@champion")
+    (app,) = config["applications"]
+    autoscaling = app["deployments"][0]["autoscaling_config"]
+    autoscaling.update(min_replicas=1, max_replicas=2)
+    autoscaling.update(upscale_delay_s=2, downscale_delay_s=5, metrics_interval_s=0.5, look_back_period_s=2)
+    # deployed beside iris: `serve deploy` replaces the whole config, so iris goes along unchanged
+    iris = serve_config(serve_head, "iris", f"models:/{MODEL}@champion")["applications"]
+    serve_head.deploy({**config, "applications": iris + [app]})
+    url = f"{serve_head.serve_url}/serve/{route}"
+
+    def replicas() -> int:
+        with urllib.request.urlopen(f"{url}/", timeout=10) as response:
+            return json.load(response)["replicas"]
+
+    assert replicas() == 1
+    body = json.dumps({"dataframe_split": sample().to_dict(orient="split")}).encode()
+    stop, failed = threading.Event(), []
+
+    def client():
+        for _ in range(20000):  # bounded either way
+            if stop.is_set():
+                return
+            status, answer = post(f"{url}/predict", body)
+            if status != 200:
+                failed.append(answer)
+
+    senders = [threading.Thread(target=client) for _ in range(24)]
+    for sender in senders:
+        sender.start()
+    try:
+        deadline = time.monotonic() + 90
+        while replicas() < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert replicas() == 2, serve_head.replica_log()
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(60)
+    assert failed == []
+    deadline = time.monotonic() + 90
+    while replicas() > 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert replicas() == 1
