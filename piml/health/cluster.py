@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from piml.health.result import CheckFailed, Result, timed
 from piml.kube.objects import dig
-from piml.kube.status import component_row, node_row
+from piml.kube.status import WORKLOAD_KINDS, node_row, workload_rows
 
 if TYPE_CHECKING:
     from piml.kube.client import Kube
@@ -27,8 +27,8 @@ def cluster_checks(kube: Kube, cluster: Cluster) -> list[Result]:
         return results
     live = project_objects(kube, Discovery(kube), cluster.name)
     for obj in live:
-        if obj["kind"] in ("Deployment", "RayCluster", "HelmChart"):
-            results.append(_workload_result(obj, cluster.config.namespace))
+        if obj["kind"] in WORKLOAD_KINDS:
+            results += [_workload_result(row, cluster.config.namespace) for row in workload_rows(obj)]
     if cluster.config.queue.enabled:
         results.append(timed("cluster", "keda", "serving metrics", lambda: _keda(kube)))
     return results
@@ -71,8 +71,7 @@ def _node_ready(row: dict | None, name: str) -> str:
     return f"Ready, no pressure ({row['kubelet'] or 'k3s'}, {row['arch']})"
 
 
-def _workload_result(obj: dict, namespace: str) -> Result:
-    row = component_row(obj)
+def _workload_result(row: dict, namespace: str) -> Result:
 
     def body() -> str:
         if not row["ready"]:

@@ -290,6 +290,16 @@ def test_rendered_platform_is_accepted_kept_and_reapplied_unchanged(scenario, se
         project = objects[0]["metadata"]["labels"]["piml.io/project"]
         assert labels.get("piml.io/project") == project
         assert made not in {o["metadata"]["name"] for o in project_objects(kube, discovery, project)}
+        # what `piml status` says of it while KubeRay cannot reach a Serve (no real Ray here): not ready, and why
+        from piml.kube.status import workload_rows
+
+        def with_conditions():
+            live = kube.get(f"/apis/ray.io/v1/namespaces/{ns}/rayservices/piml-serve") or {}
+            return live if (live.get("status") or {}).get("conditions") else None
+
+        live_service = until("KubeRay's first RayService status", with_conditions, 30)
+        (row,) = workload_rows(live_service)
+        assert (row["component"], row["ready"], row["state"]) == ("serve", False, "Initializing"), live_service
 
     # (c) nothing sent was dropped
     live = {name_of(o): kube.get(live_path(discovery, o)) for o in objects}
