@@ -477,9 +477,8 @@ def _problem(doc: YamlDoc, error: dict) -> Problem:
     if loc and loc[-1] == "[key]":  # a mapping's key refused (serve.routes' route names)
         loc = loc[:-1]
         parent = ".".join(str(k) for k in loc[:-1])
-        return Problem(
-            doc.where(loc), f"'{parent}' has the name {loc[-1]!r}, not a valid one", _pattern_fix(error, None)
-        )
+        fix = f"write it {PATTERN_HINTS[ROUTE_PATTERN]}"  # serve.routes is the only mapping of named blocks
+        return Problem(doc.where(loc), f"'{parent}' has the name {loc[-1]!r}, not a valid one", fix)
     where = doc.where(loc)
     if error["type"] == "missing":
         field = _field(loc)

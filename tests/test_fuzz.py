@@ -166,6 +166,48 @@ def test_mlflow_store_settings(mlflow):
                 assert PASSWORD not in str(problem)
 
 
+route_settings = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.one_of(
+            st.sampled_from(["models:/iris@champion", "models:/iris/2", "models:/iris/latest", "models:/iris", "x"]),
+            st.text(max_size=20),
+            st.integers(),
+        ),
+        "min_replicas": st.one_of(st.integers(-2, 40), st.text(max_size=3)),
+        "max_replicas": st.one_of(st.integers(-2, 40), st.none()),
+        "batch_size": st.integers(-1, 300),
+        "cpu": st.sampled_from(["500m", "1", "lots", "0.5", ""]),
+        "memory": st.sampled_from(["1Gi", "512Mi", "1 GB", ""]),
+        "modle": st.just("x"),
+    },
+)
+serve_settings = st.fixed_dictionaries(
+    {},
+    optional={
+        "enabled": st.one_of(st.booleans(), st.text(max_size=4)),
+        "routes": st.one_of(
+            st.dictionaries(st.one_of(st.text(max_size=12), st.integers()), route_settings, max_size=3),
+            st.lists(st.text(max_size=5), max_size=2),
+            st.none(),
+        ),
+        "pip": st.one_of(st.none(), st.lists(st.text(max_size=8), max_size=2), st.integers()),
+    },
+)
+
+
+@settings(max_examples=examples(400), deadline=None)
+@given(serve_settings, st.booleans())
+def test_serve_settings(serve, ray_enabled):
+    """Any serve: block is valid or one line per problem at a line of piml.yaml, never another exception."""
+    try:
+        _config(yaml.safe_dump({"serve": serve, "ray": {"enabled": ray_enabled}}))
+    except InputError as exc:
+        assert exc.problems
+        for problem in exc.problems:
+            assert str(problem) and "\n" not in str(problem) and str(problem).startswith("piml.yaml:")
+
+
 # Hostile YAML (issue 16): alias and merge-key bombs, chains of aliases, deep nesting and raw text made of YAML's
 # own punctuation. Each example runs with the address space capped a few hundred MB above what the process already
 # has and under a timer, so a loader without bounds fails here (MemoryError, the timer) instead of swapping.
