@@ -176,7 +176,10 @@ class ModelRoute:
     async def info(self) -> dict[str, Any]:
         loaded = self.loaded
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(loaded.since))
-        replicas = await self.state.replicas.remote()  # the live replicas and the version each serves
+        try:  # the live replicas and the version each serves; the route answers even when that actor does not
+            replicas = await asyncio.wait_for(self.state.replicas.remote(), 10)
+        except Exception:  # noqa: BLE001 - the state actor away or slow: say what this replica knows
+            replicas = {self.replica: loaded.version}
         return {
             "route": self.route,
             "uri": self.uri,
