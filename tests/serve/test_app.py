@@ -111,6 +111,18 @@ def serve_url(iris_route: str) -> str:
     return iris_route.removesuffix("/serve/iris")
 
 
+def serving_project(tmp_path, more_routes: str = ""):
+    """A project (one server) whose piml.yaml serves the test model as route iris, plus `more_routes` (YAML lines)."""
+    project = tmp_path / "lab"
+    (project / "inventory").mkdir(parents=True)
+    (project / "inventory" / "hosts.yml").write_text(
+        "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n"
+    )
+    routes = f"    iris: {{model: 'models:/{MODEL}@champion'}}\n" + more_routes
+    (project / "piml.yaml").write_text(f"serve:\n  enabled: true\n  routes:\n{routes}")
+    return project
+
+
 def test_cli_predict_prints_the_models_own_predictions(piml, iris_route, served_model, tmp_path):
     frame = sample()
     rows = tmp_path / "rows.csv"
@@ -130,15 +142,7 @@ def test_cli_predict_prints_the_models_own_predictions(piml, iris_route, served_
 
 
 def test_cli_list_says_what_each_route_serves(piml, iris_route, tmp_path):
-    project = tmp_path / "lab"
-    (project / "inventory").mkdir(parents=True)
-    (project / "inventory" / "hosts.yml").write_text(
-        "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n"
-    )
-    (project / "piml.yaml").write_text(
-        f"serve:\n  enabled: true\n  routes:\n    iris: {{model: 'models:/{MODEL}@champion'}}\n"
-        "    gone: {model: 'models:/nothing/1'}\n"
-    )
+    project = serving_project(tmp_path, "    gone: {model: 'models:/nothing/1'}\n")
     done = piml("serve", "list", "-C", str(project), "--url", serve_url(iris_route), "--json")
     assert done.returncode == 1, done.stderr  # `gone` is not served
     rows = {r["route"]: r for r in json.loads(done.stdout)["routes"]}
@@ -194,14 +198,7 @@ def test_cli_reaches_the_routes_through_a_port_forward(piml, iris_route, served_
 
     from tests.standins.kubeapi.server import FakeKubeAPI
 
-    project = tmp_path / "lab"
-    (project / "inventory").mkdir(parents=True)
-    (project / "inventory" / "hosts.yml").write_text(
-        "k3s_cluster:\n  children:\n    server:\n      hosts:\n        pi1: {ansible_host: 10.0.0.1}\n"
-    )
-    (project / "piml.yaml").write_text(
-        f"serve:\n  enabled: true\n  routes:\n    iris: {{model: 'models:/{MODEL}@champion'}}\n"
-    )
+    project = serving_project(tmp_path)
     api = FakeKubeAPI().start()
     try:
         kubeconfig = project / ".piml" / "kubeconfig"
