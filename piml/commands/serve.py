@@ -67,10 +67,12 @@ def _token(cluster, project: Path | None) -> str | None:
 
 def run_list(project: Path | None, inventory: Path | None, url: str | None, as_json: bool) -> None:
     """One row per route of piml.yaml: what it serves now, on how many replicas."""
+    from piml.serve.apps import route_url
+
     with open_routes(project, inventory, url, need_project=True) as (client, cluster):
         rows, problems = [], []
         for name, route in cluster.config.serve.routes.items():
-            row = {"route": name, "uri": route.model, "url": f"/serve/{name}/predict"}
+            row = {"route": name, "uri": route.model, "url": f"{route_url(name)}/predict"}
             try:
                 info = client.info(name)
                 row.update(

@@ -76,12 +76,12 @@ def _json(raw: bytes, route: str) -> dict[str, Any]:
 
 
 def _refused(route: str, status: int, raw: bytes) -> PimlError:
-    try:
+    try:  # piml's routes answer {"error": "<one line>"}; Serve's proxy itself answers plain text
         said = json.loads(raw).get("error")
     except (ValueError, AttributeError):
         said = None
-    said = said or raw.decode(errors="replace").strip().splitlines()[0:1] or [""]
-    said = said if isinstance(said, str) else said[0]
+    if not isinstance(said, str) or not said:
+        said = next(iter(raw.decode(errors="replace").strip().splitlines()), "")
     where = f"route {route}"
     if status == 400:
         return PimlError(Problem(where, f"refused the input: {said}", "fix the rows or their columns"), EXIT_USAGE)
