@@ -33,6 +33,8 @@ sys.path.insert(0, str(REPO))
 THROUGHPUT_GOAL = 1.0
 P99_GOAL = 1.5
 MODEL = "bench-iris"
+TOKEN = os.urandom(16).hex()  # piml's routes need the serving token; both sides get the same header
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
 
 
 def load(port: int, path: str, body: bytes, seconds: float, concurrency: int) -> dict:
@@ -48,7 +50,7 @@ def load(port: int, path: str, body: bytes, seconds: float, concurrency: int) ->
         while time.monotonic() < stop:
             start = time.perf_counter()
             try:
-                conn.request("POST", path, body, {"Content-Type": "application/json"})
+                conn.request("POST", path, body, HEADERS)
                 response = conn.getresponse()
                 response.read()
                 ok = response.status == 200
@@ -81,7 +83,7 @@ def wait_http(url: str, seconds: float, proc: subprocess.Popen | None = None) ->
         if proc is not None and proc.poll() is not None:
             raise SystemExit(f"{url}: the server exited ({proc.returncode})")
         try:
-            with urllib.request.urlopen(url, timeout=5):
+            with urllib.request.urlopen(urllib.request.Request(url, headers=HEADERS), timeout=5):
                 return
         except OSError:
             time.sleep(0.5)
@@ -152,7 +154,7 @@ def main() -> int:
     results: dict[str, list[dict]] = {"mlflow": [], "serve-1": [], "serve-2": []}
     try:
         wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, mlflow_proc)
-        ray_env = {"PYTHONPATH": str(code)}
+        ray_env = {"PYTHONPATH": str(code), "PIML_SERVE_TOKEN": TOKEN}
         with ray_head_running(env, num_cpus=2, extra_env=ray_env, resources={apps.SLOT: 2}) as ray:
             serve_port = free_port()
             head = ServeHead(ray.dashboard_url, f"http://127.0.0.1:{serve_port}", ray.env, ray.log, ray.temp)

@@ -132,14 +132,6 @@ def run_predict(route: str, source: str, project, inventory, url: str | None, as
 
 def run_reload(route: str, project, inventory, url: str | None, as_json: bool) -> None:
     with open_routes(project, inventory, url, need_project=False) as (client, _):
-        if not client.token:
-            raise InputError(
-                Problem(
-                    "serve_token",
-                    "no reload token: not in .piml/secrets.yaml, nor $PIML_SERVE_TOKEN",
-                    "run it in the project directory (-C), or set $PIML_SERVE_TOKEN",
-                )
-            )
         answer = client.reload(route)
     if as_json:
         print_json(answer)

@@ -8,9 +8,13 @@ MLFLOW_TRACKING_USERNAME / _PASSWORD from MLflow's Secret), never from a request
   GET  /          the route, the model's name and the version loaded, since when
   POST /predict   JSON (inputs, dataframe_split, dataframe_records, instances) or CSV -> predictions
                   (and probabilities where the model has predict_proba); a bad request is a 400 with one line
-  POST /reload    (Authorization: Bearer $PIML_SERVE_TOKEN) load the URI's version now (an alias's current one)
-                  on every replica, without dropping a request: each request is answered by the model it began
-                  with, and the new one takes over once loaded
+  POST /reload    load the URI's version now (an alias's current one) on every replica, without dropping a
+                  request: each request is answered by the model it began with, and the new one takes over once
+                  loaded
+
+Every request needs `Authorization: Bearer $PIML_SERVE_TOKEN` (the Secret piml-serve): Ray Serve's proxy checks
+nothing, and the route is on the LAN through the ingress. This is the scheme that guards the Ray dashboard (a
+bearer token), with a token of its own: the Ray token would let a client run code on the cluster.
 
 Reload reaches every replica through a small named Ray actor per route (RouteState): /reload records the wanted
 version there; each replica polls it every second, loads a version it lacks beside the one serving, swaps, and
@@ -110,6 +114,16 @@ def route_state(route: str) -> Any:
 
 def _error(reason: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
+
+
+@api.middleware("http")
+async def _needs_the_token(request: Request, call_next: Any) -> Any:
+    """Every request carries the serving token; none set in the pod refuses all (fail closed)."""
+    token = os.environ.get("PIML_SERVE_TOKEN", "")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        return _error("needs the serving token (Authorization: Bearer ...)", 401)
+    return await call_next(request)
 
 
 def _split(whole: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
@@ -232,11 +246,7 @@ class ModelRoute:
         return answers
 
     @api.post("/reload")
-    async def reload(self, request: Request) -> Any:
-        token = os.environ.get("PIML_SERVE_TOKEN", "")
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            return _error("reload needs the route token (Authorization: Bearer ...)", 401)
+    async def reload(self) -> Any:
         try:
             name, version = await asyncio.to_thread(resolve, self.uri)
             await asyncio.to_thread(self._switch, version)  # here first: a version that cannot load fails now

@@ -26,9 +26,14 @@ def serve_config(head, route: str, model: str, batch_size: int = 8) -> dict:
     return {**rendered, "http_options": {"host": "127.0.0.1", "port": port}}
 
 
-def post(url: str, body: bytes, content_type: str = "application/json", **headers: str) -> tuple[int, dict]:
-    headers = {"Content-Type": content_type, **headers}
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+AUTH = {"Authorization": f"Bearer {SERVE_TOKEN}"}
+
+
+def call(url: str, body: bytes | None = None, content_type: str = "application/json", **headers: str):
+    """(status, JSON answer) of a POST (body given) or GET, with the serving token unless `headers` say otherwise."""
+    headers = {"Content-Type": content_type, **AUTH, **headers}
+    headers = {k: v for k, v in headers.items() if v}  # Authorization="" sends none
+    request = urllib.request.Request(url, data=body, headers=headers, method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.load(response)
@@ -38,6 +43,18 @@ def post(url: str, body: bytes, content_type: str = "application/json", **header
             return exc.code, json.loads(text)
         except json.JSONDecodeError:
             return exc.code, {"error": text}
+
+
+def get(url: str) -> dict:
+    status, answer = call(url)
+    assert status == 200, answer
+    return answer
+
+
+@pytest.fixture(autouse=True)
+def _token_in_env(monkeypatch):
+    """`piml serve` here has no project: it takes the serving token from $PIML_SERVE_TOKEN, as a user can."""
+    monkeypatch.setenv("PIML_SERVE_TOKEN", SERVE_TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +77,7 @@ def test_predictions_are_the_models_own(iris_route, served_model):
         "csv": frame.to_csv(index=False).encode(),
     }
     for name, body in bodies.items():
-        status, answer = post(f"{iris_route}/predict", body, "text/csv" if name == "csv" else "application/json")
+        status, answer = call(f"{iris_route}/predict", body, "text/csv" if name == "csv" else "application/json")
         assert status == 200, (name, answer)
         assert answer["predictions"] == expected, name
         assert answer["probabilities"] == probabilities, name  # JSON carries floats exactly
@@ -68,8 +85,7 @@ def test_predictions_are_the_models_own(iris_route, served_model):
 
 
 def test_info_names_the_version_loaded(iris_route):
-    with urllib.request.urlopen(f"{iris_route}/", timeout=10) as response:
-        info = json.load(response)
+    info = get(f"{iris_route}/")
     assert info["route"] == "iris" and info["model"] == MODEL and info["version"] == "1"
     assert info["uri"] == f"models:/{MODEL}@champion" and info["since"].endswith("Z")
 
@@ -86,7 +102,7 @@ def test_info_names_the_version_loaded(iris_route):
     ids=["not-json", "no-format-key", "wrong-columns", "not-utf8", "xml"],
 )
 def test_a_bad_request_is_a_400_with_one_line(iris_route, body, content_type, reason):
-    status, answer = post(f"{iris_route}/predict", body, content_type)
+    status, answer = call(f"{iris_route}/predict", body, content_type)
     assert status == 400, answer
     assert reason in answer["error"] and "\n" not in answer["error"] and "Traceback" not in answer["error"]
 
@@ -99,7 +115,7 @@ def test_requests_together_are_answered_each_with_its_own_rows(serve_head, iris_
     singles = [frame.iloc[[i]] for i in range(len(frame))]
     bodies = [json.dumps({"dataframe_split": s.to_dict(orient="split")}).encode() for s in singles]
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda b: post(f"{iris_route}/predict", b), bodies))
+        answers = list(pool.map(lambda b: call(f"{iris_route}/predict", b), bodies))
     assert [a for s, a in answers if s != 200] == [], serve_head.replica_log()
     assert [a["predictions"] for _, a in answers] == [served_model.versions["1"].predict(s).tolist() for s in singles]
 
@@ -171,12 +187,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(piml, iris_route, args, stdin, exp
     assert "Traceback" not in done.stderr
 
 
-def test_cli_reload_needs_the_token(piml, iris_route, tmp_path, monkeypatch):
-    done = piml("serve", "reload", "iris", "--url", serve_url(iris_route), "-C", str(tmp_path))
-    assert done.returncode == 2 and done.stderr.startswith("error: serve_token: no reload token"), done.stderr
+@pytest.mark.parametrize("command", [("reload", "iris"), ("predict", "iris", "-")], ids=["reload", "predict"])
+def test_cli_needs_the_serving_token(piml, iris_route, tmp_path, monkeypatch, command):
+    monkeypatch.delenv("PIML_SERVE_TOKEN")
+    body = '{"inputs": [[1, 2, 3, 4]]}'
+    done = piml("serve", *command, "--url", serve_url(iris_route), "-C", str(tmp_path), input=body)
+    assert done.returncode == 2 and done.stderr.startswith("error: route iris: needs the serving token; run it in"), (
+        done.stderr
+    )
     monkeypatch.setenv("PIML_SERVE_TOKEN", "wrong")
-    done = piml("serve", "reload", "iris", "--url", serve_url(iris_route))
-    assert done.returncode == 2 and done.stderr.startswith("error: route iris: refused the reload token"), done.stderr
+    done = piml("serve", *command, "--url", serve_url(iris_route), input=body)
+    assert done.returncode == 2 and done.stderr.startswith("error: route iris: refused the serving token"), done.stderr
 
 
 def test_cli_on_a_dead_address_is_one_line_and_exit_1(piml):
@@ -221,9 +242,12 @@ def test_cli_reaches_the_routes_through_a_port_forward(piml, iris_route, served_
         api.stop()
 
 
-def test_reload_needs_the_token(iris_route):
-    assert post(f"{iris_route}/reload", b"")[0] == 401
-    assert post(f"{iris_route}/reload", b"", Authorization="Bearer wrong")[0] == 401
+@pytest.mark.parametrize(("path", "body"), [("/", None), ("/predict", b'{"inputs": [[1, 2, 3, 4]]}'), ("/reload", b"")])
+def test_every_request_needs_the_serving_token(iris_route, path, body):
+    """The proxy checks nothing and the ingress puts the route on the LAN: the app refuses before any work."""
+    for given in ("", "Bearer wrong", f"Basic {SERVE_TOKEN}x", SERVE_TOKEN[:-1]):
+        status, answer = call(f"{iris_route}{path}", body, Authorization=given)
+        assert (status, answer) == (401, {"error": "needs the serving token (Authorization: Bearer ...)"}), given
 
 
 def test_reload_switches_every_replica_without_a_failed_request(serve_head, iris_route, served_model):
@@ -245,13 +269,13 @@ def test_reload_switches_every_replica_without_a_failed_request(serve_head, iris
 
     def traffic():
         while not stop.is_set() and len(answers) < 5000:  # bounded either way
-            answers.append(post(f"{iris_route}/predict", body))
+            answers.append(call(f"{iris_route}/predict", body))
 
     sender = threading.Thread(target=traffic)
     sender.start()
     try:
-        status, reloaded = post(f"{iris_route}/reload", b"", Authorization=f"Bearer {SERVE_TOKEN}")
-        after = [post(f"{iris_route}/predict", body) for _ in range(10)]
+        status, reloaded = call(f"{iris_route}/reload", b"")
+        after = [call(f"{iris_route}/predict", body) for _ in range(10)]
     finally:
         stop.set()
         sender.join(60)
@@ -264,9 +288,8 @@ def test_reload_switches_every_replica_without_a_failed_request(serve_head, iris
     assert {a["version"] for _, a in after} == {version}  # both replicas (Serve spreads the ten over them)
 
 
-def test_cli_reload_after_the_switch_says_what_serves(piml, iris_route, served_model, monkeypatch):
+def test_cli_reload_after_the_switch_says_what_serves(piml, iris_route, served_model):
     """After the reload above: `piml serve reload` with the project's token is idempotent and says so."""
-    monkeypatch.setenv("PIML_SERVE_TOKEN", SERVE_TOKEN)
     version = max(served_model.versions, key=int)
     done = piml("serve", "reload", "iris", "--url", serve_url(iris_route))
     assert done.returncode == 0, done.stderr
@@ -292,8 +315,7 @@ def test_a_route_scales_from_one_replica_to_two_under_load_and_back(serve_head, 
     url = f"{serve_head.serve_url}/serve/{route}"
 
     def replicas() -> int:
-        with urllib.request.urlopen(f"{url}/", timeout=10) as response:
-            return json.load(response)["replicas"]
+        return get(f"{url}/")["replicas"]
 
     assert replicas() == 1
     body = json.dumps({"dataframe_split": sample().to_dict(orient="split")}).encode()
@@ -303,7 +325,7 @@ def test_a_route_scales_from_one_replica_to_two_under_load_and_back(serve_head, 
         for _ in range(20000):  # bounded either way
             if stop.is_set():
                 return
-            status, answer = post(f"{url}/predict", body)
+            status, answer = call(f"{url}/predict", body)
             if status != 200:
                 failed.append(answer)
 
