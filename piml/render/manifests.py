@@ -185,6 +185,7 @@ def _serve(config) -> dict[str, Any] | None:
     text = yaml.safe_dump(apps.serve_config(config, digest(source)), sort_keys=False)
     return {
         "name": apps.NAME,
+        "service": apps.SERVICE,
         "port": apps.SERVE_PORT,
         "slot": apps.SLOT,
         "source": source,
@@ -217,6 +218,11 @@ def urls(cluster: Cluster) -> dict[str, str]:
         found["ray dashboard"] = f"http://{host}/ray/"
     if config.dask.enabled:
         found["dask dashboard"] = f"http://{host}/dask/status"
+    if config.serve.enabled:
+        from piml.serve.apps import route_url
+
+        for route in config.serve.routes:  # each needs the serving token (serve_token in .piml/secrets.yaml)
+            found[f"route {route}"] = f"http://{host}{route_url(route)}/predict"
     return found
 
 

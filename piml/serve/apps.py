@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from piml.config import PimlConfig
 
 NAME = "piml-serve"  # the RayService, its ConfigMap and Secret
+SERVICE = f"{NAME}-serve-svc"  # KubeRay's Service of the pods whose Serve proxy is healthy (GenerateServeServiceName)
 SERVE_PORT = 8000  # Ray Serve's HTTP proxy (its default), declared as the containers' port `serve`
 ROUTE_PREFIX = "/serve/"
 SLOT = "piml_serve_slot"

@@ -2,8 +2,8 @@
 // by calling the operator's own pod builders (ray-operator/controllers/ray/common at the pinned release), so the
 // contract tests run the Ray containers with exactly the command, args, env and probes a real cluster gets.
 //
-// Usage: kuberay-pods < raycluster.json > pods.json
-// Output: {"head": Pod, "workers": {"GROUP": Pod}, "headService": Service}
+// Usage: kuberay-pods < raycluster.json > pods.json    (or a RayService: its rayClusterConfig, and its serve Service)
+// Output: {"head": Pod, "workers": {"GROUP": Pod}, "headService": Service, "serveService": Service (RayService only)}
 package main
 
 import (
@@ -24,6 +24,8 @@ type output struct {
 	Head        *corev1.Pod            `json:"head"`
 	Workers     map[string]*corev1.Pod `json:"workers"`
 	HeadService *corev1.Service        `json:"headService"`
+	// What the RayService controller makes once its cluster is ready (reconcileServicesToReadyCluster).
+	ServeService *corev1.Service `json:"serveService,omitempty"`
 }
 
 func main() {
@@ -31,8 +33,21 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
+	var kind struct{ Kind string }
+	if err := json.Unmarshal(raw, &kind); err != nil {
+		fail(fmt.Errorf("not JSON: %w", err))
+	}
 	var cluster rayv1.RayCluster
-	if err := json.Unmarshal(raw, &cluster); err != nil {
+	var service *rayv1.RayService
+	if kind.Kind == "RayService" {
+		service = &rayv1.RayService{}
+		if err := json.Unmarshal(raw, service); err != nil {
+			fail(fmt.Errorf("not a RayService: %w", err))
+		}
+		// The controller names its cluster NAME-RANDOM (utils.GenerateRayClusterName); the builders take the name.
+		cluster = rayv1.RayCluster{Spec: *service.Spec.RayClusterSpec.DeepCopy()}
+		cluster.Name, cluster.Namespace = service.Name+"-abcde", service.Namespace
+	} else if err := json.Unmarshal(raw, &cluster); err != nil {
 		fail(fmt.Errorf("not a RayCluster: %w", err))
 	}
 	ctx := context.Background()
@@ -53,11 +68,18 @@ func main() {
 			utils.RayClusterCRD, fqdn, nil, cluster.Spec.RayVersion)
 		out.Workers[group.GroupName] = &pod
 	}
-	service, err := common.BuildServiceForHeadPod(ctx, cluster, map[string]string{}, map[string]string{})
+	headService, err := common.BuildServiceForHeadPod(ctx, cluster, map[string]string{}, map[string]string{})
 	if err != nil {
 		fail(err)
 	}
-	out.HeadService = service
+	out.HeadService = headService
+	if service != nil {
+		serve, err := common.BuildServeServiceForRayService(ctx, *service, cluster)
+		if err != nil {
+			fail(err)
+		}
+		out.ServeService = serve
+	}
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
 		fail(err)
 	}
