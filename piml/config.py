@@ -466,9 +466,16 @@ def _alternatives(annotation: Any) -> str:
     return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else "".join(words)
 
 
+def _dotted_step(key: Any) -> str:
+    """`.name`, `[0]`, or `['odd key']` for a key that is not a plain word (a user's mapping keys are anything)."""
+    if isinstance(key, int):
+        return f"[{key}]"
+    return f".{key}" if re.fullmatch(r"[\w.-]+", str(key)) else f"[{str(key)!r}]"
+
+
 def _problem(doc: YamlDoc, error: dict) -> Problem:
     loc, tags = _setting_loc(tuple(error["loc"]))
-    dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc).lstrip(".") or "(top)"  # ui_hosts[0]
+    dotted = "".join(_dotted_step(k) for k in loc).lstrip(".") or "(top)"  # ui_hosts[0]
     if error["type"] == "piml_setting":  # piml's own checks (MLflow's stores): what and fix are already worded
         ctx = error["ctx"]
         what = ctx["what"] if ctx.get("named", True) else f"{dotted}: {ctx['what']}"

@@ -6,7 +6,7 @@ import signal
 from contextlib import contextmanager
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from piml.config import parse_config
@@ -198,6 +198,7 @@ serve_settings = st.fixed_dictionaries(
 
 @settings(max_examples=examples(400), deadline=None)
 @given(serve_settings, st.booleans())
+@example({"enabled": True, "routes": {"\n": {}}}, True)  # found by this test: the key went raw into the message
 def test_serve_settings(serve, ray_enabled):
     """Any serve: block is valid or one line per problem at a line of piml.yaml, never another exception."""
     try:
