@@ -304,6 +304,12 @@ class Serve(Settings):
 
     @model_validator(mode="after")
     def _has_routes(self) -> Serve:
+        if "piml-check" in self.routes:  # piml.serve.apps.CHECK_ROUTE
+            raise _setting(
+                "'serve.routes.piml-check' is piml's own route (`piml check --deep` serves its model there)",
+                "give the route another name",
+                "routes",
+            )
         if self.enabled and not self.routes:
             raise _setting(
                 "'serve.enabled' is true but no route is given",

@@ -116,6 +116,11 @@ def test_settings_are_read():
             "write it in lower-case letters, digits and '-', at most 30, e.g. iris",
         ),
         (
+            "serve:\n  routes:\n    piml-check: {model: 'models:/iris/1'}\n",
+            "piml.yaml:2: 'serve.routes.piml-check' is piml's own route (`piml check --deep` serves its model "
+            "there); give the route another name",
+        ),
+        (
             "serve:\n  routes:\n    iris: {max_replicas: 2}\n",
             "piml.yaml:3: 'serve.routes.iris' has no 'model'; "
             "add model (the registered model, e.g. models:/iris@champion)",

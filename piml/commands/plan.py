@@ -124,11 +124,17 @@ def show_plan(cluster, plan) -> None:
             f"{fmt_memory(pool.size.memory_request)} (a pod each; room kept for every route's max_replicas)"
         )
     if plan.serve_workers:
+        from piml.serve.apps import CHECK_REPLICAS, CHECK_ROUTE
+
         for name, route in cluster.config.serve.routes.items():
             say(
                 f"route {name}: {route.model}, {route.min_replicas} to {route.max_replicas} replicas of "
                 f"{route.cpu} CPU, {route.memory}, batches of up to {route.batch_size}"
             )
+        say(
+            f"route {CHECK_ROUTE}: the model `piml check --deep` registers, 0 to {CHECK_REPLICAS} replica "
+            "(while the check runs)"
+        )
     if plan.split:
         s = plan.split
         say(

@@ -15,8 +15,6 @@ from pathlib import Path
 from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.output import console, print_json
 
-HEAD_SELECTOR = "piml.io/component=serve-head"  # templates/serve.yaml.j2: its proxy runs whatever the replicas do
-
 
 @contextmanager
 def open_routes(project: Path | None, inventory: Path | None, url: str | None, need_project: bool) -> Iterator:
@@ -43,7 +41,7 @@ def open_routes(project: Path | None, inventory: Path | None, url: str | None, n
         raise InputError(Problem(cluster.paths.show(kubeconfig), "no kubeconfig", "run `piml up` first, or pass --url"))
     from piml.kube.client import core_api
     from piml.queue.tunnel import forward
-    from piml.serve.apps import SERVE_PORT
+    from piml.serve.apps import HEAD_SELECTOR, SERVE_PORT
 
     forwarder = forward(core_api(kubeconfig), cluster.config.namespace, HEAD_SELECTOR, SERVE_PORT, "serving head")
     try:

@@ -57,6 +57,11 @@ def open_cluster_endpoints(cluster: Cluster) -> Iterator[Endpoints]:
             # KubeRay's own labels: it needs app.kubernetes.io/name=kuberay on the head for its Service.
             endpoints.ray_dashboard_url = bridge("ray", "ray.io/cluster=ray,ray.io/node-type=head", RAY_DASHBOARD_PORT)
             endpoints.ray_token = load_or_create(cluster.paths.state)["ray_auth_token"]
+        if config.serve.enabled:
+            from piml.serve.apps import HEAD_SELECTOR, SERVE_PORT
+
+            endpoints.serve_url = bridge("serve", HEAD_SELECTOR, SERVE_PORT)
+            endpoints.serve_token = load_or_create(cluster.paths.state)["serve_token"]
         if config.queue.enabled:
             try:
                 tunnel = open_tunnel(path, namespace, config.queue.kind)

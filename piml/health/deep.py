@@ -10,8 +10,12 @@
 3. queue  a request (models:/piml-check/VERSION on the job's CSV artifact) goes to the broker; a runner (a
           KEDA Job in the cluster) runs it; the check waits for `succeeded`, the rows and the run's
           predictions artifact.
+4. serve  the serving cluster's own route `piml-check` (piml.serve.apps.CHECK_ROUTE: the newest version of that
+          model, no replica until asked) reloads to the job's version, then answers the job's rows at
+          POST /serve/piml-check/predict; the check compares them with the job's own model.predict, exactly.
 
-The Ray and Dask steps run at the same time; the queue step needs the Ray step's model. `timeout` bounds
+The Ray and Dask steps run at the same time; the queue and serve steps need the Ray step's model, and run at the
+same time. `timeout` bounds
 the whole (a first Ray job on a Pi may install packages and start a worker pod: minutes).
 """
 
@@ -95,11 +99,26 @@ def deep_checks(
         ray_step()
     if dask_thread is not None:
         dask_thread.join()
+    serve_thread = None
+    if config.serve.enabled:
+
+        def serve_step() -> None:
+            rows["serve"] = timed(
+                GROUP,
+                "serve",
+                "predict",
+                lambda: served_predictions(endpoints, config, trained, rows.get("ray"), deadline),
+            )
+
+        serve_thread = threading.Thread(target=serve_step, name="piml-deep-serve", daemon=True)
+        serve_thread.start()
     if config.queue.enabled:
         rows["queue"] = timed(
             GROUP, "queue", "request", lambda: queued_request(endpoints, config, trained, rows.get("ray"), deadline)
         )
-    ordered = [rows[name] for name in ("ray", "dask", "queue") if name in rows]
+    if serve_thread is not None:
+        serve_thread.join()
+    ordered = [rows[name] for name in ("ray", "dask", "queue", "serve") if name in rows]
     return scrub(ordered, secrets_of(endpoints))
 
 
@@ -435,6 +454,68 @@ def queued_request(
     return (
         f"request {request.id} ran{where}{seconds}: {job['rows']} rows predicted with {request.model}, "
         f"{request.output} {output} in MLflow run {job['run_id']}"
+    )
+
+
+# -- 4. the registered model served online -----------------------------------------------------------------
+def served_predictions(
+    endpoints: Endpoints, config: PimlConfig, trained: dict[str, Any], ray_row: Result | None, deadline: Deadline
+) -> str:
+    from piml.serve.apps import CHECK_ROUTE, route_url
+
+    ns = config.namespace
+    fix = (
+        f"kubectl -n {ns} get rayservice piml-serve -o wide; "
+        f"kubectl -n {ns} get pods -l ray.io/is-ray-node=yes -o wide; "
+        f"kubectl -n {ns} logs -l piml.io/component=serve-head -c ray-head --tail=50 (the replicas' logs are under "
+        "/tmp/ray/session_latest/logs/serve/ in the serving pods)"
+    )
+    if not trained:
+        why = f" ({ray_row.status}: {snippet(ray_row.detail, 120)})" if ray_row is not None else ""
+        raise CheckSkipped(f"not run: the Ray step registered no model to serve{why}")
+    if not endpoints.serve_url:
+        why = (getattr(endpoints, "unreachable", None) or {}).get("serve") or "no address for the serving head"
+        raise CheckFailed(f"could not be reached: {why}", fix)
+    route = join(endpoints.serve_url, route_url(CHECK_ROUTE))
+    version = str(trained["version"])
+
+    def ask(method: str, path: str, body: Any = None) -> dict:
+        # the first request starts the route's replica (and may start a pod for it): up to the whole budget
+        wait = max(1.0, deadline.left())
+        try:
+            status, answer = http_json(method, route + path, body=body, timeout=wait, bearer=endpoints.serve_token)
+        except Unreachable as exc:
+            raise CheckFailed(f"{method} {route_url(CHECK_ROUTE)}{path} had no answer ({exc})", fix) from None
+        if status != 200 or not isinstance(answer, dict):
+            said = snippet((answer.get("error") if isinstance(answer, dict) else None) or json.dumps(answer))
+            raise CheckFailed(f"{method} {route_url(CHECK_ROUTE)}{path} answered HTTP {status}: {said}", fix)
+        return answer
+
+    started = time.monotonic()
+    reloaded = ask("POST", "/reload")  # the newest version, which is the job's unless another check ran since
+    if str(reloaded.get("version")) != version:
+        raise CheckFailed(
+            f"route {CHECK_ROUTE} loaded {MODEL_NAME} version {reloaded.get('version')}, not the job's {version}: did "
+            "another check register one since?",
+            fix,
+        )
+    ready = time.monotonic() - started
+    body = {"dataframe_split": {"columns": trained["columns"], "data": trained["data"]}}
+    answer = ask("POST", "/predict", body)
+    served, expected = list(answer.get("predictions") or []), trained["predictions"]
+    if str(answer.get("version")) != version:
+        raise CheckFailed(f"route {CHECK_ROUTE} answered with version {answer.get('version')}, not {version}", fix)
+    if served != expected:
+        wrong = next((i for i, (a, b) in enumerate(zip(served, expected, strict=False)) if a != b), None)
+        where = (
+            f"row {wrong}: {served[wrong]!r}, model.predict {expected[wrong]!r}"
+            if wrong is not None
+            else f"{len(served)} predictions for {len(expected)} rows"
+        )
+        raise CheckFailed(f"route {CHECK_ROUTE} differs from the model's own answer at {where}", fix)
+    return (
+        f"route {CHECK_ROUTE} served {MODEL_NAME} version {version} (ready in {ready:.0f} s): its {len(expected)} "
+        "predictions equal model.predict's on the same rows"
     )
 
 

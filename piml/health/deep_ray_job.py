@@ -4,7 +4,8 @@ mlflow, scikit-learn and pandas (the check's runtime_env pip adds them where the
 
 A Ray task (one CPU, so on a worker: the autoscaler starts one if none runs) trains a LogisticRegression on
 iris; the driver logs the training data as a CSV artifact (data/iris.csv) and the model to MLflow, registers
-the model, and prints one line `PIML_CHECK_RESULT {json}` that the check reads from the job's logs.
+the model, and prints one line `PIML_CHECK_RESULT {json}` that the check reads from the job's logs (with the
+rows and the model's own predictions on them, which the serving step compares with what the route answers).
 
 MLflow's address and credentials come from the pods' environment (MLFLOW_TRACKING_URI,
 MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD), never from the submission: Ray shows submissions on its
@@ -84,6 +85,10 @@ def main(model_name, experiment):
         "rows": len(features),
         "accuracy": accuracy,
         "node": node,
+        # what the serving step posts, and what the model itself answers on them
+        "columns": list(features.columns),
+        "data": features.values.tolist(),
+        "predictions": model.predict(features).tolist(),
     }
     print(MARK + json.dumps(result, sort_keys=True), flush=True)
     return 0

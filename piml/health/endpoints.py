@@ -27,6 +27,8 @@ class Endpoints:
     dask_python: Callable[[str], str] | None = field(default=None, repr=False)
     ray_dashboard_url: str | None = None  # http://host:8265
     ray_token: str | None = field(default=None, repr=False)  # Ray's token authentication (Bearer)
+    serve_url: str | None = None  # Ray Serve's HTTP proxy: routes at {serve_url}/serve/<route>
+    serve_token: str | None = field(default=None, repr=False)  # every route request carries it (Bearer)
     queue_url: str | None = None  # redis://… or amqp://…
     queue_password: str | None = field(default=None, repr=False)
     unreachable: dict[str, str] = field(default_factory=dict)  # component -> why it has no URL (a cluster's)

@@ -144,7 +144,7 @@ def snippet(content: bytes | str | None, limit: int = 160) -> str:
 
 # -- secrets ----------------------------------------------------------------------------------------------
 def secrets_of(endpoints: Endpoints) -> list[str]:
-    found = [endpoints.mlflow_password, endpoints.queue_password, endpoints.ray_token]
+    found = [endpoints.mlflow_password, endpoints.queue_password, endpoints.ray_token, endpoints.serve_token]
     for url in (
         endpoints.queue_url,
         endpoints.mlflow_url,

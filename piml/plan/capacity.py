@@ -265,11 +265,14 @@ def serving_pod(config: PimlConfig) -> Size:
 
 
 def _serve_pools(config: PimlConfig, capacities: list[NodeCapacity], free: dict) -> tuple[WorkerPool, ...]:
-    """Room for every route's max_replicas, one pod each, taken from `free` on the roomiest nodes first (online
-    serving is kept its maximum, as the Dask workers are: a burst of batch work must not starve it)."""
+    """Room for every route's max_replicas, one pod each, and for the deep check's route (apps.CHECK_ROUTE), taken
+    from `free` on the roomiest nodes first (online serving is kept its maximum, as the Dask workers are: a burst of
+    batch work must not starve it)."""
+    from piml.serve.apps import CHECK_REPLICAS
+
     size = serving_pod(config)
     too_big(size, capacities, "serve.routes", "a serving replica's pod")
-    wanted = sum(r.max_replicas for r in config.serve.routes.values())
+    wanted = sum(r.max_replicas for r in config.serve.routes.values()) + CHECK_REPLICAS
     placed: dict[str, int] = {}
     for _ in range(wanted):
         fitting = [
@@ -279,7 +282,8 @@ def _serve_pools(config: PimlConfig, capacities: list[NodeCapacity], free: dict)
             raise InputError(
                 Problem(
                     "piml.yaml",
-                    f"serve needs room for {wanted} replica pods (the routes' max_replicas) of "
+                    f"serve needs room for {wanted} replica pods (the routes' max_replicas, and {CHECK_REPLICAS} for "
+                    f"`piml check --deep`) of "
                     f"{fmt_cpu(size.cpu_request)} CPU, {fmt_memory(size.memory_request)} each, and only "
                     f"{sum(placed.values())} fit after the services and Dask workers",
                     "lower max_replicas or the routes' cpu/memory, switch a component off, or add a node",

@@ -6,7 +6,10 @@ Decisions (docs/serving-design.md, from KubeRay 1.6/1.7 and Ray 2.60's code):
   pod, and the pod is what the capacity plan sized (Ray's autoscaler adds a pod for each replica Serve wants);
 - `max_ongoing_requests` is twice the batch size: Serve's default (5) would cap the batches;
 - the code's hash rides in each app's runtime_env: KubeRay re-submits serveConfigV2 when its text changes, and
-  Serve restarts replicas whose runtime_env changed, so new code rolls without a new Ray cluster.
+  Serve restarts replicas whose runtime_env changed, so new code rolls without a new Ray cluster;
+- one more route, `piml-check`, serves the newest version of the model `piml check --deep` registers: no replica
+  until the check asks (min_replicas 0), and the plan keeps room for its one replica, so the check proves the
+  serving path end to end without touching the users' routes or models.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ if TYPE_CHECKING:
     from piml.config import PimlConfig
 
 NAME = "piml-serve"  # the RayService, its ConfigMap and Secret
+HEAD_SELECTOR = "piml.io/component=serve-head"  # templates/serve.yaml.j2; its proxy reaches every route
 SERVICE = f"{NAME}-serve-svc"  # KubeRay's Service of the pods whose Serve proxy is healthy (GenerateServeServiceName)
 SERVE_PORT = 8000  # Ray Serve's HTTP proxy (its default), declared as the containers' port `serve`
 ROUTE_PREFIX = "/serve/"
 SLOT = "piml_serve_slot"
+CHECK_ROUTE = "piml-check"
+CHECK_REPLICAS = 1  # the most the check route runs: the plan reserves a pod for it
 DEPLOYMENT = "model"  # piml/serve/app.py's @serve.deployment name
 # Only these modules go to the cluster: the application and what it imports.
 FILES = ("__init__.py", "errors.py", "serve/__init__.py", "serve/app.py", "serve/payload.py")
@@ -37,41 +43,43 @@ def route_url(route: str) -> str:
 
 
 def applications(config: PimlConfig, code_hash: str | None = None) -> list[dict[str, Any]]:
-    """serveConfigV2's applications, one per route, in piml.yaml's order."""
+    """serveConfigV2's applications, one per route in piml.yaml's order, then the deep check's route."""
+    from piml.health.deep import MODEL_NAME
     from piml.render.images import model_pip
 
     serve = config.serve
     pip = list(serve.pip) if serve.pip is not None else model_pip(config.mlflow.version)
-    code_hash = code_hash or digest(code())
-    apps = []
-    for name, route in serve.routes.items():
-        runtime_env: dict[str, Any] = {"env_vars": {"PIML_CODE_HASH": code_hash}}
-        if pip:
-            runtime_env["pip"] = pip
-        autoscaling = {
-            "min_replicas": route.min_replicas,
-            "max_replicas": route.max_replicas,
-            # a replica is busy once half a batch waits on it
-            "target_ongoing_requests": max(2, route.batch_size // 2),
-        }
-        apps.append(
+    runtime_env: dict[str, Any] = {"env_vars": {"PIML_CODE_HASH": code_hash or digest(code())}}
+    if pip:
+        runtime_env["pip"] = pip
+    routes = [(name, r.model, r.min_replicas, r.max_replicas, r.batch_size) for name, r in serve.routes.items()]
+    routes.append((CHECK_ROUTE, f"models:/{MODEL_NAME}/latest", 0, CHECK_REPLICAS, 8))
+    return [_application(*route, runtime_env) for route in routes]
+
+
+def _application(
+    name: str, model: str, min_replicas: int, max_replicas: int, batch_size: int, runtime_env: dict[str, Any]
+) -> dict[str, Any]:
+    autoscaling = {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": max(2, batch_size // 2),  # a replica is busy once half a batch waits on it
+    }
+    return {
+        "name": name,
+        "route_prefix": route_url(name),
+        "import_path": "piml.serve.app:build",
+        "args": {"route": name, "model": model, "batch_size": batch_size},
+        "runtime_env": runtime_env,
+        "deployments": [
             {
-                "name": name,
-                "route_prefix": route_url(name),
-                "import_path": "piml.serve.app:build",
-                "args": {"route": name, "model": route.model, "batch_size": route.batch_size},
-                "runtime_env": runtime_env,
-                "deployments": [
-                    {
-                        "name": DEPLOYMENT,
-                        "max_ongoing_requests": 2 * route.batch_size,
-                        "autoscaling_config": autoscaling,
-                        "ray_actor_options": {"num_cpus": 0, "resources": {SLOT: 1}},
-                    }
-                ],
+                "name": DEPLOYMENT,
+                "max_ongoing_requests": 2 * batch_size,
+                "autoscaling_config": autoscaling,
+                "ray_actor_options": {"num_cpus": 0, "resources": {SLOT: 1}},
             }
-        )
-    return apps
+        ],
+    }
 
 
 def serve_config(config: PimlConfig, code_hash: str | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ CONFIGS = {
             "enabled": True,
             "routes": {
                 "iris": {"model": "models:/iris@champion"},
-                "wine": {"model": "models:/wine/2", "min_replicas": 0, "max_replicas": 3, "memory": "768Mi"},
+                "wine": {"model": "models:/wine/2", "min_replicas": 0, "max_replicas": 2, "memory": "768Mi"},
             },
         }
     },
@@ -85,9 +85,9 @@ def test_serving_that_does_not_fit_says_how_many_replicas_do(tmp_path):
     with pytest.raises(InputError) as info:
         make_plan(cluster_for("single-node", tmp_path, CONFIGS["serving"]))
     assert str(info.value) == (
-        "piml.yaml: serve needs room for 5 replica pods (the routes' max_replicas) of 600m CPU, 1536Mi each, and "
-        "only 1 fit after the services and Dask workers; lower max_replicas or the routes' cpu/memory, switch a "
-        "component off, or add a node"
+        "piml.yaml: serve needs room for 5 replica pods (the routes' max_replicas, and 1 for `piml check --deep`) of "
+        "600m CPU, 1536Mi each, and only 1 fit after the services and Dask workers; lower max_replicas or the "
+        "routes' cpu/memory, switch a component off, or add a node"
     )
 
 
@@ -95,7 +95,8 @@ def test_serving_keeps_room_for_every_routes_maximum_before_ray_and_the_queue(tm
     without = make_plan(cluster_for("pi5-3x8gb", tmp_path))
     plan = make_plan(cluster_for("pi5-3x8gb", tmp_path, CONFIGS["serving"]))
     (pool,) = plan.serve_workers
-    # one pod per replica, sized for the largest route (1Gi) plus Ray's own processes beside it
+    # one pod per replica (2 + 2, and one for the deep check's route), sized for the largest route (1Gi) plus Ray's
+    # own processes beside it
     assert (pool.arch, pool.replicas) == ("arm64", 5)
     assert (pool.size.cpu_request, pool.size.memory_request, pool.size.memory_limit) == (600, 1536, 1536)
     # its own head and the head's autoscaler sidecar, together on one node

@@ -17,7 +17,13 @@ def test_serve_config_is_what_ray_serve_accepts(tmp_path):
     text = serving_objects(rendered)["RayService"]["spec"]["serveConfigV2"]
     schema = ServeDeploySchema.model_validate(yaml.safe_load(text))
     by_name = {a.name: a for a in schema.applications}
-    assert list(by_name) == ["iris", "wine"]
+    assert list(by_name) == ["iris", "wine", "piml-check"]
+    check = by_name["piml-check"]  # the deep check's: the newest version of its model, no replica until it asks
+    assert check.args == {"route": "piml-check", "model": "models:/piml-check/latest", "batch_size": 8}
+    assert (
+        check.deployments[0].autoscaling_config["min_replicas"],
+        check.deployments[0].autoscaling_config["max_replicas"],
+    ) == (0, 1)
     iris = by_name["iris"]
     assert (iris.route_prefix, iris.import_path) == ("/serve/iris", "piml.serve.app:build")
     assert iris.args == {"route": "iris", "model": "models:/iris@champion", "batch_size": 16}
@@ -49,4 +55,4 @@ def test_worker_groups_offer_one_slot_each_as_the_ray_autoscaler_reads_them(tmp_
         assert types[group]["resources"]["CPU"] == 0
         assert types[group]["resources"][apps.SLOT] == 1
         assert (types[group]["min_workers"], types[group]["max_workers"]) == (0, pool.replicas)
-    assert sum(p.replicas for p in pools.values()) == 4  # iris 3 + wine 1
+    assert sum(p.replicas for p in pools.values()) == 5  # iris 3 + wine 1 + the deep check's one
