@@ -94,7 +94,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 HEAVY = {
     "pandas": ["queue/test_batches.py", "queue/test_runner.py", "queue/test_rabbitmq.py", "health/test_deep.py"],
     "mlflow": ["serve/test_payload.py"],
-    "ray": ["render/test_serve_by_ray.py"],
+    "ray": ["render/test_serve_by_ray.py", "inventory/test_ray_external_by_ray.py"],
 }
 
 

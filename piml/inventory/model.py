@@ -33,6 +33,27 @@ class Taint:
 
 
 @dataclass(frozen=True)
+class RayWorker:
+    """What a `ray_external` host offers the cluster's Ray (its `ray start` flags), from its piml_ray_* variables.
+    None leaves the count to Ray (it detects CPUs, GPUs and memory itself)."""
+
+    resources: dict[str, int] = field(default_factory=dict)  # custom resources, e.g. {"gpu_apple_mps": 1}
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    memory_gb: float | None = None  # for Ray's tasks and actors (`ray start --memory`, in bytes)
+    python: str | None = None  # "3.11" or "3.11.7"; None: the Ray image's own
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "resources": dict(self.resources),
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "memory_gb": self.memory_gb,
+            "python": self.python,
+        }
+
+
+@dataclass(frozen=True)
 class Node:
     name: str  # inventory host name; also the node's host name and Kubernetes node name
     address: str  # where to reach it: ansible_host, else the name
@@ -47,6 +68,7 @@ class Node:
     labels: dict[str, str] = field(default_factory=dict)
     taints: tuple[Taint, ...] = ()
     storage: str | None = None  # sd | emmc | nvme | usb
+    ray: RayWorker | None = None  # ray_external hosts only: what they offer Ray
     vars: dict[str, Any] = field(default_factory=dict, repr=False)  # every variable the host ends up with
     where: str = ""  # file:line of its entry, for messages
 
@@ -65,6 +87,7 @@ class Node:
             "storage": self.storage,
             "labels": dict(self.labels),
             "taints": [str(t) for t in self.taints],
+            **({"ray": self.ray.as_dict()} if self.ray is not None else {}),
         }
 
 

@@ -9,11 +9,24 @@ from typing import Any
 
 from piml.errors import InputError, Problem, by_line
 from piml.inventory.ansible import HostEntry, did_you_mean, read_groups
-from piml.inventory.model import ARCHES, MODELS, STORAGE_KINDS, TAINT_EFFECTS, Inventory, K3sVars, Node, Role, Taint
+from piml.inventory.model import (
+    ARCHES,
+    MODELS,
+    STORAGE_KINDS,
+    TAINT_EFFECTS,
+    Inventory,
+    K3sVars,
+    Node,
+    RayWorker,
+    Role,
+    Taint,
+)
 from piml.yamlsrc import YamlDoc, read_yaml
 
 # piml's own host variables; any other `piml_*` name is a typo we catch.
 PIML_VARS = ("piml_model", "piml_arch", "piml_memory_gb", "piml_cpus", "piml_labels", "piml_taints", "piml_storage")
+# What a `ray_external` host offers Ray (issue 13); on a k3s node they mean nothing, so they are refused there.
+RAY_VARS = ("piml_ray_resources", "piml_ray_num_cpus", "piml_ray_num_gpus", "piml_ray_memory_gb", "piml_ray_python")
 # k3s-ansible settings that apply to the whole cluster; understood and passed on, never rejected.
 K3S_ANSIBLE_VARS = (
     "k3s_version",
@@ -45,6 +58,16 @@ HOSTNAME_RE = re.compile(
 LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 TAINT_RE = re.compile(r"^(?P<key>[^=:\s]+)(=(?P<value>[^:\s]*))?:(?P<effect>\S+)$")
+PYTHON_VERSION_RE = re.compile(r"^3\.\d{1,2}(\.\d{1,3})?$")
+# Ray 2.60's own rules for a node's resources (_private/resource_and_label_spec.py to_resource_dict): whole numbers,
+# at most 100e12; CPU, GPU and memory have flags of their own; `node:` names are Ray's (node:IP, the head's).
+RAY_MAX_QUANTITY = 100e12
+RAY_OWN_RESOURCES = {
+    "CPU": "piml_ray_num_cpus",
+    "GPU": "piml_ray_num_gpus",
+    "memory": "piml_ray_memory_gb",
+    "object_store_memory": "nothing (Ray sizes it)",
+}
 
 
 def is_address(text: str) -> bool:
@@ -113,8 +136,8 @@ class _HostChecker:
             self.bad(None, reason, "rename the host; set its address with `ansible_host`")
 
         for var in entry.vars:
-            if isinstance(var, str) and var.startswith("piml_") and var not in PIML_VARS:
-                self.bad(var, f"unknown piml variable '{var}'", did_you_mean(var, PIML_VARS))
+            if isinstance(var, str) and var.startswith("piml_") and var not in PIML_VARS + RAY_VARS:
+                self.bad(var, f"unknown piml variable '{var}'", did_you_mean(var, PIML_VARS + RAY_VARS))
 
         address = self.literal("ansible_host") or name
         name_is_address = "ansible_host" not in entry.vars
@@ -147,6 +170,9 @@ class _HostChecker:
         storage = self.choice("piml_storage", STORAGE_KINDS)
         labels = self.labels()
         taints = self.taints()
+        if role is not Role.EXTERNAL:
+            self.no_ray_vars()
+        ray = self.ray_worker() if role is Role.EXTERNAL else None
         if role is None:
             return None
         return Node(
@@ -163,9 +189,102 @@ class _HostChecker:
             labels=labels,
             taints=taints,
             storage=storage,
+            ray=ray,
             vars=dict(entry.vars),
             where=self.where(),
         )
+
+    def no_ray_vars(self) -> None:
+        for var in RAY_VARS:
+            if var in self.entry.vars:
+                self.bad(
+                    var,
+                    f"{var} of '{self.entry.name}' is for hosts in ray_external, and '{self.entry.name}' runs k3s",
+                    "remove it, or move the host to the ray_external group",
+                )
+
+    def ray_worker(self) -> RayWorker:
+        return RayWorker(
+            resources=self.ray_resources(),
+            num_cpus=self.count("piml_ray_num_cpus", "CPUs", "piml_ray_num_cpus: 8"),
+            num_gpus=self.count("piml_ray_num_gpus", "GPUs", "piml_ray_num_gpus: 1"),
+            memory_gb=self.ray_memory(),
+            python=self.ray_python(),
+        )
+
+    def count(self, var: str, what: str, example: str) -> int | None:
+        value = self.literal(var)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1024:
+            self.bad(
+                var,
+                f"{var} of '{self.entry.name}' must be a whole number of {what}, not '{value}'",
+                f"for example `{example}`",
+            )
+            return None
+        return value
+
+    def ray_memory(self) -> float | None:
+        value = self.literal("piml_ray_memory_gb")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 4096:
+            self.bad(
+                "piml_ray_memory_gb",
+                f"piml_ray_memory_gb of '{self.entry.name}' must be a number of GB, not '{value}'",
+                "for example `piml_ray_memory_gb: 16`",
+            )
+            return None
+        return float(value)
+
+    def ray_python(self) -> str | None:
+        value = self.literal("piml_ray_python")
+        if value is None:
+            return None
+        if not isinstance(value, str) or not PYTHON_VERSION_RE.match(value):
+            self.bad(
+                "piml_ray_python",
+                f"piml_ray_python of '{self.entry.name}' must be a Python version such as '3.11', not '{value}'",
+                "quote it (`piml_ray_python: '3.11'`: unquoted, YAML reads 3.10 as the number 3.1)",
+            )
+            return None
+        return value
+
+    def ray_resources(self) -> dict[str, int]:
+        value = self.literal("piml_ray_resources")
+        if value is None:
+            return {}
+        example = "for example `piml_ray_resources: {gpu_apple_mps: 1}`"
+        if not isinstance(value, dict):
+            self.bad("piml_ray_resources", f"piml_ray_resources of '{self.entry.name}' must be a mapping", example)
+            return {}
+        resources = {}
+        for key, quantity in value.items():
+            name = str(key)
+            where = f"resource {name!r} of '{self.entry.name}'"  # repr: a name may hold anything, a newline too
+            if not isinstance(key, str) or not name.strip() or name != name.strip():
+                self.bad("piml_ray_resources", f"{where} is not a resource name", example)
+            elif name in RAY_OWN_RESOURCES:
+                self.bad(
+                    "piml_ray_resources", f"{where} is set with its own variable", f"use {RAY_OWN_RESOURCES[name]}"
+                )
+            elif name.startswith("node:"):
+                self.bad("piml_ray_resources", f"{where}: names starting node: are Ray's own", "choose another name")
+            elif (
+                isinstance(quantity, bool)
+                or not isinstance(quantity, (int, float))
+                or not float(quantity).is_integer()
+                or not 0 < quantity <= RAY_MAX_QUANTITY
+            ):
+                self.bad(
+                    "piml_ray_resources",
+                    f"{where} is {quantity!r}, and Ray counts a node's resources in whole positive numbers",
+                    example,
+                )
+            else:
+                resources[name] = int(quantity)
+        return resources
 
     def role(self) -> Role | None:
         roles = {ROLE_GROUPS[g] for g in self.entry.groups if g in ROLE_GROUPS}
