@@ -14,6 +14,7 @@ Decisions (docs/serving-design.md, from KubeRay 1.6/1.7 and Ray 2.60's code):
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 from piml.render.source import SourceFile, digest, source_files
@@ -54,7 +55,8 @@ def applications(config: PimlConfig, code_hash: str | None = None) -> list[dict[
         runtime_env["pip"] = pip
     routes = [(name, r.model, r.min_replicas, r.max_replicas, r.batch_size) for name, r in serve.routes.items()]
     routes.append((CHECK_ROUTE, f"models:/{MODEL_NAME}/latest", 0, CHECK_REPLICAS, 8))
-    return [_application(*route, runtime_env) for route in routes]
+    # a copy each: YAML would write one shared dict once, as an anchor and aliases, into the RayService's text
+    return [_application(*route, copy.deepcopy(runtime_env)) for route in routes]
 
 
 def _application(

@@ -56,6 +56,14 @@ def test_rayservice_is_valid_against_kuberays_crd(tmp_path, scenario):
         kubernetes_validate.validate(objects[kind], "1.36.0", strict=True)
 
 
+def test_serve_config_text_is_plain_yaml(tmp_path):
+    """No anchors or aliases (a dict shared by two applications dumps as &id001 / *id001): the text is read by
+    KubeRay's Go YAML and shown to users in `kubectl get rayservice -o yaml`."""
+    _, _, rendered = render(tmp_path)
+    text = serving_objects(rendered)["RayService"]["spec"]["serveConfigV2"]
+    assert "&id0" not in text and "*id0" not in text, text
+
+
 def test_code_configmap_carries_what_the_pods_import(tmp_path):
     _, _, rendered = render(tmp_path)
     objects = serving_objects(rendered)
