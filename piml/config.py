@@ -304,9 +304,11 @@ class Serve(Settings):
 
     @model_validator(mode="after")
     def _has_routes(self) -> Serve:
-        if "piml-check" in self.routes:  # piml.serve.apps.CHECK_ROUTE
+        from piml.serve.apps import CHECK_ROUTE
+
+        if CHECK_ROUTE in self.routes:
             raise _setting(
-                "'serve.routes.piml-check' is piml's own route (`piml check --deep` serves its model there)",
+                f"'serve.routes.{CHECK_ROUTE}' is piml's own route (`piml check --deep` serves its model there)",
                 "give the route another name",
                 "routes",
             )
