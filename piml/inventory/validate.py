@@ -170,7 +170,7 @@ class _HostChecker:
         storage = self.choice("piml_storage", STORAGE_KINDS)
         labels = self.labels()
         taints = self.taints()
-        if role is not Role.EXTERNAL:
+        if role in (Role.SERVER, Role.AGENT):
             self.no_ray_vars()
         ray = self.ray_worker() if role is Role.EXTERNAL else None
         if role is None:
