@@ -305,11 +305,11 @@ def test_a_route_scales_from_one_replica_to_two_under_load_and_back(serve_head, 
 
     route = "iris-auto"
     config = serve_config(serve_head, route, f"models:/{MODEL}@champion")
-    (app,) = config["applications"]
+    (app,) = [a for a in config["applications"] if a["name"] == route]  # beside it: the deep check's route
     autoscaling = app["deployments"][0]["autoscaling_config"]
     autoscaling.update(min_replicas=1, max_replicas=2)
     autoscaling.update(upscale_delay_s=2, downscale_delay_s=5, metrics_interval_s=0.5, look_back_period_s=2)
-    # deployed beside iris: `serve deploy` replaces the whole config, so iris goes along unchanged
+    # deployed beside iris (and the check's route): `serve deploy` replaces the whole config, so they go along
     iris = serve_config(serve_head, "iris", f"models:/{MODEL}@champion")["applications"]
     serve_head.deploy({**config, "applications": iris + [app]})
     url = f"{serve_head.serve_url}/serve/{route}"
