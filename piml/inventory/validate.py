@@ -165,8 +165,8 @@ class _HostChecker:
         key_file = self.key_file()
         model = self.choice("piml_model", MODELS)
         arch = self.arch(model)
-        memory = self.memory()
-        cpus = self.cpus()
+        memory = self.gigabytes("piml_memory_gb", 8)
+        cpus = self.count("piml_cpus", "CPUs", 4, least=1)
         storage = self.choice("piml_storage", STORAGE_KINDS)
         labels = self.labels()
         taints = self.taints()
@@ -206,34 +206,35 @@ class _HostChecker:
     def ray_worker(self) -> RayWorker:
         return RayWorker(
             resources=self.ray_resources(),
-            num_cpus=self.count("piml_ray_num_cpus", "CPUs", "piml_ray_num_cpus: 8"),
-            num_gpus=self.count("piml_ray_num_gpus", "GPUs", "piml_ray_num_gpus: 1"),
-            memory_gb=self.ray_memory(),
+            num_cpus=self.count("piml_ray_num_cpus", "CPUs", 8),
+            num_gpus=self.count("piml_ray_num_gpus", "GPUs", 1),
+            memory_gb=self.gigabytes("piml_ray_memory_gb", 16),
             python=self.ray_python(),
         )
 
-    def count(self, var: str, what: str, example: str) -> int | None:
+    def count(self, var: str, what: str, example: int, least: int = 0) -> int | None:
+        """A whole number of `what` from `least` to 1024."""
         value = self.literal(var)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1024:
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= 1024:
             self.bad(
                 var,
                 f"{var} of '{self.entry.name}' must be a whole number of {what}, not '{value}'",
-                f"for example `{example}`",
+                f"for example `{var}: {example}`",
             )
             return None
         return value
 
-    def ray_memory(self) -> float | None:
-        value = self.literal("piml_ray_memory_gb")
+    def gigabytes(self, var: str, example: int) -> float | None:
+        value = self.literal(var)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 4096:
             self.bad(
-                "piml_ray_memory_gb",
-                f"piml_ray_memory_gb of '{self.entry.name}' must be a number of GB, not '{value}'",
-                "for example `piml_ray_memory_gb: 16`",
+                var,
+                f"{var} of '{self.entry.name}' must be a number of GB, not '{value}'",
+                f"for example `{var}: {example}`",
             )
             return None
         return float(value)
@@ -346,32 +347,6 @@ class _HostChecker:
                 "Raspberry Pis are arm64: remove piml_arch",
             )
         return arch
-
-    def memory(self) -> float | None:
-        value = self.literal("piml_memory_gb")
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 4096:
-            self.bad(
-                "piml_memory_gb",
-                f"piml_memory_gb of '{self.entry.name}' must be a number of GB, not '{value}'",
-                "for example `piml_memory_gb: 8`",
-            )
-            return None
-        return float(value)
-
-    def cpus(self) -> int | None:
-        value = self.literal("piml_cpus")
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1024:
-            self.bad(
-                "piml_cpus",
-                f"piml_cpus of '{self.entry.name}' must be a whole number of CPUs, not '{value}'",
-                "for example `piml_cpus: 4`",
-            )
-            return None
-        return value
 
     def labels(self) -> dict[str, str]:
         value = self.literal("piml_labels")
