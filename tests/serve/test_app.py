@@ -242,6 +242,40 @@ def test_cli_reaches_the_routes_through_a_port_forward(piml, iris_route, served_
         api.stop()
 
 
+def test_piml_checks_reach_the_routes_through_a_port_forward_with_the_projects_token(iris_route, tmp_path):
+    """What `piml check` opens (piml.health.connect): a port-forward to the serving head's pod by piml's label and
+    the project's serve_token. The forward goes through the kubeapi STAND-IN, bridged to the real Serve proxy (the
+    control plane's kubelet stand-in serves no port-forward yet, #11)."""
+    import os
+
+    from kubernetes import client, config
+
+    from piml.health.connect import open_cluster_endpoints
+    from piml.health.probes import http_json
+    from piml.project import ProjectPaths, load_cluster
+    from tests.standins.kubeapi.server import FakeKubeAPI
+
+    project = serving_project(tmp_path)
+    (project / ".piml").mkdir()
+    secrets_file = project / ".piml" / "secrets.yaml"
+    secrets_file.write_text(f"serve_token: {SERVE_TOKEN}\n")
+    os.chmod(secrets_file, 0o600)
+    api = FakeKubeAPI().start()
+    try:
+        api.write_kubeconfig(project / ".piml" / "kubeconfig")
+        core = client.CoreV1Api(config.new_client_from_config(str(project / ".piml" / "kubeconfig")))
+        core.create_namespace({"metadata": {"name": "piml"}})
+        core.api_client.close()
+        api.add_pod("piml", "piml-serve-head-abcde", {"piml.io/component": "serve-head"})
+        api.forward("piml", "piml-serve-head-abcde", 8000, int(serve_url(iris_route).rsplit(":", 1)[1]))
+        with open_cluster_endpoints(load_cluster(ProjectPaths.resolve(project, None))) as endpoints:
+            assert endpoints.serve_url and "serve" not in endpoints.unreachable, endpoints.unreachable
+            status, info = http_json("GET", f"{endpoints.serve_url}/serve/iris/", bearer=endpoints.serve_token)
+    finally:
+        api.stop()
+    assert (status, info["route"], info["version"]) == (200, "iris", "1"), info
+
+
 @pytest.mark.parametrize(("path", "body"), [("/", None), ("/predict", b'{"inputs": [[1, 2, 3, 4]]}'), ("/reload", b"")])
 def test_every_request_needs_the_serving_token(iris_route, path, body):
     """The proxy checks nothing and the ingress puts the route on the LAN: the app refuses before any work."""
