@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -44,13 +44,7 @@ class RayWorker:
     python: str | None = None  # "3.11" or "3.11.7"; None: the Ray image's own
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "resources": dict(self.resources),
-            "num_cpus": self.num_cpus,
-            "num_gpus": self.num_gpus,
-            "memory_gb": self.memory_gb,
-            "python": self.python,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from piml.health.endpoints import Endpoints
 from piml.health.result import CheckFailed
 from piml.serve import apps
 from tests.health.helpers import rows_text
-from tests.serve.conftest import MODEL, SERVE_TOKEN
+from tests.serve.conftest import MODEL, SERVE_TOKEN, iris
 
 SETTINGS = {
     "dask": {"enabled": False},
@@ -54,11 +54,10 @@ def test_the_check_serves_the_model_it_registered_and_the_answers_are_the_models
 def trained_by_the_job(endpoints) -> dict:
     """What the Ray step handed on, read back: the model's rows and predictions as the job printed them."""
     import mlflow
-    from sklearn.datasets import load_iris
 
     version = max(int(v.version) for v in mlflow.MlflowClient().search_model_versions("name = 'piml-check'"))
     model = mlflow.sklearn.load_model(f"models:/piml-check/{version}")
-    features = load_iris(as_frame=True).data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    features = iris()[0]  # the job's own columns (deep_ray_job.train renames them the same way)
     return {
         "version": str(version),
         "columns": list(features.columns),
