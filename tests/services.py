@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,17 +241,15 @@ class RabbitServer:
         return f"amqp://piml:{self.password}@127.0.0.1:{self.port}/"
 
 
-@pytest.fixture(scope="session")
-def rabbitmq_server(tmp_path_factory):
-    """A RabbitMQ node of its own (Debian's rabbitmq-server, run directly as this user) on loopback ports."""
+@contextmanager
+def rabbit_node(workdir: Path, server: RabbitServer, nodename: str) -> Iterator[RabbitServer]:
+    """Debian's rabbitmq-server run directly as this user, its files under `workdir` (kept: a second node started
+    on the same dir sees the first one's data, under its node name), on loopback ports; stopped at exit."""
     binary = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
     if not binary.exists():
         pytest.fail("rabbitmq-server is not installed: run tests/queue/install-deps.sh as root")
-    workdir = tmp_path_factory.mktemp("rabbitmq")
-    server = RabbitServer(free_port(), secrets.token_urlsafe(18))
-    SECRETS.append(server.password)
     for name in ("mnesia", "log", "plugins"):
-        (workdir / name).mkdir()
+        (workdir / name).mkdir(exist_ok=True)
     (workdir / "enabled_plugins").write_text("[].\n")
     (workdir / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = 127.0.0.1:{server.port}\nloopback_users = none\n"
@@ -258,7 +258,7 @@ def rabbitmq_server(tmp_path_factory):
     env = {
         **os.environ,
         "HOME": str(workdir),
-        "RABBITMQ_NODENAME": f"piml-test-{server.port}@localhost",
+        "RABBITMQ_NODENAME": nodename,
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
         "RABBITMQ_NODE_PORT": str(server.port),
         "RABBITMQ_DIST_PORT": str(free_port()),
@@ -270,7 +270,7 @@ def rabbitmq_server(tmp_path_factory):
         "RABBITMQ_FEATURE_FLAGS_FILE": str(workdir / "mnesia/ff"),
     }
     log = workdir / "server.log"
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         proc = subprocess.Popen(
             [str(binary)], env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -285,3 +285,12 @@ def rabbitmq_server(tmp_path_factory):
         yield server
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(tmp_path_factory):
+    """A RabbitMQ node of its own on loopback ports."""
+    server = RabbitServer(free_port(), secrets.token_urlsafe(18))
+    SECRETS.append(server.password)
+    with rabbit_node(tmp_path_factory.mktemp("rabbitmq"), server, f"piml-test-{server.port}@localhost") as node:
+        yield node
