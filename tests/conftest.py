@@ -17,10 +17,12 @@ pytest_plugins = [
 ]
 
 
-def run_piml(*args: str, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+def run_piml(
+    *args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run the real `piml` entry point in a subprocess, as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "piml", *args], cwd=cwd, input=input, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "piml", *args], cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout
     )
 
 

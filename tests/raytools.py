@@ -70,21 +70,29 @@ class RayHead:
     env: dict
     token: str  # token authentication on, as the platform runs Ray (authOptions mode token)
     temp: Path  # Ray's temp dir: its session logs are under session_latest/logs
+    gcs_address: str = ""  # host:port, what `ray start --address` joins
 
 
 @contextmanager
 def ray_head_running(
-    mlflow_env: dict, num_cpus: int, extra_env: dict | None = None, resources: dict | None = None
+    mlflow_env: dict,
+    num_cpus: int,
+    extra_env: dict | None = None,
+    resources: dict | None = None,
+    node_ip: str = "127.0.0.1",
+    gcs_port: int | None = None,
 ) -> Iterator[RayHead]:
-    """A Ray head (`ray start --head --block`) whose processes all bind to 127.0.0.1 on free ports, in a temp dir of
-    their own, with token authentication and MLflow's address and credentials in their environment (as the
-    cluster's Ray pods have them); ended at exit, also on failure, with whatever it started."""
+    """A Ray head (`ray start --head --block`) whose processes all bind to `node_ip` (loopback, or the test nodes'
+    bridge for workers that join from them) on free ports, in a temp dir of their own, with token authentication
+    and MLflow's address and credentials in their environment (as the cluster's Ray pods have them); ended at
+    exit, also on failure, with whatever it started."""
     marker = secrets.token_hex(8)
-    token = secrets.token_hex(32)
+    token = (extra_env or {}).get("RAY_AUTH_TOKEN") or secrets.token_hex(32)  # a project's own, or a new one
     temp = Path(tempfile.mkdtemp(prefix="piml-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     names = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port")
     names += ("dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
     ports = {name: free_port() for name in (*names, "node-manager-port", "object-manager-port")}
+    ports["port"] = gcs_port or ports["port"]
     env = {
         **os.environ,
         **mlflow_env,
@@ -100,17 +108,19 @@ def ray_head_running(
     env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
     log = temp / "ray-start.log"
     args = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}"]
-    args += ["--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats"]
+    args += [f"--dashboard-host={node_ip}", "--include-dashboard=true", "--disable-usage-stats"]
+    if node_ip != "127.0.0.1":
+        args.append(f"--node-ip-address={node_ip}")
     args += [f"--temp-dir={temp}", "--object-store-memory=100000000"]
     if resources:  # custom resources, as a KubeRay group's `resources` gives its pods
         args.append(f"--resources={json.dumps(resources)}")
     args += [f"--{name}={port}" for name, port in ports.items()]
     with open(log, "w") as out:
         proc = subprocess.Popen(args, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{ports['dashboard-port']}"
+    url = f"http://{node_ip}:{ports['dashboard-port']}"
     try:
         wait_for(lambda: http_ok(f"{url}/api/jobs/", token) and alive_nodes(url, token), 90, "ray head", proc, log)
-        yield RayHead(url, log, env, token, temp)
+        yield RayHead(url, log, env, token, temp, f"{node_ip}:{ports['port']}")
     finally:
         end(proc, marker)
         shutil.rmtree(temp, ignore_errors=True)

@@ -62,6 +62,7 @@ PACKAGES = (
     "procps",
     "python3",
     "python3-apt",
+    "python3-venv",  # the ray-external stage makes a venv (a Debian host without uv needs it)
     "sudo",
     "systemd-sysv",
     "systemd-timesyncd",
@@ -782,6 +783,8 @@ class Substrate:
             "--register=no",
             "--keep-unit",
             f"--network-namespace-path=/run/netns/{node.netns}",
+            # root on a real machine may change its routes (piml's ray-external units do); the namespace is the node's
+            "--capability=CAP_NET_ADMIN",
             "--resolv-conf=off",
             "--timezone=off",
             "--link-journal=no",

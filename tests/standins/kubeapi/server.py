@@ -152,7 +152,7 @@ class FakeKubeAPI:
         self._rv = 0
         self._lock = threading.RLock()
         self._timers: list[tuple[float, callable]] = []  # (when, action): the "controllers"
-        self.forwards: dict[tuple[str, str, int], int] = {}  # (namespace, pod, pod port) -> loopback port
+        self.forwards: dict[tuple[str, str, int], tuple[str, int]] = {}  # (namespace, pod, pod port) -> (host, port)
         self.exec_handlers: dict[tuple[str, str], streams.ExecHandler] = {}  # (namespace, pod) -> handler
         self._races: dict[tuple[str, str, str], callable] = {}  # (plural, namespace, name) -> change, see race()
         self._streams: set[websocket.WebSocket] = set()  # open exec / port-forward connections, ended by stop()
@@ -197,8 +197,16 @@ class FakeKubeAPI:
         path.write_text(yaml.safe_dump(config))
 
     def add_node(
-        self, name: str, memory: str = "8032000Ki", arch: str = "arm64", cpu: str = "4", pressure: tuple[str, ...] = ()
+        self,
+        name: str,
+        memory: str = "8032000Ki",
+        arch: str = "arm64",
+        cpu: str = "4",
+        pressure: tuple[str, ...] = (),
+        address: str | None = None,
+        pod_cidr: str | None = None,
     ) -> None:
+        """A Ready node; `address` is its InternalIP and `pod_cidr` its spec.podCIDR (k3s gives each node a /24)."""
         conditions = [
             {"type": t, "status": "True" if t in pressure else "False", "reason": f"Kubelet{t}"}
             for t in ("MemoryPressure", "DiskPressure", "PIDPressure")
@@ -219,13 +227,26 @@ class FakeKubeAPI:
                 },
             },
         }
+        if address:
+            node["status"]["addresses"] = [
+                {"type": "InternalIP", "address": address},
+                {"type": "Hostname", "address": name},
+            ]
+        if pod_cidr:
+            node["spec"] = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
         with self._lock:
             self._store(self.kind("Node"), node)
 
     def add_pod(
-        self, namespace: str, name: str, labels: dict | None = None, containers: tuple[str, ...] = ("main",)
+        self,
+        namespace: str,
+        name: str,
+        labels: dict | None = None,
+        containers: tuple[str, ...] = ("main",),
+        host_ip: str = "127.0.0.1",
     ) -> dict:
-        """A Running, Ready pod of its own (no owner), e.g. to exec into or forward to. The namespace must exist."""
+        """A Running, Ready pod of its own (no owner), e.g. to exec into or forward to, on a node whose address is
+        `host_ip` (the kubelet reports it as status.hostIP). The namespace must exist."""
         with self._lock:
             self._check_namespace(self.kind("Pod"), namespace)
             pod = {
@@ -238,6 +259,7 @@ class FakeKubeAPI:
                 },
                 "status": {
                     "phase": "Running",
+                    "hostIP": host_ip,
                     "conditions": [{"type": "Ready", "status": "True"}],
                     "containerStatuses": [
                         {
@@ -254,11 +276,11 @@ class FakeKubeAPI:
             }
             return copy.deepcopy(self._store(self.kind("Pod"), pod))
 
-    def forward(self, namespace: str, pod: str, pod_port: int, local_port: int) -> None:
-        """pods/portforward to `pod_port` of that pod reaches 127.0.0.1:`local_port` (a port nothing is registered
+    def forward(self, namespace: str, pod: str, pod_port: int, local_port: int, host: str = "127.0.0.1") -> None:
+        """pods/portforward to `pod_port` of that pod reaches `host`:`local_port` (a port nothing is registered
         for is refused, as a port nothing listens on in a real pod). The pod must exist when the client connects."""
         with self._lock:
-            self.forwards[(namespace, pod, int(pod_port))] = int(local_port)
+            self.forwards[(namespace, pod, int(pod_port))] = (host, int(local_port))
 
     def on_exec(self, namespace: str, pod: str, handler: streams.ExecHandler) -> None:
         """pods/exec into that pod calls handler(argv) -> (exit code, stdout bytes, stderr bytes)."""

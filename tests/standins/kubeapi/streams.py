@@ -70,8 +70,8 @@ def serve_exec(ws: WebSocket, argv: list[str], handler: ExecHandler, stdout: boo
     ws.close()
 
 
-def serve_portforward(ws: WebSocket, pod: str, uid: str, ports: list[int], targets: dict[int, int]) -> None:
-    """Bridge each requested pod port to its registered loopback port (`targets`: pod port -> local port)."""
+def serve_portforward(ws: WebSocket, pod: str, uid: str, ports: list[int], targets: dict[int, tuple[str, int]]) -> None:
+    """Bridge each requested pod port to its registered address (`targets`: pod port -> (host, port))."""
     for i, port in enumerate(ports):  # first: the port number on both channels of each port
         prefix = struct.pack("<H", port)
         ws.send(bytes([2 * i]) + prefix)
@@ -81,7 +81,7 @@ def serve_portforward(ws: WebSocket, pod: str, uid: str, ports: list[int], targe
         try:
             if port not in targets:  # nothing listens on that port in the "pod"
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
-            conns[i] = socket.create_connection(("127.0.0.1", targets[port]), timeout=5)
+            conns[i] = socket.create_connection(targets[port], timeout=5)
             conns[i].settimeout(None)
         except OSError as exc:  # the kubelet's message, on the port's error channel; the client closes that port
             reason = exc.strerror or str(exc)
