@@ -233,6 +233,23 @@ class Dask(Settings):
     worker: Size = Size()
 
 
+class RayExternal(Settings):
+    """How the inventory's ray_external hosts join the cluster's Ray (`piml up`'s ray-external stage)."""
+
+    gcs_node_port: int | None = Field(
+        None,
+        ge=30000,
+        le=32767,
+        description="the NodePort of the head's GCS (open to the ray_external hosts only); unset: Kubernetes picks "
+        "one (NodePorts are cluster-wide: a fixed one collides with another project's)",
+    )
+    pip_args: list[str] = Field(
+        default_factory=list,
+        description="extra pip arguments for installing Ray on them, e.g. [--index-url, http://mirror/simple]",
+    )
+    wait_timeout: int = Field(180, ge=10, le=3600, description="seconds to wait for each to show ALIVE in the head")
+
+
 class Ray(Settings):
     enabled: bool = True
     version: Version = RAY_VERSION
@@ -246,6 +263,7 @@ class Ray(Settings):
     )
     head: Size = Size()
     worker: Size = Size()
+    external: RayExternal = RayExternal()
 
 
 class Queue(Settings):

@@ -29,15 +29,21 @@ def run_check(project: Path | None, inventory: Path | None, deep: bool, limit: s
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     nodes = select_nodes(cluster.inventory.nodes, limit, k3s_only=True)  # a --limit selecting no k3s node: exit 2
     started = time.monotonic()
-    results = check_cluster(cluster, deep=deep, nodes=nodes)
+    outside = list(cluster.inventory.external) if limit is None else []  # the whole cluster: a row each
+    results = check_cluster(cluster, deep=deep, nodes=nodes, outside=outside)
     report.show(results, time.monotonic() - started, "piml check --deep" if deep else "piml check", json=as_json)
     raise_on_failure(results)
 
 
 def check_cluster(
-    cluster: Cluster, deep: bool = False, limit: str | None = None, nodes: list[Node] | None = None
+    cluster: Cluster,
+    deep: bool = False,
+    limit: str | None = None,
+    nodes: list[Node] | None = None,
+    outside: list[Node] | None = None,
 ) -> list[Result]:
-    """The checks on `nodes` (k3s nodes: ray_external hosts are left out), else on what `limit` selects."""
+    """The checks on `nodes` (k3s nodes: ray_external hosts are left out), else on what `limit` selects; the
+    `outside` hosts (ray_external) are asked whether they answer (their Ray rows come with Ray's)."""
     from piml.health.nodes import node_checks
     from piml.inventory import Role
     from piml.reach import select_nodes
@@ -48,7 +54,7 @@ def check_cluster(
         else [n for n in nodes if n.role is not Role.EXTERNAL]
     )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="piml-node-checks") as pool:
-        on_nodes = pool.submit(node_checks, cluster, nodes)
+        on_nodes = pool.submit(node_checks, cluster, nodes + list(outside or []))
         rest = _platform_checks(cluster, deep)
         return on_nodes.result() + rest
 
@@ -74,6 +80,11 @@ def _platform_checks(cluster: Cluster, deep: bool) -> list[Result]:
         return results  # no API, so no port-forward either: one clear failure instead of one per component
     with open_cluster_endpoints(cluster) as endpoints:  # a component it cannot bridge fails its probe, saying why
         results += component_checks(endpoints, cluster.config)
+        if cluster.config.ray.enabled and cluster.inventory.external:
+            from piml.health.external import ray_worker_rows
+            from piml.health.probes import GROUP
+
+            results += ray_worker_rows(endpoints, cluster.inventory.external, GROUP)
         if deep:
             from piml.health.deep import deep_checks
 

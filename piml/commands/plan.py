@@ -145,6 +145,11 @@ def show_plan(cluster, plan) -> None:
         say(
             f"ray workers ({pool.arch}): 0 to {pool.replicas} × {fmt_cpu(pool.size.cpu_request)} CPU, {fmt_memory(pool.size.memory_request)} (autoscaled)"
         )
+    if cluster.config.ray.enabled:
+        from piml.rayext.stage import offer
+
+        for host in cluster.inventory.external:
+            say(f"ray outside the cluster: {host.name} ({host.address}): {offer(host)} (ray_external: joins the head)")
     if plan.runner:
         say(
             f"queue jobs: up to {plan.max_jobs} at once × {fmt_cpu(plan.runner.cpu_request)} CPU, {fmt_memory(plan.runner.memory_request)}"
@@ -166,6 +171,11 @@ def run_plan(project: Path | None, inventory: Path | None, reach_nodes: bool, ac
     if as_json:
         from piml.render.manifests import urls
 
-        print_json({**plan.as_dict(), "urls": urls(cluster)})
+        outside = [
+            {"name": n.name, "address": n.address, **n.ray.as_dict()}
+            for n in cluster.inventory.external
+            if n.ray is not None and cluster.config.ray.enabled
+        ]
+        print_json({**plan.as_dict(), "ray_external": outside, "urls": urls(cluster)})
     else:
         show_plan(cluster, plan)

@@ -77,9 +77,11 @@ def _view(rows: list[dict]):
         table.add_column(column, no_wrap=column in ("node", "state"))
     notes = []
     for r in rows:
+        outside = "ray" in r  # a ray_external host: its Ray worker instead of k3s
         if not r["reachable"]:
-            table.add_row(r["name"], "[bold red]unreachable[/]", *["-"] * 8)
-            notes.append(Text(r["error"], style="red"))
+            style = "yellow" if outside else "red"
+            table.add_row(r["name"], f"[bold {style}]unreachable[/]", *["-"] * 7, Text(r.get("ray", "-")))
+            notes.append(Text(r["error"], style=style))
             continue
         mem = (
             f"{r['memory_used_mb'] / 1024:.1f}/{r['memory_mb'] / 1024:.1f}" if r["memory_used_mb"] is not None else "-"
@@ -100,7 +102,7 @@ def _view(rows: list[dict]):
             disk,
             temp,
             throttled,
-            r["k3s"],
+            Text(f"ray {r['ray']}") if outside else r["k3s"],
         )
     return Group(table, *notes)
 
@@ -157,6 +159,7 @@ def run_status(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from piml.inventory import Role
     from piml.project import ProjectPaths, load_cluster
     from piml.reach import reach, select_nodes
 
@@ -172,15 +175,25 @@ def run_status(
     nodes = select_nodes(cluster.inventory.nodes, limit)
     kubeconfig = cluster.paths.kubeconfig  # written by `piml up`'s kubeconfig stage
 
+    outside = [n for n in nodes if n.role is Role.EXTERNAL] if cluster.config.ray.enabled else []
+
     def snapshot() -> tuple[list[dict], dict | None]:
-        """Nodes over SSH and the cluster over its API, at the same time."""
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            kube = None
+        """Nodes over SSH and the cluster over its API (and its Ray head about the ray_external hosts), at once."""
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            kube = workers = None
             if kubeconfig.exists():
                 from piml.kube.status import cluster_status
 
                 kube = pool.submit(cluster_status, cluster, kubeconfig)
+                if outside:
+                    from piml.rayext.head import external_workers
+
+                    workers = pool.submit(external_workers, cluster)
             rows = [node_status(r) for r in reach(cluster, nodes, accept_new, connect_timeout=5.0)]
+            said = workers.result() if workers else {}
+            for row in rows:
+                if row["role"] == str(Role.EXTERNAL):
+                    row["ray"] = said.get(row["name"]) or said.get("") or "the cluster's Ray head not asked"
             return rows, kube.result() if kube else None
 
     def view(rows, kube):
@@ -219,7 +232,8 @@ def run_status(
         print_json({"nodes": rows, "cluster": kube})
     else:
         console().print(view(rows, kube))
-    unhealthy = [r["name"] for r in rows if not r["healthy"]]
+    # a ray_external host asleep is not the cluster unhealthy: nothing in it depends on the host
+    unhealthy = [r["name"] for r in rows if not r["healthy"] and r["role"] != str(Role.EXTERNAL)]
     if kube is not None and not kube.get("healthy"):
         unhealthy.append("the cluster")
     if unhealthy:

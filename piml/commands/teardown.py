@@ -76,6 +76,7 @@ def run_teardown(
 
     from piml.k3s.stages import run_playbook_stage
 
+    external = _remove_external(cluster, as_json) if limit is None else None  # the whole cluster: them too
     result = run_playbook_stage(cluster, "teardown", nodes, {}, show=not as_json, playbook="teardown.yml")
     gone = [h for h, s in result.hosts.items() if s.get("unreachable")]
     broken = {h: m for h, m in result.failures.items() if h not in gone}
@@ -92,11 +93,20 @@ def run_teardown(
             notes.append(f"removed context '{cluster.name}' from {removed.path} (backup: {removed.backup})")
     ok = not result.failures
     if as_json:
-        print_json({"teardown": result.as_dict(), "skipped": gone, "notes": notes, "ok": ok})
+        print_json(
+            {
+                "teardown": result.as_dict(),
+                "ray_external": external,
+                "skipped": gone,
+                "notes": notes,
+                "ok": ok and _ok(external),
+            }
+        )
     else:
         for note in notes:
             console().print(note, markup=False)
     if ok:
+        _raise_external(external)
         return
     problems = [
         Problem(
@@ -151,8 +161,11 @@ def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
 
     progress = None if as_json else (lambda line: console().print(f"  {line}", markup=False))
     report = teardown_platform(cluster, kubeconfig, purge=purge, progress=progress)
+    external = _remove_external(cluster, as_json)
     if as_json:
-        print_json({"teardown": report.as_dict(), "ok": not report.waiting_for})
+        print_json(
+            {"teardown": report.as_dict(), "ray_external": external, "ok": not report.waiting_for and _ok(external)}
+        )
     else:
         kept = (
             f"; kept {len(report.kept)}: {', '.join(str(r) for r in report.kept)} (--purge deletes them)"
@@ -160,6 +173,7 @@ def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
             else ""
         )
         console().print(f"platform removed: {len(report.deleted)} object(s) deleted{kept}", markup=False)
+    _raise_external(external)
     if report.waiting_for:  # finalizers that did not finish within the bound: say what each waits for
         raise PimlError(
             [Problem(what, f"still being deleted: {why}") for what, why in report.waiting_for.items()]
@@ -172,3 +186,24 @@ def _teardown_platform(cluster, yes: bool, purge: bool, as_json: bool) -> None:
             ],
             EXIT_FAILED,
         )
+
+
+def _remove_external(cluster, as_json: bool) -> dict | None:
+    """The ray_external hosts' workers go with the platform (they would keep calling a head that is gone)."""
+    from piml.rayext.stage import remove
+
+    result = remove(cluster, show=not as_json)
+    return result.as_dict() if result else None
+
+
+def _ok(external: dict | None) -> bool:
+    return not external or not external["failures"]
+
+
+def _raise_external(external: dict | None) -> None:
+    if _ok(external):
+        return
+    assert external is not None
+    problems = [Problem(host, message) for host, message in external["failures"].items()]
+    problems.append(Problem("piml teardown", "a ray_external host's worker was not removed", "see above"))
+    raise PimlError(problems, EXIT_FAILED)

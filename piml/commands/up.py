@@ -1,4 +1,4 @@
-"""`piml up`: run the stages in order: preflight -> prepare -> k3s -> kubeconfig -> platform -> verify.
+"""`piml up`: run the stages in order: preflight -> prepare -> k3s -> kubeconfig -> platform -> ray-external -> verify.
 
 Nodes that fail a stage drop out of the later ones; the others carry on. The summary at the end names
 every node that failed and what to do; the exit code is 1 if any did.
@@ -13,7 +13,7 @@ from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.inventory.ansible import did_you_mean
 from piml.output import console, print_json, terminal_safe
 
-STAGES = ("preflight", "prepare", "k3s", "kubeconfig", "platform", "verify")
+STAGES = ("preflight", "prepare", "k3s", "kubeconfig", "platform", "ray-external", "verify")
 NODE_STAGES = ("preflight", "prepare", "k3s")
 
 
@@ -86,6 +86,12 @@ def run_up(
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     nodes = select_nodes(cluster.inventory.nodes, limit)
     k3s_nodes = [n for n in nodes if n.role is not Role.EXTERNAL]
+    if "ray-external" in stages and cluster.config.ray.enabled:  # a host that could never join: said before anything
+        from piml.rayext.stage import refusals
+        from piml.render.images import PYTHON
+
+        if problems := refusals([n for n in nodes if n.role is Role.EXTERNAL], PYTHON):
+            raise InputError(problems)
     if dry_run:
         _dry_run(cluster, stages, nodes, merge, as_json)
         return
@@ -160,12 +166,45 @@ def run_up(
             # the k3s nodes' facts: a ray_external host (reached or not) is no part of the plan
             facts = {r.node.name: r.facts for r in reports if r.reachable and r.node.role is not Role.EXTERNAL}
             summary["platform"] = _platform(cluster, facts, as_json, failed)
+    if "ray-external" in stages:
+        summary["ray-external"] = _ray_external(cluster, nodes, failed, show)
     if "verify" in stages:
         if first.name in failed or "platform" in failed:
             summary["verify"] = {"skipped": "an earlier stage failed"}
         else:
             summary["verify"] = _verify(cluster, k3s_nodes, as_json, failed)
     _finish(summary, failed, as_json)
+
+
+def _ray_external(cluster, nodes, failed: dict[str, str], show: bool) -> dict:
+    """The selected ray_external hosts join the cluster's Ray head; one that is asleep is a warning only."""
+    from piml.inventory import Role
+    from piml.k3s.stages import StageResult
+    from piml.rayext.head import cluster_head
+    from piml.rayext.stage import STAGE, join
+    from piml.secrets import load_or_create
+
+    hosts = [n for n in nodes if n.role is Role.EXTERNAL]
+    if not hosts:
+        return StageResult(STAGE, skipped="no ray_external host in the inventory").as_dict()
+    if not cluster.config.ray.enabled:
+        return StageResult(STAGE, skipped="ray.enabled is false in piml.yaml").as_dict()
+    if "platform" in failed or cluster.inventory.servers[0].name in failed:
+        return StageResult(STAGE, skipped="an earlier stage failed").as_dict()
+    if not cluster.paths.kubeconfig.exists():
+        fix = "run the earlier stages first: piml up (or piml up --until platform)"
+        raise InputError(Problem(cluster.paths.show(cluster.paths.kubeconfig), "no kubeconfig yet", fix))
+    settings = cluster.config.ray.external
+    try:
+        with cluster_head(cluster) as (head, dashboard):
+            token = load_or_create(cluster.paths.state)["ray_auth_token"]
+            result = join(cluster, hosts, head, dashboard, token, show, settings.pip_args, settings.wait_timeout)
+    except PimlError as exc:  # no ready head, the API unreachable: the hosts cannot join yet, the cluster is fine
+        reason = "; ".join(str(problem) for problem in exc.problems)
+        result = StageResult(STAGE, failures={"ray head": reason})
+    for host, message in result.failures.items():
+        failed.setdefault(host, f"ray-external: {message}")
+    return result.as_dict()
 
 
 def _verify(cluster, nodes, as_json: bool, failed: dict[str, str]) -> list[dict]:
@@ -331,6 +370,10 @@ def _dry_run(cluster, stages: list[str], nodes, merge: bool, as_json: bool) -> N
             ]
         elif stage == "platform":
             capacity, plan[stage] = _platform_dry_run(cluster)
+        elif stage == "ray-external":
+            from piml.rayext.stage import describe as describe_external
+
+            plan[stage] = describe_external(cluster, nodes) or ["no ray_external host in the inventory"]
         elif stage == "verify":
             plan[stage] = [
                 "nodes: k3s service running and enabled, API port on servers, memory cgroup, throttling (one facts round trip over SSH per node)",

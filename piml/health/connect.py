@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from piml.project import Cluster
 
 MLFLOW_PORT, DASK_DASHBOARD_PORT, RAY_DASHBOARD_PORT = 5000, 8787, 8265
+# KubeRay's own labels: it needs app.kubernetes.io/name=kuberay on the head for its Service
+RAY_HEAD_SELECTOR = "ray.io/cluster=ray,ray.io/node-type=head"
 EXEC_TIMEOUT = 300  # the deep check's Dask computation
 
 
@@ -54,8 +56,7 @@ def open_cluster_endpoints(cluster: Cluster) -> Iterator[Endpoints]:
                 endpoints.dask_dashboard_url = base + "/dask"  # the scheduler runs with --dashboard-prefix /dask
                 endpoints.dask_python = pod_python(api, namespace, "app.kubernetes.io/name=dask-scheduler", "dask")
         if config.ray.enabled:
-            # KubeRay's own labels: it needs app.kubernetes.io/name=kuberay on the head for its Service.
-            endpoints.ray_dashboard_url = bridge("ray", "ray.io/cluster=ray,ray.io/node-type=head", RAY_DASHBOARD_PORT)
+            endpoints.ray_dashboard_url = bridge("ray", RAY_HEAD_SELECTOR, RAY_DASHBOARD_PORT)
             endpoints.ray_token = load_or_create(cluster.paths.state)["ray_auth_token"]
         if config.serve.enabled:
             from piml.serve.apps import HEAD_SELECTOR, SERVE_PORT

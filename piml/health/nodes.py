@@ -29,7 +29,7 @@ from piml.facts.commands import gather_script
 from piml.facts.model import NodeFacts, parse_facts
 from piml.facts.parsers import VCGENCMD_FAILED
 from piml.facts.sections import split_sections
-from piml.health.result import FAIL, PASS, SKIP, CheckFailed, CheckSkipped, Result, timed
+from piml.health.result import FAIL, PASS, CheckFailed, CheckSkipped, Result, timed
 from piml.inventory.model import Node, Role
 
 if TYPE_CHECKING:
@@ -85,7 +85,10 @@ def node_checks(cluster: Cluster, nodes: Iterable[Node], *, timeout: float = 20.
 
 
 def _external(node: Node) -> list[Result]:
-    return [Result(GROUP, node.name, "k3s service", SKIP, "ray_external node: runs no k3s, not checked here")]
+    """No k3s there: whether it answers (the Ray worker's own row is among the components')."""
+    from piml.health.external import reach_row
+
+    return [reach_row(node, GROUP)]
 
 
 def _gather(nodes: list[Node], known_hosts: Path, timeout: float) -> dict[str, HostResult[CommandOutput]]:

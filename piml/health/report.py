@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from piml.health.result import FAIL, PASS, SKIP, Result
+from piml.health.result import FAIL, PASS, SKIP, WARN, Result
 from piml.output import console, print_json
 
-STYLE = {PASS: "green", FAIL: "bold red", SKIP: "dim"}
+STYLE = {PASS: "green", FAIL: "bold red", SKIP: "dim", WARN: "yellow"}
 
 
 def as_json(results: list[Result], seconds: float) -> dict:
@@ -18,7 +18,7 @@ def as_json(results: list[Result], seconds: float) -> dict:
 
 
 def counts(results: list[Result]) -> dict[str, int]:
-    return {status: sum(r.status == status for r in results) for status in (PASS, FAIL, SKIP)}
+    return {status: sum(r.status == status for r in results) for status in (PASS, FAIL, SKIP, WARN)}
 
 
 def show(results: list[Result], seconds: float, title: str = "piml check", json: bool = False) -> None:
@@ -46,4 +46,5 @@ def show(results: list[Result], seconds: float, title: str = "piml check", json:
     console().print(table)
     n = counts(results)
     verdict = "[green]all checks pass[/]" if not n[FAIL] else f"[bold red]{n[FAIL]} failed[/]"
-    console().print(f"{verdict}: {n[PASS]} pass, {n[FAIL]} fail, {n[SKIP]} skip in {seconds:.1f} s")
+    warned = f", {n[WARN]} warn" if n[WARN] else ""
+    console().print(f"{verdict}: {n[PASS]} pass, {n[FAIL]} fail, {n[SKIP]} skip{warned} in {seconds:.1f} s")

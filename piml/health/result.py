@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from piml.errors import PimlError
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+WARN = "warn"  # wrong, but nothing the cluster depends on (a ray_external host asleep): no failure
 
 
 class CheckFailed(Exception):
@@ -28,7 +29,7 @@ class Result:
     group: str  # nodes | cluster | components | deep
     target: str  # a node name, "cluster", or a component (mlflow, dask, ray, queue, keda)
     check: str
-    status: str  # pass | fail | skip
+    status: str  # pass | fail | skip | warn
     detail: str
     fix: str = ""
     seconds: float = 0.0

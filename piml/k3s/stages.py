@@ -26,6 +26,7 @@ class StageResult:
     stage: str
     hosts: dict[str, dict] = field(default_factory=dict)  # node -> {ok, changed, failed, unreachable, status}
     failures: dict[str, str] = field(default_factory=dict)  # node (or "cluster") -> message
+    warnings: dict[str, str] = field(default_factory=dict)  # node -> what went wrong that fails nothing
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     skipped: str = ""  # why the stage did not run
@@ -42,6 +43,8 @@ class StageResult:
         data = {"ok": self.ok, "hosts": self.hosts, "failures": self.failures, "seconds": round(self.seconds, 2)}
         if self.notes:
             data["notes"] = self.notes
+        if self.warnings:
+            data["warnings"] = self.warnings
         if self.skipped:
             data["skipped"] = self.skipped
         return data

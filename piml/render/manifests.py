@@ -85,7 +85,17 @@ def context(cluster: Cluster, plan: Plan, secrets: dict[str, str] | None) -> dic
         "common_labels": {**MANAGED_BY, "app.kubernetes.io/part-of": "piml", "piml.io/project": cluster.name},
         **_runner(config),
         "serve": _serve(config),
+        "ray_external": _ray_external(cluster),
     }
+
+
+def _ray_external(cluster: Cluster) -> list[dict[str, str]]:
+    """The ray_external hosts the head's GCS is opened to (templates/ray.yaml.j2): name and /32 or /128 block.
+    A NetworkPolicy needs addresses; a host known by name only is left out (the stage says so on its row)."""
+    from piml.rayext.units import ip_block
+
+    blocks = {node.name: ip_block(node) for node in cluster.inventory.external}
+    return [{"name": name, "cidr": cidr} for name, cidr in blocks.items() if cidr]
 
 
 def _mlflow_access(cluster: Cluster) -> tuple[list[str], list[str]]:

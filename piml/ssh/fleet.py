@@ -182,6 +182,15 @@ class Fleet:
             return {r.node: r for r in pool.map(work, nodes)}
 
 
+def login_user(node: Node) -> str:
+    """The user SSH logs in as on `node`: the inventory's, else ~/.ssh/config's, else the local user (as ssh)."""
+    if node.user:
+        return node.user
+    from fabric import Config, Connection
+
+    return Connection(host=node.address, config=_fabric_config(Config)).user
+
+
 def _fabric_config(config_class):
     # Read the user's ~/.ssh/config (Host aliases, User, Port, IdentityFile, ProxyJump) but no
     # project-level fabric/invoke files.

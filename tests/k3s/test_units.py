@@ -123,7 +123,7 @@ def test_stage_selection():
     assert select_stages(None, None, None) == list(STAGES)
     assert select_stages("k3s,prepare", None, None) == ["prepare", "k3s"]
     assert select_stages(None, "prepare", "k3s") == ["prepare", "k3s"]
-    assert select_stages(None, "k3s", None) == ["k3s", "kubeconfig", "platform", "verify"]
+    assert select_stages(None, "k3s", None) == ["k3s", "kubeconfig", "platform", "ray-external", "verify"]
     for bad in (("k3", None, None), (None, "kubeconfig", "prepare"), ("k3s", "prepare", None)):
         with pytest.raises(InputError):
             select_stages(*bad)

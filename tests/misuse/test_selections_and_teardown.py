@@ -115,8 +115,10 @@ def test_teardown_k3s_fails_when_nodes_are_unreachable(rack, limit):
     targets = ["a1"] if limit else ["s1", "a1"]
     for name in targets:
         assert f"{name}: unreachable" in out.stderr and f"piml teardown --k3s --limit {name}" in out.stderr, out.stderr
-    # Ansible tried them (an agent's drain goes through the first server), never the ray_external host
-    assert set(targets) <= set(rack.knocks()) <= {"s1", "a1"}
+    # Ansible tried them (an agent's drain goes through the first server); the ray_external host only when the
+    # whole cluster goes (its Ray worker goes with it), and then it is a warning, not one of the failures
+    assert set(targets) <= set(rack.knocks()) <= ({"s1", "a1"} if limit else {"s1", "a1", "mac"})
+    assert "mac" not in json.loads(out.stdout)["teardown"]["failures"]
     # k3s may still run on the servers: the context and the stored kubeconfig stay
     assert rack.kubeconfig.read_text() == OTHER_KUBECONFIG and stored.exists()
 

@@ -175,12 +175,12 @@ def test_changed_host_key_is_refused(rack, tmp_path):
     assert by[rack.agent.name, "reach"].status == "pass"
 
 
-def test_ray_external_nodes_get_one_skip_row_and_no_ssh(rack, tmp_path):
+def test_ray_external_nodes_get_one_reachable_row_and_no_ssh_login(rack, tmp_path):
     project = make_project(tmp_path, [(rack.server, "server"), (rack.agent, "external")])
     logins = accepted_logins(rack.sub, rack.agent)
     by, rows = check(project)
-    assert [(r.check, r.status) for r in rows if r.target == rack.agent.name] == [("k3s service", "skip")]
-    assert "ray_external" in by[rack.agent.name, "k3s service"].detail
+    assert [(r.check, r.status) for r in rows if r.target == rack.agent.name] == [("reachable", "pass")]
+    assert "ray_external" in by[rack.agent.name, "reachable"].detail  # its SSH port answers; no login
     assert accepted_logins(rack.sub, rack.agent) == logins
     assert set(statuses(rows, rack.server).values()) == {"pass"}, rows
 

@@ -158,3 +158,28 @@ def test_unknown_memory_is_a_clear_error(tmp_path, write):
     cluster = Cluster(ProjectPaths(tmp_path, path), load_inventory(path), PimlConfig())
     with pytest.raises(InputError, match="cannot size node 'x'"):
         make_plan(cluster)
+
+
+def test_the_head_s_gcs_is_opened_to_the_ray_external_hosts_only(tmp_path):
+    cluster = cluster_for("amd64-server-arm64-agents", tmp_path, {"ray": {"external": {"gcs_node_port": 31000}}})
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in all_objects(cluster, make_plan(cluster))}
+    service = objects[("Service", "ray-head-external")]["spec"]
+    assert service["type"] == "NodePort" and service["externalTrafficPolicy"] == "Local"  # the host's address kept
+    assert service["selector"] == {"ray.io/cluster": "ray", "ray.io/node-type": "head"}
+    assert service["ports"] == [{"name": "gcs", "port": 6379, "targetPort": 6379, "nodePort": 31000, "protocol": "TCP"}]
+    unset = cluster_for("amd64-server-arm64-agents", tmp_path, {})  # Kubernetes allocates it: no two projects collide
+    (port,) = next(o for o in all_objects(unset, make_plan(unset)) if o["metadata"]["name"] == "ray-head-external")[
+        "spec"
+    ]["ports"]
+    assert "nodePort" not in port
+    policy = objects[("NetworkPolicy", "ray-external")]["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"ray.io/cluster": "ray"}}
+    assert policy["ingress"] == [
+        {"from": [{"namespaceSelector": {}}]},
+        {"from": [{"ipBlock": {"cidr": "10.0.2.50/32"}}]},
+    ]
+
+    single = cluster_for("single-node", tmp_path, {})  # no ray_external host: nothing opened
+    assert not {("Service", "ray-head-external"), ("NetworkPolicy", "ray-external")} & {
+        (o["kind"], o["metadata"]["name"]) for o in all_objects(single, make_plan(single))
+    }
