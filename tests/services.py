@@ -86,16 +86,15 @@ class MlflowServer:
     env: dict = field(default_factory=dict)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("mlflow")
+@contextmanager
+def mlflow_on(data: Path, password: str, config_dir: Path) -> Iterator[MlflowServer]:
+    """A real `mlflow server` (basic auth) whose stores lie in `data` as in piml's MLflow pod's /mlflow
+    (mlflow.db, basic_auth.db, artifacts/), on a loopback port; stopped at exit, its files kept."""
     port = free_port()
-    password = secrets.token_urlsafe(18)
-    SECRETS.append(password)
-    auth_ini = workdir / "basic_auth.ini"
+    auth_ini = config_dir / "basic_auth.ini"
     auth_ini.write_text(
         "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{workdir}/basic_auth.db\n"
+        f"database_uri = sqlite:///{data}/basic_auth.db\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
@@ -106,8 +105,8 @@ def mlflow_server(tmp_path_factory):
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
         "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
     }
-    log = workdir / "server.log"
-    with open(log, "w") as out:
+    log = config_dir / "server.log"
+    with open(log, "a") as out:
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -123,13 +122,13 @@ def mlflow_server(tmp_path_factory):
                 "--workers",
                 "1",
                 "--backend-store-uri",
-                f"sqlite:///{workdir}/mlflow.db",
+                f"sqlite:///{data}/mlflow.db",
                 "--artifacts-destination",
-                str(workdir / "artifacts"),
+                str(data / "artifacts"),
                 "--allowed-hosts",
                 f"127.0.0.1:{port},localhost:{port}",
             ],
-            cwd=workdir,
+            cwd=config_dir,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -140,19 +139,26 @@ def mlflow_server(tmp_path_factory):
         wait_for(
             lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, 120, "mlflow server", proc, log
         )
-        server = MlflowServer(
+        yield MlflowServer(
             url,
             "admin",
             password,
-            workdir / "artifacts",
+            data / "artifacts",
             {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password},
         )
-        with pytest.MonkeyPatch.context() as environ:  # put back at the end
-            for key, value in server.env.items():
-                environ.setenv(key, value)
-            yield server
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("mlflow")
+    password = secrets.token_urlsafe(18)
+    SECRETS.append(password)
+    with mlflow_on(workdir, password, workdir) as server, pytest.MonkeyPatch.context() as environ:
+        for key, value in server.env.items():  # put back at the end
+            environ.setenv(key, value)
+        yield server
 
 
 @dataclass

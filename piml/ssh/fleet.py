@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import paramiko
 
@@ -95,7 +95,30 @@ class Fleet:
             lambda node: self._connect_and_run(node, command, stdin, sudo, timeout or self.timeouts.command), targets
         )
 
-    def _connect_and_run(self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float) -> HostResult:
+    def stream(
+        self,
+        name: str,
+        command: str,
+        sudo: bool,
+        timeout: float,
+        send: BinaryIO | None = None,
+        receive: BinaryIO | None = None,
+    ) -> HostResult[CommandOutput]:
+        """Run `command` on one node with bytes in and out: `send` (a file) is its stdin, its stdout goes into
+        `receive` (a file), not into the result; stderr is kept as text. For archives, which are not text."""
+        if sudo:
+            command = f"sudo -n -- sh -c {_quote(command)}"
+        return self._connect_and_run(self.nodes[name], command, send, sudo, timeout, receive)
+
+    def _connect_and_run(
+        self,
+        node: Node,
+        command: str,
+        stdin: str | BinaryIO | None,
+        sudo: bool,
+        timeout: float,
+        sink: BinaryIO | None = None,
+    ) -> HostResult:
         if node.name in self.failures:
             return HostResult(node.name, failure=self.failures[node.name])
         started = time.monotonic()
@@ -109,10 +132,16 @@ class Fleet:
             if timeout <= 0:
                 took = f"{node.name}: connecting took all of {self.timeouts.node:g} s"
                 return HostResult(node.name, failure=Failure(R.TIMEOUT, took, "check the node's load and its network"))
-        return self._run_one(node, command, stdin, sudo, timeout)
+        return self._run_one(node, command, stdin, sudo, timeout, sink)
 
     def _run_one(
-        self, node: Node, command: str, stdin: str | None, sudo: bool, timeout: float
+        self,
+        node: Node,
+        command: str,
+        stdin: str | BinaryIO | None,
+        sudo: bool,
+        timeout: float,
+        sink: BinaryIO | None = None,
     ) -> HostResult[CommandOutput]:
         client: paramiko.SSHClient = self._connections[node.name].client
         started, wall = time.monotonic(), time.time()
@@ -121,10 +150,13 @@ class Fleet:
             channel = client.get_transport().open_session(timeout=min(self.timeouts.connect, timeout))
             channel.settimeout(timeout)
             channel.exec_command(command)
-            if stdin is not None:
+            if isinstance(stdin, str):
                 channel.sendall(stdin.encode())
+            elif stdin is not None:
+                while chunk := stdin.read(1 << 20):
+                    channel.sendall(chunk)  # bounded by channel.settimeout: a node that stops reading is a timeout
             channel.shutdown_write()
-            stdout, stderr = _drain(channel, started + timeout)
+            stdout, stderr = _drain(channel, started + timeout, sink)
             code = channel.recv_exit_status()
             channel.close()
         except TimeoutError as exc:
@@ -197,10 +229,11 @@ def _fabric_config(config_class):
     return config_class(lazy=False, runtime_ssh_path=None)
 
 
-def _drain(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
+def _drain(channel: paramiko.Channel, deadline: float, sink: BinaryIO | None = None) -> tuple[str, str]:
     """Read stdout and stderr until the remote end closes them (EOF), or the deadline passes.
 
     EOF, not the exit status, marks the end: sshd may send the exit status before the last data.
+    With a `sink`, stdout goes there as it comes (an archive may not fit in memory) and "" is returned for it.
     """
     out, err = bytearray(), bytearray()
     while True:
@@ -208,7 +241,10 @@ def _drain(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
             raise _CutShort(out.decode(errors="replace"), err.decode(errors="replace"))
         progressed = False
         while channel.recv_ready():
-            out += channel.recv(65536)
+            if sink is None:
+                out += channel.recv(65536)
+            else:
+                sink.write(channel.recv(65536))
             progressed = True
         while channel.recv_stderr_ready():
             err += channel.recv_stderr(65536)

@@ -584,6 +584,11 @@ class Substrate:
 
     # ---- creating nodes ------------------------------------------------------------------------
 
+    def root_of(self, name: str) -> Path:
+        """The node's file system as this machine sees it (its overlay, mounted while the node runs): for tests
+        that put a program's files where the node's own paths are."""
+        return self._node_dir(name) / "root"
+
     def _node_dir(self, name: str) -> Path:
         return self.run_dir / "nodes" / name
 
