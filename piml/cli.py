@@ -425,6 +425,62 @@ def teardown(
     run_teardown(project, inventory, k3s, yes, limit, json, purge)
 
 
+TransferTimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", min=10, help="Seconds the copy to or from the node may take in all.", show_default=True),
+]
+
+
+@app.command()
+def backup(
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", help="Directory for the archive [default: PROJECT/backups].", show_default=False),
+    ] = None,
+    timeout: TransferTimeoutOpt = 1800,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Back up MLflow's data (its stores copied online, its artifacts) and the project into one archive.
+
+    The archive (mode 0600: it holds the project's keys and secrets) is named after the project and the time,
+    with its sha256 in a .sha256 file beside it. What it does not hold yet is named in it and in the output.
+
+    \b
+    Examples:
+      piml backup                        # -> backups/piml-backup-lab-20261202T210000Z.tar.gz
+      piml backup --to /mnt/nas/piml
+    """
+    from piml.commands.backup import run_backup
+
+    run_backup(project, inventory, to, timeout, json)
+
+
+@app.command()
+def restore(
+    archive: Annotated[Path, typer.Argument(help="An archive made by `piml backup`.", show_default=False)],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    timeout: TransferTimeoutOpt = 1800,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Put MLflow's data from a backup back onto the running cluster.
+
+    The archive is checked whole first (a damaged one is refused, nothing changed). MLflow stops, its volume's
+    directory is replaced on its node (the data it had is kept beside it, named in the output), and MLflow starts.
+    The project part is not unpacked: `tar -xzf ARCHIVE project.tar` takes it.
+
+    \b
+    Examples:
+      piml restore backups/piml-backup-lab-20261202T210000Z.tar.gz
+    """
+    from piml.commands.backup import run_restore
+
+    run_restore(project, inventory, archive, yes, timeout, json)
+
+
 @app.command()
 def plan(
     reach: Annotated[

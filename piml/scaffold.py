@@ -218,7 +218,10 @@ def init_project(
             files[SSH_KEY] = (private, 0o600)
             files[SSH_KEY.with_name(SSH_KEY.name + ".pub")] = (public, 0o644)
         if not (root / ".gitignore").exists():
-            files[Path(".gitignore")] = (b"# keys, secrets and state: never commit them\n.piml/\n", 0o644)
+            files[Path(".gitignore")] = (
+                b"# keys, secrets and state, and backups holding them: never commit them\n.piml/\nbackups/\n",
+                0o644,
+            )
         for rel, (data, mode) in files.items():
             staged = staging / rel
             staged.parent.mkdir(parents=True, exist_ok=True)

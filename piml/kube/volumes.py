@@ -49,3 +49,16 @@ def _claims(pv: dict, namespace: str, name: str, uid: str | None) -> bool:
     if ref.get("namespace") != namespace or ref.get("name") != name:
         return False
     return not (uid and ref.get("uid") and ref["uid"] != uid)
+
+
+def claim_volume(kube: Kube, namespace: str, claim: str) -> tuple[str, str] | None:
+    """(node, directory on that node) of a bound claim whose volume is a directory on one node (local-path's
+    hostPath or a `local` volume), or None: not bound, or not that kind of volume."""
+    found = kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+    volume_name = dig(found or {}, "spec", "volumeName")
+    pv = kube.get(f"/api/v1/persistentvolumes/{volume_name}") if volume_name else None
+    if not pv or not _claims(pv, namespace, claim, dig(found, "metadata", "uid")):
+        return None
+    node = volume_node(pv)
+    path = dig(pv, "spec", "hostPath", "path") or dig(pv, "spec", "local", "path")
+    return (node, path) if node and path else None

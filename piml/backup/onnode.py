@@ -1,0 +1,81 @@
+"""The two programs piml runs on a node (as root, with the node's own python3, standard library only) to take a
+directory out as a tar stream and to put one back. The directory is a local-path volume's or k3s's.
+
+Taking out: SQLite files (`*.db`) are copied with SQLite's online backup API, so a database a server is writing
+(MLflow's, kine's in WAL mode) is copied as it was at one instant, never torn between the file and its -wal;
+their -wal/-shm/-journal files are left out (the copy holds what they held). Everything else goes in as it is.
+
+Putting back: the stream is unpacked beside the directory, then the directory is renamed aside (kept: nothing is
+lost) and the unpacked one takes its place, with the old one's owner and mode. Names that would land outside it
+(absolute, `..`, links pointing out) are refused before anything is written there."""
+
+from __future__ import annotations
+
+import shlex
+
+SNAPSHOT = r"""
+import os, shutil, sqlite3, sys, tarfile, tempfile
+root = sys.argv[1]
+if not os.path.isdir(root):
+    sys.stderr.write("no directory " + root + "\n"); sys.exit(3)
+scratch = tempfile.mkdtemp(prefix="piml-backup-")
+try:
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(os.listdir(root)):
+            path = os.path.join(root, name)
+            if name.endswith((".db-wal", ".db-shm", ".db-journal")):
+                continue
+            if name.endswith(".db") and os.path.isfile(path):
+                copy = os.path.join(scratch, name)
+                source = sqlite3.connect(path, timeout=30)
+                target = sqlite3.connect(copy)
+                source.backup(target)
+                target.close(); source.close()
+                info = tar.gettarinfo(path, arcname=name)
+                info.size = os.path.getsize(copy)
+                with open(copy, "rb") as data:
+                    tar.addfile(info, data)
+                os.unlink(copy)
+            else:
+                tar.add(path, arcname=name)
+finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+"""
+
+PUT_BACK = r"""
+import os, shutil, sys, tarfile
+root, stamp = sys.argv[1].rstrip("/"), sys.argv[2]
+fresh, aside = root + ".piml-restoring", root + ".before-restore-" + stamp
+shutil.rmtree(fresh, ignore_errors=True)
+os.makedirs(fresh, mode=0o700)
+# the names are checked above; owners and modes are the volume's own, kept (Python 3.14's default filter drops them)
+trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+def inside(name):
+    parts = os.path.normpath(name).split(os.sep)
+    return not os.path.isabs(name) and ".." not in parts
+with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
+    for member in tar:
+        target = os.path.join(os.path.dirname(member.name), member.linkname) if member.issym() else member.linkname
+        link_ok = not (member.issym() or member.islnk()) or inside(target)
+        if not inside(member.name) or not link_ok or member.isdev():
+            shutil.rmtree(fresh, ignore_errors=True)
+            sys.stderr.write("refused: the archive names " + member.name + " outside its directory\n"); sys.exit(4)
+        tar.extract(member, fresh, numeric_owner=True, **trusted)
+if os.path.isdir(root):
+    st = os.stat(root)
+    os.chown(fresh, st.st_uid, st.st_gid); os.chmod(fresh, st.st_mode & 0o7777)
+    os.rename(root, aside)
+    print(aside)
+os.rename(fresh, root)
+"""
+
+
+def snapshot_command(directory: str) -> str:
+    """The shell command that writes `directory` as a tar stream to stdout (run it with sudo)."""
+    return f"python3 -c {shlex.quote(SNAPSHOT)} {shlex.quote(directory)}"
+
+
+def put_back_command(directory: str, stamp: str) -> str:
+    """The shell command that reads a tar stream on stdin into `directory`, the old one kept aside; it prints the
+    old one's new path (nothing when there was none)."""
+    return f"python3 -c {shlex.quote(PUT_BACK)} {shlex.quote(directory)} {shlex.quote(stamp)}"

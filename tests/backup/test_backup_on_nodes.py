@@ -1,0 +1,235 @@
+"""`piml backup` and `piml restore` of MLflow with real data, through a real node.
+
+A test node (Debian bookworm, systemd, sshd, sudo, python3) plays the board that holds MLflow's local-path
+volume, at the path k3s's local-path provisioner gives it. A real `mlflow server` (the pinned MLflow, basic auth),
+run on this machine, keeps its stores in that directory, exactly as piml's MLflow pod lays out /mlflow. Runs,
+metrics, parameters, tags, artifacts and a registered scikit-learn model are logged through it.
+
+The Kubernetes side (the claim, its volume, the MLflow Deployment and its pods) is the kubeapi STAND-IN
+(tests/standins/kubeapi): piml reads where the volume is from it, and scales the Deployment to 0 and back. What the
+stand-in hides: a real pod's termination grace period (its pods are gone at once) and a real mount of the volume.
+
+Then: the backup taken while MLflow runs; MLflow stopped and its store replaced by a fresh empty one (a board
+re-flashed); `piml restore`; MLflow started again on the restored directory has every run, metric, parameter, tag,
+model version and artifact, byte for byte, and the model predicts as before. A damaged archive is refused and
+changes nothing."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.queue.helpers import SECRETS
+from tests.services import mlflow_on
+
+VOLUME = "/var/lib/rancher/k3s/storage/pvc-6f1c2a9e-4b7d-4c1e-9a3f-0d2b8e5c7a11_piml_mlflow-data"
+
+
+@pytest.fixture
+def board(node_factory):
+    (node,) = node_factory(1, names=["pi1"])
+    yield node
+    node_factory.destroy([node])
+
+
+def project(piml, base: Path, node) -> Path:
+    out = piml("init", "lab", "--ssh-key", node.key_path, "--node", f"pi1={node.address}:server", cwd=base)
+    assert out.returncode == 0, out.stderr
+    root = base / "lab"
+    (root / ".piml/known_hosts").write_text(Path(node.known_hosts).read_text())
+    return root
+
+
+def cluster_api(root: Path):
+    """The stand-in API holding MLflow's claim, bound to a local-path volume on pi1, and its Deployment."""
+    from kubernetes import client, config
+
+    from tests.standins.kubeapi.server import FakeKubeAPI
+
+    api = FakeKubeAPI().start()
+    api.write_kubeconfig(root / ".piml/kubeconfig")
+    api.add_node("pi1")
+    core = client.CoreV1Api(config.new_client_from_config(str(root / ".piml/kubeconfig")))
+    apps = client.AppsV1Api(core.api_client)
+    core.create_namespace({"metadata": {"name": "piml"}})
+    pv_name = VOLUME.rsplit("/", 1)[1].split("_", 1)[0]
+    claim = core.create_namespaced_persistent_volume_claim(
+        "piml",
+        {
+            "metadata": {"name": "mlflow-data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path", "volumeName": pv_name,
+                     "resources": {"requests": {"storage": "10Gi"}}},
+        },
+    )  # fmt: skip
+    on_pi1 = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["pi1"]}
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv_name},
+            "spec": {  # as k3s's local-path provisioner writes them
+                "capacity": {"storage": "10Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "hostPath": {"path": VOLUME, "type": "DirectoryOrCreate"},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [on_pi1]}]}},
+                "claimRef": {"namespace": "piml", "name": "mlflow-data", "uid": claim.metadata.uid},
+                "storageClassName": "local-path",
+            },
+        }
+    )
+    labels = {"app.kubernetes.io/name": "mlflow"}
+    container = {"name": "mlflow", "image": "ghcr.io/mlflow/mlflow:v3.18.0"}
+    apps.create_namespaced_deployment(
+        "piml",
+        {
+            "metadata": {"name": "mlflow"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+        },
+    )  # fmt: skip
+    core.api_client.close()
+    return api
+
+
+def log_everything(server) -> None:
+    """Two runs with parameters, metric histories, tags and artifacts (text and binary), and a registered
+    scikit-learn model, all through the real server and its artifact proxy."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(server.url)
+    mlflow.set_experiment("backup-test")
+    rng = np.random.default_rng(7)
+    for i in range(2):
+        with mlflow.start_run(run_name=f"run-{i}"):
+            mlflow.log_params({"lr": 0.1 * (i + 1), "depth": i + 3})
+            for step in range(5):
+                mlflow.log_metric("loss", 1.0 / (step + 1 + i), step=step)
+            mlflow.set_tag("board", "pi1")
+            mlflow.log_text(f"notes of run {i}\n", "notes/readme.txt")
+            mlflow.log_dict({"seed": 7, "run": i}, "config.json")
+    X = rng.normal(size=(40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    with mlflow.start_run(run_name="model"):
+        info = mlflow.sklearn.log_model(LogisticRegression().fit(X, y), name="model", input_example=X[:2])
+    mlflow.register_model(info.model_uri, "iris-backup")
+
+
+def everything(server, tmp_path: Path) -> dict:
+    """What the server holds, as plain data: experiments, runs (parameters, metric histories, tags), model
+    versions, and every artifact's bytes, plus the registered model's predictions on fixed rows."""
+    import mlflow
+    import numpy as np
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(server.url)
+    client = MlflowClient(server.url)
+    seen: dict = {"experiments": {}, "runs": {}, "models": {}, "artifacts": {}}
+    for experiment in client.search_experiments():
+        seen["experiments"][experiment.experiment_id] = experiment.name
+        for run in client.search_runs([experiment.experiment_id]):
+            history = {key: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, key)]
+                       for key in run.data.metrics}  # fmt: skip
+            tags = {k: v for k, v in run.data.tags.items()}
+            seen["runs"][run.info.run_id] = (run.info.run_name, run.info.status, run.info.start_time,
+                                             run.data.params, history, tags)  # fmt: skip
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "a")))
+            for path in sorted(p for p in local.rglob("*") if p.is_file()):
+                seen["artifacts"][f"{run.info.run_id}/{path.relative_to(local)}"] = path.read_bytes()
+            for path in local.rglob("*"):
+                if path.is_file():
+                    path.unlink()
+    for version in client.search_model_versions("name='iris-backup'"):
+        seen["models"][version.version] = (version.source, version.run_id, version.status)
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/iris-backup/{version.version}",
+                                                         dst_path=str(tmp_path / f"m{version.version}")))  # fmt: skip
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            seen["artifacts"][f"models/{version.version}/{path.relative_to(local)}"] = path.read_bytes()
+    if seen["models"]:
+        rows = np.linspace(-2, 2, 12).reshape(4, 3)
+        seen["predictions"] = mlflow.pyfunc.load_model("models:/iris-backup/1").predict(rows).tolist()
+    return seen
+
+
+def test_backup_then_restore_onto_a_fresh_store_brings_back_every_run_model_and_artifact(
+    piml, tmp_path, node_factory, board, monkeypatch
+):
+    sub = node_factory.substrate
+    volume = sub.root_of(board.name) / VOLUME.lstrip("/")  # the node's directory, as this machine sees it
+    volume.mkdir(parents=True, mode=0o777)
+    root = project(piml, tmp_path, board)
+    password = secrets.token_urlsafe(18)
+    SECRETS.append(password)
+    config_dir = tmp_path / "mlflow-config"
+    config_dir.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    api = cluster_api(root)
+    try:
+        with mlflow_on(volume, password, config_dir) as server:
+            log_everything(server)
+            before = everything(server, tmp_path / "before")
+            out = piml("backup", "--to", str(tmp_path / "backups"), "-C", str(root), timeout=300)
+            assert out.returncode == 0, out.stderr  # taken while MLflow runs: its SQLite stores copied online
+        (archive,) = (tmp_path / "backups").glob("piml-backup-lab-*.tar.gz")
+        assert f"backup: {archive}" in out.stdout and f"pi1:{VOLUME}" in out.stdout, out.stdout
+        assert "not in this backup: k3s datastore" in out.stdout and "not in this backup: queue" in out.stdout
+        assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+        with tarfile.open(archive) as tar:
+            manifest = json.loads(tar.extractfile("manifest.json").read())
+        assert manifest["versions"]["mlflow"] == "3.18.0"  # from the running Deployment's image
+        assert password not in out.stdout + out.stderr
+
+        # the board re-flashed: MLflow starts on an empty store, which piml restore then replaces
+        sub.run(board, f"sudo rm -rf {VOLUME} && sudo mkdir -m 777 {VOLUME}")
+        with mlflow_on(volume, password, config_dir) as server:
+            assert everything(server, tmp_path / "empty")["runs"] == {}
+
+        damaged = tmp_path / "damaged.tar.gz"
+        data = bytearray(archive.read_bytes())
+        data[len(data) // 3] ^= 0x10
+        damaged.write_bytes(bytes(data))
+        (tmp_path / "damaged.tar.gz.sha256").write_text(archive.with_name(archive.name + ".sha256").read_text())
+        patches = len([r for r in api.requests if r[0] == "PATCH"])
+        out = piml("restore", str(damaged), "--yes", "-C", str(root), timeout=120)
+        assert out.returncode == 2 and "checksum fails" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert len([r for r in api.requests if r[0] == "PATCH"]) == patches  # MLflow was never stopped
+
+        out = piml("restore", str(archive), "--yes", "--json", "-C", str(root), timeout=300)
+        assert out.returncode == 0, out.stderr
+        restored = json.loads(out.stdout)
+        assert restored["ok"] and restored["kept"].startswith(VOLUME + ".before-restore-"), restored
+        deployment = api.get("deployments", "piml", "mlflow")
+        assert deployment["spec"]["replicas"] == 1  # stopped for the copy, started again
+        assert sub.run(board, f"sudo test -f {restored['kept']}/mlflow.db && echo kept").stdout.strip() == "kept"
+
+        with mlflow_on(volume, password, config_dir) as server:
+            after = everything(server, tmp_path / "after")
+        assert after["runs"] == before["runs"] and len(before["runs"]) == 3
+        assert after["experiments"] == before["experiments"] and after["models"] == before["models"]
+        assert after["artifacts"].keys() == before["artifacts"].keys()
+        assert after["artifacts"] == before["artifacts"]  # byte for byte
+        assert after["predictions"] == before["predictions"]
+    finally:
+        api.stop()
+
+
+def test_backup_names_the_node_that_cannot_be_reached(piml, tmp_path, node_factory, board):
+    root = project(piml, tmp_path, board)
+    inventory = root / "inventory/hosts.yml"
+    data = yaml.safe_load(inventory.read_text())
+    data["k3s_cluster"]["children"]["server"]["hosts"]["pi1"]["ansible_port"] = 2  # nothing listens there
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    api = cluster_api(root)
+    try:
+        out = piml("backup", "-C", str(root), timeout=120)
+    finally:
+        api.stop()
+    assert out.returncode == 1 and out.stderr.startswith("error: pi1:"), out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert not list((root / "backups").glob("*")), "nothing half-written"
