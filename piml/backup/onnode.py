@@ -1,5 +1,6 @@
 """The two programs piml runs on a node (as root, with the node's own python3, standard library only) to take a
-directory out as a tar stream and to put one back. The directory is a local-path volume's or k3s's.
+directory out as a tar stream and to put one back. The directory is a local-path volume's, or k3s's server
+directory (its SQLite datastore, kine's `db/state.db` in WAL mode, and its token).
 
 Taking out: SQLite files (`*.db`) are copied with SQLite's online backup API, so a database a server is writing
 (MLflow's, kine's in WAL mode) is copied as it was at one instant, never torn between the file and its -wal;
@@ -15,18 +16,21 @@ import shlex
 
 SNAPSHOT = r"""
 import os, shutil, sqlite3, sys, tarfile, tempfile
-root = sys.argv[1]
+root, only = sys.argv[1], sys.argv[2:]
 if not os.path.isdir(root):
     sys.stderr.write("no directory " + root + "\n"); sys.exit(3)
+missing = [name for name in only if not os.path.exists(os.path.join(root, name))]
+if missing:
+    sys.stderr.write("no " + os.path.join(root, missing[0]) + "\n"); sys.exit(3)
 scratch = tempfile.mkdtemp(prefix="piml-backup-")
 try:
     with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(os.listdir(root)):
+        for name in only or sorted(os.listdir(root)):
             path = os.path.join(root, name)
             if name.endswith((".db-wal", ".db-shm", ".db-journal")):
                 continue
             if name.endswith(".db") and os.path.isfile(path):
-                copy = os.path.join(scratch, name)
+                copy = os.path.join(scratch, os.path.basename(name))
                 source = sqlite3.connect(path, timeout=30)
                 target = sqlite3.connect(copy)
                 source.backup(target)
@@ -70,9 +74,11 @@ os.rename(fresh, root)
 """
 
 
-def snapshot_command(directory: str) -> str:
-    """The shell command that writes `directory` as a tar stream to stdout (run it with sudo)."""
-    return f"python3 -c {shlex.quote(SNAPSHOT)} {shlex.quote(directory)}"
+def snapshot_command(directory: str, only: tuple[str, ...] = ()) -> str:
+    """The shell command that writes `directory` as a tar stream to stdout (run it with sudo); with `only`, just
+    those paths in it (each must exist: a missing one is an error, not a smaller backup)."""
+    names = "".join(f" {shlex.quote(name)}" for name in only)
+    return f"python3 -c {shlex.quote(SNAPSHOT)} {shlex.quote(directory)}{names}"
 
 
 def put_back_command(directory: str, stamp: str) -> str:

@@ -1,7 +1,9 @@
 """`piml backup` and `piml restore`.
 
-backup: the project (inventory, piml.yaml, .piml/) and MLflow's volume (its SQLite stores copied online, its
-artifacts), taken from the node that holds the volume over SSH, into one archive (piml/backup/archive.py).
+backup: the project (inventory, piml.yaml, .piml/), a single server's k3s datastore (SQLite, and the token) and
+MLflow's volume (its SQLite stores copied online, its artifacts), each taken over SSH from the node that holds it,
+into one archive (piml/backup/archive.py). restore puts back MLflow's data only: the datastore goes back with k3s
+stopped, by hand (README, Backups).
 What it does not hold yet is named in the archive and in the output, never silently missing.
 
 restore: MLflow's data from an archive back onto the running cluster. The archive is checked whole first; then
@@ -24,6 +26,10 @@ from piml.output import console, print_json
 
 MLFLOW_CLAIM = "mlflow-data"
 MLFLOW_DEPLOYMENT = "mlflow"
+# A single server keeps the cluster in SQLite (kine, WAL mode); a snapshot is unusable without the token, which
+# encrypts its secrets (https://docs.k3s.io/datastore/backup-restore).
+K3S_SERVER_DIR = "/var/lib/rancher/k3s/server"
+K3S_DATASTORE = ("db/state.db", "token")
 STOP_TIMEOUT = 120.0  # MLflow's pods gone after scaling to 0
 START_TIMEOUT = 300.0  # MLflow available again (a Pi pulls nothing: the image is there)
 
@@ -57,6 +63,12 @@ def run_backup(project: Path | None, inventory: Path | None, to: Path | None, ti
         parts = {archive.PROJECT_PART: scratch / "project.tar"}
         archive.write_project_part(cluster.paths.root, parts[archive.PROJECT_PART], leave_out=directory)
         show(f"project: {cluster.paths.show(cluster.paths.root)} (inventory, piml.yaml, .piml/)")
+        if "k3s datastore" not in manifest.left_out:
+            first = cluster.inventory.servers[0]
+            parts["k3s"] = scratch / "k3s.tar"
+            _take(cluster, first, K3S_SERVER_DIR, parts["k3s"], timeout, only=K3S_DATASTORE)
+            manifest.parts["k3s"] = {"node": first.name, "path": K3S_SERVER_DIR, "datastore": "sqlite"}
+            show(f"k3s datastore: {first.name}:{K3S_SERVER_DIR}/{{{','.join(K3S_DATASTORE)}}}")
         if "mlflow" not in manifest.left_out:
             node, path = _mlflow_volume(kube, cluster)
             parts["mlflow"] = scratch / "mlflow.tar"
@@ -145,11 +157,12 @@ def run_restore(
 def _left_out(cluster) -> dict[str, str]:
     """What this backup cannot take yet, each with why: said in the archive and in the output."""
     mlflow = cluster.config.mlflow
-    left = {
-        "k3s datastore": "not taken by piml yet: on the first server copy /var/lib/rancher/k3s/server/db/ and "
-        "/var/lib/rancher/k3s/server/token (https://docs.k3s.io/datastore/backup-restore)",
-        "queue": "not taken yet: queued requests wait in Redis or RabbitMQ and are not in this archive",
-    }
+    left = {"queue": "not taken yet: queued requests wait in Redis or RabbitMQ and are not in this archive"}
+    if len(cluster.inventory.servers) > 1:
+        left["k3s datastore"] = (
+            "HA servers keep it in embedded etcd, which piml does not snapshot yet: run `sudo k3s etcd-snapshot "
+            f"save` on a server and keep {K3S_SERVER_DIR}/token with it (https://docs.k3s.io/cli/etcd-snapshot)"
+        )
     if not mlflow.enabled:
         left["mlflow"] = "mlflow.enabled is false"
     elif mlflow.backend != "sqlite" or mlflow.backend_uri:
@@ -215,11 +228,11 @@ def _mlflow_volume(kube, cluster):
     return nodes[name], path
 
 
-def _take(cluster, node, path: str, out: Path, timeout: float) -> None:
+def _take(cluster, node, path: str, out: Path, timeout: float, only: tuple[str, ...] = ()) -> None:
     from piml.backup.onnode import snapshot_command
 
     with open(out, "wb") as sink:
-        _ssh(cluster, node, snapshot_command(path), timeout, receive=sink)
+        _ssh(cluster, node, snapshot_command(path, only), timeout, receive=sink)
 
 
 def _ssh(cluster, node, command: str, timeout: float, send=None, receive=None):

@@ -17,7 +17,9 @@ changes nothing."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import sqlite3
 import stat
 import tarfile
 from pathlib import Path
@@ -95,6 +97,30 @@ def cluster_api(root: Path):
     return api
 
 
+class KineDatastore:
+    """A SQLite file in WAL mode where a k3s server keeps it, written the way kine writes: an open connection
+    whose commits sit in state.db-wal (no checkpoint), so a plain copy of state.db would miss them."""
+
+    def __init__(self, root: Path):
+        server = root / "var/lib/rancher/k3s/server"
+        (server / "db").mkdir(parents=True)
+        self.token = "K10" + secrets.token_hex(32) + "::server:" + secrets.token_hex(16)
+        (server / "token").write_text(self.token)
+        os.chmod(server / "token", 0o600)
+        self.db = sqlite3.connect(server / "db/state.db")
+        self.db.execute("pragma journal_mode=wal")
+        self.db.execute("pragma wal_autocheckpoint=0")
+        self.db.execute("create table kine (id integer primary key, name text, value blob)")
+        self.rows = 300
+        for i in range(self.rows):
+            self.db.execute("insert into kine (name, value) values (?, ?)", (f"/registry/pods/p{i}", os.urandom(64)))
+            self.db.commit()
+        assert (server / "db/state.db-wal").stat().st_size > 0
+
+    def close(self) -> None:
+        self.db.close()
+
+
 def log_everything(server) -> None:
     """Two runs with parameters, metric histories, tags and artifacts (text and binary), and a registered
     scikit-learn model, all through the real server and its artifact proxy."""
@@ -170,6 +196,7 @@ def test_backup_then_restore_onto_a_fresh_store_brings_back_every_run_model_and_
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     api = cluster_api(root)
+    datastore = KineDatastore(sub.root_of(board.name))
     try:
         with mlflow_on(volume, password, config_dir) as server:
             log_everything(server)
@@ -178,11 +205,19 @@ def test_backup_then_restore_onto_a_fresh_store_brings_back_every_run_model_and_
             assert out.returncode == 0, out.stderr  # taken while MLflow runs: its SQLite stores copied online
         (archive,) = (tmp_path / "backups").glob("piml-backup-lab-*.tar.gz")
         assert f"backup: {archive}" in out.stdout and f"pi1:{VOLUME}" in out.stdout, out.stdout
-        assert "not in this backup: k3s datastore" in out.stdout and "not in this backup: queue" in out.stdout
+        assert "not in this backup: queue" in out.stdout and "k3s datastore" not in out.stdout.split("backup:")[-1]
         assert stat.S_IMODE(archive.stat().st_mode) == 0o600
         with tarfile.open(archive) as tar:
             manifest = json.loads(tar.extractfile("manifest.json").read())
+            k3s_part = tarfile.open(fileobj=tar.extractfile("k3s.tar"))
+            assert sorted(k3s_part.getnames()) == ["db/state.db", "token"]  # no -wal: the copy holds what it held
+            k3s_part.extractall(tmp_path / "k3s")
         assert manifest["versions"]["mlflow"] == "3.18.0"  # from the running Deployment's image
+        # the single server's datastore: every committed row, also those only in the -wal file; and its token
+        copy = sqlite3.connect(tmp_path / "k3s/db/state.db")
+        assert copy.execute("select count(*) from kine").fetchone() == (datastore.rows,)
+        assert (tmp_path / "k3s/token").read_text() == datastore.token
+        datastore.close()
         assert password not in out.stdout + out.stderr
 
         # the board re-flashed: MLflow starts on an empty store, which piml restore then replaces
