@@ -245,6 +245,16 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
     plan = make_plan(cluster, facts if len(facts) == len(cluster.inventory.cluster_nodes) else None, pins)
     rendered = render_platform(cluster, plan, load_or_create(cluster.paths.state))
     progress = None if as_json else (lambda line: console().print(f"  platform: {line}", markup=False))
+    from piml.backup.take import backup_before_mlflow_upgrade
+
+    try:  # a new MLflow migrates its store at start, one way: a copy first, or nothing is applied
+        upgrade_backup = backup_before_mlflow_upgrade(cluster, kubeconfig, progress or (lambda line: None))
+    except PimlError as exc:
+        problems = "; ".join(str(problem) for problem in exc.problems)
+        failed["platform"] = (
+            f"MLflow's version changes and the backup before it failed, so nothing was applied: {problems}"
+        )
+        return {"failed": True}
     try:
         # k3s applies the inventory's labels/taints only when a node registers: later changes go through the API
         labels = reconcile_node_labels(cluster, kubeconfig, progress=progress)
@@ -263,7 +273,8 @@ def _platform(cluster, facts: dict, as_json: bool, failed: dict[str, str]) -> di
         )
         for name, url in urls(cluster).items():
             console().print(f"  {name}: {url}", markup=False)
-    return {**report.as_dict(), "node_labels": labels.as_dict()}
+    backup = {"backup_before_upgrade": str(upgrade_backup)} if upgrade_backup else {}
+    return {**report.as_dict(), "node_labels": labels.as_dict(), **backup}
 
 
 def _print_commands(cluster, stages: list[str], nodes, as_json: bool) -> None:

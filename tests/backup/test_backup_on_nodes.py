@@ -250,6 +250,26 @@ def test_backup_then_restore_onto_a_fresh_store_brings_back_every_run_model_and_
         assert after["artifacts"].keys() == before["artifacts"].keys()
         assert after["artifacts"] == before["artifacts"]  # byte for byte
         assert after["predictions"] == before["predictions"]
+
+        # `piml up` about to move MLflow to another version backs its data up first; at the same version, not
+        from piml.backup.take import backup_before_mlflow_upgrade
+        from piml.kube.client import connect
+        from piml.project import ProjectPaths, load_cluster
+
+        cluster = load_cluster(ProjectPaths.resolve(root, None))
+        lines: list[str] = []
+        assert backup_before_mlflow_upgrade(cluster, root / ".piml/kubeconfig", lines.append) is None
+        older = {"name": "mlflow", "image": "ghcr.io/mlflow/mlflow:v3.17.2"}  # what the cluster runs now
+        connect(root / ".piml/kubeconfig").request(
+            "PATCH", "/apis/apps/v1/namespaces/piml/deployments/mlflow",
+            body={"spec": {"template": {"spec": {"containers": [older]}}}},
+            content_type="application/merge-patch+json",
+        )  # fmt: skip
+        made = backup_before_mlflow_upgrade(cluster, root / ".piml/kubeconfig", lines.append)
+        assert made is not None and made.parent == root / "backups", lines
+        with tarfile.open(made) as tar:
+            assert json.loads(tar.extractfile("manifest.json").read())["versions"]["mlflow"] == "3.17.2"
+        assert lines[0] == "MLflow 3.17.2 -> 3.18.0: backing up its data first", lines
     finally:
         api.stop()
 

@@ -45,6 +45,15 @@ def test_readiness_probe_as_the_kubelet_sends_it(mlflow_pod):
     print(f"mlflow ready after {seconds:.1f} s")
 
 
+def test_the_store_is_migrated_before_the_server_starts(mlflow_pod):
+    platform, pod = mlflow_pod
+    sqlite = "--backend-store-uri=sqlite:////mlflow/mlflow.db" in pod.container("mlflow").spec["args"]
+    wanted = [("extra-packages", 0), ("db-upgrade", 0)] if sqlite else [("extra-packages", 0)]
+    assert pod.init_results == wanted
+    if sqlite:  # on the empty volume `mlflow db upgrade` made the store, and the server took it as current
+        assert (pod.mounts["data"] / "mlflow.db").stat().st_size > 0
+
+
 def test_init_container_installs_only_what_is_missing(mlflow_pod):
     platform, pod = mlflow_pod
     extra = pod.mounts["extra"]

@@ -183,3 +183,19 @@ def test_the_head_s_gcs_is_opened_to_the_ray_external_hosts_only(tmp_path):
     assert not {("Service", "ray-head-external"), ("NetworkPolicy", "ray-external")} & {
         (o["kind"], o["metadata"]["name"]) for o in all_objects(single, make_plan(single))
     }
+
+
+def test_mlflow_s_sqlite_store_is_migrated_before_its_server_starts(tmp_path):
+    """`mlflow server` migrates an older store only when a table is missing and refuses it otherwise
+    (docs/day2-design.md): an init container runs `mlflow db upgrade` on the volume first. Not for PostgreSQL."""
+    for settings, wanted in (({}, True), ({"mlflow": {"backend": "postgresql"}}, False)):
+        cluster = cluster_for("pi5-3x8gb", tmp_path, settings)
+        objects = all_objects(cluster, make_plan(cluster))
+        mlflow = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
+        inits = {c["name"]: c for c in mlflow["spec"]["template"]["spec"]["initContainers"]}
+        assert ("db-upgrade" in inits) == wanted
+        if wanted:
+            assert list(inits) == ["extra-packages", "db-upgrade"]
+            assert inits["db-upgrade"]["command"] == ["mlflow", "db", "upgrade", "sqlite:////mlflow/mlflow.db"]
+            assert inits["db-upgrade"]["image"] == mlflow["spec"]["template"]["spec"]["containers"][0]["image"]
+            assert {"name": "data", "mountPath": "/mlflow"} in inits["db-upgrade"]["volumeMounts"]

@@ -1,0 +1,199 @@
+"""Taking a backup: the project, a single server's k3s datastore and MLflow's volume, each from where it lives,
+into one archive (piml/backup/archive.py). Used by `piml backup`, and by `piml up` before it moves MLflow to
+another version (its server migrates the store's schema, and there is no way back without a copy)."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
+
+MLFLOW_CLAIM = "mlflow-data"
+MLFLOW_DEPLOYMENT = "mlflow"
+# A single server keeps the cluster in SQLite (kine, WAL mode); a snapshot is unusable without the token, which
+# encrypts its secrets (https://docs.k3s.io/datastore/backup-restore).
+K3S_SERVER_DIR = "/var/lib/rancher/k3s/server"
+K3S_DATASTORE = ("db/state.db", "token")
+
+
+def backup_dir(cluster, to: Path | None, option: str = "--to") -> Path:
+    """The directory archives go to (PROJECT/backups unless `to`), made 0700 when new."""
+    from piml.fsutil import make_private_dir, os_error_problem
+
+    directory = Path(to) if to else cluster.paths.root / "backups"
+    try:
+        if not directory.exists():
+            make_private_dir(directory)
+    except OSError as exc:
+        raise InputError(os_error_problem(f"{option} {directory}", exc, "cannot make the backup directory")) from None
+    if not directory.is_dir():
+        raise InputError(Problem(f"{option} {directory}", "is not a directory", "name a directory for the archive"))
+    return directory
+
+
+def take_backup(cluster, kube, directory: Path, timeout: float, show: Callable[[str], None]):
+    """Make the archive in `directory`; returns (its path, its manifest). PimlError naming the node or the
+    object when a part cannot be taken: then no archive is left behind."""
+    from piml import __version__
+    from piml.backup import archive
+    from piml.fsutil import os_error_problem
+
+    manifest = archive.Manifest(
+        project=cluster.name,
+        created=datetime.now(UTC).replace(microsecond=0).isoformat(),
+        versions={
+            "piml": __version__,
+            "mlflow": running_mlflow(kube, cluster) or cluster.config.mlflow.version,
+            "k3s": cluster.config.k3s.version,
+        },
+        left_out=left_out(cluster),
+    )
+    with tempfile.TemporaryDirectory(prefix=".piml-backup-", dir=directory) as scratch_dir:
+        scratch = Path(scratch_dir)
+        parts = {archive.PROJECT_PART: scratch / "project.tar"}
+        archive.write_project_part(cluster.paths.root, parts[archive.PROJECT_PART], leave_out=directory)
+        show(f"project: {cluster.paths.show(cluster.paths.root)} (inventory, piml.yaml, .piml/)")
+        if "k3s datastore" not in manifest.left_out:
+            first = cluster.inventory.servers[0]
+            parts["k3s"] = scratch / "k3s.tar"
+            take_dir(cluster, first, K3S_SERVER_DIR, parts["k3s"], timeout, only=K3S_DATASTORE)
+            manifest.parts["k3s"] = {"node": first.name, "path": K3S_SERVER_DIR, "datastore": "sqlite"}
+            show(f"k3s datastore: {first.name}:{K3S_SERVER_DIR}/{{{','.join(K3S_DATASTORE)}}}")
+        if "mlflow" not in manifest.left_out:
+            node, path = mlflow_volume(kube, cluster)
+            parts["mlflow"] = scratch / "mlflow.tar"
+            take_dir(cluster, node, path, parts["mlflow"], timeout)
+            manifest.parts["mlflow"] = {"claim": MLFLOW_CLAIM, "node": node.name, "path": path}
+            show(f"mlflow: {node.name}:{path} ({parts['mlflow'].stat().st_size} bytes)")
+        try:
+            return archive.write_archive(directory, manifest, parts), manifest
+        except OSError as exc:
+            raise PimlError(os_error_problem(str(directory), exc, "cannot write the archive"), EXIT_FAILED) from None
+
+
+def left_out(cluster) -> dict[str, str]:
+    """What this backup cannot take yet, each with why: said in the archive and in the output."""
+    mlflow = cluster.config.mlflow
+    left = {"queue": "not taken yet: queued requests wait in Redis or RabbitMQ and are not in this archive"}
+    if len(cluster.inventory.servers) > 1:
+        left["k3s datastore"] = (
+            "HA servers keep it in embedded etcd, which piml does not snapshot yet: run `sudo k3s etcd-snapshot "
+            f"save` on a server and keep {K3S_SERVER_DIR}/token with it (https://docs.k3s.io/cli/etcd-snapshot)"
+        )
+    if not mlflow.enabled:
+        left["mlflow"] = "mlflow.enabled is false"
+    elif mlflow.backend != "sqlite" or mlflow.backend_uri:
+        left["mlflow"] = "its PostgreSQL backend store is not taken by piml yet: use pg_dump"
+    elif mlflow.artifacts != "pvc":
+        left["mlflow artifacts"] = f"they are in {mlflow.artifacts}, outside the MLflow volume: back that up there"
+    return left
+
+
+def cluster_kube(cluster):
+    from piml.kube.client import connect
+
+    kubeconfig = cluster.paths.kubeconfig
+    if not kubeconfig.exists():
+        raise InputError(
+            Problem(
+                cluster.paths.show(kubeconfig),
+                "no kubeconfig: there is no cluster piml set up here",
+                "run it in the project directory (-C DIR), or `piml up` first",
+            )
+        )
+    return connect(kubeconfig, cluster.paths.show(kubeconfig))
+
+
+def running_mlflow(kube, cluster) -> str | None:
+    """The MLflow version the cluster runs, from its Deployment's image tag (what made the data)."""
+    from piml.kube.objects import dig
+
+    live = kube.get(f"/apis/apps/v1/namespaces/{cluster.config.namespace}/deployments/{MLFLOW_DEPLOYMENT}")
+    for container in dig(live or {}, "spec", "template", "spec", "containers", default=[]):
+        found = re.search(r":v?(\d+\.\d+\.\d+)$", container.get("image", ""))
+        if container.get("name") == "mlflow" and found:
+            return found.group(1)
+    return None
+
+
+def mlflow_volume(kube, cluster):
+    """(inventory node, directory) of MLflow's volume: the node that holds it, and where."""
+    from piml.kube.volumes import claim_volume
+
+    namespace = cluster.config.namespace
+    found = claim_volume(kube, namespace, MLFLOW_CLAIM)
+    if found is None:
+        raise PimlError(
+            Problem(
+                f"{namespace}/{MLFLOW_CLAIM}",
+                "MLflow's volume is not a bound local-path volume on one node",
+                "run `piml up` so MLflow runs (piml backs up local-path volumes over SSH)",
+            ),
+            EXIT_FAILED,
+        )
+    name, path = found
+    nodes = {n.name: n for n in cluster.inventory.nodes}
+    if name not in nodes:
+        raise PimlError(
+            Problem(
+                f"{namespace}/{MLFLOW_CLAIM}",
+                f"its volume is on node {name}, which is not in the inventory",
+                f"add {name} to inventory/hosts.yml, so piml can reach it over SSH",
+            ),
+            EXIT_FAILED,
+        )
+    return nodes[name], path
+
+
+def take_dir(cluster, node, path: str, out: Path, timeout: float, only: tuple[str, ...] = ()) -> None:
+    from piml.backup.onnode import snapshot_command
+
+    with open(out, "wb") as sink:
+        on_node(cluster, node, snapshot_command(path, only), timeout, receive=sink)
+
+
+def on_node(cluster, node, command: str, timeout: float, send=None, receive=None):
+    """Run one command on `node` with sudo, bytes in or out; a failure is one line naming the node (exit 1)."""
+    from piml.ssh.fleet import Fleet, Timeouts
+    from piml.ssh.hostkeys import KnownHosts
+
+    known = KnownHosts(cluster.paths.known_hosts, accept_new=False)
+    with Fleet([node], known, Timeouts(connect=10.0, command=timeout)) as fleet:
+        answer = fleet.stream(node.name, command, sudo=True, timeout=timeout, send=send, receive=receive)
+    if answer.failure is not None or answer.value is None:
+        failure = answer.failure
+        raise PimlError(Problem(node.name, failure.reason, failure.fix) if failure else node.name, EXIT_FAILED)
+    if answer.value.exit_code != 0:
+        said = (answer.value.stderr.strip().splitlines() or [f"exit {answer.value.exit_code}"])[-1]
+        raise PimlError(Problem(node.name, f"the copy failed: {said[:200]}", "see the node's disk and python3"),
+                        EXIT_FAILED)  # fmt: skip
+    return answer.value
+
+
+UPGRADE_BACKUP_TIMEOUT = 1800.0
+
+
+def backup_before_mlflow_upgrade(cluster, kubeconfig: Path, show: Callable[[str], None]) -> Path | None:
+    """Before the platform stage moves MLflow to another version: a backup, when the cluster runs another MLflow
+    than piml.yaml asks for and its store is on its volume (the new server migrates the schema, one way: there
+    is no `mlflow db downgrade` worth the name). Returns the archive, or None when there was nothing to do."""
+    from piml.kube.client import connect
+    from piml.kube.volumes import claim_volume
+
+    mlflow = cluster.config.mlflow
+    if not mlflow.enabled or "mlflow" in left_out(cluster):
+        return None
+    kube = connect(kubeconfig, cluster.paths.show(kubeconfig))
+    running = running_mlflow(kube, cluster)
+    if running is None or running == mlflow.version:
+        return None
+    if claim_volume(kube, cluster.config.namespace, MLFLOW_CLAIM) is None:
+        return None  # no store yet: nothing to lose
+    show(f"MLflow {running} -> {mlflow.version}: backing up its data first")
+    archive, _ = take_backup(cluster, kube, backup_dir(cluster, None), UPGRADE_BACKUP_TIMEOUT, show)
+    show(f"backup: {cluster.paths.show(archive)} (`piml restore` it under MLflow {running} to go back)")
+    return archive
