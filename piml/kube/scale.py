@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from piml.errors import EXIT_FAILED, PimlError, Problem
-from piml.kube.client import Kube
+from piml.kube.client import Kube, KubeError
 from piml.kube.objects import dig
 from piml.kube.wait import readiness
 
@@ -29,10 +29,16 @@ def scale(kube: Kube, namespace: str, name: str, replicas: int) -> int:
     live = _live(kube, namespace, name)
     before = int(dig(live, "spec", "replicas", default=1))
     if before != replicas:
-        kube.request(
-            "PATCH", _path(namespace, name), body={"spec": {"replicas": replicas}},
-            content_type="application/merge-patch+json",
-        )  # fmt: skip
+        try:
+            kube.request(
+                "PATCH", _path(namespace, name), body={"spec": {"replicas": replicas}},
+                content_type="application/merge-patch+json",
+            )  # fmt: skip
+        except KubeError as exc:
+            raise PimlError(
+                Problem(f"{namespace}/{name}", f"cannot scale it to {replicas}: {exc}", "see `piml status`"),
+                EXIT_FAILED,
+            ) from None
     return before
 
 
