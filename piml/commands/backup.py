@@ -30,9 +30,10 @@ def run_backup(project: Path | None, inventory: Path | None, to: Path | None, ti
     from piml.project import ProjectPaths, load_cluster
 
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
+    kube = cluster_kube(cluster)  # first: with no cluster, no backups/ directory is made either
     directory = backup_dir(cluster, to)
     show = (lambda line: None) if as_json else (lambda line: console().print(f"  {line}", markup=False))
-    final, manifest = take_backup(cluster, cluster_kube(cluster), directory, timeout, show)
+    final, manifest = take_backup(cluster, kube, directory, timeout, show)
     if as_json:
         print_json({"archive": str(final), "manifest": manifest.as_dict(), "ok": True})
         return

@@ -216,3 +216,11 @@ def test_the_manifest_says_what_is_left_out(tmp_path):
         assert first.name == "manifest.json"
         data = json.loads(tar.extractfile(first).read())
     assert data["format"] == archive.FORMAT and set(data["parts"]) == {"project", "mlflow"}
+
+
+def test_backup_without_a_cluster_is_one_line_and_makes_nothing(tmp_path):
+    out = run_piml("init", "--yes", "lab", "--node", "pi1=192.0.2.10:server", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = run_piml("backup", cwd=tmp_path / "lab")
+    assert out.returncode == 2 and "no kubeconfig" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert not (tmp_path / "lab/backups").exists()
