@@ -128,11 +128,11 @@ def log_everything(server) -> None:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    mlflow.set_tracking_uri(server.url)
-    mlflow.set_experiment("backup-test")
+    os.environ["MLFLOW_TRACKING_URI"] = server.url  # the test's monkeypatch puts it back: nothing global leaks
+    experiment = mlflow.MlflowClient(server.url).create_experiment("backup-test")
     rng = np.random.default_rng(7)
     for i in range(2):
-        with mlflow.start_run(run_name=f"run-{i}"):
+        with mlflow.start_run(experiment_id=experiment, run_name=f"run-{i}"):
             mlflow.log_params({"lr": 0.1 * (i + 1), "depth": i + 3})
             for step in range(5):
                 mlflow.log_metric("loss", 1.0 / (step + 1 + i), step=step)
@@ -141,7 +141,7 @@ def log_everything(server) -> None:
             mlflow.log_dict({"seed": 7, "run": i}, "config.json")
     X = rng.normal(size=(40, 3))
     y = (X[:, 0] > 0).astype(int)
-    with mlflow.start_run(run_name="model"):
+    with mlflow.start_run(experiment_id=experiment, run_name="model"):
         info = mlflow.sklearn.log_model(LogisticRegression().fit(X, y), name="model", input_example=X[:2])
     mlflow.register_model(info.model_uri, "iris-backup")
 
@@ -153,7 +153,7 @@ def everything(server, tmp_path: Path) -> dict:
     import numpy as np
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(server.url)
+    os.environ["MLFLOW_TRACKING_URI"] = server.url
     client = MlflowClient(server.url)
     seen: dict = {"experiments": {}, "runs": {}, "models": {}, "artifacts": {}}
     for experiment in client.search_experiments():
@@ -193,6 +193,9 @@ def test_backup_then_restore_onto_a_fresh_store_brings_back_every_run_model_and_
     SECRETS.append(password)
     config_dir = tmp_path / "mlflow-config"
     config_dir.mkdir()
+    # MLflow's client reads these at each call; monkeypatch restores them (and MLFLOW_TRACKING_URI, set per
+    # server below) for the tests after this one, which talk to the session's own MLflow server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     api = cluster_api(root)
