@@ -52,7 +52,7 @@ root, stamp = sys.argv[1].rstrip("/"), sys.argv[2]
 fresh, aside = root + ".piml-restoring", root + ".before-restore-" + stamp
 shutil.rmtree(fresh, ignore_errors=True)
 os.makedirs(fresh, mode=0o700)
-# the names are checked above; owners and modes are the volume's own, kept (Python 3.14's default filter drops them)
+# names are checked below before each is written; owners and modes are the volume's, kept (3.14's filter drops them)
 trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 def inside(name):
     parts = os.path.normpath(name).split(os.sep)

@@ -20,24 +20,28 @@ K3S_SERVER_DIR = "/var/lib/rancher/k3s/server"
 K3S_DATASTORE = ("db/state.db", "token")
 
 
-def backup_dir(cluster, to: Path | None, option: str = "--to") -> Path:
+def backup_dir(cluster, to: Path | None) -> Path:
     """The directory archives go to (PROJECT/backups unless `to`), made 0700 when new."""
     from piml.fsutil import make_private_dir, os_error_problem
 
     directory = Path(to) if to else cluster.paths.root / "backups"
+    where = f"--to {directory}" if to else cluster.paths.show(directory)
     try:
         if not directory.exists():
             make_private_dir(directory)
     except OSError as exc:
-        raise InputError(os_error_problem(f"{option} {directory}", exc, "cannot make the backup directory")) from None
+        raise InputError(os_error_problem(where, exc, "cannot make the backup directory")) from None
     if not directory.is_dir():
-        raise InputError(Problem(f"{option} {directory}", "is not a directory", "name a directory for the archive"))
+        raise InputError(Problem(where, "is not a directory", "name a directory for the archive"))
     return directory
 
 
-def take_backup(cluster, kube, directory: Path, timeout: float, show: Callable[[str], None]):
-    """Make the archive in `directory`; returns (its path, its manifest). PimlError naming the node or the
-    object when a part cannot be taken: then no archive is left behind."""
+def take_backup(
+    cluster, kube, directory: Path, timeout: float, show: Callable[[str], None], mlflow_running: str | None = None
+):
+    """Make the archive in `directory`; returns (its path, its manifest). `mlflow_running`: the MLflow version the
+    cluster runs, when the caller has read it already. PimlError naming the node or the object when a part cannot
+    be taken: then no archive is left behind."""
     from piml import __version__
     from piml.backup import archive
     from piml.fsutil import os_error_problem
@@ -47,7 +51,7 @@ def take_backup(cluster, kube, directory: Path, timeout: float, show: Callable[[
         created=datetime.now(UTC).replace(microsecond=0).isoformat(),
         versions={
             "piml": __version__,
-            "mlflow": running_mlflow(kube, cluster) or cluster.config.mlflow.version,
+            "mlflow": mlflow_running or running_mlflow(kube, cluster) or cluster.config.mlflow.version,
             "k3s": cluster.config.k3s.version,
         },
         left_out=left_out(cluster),
@@ -194,6 +198,6 @@ def backup_before_mlflow_upgrade(cluster, kubeconfig: Path, show: Callable[[str]
     if claim_volume(kube, cluster.config.namespace, MLFLOW_CLAIM) is None:
         return None  # no store yet: nothing to lose
     show(f"MLflow {running} -> {mlflow.version}: backing up its data first")
-    archive, _ = take_backup(cluster, kube, backup_dir(cluster, None), UPGRADE_BACKUP_TIMEOUT, show)
+    archive, _ = take_backup(cluster, kube, backup_dir(cluster, None), UPGRADE_BACKUP_TIMEOUT, show, running)
     show(f"backup: {cluster.paths.show(archive)} (`piml restore` it under MLflow {running} to go back)")
     return archive

@@ -90,7 +90,7 @@ class Fleet:
         wanted = list(names) if names is not None else list(self.nodes)  # connecting happens in the workers
         targets = [self.nodes[n] for n in wanted if n in self.nodes]
         if sudo:
-            command = f"sudo -n -- sh -c {_quote(command)}"
+            command = _as_root(command)
         return self._parallel(
             lambda node: self._connect_and_run(node, command, stdin, sudo, timeout or self.timeouts.command), targets
         )
@@ -106,9 +106,9 @@ class Fleet:
     ) -> HostResult[CommandOutput]:
         """Run `command` on one node with bytes in and out: `send` (a file) is its stdin, its stdout goes into
         `receive` (a file), not into the result; stderr is kept as text. For archives, which are not text."""
-        if sudo:
-            command = f"sudo -n -- sh -c {_quote(command)}"
-        return self._connect_and_run(self.nodes[name], command, send, sudo, timeout, receive)
+        return self._connect_and_run(
+            self.nodes[name], _as_root(command) if sudo else command, send, sudo, timeout, receive
+        )
 
     def _connect_and_run(
         self,
@@ -262,6 +262,11 @@ class _CutShort(TimeoutError):
     def __init__(self, stdout: str, stderr: str):
         super().__init__("cut short")
         self.stdout, self.stderr = stdout, stderr
+
+
+def _as_root(command: str) -> str:
+    """`sudo -n`: a node whose sudo wants a password fails at once (recognised in _run_one), never hangs."""
+    return f"sudo -n -- sh -c {_quote(command)}"
 
 
 def _quote(text: str) -> str:
