@@ -425,6 +425,53 @@ def teardown(
     run_teardown(project, inventory, k3s, yes, limit, json, purge)
 
 
+@app.command()
+def upgrade(
+    k3s: Annotated[
+        str | None,
+        typer.Option("--k3s", metavar="VERSION", help="The k3s release to move every node to, e.g. v1.37.1+k3s1."),
+    ] = None,
+    platform: Annotated[
+        bool,
+        typer.Option(
+            "--platform",
+            help="Move the platform to the versions piml.yaml names (MLflow backed up, migrated), then verify.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be done, in order; change nothing.")
+    ] = False,
+    max_unavailable: Annotated[
+        int, typer.Option("--max-unavailable", min=1, help="Agents upgraded at once (servers: always one).")
+    ] = 1,
+    drain_timeout: Annotated[
+        int, typer.Option("--drain-timeout", min=10, help="Seconds a node's drain may take.")
+    ] = 300,
+    backup: Annotated[
+        bool, typer.Option("--backup/--no-backup", help="Back up the k3s datastore and the project first.")
+    ] = True,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Upgrade k3s (servers one at a time, then agents, each drained, upgraded and uncordoned) or the platform.
+
+    Refuses a downgrade or a skip of more than one minor version (Kubernetes' skew policy), and a cluster with a
+    node that is not Ready. Takes a backup first. The first node that fails stops the upgrade, the rest keep
+    their version; run it again to resume. piml.yaml's k3s.version moves when every node is at the new one.
+    With an air-gap directory, put the new release's files there first.
+
+    \b
+    Examples:
+      piml upgrade --k3s v1.37.1+k3s1 --dry-run
+      piml upgrade --k3s v1.37.1+k3s1 --max-unavailable 2
+      piml upgrade --platform            # after changing mlflow.version (or ray/dask) in piml.yaml
+    """
+    from piml.commands.upgrade import run_upgrade
+
+    run_upgrade(project, inventory, k3s, platform, dry_run, max_unavailable, drain_timeout, backup, json)
+
+
 TransferTimeoutOpt = Annotated[
     float,
     typer.Option("--timeout", min=10, help="Seconds the copy to or from the node may take in all.", show_default=True),

@@ -37,11 +37,18 @@ def backup_dir(cluster, to: Path | None) -> Path:
 
 
 def take_backup(
-    cluster, kube, directory: Path, timeout: float, show: Callable[[str], None], mlflow_running: str | None = None
+    cluster,
+    kube,
+    directory: Path,
+    timeout: float,
+    show: Callable[[str], None],
+    mlflow_running: str | None = None,
+    k3s_only: bool = False,
 ):
     """Make the archive in `directory`; returns (its path, its manifest). `mlflow_running`: the MLflow version the
-    cluster runs, when the caller has read it already. PimlError naming the node or the object when a part cannot
-    be taken: then no archive is left behind."""
+    cluster runs, when the caller has read it already. `k3s_only`: the datastore and the project, what a k3s
+    upgrade puts at risk. PimlError naming the node or the object when a part cannot be taken: then no archive is
+    left behind."""
     from piml import __version__
     from piml.backup import archive
     from piml.fsutil import os_error_problem
@@ -51,10 +58,12 @@ def take_backup(
         created=datetime.now(UTC).replace(microsecond=0).isoformat(),
         versions={
             "piml": __version__,
-            "mlflow": mlflow_running or running_mlflow(kube, cluster) or cluster.config.mlflow.version,
+            "mlflow": mlflow_running
+            or (None if k3s_only else running_mlflow(kube, cluster))
+            or cluster.config.mlflow.version,
             "k3s": cluster.config.k3s.version,
         },
-        left_out=left_out(cluster),
+        left_out=left_out(cluster, k3s_only),
     )
     with tempfile.TemporaryDirectory(prefix=".piml-backup-", dir=directory) as scratch_dir:
         scratch = Path(scratch_dir)
@@ -79,7 +88,7 @@ def take_backup(
             raise PimlError(os_error_problem(str(directory), exc, "cannot write the archive"), EXIT_FAILED) from None
 
 
-def left_out(cluster) -> dict[str, str]:
+def left_out(cluster, k3s_only: bool = False) -> dict[str, str]:
     """What this backup cannot take yet, each with why: said in the archive and in the output."""
     mlflow = cluster.config.mlflow
     left = {"queue": "not taken yet: queued requests wait in Redis or RabbitMQ and are not in this archive"}
@@ -88,7 +97,9 @@ def left_out(cluster) -> dict[str, str]:
             "HA servers keep it in embedded etcd, which piml does not snapshot yet: run `sudo k3s etcd-snapshot "
             f"save` on a server and keep {K3S_SERVER_DIR}/token with it (https://docs.k3s.io/cli/etcd-snapshot)"
         )
-    if not mlflow.enabled:
+    if k3s_only:
+        left["mlflow"] = "a k3s upgrade leaves MLflow's volume as it is: `piml backup` takes it"
+    elif not mlflow.enabled:
         left["mlflow"] = "mlflow.enabled is false"
     elif mlflow.backend != "sqlite" or mlflow.backend_uri:
         left["mlflow"] = "its PostgreSQL backend store is not taken by piml yet: use pg_dump"
