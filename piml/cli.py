@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 inventory_app = typer.Typer(help="Show and check the inventory.", no_args_is_help=True)
 app.add_typer(inventory_app, name="inventory")
+node_app = typer.Typer(help="Add a board to the cluster, or retire one.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
 serve_app = typer.Typer(help="Online serving: the routes, predictions, reloads.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 
@@ -470,6 +472,55 @@ def upgrade(
     from piml.commands.upgrade import run_upgrade
 
     run_upgrade(project, inventory, k3s, platform, dry_run, max_unavailable, drain_timeout, backup, json)
+
+
+@node_app.command("add")
+def node_add(
+    node: Annotated[
+        str, typer.Argument(metavar="NAME=ADDRESS[:ROLE]", help="The board; ROLE: agent (default) or server.")
+    ],
+    until: Annotated[
+        str | None, typer.Option("--until", help="Stop after this stage of piml up (default: all, verify last).")
+    ] = None,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Add a board: the inventory gets it (comments kept), then piml up runs for it and re-plans the platform.
+
+    \b
+    Examples:
+      piml node add pi5=192.168.1.25 --accept-new-host-keys
+    """
+    from piml.commands.node import run_node_add
+
+    run_node_add(project, inventory, node, until, accept_new_host_keys, json)
+
+
+@node_app.command("remove")
+def node_remove(
+    name: Annotated[str, typer.Argument(help="The node, as the inventory names it.", show_default=False)],
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove it even with a volume on it or etcd quorum at risk.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    project: ProjectOpt = None,
+    inventory: InventoryOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Retire a board: drain it, delete it from the cluster, uninstall k3s, take it out of the inventory.
+
+    Refused (exit 2, nothing changed) while a platform volume lives on it, for the first server, and when the
+    servers left would lose etcd quorum; --force passes the volume and quorum checks.
+
+    \b
+    Examples:
+      piml node remove pi4
+    """
+    from piml.commands.node import run_node_remove
+
+    run_node_remove(project, inventory, name, force, yes, json)
 
 
 TransferTimeoutOpt = Annotated[
