@@ -73,9 +73,14 @@ def take_backup(
         if "k3s datastore" not in manifest.left_out:
             first = cluster.inventory.servers[0]
             parts["k3s"] = scratch / "k3s.tar"
-            take_dir(cluster, first, K3S_SERVER_DIR, parts["k3s"], timeout, only=K3S_DATASTORE)
-            manifest.parts["k3s"] = {"node": first.name, "path": K3S_SERVER_DIR, "datastore": "sqlite"}
-            show(f"k3s datastore: {first.name}:{K3S_SERVER_DIR}/{{{','.join(K3S_DATASTORE)}}}")
+            if len(cluster.inventory.servers) > 1:
+                take_etcd_snapshot(cluster, first, parts["k3s"], timeout, manifest.created)
+                manifest.parts["k3s"] = {"node": first.name, "path": K3S_SERVER_DIR, "datastore": "etcd"}
+                show(f"k3s datastore: an etcd snapshot on {first.name}, and {K3S_SERVER_DIR}/token")
+            else:
+                take_dir(cluster, first, K3S_SERVER_DIR, parts["k3s"], timeout, only=K3S_DATASTORE)
+                manifest.parts["k3s"] = {"node": first.name, "path": K3S_SERVER_DIR, "datastore": "sqlite"}
+                show(f"k3s datastore: {first.name}:{K3S_SERVER_DIR}/{{{','.join(K3S_DATASTORE)}}}")
         if "mlflow" not in manifest.left_out:
             node, path = mlflow_volume(kube, cluster)
             parts["mlflow"] = scratch / "mlflow.tar"
@@ -92,11 +97,6 @@ def left_out(cluster, k3s_only: bool = False) -> dict[str, str]:
     """What this backup cannot take yet, each with why: said in the archive and in the output."""
     mlflow = cluster.config.mlflow
     left = {"queue": "not taken yet: queued requests wait in Redis or RabbitMQ and are not in this archive"}
-    if len(cluster.inventory.servers) > 1:
-        left["k3s datastore"] = (
-            "HA servers keep it in embedded etcd, which piml does not snapshot yet: run `sudo k3s etcd-snapshot "
-            f"save` on a server and keep {K3S_SERVER_DIR}/token with it (https://docs.k3s.io/cli/etcd-snapshot)"
-        )
     if k3s_only:
         left["mlflow"] = "a k3s upgrade leaves MLflow's volume as it is: `piml backup` takes it"
     elif not mlflow.enabled:
@@ -162,6 +162,27 @@ def mlflow_volume(kube, cluster):
             EXIT_FAILED,
         )
     return nodes[name], path
+
+
+def take_etcd_snapshot(cluster, node, out: Path, timeout: float, created: str) -> None:
+    """HA servers: `k3s etcd-snapshot save` on `node` (an on-demand snapshot, named for this backup, in k3s's
+    snapshot directory, https://docs.k3s.io/cli/etcd-snapshot), that file and the token into `out`, then the
+    snapshot deleted again with `k3s etcd-snapshot delete` (on-demand snapshots are never pruned by k3s)."""
+    import shlex
+
+    name = "piml-backup-" + "".join(c for c in created if c.isdigit())[:14]
+    snapshots = f"{K3S_SERVER_DIR}/db/snapshots"
+    on_node(cluster, node, f"/usr/local/bin/k3s etcd-snapshot save --name {shlex.quote(name)}", timeout)
+    # saved as NAME-NODE-TIMESTAMP (with a suffix when k3s compresses): the one file that starts with NAME-
+    found = on_node(cluster, node, f"ls -1 {snapshots} | grep -F -- {shlex.quote(name + '-')}", 30.0)
+    files = [line for line in found.stdout.splitlines() if line.startswith(name + "-")]
+    if len(files) != 1:
+        raise PimlError(Problem(node.name, f"k3s etcd-snapshot save left {len(files)} snapshots named {name}-*",
+                                f"look in {snapshots}"), EXIT_FAILED)  # fmt: skip
+    try:
+        take_dir(cluster, node, K3S_SERVER_DIR, out, timeout, only=(f"db/snapshots/{files[0]}", "token"))
+    finally:
+        on_node(cluster, node, f"/usr/local/bin/k3s etcd-snapshot delete {shlex.quote(files[0])} || true", 60.0)
 
 
 def take_dir(cluster, node, path: str, out: Path, timeout: float, only: tuple[str, ...] = ()) -> None:

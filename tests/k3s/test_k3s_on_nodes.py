@@ -12,6 +12,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -286,7 +287,13 @@ def test_ha_given_token_and_a_node_added_later(node_factory, fresh_nodes, piml, 
     first, *_ = nodes
     given = "piml-test-given-token-0123456789"
     sc = make_scenario(
-        piml, tmp_path, nodes[:4], servers=3, name="harack", token=given, config={"nodes": {"pi5_4k_pages": False}}
+        piml,
+        tmp_path,
+        nodes[:4],
+        servers=3,
+        name="harack",
+        token=given,
+        config={"nodes": {"pi5_4k_pages": False}, "mlflow": {"enabled": False}},
     )
     out, data = sc.up("--accept-new-host-keys")
     assert out.returncode == 0, sc.failure(out, data)
@@ -318,6 +325,22 @@ def test_ha_given_token_and_a_node_added_later(node_factory, fresh_nodes, piml, 
         assert counts == {n.name: 0 for n in nodes[:4]}, stage
     listed = cluster_nodes(sub, first)
     assert "k2ag2" in listed and is_ready(listed["k2ag2"])
+
+    # a backup of HA servers holds an etcd snapshot (k3s etcd-snapshot save) and the token; the snapshot is not
+    # left behind on the server (k3s never prunes on-demand ones)
+    out = sc.piml("backup", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert (
+        report["manifest"]["parts"]["k3s"]["datastore"] == "etcd"
+        and "k3s datastore" not in report["manifest"]["left_out"]
+    )
+    with tarfile.open(report["archive"]) as archive, tempfile.TemporaryDirectory() as tmp:
+        archive.extract("k3s.tar", tmp, filter="data")
+        with tarfile.open(os.path.join(tmp, "k3s.tar")) as k3s_part:
+            names = k3s_part.getnames()
+    assert "token" in names and any(n.startswith("db/snapshots/piml-backup-") and "-k2s1-" in n for n in names), names
+    assert sub.run(first, "ls /var/lib/rancher/k3s/server/db/snapshots").stdout.strip() == ""
 
 
 def test_node_lost_mid_run_then_rerun_converges_and_teardown_skips_a_gone_node(
