@@ -39,7 +39,7 @@ def test_rolling_upgrade_stops_at_a_failing_node_and_resumes(node_factory, piml,
         sc = make_scenario(piml, tmp_path, nodes)
         settings = sc.root / "piml.yaml"
         settings.write_text("# our lab's settings: kept by piml upgrade\n" + settings.read_text())
-        # a node whose k3s never starts fails its bounded Ready wait (ansible-core 2.19 let a `failed_when: false`
+        # a node whose k3s never starts fails its bounded Ready wait (a `failed_when: false` there let a
         # wait whose retries ran out pass: this found it), and the others finish
         sub.run(agent2, f"mkdir -p /etc/rancher/k3s && touch {FAIL_START}")
         out, data = sc.up("--accept-new-host-keys")
