@@ -123,7 +123,8 @@ def _cluster_view(data: dict):
     for n in data["nodes"]:
         nodes.add_row(
             n["name"],
-            "[green]yes[/]" if n["ready"] else "[red]no[/]",
+            ("[green]yes[/]" if n["ready"] else "[red]no[/]")
+            + (" [yellow](cordoned)[/]" if n.get("unschedulable") else ""),
             ", ".join(n["pressure"]) or "-",
             ", ".join(n["roles"]) or "-",
             n.get("kubelet") or "-",

@@ -3,9 +3,10 @@ platform workload ready, KEDA serving external metrics (without it no request ev
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from piml.health.result import CheckFailed, Result, timed
+from piml.health.result import WARN, CheckFailed, Result, timed
 from piml.kube.objects import dig
 from piml.kube.status import WORKLOAD_KINDS, node_row, workload_rows
 
@@ -51,9 +52,24 @@ def _node_results(kube: Kube, cluster: Cluster) -> list[Result]:
     if listed.failed:
         return [listed]
     return [
-        timed("cluster", node.name, "Ready", lambda node=node: _node_ready(found.get(node.name), node.name))
+        _cordoned(
+            timed("cluster", node.name, "Ready", lambda node=node: _node_ready(found.get(node.name), node.name)),
+            found.get(node.name),
+        )
         for node in cluster.inventory.cluster_nodes
     ]
+
+
+def _cordoned(result: Result, row: dict | None) -> Result:
+    """A Ready node that takes no new pods is a warning: a drain, or a `piml upgrade` that stopped, left it so."""
+    if result.failed or not row or not row.get("unschedulable"):
+        return result
+    return replace(
+        result,
+        status=WARN,
+        detail=f"{result.detail}; cordoned (SchedulingDisabled): no new pods go there",
+        fix=f"kubectl uncordon {result.target} when it is fit; if a piml upgrade stopped on it, run that again",
+    )
 
 
 def _node_ready(row: dict | None, name: str) -> str:
