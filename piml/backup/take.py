@@ -172,9 +172,9 @@ def take_etcd_snapshot(cluster, node, out: Path, timeout: float, created: str) -
 
     name = "piml-backup-" + "".join(c for c in created if c.isdigit())[:14]
     snapshots = f"{K3S_SERVER_DIR}/db/snapshots"
-    on_node(cluster, node, f"/usr/local/bin/k3s etcd-snapshot save --name {shlex.quote(name)}", timeout)
     # saved as NAME-NODE-TIMESTAMP (with a suffix when k3s compresses): the one file that starts with NAME-
-    found = on_node(cluster, node, f"ls -1 {snapshots} | grep -F -- {shlex.quote(name + '-')}", 30.0)
+    save = f"/usr/local/bin/k3s etcd-snapshot save --name {shlex.quote(name)}"
+    found = on_node(cluster, node, f"{save} >&2 && ls -1 {snapshots}", timeout)
     files = [line for line in found.stdout.splitlines() if line.startswith(name + "-")]
     if len(files) != 1:
         raise PimlError(Problem(node.name, f"k3s etcd-snapshot save left {len(files)} snapshots named {name}-*",

@@ -211,8 +211,6 @@ def _move_pin(cluster, target: str) -> str:
 
 
 def _print_plan(cluster, plan, backup: bool, drain_timeout: int, as_json: bool) -> None:
-    from piml.backup.take import left_out
-
     wait = cluster.config.k3s.wait_timeout
     if as_json:
         print_json(
@@ -224,8 +222,8 @@ def _print_plan(cluster, plan, backup: bool, drain_timeout: int, as_json: bool) 
     if not plan.batches:
         out.print(f"  every node runs {plan.target} already; only cordoned ones would be uncordoned", markup=False)
     elif backup:
-        kept = "the project" + ("" if "k3s datastore" in left_out(cluster) else " and the k3s datastore")
-        out.print(f"  first: a backup of {kept} into {cluster.paths.show(cluster.paths.root / 'backups')}/")
+        backups = cluster.paths.show(cluster.paths.root / "backups")
+        out.print(f"  first: a backup of the k3s datastore and the project into {backups}/", markup=False)
     for step, batch in enumerate(plan.batches, 1):
         names = ", ".join(f"{name} ({plan.running[name]})" for name in batch)
         out.print(
