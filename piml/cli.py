@@ -535,6 +535,13 @@ def backup(
         Path | None,
         typer.Option("--to", help="Directory for the archive [default: PROJECT/backups].", show_default=False),
     ] = None,
+    scheduled: Annotated[
+        bool,
+        typer.Option(
+            "--scheduled",
+            help="Take no new backup: copy here the archives backup.schedule made in the cluster (those not here yet).",
+        ),
+    ] = False,
     timeout: TransferTimeoutOpt = 1800,
     project: ProjectOpt = None,
     inventory: InventoryOpt = None,
@@ -549,10 +556,14 @@ def backup(
     Examples:
       piml backup                        # -> backups/piml-backup-lab-20261202T210000Z.tar.gz
       piml backup --to /mnt/nas/piml
+      piml backup --scheduled            # copy what backup.schedule made in the cluster
     """
-    from piml.commands.backup import run_backup
+    from piml.commands.backup import run_backup, run_fetch_scheduled
 
-    run_backup(project, inventory, to, timeout, json)
+    if scheduled:
+        run_fetch_scheduled(project, inventory, to, timeout, json)
+    else:
+        run_backup(project, inventory, to, timeout, json)
 
 
 @app.command()

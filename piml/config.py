@@ -339,6 +339,99 @@ class Serve(Settings):
         return self
 
 
+# A CronJob's schedule as Kubernetes parses it (robfig/cron's standard parser, which kube-apiserver validates
+# with): five fields, or a descriptor. Names are allowed in the month and weekday fields.
+CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+CRON_FIELDS = (  # (name, lowest, highest, names)
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("day of week", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+
+
+def cron_problem(schedule: str) -> str | None:
+    """Why `schedule` is not a schedule Kubernetes takes, or None when it is."""
+    text = schedule.strip()
+    if re.match(r"^(CRON_)?TZ=", text):
+        return "a time zone inside the schedule is not supported by Kubernetes"
+    if text.startswith("@"):
+        if text.lower() in CRON_DESCRIPTORS or re.fullmatch(r"@every (\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+", text):
+            return None
+        return f"unknown descriptor {text.split()[0][:20]!r} (use one of {', '.join(CRON_DESCRIPTORS)})"
+    fields = text.split()
+    if len(fields) != 5:
+        return f"has {len(fields)} fields, a cron schedule has 5 (minute hour day-of-month month day-of-week)"
+    for value, (name, low, high, names) in zip(fields, CRON_FIELDS, strict=True):
+        for part in value.split(","):
+            problem = _cron_part(part, low, high, names)
+            if problem:
+                return f"its {name} field {value[:20]!r}: {problem}"
+    return None
+
+
+def _cron_part(part: str, low: int, high: int, names: tuple[str, ...]) -> str | None:
+    def number(text: str) -> int | None:
+        if text.lower() in names:
+            return names.index(text.lower()) + low
+        return int(text) if text.isdigit() and len(text) <= 4 else None
+
+    span, _, step = part.partition("/")
+    if step and (not step.isdigit() or len(step) > 4 or int(step) == 0):
+        return f"the step {step[:8]!r} is not a positive number"
+    if span in ("*", "?"):
+        return None
+    first, _, last = span.partition("-")
+    start, end = number(first), number(last) if last else None
+    if start is None or (last and end is None):
+        return f"{span[:12]!r} is not a number from {low} to {high}"
+    if not low <= start <= high or (end is not None and not low <= end <= high):
+        return f"{span[:12]!r} is outside {low}-{high}"
+    if end is not None and end < start:
+        return f"the range {span[:12]!r} runs backwards"
+    return None
+
+
+class Backup(Settings):
+    """Scheduled backups of MLflow's data, by a CronJob on MLflow's node, into a volume there (`piml backup
+    --scheduled` copies them to this machine)."""
+
+    schedule: str | None = Field(
+        None, description="cron schedule, e.g. '30 3 * * *' (03:30 daily); unset: no scheduled backups"
+    )
+    time_zone: str | None = Field(
+        None, description="IANA zone the schedule is read in, e.g. Europe/Berlin; unset: the k3s server's"
+    )
+    keep: int = Field(7, ge=1, le=1000, description="scheduled archives kept; older ones are deleted")
+    storage: MemoryQuantity = Field("10Gi", description="size of the piml-backups volume, on MLflow's node")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = cron_problem(value)
+        if problem:
+            fix = "put the zone in backup.time_zone" if "time zone" in problem else "e.g. '30 3 * * *' for 03:30 daily"
+            raise _setting(f"{value.strip()[:40]!r} {problem}", fix, named=False)
+        return value.strip()
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, value: str | None) -> str | None:
+        import zoneinfo
+
+        if value is None:
+            return None
+        known = zoneinfo.available_timezones()  # empty where the machine has no time zone database: then not checked
+        if known and value not in known:
+            raise _setting(
+                f"unknown time zone {value[:40]!r}", "give an IANA name, e.g. Europe/Berlin or UTC", named=False
+            )
+        return value
+
+
 class Flash(Settings):
     """`piml flash --node`: first-boot settings shared by every node (the node's own come from the inventory).
 
@@ -374,6 +467,7 @@ class PimlConfig(Settings):
     ray: Ray = Ray()
     queue: Queue = Queue()
     serve: Serve = Serve()
+    backup: Backup = Backup()
     flash: Flash = Flash()
 
     @model_validator(mode="after")
@@ -386,6 +480,22 @@ class PimlConfig(Settings):
                     f"set {section}.enabled: true, or serve.enabled: false",
                     ("serve", "enabled"),
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _scheduled_backup_needs(self) -> PimlConfig:
+        mlflow = self.mlflow
+        if self.backup.schedule and (not mlflow.enabled or mlflow.backend != "sqlite" or mlflow.backend_uri):
+            why = (
+                "mlflow.enabled is false"
+                if not mlflow.enabled
+                else "MLflow's store is PostgreSQL (back it up with pg_dump)"
+            )
+            raise _setting(
+                f"'backup.schedule' backs up MLflow's SQLite store on its volume, and {why}",
+                "remove backup.schedule",
+                ("backup", "schedule"),
+            )
         return self
 
 

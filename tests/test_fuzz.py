@@ -209,6 +209,41 @@ def test_serve_settings(serve, ray_enabled):
             assert str(problem) and "\n" not in str(problem) and str(problem).startswith("piml.yaml:")
 
 
+cron_field = st.one_of(
+    st.sampled_from(["*", "?", "0", "59", "60", "*/5", "1-5", "5-1", "mon-fri", "jan", "1,2", "*/0", "", "7"]),
+    st.text(alphabet="0123456789*/,-?abcdefjmnorstuvwy", max_size=8),
+)
+backup_settings = st.fixed_dictionaries(
+    {},
+    optional={
+        "schedule": st.one_of(
+            st.lists(cron_field, min_size=4, max_size=6).map(" ".join),
+            st.sampled_from(["@daily", "@every 1h", "@never", "TZ=UTC 0 1 * * *", ""]),
+            st.text(max_size=30),
+            st.integers(),
+            st.none(),
+        ),
+        "time_zone": st.one_of(
+            st.sampled_from(["UTC", "Europe/Berlin", "Mars/Base", "", "Local"]), st.text(max_size=12)
+        ),
+        "keep": st.one_of(st.integers(-1, 2000), st.text(max_size=3)),
+        "storage": st.sampled_from(["10Gi", "1 TB", ""]),
+    },
+)
+
+
+@settings(max_examples=examples(400), deadline=None)
+@given(backup_settings, st.sampled_from(["sqlite", "postgresql"]))
+def test_backup_settings(backup, backend):
+    """Any backup: block is valid or one line per problem at a line of piml.yaml, never another exception."""
+    try:
+        _config(yaml.safe_dump({"backup": backup, "mlflow": {"backend": backend}}))
+    except InputError as exc:
+        assert exc.problems
+        for problem in exc.problems:
+            assert str(problem) and "\n" not in str(problem) and str(problem).startswith("piml.yaml:")
+
+
 # Hostile YAML (issue 16): alias and merge-key bombs, chains of aliases, deep nesting and raw text made of YAML's
 # own punctuation. Each example runs with the address space capped a few hundred MB above what the process already
 # has and under a timer, so a loader without bounds fails here (MemoryError, the timer) instead of swapping.

@@ -14,6 +14,7 @@ from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 
 MLFLOW_CLAIM = "mlflow-data"
 MLFLOW_DEPLOYMENT = "mlflow"
+SCHEDULED_CLAIM = "piml-backups"  # where backup.schedule's CronJob writes (templates/mlflow.yaml.j2)
 # A single server keeps the cluster in SQLite (kine, WAL mode); a snapshot is unusable without the token, which
 # encrypts its secrets (https://docs.k3s.io/datastore/backup-restore).
 K3S_SERVER_DIR = "/var/lib/rancher/k3s/server"
@@ -162,6 +163,63 @@ def mlflow_volume(kube, cluster):
             EXIT_FAILED,
         )
     return nodes[name], path
+
+
+def fetch_scheduled(cluster, kube, directory: Path, timeout: float, show: Callable[[str], None]):
+    """Copy the archives the scheduled backup (backup.schedule) left in its volume into `directory`, those not
+    there yet, each checked against its .sha256 before it takes its final name. Returns (copied, already there)."""
+    import shlex
+
+    from piml.backup.archive import sha256_of
+    from piml.fsutil import create_new, os_error_problem
+    from piml.kube.volumes import claim_volume
+
+    namespace = cluster.config.namespace
+    found = claim_volume(kube, namespace, SCHEDULED_CLAIM)
+    if found is None:
+        raise PimlError(
+            Problem(
+                f"{namespace}/{SCHEDULED_CLAIM}",
+                "no volume of scheduled backups: backup.schedule is unset, or it has not run yet "
+                "(its first run makes it)",
+                "set backup.schedule in piml.yaml and `piml up`; or take one now with `piml backup`",
+            ),
+            EXIT_FAILED,
+        )
+    nodes = {n.name: n for n in cluster.inventory.nodes}
+    if found[0] not in nodes:
+        raise PimlError(Problem(f"{namespace}/{SCHEDULED_CLAIM}", f"its volume is on node {found[0]}, not in the "
+                                "inventory", f"add {found[0]} to inventory/hosts.yml"), EXIT_FAILED)  # fmt: skip
+    node, path = nodes[found[0]], found[1]
+    listing = on_node(cluster, node, f"ls -1 {shlex.quote(path)}", 60.0).stdout.split()
+    names = sorted(n for n in listing if re.fullmatch(r"piml-backup-.+-\d{8}T\d{6}Z\.tar\.gz", n))
+    copied, present = [], []
+    for name in names:
+        final = directory / name
+        if final.exists():
+            present.append(name)
+            continue
+        partial = directory / f".{name}.partial"
+        partial.unlink(missing_ok=True)  # what a copy that was stopped left
+        remote = shlex.quote(f"{path}/{name}")
+        try:
+            expected = on_node(cluster, node, f"cat {remote}.sha256", 60.0).stdout.split(" ", 1)[0]
+            with open(create_new(partial, 0o600), "wb") as sink:
+                on_node(cluster, node, f"cat {remote}", timeout, receive=sink)
+            if sha256_of(partial) != expected:
+                raise PimlError(Problem(f"{node.name}:{path}/{name}", "the copy does not match its .sha256",
+                                        "run it again; if it stays so, the archive on the node is damaged"),
+                                EXIT_FAILED)  # fmt: skip
+            partial.rename(final)
+            with open(create_new(directory / f"{name}.sha256", 0o600), "w") as out:
+                out.write(f"{expected}  {name}\n")
+        except OSError as exc:
+            raise PimlError(os_error_problem(str(directory), exc, "cannot write the copy"), EXIT_FAILED) from None
+        finally:
+            partial.unlink(missing_ok=True)
+        copied.append(final)
+        show(f"{name}: copied from {node.name}:{path}")
+    return copied, present
 
 
 def take_etcd_snapshot(cluster, node, out: Path, timeout: float, created: str) -> None:

@@ -42,6 +42,23 @@ def run_backup(project: Path | None, inventory: Path | None, to: Path | None, ti
     console().print(f"backup: {cluster.paths.show(final)} (mode 0600, sha256 in {final.name}.sha256)", markup=False)
 
 
+def run_fetch_scheduled(project: Path | None, inventory: Path | None, to: Path | None, timeout: float,
+                        as_json: bool) -> None:  # fmt: skip
+    from piml.backup.take import backup_dir, cluster_kube, fetch_scheduled
+    from piml.project import ProjectPaths, load_cluster
+
+    cluster = load_cluster(ProjectPaths.resolve(project, inventory))
+    kube = cluster_kube(cluster)
+    directory = backup_dir(cluster, to)
+    show = (lambda line: None) if as_json else (lambda line: console().print(f"  {line}", markup=False))
+    copied, present = fetch_scheduled(cluster, kube, directory, timeout, show)
+    if as_json:
+        print_json({"copied": [str(p) for p in copied], "already_here": present, "ok": True})
+        return
+    where = cluster.paths.show(directory)
+    console().print(f"scheduled backups: {len(copied)} copied to {where}, {len(present)} already there", markup=False)
+
+
 def run_restore(
     project: Path | None, inventory: Path | None, source: Path, yes: bool, timeout: float, as_json: bool
 ) -> None:

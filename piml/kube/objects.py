@@ -18,6 +18,7 @@ KNOWN_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ConfigMap"),
     ("v1", "PersistentVolumeClaim"),
     ("apps/v1", "Deployment"),
+    ("batch/v1", "CronJob"),
     ("v1", "Service"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("ray.io/v1", "RayCluster"),

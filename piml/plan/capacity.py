@@ -229,6 +229,8 @@ def platform_services(config: PimlConfig) -> list[tuple[str, Size]]:
             wanted.append(("postgres", d["postgres"]))
         if config.mlflow.artifacts == "minio" and not config.mlflow.artifacts_uri:
             wanted.append(("minio", d["minio"]))
+        if config.backup.schedule:
+            wanted.append(("mlflow-backup", d["mlflow-backup"]))
     if config.dask.enabled:
         wanted.append(("dask-scheduler", d["dask-scheduler"].override(config.dask.scheduler)))
     if config.ray.enabled:
@@ -403,12 +405,11 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
 
     services = platform_services(cluster.config)
     sized = dict(services)
-    sidecars = {s for parent in sizes.SIDECARS.values() for s in parent}
-    # A unit is a pod's worth: a service and the sidecars in its pod, placed together.
+    together = {name: (*sizes.SIDECARS.get(name, ()), *sizes.BESIDE.get(name, ())) for name in sized}
+    followers = {s for members in together.values() for s in members}
+    # A unit is placed whole: a service, the sidecars in its pod, the pods that mount its volume.
     units = [
-        (name, [name, *(s for s in sizes.SIDECARS.get(name, ()) if s in sized)])
-        for name, _ in services
-        if name not in sidecars
+        (name, [name, *(s for s in together[name] if s in sized)]) for name, _ in services if name not in followers
     ]
 
     def total(members: list[str]) -> Size:
@@ -422,7 +423,13 @@ def make_plan(cluster: Cluster, facts: dict[str, NodeFacts] | None = None, pins:
         return f"{fmt_memory(short)} of memory" if short > 0 else f"{fmt_cpu(size.cpu_request - free[node][0])} of CPU"
 
     def label(name: str, members: list[str]) -> str:
-        return name if len(members) == 1 else f"{name} (with {', '.join(members[1:])} in its pod)"
+        pod = [m for m in members[1:] if m not in sizes.BESIDE.get(name, ())]
+        beside = [m for m in members[1:] if m in sizes.BESIDE.get(name, ())]
+        return (
+            name
+            + (f" (with {', '.join(pod)} in its pod)" if pod else "")
+            + (f" (with {', '.join(beside)} beside it)" if beside else "")
+        )
 
     config_file = cluster.paths.show(cluster.paths.config)
     ns = cluster.config.namespace

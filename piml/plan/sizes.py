@@ -60,9 +60,14 @@ DEFAULTS = {
     # and an HTTP proxy; no replica (num-cpus 0). Its autoscaler sidecar is sized as the batch head's.
     "serve-head": Size(250, 1024, 1000, 2048),
     "serve-autoscaler": Size(100, 256, 500, 512),
+    # The scheduled backup's Job pod (backup.schedule): SQLite's online copy and a gzip of the artifacts.
+    "mlflow-backup": Size(100, 128, 500, 256),
 }
 # Containers that share a pod with another service: placed on its node, counted there.
 SIDECARS = {"ray-head": ("ray-autoscaler",), "serve-head": ("serve-autoscaler",)}
+# Pods that mount another service's volume: placed on its node and counted there, so they are never left Pending
+# (a local-path volume is on one node).
+BESIDE = {"mlflow": ("mlflow-backup",)}
 KUBERAY_CHART_MEMORY_LIMIT = 512  # MiB: the chart's default; the operator never gets less
 
 # Workloads: sized per node from what the services leave.

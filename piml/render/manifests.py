@@ -85,6 +85,7 @@ def context(cluster: Cluster, plan: Plan, secrets: dict[str, str] | None) -> dic
         "common_labels": {**MANAGED_BY, "app.kubernetes.io/part-of": "piml", "piml.io/project": cluster.name},
         **_runner(config),
         "serve": _serve(config),
+        "backup_job": _backup_job(config),
         "ray_external": _ray_external(cluster),
     }
 
@@ -181,6 +182,18 @@ def _runner(config) -> dict[str, Any]:
     from piml.runner.ship import PIP, source_files
 
     return {"runner_source": source_files(), "runner_pip": PIP}
+
+
+def _backup_job(config) -> dict[str, str] | None:
+    """The scheduled backup's programs and piml's version, for templates/mlflow.yaml.j2 (backup.schedule)."""
+    if not (config.mlflow.enabled and config.backup.schedule):
+        return None
+    from piml import __version__
+    from piml.backup.onnode import SNAPSHOT
+    from piml.render.source import PACKAGE
+
+    program = (PACKAGE / "backup" / "scheduled.py").read_text()
+    return {"snapshot.py": SNAPSHOT, "scheduled.py": program, "piml_version": __version__}
 
 
 def _serve(config) -> dict[str, Any] | None:

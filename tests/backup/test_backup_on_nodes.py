@@ -22,6 +22,7 @@ import secrets
 import sqlite3
 import stat
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -60,29 +61,7 @@ def cluster_api(root: Path):
     core = client.CoreV1Api(config.new_client_from_config(str(root / ".piml/kubeconfig")))
     apps = client.AppsV1Api(core.api_client)
     core.create_namespace({"metadata": {"name": "piml"}})
-    pv_name = VOLUME.rsplit("/", 1)[1].split("_", 1)[0]
-    claim = core.create_namespaced_persistent_volume_claim(
-        "piml",
-        {
-            "metadata": {"name": "mlflow-data"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path", "volumeName": pv_name,
-                     "resources": {"requests": {"storage": "10Gi"}}},
-        },
-    )  # fmt: skip
-    on_pi1 = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["pi1"]}
-    core.create_persistent_volume(
-        {
-            "metadata": {"name": pv_name},
-            "spec": {  # as k3s's local-path provisioner writes them
-                "capacity": {"storage": "10Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "hostPath": {"path": VOLUME, "type": "DirectoryOrCreate"},
-                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [on_pi1]}]}},
-                "claimRef": {"namespace": "piml", "name": "mlflow-data", "uid": claim.metadata.uid},
-                "storageClassName": "local-path",
-            },
-        }
-    )
+    local_path_volume(core, "mlflow-data", VOLUME)
     labels = {"app.kubernetes.io/name": "mlflow"}
     container = {"name": "mlflow", "image": "ghcr.io/mlflow/mlflow:v3.18.0"}
     apps.create_namespaced_deployment(
@@ -95,6 +74,33 @@ def cluster_api(root: Path):
     )  # fmt: skip
     core.api_client.close()
     return api
+
+
+def local_path_volume(core, claim_name: str, path: str) -> None:
+    """A claim bound to a local-path volume at `path` on pi1, as k3s's local-path provisioner writes them."""
+    pv_name = path.rsplit("/", 1)[1].split("_", 1)[0]
+    claim = core.create_namespaced_persistent_volume_claim(
+        "piml",
+        {
+            "metadata": {"name": claim_name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path", "volumeName": pv_name,
+                     "resources": {"requests": {"storage": "10Gi"}}},
+        },
+    )  # fmt: skip
+    on_pi1 = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["pi1"]}
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "10Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "hostPath": {"path": path, "type": "DirectoryOrCreate"},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [on_pi1]}]}},
+                "claimRef": {"namespace": "piml", "name": claim_name, "uid": claim.metadata.uid},
+                "storageClassName": "local-path",
+            },
+        }
+    )
 
 
 class KineDatastore:
@@ -291,3 +297,66 @@ def test_backup_names_the_node_that_cannot_be_reached(piml, tmp_path, node_facto
     assert out.returncode == 1 and out.stderr.startswith("error: pi1:"), out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
     assert not list((root / "backups").glob("*")), "nothing half-written"
+
+
+BACKUPS = "/var/lib/rancher/k3s/storage/pvc-0b5e7d31-8c2f-4a6e-b1d4-7f9a3c2e6d05_piml_piml-backups"
+
+
+def test_scheduled_backups_are_copied_from_their_volume_once_and_checked(piml, tmp_path, node_factory, board):
+    """What backup.schedule's CronJob left in its volume on the board (its program, run here on the board's disk
+    as the pod runs it on the node's) is copied by `piml backup --scheduled`: checked, private, once."""
+    import subprocess
+    import sys
+
+    from kubernetes import client, config
+
+    from piml.backup import archive
+    from piml.backup.onnode import SNAPSHOT
+    from piml.render.source import PACKAGE
+
+    sub = node_factory.substrate
+    store, backups = (sub.root_of(board.name) / p.lstrip("/") for p in (VOLUME, BACKUPS))
+    store.mkdir(parents=True, mode=0o777)
+    backups.mkdir(parents=True, mode=0o777)
+    sqlite3.connect(store / "mlflow.db").execute("create table runs (id text)").connection.commit()
+    (tmp_path / "snapshot.py").write_text(SNAPSHOT)
+    root = project(piml, tmp_path, board)
+    api = cluster_api(root)
+    try:
+        out = piml("backup", "--scheduled", "-C", str(root), timeout=120)
+        assert out.returncode == 1 and "no volume of scheduled backups" in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1, out.stderr
+        core = client.CoreV1Api(config.new_client_from_config(str(root / ".piml/kubeconfig")))
+        local_path_volume(core, "piml-backups", BACKUPS)
+        core.api_client.close()
+        program = [sys.executable, str(PACKAGE / "backup/scheduled.py"), str(tmp_path / "snapshot.py"), str(store)]
+        for _ in range(2):
+            ran = subprocess.run([*program, str(backups), "--keep=3", "--project=lab", "--mlflow-version=3.18.0",
+                                  "--piml-version=0.1.0"], capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert ran.returncode == 0, ran.stderr
+            time.sleep(1.05)
+        made = sorted(p.name for p in backups.glob("*.tar.gz"))
+        assert len(made) == 2
+
+        out = piml("backup", "--scheduled", "--to", str(tmp_path / "here"), "-C", str(root), timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "scheduled backups: 2 copied to" in out.stdout and ", 0 already there" in out.stdout, out.stdout
+        here = tmp_path / "here"
+        assert sorted(p.name for p in here.iterdir()) == sorted([*made, *(m + ".sha256" for m in made)])
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in here.iterdir())
+        (tmp_path / "read").mkdir()
+        with archive.opened(here / made[-1], tmp_path / "read") as (manifest, parts):  # what `piml restore` reads
+            assert set(parts) == {"mlflow"} and manifest.versions["mlflow"] == "3.18.0"
+
+        out = piml("backup", "--scheduled", "--to", str(here), "--json", "-C", str(root), timeout=120)
+        assert out.returncode == 0 and json.loads(out.stdout)["already_here"] == made, out.stdout + out.stderr
+
+        # an archive damaged on the node is not taken in, and nothing half-copied is left
+        (here / made[-1]).unlink()
+        (here / f"{made[-1]}.sha256").unlink()
+        sub.run(board, f"sudo sh -c 'printf x | dd of={BACKUPS}/{made[-1]} bs=1 seek=100 conv=notrunc 2>/dev/null'")
+        out = piml("backup", "--scheduled", "--to", str(here), "-C", str(root), timeout=120)
+        assert out.returncode == 1 and "does not match its .sha256" in out.stderr, out.stderr
+        assert sorted(p.name for p in here.iterdir()) == [made[0], made[0] + ".sha256"]
+    finally:
+        api.stop()

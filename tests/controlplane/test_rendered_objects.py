@@ -56,15 +56,16 @@ SETTINGS = {
         "ray": {"gcs_fault_tolerance": True},
     },
     "serving": {"serve": {"enabled": True, "routes": {"iris": {"model": "models:/iris@champion", "max_replicas": 2}}}},
+    "scheduled-backup": {"backup": {"schedule": "30 3 * * mon-fri", "time_zone": "Europe/Berlin", "keep": 3}},
 }
-# Serving on one architecture and on two (a worker group per architecture).
-SERVING_SCENARIOS = {"pi5-3x8gb", "amd64-server-arm64-agents"}
+# Cases only some scenarios need: serving on one architecture and on two (a worker group per architecture).
+ONLY_ON = {"serving": {"pi5-3x8gb", "amd64-server-arm64-agents"}, "scheduled-backup": {"single-node"}}
 CASES = [
     (s.stem, name)
     for s in sorted(SCENARIOS.glob("*.yml"))
     if s.stem not in NOT_PLANNING
     for name in SETTINGS
-    if name != "serving" or s.stem in SERVING_SCENARIOS
+    if name not in ONLY_ON or s.stem in ONLY_ON[name]
 ]
 DEFAULT_NAMESPACE_CASE = ("pi5-3x8gb", "defaults")  # keeps piml's own namespace, `piml`; the others get their own
 
@@ -510,3 +511,41 @@ def test_the_comparison_sees_what_was_dropped():
     report = dropped_from(secret, live)
     assert report == [".stringData.token: not in data, or not what was sent", ".type: differs (value not shown)"]
     assert "s3cret" not in str(report) and "t0ken" not in str(report)
+
+
+# Schedules piml takes and refuses (piml.config.cron_problem), each put to the real API server as a CronJob: the two
+# must agree, so a schedule piml.yaml accepts is never refused at apply time, and one it refuses really is invalid.
+SCHEDULES = [
+    "30 3 * * *", "@daily", "@hourly", "@every 1h30m", "*/15 * * * *", "0 0 1,15 * *", "0 22 * * mon-fri",
+    "0 0 * jan-mar sun", "5/10 * * * *", "0 0 ? * *",
+    "61 * * * *", "* 24 * * *", "* * 0 * *", "* * * 13 *", "* * * * 7", "5-1 * * * *", "*/0 * * * *",
+    "* * * *", "* * * * * *", "@fortnightly", "TZ=UTC 0 1 * * *", "CRON_TZ=UTC 0 1 * * *", "x * * * *",
+]  # fmt: skip
+
+
+def test_piml_reads_cron_schedules_as_the_api_server_does(kube):
+    from piml.config import cron_problem
+    from piml.kube.client import KubeError
+
+    disagree = []
+    for schedule in SCHEDULES:
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "schedule-check", "namespace": "default"},
+            "spec": {
+                "schedule": schedule,
+                "jobTemplate": {"spec": {"template": {"spec": {
+                    "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:1.36"}]}}}},
+            },
+        }  # fmt: skip
+        try:
+            kube.request("POST", "/apis/batch/v1/namespaces/default/cronjobs", {"dryRun": "All"}, body=job)
+            server = None
+        except KubeError as exc:
+            assert exc.status == 422, exc
+            server = str(exc)
+        mine = cron_problem(schedule)
+        if (mine is None) != (server is None):
+            disagree.append(f"{schedule!r}: piml says {mine or 'valid'}; the API server says {server or 'valid'}")
+    assert not disagree, "\n".join(disagree)

@@ -1,0 +1,147 @@
+"""The scheduled backup (backup.schedule): the program the CronJob's pod runs in MLflow's own image, shipped in
+a ConfigMap beside piml/backup/onnode.py's SNAPSHOT program (standard library only: the image has nothing else).
+
+    python3 scheduled.py SNAPSHOT_PY SOURCE_DIR BACKUP_DIR --keep N --project P --mlflow-version V --piml-version V
+
+It takes SOURCE_DIR (MLflow's volume) with SNAPSHOT (SQLite copied online, the rest as it is) and writes the same
+archive `piml backup` writes (piml/backup/archive.py, format piml-backup/1) holding that one part, so
+`piml restore` takes it as it is: published under its final name only when whole, mode 0600, with its
+`.sha256` beside it. Then the oldest archives beyond N are deleted, and partial files a killed run left.
+A run that fails leaves the archives it found as they were, and exits non-zero (the Job retries it)."""
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+FORMAT = "piml-backup/1"
+PART = "mlflow"
+LEFT_OUT = {
+    "project": "a scheduled backup runs in the cluster: the project (inventory, piml.yaml, .piml/) is on your machine",
+    "k3s datastore": "a scheduled backup holds the platform's data: `piml backup` takes the datastore",
+    "queue": "not taken yet: queued requests wait in Redis or RabbitMQ and are not in this archive",
+}
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def private_file(path):
+    """A new file only its owner can read, from its first byte (whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def take(args, now):
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", now)
+    name = f"piml-backup-{args.project}-{stamp}.tar.gz"
+    final = os.path.join(args.backup_dir, name)
+    partial = os.path.join(args.backup_dir, "." + name + ".partial")
+    scratch = tempfile.mkdtemp(prefix=".piml-scheduled-", dir=args.backup_dir)
+    part = os.path.join(scratch, PART + ".tar")
+    try:
+        with private_file(part) as out:
+            taken = subprocess.run(
+                [sys.executable, args.snapshot, args.source], stdout=out, stderr=subprocess.PIPE, timeout=args.timeout
+            )
+        if taken.returncode != 0:
+            said = taken.stderr.decode(errors="replace").strip().splitlines() or [f"exit {taken.returncode}"]
+            raise OSError(f"copying {args.source}: {said[-1][:300]}")
+        manifest = {
+            "format": FORMAT,
+            "project": args.project,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", now),
+            "versions": {"piml": args.piml_version, "mlflow": args.mlflow_version},
+            "parts": {
+                PART: {
+                    "sha256": sha256_of(part),
+                    "size": os.path.getsize(part),
+                    "claim": "mlflow-data",
+                    "node": os.environ.get("NODE_NAME", ""),
+                    "path": args.source,
+                    "scheduled": True,
+                }
+            },
+            "left_out": LEFT_OUT,
+        }
+        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        with private_file(partial) as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as tar:
+                info = tarfile.TarInfo("manifest.json")
+                info.size, info.mode = len(body), 0o600
+                tar.addfile(info, io.BytesIO(body))
+                tar.add(part, arcname=PART + ".tar", recursive=False)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.rename(partial, final)
+        with private_file(final + ".sha256.partial") as out:
+            out.write((f"{sha256_of(final)}  {name}\n").encode())
+        os.rename(final + ".sha256.partial", final + ".sha256")
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        for leftover in os.listdir(scratch):
+            os.unlink(os.path.join(scratch, leftover))
+        os.rmdir(scratch)
+    return final
+
+
+def prune(args):
+    """Keep the newest `keep` archives of this project (their names sort by time); the rest go, with their
+    .sha256, and what a killed run left (partial files, scratch directories)."""
+    prefix = f"piml-backup-{args.project}-"
+    archives = sorted(n for n in os.listdir(args.backup_dir) if n.startswith(prefix) and n.endswith(".tar.gz"))
+    gone = archives[: max(0, len(archives) - args.keep)]
+    for name in gone:
+        for path in (name, name + ".sha256"):
+            if os.path.exists(os.path.join(args.backup_dir, path)):
+                os.unlink(os.path.join(args.backup_dir, path))
+    for name in os.listdir(args.backup_dir):
+        path = os.path.join(args.backup_dir, name)
+        if name.endswith(".partial") and os.path.isfile(path):
+            os.unlink(path)
+        elif name.startswith(".piml-scheduled-") and os.path.isdir(path):
+            for leftover in os.listdir(path):
+                os.unlink(os.path.join(path, leftover))
+            os.rmdir(path)
+    return gone
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="scheduled.py")
+    parser.add_argument("snapshot")
+    parser.add_argument("source")
+    parser.add_argument("backup_dir")
+    parser.add_argument("--keep", type=int, required=True)
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--mlflow-version", required=True)
+    parser.add_argument("--piml-version", required=True)
+    parser.add_argument("--timeout", type=float, default=3000.0)
+    args = parser.parse_args(argv)
+    if args.keep < 1:
+        parser.error("--keep must be at least 1")
+    try:
+        final = take(args, time.gmtime())
+    except (OSError, subprocess.SubprocessError) as exc:
+        sys.stderr.write(f"piml scheduled backup: failed, nothing kept from this run: {exc}\n")
+        return 1
+    print(f"piml scheduled backup: {final} ({os.path.getsize(final)} bytes)")
+    for name in prune(args):
+        print(f"piml scheduled backup: deleted {name} (keeping the newest {args.keep})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The scheduled backup (backup.schedule) as rendered: the CronJob's pod, run as MLflow's image runs it, on the
+volume a real MLflow server is writing. What it leaves is read by `piml restore`'s reader and holds the runs,
+metrics and artifacts the server had; only the newest `keep` archives stay."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import subprocess
+import tarfile
+import time
+
+import pytest
+
+from piml.backup import archive
+from tests.contract.platform import start_platform
+from tests.contract.test_mlflow import _client_pod
+
+pytestmark = pytest.mark.contract
+
+
+def test_the_cronjobs_pod_backs_up_a_live_mlflow(pod_network, tmp_path):
+    settings = {"backup": {"schedule": "*/30 * * * *", "keep": 2}}
+    platform = start_platform("pi5-3x8gb", settings, tmp_path, pod_network)
+    try:
+        mlflow = platform.deployment("mlflow")
+        platform.kubelet.wait_probe(mlflow.container("mlflow"), "readinessProbe", budget=120)
+        client = _client_pod(platform, "backup-client")
+        script = (
+            "import mlflow\n"
+            "mlflow.set_experiment('backed-up')\n"
+            "with mlflow.start_run() as run:\n"
+            "    mlflow.log_metric('loss', 0.25)\n"
+            "    mlflow.log_text('piml backup', 'note.txt')\n"
+            "print(run.info.run_id)\n"
+        )
+        logged = platform.kubelet.exec(client, ["python", "-c", script], timeout=180)
+        assert logged.returncode == 0, logged.stderr[-3000:]
+        run_id = logged.stdout.strip().splitlines()[-1]
+
+        cron = platform.kubelet.find("CronJob", "mlflow-backup", platform.ns)
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["startingDeadlineSeconds"] > 0
+        template = cron["spec"]["jobTemplate"]["spec"]["template"]
+        assert template["spec"]["nodeSelector"] == mlflow.spec["nodeSelector"]  # its volume is on that node
+        made = []
+        for i in range(3):  # while the server runs and holds its store open
+            job = platform.kubelet.start(f"mlflow-backup-{i}", platform.ns, template["metadata"]["labels"],
+                                         template["spec"])  # fmt: skip
+            backup = job.container("backup")
+            assert backup.proc.wait(timeout=300) == 0, backup.tail()
+            made.append(backup.tail().split("piml scheduled backup: /backups/", 1)[1].split(" ", 1)[0])
+            time.sleep(1.05)  # an archive's name carries the second
+        backups = job.mounts["backups"]
+        kept = sorted(p.name for p in backups.glob("piml-backup-*.tar.gz"))
+        assert kept == made[1:], (kept, made)
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in backups.iterdir())
+        check = subprocess.run(["sha256sum", "-c", f"{kept[-1]}.sha256"], cwd=backups, capture_output=True, timeout=60)
+        assert check.returncode == 0, check.stdout
+
+        (tmp_path / "read").mkdir()
+        with archive.opened(backups / kept[-1], tmp_path / "read") as (manifest, parts):  # as `piml restore` does
+            assert manifest.versions["mlflow"] == platform.cluster.config.mlflow.version
+            assert manifest.parts["mlflow"]["node"] == job.node
+            with tarfile.open(parts["mlflow"]) as tar:
+                tar.extractall(tmp_path / "out", filter="data")
+        db = sqlite3.connect(tmp_path / "out" / "mlflow.db")
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert db.execute(
+                "SELECT value FROM metrics WHERE run_uuid = ? AND key = 'loss'", (run_id,)
+            ).fetchall() == [(0.25,)]
+        finally:
+            db.close()
+        notes = list((tmp_path / "out" / "artifacts").rglob("note.txt"))
+        assert [n.read_text() for n in notes] == ["piml backup"]
+        assert (tmp_path / "out" / "basic_auth.db").is_file()  # the users and permissions are in it too
+    finally:
+        platform.close()
