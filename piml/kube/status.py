@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from piml.project import Cluster
 
 PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
-WORKLOAD_KINDS = ("Deployment", "RayCluster", "HelmChart", "RayService")
+WORKLOAD_KINDS = ("Deployment", "RayCluster", "HelmChart", "RayService", "CronJob")
 # Ray Serve's deployment states that mean replicas are not serving (Ray 2.60 serve/_private/common.py; KubeRay
 # copies them as they are, UPSCALING and DOWNSCALING included)
 DEPLOYMENT_FAILED = ("UNHEALTHY", "DEPLOY_FAILED")
@@ -134,6 +134,8 @@ def component_row(obj: dict) -> dict:
             "state": "failed" if failed else "applied",
             "chart": f"{dig(obj, 'spec', 'chart')} {dig(obj, 'spec', 'version', default='')}".strip(),
         }
+    if obj["kind"] == "CronJob":
+        return {**row, **scheduled_runs(obj)}
     ok, detail = readiness(obj)
     if obj["kind"] == "Deployment":
         want = dig(obj, "spec", "replicas", default=1)
@@ -150,3 +152,22 @@ def component_row(obj: dict) -> dict:
         "state": status.get("state") or "pending",
         "ready_workers": dig(status, "readyWorkerReplicas", default=0),
     }
+
+
+def scheduled_runs(obj: dict) -> dict:
+    """A CronJob's (the scheduled backup's) state from what the cronjob controller records: fine unless its last
+    run ended without success (then lastScheduleTime is later than lastSuccessfulTime, and no Job is active)."""
+    status = obj.get("status") or {}
+    scheduled, succeeded = status.get("lastScheduleTime"), status.get("lastSuccessfulTime")
+    schedule = dig(obj, "spec", "schedule", default="")
+    if dig(obj, "spec", "suspend"):
+        return {"ready": True, "state": f"suspended ({schedule})"}
+    if status.get("active"):
+        return {"ready": True, "state": f"running since {scheduled}"}
+    # both RFC 3339 in UTC at whole seconds, as the API server writes them: compared as text
+    if scheduled and (not succeeded or succeeded < scheduled):
+        before = f"; last success {succeeded}" if succeeded else "; none succeeded yet"
+        return {"ready": False, "state": f"the run of {scheduled} failed{before}"}
+    if succeeded:
+        return {"ready": True, "state": f"last success {succeeded} ({schedule})"}
+    return {"ready": True, "state": f"not run yet ({schedule})"}

@@ -11,6 +11,7 @@ list or map written as null.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -187,3 +188,62 @@ def _in(seconds: float) -> float:
     import time
 
     return time.monotonic() + seconds
+
+
+@pytest.mark.timeout(240)
+def test_a_scheduled_run_that_failed_is_read_from_the_real_cronjob_controller(kube):
+    """The scheduled backup's row (piml status, piml check) from what the real cronjob and job controllers write:
+    running while its Job is active; once the Job failed, not ready, saying so. The pod's end is reported as a
+    kubelet reports it (the stand-in node leaves Job pods Running)."""
+    from piml.kube.status import scheduled_runs
+
+    ns, name = "default", "nightly"
+    pod_spec = {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:1.36"}]}
+    cronjob = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "schedule": "* * * * *",
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {"spec": {"backoffLimit": 0, "template": {"spec": pod_spec}}},
+        },
+    }
+    path = f"/apis/batch/v1/namespaces/{ns}/cronjobs"
+    kube.request("POST", path, body=cronjob)
+    try:
+        assert scheduled_runs(kube.get(f"{path}/{name}")) == {"ready": True, "state": "not run yet (* * * * *)"}
+
+        def running_pod():
+            pods = kube.request("GET", f"/api/v1/namespaces/{ns}/pods").get("items") or []
+            return next((p for p in pods if p["metadata"]["name"].startswith(name) and
+                         (p.get("status") or {}).get("phase") == "Running"), None)  # fmt: skip
+
+        pod = until("the cronjob controller's first Job has a running pod", running_pod, 90)
+        live = until("the CronJob lists its active Job", lambda: (kube.get(f"{path}/{name}").get("status") or {})
+                     .get("active") and kube.get(f"{path}/{name}"), 30)  # fmt: skip
+        assert scheduled_runs(live)["ready"] and scheduled_runs(live)["state"].startswith("running since ")
+
+        ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {"exitCode": 1, "reason": "Error", "startedAt": ended, "finishedAt": ended}
+        kube.request(
+            "PATCH",
+            f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}/status",
+            body={"status": {"phase": "Failed", "containerStatuses": [
+                {"name": "c", "image": "busybox:1.36", "imageID": "", "ready": False, "restartCount": 0,
+                 "state": {"terminated": terminated}}]}},
+            content_type="application/merge-patch+json",
+        )  # fmt: skip
+
+        def recorded():
+            live = kube.get(f"{path}/{name}")
+            return live if not (live.get("status") or {}).get("active") else None
+
+        live = until("the CronJob records that its Job ended", recorded, 45)
+        row = scheduled_runs(live)
+        scheduled = live["status"]["lastScheduleTime"]
+        assert row == {"ready": False, "state": f"the run of {scheduled} failed; none succeeded yet"}, live["status"]
+        for variant in variants(live):  # and whatever the server writes as null
+            scheduled_runs(variant)
+    finally:
+        kube.request("DELETE", f"{path}/{name}", {"propagationPolicy": "Background"})
