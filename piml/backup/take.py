@@ -151,18 +151,22 @@ def mlflow_volume(kube, cluster):
             ),
             EXIT_FAILED,
         )
-    name, path = found
-    nodes = {n.name: n for n in cluster.inventory.nodes}
-    if name not in nodes:
+    return inventory_node(cluster, MLFLOW_CLAIM, found[0]), found[1]
+
+
+def inventory_node(cluster, claim: str, name: str):
+    """The inventory's node `name`, which holds `claim`'s volume; PimlError when piml cannot reach it."""
+    node = next((n for n in cluster.inventory.nodes if n.name == name), None)
+    if node is None:
         raise PimlError(
             Problem(
-                f"{namespace}/{MLFLOW_CLAIM}",
+                f"{cluster.config.namespace}/{claim}",
                 f"its volume is on node {name}, which is not in the inventory",
                 f"add {name} to inventory/hosts.yml, so piml can reach it over SSH",
             ),
             EXIT_FAILED,
         )
-    return nodes[name], path
+    return node
 
 
 def fetch_scheduled(cluster, kube, directory: Path, timeout: float, show: Callable[[str], None]):
@@ -186,11 +190,7 @@ def fetch_scheduled(cluster, kube, directory: Path, timeout: float, show: Callab
             ),
             EXIT_FAILED,
         )
-    nodes = {n.name: n for n in cluster.inventory.nodes}
-    if found[0] not in nodes:
-        raise PimlError(Problem(f"{namespace}/{SCHEDULED_CLAIM}", f"its volume is on node {found[0]}, not in the "
-                                "inventory", f"add {found[0]} to inventory/hosts.yml"), EXIT_FAILED)  # fmt: skip
-    node, path = nodes[found[0]], found[1]
+    node, path = inventory_node(cluster, SCHEDULED_CLAIM, found[0]), found[1]
     listing = on_node(cluster, node, f"ls -1 {shlex.quote(path)}", 60.0).stdout.split()
     names = sorted(n for n in listing if re.fullmatch(r"piml-backup-.+-\d{8}T\d{6}Z\.tar\.gz", n))
     copied, present = [], []
