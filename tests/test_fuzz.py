@@ -152,6 +152,13 @@ def test_node_specs(text):
     _accepts_or_input_error(parse_node_spec, text)
 
 
+def _one_line_each(exc: InputError) -> None:
+    """Each problem is one line at a line of piml.yaml."""
+    assert exc.problems
+    for problem in exc.problems:
+        assert str(problem) and "\n" not in str(problem) and str(problem).startswith("piml.yaml:")
+
+
 @settings(max_examples=examples(400), deadline=None)
 @given(mlflow_settings)
 def test_mlflow_store_settings(mlflow):
@@ -204,9 +211,7 @@ def test_serve_settings(serve, ray_enabled):
     try:
         _config(yaml.safe_dump({"serve": serve, "ray": {"enabled": ray_enabled}}))
     except InputError as exc:
-        assert exc.problems
-        for problem in exc.problems:
-            assert str(problem) and "\n" not in str(problem) and str(problem).startswith("piml.yaml:")
+        _one_line_each(exc)
 
 
 cron_field = st.one_of(
@@ -239,9 +244,7 @@ def test_backup_settings(backup, backend):
     try:
         _config(yaml.safe_dump({"backup": backup, "mlflow": {"backend": backend}}))
     except InputError as exc:
-        assert exc.problems
-        for problem in exc.problems:
-            assert str(problem) and "\n" not in str(problem) and str(problem).startswith("piml.yaml:")
+        _one_line_each(exc)
 
 
 # Hostile YAML (issue 16): alias and merge-key bombs, chains of aliases, deep nesting and raw text made of YAML's

@@ -191,10 +191,16 @@ def fetch_scheduled(cluster, kube, directory: Path, timeout: float, show: Callab
             EXIT_FAILED,
         )
     node, path = inventory_node(cluster, SCHEDULED_CLAIM, found[0]), found[1]
-    listing = on_node(cluster, node, f"ls -1 {shlex.quote(path)}", 60.0).stdout.split()
-    names = sorted(n for n in listing if re.fullmatch(r"piml-backup-.+-\d{8}T\d{6}Z\.tar\.gz", n))
+    # one trip for every archive's name and checksum; an archive whose .sha256 is not written yet is left for later
+    sums = on_node(cluster, node, f"cd {shlex.quote(path)} && cat -- piml-backup-*.tar.gz.sha256 2>/dev/null || true",
+                   60.0).stdout  # fmt: skip
+    expected_of = {
+        name: digest
+        for digest, _, name in (line.partition("  ") for line in sums.splitlines())
+        if re.fullmatch(r"piml-backup-.+-\d{8}T\d{6}Z\.tar\.gz", name)
+    }
     copied, present = [], []
-    for name in names:
+    for name, expected in sorted(expected_of.items()):
         final = directory / name
         if final.exists():
             present.append(name)
@@ -203,7 +209,6 @@ def fetch_scheduled(cluster, kube, directory: Path, timeout: float, show: Callab
         partial.unlink(missing_ok=True)  # what a copy that was stopped left
         remote = shlex.quote(f"{path}/{name}")
         try:
-            expected = on_node(cluster, node, f"cat {remote}.sha256", 60.0).stdout.split(" ", 1)[0]
             with open(create_new(partial, 0o600), "wb") as sink:
                 on_node(cluster, node, f"cat {remote}", timeout, receive=sink)
             if sha256_of(partial) != expected:
