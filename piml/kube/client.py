@@ -60,12 +60,15 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         text: bool = False,
+        metadata_only: bool = False,
     ) -> Any:
         import urllib3
 
         full = path + ("?" + urlencode({k: v for k, v in query.items() if v is not None}) if query else "")
         # A text answer (a pod's log) is asked for as client-go asks: the API server answers 406 to `text/plain`.
         headers = {"Accept": "application/json, */*" if text else "application/json", "Content-Type": content_type}
+        if metadata_only:  # a list of PartialObjectMetadata: names, owners and labels, never a Secret's data
+            headers["Accept"] = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
         request = self.api_client.param_serialize(
             method, full, header_params=headers, body=body, auth_settings=["BearerToken"]
         )

@@ -126,18 +126,38 @@ def wait_gone(kube: Kube, discovery: Discovery, refs: list[Ref], until: float, p
     return pending
 
 
-def wait_pods_gone(kube: Kube, owners: list[dict], until: float, poll: float) -> list[str]:
-    """Poll until no pod that `owners` (live objects, deleted) made is left, or `until`; returns those left
-    (namespace/name). Their garbage collection starts once the owner is gone."""
+# What k3s's Helm controller (v0.17.1) makes for a HelmChart, owned by it: the chart's ServiceAccount, its
+# ClusterRoleBinding, the values and content (Secret, ConfigMaps) and the helm-install/-delete Job. Its uninstall
+# handler can run twice for one removal (seen with the real controller: two "Uninstalled" events, two
+# helm-delete pods), and the second run makes them again after the first removed them; the garbage collector
+# deletes those once the HelmChart is gone. A HelmChart of the same name applied before that (`up` right after
+# teardown) takes them over and then loses them: its uninstall Job waits for a ServiceAccount that is no more.
+HELM_CHART_DEPENDENTS = (
+    ("/api/v1/namespaces/{ns}/serviceaccounts", "ServiceAccount"),
+    ("/api/v1/namespaces/{ns}/configmaps", "ConfigMap"),
+    ("/api/v1/namespaces/{ns}/secrets", "Secret"),
+    ("/apis/batch/v1/namespaces/{ns}/jobs", "Job"),
+    ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", "ClusterRoleBinding"),
+)
+PODS = (("/api/v1/namespaces/{ns}/pods", "Pod"),)
+
+
+def wait_dependents_gone(
+    kube: Kube, owners: list[dict], kinds: tuple[tuple[str, str], ...], until: float, poll: float
+) -> list[str]:
+    """Poll until none of `kinds` (list path, kind) that `owners` (live objects, deleted) made is left, or `until`
+    (monotonic); returns those left ("Kind namespace/name"). Their garbage collection starts once the owner is
+    gone. Only metadata is asked for: Secrets' data never reaches piml."""
     uids = {dig(o, "metadata", "uid") for o in owners}
     namespaces = sorted({dig(o, "metadata", "namespace") for o in owners} - {None})
+    paths = sorted({(path.format(ns=ns), kind) for path, kind in kinds for ns in namespaces})
     left: list[str] = []
-    while namespaces:
+    while paths:
         left = [
-            f"{ns}/{pod['metadata']['name']}"
-            for ns in namespaces
-            for pod in dig(kube.request("GET", f"/api/v1/namespaces/{ns}/pods"), "items", default=[])
-            if any(r.get("uid") in uids for r in dig(pod, "metadata", "ownerReferences", default=[]))
+            f"{kind} {dig(item, 'metadata', 'namespace', default='')}/{item['metadata']['name']}".replace(" /", " ")
+            for path, kind in paths
+            for item in dig(kube.request("GET", path, metadata_only=True), "items", default=[])
+            if any(r.get("uid") in uids for r in dig(item, "metadata", "ownerReferences", default=[]))
         ]
         remaining = until - time.monotonic()
         if not left or remaining <= 0:

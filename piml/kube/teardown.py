@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 from piml.kube.client import connect
 from piml.kube.discovery import Discovery
 from piml.kube.objects import Ref
-from piml.kube.prune import delete_objects, project_objects, wait_gone, wait_pods_gone, why_still_there
+from piml.kube.prune import (
+    HELM_CHART_DEPENDENTS,
+    PODS,
+    delete_objects,
+    project_objects,
+    wait_dependents_gone,
+    wait_gone,
+    why_still_there,
+)
 
 if TYPE_CHECKING:
     from piml.project import Cluster
@@ -76,7 +84,7 @@ def _teardown(kube, project: str, purge: bool, timeout: float, poll: float, prog
         report.kept += result.kept
         if batch is custom:  # the operators must still run to finish these, and their pods go after them
             report.still_going += wait_gone(kube, discovery, result.going, until, poll)
-            report.pods_left = wait_pods_gone(kube, custom, until, poll)
+            report.pods_left = [p.removeprefix("Pod ") for p in wait_dependents_gone(kube, custom, PODS, until, poll)]
         else:
             last += result.going
     # Deleted in the foreground, so a Deployment goes after its pods; k3s uninstalls a chart before its HelmChart
@@ -84,4 +92,8 @@ def _teardown(kube, project: str, purge: bool, timeout: float, poll: float, prog
     report.still_going += wait_gone(kube, discovery, last, until, poll)
     report.waiting_for = {str(r): why_still_there(kube, discovery, r) for r in report.still_going}
     report.waiting_for.update({f"Pod {pod}": "still there" for pod in report.pods_left})
+    # ... and for what k3s's Helm controller made for the charts, so that an `up` right after starts clean
+    if charts and not report.still_going:
+        for left in wait_dependents_gone(kube, charts, HELM_CHART_DEPENDENTS, until, poll):
+            report.waiting_for[left] = "left by k3s's Helm controller; the garbage collector removes it"
     return report

@@ -152,7 +152,7 @@ def purge(project: Project) -> None:
 
     faults.clear(project.plane.dir)
     report = teardown_platform(project.cluster(), project.kubeconfig, purge=True, timeout=120, poll=0.2)
-    assert not report.still_going, f"still deleting after the test: {[str(r) for r in report.still_going]}"
+    assert not report.waiting_for, f"still deleting after the test: {report.waiting_for}"
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 
 import pytest
 
@@ -14,6 +15,20 @@ from piml.kube.status import cluster_status
 from piml.kube.teardown import teardown_platform
 from tests.platform.conftest import FAST, SHORT, api_gone
 from tests.platform.test_deploy import project_objects
+
+
+def helm_chart_dependents(kube) -> list[str]:
+    """What in the cluster a HelmChart owns (k3s's Helm controller's ServiceAccounts, values, content, Jobs, ...)."""
+    paths = [f"/api/v1/namespaces/kube-system/{kinds}" for kinds in ("serviceaccounts", "configmaps", "secrets")] + [
+        "/apis/batch/v1/namespaces/kube-system/jobs",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    ]
+    return [
+        f"{item['kind'] if 'kind' in item else path.rsplit('/', 1)[1]} {item['metadata']['name']}"
+        for path in paths
+        for item in kube.request("GET", path)["items"]
+        if any(o.get("kind") == "HelmChart" for o in item["metadata"].get("ownerReferences", []))
+    ]
 
 
 def test_teardown_keeps_the_volumes(project, plane):
@@ -38,6 +53,9 @@ def test_teardown_keeps_the_volumes(project, plane):
         # Waited for: the pods are gone (the kubelets stopped them), and so are the HelmCharts (k3s ran helm delete).
         assert kube.request("GET", "/api/v1/namespaces/piml/pods")["items"] == []
         assert kube.request("GET", "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts")["items"] == []
+        # ... and so is what the real Helm controller made for them (its uninstall handler runs twice and makes
+        # them again; an `up` right after took them over, then the garbage collector took them away)
+        assert helm_chart_dependents(kube) == []
     finally:
         kube.close()
     deletes = [r.resource for r in plane.requests()[mark:] if r.verb == "delete"]
@@ -46,6 +64,39 @@ def test_teardown_keeps_the_volumes(project, plane):
     # Up again: the volumes are still there (bound to their nodes), the rest comes back.
     again = deploy(cluster, project.kubeconfig, rendered, FAST)
     assert again.ok and again.unchanged == 3 and again.created == len(again.applied) - 3  # namespace, two claims
+
+
+def test_teardown_waits_for_what_the_helm_controller_made_for_the_charts(project, plane):
+    """An `up` right after teardown made a HelmChart take over its predecessor's ServiceAccount, which the garbage
+    collector then deleted: the chart's uninstall Job could never start (seen in CI). Teardown waits for them."""
+    cluster, rendered = project.render()
+    deploy(cluster, project.kubeconfig, rendered, FAST)
+    kube = plane.kube()
+    held = "/api/v1/namespaces/kube-system/serviceaccounts/helm-keda"
+
+    def hold(finalizers: list[str]) -> None:  # a finalizer holds it after its deletion, as a busy collector would
+        body = {"metadata": {"finalizers": finalizers}}
+        kube.request("PATCH", held, body=body, content_type="application/merge-patch+json")
+
+    try:
+        hold(["piml.test/hold"])
+        report = teardown_platform(cluster, project.kubeconfig, timeout=45, poll=0.2)
+        assert not report.still_going, report.waiting_for
+        assert report.waiting_for == {
+            "ServiceAccount kube-system/helm-keda": "left by k3s's Helm controller; the garbage collector removes it"
+        }
+        assert kube.get(held)["metadata"].get("deletionTimestamp")
+        hold([])
+        # up right after, then the collector lets go while teardown waits: it ends clean, nothing of the charts left
+        deploy(cluster, project.kubeconfig, rendered, FAST)
+        hold(["piml.test/hold"])
+        threading.Timer(3, hold, ([],)).start()
+        report = teardown_platform(cluster, project.kubeconfig, timeout=60, poll=0.2)
+        assert not report.waiting_for and helm_chart_dependents(kube) == []
+    finally:
+        if kube.get(held):
+            hold([])
+        kube.close()
 
 
 def test_purge_deletes_the_data(project, plane):
