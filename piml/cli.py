@@ -575,10 +575,11 @@ def restore(
     inventory: InventoryOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Put MLflow's data from a backup back onto the running cluster.
+    """Put MLflow's data and the Redis queue from a backup back onto the running cluster.
 
-    The archive is checked whole first (a damaged one is refused, nothing changed). MLflow stops, its volume's
-    directory is replaced on its node (the data it had is kept beside it, named in the output), and MLflow starts.
+    The archive is checked whole first (a damaged one is refused, nothing changed). MLflow and Redis stop, each
+    volume's directory is replaced on its node (the data it had is kept beside it, named in the output), and they
+    start.
     The project part is not unpacked: `tar -xzf ARCHIVE project.tar` takes it.
 
     \b

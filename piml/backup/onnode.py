@@ -4,7 +4,9 @@ directory (its SQLite datastore, kine's `db/state.db` in WAL mode, and its token
 
 Taking out: SQLite files (`*.db`) are copied with SQLite's online backup API, so a database a server is writing
 (MLflow's, kine's in WAL mode) is copied as it was at one instant, never torn between the file and its -wal;
-their -wal/-shm/-journal files are left out (the copy holds what they held). Everything else goes in as it is.
+their -wal/-shm/-journal files are left out (the copy holds what they held). Redis's append-only files (a directory
+with a manifest) are copied as the manifest names them, checked unchanged after; files being written (`temp-*`)
+are left out. Everything else goes in as it is.
 
 Putting back: the stream is unpacked beside the directory, then the directory is renamed aside (kept: nothing is
 lost) and the unpacked one takes its place, with the old one's owner and mode. Names that would land outside it
@@ -15,8 +17,38 @@ from __future__ import annotations
 import shlex
 
 SNAPSHOT = r"""
-import os, shutil, sqlite3, sys, tarfile, tempfile
+import io, os, shutil, sqlite3, sys, tarfile, tempfile, time
 root, only = sys.argv[1], sys.argv[2:]
+def add_aof(tar, path, name, scratch):
+    # Redis 7's multi-part AOF (src/aof.c): a manifest names the base and incremental files; a rewrite writes new
+    # ones, swaps the manifest in, then deletes the old. The files it names are copied, then the manifest is read
+    # again: unchanged, the copies belong together (an incremental file's last command may be cut short, which
+    # Redis loads: aof-load-truncated); changed, a rewrite came between, so again.
+    manifest = os.path.join(path, [f for f in os.listdir(path) if f.endswith(".manifest")][0])
+    for attempt in range(20):
+        with open(manifest, "rb") as f:
+            before = f.read()
+        files = [line.split()[1] for line in before.decode().splitlines() if line.startswith("file ")]
+        copies = os.path.join(scratch, "aof")
+        shutil.rmtree(copies, ignore_errors=True); os.mkdir(copies)
+        try:
+            for file in files:
+                shutil.copyfile(os.path.join(path, file), os.path.join(copies, file))
+            with open(manifest, "rb") as f:
+                same = f.read() == before
+        except FileNotFoundError:
+            same = False
+        if same:
+            tar.add(path, arcname=name, recursive=False)
+            for file in files:
+                tar.add(os.path.join(copies, file), arcname=name + "/" + file)
+            info = tar.gettarinfo(manifest, arcname=name + "/" + os.path.basename(manifest))
+            info.size = len(before)
+            tar.addfile(info, io.BytesIO(before))
+            shutil.rmtree(copies)
+            return
+        time.sleep(0.2)
+    sys.stderr.write("Redis rewrote its AOF in " + path + " all the time the copy took: try again\n"); sys.exit(5)
 if not os.path.isdir(root):
     sys.stderr.write("no directory " + root + "\n"); sys.exit(3)
 missing = [name for name in only if not os.path.exists(os.path.join(root, name))]
@@ -27,7 +59,10 @@ try:
     with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for name in only or sorted(os.listdir(root)):
             path = os.path.join(root, name)
-            if name.endswith((".db-wal", ".db-shm", ".db-journal")):
+            if name.endswith((".db-wal", ".db-shm", ".db-journal")) or name.startswith("temp-"):
+                continue  # SQLite's side files (the copy holds what they held); Redis's files being written
+            if os.path.isdir(path) and any(f.endswith(".aof.manifest") for f in os.listdir(path)):
+                add_aof(tar, path, name, scratch)
                 continue
             if name.endswith(".db") and os.path.isfile(path):
                 copy = os.path.join(scratch, os.path.basename(name))

@@ -25,7 +25,7 @@ PART = "mlflow"
 LEFT_OUT = {
     "project": "a scheduled backup runs in the cluster: the project (inventory, piml.yaml, .piml/) is on your machine",
     "k3s datastore": "a scheduled backup holds the platform's data: `piml backup` takes the datastore",
-    "queue": "not taken yet: queued requests wait in Redis or RabbitMQ and are not in this archive",
+    "queue": "a scheduled backup runs beside MLflow, on its board: `piml backup` takes the queue",
 }
 
 

@@ -14,6 +14,10 @@ from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 
 MLFLOW_CLAIM = "mlflow-data"
 MLFLOW_DEPLOYMENT = "mlflow"
+# Redis keeps the queue (pending requests, their states, the dead letters) in its append-only file on this claim
+# (templates/queue.yaml.j2: --appendonly yes --dir /data); the AOF, not dump.rdb, is what it reads at start.
+REDIS_CLAIM = "redis-data"
+REDIS_DEPLOYMENT = "redis"
 SCHEDULED_CLAIM = "piml-backups"  # where backup.schedule's CronJob writes (templates/mlflow.yaml.j2)
 # A single server keeps the cluster in SQLite (kine, WAL mode); a snapshot is unusable without the token, which
 # encrypts its secrets (https://docs.k3s.io/datastore/backup-restore).
@@ -45,11 +49,12 @@ def take_backup(
     show: Callable[[str], None],
     mlflow_running: str | None = None,
     k3s_only: bool = False,
+    with_queue: bool = True,
 ):
     """Make the archive in `directory`; returns (its path, its manifest). `mlflow_running`: the MLflow version the
     cluster runs, when the caller has read it already. `k3s_only`: the datastore and the project, what a k3s
-    upgrade puts at risk. PimlError naming the node or the object when a part cannot be taken: then no archive is
-    left behind."""
+    upgrade puts at risk; `with_queue=False`: not the queue (an MLflow upgrade leaves it as it is). PimlError
+    naming the node or the object when a part cannot be taken: then no archive is left behind."""
     from piml import __version__
     from piml.backup import archive
     from piml.fsutil import os_error_problem
@@ -64,7 +69,7 @@ def take_backup(
             or cluster.config.mlflow.version,
             "k3s": cluster.config.k3s.version,
         },
-        left_out=left_out(cluster, k3s_only),
+        left_out=left_out(cluster, k3s_only, with_queue),
     )
     with tempfile.TemporaryDirectory(prefix=".piml-backup-", dir=directory) as scratch_dir:
         scratch = Path(scratch_dir)
@@ -88,16 +93,31 @@ def take_backup(
             take_dir(cluster, node, path, parts["mlflow"], timeout)
             manifest.parts["mlflow"] = {"claim": MLFLOW_CLAIM, "node": node.name, "path": path}
             show(f"mlflow: {node.name}:{path} ({parts['mlflow'].stat().st_size} bytes)")
+        if "queue" not in manifest.left_out:
+            node, path = claim_on_node(kube, cluster, REDIS_CLAIM, "Redis")
+            parts["queue"] = scratch / "queue.tar"
+            take_dir(cluster, node, path, parts["queue"], timeout)
+            manifest.parts["queue"] = {"claim": REDIS_CLAIM, "node": node.name, "path": path, "broker": "redis"}
+            show(f"queue: {node.name}:{path} (Redis's append-only file, {parts['queue'].stat().st_size} bytes)")
         try:
             return archive.write_archive(directory, manifest, parts), manifest
         except OSError as exc:
             raise PimlError(os_error_problem(str(directory), exc, "cannot write the archive"), EXIT_FAILED) from None
 
 
-def left_out(cluster, k3s_only: bool = False) -> dict[str, str]:
+def left_out(cluster, k3s_only: bool = False, with_queue: bool = True) -> dict[str, str]:
     """What this backup cannot take yet, each with why: said in the archive and in the output."""
-    mlflow = cluster.config.mlflow
-    left = {"queue": "not taken yet: queued requests wait in Redis or RabbitMQ and are not in this archive"}
+    mlflow, queue = cluster.config.mlflow, cluster.config.queue
+    left = {}
+    if k3s_only:
+        left["queue"] = "a k3s upgrade leaves the queue's volume as it is: `piml backup` takes it"
+    elif not with_queue:
+        left["queue"] = "an MLflow upgrade leaves the queue's volume as it is: `piml backup` takes it"
+    elif not queue.enabled:
+        left["queue"] = "queue.enabled is false"
+    elif queue.kind == "rabbitmq":
+        # https://www.rabbitmq.com/docs/3.13/backup: "To back up messages on a node it must be first stopped"
+        left["queue"] = "RabbitMQ's messages can be copied only with RabbitMQ stopped, and piml does not stop it yet"
     if k3s_only:
         left["mlflow"] = "a k3s upgrade leaves MLflow's volume as it is: `piml backup` takes it"
     elif not mlflow.enabled:
@@ -138,20 +158,25 @@ def running_mlflow(kube, cluster) -> str | None:
 
 def mlflow_volume(kube, cluster):
     """(inventory node, directory) of MLflow's volume: the node that holds it, and where."""
+    return claim_on_node(kube, cluster, MLFLOW_CLAIM, "MLflow")
+
+
+def claim_on_node(kube, cluster, claim: str, who: str):
+    """(inventory node, directory) of `claim`'s volume; PimlError when it is not a bound local-path volume."""
     from piml.kube.volumes import claim_volume
 
     namespace = cluster.config.namespace
-    found = claim_volume(kube, namespace, MLFLOW_CLAIM)
+    found = claim_volume(kube, namespace, claim)
     if found is None:
         raise PimlError(
             Problem(
-                f"{namespace}/{MLFLOW_CLAIM}",
-                "MLflow's volume is not a bound local-path volume on one node",
-                "run `piml up` so MLflow runs (piml backs up local-path volumes over SSH)",
+                f"{namespace}/{claim}",
+                f"{who}'s volume is not a bound local-path volume on one node",
+                f"run `piml up` so {who} runs (piml backs up local-path volumes over SSH)",
             ),
             EXIT_FAILED,
         )
-    return inventory_node(cluster, MLFLOW_CLAIM, found[0]), found[1]
+    return inventory_node(cluster, claim, found[0]), found[1]
 
 
 def inventory_node(cluster, claim: str, name: str):
@@ -293,6 +318,8 @@ def backup_before_mlflow_upgrade(cluster, kubeconfig: Path, show: Callable[[str]
     if claim_volume(kube, cluster.config.namespace, MLFLOW_CLAIM) is None:
         return None  # no store yet: nothing to lose
     show(f"MLflow {running} -> {mlflow.version}: backing up its data first")
-    archive, _ = take_backup(cluster, kube, backup_dir(cluster, None), UPGRADE_BACKUP_TIMEOUT, show, running)
+    archive, _ = take_backup(
+        cluster, kube, backup_dir(cluster, None), UPGRADE_BACKUP_TIMEOUT, show, running, with_queue=False
+    )
     show(f"backup: {cluster.paths.show(archive)} (`piml restore` it under MLflow {running} to go back)")
     return archive

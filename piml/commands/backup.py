@@ -1,14 +1,15 @@
 """`piml backup` and `piml restore`.
 
-backup: the project (inventory, piml.yaml, .piml/), a single server's k3s datastore (SQLite, and the token) and
-MLflow's volume (its SQLite stores copied online, its artifacts), each taken over SSH from the node that holds it,
-into one archive (piml/backup/take.py). What it does not hold yet is named in the archive and in the output,
-never silently missing.
+backup: the project (inventory, piml.yaml, .piml/), the k3s datastore (a single server's SQLite, or an etcd
+snapshot, and the token), MLflow's volume (its SQLite stores copied online, its artifacts) and Redis's (the queue's
+append-only file), each taken over SSH from the node that holds it, into one archive (piml/backup/take.py). What it
+does not hold yet is named in the archive and in the output, never silently missing.
 
-restore: MLflow's data from an archive back onto the running cluster. The archive is checked whole first; then
-MLflow is stopped (its Deployment scaled to 0, its pods gone), the volume's directory is replaced on its node with
-the old one kept beside it, and MLflow is started again and waited for. The project part is not written over the
-project (that would replace the keys and secrets of the cluster at hand): `tar -xzf ARCHIVE project.tar` takes it.
+restore: MLflow's data and the queue from an archive back onto the running cluster. The archive is checked whole
+first; then MLflow and Redis are stopped (their Deployments scaled to 0, their pods gone), each volume's directory
+is replaced on its node with the old one kept beside it, and they are started again and waited for. The project
+part is not written over the project (that would replace the keys and secrets of the cluster at hand):
+`tar -xzf ARCHIVE project.tar` takes it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from piml.backup.take import MLFLOW_CLAIM, MLFLOW_DEPLOYMENT, REDIS_CLAIM, REDIS_DEPLOYMENT
 from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.output import console, print_json
 
@@ -64,64 +67,115 @@ def run_restore(
 ) -> None:
     from piml.backup import archive
     from piml.backup.onnode import put_back_command
-    from piml.backup.take import MLFLOW_DEPLOYMENT, cluster_kube, mlflow_volume, on_node
+    from piml.backup.take import cluster_kube, on_node
     from piml.kube.scale import scale, wait_available, wait_stopped
     from piml.project import ProjectPaths, load_cluster
 
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
+    namespace = cluster.config.namespace
+    show = (lambda line: None) if as_json else (lambda line: console().print(f"  {line}", markup=False))
     with tempfile.TemporaryDirectory(prefix="piml-restore-") as scratch_dir:
         with archive.opened(Path(source), Path(scratch_dir)) as (manifest, parts):
-            if "mlflow" not in parts:
-                raise InputError(Problem(str(source), "holds no MLflow data", "name an archive that does"))
-            _refuse_versions(manifest, cluster, str(source))
+            stores = [store for store in STORES if store.part in parts]
+            if not stores:
+                raise InputError(Problem(str(source), "holds no MLflow or queue data", "name an archive that does"))
+            for store in stores:
+                store.refuse(manifest, cluster, str(source))
             kube = cluster_kube(cluster)
-            node, path = mlflow_volume(kube, cluster)
-            _confirm(yes, cluster, manifest, f"{node.name}:{path}")
-            namespace = cluster.config.namespace
-            show = (lambda line: None) if as_json else (lambda line: console().print(f"  {line}", markup=False))
-            replicas = scale(kube, namespace, MLFLOW_DEPLOYMENT, 0)
+            volumes = {store.part: store.volume(kube, cluster) for store in stores}
+            _confirm(yes, cluster, manifest, [f"{store.what} ({node.name}:{path})" for store, (node, path) in
+                                              zip(stores, volumes.values(), strict=True)])  # fmt: skip
+            replicas = {store.deployment: scale(kube, namespace, store.deployment, 0) for store in stores}
+            kept: dict[str, str] = {}
             try:
-                left = wait_stopped(kube, namespace, MLFLOW_DEPLOYMENT, time.monotonic() + STOP_TIMEOUT)
-                if left:
-                    raise PimlError(
-                        Problem(
-                            f"{namespace}/{MLFLOW_DEPLOYMENT}",
-                            f"its pods did not stop within {STOP_TIMEOUT:.0f} s ({', '.join(left)}): nothing restored",
-                            f"see `kubectl -n {namespace} describe pod {left[0]}`, then run piml restore again",
-                        ),
-                        EXIT_FAILED,
-                    )
-                show(f"mlflow stopped; putting {parts['mlflow'].stat().st_size} bytes back on {node.name}:{path}")
+                until = time.monotonic() + STOP_TIMEOUT
+                for store in stores:
+                    left = wait_stopped(kube, namespace, store.deployment, until)
+                    if left:
+                        raise PimlError(
+                            Problem(
+                                f"{namespace}/{store.deployment}",
+                                f"its pods did not stop within {STOP_TIMEOUT:.0f} s ({', '.join(left)}): "
+                                "nothing restored",
+                                f"see `kubectl -n {namespace} describe pod {left[0]}`, then run piml restore again",
+                            ),
+                            EXIT_FAILED,
+                        )
                 stamp = archive.stamp()
-                with open(parts["mlflow"], "rb") as data:
-                    answer = on_node(cluster, node, put_back_command(path, stamp), timeout, send=data)
-                kept = answer.stdout.strip()
+                for store in stores:
+                    node, path = volumes[store.part]
+                    show(f"{store.deployment} stopped; putting {parts[store.part].stat().st_size} bytes back on "
+                         f"{node.name}:{path}")  # fmt: skip
+                    with open(parts[store.part], "rb") as data:
+                        answer = on_node(cluster, node, put_back_command(path, stamp), timeout, send=data)
+                    if answer.stdout.strip():
+                        kept[store.part] = f"{node.name}:{answer.stdout.strip()}"
             finally:
-                scale(kube, namespace, MLFLOW_DEPLOYMENT, max(replicas, 1))
-            ok, how = wait_available(kube, namespace, MLFLOW_DEPLOYMENT, time.monotonic() + START_TIMEOUT)
+                for deployment, count in replicas.items():
+                    scale(kube, namespace, deployment, max(count, 1))
+            until = time.monotonic() + START_TIMEOUT
+            started = {store.deployment: wait_available(kube, namespace, store.deployment, until) for store in stores}
     result = {
         "archive": str(source),
         "created": manifest.created,
-        "restored": {"mlflow": f"{node.name}:{path}"},
+        "restored": {part: f"{node.name}:{path}" for part, (node, path) in volumes.items()},
         "kept": kept or None,
-        "mlflow": how,
-        "ok": ok,
+        **{deployment: how for deployment, (_, how) in started.items()},
+        "ok": all(ok for ok, _ in started.values()),
     }
     if as_json:
         print_json(result)
     else:
-        if kept:
-            console().print(f"  the data it replaced is kept on {node.name}: {kept}", markup=False)
-        console().print(f"restored MLflow from {source} (made {manifest.created}); mlflow: {how}", markup=False)
-    if not ok:
-        raise PimlError(
-            Problem(
-                f"{namespace}/{MLFLOW_DEPLOYMENT}",
-                f"not available within {START_TIMEOUT:.0f} s after the restore ({how})",
-                "see `piml status`; the data is in place, and the old data is kept beside it",
-            ),
-            EXIT_FAILED,
-        )
+        for part, where in kept.items():
+            console().print(f"  the {part} data it replaced is kept: {where}", markup=False)
+        said = "; ".join(f"{deployment}: {how}" for deployment, (_, how) in started.items())
+        restored = " and ".join(store.what for store in stores)
+        console().print(f"restored {restored} from {source} (made {manifest.created}); {said}", markup=False)
+    for deployment, (ok, how) in started.items():
+        if not ok:
+            raise PimlError(
+                Problem(
+                    f"{namespace}/{deployment}",
+                    f"not available within {START_TIMEOUT:.0f} s after the restore ({how})",
+                    "see `piml status`; the data is in place, and the old data is kept beside it",
+                ),
+                EXIT_FAILED,
+            )
+
+
+@dataclass(frozen=True)
+class Store:
+    """A part of an archive that `piml restore` puts back: the volume of one Deployment."""
+
+    part: str
+    what: str
+    deployment: str
+    claim: str
+
+    def volume(self, kube, cluster):
+        from piml.backup.take import claim_on_node
+
+        return claim_on_node(kube, cluster, self.claim, self.what)
+
+    def refuse(self, manifest, cluster, where: str) -> None:
+        if self.part == "mlflow":
+            _refuse_versions(manifest, cluster, where)
+        elif not cluster.config.queue.enabled or cluster.config.queue.kind != manifest.parts[self.part]["broker"]:
+            runs = cluster.config.queue.kind if cluster.config.queue.enabled else "no queue"
+            raise InputError(
+                Problem(
+                    where,
+                    f"holds {manifest.parts[self.part]['broker']}'s queue and this project runs {runs}",
+                    f"set queue.kind: {manifest.parts[self.part]['broker']} in piml.yaml and `piml up` first, "
+                    "or restore another archive",
+                )
+            )
+
+
+STORES = (
+    Store("mlflow", "MLflow", MLFLOW_DEPLOYMENT, MLFLOW_CLAIM),
+    Store("queue", "Redis", REDIS_DEPLOYMENT, REDIS_CLAIM),
+)
 
 
 def _refuse_versions(manifest, cluster, where: str) -> None:
@@ -136,7 +190,7 @@ def _refuse_versions(manifest, cluster, where: str) -> None:
         )
 
 
-def _confirm(yes: bool, cluster, manifest, volume: str) -> None:
+def _confirm(yes: bool, cluster, manifest, volumes: list[str]) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
@@ -145,8 +199,8 @@ def _confirm(yes: bool, cluster, manifest, volume: str) -> None:
     import typer
 
     question = (
-        f"Replace MLflow's data in '{cluster.name}' ({volume}) with the archive's from {manifest.created}? "
-        "MLflow stops meanwhile; the data it has now is kept beside it"
+        f"Replace the data of {' and '.join(volumes)} in '{cluster.name}' with the archive's from "
+        f"{manifest.created}? They stop meanwhile; the data they have now is kept beside it"
     )
     if not typer.confirm(question, default=False):
         console().print("nothing was changed")

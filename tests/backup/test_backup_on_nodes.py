@@ -3,7 +3,9 @@
 A test node (Debian bookworm, systemd, sshd, sudo, python3) plays the board that holds MLflow's local-path
 volume, at the path k3s's local-path provisioner gives it. A real `mlflow server` (the pinned MLflow, basic auth),
 run on this machine, keeps its stores in that directory, exactly as piml's MLflow pod lays out /mlflow. Runs,
-metrics, parameters, tags, artifacts and a registered scikit-learn model are logged through it.
+metrics, parameters, tags, artifacts and a registered scikit-learn model are logged through it. A real
+redis-server, run with the args of piml's Redis pod (`--appendonly yes`), keeps the queue in the Redis volume's
+directory; requests are queued through piml's client.
 
 The Kubernetes side (the claim, its volume, the MLflow Deployment and its pods) is the kubeapi STAND-IN
 (tests/standins/kubeapi): piml reads where the volume is from it, and scales the Deployment to 0 and back. What the
@@ -11,7 +13,8 @@ stand-in hides: a real pod's termination grace period (its pods are gone at once
 
 Then: the backup taken while MLflow runs; MLflow stopped and its store replaced by a fresh empty one (a board
 re-flashed); `piml restore`; MLflow started again on the restored directory has every run, metric, parameter, tag,
-model version and artifact, byte for byte, and the model predicts as before. A damaged archive is refused and
+model version and artifact, byte for byte, and the model predicts as before; Redis started again on its restored
+directory has every queued request, still queued. A damaged archive is refused and
 changes nothing."""
 
 from __future__ import annotations
@@ -21,17 +24,43 @@ import os
 import secrets
 import sqlite3
 import stat
+import subprocess
 import tarfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.queue.helpers import SECRETS
+from piml.client import status, submit
+from tests.queue.helpers import SECRETS, free_port, stop, wait_for
 from tests.services import mlflow_on
 
 VOLUME = "/var/lib/rancher/k3s/storage/pvc-6f1c2a9e-4b7d-4c1e-9a3f-0d2b8e5c7a11_piml_mlflow-data"
+REDIS_VOLUME = "/var/lib/rancher/k3s/storage/pvc-0b9d3c6e-2a1f-4e7d-8c5b-3f6a1d9e4b27_piml_redis-data"
+
+
+@contextmanager
+def redis_on(data: Path, password: str):
+    """A real redis-server keeping its files in `data` with the args piml's Redis pod runs with (--appendonly yes),
+    on a loopback port; its queue URL, as piml's client takes it. Stopped (SIGTERM, as a pod is) at exit."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--appendonly", "yes", "--dir", str(data), "--requirepass", password,
+         "--bind", "127.0.0.1", "--port", str(port), "--logfile", str(data.parent / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        wait_for(client.ping, 20, "redis-server", proc, data.parent / "redis.log")
+        client.close()
+        yield url
+    finally:
+        stop(proc)
 
 
 @pytest.fixture
@@ -62,16 +91,18 @@ def cluster_api(root: Path):
     apps = client.AppsV1Api(core.api_client)
     core.create_namespace({"metadata": {"name": "piml"}})
     local_path_volume(core, "mlflow-data", VOLUME)
-    labels = {"app.kubernetes.io/name": "mlflow"}
-    container = {"name": "mlflow", "image": "ghcr.io/mlflow/mlflow:v3.18.0"}
-    apps.create_namespaced_deployment(
-        "piml",
-        {
-            "metadata": {"name": "mlflow"},
-            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
-        },
-    )  # fmt: skip
+    local_path_volume(core, "redis-data", REDIS_VOLUME)
+    for name, image in (("mlflow", "ghcr.io/mlflow/mlflow:v3.18.0"), ("redis", "redis:7.4.1")):
+        labels = {"app.kubernetes.io/name": name}
+        container = {"name": name, "image": image}
+        apps.create_namespaced_deployment(
+            "piml",
+            {
+                "metadata": {"name": name},
+                "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                         "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+            },
+        )  # fmt: skip
     core.api_client.close()
     return api
 
@@ -206,15 +237,19 @@ def test_backup_then_restore_onto_a_fresh_store_brings_back_every_run_model_and_
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     api = cluster_api(root)
     datastore = KineDatastore(sub.root_of(board.name))
+    queue_dir = sub.root_of(board.name) / REDIS_VOLUME.lstrip("/")
+    queue_dir.mkdir(parents=True)
     try:
-        with mlflow_on(volume, password, config_dir) as server:
+        with mlflow_on(volume, password, config_dir) as server, redis_on(queue_dir, password) as queue_url:
             log_everything(server)
             before = everything(server, tmp_path / "before")
+            queued = [submit("models:/iris-backup/1", f"s3://data/{i}.csv", queue_url=queue_url) for i in range(5)]
             out = piml("backup", "--to", str(tmp_path / "backups"), "-C", str(root), timeout=300)
-            assert out.returncode == 0, out.stderr  # taken while MLflow runs: its SQLite stores copied online
+            assert out.returncode == 0, out.stderr  # taken while MLflow and Redis run
         (archive,) = (tmp_path / "backups").glob("piml-backup-lab-*.tar.gz")
         assert f"backup: {archive}" in out.stdout and f"pi1:{VOLUME}" in out.stdout, out.stdout
-        assert "not in this backup: queue" in out.stdout and "k3s datastore" not in out.stdout.split("backup:")[-1]
+        assert f"queue: pi1:{REDIS_VOLUME} (Redis's append-only file" in out.stdout, out.stdout
+        assert "not in this backup" not in out.stdout, out.stdout
         assert stat.S_IMODE(archive.stat().st_mode) == 0o600
         with tarfile.open(archive) as tar:
             manifest = json.loads(tar.extractfile("manifest.json").read())
@@ -230,7 +265,7 @@ def test_backup_then_restore_onto_a_fresh_store_brings_back_every_run_model_and_
         assert password not in out.stdout + out.stderr
 
         # the board re-flashed: MLflow starts on an empty store, which piml restore then replaces
-        sub.run(board, f"sudo rm -rf {VOLUME} && sudo mkdir -m 777 {VOLUME}")
+        sub.run(board, f"sudo rm -rf {VOLUME} {REDIS_VOLUME} && sudo mkdir -m 777 {VOLUME} {REDIS_VOLUME}")
         with mlflow_on(volume, password, config_dir) as server:
             assert everything(server, tmp_path / "empty")["runs"] == {}
 
@@ -247,10 +282,14 @@ def test_backup_then_restore_onto_a_fresh_store_brings_back_every_run_model_and_
         out = piml("restore", str(archive), "--yes", "--json", "-C", str(root), timeout=300)
         assert out.returncode == 0, out.stderr
         restored = json.loads(out.stdout)
-        assert restored["ok"] and restored["kept"].startswith(VOLUME + ".before-restore-"), restored
-        deployment = api.get("deployments", "piml", "mlflow")
-        assert deployment["spec"]["replicas"] == 1  # stopped for the copy, started again
-        assert sub.run(board, f"sudo test -f {restored['kept']}/mlflow.db && echo kept").stdout.strip() == "kept"
+        assert restored["ok"] and restored["restored"] == {"mlflow": f"pi1:{VOLUME}", "queue": f"pi1:{REDIS_VOLUME}"}
+        kept = restored["kept"]["mlflow"].removeprefix("pi1:")
+        assert kept.startswith(VOLUME + ".before-restore-"), restored
+        for name in ("mlflow", "redis"):
+            assert api.get("deployments", "piml", name)["spec"]["replicas"] == 1  # stopped for the copy, started
+        assert sub.run(board, f"sudo test -f {kept}/mlflow.db && echo kept").stdout.strip() == "kept"
+        with redis_on(queue_dir, password) as queue_url:  # the requests wait again, each as it was
+            assert [(status(i, queue_url=queue_url) or {}).get("state") for i in queued] == ["queued"] * 5
 
         with mlflow_on(volume, password, config_dir) as server:
             after = everything(server, tmp_path / "after")
