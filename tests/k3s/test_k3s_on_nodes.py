@@ -293,7 +293,7 @@ def test_ha_given_token_and_a_node_added_later(node_factory, fresh_nodes, piml, 
         servers=3,
         name="harack",
         token=given,
-        config={"nodes": {"pi5_4k_pages": False}, "mlflow": {"enabled": False}},
+        config={"nodes": {"pi5_4k_pages": False}, "mlflow": {"enabled": False}, "queue": {"enabled": False}},
     )
     out, data = sc.up("--accept-new-host-keys")
     assert out.returncode == 0, sc.failure(out, data)
