@@ -19,13 +19,16 @@ import shlex
 SNAPSHOT = r"""
 import io, os, shutil, sqlite3, sys, tarfile, tempfile, time
 root, only = sys.argv[1], sys.argv[2:]
-def add_aof(tar, path, name, scratch):
+def aof_manifest(path):
+    # Redis's multi-part AOF directory (appenddirname) holds one "<appendfilename>.manifest"
+    found = [f for f in os.listdir(path) if f.endswith(".aof.manifest")] if os.path.isdir(path) else []
+    return os.path.join(path, found[0]) if found else None
+def add_aof(tar, path, name, manifest, scratch):
     # Redis 7's multi-part AOF (src/aof.c): a manifest names the base and incremental files; a rewrite writes new
     # ones, swaps the manifest in, then deletes the old. The files it names are copied, then the manifest is read
     # again: unchanged, the copies belong together (an incremental file's last command may be cut short, which
     # Redis loads: aof-load-truncated); changed, a rewrite came between, so again.
-    manifest = os.path.join(path, [f for f in os.listdir(path) if f.endswith(".manifest")][0])
-    for attempt in range(20):
+    for _ in range(20):
         with open(manifest, "rb") as f:
             before = f.read()
         files = [line.split()[1] for line in before.decode().splitlines() if line.startswith("file ")]
@@ -59,10 +62,13 @@ try:
     with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for name in only or sorted(os.listdir(root)):
             path = os.path.join(root, name)
-            if name.endswith((".db-wal", ".db-shm", ".db-journal")) or name.startswith("temp-"):
-                continue  # SQLite's side files (the copy holds what they held); Redis's files being written
-            if os.path.isdir(path) and any(f.endswith(".aof.manifest") for f in os.listdir(path)):
-                add_aof(tar, path, name, scratch)
+            if name.endswith((".db-wal", ".db-shm", ".db-journal")):
+                continue  # SQLite's side files: the copy holds what they held
+            if name.startswith("temp-") and name.endswith((".rdb", ".aof")):
+                continue  # Redis's files being written (a BGSAVE's, a rewrite's): renamed or deleted when done
+            manifest = aof_manifest(path)
+            if manifest:
+                add_aof(tar, path, name, manifest, scratch)
                 continue
             if name.endswith(".db") and os.path.isfile(path):
                 copy = os.path.join(scratch, os.path.basename(name))

@@ -83,8 +83,8 @@ def run_restore(
                 store.refuse(manifest, cluster, str(source))
             kube = cluster_kube(cluster)
             volumes = {store.part: store.volume(kube, cluster) for store in stores}
-            _confirm(yes, cluster, manifest, [f"{store.what} ({node.name}:{path})" for store, (node, path) in
-                                              zip(stores, volumes.values(), strict=True)])  # fmt: skip
+            places = {part: f"{node.name}:{path}" for part, (node, path) in volumes.items()}
+            _confirm(yes, cluster, manifest, [f"{store.what} ({places[store.part]})" for store in stores])
             replicas = {store.deployment: scale(kube, namespace, store.deployment, 0) for store in stores}
             kept: dict[str, str] = {}
             try:
@@ -118,7 +118,7 @@ def run_restore(
     result = {
         "archive": str(source),
         "created": manifest.created,
-        "restored": {part: f"{node.name}:{path}" for part, (node, path) in volumes.items()},
+        "restored": places,
         "kept": kept or None,
         **{deployment: how for deployment, (_, how) in started.items()},
         "ok": all(ok for ok, _ in started.values()),
@@ -126,8 +126,8 @@ def run_restore(
     if as_json:
         print_json(result)
     else:
-        for part, where in kept.items():
-            console().print(f"  the {part} data it replaced is kept: {where}", markup=False)
+        for part, aside in kept.items():
+            console().print(f"  the {part} data it replaced is kept: {aside}", markup=False)
         said = "; ".join(f"{deployment}: {how}" for deployment, (_, how) in started.items())
         restored = " and ".join(store.what for store in stores)
         console().print(f"restored {restored} from {source} (made {manifest.created}); {said}", markup=False)

@@ -154,7 +154,7 @@ def wait_dependents_gone(
     left: list[str] = []
     while paths:
         left = [
-            f"{kind} {dig(item, 'metadata', 'namespace', default='')}/{item['metadata']['name']}".replace(" /", " ")
+            f"{kind} {'/'.join(filter(None, (dig(item, 'metadata', 'namespace'), item['metadata']['name'])))}"
             for path, kind in paths
             for item in dig(kube.request("GET", path, metadata_only=True), "items", default=[])
             if any(r.get("uid") in uids for r in dig(item, "metadata", "ownerReferences", default=[]))
