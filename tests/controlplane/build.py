@@ -237,6 +237,50 @@ def build(log=print) -> Path:
         return bin_dir
 
 
+def _kubectl_args(out: str) -> list[str]:
+    return ["build", "-trimpath", "-ldflags", _kube_ldflags(), "-o", out, "k8s.io/kubernetes/cmd/kubectl"]
+
+
+def kubectl(log=print) -> Path:
+    """kubectl at KUBE_VERSION (the kubectl `k3s kubectl` is), for tests that run the kubectl commands piml's
+    playbooks render; built once into CACHE/kubectl-<key>/kubectl from modules/kubectl, its own module and key so
+    that the control plane is not rebuilt for it (the Go build cache shares what they have in common)."""
+    go = find_go()
+    if not go:
+        raise BuildError("Go not found (looked on PATH and in /usr/local/go/bin); install Go >= 1.26.5")
+    h = hashlib.sha256()
+    for f in ("go.mod", "go.sum"):
+        h.update((MODULES / "kubectl" / f).read_bytes())
+    h.update(subprocess.run([go, "version"], capture_output=True, text=True, timeout=60).stdout.encode())
+    h.update(repr(_kubectl_args("OUT")).encode())
+    top = CACHE / f"kubectl-{KUBE_VERSION}-{h.hexdigest()[:12]}"
+    binary = top / "kubectl"
+    top.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{top.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.exists():
+            return binary
+        log(f"building kubectl {KUBE_VERSION} into {binary}")
+        t0 = time.monotonic()
+        try:
+            done = subprocess.run(
+                [go, *_kubectl_args(str(top / "kubectl.tmp"))],
+                cwd=MODULES / "kubectl",
+                env={**go_env(), "CGO_ENABLED": "0"},
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
+        except subprocess.TimeoutExpired:
+            raise BuildError("go build of kubectl took over an hour") from None
+        if done.returncode != 0:
+            said = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise BuildError(f"go build of kubectl failed: {said[:200]}")
+        (top / "kubectl.tmp").rename(binary)
+        log(f"built kubectl in {time.monotonic() - t0:.0f} s")
+        return binary
+
+
 def main(argv: list[str]) -> int:
     try:
         d = build(log=lambda m: print(m, file=sys.stderr))

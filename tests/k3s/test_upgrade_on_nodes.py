@@ -1,7 +1,8 @@
 """piml upgrade --k3s against real test nodes: one server and two agents installed by `piml up` with the k3s
 stand-in at v1.36.3+k3s1, then moved to a second build of the stand-in that reports v1.37.0+k3s1 (each node
 reports the version of the binary it runs, as kubelets do). The playbooks, SSH, systemd and the install
-script's interface are real; what a drain evicts is not (the stand-in runs no pods, see its README)."""
+script's interface are real; what a drain evicts is not (the stand-in runs no pods, see its README; the real
+kubectl drains real pods, as drain.yml renders it, in tests/platform/test_drain.py)."""
 
 from __future__ import annotations
 
