@@ -99,6 +99,16 @@ def own_plane(tmp_path_factory):
         cp("down", str(p.dir), timeout=60)
 
 
+@pytest.fixture(scope="session")
+def kubectl() -> Path:
+    """The real kubectl at the plane's version (`k3s kubectl` is kubectl), built once (tests/controlplane/build.py)."""
+    from tests.controlplane import build
+
+    if GO is None:
+        pytest.skip("Go is not installed (needed to build kubectl)")
+    return build.kubectl(log=lambda _m: None)
+
+
 class Project:
     """A piml project directory (named `lab`) whose .piml/kubeconfig is the plane's."""
 

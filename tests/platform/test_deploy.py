@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 
 from piml.errors import EXIT_FAILED, PimlError
@@ -303,36 +306,48 @@ def test_an_immutable_field_piml_now_renders_differently_is_one_line_with_the_fi
     )
 
 
-def test_a_users_kubectl_change_to_a_piml_field_is_taken_back_and_their_own_fields_stay(project, plane):
-    """A second field manager: a user scales Dask's workers with `kubectl scale` and adds a label of their own with
-    `kubectl label`. piml applies with force: the fields it renders are its own and come back to what piml.yaml
-    says (reported as changed); a field only the user set stays theirs."""
+def test_a_users_kubectl_change_to_a_piml_field_is_taken_back_and_their_own_fields_stay(project, plane, kubectl):
+    """A second field manager: a user scales Dask's workers with `kubectl scale`, adds a label of their own with
+    `kubectl label` and an annotation with `kubectl apply` (client-side, the real kubectl). piml applies with force:
+    the fields it renders are its own and come back to what piml.yaml says (reported as changed); a field only the
+    user set stays theirs."""
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
     path = "/apis/apps/v1/namespaces/piml/deployments/dask-worker-arm64"
     kube = plane.kube()
+
+    def user(*args: str, stdin: str | None = None) -> None:
+        done = subprocess.run(
+            [str(kubectl), f"--kubeconfig={project.kubeconfig}", "-n", "piml", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
     try:
-        want = kube.get(path)["spec"]["replicas"]
-        kube.request(
-            "PATCH",
-            f"{path}/scale",
-            {"fieldManager": "kubectl"},
-            {"spec": {"replicas": want + 2}},
-            content_type="application/merge-patch+json",
-        )
-        kube.request(
-            "PATCH",
-            path,
-            {"fieldManager": "kubectl-label"},
-            {"metadata": {"labels": {"team": "vision"}}},
-            content_type="application/merge-patch+json",
-        )
+        live = kube.get(path)
+        want = live["spec"]["replicas"]
+        user("scale", "deployment/dask-worker-arm64", f"--replicas={want + 2}")
+        user("label", "deployment/dask-worker-arm64", "team=vision")
+        mine = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "dask-worker-arm64", "namespace": "piml", "annotations": {"owner": "vision"}},
+            "spec": {"selector": live["spec"]["selector"], "template": live["spec"]["template"]},
+        }
+        user("apply", "-f", "-", stdin=json.dumps(mine))
+        assert kube.get(path)["spec"]["replicas"] == want + 2
         report = deploy(cluster, project.kubeconfig, rendered, FAST)
         assert "Deployment piml/dask-worker-arm64" in {str(a.ref) for a in report.applied if a.action == "changed"}
         live = kube.get(path)
         assert live["spec"]["replicas"] == want
         assert live["metadata"]["labels"]["team"] == "vision"
+        assert live["metadata"]["annotations"]["owner"] == "vision"
         owners = {m["manager"] for m in live["metadata"]["managedFields"]}
-        assert {"piml", "kubectl-label"} <= owners
+        assert {"piml", "kubectl-label", "kubectl-client-side-apply"} <= owners, owners
+        # and piml's next run leaves the user's fields alone: nothing of its own changed
+        assert not [a for a in deploy(cluster, project.kubeconfig, rendered, FAST).applied if a.action == "changed"]
     finally:
         kube.close()

@@ -16,16 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.controlplane import build
 from tests.controlplane.test_control_plane import until
 
 DRAIN_TASKS = Path(__file__).resolve().parents[2] / "playbooks" / "tasks" / "drain.yml"
 NAMESPACE = "drain-test"
-
-
-@pytest.fixture(scope="module")
-def kubectl() -> Path:
-    return build.kubectl(log=lambda _m: None)
 
 
 def render(template: str, variables: dict) -> str:
