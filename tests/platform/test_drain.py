@@ -18,12 +18,13 @@ import yaml
 
 from tests.controlplane.test_control_plane import until
 
-DRAIN_TASKS = Path(__file__).resolve().parents[2] / "playbooks" / "tasks" / "drain.yml"
+PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
+DRAIN_TASKS = PLAYBOOKS / "tasks" / "drain.yml"
 NAMESPACE = "drain-test"
 
 
 def render(template: str, variables: dict) -> str:
-    """A template of drain.yml rendered by Ansible's own templating (its filters and tests, e.g. `search`)."""
+    """A template of a playbook rendered by Ansible's own templating (its filters and tests, e.g. `search`)."""
     from ansible.parsing.dataloader import DataLoader
     from ansible.template import Templar, trust_as_template
 
@@ -31,22 +32,27 @@ def render(template: str, variables: dict) -> str:
     return Templar(loader=DataLoader(), variables=trusted).template(trust_as_template(template))
 
 
-def drain(kubectl: Path, kubeconfig: Path, node: str, timeout: int) -> tuple[int, str, str, float]:
-    """Run the rendered drain of `node` bounded by `timeout` (_drain_timeout); (exit code, stderr, the rescue's
-    message, seconds taken)."""
+def run(kubectl: Path, kubeconfig: Path, command: str, facts: dict, bound: float):
+    """Run a `k3s kubectl` command of a playbook, rendered with `facts`, by the real kubectl; (done, seconds)."""
     import subprocess
 
-    block = yaml.safe_load(DRAIN_TASKS.read_text())[0]
-    command = next(t["ansible.builtin.command"] for t in block["block"] if "ansible.builtin.command" in t)
-    rescue = next(t for t in block["rescue"] if "ansible.builtin.fail" in t)
-    facts = {"inventory_hostname": node, "_drain_timeout": timeout, "_drain_left": "LEFT", "_drain_next": "NEXT"}
     argv = shlex.split(render(command, facts))
     assert argv[:2] == ["/usr/local/bin/k3s", "kubectl"], argv
     t0 = time.monotonic()
     done = subprocess.run(
-        [str(kubectl), f"--kubeconfig={kubeconfig}", *argv[2:]], capture_output=True, text=True, timeout=timeout + 30
+        [str(kubectl), f"--kubeconfig={kubeconfig}", *argv[2:]], capture_output=True, text=True, timeout=bound
     )
-    took = time.monotonic() - t0
+    return done, time.monotonic() - t0
+
+
+def drain(kubectl: Path, kubeconfig: Path, node: str, timeout: int) -> tuple[int, str, str, float]:
+    """Run the rendered drain of `node` bounded by `timeout` (_drain_timeout); (exit code, stderr, the rescue's
+    message, seconds taken)."""
+    block = yaml.safe_load(DRAIN_TASKS.read_text())[0]
+    command = next(t["ansible.builtin.command"] for t in block["block"] if "ansible.builtin.command" in t)
+    rescue = next(t for t in block["rescue"] if "ansible.builtin.fail" in t)
+    facts = {"inventory_hostname": node, "_drain_timeout": timeout, "_drain_left": "LEFT", "_drain_next": "NEXT"}
+    done, took = run(kubectl, kubeconfig, command, facts, timeout + 30)
     registered = {"_drain": {"rc": done.returncode, "stderr": done.stderr}}
     said = render(rescue["ansible.builtin.fail"]["msg"], {**facts, **registered, **rescue.get("vars", {})})
     return done.returncode, done.stderr, said, took
@@ -165,3 +171,20 @@ def test_a_down_boards_pods_do_not_hold_the_drain_to_its_bound(cluster, plane, k
     assert took < 60, f"the drain waited {took:.0f} s for a pod no kubelet will end"
     left = cluster.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}")
     assert left and left["metadata"].get("deletionTimestamp")  # still there, as on a down board
+
+
+def test_teardowns_drain_of_a_dead_agent_does_not_wait_for_its_pods_to_its_bound(cluster, plane, kubectl):
+    """`piml teardown --k3s` drains each agent before deleting it (playbooks/teardown.yml); an agent that is dead
+    (a finalizer plays its pods that no kubelet ends) held each drain 60 s, its bound, before."""
+    play = yaml.safe_load((PLAYBOOKS / "teardown.yml").read_text())[0]
+    command = next(t["ansible.builtin.command"] for t in play["tasks"] if t["name"] == "Drain the node")
+    create(cluster, deployment("stuck", "node-3", 1))
+    pod = until("stuck's pod Ready on node-3", lambda: ready_pods(cluster, "stuck", "node-3"))[0]
+    cluster.request(
+        "PATCH",
+        f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}",
+        body={"metadata": {"finalizers": ["piml.test/board-down"]}},
+        content_type="application/merge-patch+json",
+    )
+    done, took = run(kubectl, plane.kubeconfig, command, {"inventory_hostname": "node-3"}, 120)
+    assert done.returncode == 0 and took < 50, (done.returncode, round(took), done.stderr)
