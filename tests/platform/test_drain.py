@@ -120,6 +120,20 @@ def ready_pods(kube, app: str, node: str) -> list[dict]:
     ]
 
 
+def pod_of_a_down_board(kube, node: str) -> str:
+    """A Deployment's pod Running on `node` whose end no kubelet will confirm, as on a board that is down (a
+    finalizer holds it once deleted); its name."""
+    create(kube, deployment("stuck", node, 1))
+    pod = until(f"stuck's pod Ready on {node}", lambda: ready_pods(kube, "stuck", node))[0]["metadata"]["name"]
+    kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}",
+        body={"metadata": {"finalizers": ["piml.test/board-down"]}},
+        content_type="application/merge-patch+json",
+    )
+    return pod
+
+
 def test_the_drain_cordons_and_evicts_and_emptydir_data_does_not_stop_it(cluster, plane, kubectl):
     volumes = {"volumes": [{"name": "scratch", "emptyDir": {}}]}
     create(cluster, deployment("web", "node-2", 2, **volumes))
@@ -158,18 +172,11 @@ def test_a_down_boards_pods_do_not_hold_the_drain_to_its_bound(cluster, plane, k
     """No kubelet confirms the end of a pod on a board that is down: its pods keep a deletionTimestamp and stay
     (a finalizer plays that here). kubectl stops waiting for them 20 s after their grace period: the resumed
     upgrade and the removal of a dead board drain within that, not at the drain's bound (seen in CI)."""
-    create(cluster, deployment("stuck", "node-2", 1, **{}))
-    pod = until("stuck's pod Ready on node-2", lambda: ready_pods(cluster, "stuck", "node-2"))[0]
-    cluster.request(
-        "PATCH",
-        f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}",
-        body={"metadata": {"finalizers": ["piml.test/board-down"]}},
-        content_type="application/merge-patch+json",
-    )
+    pod = pod_of_a_down_board(cluster, "node-2")
     rc, stderr, _said, took = drain(kubectl, plane.kubeconfig, "node-2", 120)
     assert rc == 0, stderr
     assert took < 60, f"the drain waited {took:.0f} s for a pod no kubelet will end"
-    left = cluster.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}")
+    left = cluster.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}")
     assert left and left["metadata"].get("deletionTimestamp")  # still there, as on a down board
 
 
@@ -178,13 +185,6 @@ def test_teardowns_drain_of_a_dead_agent_does_not_wait_for_its_pods_to_its_bound
     (a finalizer plays its pods that no kubelet ends) held each drain 60 s, its bound, before."""
     play = yaml.safe_load((PLAYBOOKS / "teardown.yml").read_text())[0]
     command = next(t["ansible.builtin.command"] for t in play["tasks"] if t["name"] == "Drain the node")
-    create(cluster, deployment("stuck", "node-3", 1))
-    pod = until("stuck's pod Ready on node-3", lambda: ready_pods(cluster, "stuck", "node-3"))[0]
-    cluster.request(
-        "PATCH",
-        f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}",
-        body={"metadata": {"finalizers": ["piml.test/board-down"]}},
-        content_type="application/merge-patch+json",
-    )
+    pod_of_a_down_board(cluster, "node-3")
     done, took = run(kubectl, plane.kubeconfig, command, {"inventory_hostname": "node-3"}, 120)
     assert done.returncode == 0 and took < 50, (done.returncode, round(took), done.stderr)
