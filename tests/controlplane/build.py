@@ -79,6 +79,13 @@ def find_go() -> str | None:
     return None
 
 
+def _go() -> str:
+    go = find_go()
+    if not go:
+        raise BuildError("Go not found (looked on PATH and in /usr/local/go/bin); install Go >= 1.26.5")
+    return go
+
+
 def _kube_ldflags() -> str:
     major, minor, _ = KUBE_VERSION.lstrip("v").split(".")
     pairs = {
@@ -173,9 +180,7 @@ def bin_dir_if_built() -> Path | None:
 
 def build(log=print) -> Path:
     """Return the bin dir holding the control-plane binaries, building them first if needed."""
-    go = find_go()
-    if not go:
-        raise BuildError("Go not found (looked on PATH and in /usr/local/go/bin); install Go >= 1.26.5")
+    go = _go()
     key = version_key(go)
     top = CACHE / key
     bin_dir = top / "bin"
@@ -245,9 +250,7 @@ def kubectl(log=print) -> Path:
     """kubectl at KUBE_VERSION (the kubectl `k3s kubectl` is), for tests that run the kubectl commands piml's
     playbooks render; built once into CACHE/kubectl-<key>/kubectl from modules/kubectl, its own module and key so
     that the control plane is not rebuilt for it (the Go build cache shares what they have in common)."""
-    go = find_go()
-    if not go:
-        raise BuildError("Go not found (looked on PATH and in /usr/local/go/bin); install Go >= 1.26.5")
+    go = _go()
     h = hashlib.sha256()
     for f in ("go.mod", "go.sum"):
         h.update((MODULES / "kubectl" / f).read_bytes())
