@@ -99,6 +99,34 @@ class NodeSetup(Settings):
     reboot_timeout: int = Field(600, ge=30, le=3600, description="seconds to wait for a node to come back")
 
 
+def _s3_endpoint(section: str, value: str | None) -> str | None:
+    """An S3 store's http(s)://HOST[:PORT] (mlflow.s3_endpoint_url, backup.s3_endpoint_url); its keys go in
+    .piml/secrets.yaml as SECTION_s3_access_key and SECTION_s3_secret_key, never in the URL."""
+    if value is None:
+        return value
+    parts = _split_url(value)
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise _setting(
+            f"'{section}.s3_endpoint_url' is not an http(s)://HOST[:PORT] URL", "write it like http://nas.lan:9000"
+        )
+    if parts.username is not None:
+        raise _setting(
+            f"'{section}.s3_endpoint_url' has credentials in it",
+            f"remove them (the keys go in .piml/secrets.yaml as {section}_s3_access_key and {section}_s3_secret_key)",
+        )
+    return value
+
+
+S3_REGION = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
 class MLflow(Settings):
     enabled: bool = True
     version: Version = MLFLOW_VERSION
@@ -119,7 +147,7 @@ class MLflow(Settings):
     s3_endpoint_url: str | None = Field(
         None, description="artifacts: s3 elsewhere than AWS (MinIO, Garage, a NAS): http(s)://HOST[:PORT]"
     )
-    s3_region: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = Field(
+    s3_region: S3_REGION | None = Field(
         None, description="artifacts: s3 region, e.g. eu-west-1 (Garage: garage); unset: the client's default"
     )
     storage: MemoryQuantity = Field("10Gi", description="size of the MLflow volume")
@@ -159,26 +187,7 @@ class MLflow(Settings):
     @field_validator("s3_endpoint_url")
     @classmethod
     def _s3_endpoint_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = _split_url(value)
-        if (
-            parts is None
-            or parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or parts.path not in ("", "/")
-            or parts.query
-            or parts.fragment
-        ):
-            raise _setting(
-                "'mlflow.s3_endpoint_url' is not an http(s)://HOST[:PORT] URL", "write it like http://nas.lan:9000"
-            )
-        if parts.username is not None:
-            raise _setting(
-                "'mlflow.s3_endpoint_url' has credentials in it",
-                "remove them (the keys go in .piml/secrets.yaml as mlflow_s3_access_key and mlflow_s3_secret_key)",
-            )
-        return value
+        return _s3_endpoint("mlflow", value)
 
     @model_validator(mode="after")
     def _stores(self) -> MLflow:
@@ -405,6 +414,16 @@ class Backup(Settings):
     )
     keep: int = Field(7, ge=1, le=1000, description="scheduled archives kept; older ones are deleted")
     storage: MemoryQuantity = Field("10Gi", description="size of the piml-backups volume, on MLflow's node")
+    s3_uri: str | None = Field(
+        None,
+        description="also keep the newest `keep` archives in this bucket, off the boards: s3://BUCKET[/PREFIX]; "
+        "keys: backup_s3_access_key and backup_s3_secret_key in .piml/secrets.yaml or "
+        "$PIML_BACKUP_S3_ACCESS_KEY / _SECRET_KEY",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="s3_uri elsewhere than AWS (MinIO, Garage, a NAS): http(s)://HOST[:PORT]"
+    )
+    s3_region: S3_REGION | None = Field(None, description="s3_uri's region, e.g. eu-west-1; unset: us-east-1")
 
     @field_validator("schedule")
     @classmethod
@@ -416,6 +435,35 @@ class Backup(Settings):
             fix = "put the zone in backup.time_zone" if "time zone" in problem else "e.g. '30 3 * * *' for 03:30 daily"
             raise _setting(f"{value.strip()[:40]!r} {problem}", fix, named=False)
         return value.strip()
+
+    @field_validator("s3_uri")
+    @classmethod
+    def _s3_uri(cls, value: str | None) -> str | None:
+        # Keys are written as they are (no URL escaping to get wrong): letters, digits and . _ - / only.
+        if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?", value):
+            raise _setting(
+                "'backup.s3_uri' is not an s3://BUCKET[/PREFIX] URI (a prefix of letters, digits, '.', '_', '-', '/')",
+                "write it like s3://backups/piml/lab",
+            )
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint_url(cls, value: str | None) -> str | None:
+        return _s3_endpoint("backup", value)
+
+    @model_validator(mode="after")
+    def _s3_needs_uri(self) -> Backup:
+        for key in ("s3_endpoint_url", "s3_region"):
+            if getattr(self, key) is not None and not self.s3_uri:
+                raise _setting(f"'backup.{key}' is set but no bucket is named", "add s3_uri: s3://BUCKET[/PREFIX]", key)
+        if self.s3_uri and not self.schedule:
+            raise _setting(
+                "'backup.s3_uri' is where scheduled archives go, and backup.schedule is not set",
+                "set schedule (e.g. '30 3 * * *'), or remove s3_uri",
+                "s3_uri",
+            )
+        return self
 
     @field_validator("time_zone")
     @classmethod

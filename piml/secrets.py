@@ -34,6 +34,8 @@ USER_GIVEN = {
     "mlflow_backend_password": "PIML_MLFLOW_BACKEND_PASSWORD",
     "mlflow_s3_access_key": "PIML_MLFLOW_S3_ACCESS_KEY",
     "mlflow_s3_secret_key": "PIML_MLFLOW_S3_SECRET_KEY",
+    "backup_s3_access_key": "PIML_BACKUP_S3_ACCESS_KEY",
+    "backup_s3_secret_key": "PIML_BACKUP_S3_SECRET_KEY",
 }
 
 

@@ -59,6 +59,7 @@ SERVICE_FIXTURES = {
     "dask_cluster",
     "idle_dask",
     "own_redis",
+    "s3_server",
 }
 NODE_FIXTURES = {"node_substrate", "node_factory", "three_nodes"}
 

@@ -300,3 +300,97 @@ def rabbitmq_server(tmp_path_factory):
     SECRETS.append(server.password)
     with rabbit_node(tmp_path_factory.mktemp("rabbitmq"), server, f"piml-test-{server.port}@localhost") as node:
         yield node
+
+
+# -- S3 ---------------------------------------------------------------------------------------------------------------
+# Not S3 itself (no S3 server can be had here: see tests/contract/images.S3_STANDIN): moto's S3 server, with its
+# IAM checks on, so that a request our own signer got wrong is refused as AWS refuses it (moto recomputes each
+# signature with botocore's S3SigV4Auth). The first SETUP_REQUESTS requests (a user, its policy, its keys, a bucket)
+# are let through unsigned; every later one must carry a valid signature of that user's keys. It does not check
+# that a body matches its x-amz-content-sha256, as AWS does.
+S3_SETUP = """
+import boto3, json, sys
+url, bucket = sys.argv[1], sys.argv[2]
+anyone = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+iam = boto3.client("iam", **anyone)
+iam.create_user(UserName="piml-backup")
+policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+iam.put_user_policy(UserName="piml-backup", PolicyName="s3", PolicyDocument=json.dumps(policy))
+key = iam.create_access_key(UserName="piml-backup")["AccessKey"]
+boto3.client("s3", **anyone).create_bucket(Bucket=bucket)
+print(json.dumps([key["AccessKeyId"], key["SecretAccessKey"]]))
+"""
+S3_SETUP_REQUESTS = 4
+S3_READ = """
+import boto3, json, sys
+url, bucket, access, secret, out = sys.argv[1:6]
+keys = dict(aws_access_key_id=access, aws_secret_access_key=secret)
+s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", **keys)
+found = {}
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+    for item in page.get("Contents", []):
+        found[item["Key"]] = item["Size"]
+        if out != "-":
+            s3.download_file(bucket, item["Key"], out + "/" + item["Key"].replace("/", "__"))
+print(json.dumps(found))
+"""
+
+
+@dataclass
+class S3Server:
+    url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    python: Path
+    proc: subprocess.Popen | None = None
+
+    def objects(self, download_to: Path | None = None) -> dict[str, int]:
+        """The bucket's keys and sizes, read with boto3 (and downloaded, '/' in a key as '__', when asked)."""
+        import json
+
+        args = [self.url, self.bucket, self.access_key, self.secret_key, str(download_to or "-")]
+        result = subprocess.run([str(self.python), "-c", S3_READ, *args], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """A bucket `pi-backups` on a moto S3 server of its own (per test: its state is all in memory), with a user
+    whose keys may do anything in S3."""
+    import json
+    import socket
+
+    from tests.contract import images
+
+    bin_dir = images.s3_standin().bin
+    assert bin_dir is not None
+    port = free_port()
+    log = tmp_path / "moto.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(S3_SETUP_REQUESTS)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
+            60,
+            "moto_server",
+            proc,
+            log,
+        )
+        made = subprocess.run(
+            [str(bin_dir / "python"), "-c", S3_SETUP, url, "pi-backups"], capture_output=True, text=True, timeout=120
+        )
+        assert made.returncode == 0, made.stderr[-2000:]
+        access, secret = json.loads(made.stdout)
+        SECRETS.append(secret)
+        yield S3Server(url, "pi-backups", access, secret, bin_dir / "python", proc)
+    finally:
+        stop(proc)

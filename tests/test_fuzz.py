@@ -233,6 +233,15 @@ backup_settings = st.fixed_dictionaries(
         ),
         "keep": st.one_of(st.integers(-1, 2000), st.text(max_size=3)),
         "storage": st.sampled_from(["10Gi", "1 TB", ""]),
+        "s3_uri": st.one_of(
+            st.sampled_from(["s3://backups", "s3://backups/piml/lab", "s3://B", "s3://", "backups", "s3://a/b c"]),
+            st.text(max_size=30).map(lambda t: "s3://backups/" + t),
+        ),
+        "s3_endpoint_url": st.one_of(
+            st.sampled_from(["http://nas.lan:3900", "https://GK:pw@s3.lan", "ftp://nas", "http://[::1", ""]),
+            st.text(max_size=20),
+        ),
+        "s3_region": st.one_of(st.sampled_from(["garage", "eu-west-1", "EU", ""]), st.text(max_size=8)),
     },
 )
 

@@ -2,12 +2,17 @@
 a ConfigMap beside piml/backup/onnode.py's SNAPSHOT program (standard library only: the image has nothing else).
 
     python3 scheduled.py SNAPSHOT_PY SOURCE_DIR BACKUP_DIR --keep N --project P --mlflow-version V --piml-version V
+        [--s3-uri s3://BUCKET[/PREFIX] [--s3-endpoint URL] [--s3-region R]]   (keys: $AWS_ACCESS_KEY_ID, _SECRET_)
 
 It takes SOURCE_DIR (MLflow's volume) with SNAPSHOT (SQLite copied online, the rest as it is) and writes the same
 archive `piml backup` writes (piml/backup/archive.py, format piml-backup/1) holding that one part, so
 `piml restore` takes it as it is: published under its final name only when whole, mode 0600, with its
 `.sha256` beside it. Then the oldest archives beyond N are deleted, and partial files a killed run left.
-A run that fails leaves the archives it found as they were, and exits non-zero (the Job retries it)."""
+A run that fails leaves the archives it found as they were, and exits non-zero (the Job retries it).
+
+With --s3-uri the newest N are also in the bucket, off the board (s3store.py, shipped beside it): each one the
+bucket lacks is uploaded, its `.sha256` after it (so an archive with its .sha256 there is whole), and the bucket's
+oldest beyond N are deleted. An upload that failed is made by the next run."""
 
 import argparse
 import hashlib
@@ -119,6 +124,32 @@ def prune(args):
     return gone
 
 
+def ship(args, bucket, prefix):
+    """Upload the archives kept here that the bucket (an s3store.Bucket) lacks under `prefix` (archive, then its
+    .sha256), then delete the bucket's oldest beyond `keep`. Returns (uploaded, deleted) names."""
+    mine = prefix + f"piml-backup-{args.project}-"
+    there = set(bucket.list(mine))
+    here = sorted(n for n in os.listdir(args.backup_dir) if n.startswith(mine[len(prefix) :]) and n.endswith(".tar.gz"))
+    uploaded = []
+    for name in here:
+        if prefix + name in there and prefix + name + ".sha256" in there:
+            continue
+        path = os.path.join(args.backup_dir, name)
+        bucket.put_file(prefix + name, path, sha256_of(path), os.path.getsize(path))
+        with open(path + ".sha256", "rb") as handle:
+            bucket.put_bytes(prefix + name + ".sha256", handle.read())
+        there |= {prefix + name, prefix + name + ".sha256"}
+        uploaded.append(name)
+    archives = sorted(key for key in there if key.endswith(".tar.gz"))
+    deleted = []
+    for key in archives[: max(0, len(archives) - args.keep)]:
+        for gone in (key, key + ".sha256"):
+            if gone in there:
+                bucket.delete(gone)
+        deleted.append(key[len(prefix) :])
+    return uploaded, deleted
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="scheduled.py")
     parser.add_argument("snapshot")
@@ -129,9 +160,15 @@ def main(argv=None):
     parser.add_argument("--mlflow-version", required=True)
     parser.add_argument("--piml-version", required=True)
     parser.add_argument("--timeout", type=float, default=3000.0)
+    parser.add_argument("--s3-uri")
+    parser.add_argument("--s3-endpoint")
+    parser.add_argument("--s3-region")
     args = parser.parse_args(argv)
     if args.keep < 1:
         parser.error("--keep must be at least 1")
+    keys = (os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    if args.s3_uri and not all(keys):
+        parser.error("--s3-uri needs the bucket's keys in $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
     try:
         final = take(args, time.gmtime())
     except (OSError, subprocess.SubprocessError) as exc:
@@ -140,6 +177,20 @@ def main(argv=None):
     print(f"piml scheduled backup: {final} ({os.path.getsize(final)} bytes)")
     for name in prune(args):
         print(f"piml scheduled backup: deleted {name} (keeping the newest {args.keep})")
+    if args.s3_uri:
+        import s3store  # beside this file, in the ConfigMap as in piml/backup/
+
+        name, prefix = s3store.parse_uri(args.s3_uri)
+        bucket = s3store.Bucket(args.s3_endpoint, name, args.s3_region, *keys, timeout=min(args.timeout, 600.0))
+        try:
+            uploaded, deleted = ship(args, bucket, prefix)
+        except (OSError, s3store.S3Error) as exc:
+            sys.stderr.write(f"piml scheduled backup: kept in {args.backup_dir}, not in {args.s3_uri}: {exc}\n")
+            return 1
+        for name in uploaded:
+            print(f"piml scheduled backup: uploaded {name} to {args.s3_uri}")
+        for name in deleted:
+            print(f"piml scheduled backup: deleted {name} from {args.s3_uri} (keeping the newest {args.keep})")
     return 0
 
 

@@ -21,14 +21,20 @@ from piml.render.source import PACKAGE
 PROGRAM = PACKAGE / "backup" / "scheduled.py"
 
 
-def run(tmp_path: Path, source: Path, backups: Path, keep: int = 2) -> subprocess.CompletedProcess:
+def run(
+    tmp_path: Path, source: Path, backups: Path, keep: int = 2, extra: tuple[str, ...] = (), env: dict | None = None
+) -> subprocess.CompletedProcess:
     snapshot = tmp_path / "snapshot.py"
     if not snapshot.exists():
         snapshot.write_text(SNAPSHOT)
     args = [str(snapshot), str(source), str(backups), f"--keep={keep}", "--project=lab"]
-    args += ["--mlflow-version=3.18.0", "--piml-version=0.1.0"]
+    args += ["--mlflow-version=3.18.0", "--piml-version=0.1.0", *extra]
     return subprocess.run(
-        [sys.executable, str(PROGRAM), *args], capture_output=True, text=True, timeout=120, env={"NODE_NAME": "pi3"}
+        [sys.executable, str(PROGRAM), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"NODE_NAME": "pi3", **(env or {})},
     )
 
 
@@ -100,3 +106,73 @@ def test_what_a_killed_run_left_is_cleared_by_the_next(tmp_path):
     (backups / ".piml-scheduled-abc" / "mlflow.tar").write_bytes(b"torn")
     assert run(tmp_path, source, backups).returncode == 0
     assert not [n for n in os.listdir(backups) if n.startswith(".")]
+
+
+# -- to an S3 bucket (backup.s3_uri), on moto's S3 server with its signature checks on (tests/services.py) ----------
+def to_bucket(s3_server, uri: str = "s3://pi-backups/lab/nightly", secret: str | None = None):
+    keys = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": secret or s3_server.secret_key}
+    return (f"--s3-uri={uri}", f"--s3-endpoint={s3_server.url}", "--s3-region=us-east-1"), keys
+
+
+def test_archives_reach_the_bucket_and_only_the_newest_stay_there(tmp_path, s3_server):
+    source, backups = store(tmp_path), tmp_path / "backups"
+    backups.mkdir()
+    extra, keys = to_bucket(s3_server)
+    made = []
+    for _ in range(3):
+        result = run(tmp_path, source, backups, extra=extra, env=keys)
+        assert result.returncode == 0, result.stderr
+        made.append(archives(backups)[-1])
+        assert f"uploaded {made[-1]} to s3://pi-backups/lab/nightly" in result.stdout
+        time.sleep(1.05)
+    assert f"deleted {made[0]} from s3://pi-backups/lab/nightly" in result.stdout
+    (tmp_path / "got").mkdir()
+    there = s3_server.objects(download_to=tmp_path / "got")
+    wanted = [f"lab/nightly/{n}{end}" for n in made[1:] for end in ("", ".sha256")]
+    assert sorted(there) == sorted(wanted)
+    for name in made[1:]:  # byte for byte what the board kept, and its .sha256 checks out
+        got = tmp_path / "got" / f"lab__nightly__{name}"
+        assert got.read_bytes() == (backups / name).read_bytes()
+        assert (tmp_path / "got" / f"lab__nightly__{name}.sha256").read_bytes() == (
+            backups / f"{name}.sha256"
+        ).read_bytes()
+    newest = tmp_path / "got" / made[-1]
+    (tmp_path / "got" / f"lab__nightly__{made[-1]}").rename(newest)
+    (tmp_path / "read").mkdir()
+    with archive.opened(newest, tmp_path / "read") as (manifest, parts):  # what `piml restore` takes
+        assert set(parts) == {"mlflow"} and manifest.project == "lab"
+
+
+def test_an_upload_that_failed_is_made_by_the_next_run(tmp_path, s3_server):
+    source, backups = store(tmp_path), tmp_path / "backups"
+    backups.mkdir()
+    extra, keys = to_bucket(s3_server)
+    nobody = ("--s3-uri=s3://pi-backups/lab", "--s3-endpoint=http://127.0.0.1:9", "--s3-region=us-east-1")
+    failed = run(tmp_path, source, backups, extra=nobody, env=keys)
+    assert failed.returncode == 1
+    missed = archives(backups)
+    assert len(missed) == 1  # kept on the board
+    [line] = failed.stderr.splitlines()
+    assert line.startswith(f"piml scheduled backup: kept in {backups}, not in s3://pi-backups/lab: ")
+    assert "http://127.0.0.1:9 did not answer" in line
+    time.sleep(1.05)
+    extra, keys = to_bucket(s3_server, "s3://pi-backups/lab")
+    result = run(tmp_path, source, backups, extra=extra, env=keys)
+    assert result.returncode == 0, result.stderr
+    assert sorted(s3_server.objects()) == sorted(f"lab/{n}{end}" for n in archives(backups) for end in ("", ".sha256"))
+    assert f"uploaded {missed[0]}" in result.stdout
+
+
+def test_keys_the_bucket_refuses_fail_the_run_without_showing_them(tmp_path, s3_server):
+    source, backups = store(tmp_path), tmp_path / "backups"
+    backups.mkdir()
+    extra, keys = to_bucket(s3_server, secret="not-the-secret-key-at-all")
+    result = run(tmp_path, source, backups, extra=extra, env=keys)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "HTTP 403 SignatureDoesNotMatch" in line, line
+    assert "not-the-secret-key-at-all" not in result.stdout + result.stderr
+    assert s3_server.secret_key not in result.stdout + result.stderr
+    assert s3_server.objects() == {}
+    missing = run(tmp_path, source, backups, extra=extra, env={})
+    assert missing.returncode == 2 and "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY" in missing.stderr

@@ -85,6 +85,58 @@ class Platform:
             raise RuntimeError(f"the bucket could not be made: {result.stderr[-1000:]}")
         return pod
 
+    def s3_outside(self, host: str = "nas", domain: str = "lan", port: int = 3900, bucket: str = "pi-backups"):
+        """The user's own S3 store off the cluster, reached as http://HOST.DOMAIN:PORT (a Service `host` in the
+        namespace `domain`, so pods resolve that name): moto's S3 server with its signature checks on, a bucket and
+        a user who may use it (tests/services.py). Returns (the pod, its access key, its secret key)."""
+        import json
+
+        from tests.services import S3_SETUP, S3_SETUP_REQUESTS
+
+        self.mirrors.setdefault(images.S3_STANDIN, images.s3_standin())
+        images.NOTES.add("moto's S3 server stands in for the user's own S3 store (no S3 server can be had here)")
+        labels = {"app": f"{host}-s3"}
+        self.kubelet.objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": host, "namespace": domain},
+                "spec": {"selector": labels, "ports": [{"name": "s3", "port": port, "targetPort": port}]},
+            }
+        )
+        spec = {
+            "containers": [
+                {
+                    "name": "s3",
+                    "image": images.S3_STANDIN,
+                    "env": [
+                        {"name": "INITIAL_NO_AUTH_ACTION_COUNT", "value": str(S3_SETUP_REQUESTS)},
+                        # path-style only, as MinIO or Garage without a domain set: moto would otherwise take
+                        # the `nas` of nas.lan for a bucket's name (virtual-hosted style)
+                        {"name": "S3_IGNORE_SUBDOMAIN_BUCKETNAME", "value": "true"},
+                    ],
+                    "ports": [{"name": "s3", "containerPort": port}],
+                    "command": ["moto_server", "-H", "0.0.0.0", "-p", str(port)],
+                }
+            ]
+        }
+        pod = self.kubelet.start(f"{host}-s3-0", domain, labels, spec)
+        wait = (  # moto_server takes a few seconds to listen
+            "import socket, time\n"
+            "for _ in range(120):\n"
+            "    try:\n"
+            f"        socket.create_connection(('127.0.0.1', {port}), 1).close(); break\n"
+            "    except OSError:\n"
+            "        time.sleep(0.5)\n"
+        )
+        made = self.kubelet.exec(
+            pod, ["python", "-c", wait + S3_SETUP, f"http://127.0.0.1:{port}", bucket], timeout=120
+        )
+        if made.returncode:
+            raise RuntimeError(f"the S3 store could not be set up: {made.stderr[-1000:]}")
+        access, secret = json.loads(made.stdout.strip().splitlines()[-1])
+        return pod, access, secret
+
     def job_pod(self, scaled_job: str, job_name: str) -> Pod:
         """A pod of the Job that KEDA makes from a ScaledJob (its jobTargetRef template, the Job's labels)."""
         obj = self.kubelet.find("ScaledJob", scaled_job, self.ns)

@@ -1,6 +1,7 @@
 """The scheduled backup (backup.schedule) as rendered: the CronJob's pod, run as MLflow's image runs it, on the
 volume a real MLflow server is writing. What it leaves is read by `piml restore`'s reader and holds the runs,
-metrics and artifacts the server had; only the newest `keep` archives stay."""
+metrics and artifacts the server had; only the newest `keep` archives stay, on the volume and in the user's S3
+bucket (backup.s3_uri) off the cluster, reached by its name with the keys of the rendered Secret."""
 
 from __future__ import annotations
 
@@ -13,16 +14,26 @@ import time
 import pytest
 
 from piml.backup import archive
+from tests.contract import images
 from tests.contract.platform import start_platform
 from tests.contract.test_mlflow import _client_pod
+from tests.services import S3Server
 
 pytestmark = pytest.mark.contract
 
 
-def test_the_cronjobs_pod_backs_up_a_live_mlflow(pod_network, tmp_path):
-    settings = {"backup": {"schedule": "*/30 * * * *", "keep": 2}}
+def test_the_cronjobs_pod_backs_up_a_live_mlflow(pod_network, tmp_path, monkeypatch):
+    to_s3 = {"s3_uri": "s3://pi-backups/lab", "s3_endpoint_url": "http://nas.lan:3900"}
+    settings = {"backup": {"schedule": "*/30 * * * *", "keep": 2, **to_s3}}
+    for variable in ("PIML_BACKUP_S3_ACCESS_KEY", "PIML_BACKUP_S3_SECRET_KEY"):  # replaced below by the store's own
+        monkeypatch.setenv(variable, "not-yet")
     platform = start_platform("pi5-3x8gb", settings, tmp_path, pod_network)
     try:
+        store, access, secret = platform.s3_outside()
+        # The keys the store gave, where the user's keys from .piml/secrets.yaml are in the rendered Secret.
+        platform.kubelet.find("Secret", "mlflow-backup", platform.ns)["stringData"].update(
+            {"s3-access-key": access, "s3-secret-key": secret}
+        )
         mlflow = platform.deployment("mlflow")
         platform.kubelet.wait_probe(mlflow.container("mlflow"), "readinessProbe", budget=120)
         client = _client_pod(platform, "backup-client")
@@ -56,6 +67,16 @@ def test_the_cronjobs_pod_backs_up_a_live_mlflow(pod_network, tmp_path):
         assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in backups.iterdir())
         check = subprocess.run(["sha256sum", "-c", f"{kept[-1]}.sha256"], cwd=backups, capture_output=True, timeout=60)
         assert check.returncode == 0, check.stdout
+        assert f"uploaded {made[-1]} to s3://pi-backups/lab" in backup.tail()
+        bucket = S3Server(
+            platform.forward(store, 3900).url, "pi-backups", access, secret, images.s3_standin().bin / "python"
+        )
+        (tmp_path / "bucket").mkdir()
+        assert sorted(bucket.objects(download_to=tmp_path / "bucket")) == [
+            f"lab/{n}{e}" for n in kept for e in ("", ".sha256")
+        ]
+        for name in kept:  # off the board, byte for byte
+            assert (tmp_path / "bucket" / f"lab__{name}").read_bytes() == (backups / name).read_bytes()
 
         (tmp_path / "read").mkdir()
         with archive.opened(backups / kept[-1], tmp_path / "read") as (manifest, parts):  # as `piml restore` does

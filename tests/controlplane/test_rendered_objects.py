@@ -56,8 +56,19 @@ SETTINGS = {
         "ray": {"gcs_fault_tolerance": True},
     },
     "serving": {"serve": {"enabled": True, "routes": {"iris": {"model": "models:/iris@champion", "max_replicas": 2}}}},
-    "scheduled-backup": {"backup": {"schedule": "30 3 * * mon-fri", "time_zone": "Europe/Berlin", "keep": 3}},
+    "scheduled-backup": {
+        "backup": {
+            "schedule": "30 3 * * mon-fri",
+            "time_zone": "Europe/Berlin",
+            "keep": 3,
+            "s3_uri": "s3://backups/piml/lab",
+            "s3_endpoint_url": "http://nas.lan:3900",
+            "s3_region": "garage",
+        }
+    },
 }
+# The user's own keys, given as the README says (in .piml/secrets.yaml), for the cases that name their own stores.
+USER_SECRETS = {"backup_s3_access_key": "GKbackup0000", "backup_s3_secret_key": "backup-secret-0000"}
 # Cases only some scenarios need: serving on one architecture and on two (a worker group per architecture).
 ONLY_ON = {"serving": {"pi5-3x8gb", "amd64-server-arm64-agents"}, "scheduled-backup": {"single-node"}}
 CASES = [
@@ -154,6 +165,8 @@ def render(tmp_path: Path, scenario: str, settings: dict, namespace: str | None 
     root.mkdir()
     config = {**settings, **({"namespace": namespace} if namespace else {})}
     cluster = Cluster(ProjectPaths(root, path), load_inventory(path), PimlConfig.model_validate(config))
+    (root / ".piml").mkdir(mode=0o700)
+    (root / ".piml" / "secrets.yaml").write_text(yaml.safe_dump(USER_SECRETS))
     rendered = render_platform(cluster, make_plan(cluster), load_or_create(root / ".piml"))
     return [obj for r in rendered for obj in r.objects]
 
