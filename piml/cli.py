@@ -539,7 +539,8 @@ def backup(
         bool,
         typer.Option(
             "--scheduled",
-            help="Take no new backup: copy here the archives backup.schedule made in the cluster (those not here yet).",
+            help="Take no new backup: copy here the archives backup.schedule made (those not here yet), from the "
+            "bucket when backup.s3_uri is set, else from the cluster.",
         ),
     ] = False,
     timeout: TransferTimeoutOpt = 1800,

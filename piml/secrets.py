@@ -62,7 +62,33 @@ def load_or_create(state_dir: Path) -> dict[str, str]:
             current[name] = _random.token_urlsafe(24) if name != "minio_access_key" else "piml" + _random.token_hex(8)
         make_private_dir(path.parent)
         write_atomic(path, yaml.safe_dump(current, sort_keys=True), mode=0o600)
-    found = {n: str(current[n]) for n in NAMES}
+    return {**{n: str(current[n]) for n in NAMES}, **_user_given(current)}
+
+
+def user_given(state_dir: Path) -> dict[str, str]:
+    """The user's own secrets that are set (environment first), creating nothing."""
+    return _user_given(load_existing(state_dir))
+
+
+def require_s3_keys(secrets: dict[str, str], section: str, why: str, where: str) -> None:
+    """The user's own S3 keys for `section` (SECTION_s3_access_key, SECTION_s3_secret_key) are in `secrets`, or one
+    line saying where to put them."""
+    from piml.errors import InputError, Problem
+
+    missing = [n for n in (f"{section}_s3_access_key", f"{section}_s3_secret_key") if not secrets.get(n)]
+    if missing:
+        raise InputError(
+            Problem(
+                where,
+                f"{why}, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not given",
+                f"add {', '.join(f'{n}: ...' for n in missing)} to {where} (or set "
+                f"{', '.join('$' + USER_GIVEN[n] for n in missing)}): your S3 store's keys",
+            )
+        )
+
+
+def _user_given(current: dict) -> dict[str, str]:
+    found = {}
     for name, variable in USER_GIVEN.items():
         value = os.environ.get(variable) or current.get(name)
         if value not in (None, ""):

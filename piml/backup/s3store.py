@@ -1,4 +1,4 @@
-"""The few S3 calls the scheduled backup makes (put an object, list a prefix, delete an object), signed with
+"""The few S3 calls the scheduled backup makes (put, list a prefix, get, delete), signed with
 AWS Signature Version 4 and addressed path-style (https://ENDPOINT/BUCKET/KEY), which AWS, MinIO, Garage and
 Ceph all take. Standard library only: it runs in MLflow's image, which has no boto3 (piml/backup/scheduled.py
 ships it beside itself). Every call is bounded by `timeout`; an error names the call and what S3 answered, never
@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import hmac
 import http.client
+import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 
@@ -53,6 +54,10 @@ class Bucket:
     def delete(self, key):
         self._call("DELETE", key)
 
+    def get(self, key, sink=None, deadline=None):
+        """The object's bytes, or (with `sink`, a binary file) streamed into it, by `deadline` (time.monotonic())."""
+        return self._call("GET", key, sink=sink, deadline=deadline)
+
     def list(self, prefix):
         """Every key under `prefix` (ListObjectsV2, page by page)."""
         keys, token = [], None
@@ -75,7 +80,7 @@ class Bucket:
         raise S3Error(f"listing {prefix!r}: more than {MAX_LIST_PAGES} pages")
 
     # -- one signed request ---------------------------------------------------------------------------------------
-    def _call(self, method, key, query=None, body=b"", size=0, payload_sha256=EMPTY_SHA256):
+    def _call(self, method, key, query=None, body=b"", size=0, payload_sha256=EMPTY_SHA256, sink=None, deadline=None):
         path = "/" + urllib.parse.quote(self.bucket + ("/" + key if key else ""), safe="/~")
         query_text = "&".join(
             f"{urllib.parse.quote(k, safe='~')}={urllib.parse.quote(v, safe='~')}"
@@ -89,6 +94,12 @@ class Bucket:
         try:
             connection.request(method, path + ("?" + query_text if query_text else ""), body=body, headers=headers)
             response = connection.getresponse()
+            if sink is not None and response.status < 300:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    sink.write(chunk)
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise S3Error(f"{what}: not whole within its time (a slow link: give it more time)")
+                return b""
             answer = response.read()
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             raise S3Error(f"{what}: {self.scheme}://{self.host} did not answer: {exc or type(exc).__name__}") from None

@@ -194,64 +194,6 @@ def inventory_node(cluster, claim: str, name: str):
     return node
 
 
-def fetch_scheduled(cluster, kube, directory: Path, timeout: float, show: Callable[[str], None]):
-    """Copy the archives the scheduled backup (backup.schedule) left in its volume into `directory`, those not
-    there yet, each checked against its .sha256 before it takes its final name. Returns (copied, already there)."""
-    import shlex
-
-    from piml.backup.archive import sha256_of
-    from piml.fsutil import create_new, os_error_problem
-    from piml.kube.volumes import claim_volume
-
-    namespace = cluster.config.namespace
-    found = claim_volume(kube, namespace, SCHEDULED_CLAIM)
-    if found is None:
-        raise PimlError(
-            Problem(
-                f"{namespace}/{SCHEDULED_CLAIM}",
-                "no volume of scheduled backups: backup.schedule is unset, or it has not run yet "
-                "(its first run makes it)",
-                "set backup.schedule in piml.yaml and `piml up`; or take one now with `piml backup`",
-            ),
-            EXIT_FAILED,
-        )
-    node, path = inventory_node(cluster, SCHEDULED_CLAIM, found[0]), found[1]
-    # one trip for every archive's name and checksum; an archive whose .sha256 is not written yet is left for later
-    sums = on_node(cluster, node, f"cd {shlex.quote(path)} && cat -- piml-backup-*.tar.gz.sha256 2>/dev/null || true",
-                   60.0).stdout  # fmt: skip
-    expected_of = {
-        name: digest
-        for digest, _, name in (line.partition("  ") for line in sums.splitlines())
-        if re.fullmatch(r"piml-backup-.+-\d{8}T\d{6}Z\.tar\.gz", name)
-    }
-    copied, present = [], []
-    for name, expected in sorted(expected_of.items()):
-        final = directory / name
-        if final.exists():
-            present.append(name)
-            continue
-        partial = directory / f".{name}.partial"
-        partial.unlink(missing_ok=True)  # what a copy that was stopped left
-        remote = shlex.quote(f"{path}/{name}")
-        try:
-            with open(create_new(partial, 0o600), "wb") as sink:
-                on_node(cluster, node, f"cat {remote}", timeout, receive=sink)
-            if sha256_of(partial) != expected:
-                raise PimlError(Problem(f"{node.name}:{path}/{name}", "the copy does not match its .sha256",
-                                        "run it again; if it stays so, the archive on the node is damaged"),
-                                EXIT_FAILED)  # fmt: skip
-            partial.rename(final)
-            with open(create_new(directory / f"{name}.sha256", 0o600), "w") as out:
-                out.write(f"{expected}  {name}\n")
-        except OSError as exc:
-            raise PimlError(os_error_problem(str(directory), exc, "cannot write the copy"), EXIT_FAILED) from None
-        finally:
-            partial.unlink(missing_ok=True)
-        copied.append(final)
-        show(f"{name}: copied from {node.name}:{path}")
-    return copied, present
-
-
 def take_etcd_snapshot(cluster, node, out: Path, timeout: float, created: str) -> None:
     """HA servers: `k3s etcd-snapshot save` on `node` (an on-demand snapshot, named for this backup, in k3s's
     snapshot directory, https://docs.k3s.io/cli/etcd-snapshot), that file and the token into `out`, then the

@@ -47,14 +47,19 @@ def run_backup(project: Path | None, inventory: Path | None, to: Path | None, ti
 
 def run_fetch_scheduled(project: Path | None, inventory: Path | None, to: Path | None, timeout: float,
                         as_json: bool) -> None:  # fmt: skip
-    from piml.backup.take import backup_dir, cluster_kube, fetch_scheduled
+    from piml.backup.fetch import fetch_from_bucket, fetch_scheduled
+    from piml.backup.take import backup_dir, cluster_kube
     from piml.project import ProjectPaths, load_cluster
 
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
-    kube = cluster_kube(cluster)
-    directory = backup_dir(cluster, to)
     show = (lambda line: None) if as_json else (lambda line: console().print(f"  {line}", markup=False))
-    copied, present = fetch_scheduled(cluster, kube, directory, timeout, show)
+    if cluster.config.backup.s3_uri:  # the bucket needs no cluster: it is there when MLflow's board is gone
+        directory = backup_dir(cluster, to)
+        copied, present = fetch_from_bucket(cluster, directory, timeout, show)
+    else:
+        kube = cluster_kube(cluster)
+        directory = backup_dir(cluster, to)
+        copied, present = fetch_scheduled(cluster, kube, directory, timeout, show)
     if as_json:
         print_json({"copied": [str(p) for p in copied], "already_here": present, "ok": True})
         return

@@ -134,6 +134,8 @@ def _with_mlflow_stores(cluster: Cluster, secrets: dict[str, str] | None) -> dic
     """`secrets` plus what the mlflow Secret carries for the user's own stores: the external database's URI with
     its password (`mlflow_backend_uri`), and a check that external S3's keys were given. The Deployment names
     these only by secretKeyRef; the URI reaches `--backend-store-uri` through `$(MLFLOW_BACKEND_STORE_URI)`."""
+    from piml.secrets import require_s3_keys
+
     mlflow = cluster.config.mlflow
     if secrets is None or not mlflow.enabled:
         return secrets
@@ -142,27 +144,10 @@ def _with_mlflow_stores(cluster: Cluster, secrets: dict[str, str] | None) -> dic
     if mlflow.backend_uri:
         secrets["mlflow_backend_uri"] = backend_uri(mlflow.backend_uri, secrets.get("mlflow_backend_password"), where)
     if mlflow.artifacts == "s3":
-        _require_s3_keys(secrets, "mlflow", "mlflow.artifacts is s3", where)
+        require_s3_keys(secrets, "mlflow", "mlflow.artifacts is s3", where)
     if cluster.config.backup.schedule and cluster.config.backup.s3_uri:
-        _require_s3_keys(secrets, "backup", "backup.s3_uri is set", where)
+        require_s3_keys(secrets, "backup", "backup.s3_uri is set", where)
     return secrets
-
-
-def _require_s3_keys(secrets: dict[str, str], section: str, why: str, where: str) -> None:
-    """The user's own S3 keys for `section` (SECTION_s3_access_key, SECTION_s3_secret_key) are given, or one line
-    saying where to put them."""
-    from piml.secrets import USER_GIVEN
-
-    missing = [n for n in (f"{section}_s3_access_key", f"{section}_s3_secret_key") if not secrets.get(n)]
-    if missing:
-        raise InputError(
-            Problem(
-                where,
-                f"{why}, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not given",
-                f"add {', '.join(f'{n}: ...' for n in missing)} to {where} (or set "
-                f"{', '.join('$' + USER_GIVEN[n] for n in missing)}): your S3 store's keys",
-            )
-        )
 
 
 def backend_uri(uri: str, password: str | None, where: str = ".piml/secrets.yaml") -> str:
