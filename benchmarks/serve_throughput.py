@@ -154,7 +154,7 @@ def main() -> int:
     results: dict[str, list[dict]] = {"mlflow": [], "serve-1": [], "serve-2": []}
     try:
         wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, mlflow_proc)
-        ray_env = {"PYTHONPATH": str(code), "PIML_SERVE_TOKEN": TOKEN}
+        ray_env = {**apps.POD_ENV, "PYTHONPATH": str(code), "PIML_SERVE_TOKEN": TOKEN}  # as the pods have it
         with ray_head_running(env, num_cpus=2, extra_env=ray_env, resources={apps.SLOT: 2}) as ray:
             serve_port = free_port()
             head = ServeHead(ray.dashboard_url, f"http://127.0.0.1:{serve_port}", ray.env, ray.log, ray.temp)

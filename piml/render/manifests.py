@@ -207,6 +207,7 @@ def _serve(config) -> dict[str, Any] | None:
         "source": source,
         "config_text": text,
         "object_store_bytes": SERVE_OBJECT_STORE_BYTES,
+        "pod_env": apps.POD_ENV,
     }
 
 

@@ -107,7 +107,8 @@ class ServeHead:
 @pytest.fixture(scope="module")
 def serve_head(mlflow_server, tmp_path_factory):
     """A Ray head that is a serving pod: PYTHONPATH holds exactly the files piml ships in its ConfigMap (a module
-    it forgets fails here as on the cluster), and four replica slots, as four serving worker pods offer."""
+    it forgets fails here as on the cluster), the pods' Ray settings (apps.POD_ENV), and four replica slots, as four
+    serving worker pods offer."""
     from piml.serve import apps
 
     app_dir = tmp_path_factory.mktemp("serve-code")
@@ -115,6 +116,6 @@ def serve_head(mlflow_server, tmp_path_factory):
         target = app_dir / "piml" / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f.text)
-    env = {"PIML_SERVE_TOKEN": SERVE_TOKEN, "PYTHONPATH": str(app_dir)}
+    env = {**apps.POD_ENV, "PIML_SERVE_TOKEN": SERVE_TOKEN, "PYTHONPATH": str(app_dir)}  # as the pods have it
     with ray_head_running(mlflow_server.env, num_cpus=2, extra_env=env, resources={apps.SLOT: 4}) as head:
         yield ServeHead(head.dashboard_url, f"http://127.0.0.1:{free_port()}", head.env, head.log, head.temp)
