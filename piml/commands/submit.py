@@ -25,7 +25,7 @@ def open_broker(project: Path | None, inventory: Path | None, queue_url: str | N
         finally:
             broker.close()
         return
-    from piml.errors import InputError, Problem
+    from piml.errors import InputError, PimlError, Problem
     from piml.project import ProjectPaths, load_cluster
     from piml.queue.tunnel import open_tunnel
 
@@ -38,9 +38,13 @@ def open_broker(project: Path | None, inventory: Path | None, queue_url: str | N
                 "switch it on and run `piml up`, or pass --queue-url",
             )
         )
-    tunnel = open_tunnel(cluster.paths.kubeconfig, cluster.config.namespace, cluster.config.queue.kind)
+    kind = cluster.config.queue.kind
+    tunnel = open_tunnel(cluster.paths.kubeconfig, cluster.config.namespace, kind)
     try:
-        broker = connect(tunnel.url, password=tunnel.password)
+        try:
+            broker = connect(tunnel.url, password=tunnel.password)
+        except PimlError as exc:
+            raise tunnel.explain(exc, kind) from None
         try:
             yield broker
         finally:

@@ -112,6 +112,7 @@ class Forwarder:
         self.port = self.listener.getsockname()[1]
         self._closed = threading.Event()
         self._keep: list[Any] = []
+        self.namespace = self.pod = ""  # where it leads, once forward() picked the pod
         threading.Thread(target=self._accept, daemon=True, name="piml-forward").start()
 
     def _accept(self) -> None:
@@ -156,6 +157,21 @@ class Tunnel:
 
     def close(self) -> None:
         self.forwarder.close()
+
+    def explain(self, exc: PimlError, kind: str) -> PimlError:
+        """A broker error about the tunnel's local end, told about the pod behind it: the user never saw the
+        loopback URL, but can look at the pod."""
+        namespace, pod = self.forwarder.namespace, self.forwarder.pod
+        where = f"{kind} pod {namespace}/{pod} (through a port-forward)"
+        local = f"127.0.0.1:{self.forwarder.port}"
+
+        def fix(what: str) -> str:
+            if "password" in what:  # the password came from the broker's Secret, not from the user
+                return f"the broker does not take the password in its Secret {kind}: run `piml up` again"
+            return f"see whether it runs: `piml status`, `kubectl -n {namespace} logs {pod}`"
+
+        problems = [Problem(where, p.what, fix(p.what)) if local in p.where else p for p in exc.problems]
+        return PimlError(problems, exc.exit_code)
 
 
 def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:
@@ -218,4 +234,5 @@ def forward(api: Any, namespace: str, selector: str, port: int, what: str) -> Fo
         return remote
 
     forwarder = Forwarder(open_remote)
+    forwarder.namespace, forwarder.pod = namespace, pod
     return forwarder

@@ -250,37 +250,50 @@ def kubectl(log=print) -> Path:
     """kubectl at KUBE_VERSION (the kubectl `k3s kubectl` is), for tests that run the kubectl commands piml's
     playbooks render; built once into CACHE/kubectl-<key>/kubectl from modules/kubectl, its own module and key so
     that the control plane is not rebuilt for it (the Go build cache shares what they have in common)."""
+    return _own_module("kubectl", _kubectl_args, log)
+
+
+def kubelet_streams(log=print) -> Path:
+    """The kubelet's streaming stand-in (modules/kubelet-streams/main.go: port-forward served by the kubelet's own
+    streaming code), built once into CACHE/kubelet-streams-<key>/, its own module and key as kubectl's."""
+    return _own_module("kubelet-streams", lambda out: ["build", "-trimpath", "-ldflags", "-s -w", "-o", out, "."], log)
+
+
+def _own_module(name: str, args, log) -> Path:
+    """Build the one binary of modules/<name> with `go <args(OUT)>`, once per go.mod/go.sum/Go/args (and main.go
+    when the module has its own code), into CACHE/<name>-<key>/<name>; under a lock, so parallel tests build once."""
     go = _go()
     h = hashlib.sha256()
-    for f in ("go.mod", "go.sum"):
-        h.update((MODULES / "kubectl" / f).read_bytes())
+    for f in ("go.mod", "go.sum", "main.go"):
+        if (MODULES / name / f).exists():
+            h.update((MODULES / name / f).read_bytes())
     h.update(subprocess.run([go, "version"], capture_output=True, text=True, timeout=60).stdout.encode())
-    h.update(repr(_kubectl_args("OUT")).encode())
-    top = CACHE / f"kubectl-{KUBE_VERSION}-{h.hexdigest()[:12]}"
-    binary = top / "kubectl"
+    h.update(repr(args("OUT")).encode())
+    top = CACHE / f"{name}-{KUBE_VERSION}-{h.hexdigest()[:12]}"
+    binary = top / name
     top.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{top.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binary.exists():
             return binary
-        log(f"building kubectl {KUBE_VERSION} into {binary}")
+        log(f"building {name} {KUBE_VERSION} into {binary}")
         t0 = time.monotonic()
         try:
             done = subprocess.run(
-                [go, *_kubectl_args(str(top / "kubectl.tmp"))],
-                cwd=MODULES / "kubectl",
+                [go, *args(str(top / f"{name}.tmp"))],
+                cwd=MODULES / name,
                 env={**go_env(), "CGO_ENABLED": "0"},
                 capture_output=True,
                 text=True,
                 timeout=3600,
             )
         except subprocess.TimeoutExpired:
-            raise BuildError("go build of kubectl took over an hour") from None
+            raise BuildError(f"go build of {name} took over an hour") from None
         if done.returncode != 0:
             said = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-            raise BuildError(f"go build of kubectl failed: {said[:200]}")
-        (top / "kubectl.tmp").rename(binary)
-        log(f"built kubectl in {time.monotonic() - t0:.0f} s")
+            raise BuildError(f"go build of {name} failed: {said[:200]}")
+        (top / f"{name}.tmp").rename(binary)
+        log(f"built {name} in {time.monotonic() - t0:.0f} s")
         return binary
 
 

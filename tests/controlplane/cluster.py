@@ -29,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 STATE = "controlplane.json"
-MADE = ("kubeconfig", STATE, "tls", "kubeconfigs", "db", "logs", "run")
+MADE = ("kubeconfig", STATE, "tls", "kubeconfigs", "db", "logs", "run", "kubelet-streams.port", "forwards.json")
 
 SERVICE_CIDR = "10.43.0.0/16"  # k3s defaults
 CLUSTER_CIDR = "10.42.0.0/16"
@@ -47,6 +47,7 @@ START_ORDER = (
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubelet-streams",
     "nodes",
     "local-path-provisioner",
     "helm-controller",
@@ -404,6 +405,23 @@ class Up:
             "kube-controller-manager.log",
         )
 
+        # The kubelets' port-forward (modules/kubelet-streams): one server for every stand-in node, which each
+        # node's kubelet API (kubelet_api.py) passes /portForward/ requests through to; DIR/forwards.json says
+        # what process stands behind a pod's port.
+        port_file = d / "kubelet-streams.port"
+        port_file.unlink(missing_ok=True)
+        argv = [
+            self.state["kubelet_streams_bin"],
+            "--forwards",
+            str(d / "forwards.json"),
+            "--port-file",
+            str(port_file),
+        ]
+        streams = self.spawn("kubelet-streams", argv)
+        self.wait("kubelet-streams", streams, lambda: (port_file.exists(), "no port yet"), 30, "kubelet-streams.log")
+        self.state["kubelet_streams"] = f"127.0.0.1:{port_file.read_text().strip()}"
+        _save_state(d, self.state)
+
         nodes = self.spawn(
             "nodes", [sys.executable, str(HERE / "nodes.py"), str(d)], env={**_clean_env(), "PYTHONUNBUFFERED": "1"}
         )
@@ -496,6 +514,7 @@ def up(
     d.mkdir(parents=True, exist_ok=True)
     try:
         bin_dir = build.build(log=log)
+        streams_bin = build.kubelet_streams(log=log)
     except build.BuildError as e:
         raise UpError(str(e)) from None
     for attempt in (1, 2):
@@ -506,6 +525,7 @@ def up(
             "traefik_crds": traefik_crds,
         }
         runner = Up(d, node_specs, bin_dir, chosen)
+        runner.state["kubelet_streams_bin"] = str(streams_bin)
         try:
             return runner.run()
         except UpError as e:

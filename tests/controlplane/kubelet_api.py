@@ -6,12 +6,16 @@ by the server CA (the API server checks it: `--kubelet-certificate-authority`), 
 certificate of the client CA (the API server's `system:kube-apiserver`). Unlike a kubelet, it does not ask the
 API server whether that client may (no SubjectAccessReview); anyone else is refused.
 
-Only GET /containerLogs/<namespace>/<pod>/<container> (`tailLines`, `previous`); the lines are what nodes.py
-recorded when it played the pod (faults.py). No exec, attach, port-forward, stats or metrics.
+GET /containerLogs/<namespace>/<pod>/<container> (`tailLines`, `previous`): the lines are what nodes.py
+recorded when it played the pod (faults.py). /portForward/<namespace>/<pod>[/<uid>] (SPDY or WebSocket upgrades,
+as the API server sends them): passed through, bytes as they come, to the kubelet's own streaming code
+(modules/kubelet-streams, which connects a pod's port to the process DIR/forwards.json names). No exec, attach,
+stats or metrics.
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,8 +45,9 @@ class Logs:
             return self.by_container.get(key)
 
 
-def serve(ip: str, cert: str, key: str, client_ca: str, logs: Logs) -> ThreadingHTTPServer:
-    """Start the server on (ip, a free port) in a daemon thread; `.server_address[1]` is the port."""
+def serve(ip: str, cert: str, key: str, client_ca: str, logs: Logs, streams: str) -> ThreadingHTTPServer:
+    """Start the server on (ip, a free port) in a daemon thread; `.server_address[1]` is the port. `streams`:
+    HOST:PORT of the kubelet-streams server that port-forwards go to."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):  # quiet: nodes.py logs what matters
@@ -56,11 +61,66 @@ def serve(ip: str, cert: str, key: str, client_ca: str, logs: Logs) -> Threading
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def _refused(self) -> bool:
             peer = self.connection.getpeercert() or {}
             names = [v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]
             if names != [CLIENT_CN]:
-                return self._answer(403, f"Forbidden (user={names[0] if names else 'anonymous'})")
+                self._answer(403, f"Forbidden (user={names[0] if names else 'anonymous'})")
+                return True
+            return False
+
+        def _pass_through(self) -> None:
+            """The request as it came, then both directions byte for byte until either side closes (the upgraded
+            SPDY or WebSocket connection the kubelet's streaming code speaks)."""
+            host, _, port = streams.rpartition(":")
+            try:
+                upstream = socket.create_connection((host, int(port)), timeout=10)
+            except OSError as exc:
+                return self._answer(502, f"kubelet-streams at {streams}: {exc}")
+            upstream.settimeout(None)
+            head = self.requestline + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()) + "\r\n"
+            upstream.sendall(head.encode("latin-1"))
+            self.close_connection = True
+
+            def down() -> None:  # kubelet-streams -> API server
+                try:
+                    while chunk := upstream.recv(65536):
+                        self.wfile.write(chunk)
+                except OSError:
+                    pass
+                finally:
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+            back = threading.Thread(target=down, daemon=True)
+            back.start()
+            try:
+                while chunk := self.rfile.read1(65536):  # read1: what the request's reader already buffered too
+                    upstream.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                try:
+                    upstream.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            back.join(timeout=5)
+            upstream.close()
+
+        def do_POST(self):  # noqa: N802 - SPDY port-forwards are POSTs
+            if self._refused():
+                return
+            if self.path.startswith("/portForward/"):
+                return self._pass_through()
+            return self._answer(404, "404 page not found")
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self._refused():
+                return
+            if self.path.startswith("/portForward/"):  # WebSocket port-forwards are GETs
+                return self._pass_through()
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/")[1:]]
             if len(parts) != 4 or parts[0] != "containerLogs":

@@ -107,6 +107,7 @@ class Node:
             tls[f"serving-kubelet-{self.name}-key"],
             tls["client-ca"],
             self.logs,
+            state["kubelet_streams"],
         )
         mem_ki = parse_quantity_ki(spec["memory"])
         self.capacity = {

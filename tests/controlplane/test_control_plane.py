@@ -233,6 +233,7 @@ def test_down_leaves_nothing_running(plane):
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
+        "kubelet-streams",
         "kuberay-operator",
         "local-path-provisioner",
         "nodes",
