@@ -53,12 +53,12 @@ def run_fetch_scheduled(project: Path | None, inventory: Path | None, to: Path |
 
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     show = (lambda line: None) if as_json else (lambda line: console().print(f"  {line}", markup=False))
-    if cluster.config.backup.s3_uri:  # the bucket needs no cluster: it is there when MLflow's board is gone
-        directory = backup_dir(cluster, to)
+    # the bucket needs no cluster: it is there when MLflow's board is gone
+    kube = None if cluster.config.backup.s3_uri else cluster_kube(cluster)
+    directory = backup_dir(cluster, to)
+    if kube is None:
         copied, present = fetch_from_bucket(cluster, directory, timeout, show)
     else:
-        kube = cluster_kube(cluster)
-        directory = backup_dir(cluster, to)
         copied, present = fetch_scheduled(cluster, kube, directory, timeout, show)
     if as_json:
         print_json({"copied": [str(p) for p in copied], "already_here": present, "ok": True})

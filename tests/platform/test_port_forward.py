@@ -10,44 +10,14 @@ import json
 import re
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
 from tests.controlplane.test_control_plane import until
+from tests.echo import EchoServer
 
 NAMESPACE = "forward-test"
-
-
-class EchoServer:
-    """What stands behind the pod's port: sends back what it gets."""
-
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn):
-        with conn:
-            conn.settimeout(20)
-            try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-            except OSError:
-                pass
-
-    def close(self):
-        self.listener.close()
 
 
 def behind(plane, namespace: str, pod: str, port: int, target_port: int) -> None:
@@ -88,6 +58,20 @@ def echo_pod(plane):
     kube.close()
 
 
+def kubectl_forward(kubectl, plane, pod: str, port: int, home, websockets: str = "true"):
+    """`kubectl port-forward pod/POD :PORT` running, and the local port it chose."""
+    env = {"KUBECONFIG": str(plane.kubeconfig), "KUBECTL_PORT_FORWARD_WEBSOCKETS": websockets, "HOME": str(home)}
+    proc = subprocess.Popen(  # HOME: kubectl keeps its cache in $HOME/.kube
+        [str(kubectl), "port-forward", "-n", NAMESPACE, f"pod/{pod}", f":{port}", "--address", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = until("kubectl port-forward listening", proc.stdout.readline, 30)
+    return proc, int(re.search(rf"127\.0\.0\.1:(\d+) -> {port}", line).group(1))
+
+
 def round_trip(port: int, payload: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
         conn.sendall(payload)
@@ -102,17 +86,8 @@ def round_trip(port: int, payload: bytes) -> bytes:
 
 @pytest.mark.parametrize("websockets", ["true", "false"], ids=["websocket-tunnel", "spdy"])
 def test_kubectl_port_forward_reaches_the_process_behind_the_pod(plane, kubectl, echo_pod, websockets, tmp_path):
-    env = {"KUBECONFIG": str(plane.kubeconfig), "KUBECTL_PORT_FORWARD_WEBSOCKETS": websockets, "HOME": str(tmp_path)}
-    proc = subprocess.Popen(
-        [str(kubectl), "port-forward", "-n", NAMESPACE, f"pod/{echo_pod}", ":7000", "--address", "127.0.0.1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, local = kubectl_forward(kubectl, plane, echo_pod, 7000, tmp_path, websockets)
     try:
-        line = until("kubectl port-forward listening", proc.stdout.readline, 30)
-        local = int(re.search(r"127\.0\.0\.1:(\d+) -> 7000", line).group(1))
         payload = bytes(range(256)) * 4096  # a megabyte, every byte value
         assert round_trip(local, payload) == payload
         assert round_trip(local, b"again") == b"again"  # a second connection on the same forward
@@ -189,17 +164,8 @@ def test_a_port_nothing_listens_on_is_named_by_the_runtime_not_hung(plane, kubec
     from piml.kube.client import core_api
     from piml.queue.tunnel import forward
 
-    env = {"KUBECONFIG": str(plane.kubeconfig), "HOME": str(tmp_path)}  # kubectl keeps its cache in $HOME/.kube
-    proc = subprocess.Popen(
-        [str(kubectl), "port-forward", "-n", NAMESPACE, f"pod/{echo_pod}", ":7001", "--address", "127.0.0.1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, local = kubectl_forward(kubectl, plane, echo_pod, 7001, tmp_path)
     try:
-        line = until("kubectl port-forward listening", proc.stdout.readline, 30)
-        local = int(re.search(r"127\.0\.0\.1:(\d+) -> 7001", line).group(1))
         assert round_trip(local, b"anyone?") == b""
     finally:
         proc.terminate()

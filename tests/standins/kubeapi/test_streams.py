@@ -22,6 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward, stream
 
+from tests.echo import EchoServer
 from tests.standins.kubeapi import websocket
 from tests.standins.kubeapi.server import FakeKubeAPI
 
@@ -63,44 +64,6 @@ def core(kubeconfig):
     api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
     yield api
     api.api_client.close()
-
-
-class EchoServer:
-    """A loopback TCP server that sends back what it gets; counts connections (open now, most at once, ended)."""
-
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.open = self.most = self.ended = 0
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    def _echo(self, conn):
-        with self._lock:
-            self.open += 1
-            self.most = max(self.most, self.open)
-        conn.settimeout(TIMEOUT)
-        try:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-            with self._lock:
-                self.open -= 1
-                self.ended += 1
-
-    def close(self):
-        self.listener.close()
 
 
 @pytest.fixture
