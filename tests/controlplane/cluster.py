@@ -29,7 +29,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 STATE = "controlplane.json"
-MADE = ("kubeconfig", STATE, "tls", "kubeconfigs", "db", "logs", "run", "kubelet-streams.port", "forwards.json")
+MADE = (
+    "kubeconfig",
+    STATE,
+    "tls",
+    "kubeconfigs",
+    "db",
+    "logs",
+    "run",
+    "kubelet-streams.port",
+    "forwards.json",
+    "execs.json",
+)
 
 SERVICE_CIDR = "10.43.0.0/16"  # k3s defaults
 CLUSTER_CIDR = "10.42.0.0/16"
@@ -405,15 +416,17 @@ class Up:
             "kube-controller-manager.log",
         )
 
-        # The kubelets' port-forward (modules/kubelet-streams): one server for every stand-in node, which each
-        # node's kubelet API (kubelet_api.py) passes /portForward/ requests through to; DIR/forwards.json says
-        # what process stands behind a pod's port.
+        # The kubelets' port-forward and exec (modules/kubelet-streams): one server for every stand-in node, which
+        # each node's kubelet API (kubelet_api.py) passes /portForward/ and /exec/ through to; DIR/forwards.json
+        # says what process stands behind a pod's port, DIR/execs.json what env a command exec'd in a pod gets.
         port_file = d / "kubelet-streams.port"
         port_file.unlink(missing_ok=True)
         argv = [
             self.state["kubelet_streams_bin"],
             "--forwards",
             str(d / "forwards.json"),
+            "--execs",
+            str(d / "execs.json"),
             "--port-file",
             str(port_file),
         ]

@@ -7,10 +7,11 @@ certificate of the client CA (the API server's `system:kube-apiserver`). Unlike 
 API server whether that client may (no SubjectAccessReview); anyone else is refused.
 
 GET /containerLogs/<namespace>/<pod>/<container> (`tailLines`, `previous`): the lines are what nodes.py
-recorded when it played the pod (faults.py). /portForward/<namespace>/<pod>[/<uid>] (SPDY or WebSocket upgrades,
-as the API server sends them): passed through, bytes as they come, to the kubelet's own streaming code
-(modules/kubelet-streams, which connects a pod's port to the process DIR/forwards.json names). No exec, attach,
-stats or metrics.
+recorded when it played the pod (faults.py). /portForward/<namespace>/<pod>[/<uid>] and
+/exec/<namespace>/<pod>/<container> (SPDY or WebSocket upgrades, as the API server sends them): passed through,
+bytes as they come, to the kubelet's own streaming code (modules/kubelet-streams, which connects a pod's port to
+the process DIR/forwards.json names, and runs an exec'd command locally with the env DIR/execs.json gives the
+pod). No attach, stats or metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 CLIENT_CN = "system:kube-apiserver"
+STREAMS = ("/portForward/", "/exec/")  # what kubelet-streams serves
 
 
 class Logs:
@@ -109,17 +111,17 @@ def serve(ip: str, cert: str, key: str, client_ca: str, logs: Logs, streams: str
             back.join(timeout=5)
             upstream.close()
 
-        def do_POST(self):  # noqa: N802 - SPDY port-forwards are POSTs
+        def do_POST(self):  # noqa: N802 - SPDY port-forwards and execs are POSTs
             if self._refused():
                 return
-            if self.path.startswith("/portForward/"):
+            if self.path.startswith(STREAMS):
                 return self._pass_through()
             return self._answer(404, "404 page not found")
 
         def do_GET(self):  # noqa: N802 (http.server's name)
             if self._refused():
                 return
-            if self.path.startswith("/portForward/"):  # WebSocket port-forwards are GETs
+            if self.path.startswith(STREAMS):  # WebSocket port-forwards and execs are GETs
                 return self._pass_through()
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/")[1:]]
