@@ -135,9 +135,15 @@ def ship(args, bucket, prefix):
         if prefix + name in there and prefix + name + ".sha256" in there:
             continue
         path = os.path.join(args.backup_dir, name)
-        bucket.put_file(prefix + name, path, sha256_of(path), os.path.getsize(path))
         with open(path + ".sha256", "rb") as handle:
-            bucket.put_bytes(prefix + name + ".sha256", handle.read())
+            sums = handle.read()
+        # the digest take() wrote, not the archive read again: S3 checks the body against it (x-amz-content-sha256)
+        digest = (sums.split() or [b""])[0].decode(errors="replace")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):  # damaged: take it anew
+            digest = sha256_of(path)
+            sums = f"{digest}  {name}\n".encode()
+        bucket.put_file(prefix + name, path, digest, os.path.getsize(path))
+        bucket.put_bytes(prefix + name + ".sha256", sums)
         there |= {prefix + name, prefix + name + ".sha256"}
         uploaded.append(name)
     archives = sorted(key for key in there if key.endswith(".tar.gz"))

@@ -159,19 +159,17 @@ class Tunnel:
         self.forwarder.close()
 
     def explain(self, exc: PimlError, kind: str) -> PimlError:
-        """A broker error about the tunnel's local end, told about the pod behind it: the user never saw the
-        loopback URL, but can look at the pod."""
+        """The broker's refusal to connect through the tunnel (which names the tunnel's loopback end), told about
+        the pod behind it: the user never saw the loopback URL, but can look at the pod."""
         namespace, pod = self.forwarder.namespace, self.forwarder.pod
         where = f"{kind} pod {namespace}/{pod} (through a port-forward)"
-        local = f"127.0.0.1:{self.forwarder.port}"
 
         def fix(what: str) -> str:
             if "password" in what:  # the password came from the broker's Secret, not from the user
                 return f"the broker does not take the password in its Secret {kind}: run `piml up` again"
             return f"see whether it runs: `piml status`, `kubectl -n {namespace} logs {pod}`"
 
-        problems = [Problem(where, p.what, fix(p.what)) if local in p.where else p for p in exc.problems]
-        return PimlError(problems, exc.exit_code)
+        return PimlError([Problem(where, p.what, fix(p.what)) for p in exc.problems], exc.exit_code)
 
 
 def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:

@@ -176,3 +176,23 @@ def test_keys_the_bucket_refuses_fail_the_run_without_showing_them(tmp_path, s3_
     assert s3_server.objects() == {}
     missing = run(tmp_path, source, backups, extra=extra, env={})
     assert missing.returncode == 2 and "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY" in missing.stderr
+
+
+def test_an_archive_whose_sha256_file_is_damaged_is_uploaded_with_its_digest_taken_anew(tmp_path, s3_server):
+    """The upload signs the digest beside the archive (S3 checks the body against it); a damaged .sha256 file is
+    not trusted: the archive is read again and the bucket gets the right one."""
+    import hashlib
+
+    source, backups = store(tmp_path), tmp_path / "backups"
+    backups.mkdir()
+    assert run(tmp_path, source, backups).returncode == 0  # not uploaded yet (no --s3-uri)
+    [first] = archives(backups)
+    (backups / f"{first}.sha256").write_bytes(b"garbage\n")
+    time.sleep(1.05)
+    extra, keys = to_bucket(s3_server, "s3://pi-backups/lab")
+    result = run(tmp_path, source, backups, extra=extra, env=keys)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "got").mkdir()
+    assert len(s3_server.objects(download_to=tmp_path / "got")) == 4
+    digest = hashlib.sha256((backups / first).read_bytes()).hexdigest()
+    assert (tmp_path / "got" / f"lab__{first}.sha256").read_text() == f"{digest}  {first}\n"

@@ -227,12 +227,13 @@ def _get(url: str, ctx: ssl.SSLContext, timeout: float = 3) -> tuple[int, str]:
 
 
 class Up:
-    def __init__(self, d: Path, nodes: list[dict], bin_dir: Path, addons: dict | None = None):
+    def __init__(self, d: Path, nodes: list[dict], bin_dir: Path, streams_bin: Path, addons: dict | None = None):
         self.d, self.bin = d, bin_dir
         self.addons = addons or {}  # addons.start's keyword arguments: which add-ons to run
         self.state: dict = {
             "dir": str(d),
             "bin": str(bin_dir),
+            "kubelet_streams_bin": str(streams_bin),  # build.kubelet_streams(): its own module and cache key
             "nodes": nodes,  # node_list(): [{name, memory, arch, ip}], the first labelled control-plane
             "procs": {},
         }
@@ -537,8 +538,7 @@ def up(
             "local_path_storage": local_path_storage,
             "traefik_crds": traefik_crds,
         }
-        runner = Up(d, node_specs, bin_dir, chosen)
-        runner.state["kubelet_streams_bin"] = str(streams_bin)
+        runner = Up(d, node_specs, bin_dir, streams_bin, chosen)
         try:
             return runner.run()
         except UpError as e:
