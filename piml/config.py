@@ -534,14 +534,10 @@ class PimlConfig(Settings):
     def _scheduled_backup_needs(self) -> PimlConfig:
         mlflow = self.mlflow
         if self.backup.schedule and (not mlflow.enabled or mlflow.backend != "sqlite" or mlflow.backend_uri):
-            why = (
-                "mlflow.enabled is false"
-                if not mlflow.enabled
-                else "MLflow's store is PostgreSQL (back it up with pg_dump)"
-            )
+            why = "mlflow.enabled is false" if not mlflow.enabled else "MLflow's store is PostgreSQL"
             raise _setting(
                 f"'backup.schedule' backs up MLflow's SQLite store on its volume, and {why}",
-                "remove backup.schedule",
+                "remove backup.schedule (`piml backup` takes a PostgreSQL store: pg_dump in its pod)",
                 ("backup", "schedule"),
             )
         return self

@@ -394,3 +394,60 @@ def s3_server(tmp_path):
         yield S3Server(url, "pi-backups", access, secret, bin_dir / "python", proc)
     finally:
         stop(proc)
+
+
+@dataclass
+class PostgresServer:
+    """A real PostgreSQL listening only on a unix socket in `socket_dir` (what PGHOST names); `bindir`: its
+    programs (pg_dump, psql)."""
+
+    socket_dir: Path
+    bindir: Path
+    user: str
+
+    def url(self, database: str) -> str:
+        """SQLAlchemy's URL for MLflow's store (psycopg 3, what piml's MLflow image installs)."""
+        return f"postgresql+psycopg://{self.user}@/{database}?host={self.socket_dir}"
+
+    def connect(self, database: str):
+        import psycopg
+
+        return psycopg.connect(host=str(self.socket_dir), user=self.user, dbname=database, connect_timeout=10)
+
+
+@contextmanager
+def postgres_on(user: str = "mlflow", database: str = "mlflow") -> Iterator[PostgresServer]:
+    """Debian's newest PostgreSQL, set up as the official image's entrypoint sets up its first start: `user` the
+    superuser, local connections trusted (initdb's default, which the image keeps), `database` made. Only a unix
+    socket, in a directory of its own (the image's is /var/run/postgresql), no TCP. Stopped at exit."""
+    import pwd
+    import tempfile
+
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    if not versions:
+        pytest.skip("PostgreSQL is not installed: run tests/contract/install-deps.sh as root")
+    bindir = versions[-1]
+    base = Path(tempfile.mkdtemp(prefix="piml-postgres-"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    data, sockets, log = base / "data", base / "run", base / "postgres.log"
+
+    def run(*argv: str) -> None:
+        done = subprocess.run([*as_postgres, *argv], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{argv[0]}: {done.stderr or done.stdout}"
+
+    run("mkdir", "-m", "0700", str(sockets))
+    run(str(bindir / "initdb"), "-D", str(data), f"--username={user}", "--auth-local=trust",
+        "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8")  # fmt: skip
+    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-t", "30", "-w"]
+    run(*pg_ctl, "-l", str(log), "-o", f"-k {sockets} -c listen_addresses=''", "start")
+    try:
+        run(str(bindir / "psql"), "-X", "-h", str(sockets), "-U", user, "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+            "-c", f"CREATE DATABASE {database}")  # fmt: skip
+        yield PostgresServer(sockets, bindir, user)
+    finally:
+        subprocess.run([*as_postgres, *pg_ctl, "-m", "fast", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)

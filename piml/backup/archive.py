@@ -5,6 +5,8 @@
       project.tar        inventory/, piml.yaml and .piml/ (keys, secrets, the kubeconfig): why the archive is 0600
       mlflow.tar         MLflow's volume as the node's tar stream (piml/backup/onnode.py): its SQLite stores, copied
                          online, and its artifacts
+      mlflow-db.tar      with mlflow.backend: postgresql, mlflow.sql: pg_dump's plain SQL of MLflow's database
+      queue.tar          Redis's volume: its append-only files
 
 Each part is a tar of its own, so a part goes back to its node as the stream it came from, and is checked
 against its own sha256 before anything is changed. Reading refuses, naming why, an archive that is damaged
@@ -17,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import zlib
@@ -25,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from piml.errors import InputError, Problem
 from piml.fsutil import create_new
@@ -32,6 +36,7 @@ from piml.fsutil import create_new
 FORMAT = "piml-backup/1"
 MANIFEST = "manifest.json"
 PROJECT_PART = "project"
+PART_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # a part is the file PART.tar in the archive
 CHUNK = 1 << 20
 
 
@@ -205,7 +210,10 @@ def parse_manifest(data: object, where: str) -> Manifest:
         and all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items())
         and isinstance(parts, dict)
         and all(
-            isinstance(k, str) and k.isidentifier() and isinstance(v, dict) and isinstance(v.get("sha256"), str)
+            isinstance(k, str)
+            and PART_NAME.fullmatch(k) is not None
+            and isinstance(v, dict)
+            and isinstance(v.get("sha256"), str)
             for k, v in parts.items()
         )
         and isinstance(left_out, dict)
@@ -224,3 +232,20 @@ def _iso(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@contextmanager
+def member(part: Path, name: str, where: str) -> Iterator[IO[bytes]]:
+    """The file `name` inside the part tar `part` (checked by `opened`), to read; InputError when it is not there."""
+    try:
+        with tarfile.open(part, mode="r:") as tar:
+            found = tar.getmember(name)
+            data = tar.extractfile(found) if found.isfile() else None
+            if data is None:
+                raise KeyError(name)
+            with data:
+                yield data
+    except (tarfile.TarError, KeyError):
+        raise InputError(
+            Problem(where, f"its part {part.name} holds no {name}", "restore from another copy of the archive")
+        ) from None

@@ -1,15 +1,18 @@
-"""Taking a backup: the project, a single server's k3s datastore and MLflow's volume, each from where it lives,
-into one archive (piml/backup/archive.py). Used by `piml backup`, and by `piml up` before it moves MLflow to
-another version (its server migrates the store's schema, and there is no way back without a copy)."""
+"""Taking a backup: the project, a single server's k3s datastore, MLflow's volume (and its PostgreSQL database, when
+piml deploys one, dumped in its pod) and the queue's volume, each from where it lives, into one archive
+(piml/backup/archive.py). Used by `piml backup`, and by `piml up` before it moves MLflow to another version (its
+server migrates the store's schema, and there is no way back without a copy)."""
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from piml.backup import postgres
 from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 
 MLFLOW_CLAIM = "mlflow-data"
@@ -18,6 +21,9 @@ MLFLOW_DEPLOYMENT = "mlflow"
 # (templates/queue.yaml.j2: --appendonly yes --dir /data); the AOF, not dump.rdb, is what it reads at start.
 REDIS_CLAIM = "redis-data"
 REDIS_DEPLOYMENT = "redis"
+# The PostgreSQL piml deploys for MLflow: a pg_dump of its database (piml/backup/postgres.py), in a part of its own
+MLFLOW_DATABASE_PART = "mlflow-db"
+MLFLOW_DUMP = "mlflow.sql"
 SCHEDULED_CLAIM = "piml-backups"  # where backup.schedule's CronJob writes (templates/mlflow.yaml.j2)
 # A single server keeps the cluster in SQLite (kine, WAL mode); a snapshot is unusable without the token, which
 # encrypts its secrets (https://docs.k3s.io/datastore/backup-restore).
@@ -93,6 +99,13 @@ def take_backup(
             take_dir(cluster, node, path, parts["mlflow"], timeout)
             manifest.parts["mlflow"] = {"claim": MLFLOW_CLAIM, "node": node.name, "path": path}
             show(f"mlflow: {node.name}:{path} ({parts['mlflow'].stat().st_size} bytes)")
+            if runs_postgres(cluster):
+                parts[MLFLOW_DATABASE_PART] = scratch / "mlflow-db.tar"
+                manifest.parts[MLFLOW_DATABASE_PART] = take_mlflow_database(
+                    kube, cluster, parts[MLFLOW_DATABASE_PART], timeout
+                )
+                size = parts[MLFLOW_DATABASE_PART].stat().st_size
+                show(f"mlflow database: pg_dump in {cluster.config.namespace}/{postgres.DEPLOYMENT} ({size} bytes)")
         if "queue" not in manifest.left_out:
             node, path = claim_on_node(kube, cluster, REDIS_CLAIM, "Redis")
             parts["queue"] = scratch / "queue.tar"
@@ -122,11 +135,33 @@ def left_out(cluster, k3s_only: bool = False, with_queue: bool = True) -> dict[s
         left["mlflow"] = "a k3s upgrade leaves MLflow's volume as it is: `piml backup` takes it"
     elif not mlflow.enabled:
         left["mlflow"] = "mlflow.enabled is false"
-    elif mlflow.backend != "sqlite" or mlflow.backend_uri:
-        left["mlflow"] = "its PostgreSQL backend store is not taken by piml yet: use pg_dump"
+    elif mlflow.backend_uri:
+        left["mlflow"] = "its store is an external PostgreSQL (mlflow.backend_uri): back it up where it runs"
     elif mlflow.artifacts != "pvc":
         left["mlflow artifacts"] = f"they are in {mlflow.artifacts}, outside the MLflow volume: back that up there"
     return left
+
+
+def runs_postgres(cluster) -> bool:
+    """MLflow's store is the PostgreSQL piml deploys (not SQLite on its volume, not an external database)."""
+    mlflow = cluster.config.mlflow
+    return mlflow.backend == "postgresql" and not mlflow.backend_uri
+
+
+def take_mlflow_database(kube, cluster, out: Path, timeout: float) -> dict:
+    """MLflow's PostgreSQL database, dumped in its pod, as a tar at `out` holding one file, mlflow.sql (each part of
+    an archive is a tar); returns what the manifest says of it."""
+    import tarfile
+
+    from piml.fsutil import create_new
+
+    dumped = out.with_name(MLFLOW_DUMP)
+    os.close(create_new(dumped, 0o600))
+    version = postgres.dump(kube, cluster.config.namespace, dumped, timeout)
+    with os.fdopen(create_new(out, 0o600), "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+        tar.add(dumped, arcname=MLFLOW_DUMP)
+    dumped.unlink()
+    return {"deployment": postgres.DEPLOYMENT, "database": postgres.DATABASE, "dump": MLFLOW_DUMP, "server": version}
 
 
 def cluster_kube(cluster):

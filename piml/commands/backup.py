@@ -2,12 +2,14 @@
 
 backup: the project (inventory, piml.yaml, .piml/), the k3s datastore (a single server's SQLite, or an etcd
 snapshot, and the token), MLflow's volume (its SQLite stores copied online, its artifacts) and Redis's (the queue's
-append-only file), each taken over SSH from the node that holds it, into one archive (piml/backup/take.py). What it
-does not hold yet is named in the archive and in the output, never silently missing.
+append-only file), each taken over SSH from the node that holds it, and MLflow's PostgreSQL database when piml
+deploys one (pg_dump in its pod), into one archive (piml/backup/take.py). What it does not hold yet is named in
+the archive and in the output, never silently missing.
 
 restore: MLflow's data and the queue from an archive back onto the running cluster. The archive is checked whole
 first; then MLflow and Redis are stopped (their Deployments scaled to 0, their pods gone), each volume's directory
-is replaced on its node with the old one kept beside it, and they are started again and waited for. The project
+is replaced on its node with the old one kept beside it, MLflow's PostgreSQL database is replaced with the old one
+kept under another name (piml/backup/postgres.py), and they are started again and waited for. The project
 part is not written over the project (that would replace the keys and secrets of the cluster at hand):
 `tar -xzf ARCHIVE project.tar` takes it.
 """
@@ -20,7 +22,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from piml.backup.take import MLFLOW_CLAIM, MLFLOW_DEPLOYMENT, REDIS_CLAIM, REDIS_DEPLOYMENT
+from piml.backup import postgres
+from piml.backup.take import (
+    MLFLOW_CLAIM,
+    MLFLOW_DATABASE_PART,
+    MLFLOW_DEPLOYMENT,
+    MLFLOW_DUMP,
+    REDIS_CLAIM,
+    REDIS_DEPLOYMENT,
+)
 from piml.errors import EXIT_FAILED, InputError, PimlError, Problem
 from piml.output import console, print_json
 
@@ -73,6 +83,7 @@ def run_restore(
     from piml.backup import archive
     from piml.backup.onnode import put_back_command
     from piml.backup.take import cluster_kube, on_node
+    from piml.kube.podexec import ready_pod
     from piml.kube.scale import scale, wait_available, wait_stopped
     from piml.project import ProjectPaths, load_cluster
 
@@ -87,19 +98,25 @@ def run_restore(
             for store in stores:
                 store.refuse(manifest, cluster, str(source))
             kube = cluster_kube(cluster)
-            volumes = {store.part: store.volume(kube, cluster) for store in stores}
+            volumes = {store.part: store.volume(kube, cluster) for store in stores if store.claim}
             places = {part: f"{node.name}:{path}" for part, (node, path) in volumes.items()}
+            if DATABASE.part in parts:
+                with archive.member(parts[DATABASE.part], MLFLOW_DUMP, str(source)):
+                    pass  # there, before anything stops
+                ready_pod(kube, namespace, postgres.SELECTOR, postgres.DEPLOYMENT)
+                places[DATABASE.part] = f"database {postgres.DATABASE} in {namespace}/{postgres.DEPLOYMENT}"
             _confirm(yes, cluster, manifest, [f"{store.what} ({places[store.part]})" for store in stores])
-            replicas = {store.deployment: scale(kube, namespace, store.deployment, 0) for store in stores}
+            deployments = list(dict.fromkeys(store.deployment for store in stores))
+            replicas = {deployment: scale(kube, namespace, deployment, 0) for deployment in deployments}
             kept: dict[str, str] = {}
             try:
                 until = time.monotonic() + STOP_TIMEOUT
-                for store in stores:
-                    left = wait_stopped(kube, namespace, store.deployment, until)
+                for deployment in deployments:
+                    left = wait_stopped(kube, namespace, deployment, until)
                     if left:
                         raise PimlError(
                             Problem(
-                                f"{namespace}/{store.deployment}",
+                                f"{namespace}/{deployment}",
                                 f"its pods did not stop within {STOP_TIMEOUT:.0f} s ({', '.join(left)}): "
                                 "nothing restored",
                                 f"see `kubectl -n {namespace} describe pod {left[0]}`, then run piml restore again",
@@ -107,7 +124,15 @@ def run_restore(
                             EXIT_FAILED,
                         )
                 stamp = archive.stamp()
+                if DATABASE.part in parts:
+                    show(f"{MLFLOW_DEPLOYMENT} stopped; putting {parts[DATABASE.part].stat().st_size} bytes back "
+                         f"into {places[DATABASE.part]}")  # fmt: skip
+                    with archive.member(parts[DATABASE.part], MLFLOW_DUMP, str(source)) as dumped:
+                        aside = postgres.load(kube, namespace, dumped, stamp, timeout)
+                    kept[DATABASE.part] = f"database {aside} in {namespace}/{postgres.DEPLOYMENT}"
                 for store in stores:
+                    if store.part not in volumes:
+                        continue
                     node, path = volumes[store.part]
                     show(f"{store.deployment} stopped; putting {parts[store.part].stat().st_size} bytes back on "
                          f"{node.name}:{path}")  # fmt: skip
@@ -119,7 +144,7 @@ def run_restore(
                 for deployment, count in replicas.items():
                     scale(kube, namespace, deployment, max(count, 1))
             until = time.monotonic() + START_TIMEOUT
-            started = {store.deployment: wait_available(kube, namespace, store.deployment, until) for store in stores}
+            started = {deployment: wait_available(kube, namespace, deployment, until) for deployment in deployments}
     result = {
         "archive": str(source),
         "created": manifest.created,
@@ -150,21 +175,24 @@ def run_restore(
 
 @dataclass(frozen=True)
 class Store:
-    """A part of an archive that `piml restore` puts back: the volume of one Deployment."""
+    """A part of an archive that `piml restore` puts back, with `deployment` stopped meanwhile: the volume of
+    `claim`, or (no claim) MLflow's PostgreSQL database."""
 
     part: str
     what: str
     deployment: str
-    claim: str
+    claim: str | None
 
     def volume(self, kube, cluster):
         from piml.backup.take import claim_on_node
 
+        assert self.claim
         return claim_on_node(kube, cluster, self.claim, self.what)
 
     def refuse(self, manifest, cluster, where: str) -> None:
-        if self.part == "mlflow":
+        if self.part in ("mlflow", DATABASE.part):
             _refuse_versions(manifest, cluster, where)
+            _refuse_stores(manifest, cluster, where)
         elif not cluster.config.queue.enabled or cluster.config.queue.kind != manifest.parts[self.part]["broker"]:
             runs = cluster.config.queue.kind if cluster.config.queue.enabled else "no queue"
             raise InputError(
@@ -177,10 +205,33 @@ class Store:
             )
 
 
+DATABASE = Store(MLFLOW_DATABASE_PART, "MLflow's PostgreSQL database", MLFLOW_DEPLOYMENT, None)
 STORES = (
     Store("mlflow", "MLflow", MLFLOW_DEPLOYMENT, MLFLOW_CLAIM),
+    DATABASE,
     Store("queue", "Redis", REDIS_DEPLOYMENT, REDIS_CLAIM),
 )
+
+
+def _refuse_stores(manifest, cluster, where: str) -> None:
+    """An archive of MLflow on SQLite restored where MLflow runs on PostgreSQL, or the other way: the store would
+    land where the running MLflow does not read it."""
+    from piml.backup.take import runs_postgres
+
+    made = "PostgreSQL" if MLFLOW_DATABASE_PART in manifest.parts else "SQLite"
+    runs = "PostgreSQL" if runs_postgres(cluster) else "SQLite"
+    if cluster.config.mlflow.backend_uri:
+        runs = "an external PostgreSQL"
+    if made != runs:
+        backend = "postgresql" if made == "PostgreSQL" else "sqlite"
+        raise InputError(
+            Problem(
+                where,
+                f"holds MLflow's store in {made} and this project keeps it in {runs}",
+                f"set mlflow.backend: {backend} (no backend_uri) in piml.yaml and `piml up` first, "
+                "or restore another archive",
+            )
+        )
 
 
 def _refuse_versions(manifest, cluster, where: str) -> None:
