@@ -533,11 +533,13 @@ class PimlConfig(Settings):
     @model_validator(mode="after")
     def _scheduled_backup_needs(self) -> PimlConfig:
         mlflow = self.mlflow
-        if self.backup.schedule and (not mlflow.enabled or mlflow.backend != "sqlite" or mlflow.backend_uri):
-            why = "mlflow.enabled is false" if not mlflow.enabled else "MLflow's store is PostgreSQL"
+        if self.backup.schedule and (not mlflow.enabled or mlflow.backend_uri):
+            why = "mlflow.enabled is false" if not mlflow.enabled else "its store is an external PostgreSQL"
             raise _setting(
-                f"'backup.schedule' backs up MLflow's SQLite store on its volume, and {why}",
-                "remove backup.schedule (`piml backup` takes a PostgreSQL store: pg_dump in its pod)",
+                f"'backup.schedule' backs up the MLflow piml deploys, and {why}",
+                "remove backup.schedule (back the external database up where it runs)"
+                if mlflow.enabled
+                else "remove backup.schedule",
                 ("backup", "schedule"),
             )
         return self

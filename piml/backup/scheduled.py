@@ -2,10 +2,13 @@
 a ConfigMap beside piml/backup/onnode.py's SNAPSHOT program (standard library only: the image has nothing else).
 
     python3 scheduled.py SNAPSHOT_PY SOURCE_DIR BACKUP_DIR --keep N --project P --mlflow-version V --piml-version V
-        [--s3-uri s3://BUCKET[/PREFIX] [--s3-endpoint URL] [--s3-region R]]   (keys: $AWS_ACCESS_KEY_ID, _SECRET_)
+        [--database-dump FILE] [--s3-uri s3://BUCKET[/PREFIX] [--s3-endpoint URL] [--s3-region R]]
+        (the bucket's keys: $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY)
 
 It takes SOURCE_DIR (MLflow's volume) with SNAPSHOT (SQLite copied online, the rest as it is) and writes the same
-archive `piml backup` writes (piml/backup/archive.py, format piml-backup/1) holding that one part, so
+archive `piml backup` writes (piml/backup/archive.py, format piml-backup/1) holding that part, and with
+--database-dump the part mlflow-db too (MLflow's PostgreSQL database, pg_dump'ed by the pod's init container; a dump
+without pg_dump's last line fails the run), so
 `piml restore` takes it as it is: published under its final name only when whole, mode 0600, with its
 `.sha256` beside it. Then the oldest archives beyond N are deleted, and partial files a killed run left.
 A run that fails leaves the archives it found as they were, and exits non-zero (the Job retries it).
@@ -27,6 +30,8 @@ import time
 
 FORMAT = "piml-backup/1"
 PART = "mlflow"
+# as piml/backup/take.py and postgres.py name them (tests/backup/test_scheduled_program.py checks they agree)
+DATABASE_PART, DUMP, TRAILER = "mlflow-db", "mlflow.sql", "-- PostgreSQL database dump complete"
 LEFT_OUT = {
     "project": "a scheduled backup runs in the cluster: the project (inventory, piml.yaml, .piml/) is on your machine",
     "k3s datastore": "a scheduled backup holds the platform's data: `piml backup` takes the datastore",
@@ -64,20 +69,20 @@ def take(args, now):
         if taken.returncode != 0:
             said = taken.stderr.decode(errors="replace").strip().splitlines() or [f"exit {taken.returncode}"]
             raise OSError(f"copying {args.source}: {said[-1][:300]}")
+        described = {"claim": "mlflow-data", "node": os.environ.get("NODE_NAME", ""), "path": args.source}
+        parts = {PART: (part, described)}
+        if args.database_dump:
+            parts[DATABASE_PART] = (os.path.join(scratch, DATABASE_PART + ".tar"), database_part(args.database_dump))
+            with private_file(parts[DATABASE_PART][0]) as out, tarfile.open(fileobj=out, mode="w") as tar:
+                tar.add(args.database_dump, arcname=DUMP, recursive=False)
         manifest = {
             "format": FORMAT,
             "project": args.project,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", now),
             "versions": {"piml": args.piml_version, "mlflow": args.mlflow_version},
             "parts": {
-                PART: {
-                    "sha256": sha256_of(part),
-                    "size": os.path.getsize(part),
-                    "claim": "mlflow-data",
-                    "node": os.environ.get("NODE_NAME", ""),
-                    "path": args.source,
-                    "scheduled": True,
-                }
+                part_name: {"sha256": sha256_of(path), "size": os.path.getsize(path), **said, "scheduled": True}
+                for part_name, (path, said) in parts.items()
             },
             "left_out": LEFT_OUT,
         }
@@ -87,7 +92,8 @@ def take(args, now):
                 info = tarfile.TarInfo("manifest.json")
                 info.size, info.mode = len(body), 0o600
                 tar.addfile(info, io.BytesIO(body))
-                tar.add(part, arcname=PART + ".tar", recursive=False)
+                for part_name, (path, _) in parts.items():
+                    tar.add(path, arcname=part_name + ".tar", recursive=False)
             raw.flush()
             os.fsync(raw.fileno())
         os.rename(partial, final)
@@ -101,6 +107,23 @@ def take(args, now):
             os.unlink(os.path.join(scratch, leftover))
         os.rmdir(scratch)
     return final
+
+
+def database_part(dump):
+    """What the manifest says of the dump at `dump` (pg_dump's plain SQL); OSError when it is not whole."""
+    with open(dump, "rb") as handle:
+        head = handle.read(4096).decode(errors="replace")
+        handle.seek(max(0, os.path.getsize(dump) - 256))
+        end = handle.read()
+    if TRAILER.encode() not in end:
+        raise OSError(f"the database dump {dump} is cut short (it lacks pg_dump's last line, {TRAILER!r})")
+    said = [line.split()[5:6] for line in head.splitlines() if line.startswith("-- Dumped from database version ")]
+    return {
+        "deployment": "mlflow-postgres",
+        "database": "mlflow",
+        "dump": DUMP,
+        "server": "".join(said[0] if said else []),
+    }
 
 
 def prune(args):
@@ -166,6 +189,7 @@ def main(argv=None):
     parser.add_argument("--mlflow-version", required=True)
     parser.add_argument("--piml-version", required=True)
     parser.add_argument("--timeout", type=float, default=3000.0)
+    parser.add_argument("--database-dump")
     parser.add_argument("--s3-uri")
     parser.add_argument("--s3-endpoint")
     parser.add_argument("--s3-region")

@@ -196,3 +196,50 @@ def test_an_archive_whose_sha256_file_is_damaged_is_uploaded_with_its_digest_tak
     assert len(s3_server.objects(download_to=tmp_path / "got")) == 4
     digest = hashlib.sha256((backups / first).read_bytes()).hexdigest()
     assert (tmp_path / "got" / f"lab__{first}.sha256").read_text() == f"{digest}  {first}\n"
+
+
+def real_dump(tmp_path: Path) -> Path:
+    """What the CronJob's init container leaves: a real pg_dump, with the rendered flags, of a real PostgreSQL."""
+    from tests.services import postgres_on
+
+    dump = tmp_path / "mlflow.sql"
+    with postgres_on() as server:
+        sql = "CREATE TABLE runs (run_uuid text PRIMARY KEY, name text); INSERT INTO runs VALUES ('r1', 'naïve ✓')"
+        made = subprocess.run(
+            [str(server.bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1", f"--host={server.socket_dir}",
+             "--username=mlflow", "--dbname=mlflow", "-c", sql],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        done = subprocess.run(
+            [str(server.bindir / "pg_dump"), f"--host={server.socket_dir}", "--username=mlflow", "--dbname=mlflow",
+             "--no-owner", "--no-privileges", f"--file={dump}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return dump
+
+
+def test_the_database_dump_goes_in_as_piml_backup_puts_it(tmp_path):
+    from piml.backup import postgres, scheduled, take
+
+    assert (scheduled.DATABASE_PART, scheduled.DUMP) == (take.MLFLOW_DATABASE_PART, take.MLFLOW_DUMP)
+    assert scheduled.TRAILER == postgres.TRAILER
+    source, backups, dump = store(tmp_path), tmp_path / "backups", real_dump(tmp_path)
+    backups.mkdir()
+    done = run(tmp_path, source, backups, extra=(f"--database-dump={dump}",))
+    assert done.returncode == 0, done.stderr
+    (made,) = archives(backups)
+    (tmp_path / "read").mkdir()
+    with archive.opened(backups / made, tmp_path / "read") as (manifest, parts):
+        assert set(parts) == {"mlflow", "mlflow-db"}
+        said = manifest.parts["mlflow-db"]
+        assert said["server"] and said["server"] == postgres.server_version(dump)
+        with archive.member(parts["mlflow-db"], take.MLFLOW_DUMP, made) as dumped:
+            assert dumped.read() == dump.read_bytes()
+
+    cut = tmp_path / "cut.sql"
+    cut.write_bytes(dump.read_bytes()[:-200])
+    failed = run(tmp_path, source, backups, extra=(f"--database-dump={cut}",))
+    assert failed.returncode == 1 and "is cut short" in failed.stderr, failed.stderr
+    assert archives(backups) == [made]

@@ -97,3 +97,55 @@ def test_the_cronjobs_pod_backs_up_a_live_mlflow(pod_network, tmp_path, monkeypa
         assert (tmp_path / "out" / "basic_auth.db").is_file()  # the users and permissions are in it too
     finally:
         platform.close()
+
+
+def test_the_cronjobs_pod_dumps_mlflows_postgres_into_the_archive(pod_network, tmp_path):
+    """MLflow on the PostgreSQL piml deploys: the pod's init container runs pg_dump as rendered (the postgres
+    image's program, reaching `mlflow-postgres` by its Service name with the password of the rendered Secret), and
+    the archive holds the dump beside the volume. The dump, loaded into a fresh PostgreSQL with psql, has the run."""
+    from tests.services import postgres_on
+
+    settings = {"mlflow": {"backend": "postgresql"}, "backup": {"schedule": "@daily", "keep": 2}}
+    platform = start_platform("pi5-3x8gb", settings, tmp_path, pod_network)
+    try:
+        postgres = platform.deployment("mlflow-postgres")
+        platform.kubelet.wait_probe(postgres.container(), "readinessProbe", budget=120)
+        mlflow = platform.deployment("mlflow")
+        platform.kubelet.wait_probe(mlflow.container("mlflow"), "readinessProbe", budget=180)
+        client = _client_pod(platform, "backup-client")
+        script = (
+            "import mlflow\n"
+            "mlflow.set_experiment('dumped')\n"
+            "with mlflow.start_run() as run:\n"
+            "    mlflow.log_metric('loss', 0.125)\n"
+            "print(run.info.run_id)\n"
+        )
+        logged = platform.kubelet.exec(client, ["python", "-c", script], timeout=180)
+        assert logged.returncode == 0, logged.stderr[-3000:]
+        run_id = logged.stdout.strip().splitlines()[-1]
+
+        template = platform.kubelet.find("CronJob", "mlflow-backup", platform.ns)["spec"]["jobTemplate"]["spec"]
+        job = platform.kubelet.start("mlflow-backup-pg", platform.ns, template["template"]["metadata"]["labels"],
+                                     template["template"]["spec"])  # fmt: skip
+        assert job.init_results == [("dump", 0)]
+        backup = job.container("backup")
+        assert backup.proc.wait(timeout=300) == 0, backup.tail()
+        (made,) = sorted(job.mounts["backups"].glob("piml-backup-*.tar.gz"))
+        (tmp_path / "read").mkdir()
+        with archive.opened(made, tmp_path / "read") as (manifest, parts):  # as `piml restore` reads it
+            assert set(parts) == {"mlflow", "mlflow-db"}
+            assert manifest.parts["mlflow-db"]["server"]
+            with archive.member(parts["mlflow-db"], "mlflow.sql", made.name) as dumped:
+                (tmp_path / "mlflow.sql").write_bytes(dumped.read())
+        with postgres_on() as fresh:
+            loaded = subprocess.run(
+                [str(fresh.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", f"--host={fresh.socket_dir}",
+                 "--username=mlflow", "--dbname=mlflow", "--single-transaction", f"--file={tmp_path / 'mlflow.sql'}"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert loaded.returncode == 0, loaded.stderr[-2000:]
+            with fresh.connect("mlflow") as conn:
+                found = conn.execute("SELECT value FROM metrics WHERE run_uuid = %s AND key = 'loss'", (run_id,))
+                assert found.fetchall() == [(0.125,)]
+    finally:
+        platform.close()

@@ -66,11 +66,17 @@ SETTINGS = {
             "s3_region": "garage",
         }
     },
+    # the CronJob with its pg_dump init container, and PostgreSQL's NetworkPolicy letting it in
+    "scheduled-backup-postgres": {"mlflow": {"backend": "postgresql"}, "backup": {"schedule": "@daily"}},
 }
 # The user's own keys, given as the README says (in .piml/secrets.yaml), for the cases that name their own stores.
 USER_SECRETS = {"backup_s3_access_key": "GKbackup0000", "backup_s3_secret_key": "backup-secret-0000"}
 # Cases only some scenarios need: serving on one architecture and on two (a worker group per architecture).
-ONLY_ON = {"serving": {"pi5-3x8gb", "amd64-server-arm64-agents"}, "scheduled-backup": {"single-node"}}
+ONLY_ON = {
+    "serving": {"pi5-3x8gb", "amd64-server-arm64-agents"},
+    "scheduled-backup": {"single-node"},
+    "scheduled-backup-postgres": {"single-node"},
+}
 CASES = [
     (s.stem, name)
     for s in sorted(SCENARIOS.glob("*.yml"))
