@@ -27,6 +27,7 @@ from piml.render import render_platform
 from piml.secrets import load_or_create
 from tests.controlplane import audit, faults
 from tests.controlplane.test_control_plane import GO, cp
+from tests.health.conftest import dask_cluster, ray_head  # noqa: F401 - real services (test_check_command)
 
 # pi5-3x8gb (tests/render/scenarios) on the plane's nodes; SSH to them fails at once (loopback port 9), so the
 # CLI's node stages and rows fail fast and nothing leaves the machine.

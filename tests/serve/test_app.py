@@ -210,69 +210,72 @@ def test_cli_on_a_dead_address_is_one_line_and_exit_1(piml):
     assert done.stderr.count("\n") == 1
 
 
-def test_cli_reaches_the_routes_through_a_port_forward(piml, iris_route, served_model, tmp_path):
-    """Without --url, piml forwards a loopback port to port 8000 of the serving head's pod through the Kubernetes
-    API. Here that API is the kubeapi STAND-IN (tests/standins/kubeapi), whose pods/portforward is bridged to the
-    real Serve proxy: the real API server hands port-forwards to the kubelet, which the control plane's kubelet
-    stand-in does not serve yet (#11)."""
-    from kubernetes import client, config
+def serving_head_on(plane, project, iris_route) -> None:
+    """On the real control plane: a running pod with piml's serving-head label (placed by the real scheduler, made
+    Running by the kubelet stand-in), whose port 8000 leads to the real Serve proxy; the project's kubeconfig is
+    the plane's."""
+    import shutil
 
-    from tests.standins.kubeapi.server import FakeKubeAPI
+    from tests.platform.test_port_forward import behind, running_pod
 
-    project = serving_project(tmp_path)
-    api = FakeKubeAPI().start()
+    (project / ".piml").mkdir(exist_ok=True)
+    shutil.copy(plane.kubeconfig, project / ".piml" / "kubeconfig")
+    (project / ".piml" / "kubeconfig").chmod(0o600)
+    kube = plane.kube()
     try:
-        kubeconfig = project / ".piml" / "kubeconfig"
-        kubeconfig.parent.mkdir()
-        api.write_kubeconfig(kubeconfig)
-        core = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
-        core.create_namespace({"metadata": {"name": "piml"}})
-        core.api_client.close()
-        api.add_pod("piml", "piml-serve-head-abcde", {"piml.io/component": "serve-head"})
-        api.forward("piml", "piml-serve-head-abcde", 8000, int(serve_url(iris_route).rsplit(":", 1)[1]))
-        done = piml("serve", "list", "-C", str(project), "--json")
-        assert done.returncode == 0, done.stderr
-        (row,) = json.loads(done.stdout)["routes"]
-        assert (row["route"], row["version"], row["replicas"]) == ("iris", "1", 2)
-        body = json.dumps({"dataframe_split": sample().to_dict(orient="split")})
-        done = piml("serve", "predict", "iris", "-", "-C", str(project), "--json", input=body)
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["predictions"] == served_model.versions["1"].predict(sample()).tolist()
+        running_pod(kube, "piml", "piml-serve-head-abcde", {"piml.io/component": "serve-head"})
     finally:
-        api.stop()
+        kube.close()
+    behind(plane, "piml", "piml-serve-head-abcde", 8000, int(serve_url(iris_route).rsplit(":", 1)[1]))
 
 
-def test_piml_checks_reach_the_routes_through_a_port_forward_with_the_projects_token(iris_route, tmp_path):
+@pytest.fixture
+def head_pod_gone(plane):
+    yield
+    kube = plane.kube()
+    try:
+        kube.request("DELETE", "/api/v1/namespaces/piml/pods/piml-serve-head-abcde", {"gracePeriodSeconds": "0"})
+    finally:
+        kube.close()
+    (plane.dir / "forwards.json").unlink(missing_ok=True)
+
+
+def test_cli_reaches_the_routes_through_a_port_forward(piml, plane, head_pod_gone, iris_route, served_model, tmp_path):
+    """Without --url, piml forwards a loopback port to port 8000 of the serving head's pod through the REAL API
+    server and the kubelet's own streaming code (tests/controlplane/modules/kubelet-streams), bridged to the
+    real Serve proxy."""
+    project = serving_project(tmp_path)
+    serving_head_on(plane, project, iris_route)
+    done = piml("serve", "list", "-C", str(project), "--json")
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["routes"]
+    assert (row["route"], row["version"], row["replicas"]) == ("iris", "1", 2)
+    body = json.dumps({"dataframe_split": sample().to_dict(orient="split")})
+    done = piml("serve", "predict", "iris", "-", "-C", str(project), "--json", input=body)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["predictions"] == served_model.versions["1"].predict(sample()).tolist()
+
+
+def test_piml_checks_reach_the_routes_through_a_port_forward_with_the_projects_token(
+    plane, head_pod_gone, iris_route, tmp_path
+):
     """What `piml check` opens (piml.health.connect): a port-forward to the serving head's pod by piml's label and
-    the project's serve_token. The forward goes through the kubeapi STAND-IN, bridged to the real Serve proxy (the
-    control plane's kubelet stand-in serves no port-forward yet, #11)."""
+    the project's serve_token, through the real API server as above."""
     import os
-
-    from kubernetes import client, config
 
     from piml.health.connect import open_cluster_endpoints
     from piml.health.probes import http_json
     from piml.project import ProjectPaths, load_cluster
-    from tests.standins.kubeapi.server import FakeKubeAPI
 
     project = serving_project(tmp_path)
     (project / ".piml").mkdir()
     secrets_file = project / ".piml" / "secrets.yaml"
     secrets_file.write_text(f"serve_token: {SERVE_TOKEN}\n")
     os.chmod(secrets_file, 0o600)
-    api = FakeKubeAPI().start()
-    try:
-        api.write_kubeconfig(project / ".piml" / "kubeconfig")
-        core = client.CoreV1Api(config.new_client_from_config(str(project / ".piml" / "kubeconfig")))
-        core.create_namespace({"metadata": {"name": "piml"}})
-        core.api_client.close()
-        api.add_pod("piml", "piml-serve-head-abcde", {"piml.io/component": "serve-head"})
-        api.forward("piml", "piml-serve-head-abcde", 8000, int(serve_url(iris_route).rsplit(":", 1)[1]))
-        with open_cluster_endpoints(load_cluster(ProjectPaths.resolve(project, None))) as endpoints:
-            assert endpoints.serve_url and "serve" not in endpoints.unreachable, endpoints.unreachable
-            status, info = http_json("GET", f"{endpoints.serve_url}/serve/iris/", bearer=endpoints.serve_token)
-    finally:
-        api.stop()
+    serving_head_on(plane, project, iris_route)
+    with open_cluster_endpoints(load_cluster(ProjectPaths.resolve(project, None))) as endpoints:
+        assert endpoints.serve_url and "serve" not in endpoints.unreachable, endpoints.unreachable
+        status, info = http_json("GET", f"{endpoints.serve_url}/serve/iris/", bearer=endpoints.serve_token)
     assert (status, info["route"], info["version"]) == (200, "iris", "1"), info
 
 

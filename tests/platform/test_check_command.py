@@ -1,12 +1,16 @@
-"""`piml check` and `piml up --only verify` as a user runs them, end to end through the Kubernetes API.
+"""`piml check` and `piml up --only verify` as a user runs them, end to end through the REAL Kubernetes API.
 
-The API is the stand-in (tests/standins/kubeapi): the platform is applied to it, and its pods' port-forwards
-lead to the real services on loopback (MLflow with basic auth, a Dask scheduler and worker, a Ray head,
-Redis). So piml finds the pods by label, reads the Redis password from its Secret, port-forwards through
-the kubernetes client's WebSocket streams and probes real servers. The nodes sit on loopback ports where
-nothing listens: their checks fail at once (the node checks themselves are tested on real SSH test nodes
-in tests/nodechecks).
-"""
+The platform is deployed on the real control plane (tests/platform/conftest.py): the real scheduler places its
+pods, KubeRay's operator makes the Ray head, the Deployment controller reports them available. Each pod's
+port-forward, through the real API server and the kubelet's own streaming code (the stand-in kubelet's
+kubelet-streams), leads to a real service on loopback: MLflow with basic auth, a Dask scheduler and worker, a
+Ray head, Redis. So piml finds the pods by label, reads the Redis password from its Secret, port-forwards with the
+kubernetes client's WebSocket streams and probes real servers; `kubectl exec` into the Dask scheduler's pod runs
+the probe script next to the local scheduler. The nodes sit on loopback ports where nothing listens: their SSH
+checks fail at once (the node checks themselves are tested on real SSH test nodes in tests/nodechecks).
+
+KEDA's operator does not run on the plane (tests/controlplane/README.md): the `keda` row says so and how to
+look, which is what a real cluster whose KEDA install failed shows."""
 
 from __future__ import annotations
 
@@ -23,11 +27,9 @@ import pytest
 
 from piml.fsutil import write_atomic
 from piml.kube.deploy import deploy
-from piml.secrets import load_or_create
+from tests.platform.conftest import FAST, INVENTORY, NODES
+from tests.platform.test_port_forward import behind
 from tests.queue.helpers import assert_no_secrets, free_port, loopback_http, start_runner, stop
-from tests.standins.kubeapi.project import FAST, Project
-from tests.standins.kubeapi.project import LOOPBACK_INVENTORY as INVENTORY
-from tests.standins.kubeapi.server import FakeKubeAPI
 
 NAMESPACE = "piml"
 
@@ -65,58 +67,53 @@ def prefixed(target: str, prefix: str = "/mlflow"):
         yield port
 
 
-def pods_by_component(api: FakeKubeAPI) -> dict[str, str]:
+def pods_by_component(kube) -> dict[str, str]:
     found = {}
-    for name in api.names("pods", NAMESPACE):
-        labels = api.get("pods", NAMESPACE, name)["metadata"].get("labels", {})
-        found[labels.get("piml.io/component") or labels.get("app.kubernetes.io/name", "")] = name
+    for pod in kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]:
+        labels = pod["metadata"].get("labels", {})
+        found[labels.get("piml.io/component") or labels.get("app.kubernetes.io/name", "")] = pod["metadata"]["name"]
     return found
 
 
+SETTINGS = {"ray": {"check_pip": []}}  # the local Ray has mlflow and scikit-learn: no pip from PyPI
+
+
 @pytest.fixture
-def lab(tmp_path, mlflow_server, redis_server, dask_cluster, ray_head):
-    """A project whose platform is applied to the API stand-in, each pod's port leading to a real service."""
-    root = tmp_path / "lab"
-    state = root / ".piml"
-    secrets = load_or_create(state)  # then the services' own passwords, as `piml up` would have put them there
+def lab(project, plane, mlflow_server, redis_server, dask_cluster, ray_head):
+    """The project's platform deployed on the real control plane, each pod's port leading to a real service."""
+    secrets = project.secrets  # then the services' own passwords, as `piml up` would have put them there
     secrets.update(
         mlflow_admin_password=mlflow_server.password,
         redis_password=redis_server.password,
         ray_auth_token=ray_head.token,
     )
-    write_atomic(state / "secrets.yaml", json.dumps(secrets), mode=0o600)
-    (root / "inventory").mkdir()
-    (root / "inventory/hosts.yml").write_text(INVENTORY)
-    (root / "piml.yaml").write_text(
+    write_atomic(project.root / ".piml" / "secrets.yaml", json.dumps(secrets), mode=0o600)
+    (project.root / "piml.yaml").write_text(
         "ray:\n  check_pip: []  # the local Ray has mlflow and scikit-learn: no pip from PyPI\n"
     )
-    api = FakeKubeAPI(nodes=0).start()
-    for name in ("pi1", "pi2"):
-        api.add_node(name)
+    kube = plane.kube()
     with prefixed(mlflow_server.url.rstrip("/")) as mlflow_port:
         try:
-            project = Project(root, api)
-            cluster, rendered = project.render()
+            cluster, rendered = project.render(SETTINGS)
             deploy(cluster, project.kubeconfig, rendered, FAST)
-            pods = pods_by_component(api)
+            pods = pods_by_component(kube)
             dask_dashboard = int(dask_cluster.dashboard_url.split(":")[2].split("/")[0])
             ray_dashboard = int(ray_head.dashboard_url.rsplit(":", 1)[1])
-            api.forward(NAMESPACE, pods["mlflow"], 5000, mlflow_port)
-            api.forward(NAMESPACE, pods["dask-scheduler"], 8787, dask_dashboard)
-            api.forward(NAMESPACE, pods["ray-head"], 8265, ray_dashboard)
-            api.forward(NAMESPACE, pods["redis"], 6379, redis_server.port)
+            behind(plane, NAMESPACE, pods["mlflow"], 5000, mlflow_port)
+            behind(plane, NAMESPACE, pods["dask-scheduler"], 8787, dask_dashboard)
+            behind(plane, NAMESPACE, pods["ray-head"], 8265, ray_dashboard)
+            behind(plane, NAMESPACE, pods["redis"], 6379, redis_server.port)
             # `kubectl exec` into the scheduler's pod runs here, next to the local scheduler
             # (`python` there is this venv's, which has distributed, as the Dask image's has)
             path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-            api.on_exec(
-                NAMESPACE,
-                pods["dask-scheduler"],
-                api.run_locally(env={"DASK_SCHEDULER_ADDRESS": dask_cluster.address, "PATH": path}),
-            )
+            env = {"DASK_SCHEDULER_ADDRESS": dask_cluster.address, "PATH": path}
+            (plane.dir / "execs.json").write_text(json.dumps({f"{NAMESPACE}/{pods['dask-scheduler']}": {"env": env}}))
             project.pods = pods
             yield project
         finally:
-            api.stop()
+            for made in ("forwards.json", "execs.json"):
+                (plane.dir / made).unlink(missing_ok=True)
+            kube.close()
 
 
 def rows_of(out) -> dict[tuple[str, str], dict]:
@@ -131,13 +128,15 @@ def test_check_proves_cluster_and_components_and_names_the_unreachable_nodes(pim
     data = json.loads(out.stdout)
     rows = rows_of(out)
     failed = {key for key, row in rows.items() if row["status"] == "fail"}
-    assert failed == {("pi1", "reach"), ("pi2", "reach")}, json.dumps(data, indent=1)
+    # the nodes' SSH, and KEDA, which the plane does not run: said with where to look
+    assert failed == {*((n, "reach") for n in NODES), ("keda", "serving metrics")}, json.dumps(data, indent=1)
+    keda = rows[("keda", "serving metrics")]
+    assert "no keda-operator Deployment in namespace keda" in keda["detail"], keda
+    assert "helm-install-keda" in keda["fix"], keda
     groups = {row["group"] for row in data["checks"]}
     assert groups == {"nodes", "cluster", "components"}
     for key in [
-        ("pi1", "Ready"),
-        ("pi2", "Ready"),
-        ("keda", "serving metrics"),
+        *((n, "Ready") for n in NODES),
         ("mlflow", "ready"),
         ("ray", "ready"),
         ("mlflow", "health"),
@@ -152,14 +151,14 @@ def test_check_proves_cluster_and_components_and_names_the_unreachable_nodes(pim
         assert rows[key]["status"] == "pass", (key, rows.get(key))
     assert "1 worker" in rows[("dask", "workers")]["detail"]
     assert all(isinstance(r["seconds"], (int, float)) for r in data["checks"]) and data["ok"] is False
-    assert "pi1" in out.stderr and "check(s) failed" in out.stderr  # one summary line on stderr
+    assert "node-1" in out.stderr and "check(s) failed" in out.stderr  # one summary line on stderr
     table = piml("check", cwd=lab.root)
     assert table.returncode == 1 and "piml check" in table.stdout and "mlflow" in table.stdout
     assert_no_secrets(table.stdout + table.stderr)
 
 
 def test_a_component_gone_fails_its_own_rows_only(piml, lab):
-    lab.api.forward(NAMESPACE, lab.pods["redis"], 6379, free_port())  # nothing listens there: Redis is "down"
+    behind(lab.plane, NAMESPACE, lab.pods["redis"], 6379, free_port())  # nothing listens there: Redis is "down"
     rows = rows_of(piml("check", "--json", cwd=lab.root))
     assert rows[("queue", "broker")]["status"] == "fail" and rows[("queue", "broker")]["fix"]
     assert (
@@ -175,8 +174,8 @@ def test_up_verify_stage_reports_in_the_summary(piml, lab):
     assert out.returncode == 1
     data = json.loads(out.stdout)
     statuses = {(r["target"], r["check"]): r["status"] for r in data["stages"]["verify"]}
-    assert statuses[("mlflow", "auth")] == "pass" and statuses[("pi1", "reach")] == "fail"
-    assert set(data["failed"]) == {"pi1", "pi2"}
+    assert statuses[("mlflow", "auth")] == "pass" and statuses[("node-1", "reach")] == "fail"
+    assert set(data["failed"]) == {*NODES, "keda"}
     assert_no_secrets(out.stdout + out.stderr)
 
 
@@ -195,7 +194,7 @@ def test_deep_check_runs_work_through_the_api(piml, lab, runner_env, redis_serve
     through exec into the scheduler's pod, the request through the Redis tunnel; a runner here plays the
     Job KEDA would start."""
     runner = start_runner(
-        {**runner_env, "PIML_QUEUE_URL": redis_server.url, "PIML_NODE_NAME": "pi2"},
+        {**runner_env, "PIML_QUEUE_URL": redis_server.url, "PIML_NODE_NAME": "node-2"},
         "--once",
         "--wait",
         "240",
@@ -210,4 +209,4 @@ def test_deep_check_runs_work_through_the_api(piml, lab, runner_env, redis_serve
     deep = {key: row for key, row in rows.items() if row["group"] == "deep"}
     assert {key for key in deep} >= {("ray", "train and register"), ("dask", "computation"), ("queue", "request")}, deep
     assert all(row["status"] == "pass" for row in deep.values()), json.dumps(list(deep.values()), indent=1)
-    assert "pi2" in deep[("queue", "request")]["detail"]
+    assert "node-2" in deep[("queue", "request")]["detail"]
