@@ -6,7 +6,6 @@ apply / wait / diagnose / prune / teardown / status code. See README.md for what
     api = FakeKubeAPI().start()          # 127.0.0.1:<free port>
     api.write_kubeconfig(path)
     api.forward("piml", pod, 6379, local_port)   # pods/portforward of that pod port reaches 127.0.0.1:local_port
-    api.on_exec("piml", pod, api.run_locally())  # pods/exec of that pod runs the command here
     ...
     api.stop()
 """
@@ -76,8 +75,9 @@ CHART_CRDS = {
 }
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
 HOSTNAME = "kubernetes.io/hostname"
-# pods/exec and pods/portforward: WebSocket upgrades, served by streams.py (the only streaming subresources here)
-STREAM_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/(exec|portforward)$")
+# pods/portforward: WebSocket upgrades, served by streams.py (the only streaming subresource here; exec runs
+# through the real API server on the control plane, tests/controlplane)
+STREAM_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/(portforward)$")
 
 
 class ApiError(Exception):
@@ -153,9 +153,8 @@ class FakeKubeAPI:
         self._lock = threading.RLock()
         self._timers: list[tuple[float, callable]] = []  # (when, action): the "controllers"
         self.forwards: dict[tuple[str, str, int], tuple[str, int]] = {}  # (namespace, pod, pod port) -> (host, port)
-        self.exec_handlers: dict[tuple[str, str], streams.ExecHandler] = {}  # (namespace, pod) -> handler
         self._races: dict[tuple[str, str, str], callable] = {}  # (plural, namespace, name) -> change, see race()
-        self._streams: set[websocket.WebSocket] = set()  # open exec / port-forward connections, ended by stop()
+        self._streams: set[websocket.WebSocket] = set()  # open port-forward connections, ended by stop()
         self._server: ThreadingHTTPServer | None = None
         self._stopping = threading.Event()
         for name in ("default", "kube-system"):
@@ -245,7 +244,7 @@ class FakeKubeAPI:
         containers: tuple[str, ...] = ("main",),
         host_ip: str = "127.0.0.1",
     ) -> dict:
-        """A Running, Ready pod of its own (no owner), e.g. to exec into or forward to, on a node whose address is
+        """A Running, Ready pod of its own (no owner), e.g. to forward to, on a node whose address is
         `host_ip` (the kubelet reports it as status.hostIP). The namespace must exist."""
         with self._lock:
             self._check_namespace(self.kind("Pod"), namespace)
@@ -282,18 +281,11 @@ class FakeKubeAPI:
         with self._lock:
             self.forwards[(namespace, pod, int(pod_port))] = (host, int(local_port))
 
-    def on_exec(self, namespace: str, pod: str, handler: streams.ExecHandler) -> None:
-        """pods/exec into that pod calls handler(argv) -> (exit code, stdout bytes, stderr bytes)."""
-        with self._lock:
-            self.exec_handlers[(namespace, pod)] = handler
-
     def race(self, plural: str, name: str, change, namespace: str = "") -> None:
         """Once: just before the next non-apply PATCH of that object lands, `change(object) -> object` is stored as
         another client's write (a new resourceVersion), so a patch carrying the old resourceVersion gets a 409."""
         with self._lock:
             self._races[(plural, namespace, name)] = change
-
-    run_locally = staticmethod(streams.run_locally)  # api.on_exec(ns, pod, api.run_locally(env={...}, timeout=60))
 
     def get(self, plural: str, namespace: str, name: str) -> dict | None:
         with self._lock:
@@ -447,7 +439,7 @@ class FakeKubeAPI:
                         "kind": f"Pod{kind}Options",
                         "verbs": ["create", "get"],
                     }
-                    for sub, kind in (("exec", "Exec"), ("portforward", "PortForward"))
+                    for sub, kind in (("portforward", "PortForward"),)
                 ]
         return 200, {
             "kind": "APIResourceList",
@@ -574,7 +566,7 @@ class FakeKubeAPI:
         }
 
     def stream(self, method: str, raw_path: str, headers) -> tuple[tuple[str, ...], callable]:
-        """Check a pods/exec or pods/portforward request as the API server does before it upgrades the connection.
+        """Check a pods/portforward request as the API server does before it upgrades the connection.
 
         Returns (the subprotocols spoken for it, the session to run on the WebSocket); an ApiError is answered
         as plain HTTP, before any upgrade, as the real server answers these.
@@ -582,7 +574,6 @@ class FakeKubeAPI:
         parts = urlsplit(raw_path)
         namespace, name, sub = STREAM_PATH.match(parts.path).groups()
         query = parse_qs(parts.query)
-        flag = lambda key: (query.get(key) or ["false"])[-1].lower() in ("true", "1", "t")  # noqa: E731 - Go's ParseBool
         with self._lock:
             self.requests.append((method, raw_path))
             if method not in ("GET", "POST"):
@@ -593,49 +584,19 @@ class FakeKubeAPI:
             if not pod["spec"].get("nodeName"):
                 raise ApiError(400, "BadRequest", f"pod {name} does not have a host assigned")
             phase = pod.get("status", {}).get("phase")
-            if sub == "exec" and phase in ("Succeeded", "Failed"):
-                raise ApiError(
-                    400, "BadRequest", f"cannot exec into a container in a completed pod; current phase is {phase}"
-                )
             if phase != "Running":
                 raise ApiError(
                     400, "BadRequest", f"unable to upgrade connection: pod {name} is not running (phase {phase})"
                 )
             uid = pod["metadata"]["uid"]
-            if sub == "portforward":
-                try:
-                    ports = [int(p) for value in query.get("ports", []) for p in value.split(",")]  # repeated or a,b
-                except ValueError:
-                    raise ApiError(400, "BadRequest", f"invalid ports {query.get('ports')}") from None
-                if not ports or not all(0 < p < 65536 for p in ports):
-                    raise ApiError(400, "BadRequest", "at least one port between 1 and 65535 is required")
-                targets = {
-                    p: self.forwards[(namespace, name, p)] for p in ports if (namespace, name, p) in self.forwards
-                }
-                return streams.PORTFORWARD_PROTOCOLS, lambda ws: streams.serve_portforward(
-                    ws, name, uid, ports, targets
-                )
-            command, containers = query.get("command", []), [c["name"] for c in pod["spec"].get("containers", [])]
-            container = (query.get("container") or [""])[-1]
-            if container and container not in containers:
-                raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
-            if not container and len(containers) > 1:
-                raise ApiError(
-                    400,
-                    "BadRequest",
-                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]",
-                )
-            if flag("stdin") or flag("tty"):
-                raise ApiError(400, "BadRequest", "the stand-in's exec takes no stdin and no tty")
-            if not (flag("stdout") or flag("stderr")):
-                raise ApiError(400, "BadRequest", "you must specify at least 1 of stdin, stdout, stderr")
-            if not command:
-                raise ApiError(400, "BadRequest", "you must specify at least one command for the container")
-            handler = self.exec_handlers.get((namespace, name))
-            if handler is None:
-                raise ApiError(400, "BadRequest", f"stand-in: no exec handler for pod {namespace}/{name} (api.on_exec)")
-            stdout, stderr = flag("stdout"), flag("stderr")
-            return streams.EXEC_PROTOCOLS, lambda ws: streams.serve_exec(ws, command, handler, stdout, stderr)
+            try:
+                ports = [int(p) for value in query.get("ports", []) for p in value.split(",")]  # repeated or a,b
+            except ValueError:
+                raise ApiError(400, "BadRequest", f"invalid ports {query.get('ports')}") from None
+            if not ports or not all(0 < p < 65536 for p in ports):
+                raise ApiError(400, "BadRequest", "at least one port between 1 and 65535 is required")
+            targets = {p: self.forwards[(namespace, name, p)] for p in ports if (namespace, name, p) in self.forwards}
+            return streams.PORTFORWARD_PROTOCOLS, lambda ws: streams.serve_portforward(ws, name, uid, ports, targets)
 
     def _log(self, namespace: str, pod: str, query: dict) -> str:
         obj = self._get(self.kind("Pod"), namespace, pod)
@@ -919,7 +880,7 @@ def _handler(api: FakeKubeAPI):
             self._reply(code, result)
 
         def _stream(self):
-            """pods/exec, pods/portforward: checks answered as HTTP, then the upgrade and the session."""
+            """pods/portforward: checks answered as HTTP, then the upgrade and the session."""
             try:
                 protocols, session = api.stream(self.command, self.path, self.headers)
                 if (protocol := websocket.choose_protocol(self.headers, protocols)) is None:

@@ -1,73 +1,25 @@
-"""Pod exec and pod port-forward over a WebSocket, framed as the kubelet frames them for the kubernetes client.
+"""Pod port-forward over a WebSocket, framed as the kubelet frames it for the kubernetes client.
 
-Both use the "channel" subprotocol: every binary message starts with one byte naming its channel.
-- exec: 1 stdout, 2 stderr, 3 error (a v1 Status JSON that carries the exit code), then the server closes.
-- port-forward: for the i-th requested port, channel 2i carries data and 2i+1 errors; the first message on
-  each of the two is the port number (2 bytes, little-endian), which the client checks before anything else.
-The stand-in runs the test's exec handler instead of a container process, and bridges the data channel to
-a loopback TCP port the test registered instead of the pod's port.
+The "channel" subprotocol: every binary message starts with one byte naming its channel; for the i-th requested
+port, channel 2i carries data and 2i+1 errors; the first message on each of the two is the port number (2 bytes,
+little-endian), which the client checks before anything else. The stand-in bridges the data channel to a loopback
+TCP port the test registered instead of the pod's port.
+
+No exec: it runs through the real API server and the kubelet's own streaming code on the control plane
+(tests/controlplane/modules/kubelet-streams), which every exec test uses.
 """
 
 from __future__ import annotations
 
 import errno
-import json
-import os
-import signal
 import socket
 import struct
-import subprocess
 import threading
-from collections.abc import Callable
 
 from tests.standins.kubeapi.websocket import WebSocket
 
-STDOUT, STDERR, ERROR = 1, 2, 3
 CHUNK = 32 * 1024  # output goes out in frames of at most this size, as the kubelet copies it: the client must join them
-# Client order wins (the API server's wsstream picks the first offered protocol it speaks). The kubernetes client
-# offers v5 then v4; a current API server speaks v5 for exec (v5 only adds the client's stdin-close signal, which
-# needs stdin, which the stand-in does not take) and only v4 for port-forward.
-EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 PORTFORWARD_PROTOCOLS = ("v4.channel.k8s.io",)
-
-ExecHandler = Callable[[list[str]], tuple[int, bytes, bytes]]
-
-
-def exec_status(argv: list[str], code: int) -> dict:
-    """The Status the kubelet writes on the error channel when the command ended (remotecommand v4)."""
-    if code == 0:
-        return {"metadata": {}, "status": "Success"}
-    return {
-        "metadata": {},
-        "status": "Failure",
-        "message": f"command terminated with non-zero exit code: error executing command [{' '.join(argv)}], exit code {code}",
-        "reason": "NonZeroExitCode",
-        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
-    }
-
-
-def serve_exec(ws: WebSocket, argv: list[str], handler: ExecHandler, stdout: bool, stderr: bool) -> None:
-    try:
-        code, out, err = handler(list(argv))
-        status = exec_status(argv, int(code))
-    except Exception as exc:  # noqa: BLE001 - a broken handler is a test bug: say so the way the API says its own errors
-        out, err = b"", b""
-        status = {
-            "metadata": {},
-            "status": "Failure",
-            "reason": "InternalError",
-            "code": 500,
-            "message": f"stand-in exec handler failed: {exc!r}",
-        }
-    try:
-        for channel, data, wanted in ((STDOUT, out, stdout), (STDERR, err, stderr)):
-            data = data.encode() if isinstance(data, str) else bytes(data)
-            for start in range(0, len(data) if wanted else 0, CHUNK):
-                ws.send(bytes([channel]) + data[start : start + CHUNK])
-        ws.send(bytes([ERROR]) + json.dumps(status).encode())
-    except OSError:
-        pass  # the client went away (e.g. its own timeout): nothing to tell it any more
-    ws.close()
 
 
 def serve_portforward(ws: WebSocket, pod: str, uid: str, ports: list[int], targets: dict[int, tuple[str, int]]) -> None:
@@ -138,35 +90,3 @@ def _shut(conn: socket.socket) -> None:
         conn.shutdown(socket.SHUT_RDWR)  # also wakes a thread blocked in recv on it
     except OSError:
         pass
-
-
-def run_locally(env: dict[str, str] | None = None, timeout: float = 60.0, cwd=None) -> ExecHandler:
-    """An exec handler that runs the command as a local process (the test's environment plus `env`).
-
-    Like a container process: no stdin, and a process ended by signal N exits 128+N. A command that is not
-    found exits 127; one that outlives `timeout` is killed with its process group (exit 137, a note on stderr).
-    """
-
-    def run(argv: list[str]) -> tuple[int, bytes, bytes]:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={**os.environ, **(env or {})},
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            return 127, b"", f'exec: "{argv[0]}": executable file not found in $PATH\n'.encode()
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate(timeout=10)
-            return 137, out, err + f"stand-in: killed after {timeout} s\n".encode()
-        code = proc.returncode
-        return (code if code >= 0 else 128 - code), out, err
-
-    return run

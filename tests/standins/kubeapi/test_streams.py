@@ -1,26 +1,24 @@
-"""The stand-in's pods/portforward and pods/exec, through the real kubernetes client (and piml's tunnel).
+"""The stand-in's pods/portforward, through the real kubernetes client (and piml's tunnel).
 
-Everything on loopback, every wait bounded: sockets have timeouts, exec runs with run_forever(timeout).
+Everything on loopback, every wait bounded: sockets have timeouts.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import secrets
 import shutil
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from kubernetes.stream import portforward, stream
+from kubernetes.stream import portforward
 
 from tests.echo import EchoServer
 from tests.standins.kubeapi import websocket
@@ -97,25 +95,6 @@ def open_forward(core, pod: str, port: int, namespace: str = "default"):
     sock = forward.socket(port)
     sock.settimeout(TIMEOUT)
     return forward, sock
-
-
-def run(core, pod: str, command: list[str], namespace: str = "default", **kwargs):
-    """pods/exec as piml's code calls it; returns the finished WSClient."""
-    response = stream(
-        core.connect_get_namespaced_pod_exec,
-        pod,
-        namespace,
-        command=command,
-        stderr=True,
-        stdin=False,
-        stdout=True,
-        tty=False,
-        _preload_content=False,
-        **kwargs,
-    )
-    response.run_forever(timeout=TIMEOUT)
-    assert not response.is_open(), "the stand-in did not end the exec stream"
-    return response
 
 
 # ---- port-forward ----------------------------------------------------------------------------------
@@ -217,8 +196,8 @@ def test_portforward_to_a_port_nothing_listens_on_is_refused_on_the_error_channe
         sock.close()
 
 
-def test_streams_need_a_running_pod(make_api, tmp_path):
-    """Pods made by a Deployment: exec and port-forward are refused while Pending, served once Running."""
+def test_streams_need_a_running_pod(make_api, tmp_path, echo):
+    """Pods made by a Deployment: a port-forward is refused while Pending, served once Running."""
     api = make_api(ready_delay=0.5)
     path = tmp_path / "kubeconfig"
     api.write_kubeconfig(path)
@@ -243,21 +222,16 @@ def test_streams_need_a_running_pod(make_api, tmp_path):
     )
     pod = core.list_namespaced_pod("default", label_selector="app=box").items[0]
     assert pod.status.phase == "Pending"
-    api.on_exec("default", pod.metadata.name, lambda argv: (0, b"up", b""))
+    api.forward("default", pod.metadata.name, 8080, echo.port)
     with pytest.raises(ApiException) as raised:
-        stream(
-            core.connect_get_namespaced_pod_exec,
-            pod.metadata.name,
-            "default",
-            command=["true"],
-            stderr=True,
-            stdin=False,
-            stdout=True,
-            tty=False,
-        )
+        portforward(core.connect_get_namespaced_pod_portforward, pod.metadata.name, "default", ports="8080")
     assert "400" in raised.value.reason and "is not running (phase Pending)" in raised.value.reason
     wait_until(lambda: core.read_namespaced_pod(pod.metadata.name, "default").status.phase == "Running", 5)
-    assert run(core, pod.metadata.name, ["true"]).read_stdout() == "up"
+    forward, sock = open_forward(core, pod.metadata.name, 8080)
+    sock.sendall(b"up")
+    assert recv_exactly(sock, 2) == b"up"
+    sock.close()
+    forward.close()
     api_client.close()
 
 
@@ -356,101 +330,6 @@ def test_open_tunnel_reaches_redis_with_the_password_from_the_secret(kubeapi, co
     assert len(forwards) == 3
 
 
-# ---- exec ------------------------------------------------------------------------------------------
-
-
-def test_exec_stdout_stderr_and_exit_code_zero(kubeapi, core):
-    seen = []
-    kubeapi.add_pod("default", "box")
-    kubeapi.on_exec("default", "box", lambda argv: (seen.append(argv), (0, b"out\n", b"warn\n"))[1])
-    response = run(core, "box", ["python", "-c", "print('a b&c=d')"])
-    assert (response.read_stdout(), response.read_stderr(), response.returncode) == ("out\n", "warn\n", 0)
-    response.close()
-    assert seen == [["python", "-c", "print('a b&c=d')"]]  # the command survives the query string intact
-
-
-def test_exec_non_zero_exit_through_a_local_process(kubeapi, core):
-    kubeapi.add_pod("default", "box")
-    kubeapi.on_exec("default", "box", kubeapi.run_locally(env={"PIML_STANDIN": "from-env"}, timeout=TIMEOUT))
-    script = "import os, sys; print(os.environ['PIML_STANDIN']); print('it broke', file=sys.stderr); sys.exit(3)"
-    response = run(core, "box", [sys.executable, "-c", script])
-    assert (response.read_stdout(), response.read_stderr(), response.returncode) == ("from-env\n", "it broke\n", 3)
-    response.close()
-
-
-def test_exec_status_is_the_api_servers(kubeapi, core):
-    kubeapi.add_pod("default", "box")
-    kubeapi.on_exec("default", "box", kubeapi.run_locally(timeout=TIMEOUT))
-    response = run(core, "box", ["sh", "-c", "exit 7"])
-    status = json.loads(response.read_channel(3))
-    assert status == {
-        "metadata": {},
-        "status": "Failure",
-        "reason": "NonZeroExitCode",
-        "message": "command terminated with non-zero exit code: error executing command [sh -c exit 7], exit code 7",
-        "details": {"causes": [{"reason": "ExitCode", "message": "7"}]},
-    }
-    response.close()
-    response = run(core, "box", ["true"])
-    assert json.loads(response.read_channel(3)) == {"metadata": {}, "status": "Success"}
-    response.close()
-    response = run(core, "box", ["no-such-program-here"])
-    assert (response.returncode, response.read_stderr()) == (
-        127,
-        'exec: "no-such-program-here": executable file not found in $PATH\n',
-    )
-    response.close()
-
-
-def test_exec_large_output_in_several_frames_and_preloaded(kubeapi, core):
-    out = os.urandom(150_000).hex().encode()  # 300 kB: ten frames
-    kubeapi.add_pod("default", "box")
-    kubeapi.on_exec("default", "box", lambda argv: (0, out, b"done\n"))
-    response = run(core, "box", ["cat", "big"])
-    assert response.read_stdout() == out.decode() and response.returncode == 0
-    response.close()
-    # _preload_content=True (the default): stdout and stderr together, as one string
-    text = stream(
-        core.connect_get_namespaced_pod_exec,
-        "box",
-        "default",
-        command=["cat", "big"],
-        stderr=True,
-        stdin=False,
-        stdout=True,
-        tty=False,
-        _request_timeout=TIMEOUT,
-    )
-    assert text == out.decode() + "done\n"
-
-
-def test_exec_refusals_before_the_upgrade(kubeapi, core):
-    kubeapi.add_pod("default", "box")
-    kubeapi.add_pod("default", "pair", containers=("app", "sidecar"))
-    kubeapi.on_exec("default", "pair", lambda argv: (0, b"pair", b""))
-
-    def refused(pod, **kwargs) -> str:
-        with pytest.raises(ApiException) as raised:
-            stream(
-                core.connect_get_namespaced_pod_exec,
-                pod,
-                "default",
-                command=["true"],
-                stderr=True,
-                stdin=False,
-                stdout=True,
-                tty=False,
-                **kwargs,
-            )
-        return raised.value.reason
-
-    assert "404" in refused("nope") and 'pods \\"nope\\" not found' in refused("nope")
-    assert "400" in refused("box") and "no exec handler for pod default/box" in refused("box")
-    assert "a container name must be specified for pod pair, choose one of: [app sidecar]" in refused("pair")
-    assert "container nope is not valid for pod pair" in refused("pair", container="nope")
-    assert run(core, "pair", ["true"], container="sidecar").read_stdout() == "pair"
-
-
 # ---- the WebSocket layer itself ----------------------------------------------------------------------
 
 
@@ -516,20 +395,9 @@ def test_websocket_ping_data_close_and_an_unmasked_frame(kubeapi, echo):
     wait_until(lambda: echo.ended == 2)
 
 
-def test_websocket_exec_over_v4_and_an_unknown_subprotocol(kubeapi):
+def test_an_unknown_subprotocol_is_a_400_before_the_upgrade(kubeapi):
     kubeapi.add_pod("default", "box")
-    kubeapi.on_exec("default", "box", lambda argv: (2, b"o", b"e"))
-    path = "/api/v1/namespaces/default/pods/box/exec?command=x&stdout=true&stderr=true"
-    sock, head = _raw_upgrade(kubeapi, path, "v4.channel.k8s.io")
-    assert b"Sec-WebSocket-Protocol: v4.channel.k8s.io" in head
-    frames = [_read_frame(sock) for _ in range(4)]
-    assert frames[:2] == [(websocket.BINARY, b"\x01o"), (websocket.BINARY, b"\x02e")]
-    assert json.loads(frames[2][1][1:])["details"]["causes"] == [{"reason": "ExitCode", "message": "2"}]
-    assert frames[3][0] == websocket.CLOSE
-    sock.sendall(_masked(websocket.CLOSE, struct.pack("!H", 1000)))
-    assert sock.recv(1) == b""
-    sock.close()
-
+    path = "/api/v1/namespaces/default/pods/box/portforward?ports=8080"
     sock = socket.create_connection(("127.0.0.1", int(kubeapi.url.rsplit(":", 1)[1])), timeout=TIMEOUT)
     sock.sendall(
         (
