@@ -24,6 +24,7 @@ REDIS_DEPLOYMENT = "redis"
 # The PostgreSQL piml deploys for MLflow: a pg_dump of its database (piml/backup/postgres.py), in a part of its own
 MLFLOW_DATABASE_PART = "mlflow-db"
 MLFLOW_DUMP = "mlflow.sql"
+RABBITMQ_STATE = "rabbitmq-state.json"  # in the part queue.tar when the queue is RabbitMQ
 SCHEDULED_CLAIM = "piml-backups"  # where backup.schedule's CronJob writes (templates/mlflow.yaml.j2)
 # A single server keeps the cluster in SQLite (kine, WAL mode); a snapshot is unusable without the token, which
 # encrypts its secrets (https://docs.k3s.io/datastore/backup-restore).
@@ -106,7 +107,13 @@ def take_backup(
                 )
                 size = parts[MLFLOW_DATABASE_PART].stat().st_size
                 show(f"mlflow database: pg_dump in {cluster.config.namespace}/{postgres.DEPLOYMENT} ({size} bytes)")
-        if "queue" not in manifest.left_out:
+        if "queue" not in manifest.left_out and cluster.config.queue.kind == "rabbitmq":
+            parts["queue"] = scratch / "queue.tar"
+            manifest.parts["queue"] = take_rabbitmq_state(cluster, parts["queue"])
+            said = manifest.parts["queue"]
+            show(f"queue: RabbitMQ's state stream and dead letters ({said['requests']} requests, "
+                 f"{said['dead letters']} dead letters), through a port-forward")  # fmt: skip
+        elif "queue" not in manifest.left_out:
             node, path = claim_on_node(kube, cluster, REDIS_CLAIM, "Redis")
             parts["queue"] = scratch / "queue.tar"
             take_dir(cluster, node, path, parts["queue"], timeout)
@@ -128,9 +135,6 @@ def left_out(cluster, k3s_only: bool = False, with_queue: bool = True) -> dict[s
         left["queue"] = "an MLflow upgrade leaves the queue's volume as it is: `piml backup` takes it"
     elif not queue.enabled:
         left["queue"] = "queue.enabled is false"
-    elif queue.kind == "rabbitmq":
-        # https://www.rabbitmq.com/docs/3.13/backup: "To back up messages on a node it must be first stopped"
-        left["queue"] = "RabbitMQ's messages can be copied only with RabbitMQ stopped, and piml does not stop it yet"
     if k3s_only:
         left["mlflow"] = "a k3s upgrade leaves MLflow's volume as it is: `piml backup` takes it"
     elif not mlflow.enabled:
@@ -162,6 +166,37 @@ def take_mlflow_database(kube, cluster, out: Path, timeout: float) -> dict:
         tar.add(dumped, arcname=MLFLOW_DUMP)
     dumped.unlink()
     return {"deployment": postgres.DEPLOYMENT, "database": postgres.DATABASE, "dump": MLFLOW_DUMP, "server": version}
+
+
+def take_rabbitmq_state(cluster, out: Path) -> dict:
+    """RabbitMQ's queue as its state: the state stream's events and the dead letters, read through a port-forward
+    without taking anything (piml/queue/rabbitmq.py export_state), as the tar `out` holding RABBITMQ_STATE. Not its
+    volume: RabbitMQ's message store can be copied only with the node stopped
+    (https://www.rabbitmq.com/docs/backup), and the requests waiting are in their `queued` events."""
+    import io
+    import json
+    import tarfile
+
+    from piml.fsutil import create_new
+    from piml.queue.tunnel import cluster_broker
+
+    with cluster_broker(cluster) as broker:
+        state = broker.export_state()
+    body = json.dumps(state, sort_keys=True).encode()
+    with os.fdopen(create_new(out, 0o600), "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo(RABBITMQ_STATE)
+        info.size, info.mode = len(body), 0o600
+        tar.addfile(info, io.BytesIO(body))
+    requests = len({str(event.get("id")) for event in state["events"]})
+    return {"broker": "rabbitmq", "state": RABBITMQ_STATE, "requests": requests, "dead letters": len(state["dead"])}
+
+
+def put_back_rabbitmq_state(cluster, state: dict) -> dict[str, int]:
+    """Merge an archive's RabbitMQ state into the running broker (import_state): what it already has stays."""
+    from piml.queue.tunnel import cluster_broker
+
+    with cluster_broker(cluster) as broker:
+        return broker.import_state(state)
 
 
 def cluster_kube(cluster):

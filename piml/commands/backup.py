@@ -3,13 +3,15 @@
 backup: the project (inventory, piml.yaml, .piml/), the k3s datastore (a single server's SQLite, or an etcd
 snapshot, and the token), MLflow's volume (its SQLite stores copied online, its artifacts) and Redis's (the queue's
 append-only file), each taken over SSH from the node that holds it, and MLflow's PostgreSQL database when piml
-deploys one (pg_dump in its pod), into one archive (piml/backup/take.py). What it does not hold yet is named in
+deploys one (pg_dump in its pod), and RabbitMQ's state when the queue is RabbitMQ (its state stream and dead
+letters, read through a port-forward), into one archive (piml/backup/take.py). What it does not hold yet is named in
 the archive and in the output, never silently missing.
 
 restore: MLflow's data and the queue from an archive back onto the running cluster. The archive is checked whole
 first; then MLflow and Redis are stopped (their Deployments scaled to 0, their pods gone), each volume's directory
 is replaced on its node with the old one kept beside it, MLflow's PostgreSQL database is replaced with the old one
-kept under another name (piml/backup/postgres.py), and they are started again and waited for. The project
+kept under another name (piml/backup/postgres.py), and they are started again and waited for. RabbitMQ keeps
+running: the requests it does not know are merged into it (waiting ones queued again). The project
 part is not written over the project (that would replace the keys and secrets of the cluster at hand):
 `tar -xzf ARCHIVE project.tar` takes it.
 """
@@ -28,6 +30,7 @@ from piml.backup.take import (
     MLFLOW_DATABASE_PART,
     MLFLOW_DEPLOYMENT,
     MLFLOW_DUMP,
+    RABBITMQ_STATE,
     REDIS_CLAIM,
     REDIS_DEPLOYMENT,
 )
@@ -82,7 +85,7 @@ def run_restore(
 ) -> None:
     from piml.backup import archive
     from piml.backup.onnode import put_back_command
-    from piml.backup.take import cluster_kube, on_node
+    from piml.backup.take import cluster_kube, on_node, put_back_rabbitmq_state
     from piml.kube.podexec import ready_pod
     from piml.kube.scale import scale, wait_available, wait_stopped
     from piml.project import ProjectPaths, load_cluster
@@ -92,11 +95,16 @@ def run_restore(
     show = (lambda line: None) if as_json else (lambda line: console().print(f"  {line}", markup=False))
     with tempfile.TemporaryDirectory(prefix="piml-restore-") as scratch_dir:
         with archive.opened(Path(source), Path(scratch_dir)) as (manifest, parts):
-            stores = [store for store in STORES if store.part in parts]
+            rabbitmq = RABBITMQ.part in parts and manifest.parts[RABBITMQ.part].get("broker") == "rabbitmq"
+            stores = [store for store in STORES if store.part in parts and not (rabbitmq and store is REDIS)]
+            stores += [RABBITMQ] if rabbitmq else []
             if not stores:
                 raise InputError(Problem(str(source), "holds no MLflow or queue data", "name an archive that does"))
             for store in stores:
                 store.refuse(manifest, cluster, str(source))
+            if rabbitmq:
+                with archive.member(parts[RABBITMQ.part], RABBITMQ_STATE, str(source)) as data:
+                    queue_state = _rabbitmq_state(data.read(), str(source))
             kube = cluster_kube(cluster)
             volumes = {store.part: store.volume(kube, cluster) for store in stores if store.claim}
             places = {part: f"{node.name}:{path}" for part, (node, path) in volumes.items()}
@@ -105,8 +113,11 @@ def run_restore(
                     pass  # there, before anything stops
                 ready_pod(kube, namespace, postgres.SELECTOR, postgres.DEPLOYMENT)
                 places[DATABASE.part] = f"database {postgres.DATABASE} in {namespace}/{postgres.DEPLOYMENT}"
+            if rabbitmq:
+                places[RABBITMQ.part] = f"merged into {namespace}/rabbitmq: what it has stays"
             _confirm(yes, cluster, manifest, [f"{store.what} ({places[store.part]})" for store in stores])
-            deployments = list(dict.fromkeys(store.deployment for store in stores))
+            # RabbitMQ keeps running: its part is merged into it, not put in its place
+            deployments = list(dict.fromkeys(store.deployment for store in stores if store is not RABBITMQ))
             replicas = {deployment: scale(kube, namespace, deployment, 0) for deployment in deployments}
             kept: dict[str, str] = {}
             try:
@@ -145,11 +156,16 @@ def run_restore(
                     scale(kube, namespace, deployment, max(count, 1))
             until = time.monotonic() + START_TIMEOUT
             started = {deployment: wait_available(kube, namespace, deployment, until) for deployment in deployments}
+            if rabbitmq:
+                merged = put_back_rabbitmq_state(cluster, queue_state)
+                show(f"RabbitMQ: {merged['requests']} requests back ({merged['queued']} queued again), "
+                     f"{merged['dead letters']} dead letters; what it had stays")  # fmt: skip
     result = {
         "archive": str(source),
         "created": manifest.created,
         "restored": places,
         "kept": kept or None,
+        **({"queue": merged} if rabbitmq else {}),
         **{deployment: how for deployment, (_, how) in started.items()},
         "ok": all(ok for ok, _ in started.values()),
     }
@@ -206,11 +222,23 @@ class Store:
 
 
 DATABASE = Store(MLFLOW_DATABASE_PART, "MLflow's PostgreSQL database", MLFLOW_DEPLOYMENT, None)
-STORES = (
-    Store("mlflow", "MLflow", MLFLOW_DEPLOYMENT, MLFLOW_CLAIM),
-    DATABASE,
-    Store("queue", "Redis", REDIS_DEPLOYMENT, REDIS_CLAIM),
-)
+REDIS = Store("queue", "Redis", REDIS_DEPLOYMENT, REDIS_CLAIM)
+RABBITMQ = Store("queue", "RabbitMQ's requests", "rabbitmq", None)  # merged into the running broker
+STORES = (Store("mlflow", "MLflow", MLFLOW_DEPLOYMENT, MLFLOW_CLAIM), DATABASE, REDIS)
+
+
+def _rabbitmq_state(body: bytes, where: str) -> dict:
+    """The archive's RabbitMQ state (take.take_rabbitmq_state), checked for its shape before anything changes."""
+    import json
+
+    try:
+        state = json.loads(body)
+    except ValueError:
+        state = None
+    if not (isinstance(state, dict) and isinstance(state.get("events"), list) and isinstance(state.get("dead"), list)):
+        raise InputError(Problem(where, f"its {RABBITMQ_STATE} is not RabbitMQ state written by piml backup",
+                                 "restore from another copy of the archive"))  # fmt: skip
+    return state
 
 
 def _refuse_stores(manifest, cluster, where: str) -> None:

@@ -25,9 +25,9 @@ def open_broker(project: Path | None, inventory: Path | None, queue_url: str | N
         finally:
             broker.close()
         return
-    from piml.errors import InputError, PimlError, Problem
+    from piml.errors import InputError, Problem
     from piml.project import ProjectPaths, load_cluster
-    from piml.queue.tunnel import open_tunnel
+    from piml.queue.tunnel import cluster_broker
 
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
     if not cluster.config.queue.enabled:
@@ -38,19 +38,8 @@ def open_broker(project: Path | None, inventory: Path | None, queue_url: str | N
                 "switch it on and run `piml up`, or pass --queue-url",
             )
         )
-    kind = cluster.config.queue.kind
-    tunnel = open_tunnel(cluster.paths.kubeconfig, cluster.config.namespace, kind)
-    try:
-        try:
-            broker = connect(tunnel.url, password=tunnel.password)
-        except PimlError as exc:
-            raise tunnel.explain(exc, kind) from None
-        try:
-            yield broker
-        finally:
-            broker.close()
-    finally:
-        tunnel.close()
+    with cluster_broker(cluster) as broker:
+        yield broker
 
 
 def run_submit(

@@ -21,11 +21,26 @@ import time
 from typing import Any
 
 from piml.errors import InputError, PimlError, Problem
-from piml.queue.base import FAILED, QUEUED, SUCCEEDED, Delivery, job_record, now, redact, running_fields
+from piml.queue.base import FAILED, QUEUED, RUNNING, SUCCEEDED, Delivery, job_record, now, redact, running_fields
 from piml.queue.request import Request, id_of
 
 QUEUE, DEAD, STATE = "piml.requests", "piml.dead", "piml.state"
 ATTEMPTS = "x-piml-attempts"
+DEAD_LIMIT = 100_000  # dead letters read for a backup: each is held unacknowledged until the read ends
+
+
+def _waiting_request(request_id: str, record: dict[str, Any]) -> Request | None:
+    """The request a folded record describes, when it was waiting or running (its `queued` event carries it)."""
+    if record.get("state") not in (QUEUED, RUNNING) or not record.get("model") or not record.get("input"):
+        return None
+    try:
+        params = json.loads(record.get("params") or "{}")
+    except (ValueError, TypeError):
+        params = {}
+    output = record.get("output") or None
+    fields = {"output": output} if output else {}
+    return Request(id=request_id, model=str(record["model"]), input=str(record["input"]),
+                   params=params if isinstance(params, dict) else {}, **fields)  # fmt: skip
 
 
 def _with_password(url: str, password: str) -> str:
@@ -241,6 +256,51 @@ class RabbitBroker:
 
     def release(self, runner: str) -> None:
         """Nothing held: unacknowledged messages go back when the connection closes."""
+
+    # -- backup and restore (piml/backup) --------------------------------------------------------------
+    def export_state(self) -> dict[str, list[dict]]:
+        """The queue's state, read without taking anything: every event of the state stream (oldest first) and
+        every dead letter. The requests still waiting are in it as their events: their `queued` event holds the
+        whole request, so they need not be read from piml.requests (a read there would mark them redelivered,
+        which counts as an attempt)."""
+        return {"events": self._events(), "dead": self.dead_letters(limit=DEAD_LIMIT)}
+
+    def import_state(self, state: dict[str, Any]) -> dict[str, int]:
+        """Merge an exported state into this broker: the requests it does not know come back with their history,
+        those that were waiting or running queued again (a running one is run again: the backup cannot say how
+        far it got), and the dead letters it lacks. What it knows stays as it is, so a second import changes
+        nothing. Returns how many requests, queued requests and dead letters came back."""
+        known = set(self._fold())
+        history: dict[str, list[dict]] = {}
+        for event in state.get("events", []):
+            request_id = str(event.get("id") or "") if isinstance(event, dict) else ""
+            if request_id and request_id not in known:
+                history.setdefault(request_id, []).append(event)
+        queued = 0
+        for request_id, events in history.items():
+            for event in events:
+                self._publish(STATE, json.dumps(event).encode())
+            record: dict[str, Any] = {}
+            for event in events:
+                record.update(event)
+            request = _waiting_request(request_id, record)
+            if request is not None:
+                if record.get("state") != QUEUED:
+                    self._event(request_id, state=QUEUED)
+                attempts = record.get("attempts")
+                self._publish(
+                    QUEUE, request.to_json().encode(), {ATTEMPTS: attempts if isinstance(attempts, int) else 0}
+                )
+                queued += 1
+        there = {str(letter.get("id")) for letter in self.dead_letters(limit=DEAD_LIMIT)}
+        letters = [
+            letter
+            for letter in state.get("dead", [])
+            if isinstance(letter, dict) and str(letter.get("id")) not in there
+        ]
+        for letter in letters:
+            self._publish(DEAD, json.dumps(letter).encode())
+        return {"requests": len(history), "queued": queued, "dead letters": len(letters)}
 
     def close(self) -> None:
         try:

@@ -10,7 +10,8 @@ import base64
 import select
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +201,26 @@ def open_tunnel(kubeconfig, namespace: str, kind: str) -> Tunnel:
         else f"amqp://{RABBITMQ_USER}@127.0.0.1:{forwarder.port}/"
     )
     return Tunnel(url, password, forwarder)
+
+
+@contextmanager
+def cluster_broker(cluster) -> Iterator[Any]:
+    """The cluster's broker (queue.kind) through a port-forward, with the password from its Secret; closed after."""
+    from piml.queue import connect
+
+    kind = cluster.config.queue.kind
+    tunnel = open_tunnel(cluster.paths.kubeconfig, cluster.config.namespace, kind)
+    try:
+        try:
+            broker = connect(tunnel.url, password=tunnel.password)
+        except PimlError as exc:
+            raise tunnel.explain(exc, kind) from None
+        try:
+            yield broker
+        finally:
+            broker.close()
+    finally:
+        tunnel.close()
 
 
 def _refused(namespace: str, doing: str, exc: Any) -> PimlError:

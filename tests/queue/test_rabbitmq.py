@@ -125,3 +125,66 @@ def test_a_user_without_password_in_the_url_takes_the_given_password(rabbit, rab
         broker.close()
     with pytest.raises(Exception, match="refused the user or password"):
         connect(url, password="wrong-" + rabbitmq_server.password[:4])
+
+
+def _lose_everything(rabbitmq_server) -> None:
+    """What a re-flashed board or a lost volume leaves: a RabbitMQ without piml's queues and stream."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_server.url))
+    channel = connection.channel()
+    for queue in ("piml.requests", "piml.dead", "piml.state"):
+        channel.queue_delete(queue)
+    connection.close()
+
+
+def test_state_taken_without_taking_anything_comes_back_into_a_broker_that_lost_it(
+    rabbit, rabbit_env, rabbitmq_server, registered_model, dataset
+):
+    """piml backup's RabbitMQ part (export_state) and piml restore's merge (import_state), on a real node: the
+    history of every request and the dead letters come back, the requests that were waiting or running are
+    queued again and a runner runs them, and a second merge changes nothing."""
+    from piml.queue import connect
+
+    done = make_request(registered_model.uri, str(dataset))
+    rabbit.submit(done)
+    assert run_runner(rabbit_env, "--once").returncode == 0
+    dead = make_request("models:/no-such-model/1", str(dataset))
+    rabbit.submit(dead)
+    assert run_runner(rabbit_env, "--drain", "--wait", "1").returncode == 0
+    running = make_request(registered_model.uri, str(dataset))
+    rabbit.submit(running)
+    held = rabbit.take("runner-x", wait=5)  # a runner holds it, running, when the backup is taken
+    assert held is not None and held.id == running.id
+    rabbit.running(held, "pi2")
+    waiting = [make_request(registered_model.uri, str(dataset), params={"batch_size": 10 + i}) for i in range(2)]
+    for request in waiting:
+        rabbit.submit(request)
+    before = {job["id"]: job for job in rabbit.jobs(limit=100)}
+    assert before[running.id]["state"] == "running" and before[dead.id]["state"] == "failed"
+
+    state = rabbit.export_state()
+    assert rabbit.queue_length() == 2 and [letter["id"] for letter in rabbit.dead_letters()] == [dead.id]
+    rabbit.close()
+    _lose_everything(rabbitmq_server)
+
+    fresh = connect(rabbitmq_server.url)
+    try:
+        assert fresh.import_state(state) == {"requests": 5, "queued": 3, "dead letters": 1}
+        after = {job["id"]: job for job in fresh.jobs(limit=100)}
+        assert after[done.id] == before[done.id] and after[dead.id] == before[dead.id]
+        assert [after[r.id]["state"] for r in (*waiting, running)] == ["queued"] * 3
+        assert fresh.queue_length() == 3 and [letter["id"] for letter in fresh.dead_letters()] == [dead.id]
+        assert fresh.import_state(state) == {"requests": 0, "queued": 0, "dead letters": 0}
+        assert fresh.queue_length() == 3
+    finally:
+        fresh.close()
+    out = run_runner(rabbit_env, "--drain", "--wait", "1")  # the requests queued again are whole requests
+    assert out.returncode == 0, out.stderr
+    check = connect(rabbitmq_server.url)
+    try:
+        states = {r.id: check.get(r.id)["state"] for r in (*waiting, running)}
+        assert states == {r.id: "succeeded" for r in (*waiting, running)}, states
+        assert check.get(waiting[1].id)["params"] == before[waiting[1].id]["params"]
+    finally:
+        check.close()
