@@ -79,15 +79,12 @@ def open_cluster_endpoints(cluster: Cluster) -> Iterator[Endpoints]:
 
 def pod_python(api: Any, namespace: str, selector: str, what: str) -> Callable[[str], str]:
     """Run a Python script in a ready pod matching `selector` (kubectl exec), return its stdout."""
-    from piml.kube.client import REQUEST_TIMEOUT
     from piml.queue.tunnel import open_stream, pick_pod
 
     def run(script: str) -> str:
         from kubernetes.stream import stream
 
-        pod = pick_pod(
-            api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items, what
-        )
+        pod = pick_pod(api, namespace, selector, what)
         response = open_stream(
             stream,
             api.connect_get_namespaced_pod_exec,

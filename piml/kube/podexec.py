@@ -26,20 +26,23 @@ class Finished:
         return (self.stderr.strip().splitlines() or [f"exit {self.exit_code}"])[-1][:300]
 
 
+def first_ready(pods: list[dict[str, Any]], what: str) -> str:
+    """The name of the first pod (as the API's JSON) that runs, is Ready and is not being deleted; PimlError naming
+    `what` when there is none."""
+    for pod in pods:
+        metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        if status.get("phase") == "Running" and ready and not metadata.get("deletionTimestamp"):
+            return str(metadata["name"])
+    raise PimlError(
+        Problem(what, "no ready pod in the cluster", "see `piml status`, or wait for `piml up` to finish"), EXIT_FAILED
+    )
+
+
 def ready_pod(kube, namespace: str, selector: str, what: str) -> str:
     """The name of a running, ready pod matching `selector`; PimlError naming `what` when there is none."""
-    from piml.kube.objects import dig
-
     pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector})
-    for pod in (pods or {}).get("items", []):
-        conditions = dig(pod, "status", "conditions", default=[]) or []
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        if dig(pod, "status", "phase") == "Running" and ready and not dig(pod, "metadata", "deletionTimestamp"):
-            return pod["metadata"]["name"]
-    raise PimlError(
-        Problem(f"{namespace}/{what}", "no ready pod", "see `piml status`, or wait for `piml up` to finish"),
-        EXIT_FAILED,
-    )
+    return first_ready((pods or {}).get("items", []), f"{namespace}/{what}")
 
 
 def run_in_pod(

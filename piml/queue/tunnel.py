@@ -81,17 +81,28 @@ def unreachable(api: Any, exc: BaseException) -> PimlError:
     )
 
 
-def pick_pod(pods: list[Any], kind: str) -> str:
-    """The name of a running, ready pod of `kind`."""
-    for pod in pods:
-        status = pod.status
-        if status is None or status.phase != "Running" or pod.metadata.deletion_timestamp:
-            continue
-        if any(c.type == "Ready" and c.status == "True" for c in status.conditions or []):
-            return pod.metadata.name
-    raise PimlError(
-        Problem(kind, "no ready pod in the cluster", "check it with `piml status`, or wait for `piml up` to finish"), 1
+def list_pods(api: Any, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """The pods matching the label `selector`, as the API's JSON (a CoreV1Api; bounded like every request)."""
+    import json
+
+    from piml.kube.client import REQUEST_TIMEOUT
+
+    raw = api.list_namespaced_pod(
+        namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
     )
+    try:
+        return list(json.loads(raw.data).get("items") or [])
+    except (ValueError, AttributeError):  # not a pod list: not an API server
+        raise PimlError(
+            Problem(f"cluster ({namespace})", "the Kubernetes API answered the pod list with no JSON"), 1
+        ) from None
+
+
+def pick_pod(api: Any, namespace: str, selector: str, what: str) -> str:
+    """The name of a running, ready pod matching `selector`."""
+    from piml.kube.podexec import first_ready
+
+    return first_ready(list_pods(api, namespace, selector), what)
 
 
 def secret_password(secret: Any, kind: str) -> str:
@@ -235,12 +246,8 @@ def forward(api: Any, namespace: str, selector: str, port: int, what: str) -> Fo
     from kubernetes.client.rest import ApiException
     from kubernetes.stream import portforward
 
-    from piml.kube.client import REQUEST_TIMEOUT
-
     try:
-        pod = pick_pod(
-            api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items, what
-        )
+        pod = pick_pod(api, namespace, selector, what)
     except ApiException as exc:
         raise _refused(namespace, f"list the {what} pods", exc) from None
     except (OSError, urllib3_errors()) as exc:

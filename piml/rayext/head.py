@@ -41,7 +41,8 @@ def cluster_head(cluster: Cluster) -> Iterator[tuple[Head, str]]:
     from kubernetes.client.rest import ApiException
 
     from piml.kube.client import REQUEST_TIMEOUT, core_api
-    from piml.queue.tunnel import _refused, forward, pick_pod, unreachable, urllib3_errors
+    from piml.kube.podexec import first_ready
+    from piml.queue.tunnel import _refused, forward, list_pods, unreachable, urllib3_errors
     from piml.render.images import PYTHON
 
     config = cluster.config
@@ -49,7 +50,7 @@ def cluster_head(cluster: Cluster) -> Iterator[tuple[Head, str]]:
     api = core_api(path, cluster.paths.show(path))
     namespace = config.namespace
     try:
-        pods = api.list_namespaced_pod(namespace, label_selector=RAY_HEAD_SELECTOR, _request_timeout=REQUEST_TIMEOUT)
+        pods = list_pods(api, namespace, RAY_HEAD_SELECTOR)
         service = api.read_namespaced_service(SERVICE, namespace, _request_timeout=REQUEST_TIMEOUT)
         # raw JSON: only two fields are wanted, and the client's typed models refuse a node missing any nodeInfo
         raw = api.list_node(_request_timeout=REQUEST_TIMEOUT, _preload_content=False)
@@ -63,8 +64,8 @@ def cluster_head(cluster: Cluster) -> Iterator[tuple[Head, str]]:
         raise unreachable(api, exc) from None
     except ValueError:  # not JSON: not an API server
         raise PimlError(Problem("ray head", "the Kubernetes API answered the node list with no JSON"), 1) from None
-    name = pick_pod(pods.items, "ray head")
-    host_ip = next(p.status.host_ip for p in pods.items if p.metadata.name == name)
+    name = first_ready(pods, "ray head")
+    host_ip = next(p["status"].get("hostIP") for p in pods if p["metadata"]["name"] == name)
     gcs = f"{host_ip}:{service.spec.ports[0].node_port}"
     head = Head(gcs, config.ray.version, PYTHON, config.ray.gcs_fault_tolerance, pod_routes(nodes))
     forwarder = forward(api, config.namespace, RAY_HEAD_SELECTOR, RAY_DASHBOARD_PORT, "ray")

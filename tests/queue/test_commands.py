@@ -138,10 +138,19 @@ def test_python_helper(broker, redis_server, runner_env, registered_model, datas
 
 
 def _pod(name, phase="Running", ready="True", deleting=None):
-    return SimpleNamespace(
-        metadata=SimpleNamespace(name=name, deletion_timestamp=deleting),
-        status=SimpleNamespace(phase=phase, conditions=[SimpleNamespace(type="Ready", status=ready)]),
-    )
+    metadata = {"name": name, **({"deletionTimestamp": deleting} if deleting else {})}
+    return {"metadata": metadata, "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]}}
+
+
+class _PodLister:
+    """A CoreV1Api's pod list, as the API's JSON (pick_pod reads it raw)."""
+
+    def __init__(self, pods):
+        self.pods = pods
+
+    def list_namespaced_pod(self, namespace, label_selector, _request_timeout, _preload_content):
+        assert _request_timeout and _preload_content is False
+        return SimpleNamespace(data=json.dumps({"items": self.pods}).encode())
 
 
 def test_tunnel_picks_a_ready_pod_and_reads_the_secret():
@@ -150,12 +159,12 @@ def test_tunnel_picks_a_ready_pod_and_reads_the_secret():
     pods = [
         _pod("redis-a", phase="Pending"),
         _pod("redis-b", ready="False"),
-        _pod("redis-c", deleting="now"),
+        _pod("redis-c", deleting="2026-12-04T00:00:00Z"),
         _pod("redis-d"),
     ]
-    assert pick_pod(pods, "redis") == "redis-d"
+    assert pick_pod(_PodLister(pods), "piml", "app=redis", "redis") == "redis-d"
     with pytest.raises(PimlError, match="redis: no ready pod"):
-        pick_pod(pods[:3], "redis")
+        pick_pod(_PodLister(pods[:3]), "piml", "app=redis", "redis")
     secret = SimpleNamespace(data={"password": base64.b64encode(b"pw-123").decode()})
     assert secret_password(secret, "redis") == "pw-123"
     with pytest.raises(PimlError, match="Secret redis: has no password"):
