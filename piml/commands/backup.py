@@ -84,10 +84,9 @@ def run_restore(
     project: Path | None, inventory: Path | None, source: Path, yes: bool, timeout: float, as_json: bool
 ) -> None:
     from piml.backup import archive
-    from piml.backup.onnode import put_back_command
-    from piml.backup.take import cluster_kube, on_node, put_back_rabbitmq_state
+    from piml.backup.take import cluster_kube, put_back_rabbitmq_state
     from piml.kube.podexec import ready_pod
-    from piml.kube.scale import scale, wait_available, wait_stopped
+    from piml.kube.scale import scale, wait_available
     from piml.project import ProjectPaths, load_cluster
 
     cluster = load_cluster(ProjectPaths.resolve(project, inventory))
@@ -119,38 +118,9 @@ def run_restore(
             # RabbitMQ keeps running: its part is merged into it, not put in its place
             deployments = list(dict.fromkeys(store.deployment for store in stores if store is not RABBITMQ))
             replicas = {deployment: scale(kube, namespace, deployment, 0) for deployment in deployments}
-            kept: dict[str, str] = {}
             try:
-                until = time.monotonic() + STOP_TIMEOUT
-                for deployment in deployments:
-                    left = wait_stopped(kube, namespace, deployment, until)
-                    if left:
-                        raise PimlError(
-                            Problem(
-                                f"{namespace}/{deployment}",
-                                f"its pods did not stop within {STOP_TIMEOUT:.0f} s ({', '.join(left)}): "
-                                "nothing restored",
-                                f"see `kubectl -n {namespace} describe pod {left[0]}`, then run piml restore again",
-                            ),
-                            EXIT_FAILED,
-                        )
-                stamp = archive.stamp()
-                if DATABASE.part in parts:
-                    show(f"{MLFLOW_DEPLOYMENT} stopped; putting {parts[DATABASE.part].stat().st_size} bytes back "
-                         f"into {places[DATABASE.part]}")  # fmt: skip
-                    with archive.member(parts[DATABASE.part], MLFLOW_DUMP, str(source)) as dumped:
-                        aside = postgres.load(kube, namespace, dumped, stamp, timeout)
-                    kept[DATABASE.part] = f"database {aside} in {namespace}/{postgres.DEPLOYMENT}"
-                for store in stores:
-                    if store.part not in volumes:
-                        continue
-                    node, path = volumes[store.part]
-                    show(f"{store.deployment} stopped; putting {parts[store.part].stat().st_size} bytes back on "
-                         f"{node.name}:{path}")  # fmt: skip
-                    with open(parts[store.part], "rb") as data:
-                        answer = on_node(cluster, node, put_back_command(path, stamp), timeout, send=data)
-                    if answer.stdout.strip():
-                        kept[store.part] = f"{node.name}:{answer.stdout.strip()}"
+                _wait_stopped(kube, namespace, deployments)
+                kept = _put_back(cluster, kube, source, parts, stores, volumes, places, timeout, show)
             finally:
                 for deployment, count in replicas.items():
                     scale(kube, namespace, deployment, max(count, 1))
@@ -160,12 +130,65 @@ def run_restore(
                 merged = put_back_rabbitmq_state(cluster, queue_state)
                 show(f"RabbitMQ: {merged['requests']} requests back ({merged['queued']} queued again), "
                      f"{merged['dead letters']} dead letters; what it had stays")  # fmt: skip
+    _report_restore(cluster, source, manifest, stores, places, kept, started, merged if rabbitmq else None, as_json)
+
+
+def _wait_stopped(kube, namespace: str, deployments: list[str]) -> None:
+    """Until every pod of `deployments` is gone (bounded); PimlError naming what still runs."""
+    from piml.kube.scale import wait_stopped
+
+    until = time.monotonic() + STOP_TIMEOUT
+    for deployment in deployments:
+        left = wait_stopped(kube, namespace, deployment, until)
+        if left:
+            raise PimlError(
+                Problem(
+                    f"{namespace}/{deployment}",
+                    f"its pods did not stop within {STOP_TIMEOUT:.0f} s ({', '.join(left)}): nothing restored",
+                    f"see `kubectl -n {namespace} describe pod {left[0]}`, then run piml restore again",
+                ),
+                EXIT_FAILED,
+            )
+
+
+def _put_back(cluster, kube, source: Path, parts, stores, volumes, places, timeout: float, show) -> dict[str, str]:
+    """With the stores' Deployments stopped: MLflow's database, then each volume's part. Returns where the data
+    each replaced is kept."""
+    from piml.backup import archive
+    from piml.backup.onnode import put_back_command
+    from piml.backup.take import on_node
+
+    namespace = cluster.config.namespace
+    kept: dict[str, str] = {}
+    stamp = archive.stamp()
+    if DATABASE.part in parts:
+        show(f"{MLFLOW_DEPLOYMENT} stopped; putting {parts[DATABASE.part].stat().st_size} bytes back "
+             f"into {places[DATABASE.part]}")  # fmt: skip
+        with archive.member(parts[DATABASE.part], MLFLOW_DUMP, str(source)) as dumped:
+            aside = postgres.load(kube, namespace, dumped, stamp, timeout)
+        kept[DATABASE.part] = f"database {aside} in {namespace}/{postgres.DEPLOYMENT}"
+    for store in stores:
+        if store.part not in volumes:
+            continue
+        node, path = volumes[store.part]
+        show(f"{store.deployment} stopped; putting {parts[store.part].stat().st_size} bytes back on "
+             f"{node.name}:{path}")  # fmt: skip
+        with open(parts[store.part], "rb") as data:
+            answer = on_node(cluster, node, put_back_command(path, stamp), timeout, send=data)
+        if answer.stdout.strip():
+            kept[store.part] = f"{node.name}:{answer.stdout.strip()}"
+    return kept
+
+
+def _report_restore(cluster, source: Path, manifest, stores, places, kept, started, merged, as_json: bool) -> None:
+    """What was restored and where the replaced data is kept; PimlError when a store did not come back."""
+    namespace = cluster.config.namespace
     result = {
         "archive": str(source),
         "created": manifest.created,
         "restored": places,
         "kept": kept or None,
-        **({"queue": merged} if rabbitmq else {}),
+        **({"queue": merged} if merged is not None else {}),
         **{deployment: how for deployment, (_, how) in started.items()},
         "ok": all(ok for ok, _ in started.values()),
     }
