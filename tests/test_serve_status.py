@@ -49,3 +49,20 @@ def test_running_but_no_endpoint_is_not_ready():
     apps = {"iris": {"status": "RUNNING", "serveDeploymentStatuses": {"model": {"status": "HEALTHY"}}}}
     (row,) = route_rows(service([{"type": "Ready", "status": "False", "reason": "ZeroServeEndpoints"}], apps))
     assert not row["ready"]
+
+
+def test_piml_up_waits_until_every_route_runs():
+    from piml.kube.wait import WAITED_KINDS, readiness
+
+    assert "RayService" in WAITED_KINDS
+    running = {"status": "RUNNING", "serveDeploymentStatuses": {"model": {"status": "HEALTHY"}}}
+    deploying = {"status": "DEPLOYING", "serveDeploymentStatuses": {"model": {"status": "UPDATING"}}}
+    assert readiness(service([READY], {"iris": running, "wine": running})) == (
+        True,
+        "serve/iris: RUNNING, replicas HEALTHY; serve/wine: RUNNING, replicas HEALTHY",
+    )
+    assert readiness(service([READY], {"iris": running, "wine": deploying}))[0] is False
+    assert readiness(service([{"type": "Ready", "status": "False", "reason": "Initializing"}])) == (
+        False,
+        "serve: Initializing",
+    )

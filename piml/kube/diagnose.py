@@ -5,6 +5,8 @@ Each finding is one Problem: where (the object), what happened, how to fix it.
 
 from __future__ import annotations
 
+import shlex
+
 from piml.errors import Problem
 from piml.kube.client import Kube, KubeError
 from piml.kube.objects import dig
@@ -25,25 +27,37 @@ SETTINGS = {
 
 
 def pod_selector(obj: dict) -> str | None:
-    """The label selector of the pods behind a Deployment or a RayCluster."""
+    """The label selector of the pods behind a Deployment, a RayCluster or a RayService (the cluster KubeRay made
+    for it: piml's serving pods, templates/serve.yaml.j2)."""
     if obj["kind"] == "RayCluster":
         return f"ray.io/cluster={obj['metadata']['name']}"
+    if obj["kind"] == "RayService":
+        project = dig(obj, "metadata", "labels", "piml.io/project", default="")
+        return ",".join(
+            ([f"piml.io/project={project}"] if project else []) + ["piml.io/component in (serve-head,serve-worker)"]
+        )
     labels = dig(obj, "spec", "selector", "matchLabels", default={})
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None
 
 
 def diagnose(kube: Kube, obj: dict, where: str, waited: float) -> list[Problem]:
-    """Problems explaining why `obj` (the live Deployment / RayCluster) is not ready after `waited` seconds."""
+    """Problems explaining why `obj` (the live Deployment / RayCluster / RayService) is not ready after `waited`
+    seconds."""
     namespace = obj["metadata"].get("namespace", "")
     selector = pod_selector(obj)
     found = pod_problems(kube, namespace, selector, where) if selector else []
     if found:
         return found
-    hint = (
-        f"see `kubectl -n {namespace} describe pod -l {selector}`"
-        if selector
-        else f"see `kubectl -n {namespace} describe {obj['kind'].lower()} {obj['metadata']['name']}`"
-    )
+    name = obj["metadata"]["name"]
+    if obj["kind"] == "RayService":  # its pods run: what KubeRay and Ray Serve say is where to look
+        hint = (
+            f"see `kubectl -n {namespace} describe rayservice {name}` and the serving head's log: "
+            f"`kubectl -n {namespace} logs -l piml.io/component=serve-head --tail=50`"
+        )
+    elif selector:
+        hint = f"see `kubectl -n {namespace} describe pod -l {shlex.quote(selector)}`"
+    else:
+        hint = f"see `kubectl -n {namespace} describe {obj['kind'].lower()} {name}`"
     return [Problem(where, f"not ready after {waited:.0f} s ({progress_text(obj)})", hint)]
 
 
@@ -54,6 +68,12 @@ def progress_text(obj: dict) -> str:
         return f"{dig(status, 'availableReplicas', default=0)} of {want} replicas available"
     if obj["kind"] == "RayCluster":
         return f"state {status.get('state') or 'not set yet'}"
+    if obj["kind"] == "RayService":
+        from piml.kube.wait import readiness
+
+        ready: dict = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        said = (ready.get("message") or "").strip()
+        return readiness(obj)[1] + (f"; KubeRay: {said[:200]}" if said else "")
     return "no status"
 
 

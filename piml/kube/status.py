@@ -10,7 +10,7 @@ from piml.kube.client import Kube, connect
 from piml.kube.discovery import Discovery
 from piml.kube.objects import dig
 from piml.kube.prune import project_objects
-from piml.kube.wait import readiness
+from piml.kube.wait import readiness, route_rows
 
 if TYPE_CHECKING:
     from piml.project import Cluster
@@ -19,7 +19,6 @@ PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailabl
 WORKLOAD_KINDS = ("Deployment", "RayCluster", "HelmChart", "RayService", "CronJob")
 # Ray Serve's deployment states that mean replicas are not serving (Ray 2.60 serve/_private/common.py; KubeRay
 # copies them as they are, UPSCALING and DOWNSCALING included)
-DEPLOYMENT_FAILED = ("UNHEALTHY", "DEPLOY_FAILED")
 
 
 def cluster_status(cluster: Cluster, kubeconfig: Path, request_timeout: float = 10.0) -> dict:
@@ -90,29 +89,6 @@ def node_row(node: dict) -> dict:
 def workload_rows(obj: dict) -> list[dict]:
     """The rows of one live workload: a RayService has one per route (Serve application), the others one."""
     return route_rows(obj) if obj["kind"] == "RayService" else [component_row(obj)]
-
-
-def route_rows(obj: dict) -> list[dict]:
-    """One row per serving route, from what KubeRay reads off Ray Serve (status.activeServiceStatus): the
-    application's state and its replicas' (HEALTHY, UPSCALING, ...). Before the first application runs, one row
-    for the service with the Ready condition's reason (Initializing, ...)."""
-    meta, status = obj["metadata"], obj.get("status") or {}
-    base = {"kind": "RayService", "namespace": meta.get("namespace"), "name": meta["name"]}
-    conditions = {c.get("type"): c for c in dig(status, "conditions", default=[])}
-    ready = conditions.get("Ready", {})
-    apps = dig(status, "activeServiceStatus", "applicationStatuses", default={})
-    if not apps:
-        return [{**base, "component": "serve", "ready": False, "state": ready.get("reason") or "pending"}]
-    rows = []
-    for route, app in sorted(apps.items()):
-        replicas = dig(app, "serveDeploymentStatuses", "model", "status", default="")
-        ok = app.get("status") == "RUNNING" and replicas not in DEPLOYMENT_FAILED and ready.get("status") == "True"
-        state = (app.get("status") or "pending") + (f", replicas {replicas}" if replicas else "")
-        message = app.get("message") or dig(app, "serveDeploymentStatuses", "model", "message", default="")
-        if not ok and message:
-            state += f": {message.strip().splitlines()[-1][:200]}"
-        rows.append({**base, "component": f"serve/{route}", "ready": ok, "state": state})
-    return rows
 
 
 def component_row(obj: dict) -> dict:

@@ -124,10 +124,39 @@ def readiness(obj: dict) -> tuple[bool, str]:
     if kind == "RayCluster":
         state = status.get("state") or "pending"
         return state == "ready", f"state {state}"
+    if kind == "RayService":  # ready when every route's Serve application runs (KubeRay reads it off Ray Serve)
+        rows = route_rows(obj)
+        return all(row["ready"] for row in rows), "; ".join(f"{row['component']}: {row['state']}" for row in rows)
     return True, "applied"
 
 
-WAITED_KINDS = {"Deployment", "RayCluster"}
+DEPLOYMENT_FAILED = ("UNHEALTHY", "DEPLOY_FAILED")
+
+
+def route_rows(obj: dict) -> list[dict]:
+    """One row per serving route, from what KubeRay reads off Ray Serve (status.activeServiceStatus): the
+    application's state and its replicas' (HEALTHY, UPSCALING, ...). Before the first application runs, one row
+    for the service with the Ready condition's reason (Initializing, ...)."""
+    meta, status = obj["metadata"], obj.get("status") or {}
+    base = {"kind": "RayService", "namespace": meta.get("namespace"), "name": meta["name"]}
+    conditions = {c.get("type"): c for c in dig(status, "conditions", default=[])}
+    ready = conditions.get("Ready", {})
+    apps = dig(status, "activeServiceStatus", "applicationStatuses", default={})
+    if not apps:
+        return [{**base, "component": "serve", "ready": False, "state": ready.get("reason") or "pending"}]
+    rows = []
+    for route, app in sorted(apps.items()):
+        replicas = dig(app, "serveDeploymentStatuses", "model", "status", default="")
+        ok = app.get("status") == "RUNNING" and replicas not in DEPLOYMENT_FAILED and ready.get("status") == "True"
+        state = (app.get("status") or "pending") + (f", replicas {replicas}" if replicas else "")
+        message = app.get("message") or dig(app, "serveDeploymentStatuses", "model", "message", default="")
+        if not ok and message:
+            state += f": {message.strip().splitlines()[-1][:200]}"
+        rows.append({**base, "component": f"serve/{route}", "ready": ok, "state": state})
+    return rows
+
+
+WAITED_KINDS = {"Deployment", "RayCluster", "RayService"}
 
 
 def wait_ready(

@@ -114,3 +114,19 @@ def test_pending_for_lack_of_memory_gives_the_numbers(tmp_path, own_plane):
         assert text.endswith("lower its memory request in piml.yaml, switch a component off, or add a node")
     finally:
         purge(project)
+
+
+SERVING = {"serve": {"enabled": True, "routes": {"iris": {"model": "models:/iris@champion", "max_replicas": 2}}}}
+
+
+def test_serving_is_waited_for_and_kuberays_words_say_why_not(project, plane):
+    """`piml up` waits for the RayService until its routes run, as for the rest. The real KubeRay operator takes it
+    up and its pods run, but no Ray Serve answers here: the wait ends at its bound with the operator's state."""
+    error, took = failed_deploy(project, SERVING)
+    assert [p.where for p in error.problems] == ["RayService piml/piml-serve"], error.problems
+    (problem,) = error.problems
+    # the route's row and the operator's Ready condition, as KubeRay wrote them
+    assert problem.what.startswith(f"not ready after {SHORT.ready:.0f} s (serve: Initializing; KubeRay: "), problem
+    assert problem.fix.startswith("see `kubectl -n piml describe rayservice piml-serve`"), problem.fix
+    assert took < SHORT.crds + SHORT.ready + 10
+    assert {"RayCluster piml/ray", "Deployment piml/mlflow"} <= {str(r) for r in error.report.ready}
