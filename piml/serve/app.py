@@ -119,7 +119,7 @@ def _error(reason: str, status: int = 400) -> JSONResponse:
 class _NeedsTheToken:
     """Every request carries the serving token; none set in the pod refuses all (fail closed). A plain ASGI
     middleware: Starlette's BaseHTTPMiddleware (@app.middleware) runs each request through extra tasks and
-    streams, which cost this route a tenth of its throughput (benchmarks/serve_throughput.py: 205 -> 228 req/s)."""
+    streams, which cost this route a tenth of its throughput (benchmarks/serve_throughput.py)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
