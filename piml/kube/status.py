@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 
 PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
 WORKLOAD_KINDS = ("Deployment", "RayCluster", "HelmChart", "RayService", "CronJob")
-# Ray Serve's deployment states that mean replicas are not serving (Ray 2.60 serve/_private/common.py; KubeRay
-# copies them as they are, UPSCALING and DOWNSCALING included)
 
 
 def cluster_status(cluster: Cluster, kubeconfig: Path, request_timeout: float = 10.0) -> dict:

@@ -130,6 +130,8 @@ def readiness(obj: dict) -> tuple[bool, str]:
     return True, "applied"
 
 
+# Ray Serve's deployment states that mean replicas are not serving (Ray 2.60 serve/_private/common.py; KubeRay
+# copies them as they are, UPSCALING and DOWNSCALING included)
 DEPLOYMENT_FAILED = ("UNHEALTHY", "DEPLOY_FAILED")
 
 
