@@ -111,19 +111,45 @@ def prune(kube: Kube, discovery: Discovery, project: str, rendered: set[Ref], pr
     return delete_objects(kube, discovery, stale, purge=False, progress=progress)
 
 
+# k3s's Helm controller retries a HelmChart's removal with a growing delay (lasso's workqueue: up to 30 s, then
+# 2 min after 30 failures), and the success of its uninstall Job queues the chart only behind that delay; a change
+# to the HelmChart itself is queued at once. A chart deleted moments after it was made, on a busy board, otherwise
+# stays minutes after its uninstall is done (seen on the real controller: tests/platform/test_teardown_status.py).
+HELM_CHART_FINALIZER = "wrangler.cattle.io/on-helm-chart-remove"
+NUDGE_EVERY = 10.0  # seconds between two nudges of one HelmChart
+
+
 def wait_gone(kube: Kube, discovery: Discovery, refs: list[Ref], until: float, poll: float) -> list[Ref]:
     """Poll until every object is gone or `until` (monotonic); returns those still there."""
     pending = list(refs)
+    nudged: dict[Ref, float] = {}
     while pending:
         for target in list(pending):
             resource = discovery.resource(target.api_version, target.kind)
-            if resource is None or kube.get(resource.path(target.namespace or None, target.name)) is None:
+            path = resource.path(target.namespace or None, target.name) if resource else ""
+            live = kube.get(path) if resource else None
+            if live is None:
                 pending.remove(target)
+            elif HELM_CHART_FINALIZER in dig(live, "metadata", "finalizers", default=[]):
+                if time.monotonic() - nudged.get(target, -NUDGE_EVERY) >= NUDGE_EVERY:
+                    _nudge(kube, path)
+                    nudged[target] = time.monotonic()
         remaining = until - time.monotonic()
         if not pending or remaining <= 0:
             break
         time.sleep(min(poll, remaining))
     return pending
+
+
+def _nudge(kube: Kube, path: str) -> None:
+    """Queue a HelmChart being deleted for k3s's Helm controller now: an annotation that says when piml asked."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    body = {"metadata": {"annotations": {"piml.io/removal-nudged-at": stamp}}}
+    try:
+        kube.request("PATCH", path, body=body, content_type="application/merge-patch+json")
+    except KubeError as e:
+        if e.status != 404:  # gone meanwhile: nothing to nudge
+            raise
 
 
 # What k3s's Helm controller (v0.17.1) makes for a HelmChart, owned by it: the chart's ServiceAccount, its

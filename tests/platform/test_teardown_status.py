@@ -7,12 +7,14 @@ import base64
 import json
 import logging
 import threading
+import time
 
 import pytest
 
 from piml.kube.deploy import DeployError, deploy
 from piml.kube.status import cluster_status
 from piml.kube.teardown import teardown_platform
+from tests.controlplane import faults
 from tests.platform.conftest import FAST, SHORT, api_gone
 from tests.platform.test_deploy import project_objects
 
@@ -97,6 +99,34 @@ def test_teardown_waits_for_what_the_helm_controller_made_for_the_charts(project
         if kube.get(held):
             hold([])
         kube.close()
+
+
+def test_a_chart_whose_uninstall_was_slow_goes_as_soon_as_it_is_done(project, plane):
+    """k3s's Helm controller retries a HelmChart's removal with a growing delay (lasso's rate limiter: up to 30 s,
+    then 2 min after 30 failures), and the success of its own uninstall Job only queues the chart behind that delay.
+    A chart deleted moments after it was made, on a busy machine, stayed minutes after its uninstall (seen in CI:
+    teardown ran out of time). Here the uninstall pods crash-loop for a minute, then succeed: the charts go within
+    seconds of that, because teardown nudges the controller while it waits."""
+    cluster, rendered = project.render()
+    deploy(cluster, project.kubeconfig, rendered, FAST)
+    for chart in ("kuberay-operator", "keda"):
+        plane.inject(f"helm-delete-{chart}", "crash")
+    released: list[float] = []
+
+    def release() -> None:
+        faults.clear(plane.dir)
+        released.append(time.monotonic())
+
+    timer = threading.Timer(60, release)
+    timer.start()
+    try:
+        report = teardown_platform(cluster, project.kubeconfig, timeout=150, poll=0.2)
+        done = time.monotonic()
+    finally:
+        timer.cancel()
+    assert released, f"teardown ended before the uninstall pods were let go: {report.waiting_for}"
+    assert not report.still_going, report.waiting_for
+    assert done - released[0] < 20, f"the charts went {done - released[0]:.0f} s after their uninstall could run"
 
 
 def test_purge_deletes_the_data(project, plane):
