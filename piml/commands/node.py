@@ -3,9 +3,10 @@
 add: the inventory gets the host (its comments and layout kept, piml/inventory/edit.py), then `piml up` runs
 limited to it: preflight, prepare, k3s (it joins), kubeconfig, and the platform with the capacity plan checked
 again (stateful services stay on their volumes' nodes), then verify.
-remove: refused while a volume lives on the node, for the first server, or when the servers left would lose
+remove: refused while a volume lives on the node, for the only server, or when the servers left would lose
 etcd quorum (`--force` passes the last two); then playbooks/node-remove.yml drains it, deletes it from the
-cluster and uninstalls k3s, and the inventory loses the host.
+cluster and uninstalls k3s, and the inventory loses the host. The first server can go: piml then reaches the
+cluster through the next one (docs/day2-design.md section 7).
 """
 
 from __future__ import annotations
@@ -86,14 +87,9 @@ def run_node_remove(
     if node is None or node.role is Role.EXTERNAL:
         raise InputError(Problem(name, "is no k3s node of this inventory", "piml inventory show lists them"))
     servers = cluster.inventory.servers
-    if node.name == servers[0].name:
+    if [s.name for s in servers] == [node.name]:
         raise InputError(
-            Problem(
-                name,
-                "is the first server, which piml joins nodes through"
-                + (" and the only one" if len(servers) == 1 else ""),
-                "keep it; to retire the whole cluster: piml teardown --k3s",
-            )
+            Problem(name, "is the only server", "keep it; to retire the whole cluster: piml teardown --k3s")
         )
     kube = cluster_kube(cluster)
     refusals = _volumes_on(kube, cluster, name) + (_quorum(kube, cluster, name) if node.role is Role.SERVER else [])
@@ -102,12 +98,16 @@ def run_node_remove(
     edited = without_host(paths.inventory.read_text(), node.role.value, name)
     if not yes:
         _confirm(name, refusals)
+    successor = _reach_through_successor(cluster, node)
+    endpoint = cluster.inventory.k3s_vars.api_endpoint
+    if successor:
+        kube = cluster_kube(cluster)
     from piml.k3s.stages import run_playbook_stage
 
     result = run_playbook_stage(cluster, "node-remove", [node], {}, show=not as_json, playbook="node-remove.yml")
     failure = result.failures.get(name, "") or result.failures.get("cluster", "")
     # the cluster says whether the node left it (a dead board's uninstall fails, yet its drain and delete,
-    # which run on the first server, may have worked): one bounded request, not a guess from the failure's text
+    # which run on another server, may have worked): one bounded request, not a guess from the failure's text
     gone = kube.get(f"/api/v1/nodes/{name}") is None
     if gone and edited is not None:
         _write(paths.inventory, edited)
@@ -129,6 +129,28 @@ def run_node_remove(
         out(f"{name}: remove it from {where} yourself (piml cannot edit this inventory's layout safely)")
     else:
         out(f"{name}: removed from the cluster and from {where}")
+    if successor:
+        out(f"{successor}: now the first server{'' if endpoint else '; piml reaches the cluster through it'}")
+        if not endpoint:
+            out(
+                f"the other nodes' k3s config still names {name} (k3s does not need it to start again); "
+                f"piml up points them and your kubeconfig at {successor}"
+            )
+
+
+def _reach_through_successor(cluster, node) -> str | None:
+    """When the first server goes, the next one in the inventory takes its place: the project's kubeconfig is
+    pointed at it now (unless `api_endpoint` names a load balancer or VIP), before the first server stops."""
+    from piml.k3s import kubeconfig as kc
+
+    servers = cluster.inventory.servers
+    if node.name != servers[0].name:
+        return None
+    if not cluster.inventory.k3s_vars.api_endpoint:
+        kc.repoint(
+            cluster.paths.kubeconfig, kc.server_url(servers[1].address), cluster.paths.show(cluster.paths.kubeconfig)
+        )
+    return servers[1].name
 
 
 def _volumes_on(kube, cluster, name: str) -> list[Problem]:

@@ -101,6 +101,20 @@ def for_project(k3s_yaml: str, name: str, server: str) -> dict:
     }
 
 
+def repoint(path: Path, server: str, where: str) -> bool:
+    """Point the project's kubeconfig (written by `for_project`) at another server of the same cluster (they share
+    one CA, and every server's certificate names every server's address); True if it changed."""
+    try:
+        config = yaml.safe_load(path.read_text())
+        config["clusters"][0]["cluster"]["server"] = server
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as exc:
+        raise PimlError(
+            Problem(where, f"cannot point it at {server} ({type(exc).__name__})", "run piml up --until kubeconfig"),
+            EXIT_FAILED,
+        ) from None
+    return store(path, dump(config))
+
+
 def dump(config: dict) -> str:
     return yaml.safe_dump(config, default_flow_style=False, sort_keys=False)
 

@@ -281,7 +281,7 @@ def test_single_server_two_agents_rerun_kubeconfig_teardown(node_factory, fresh_
     assert not stored.exists()
 
 
-def test_ha_given_token_and_a_node_added_later(node_factory, fresh_nodes, piml, tmp_path):
+def test_ha_given_token_a_node_added_later_and_the_first_server_retired(node_factory, fresh_nodes, piml, tmp_path):
     sub = node_factory.substrate
     nodes = fresh_nodes(5, names=["k2s1", "k2s2", "k2s3", "k2ag1", "k2ag2"])
     first, *_ = nodes
@@ -341,6 +341,52 @@ def test_ha_given_token_and_a_node_added_later(node_factory, fresh_nodes, piml, 
             names = k3s_part.getnames()
     assert "token" in names and any(n.startswith("db/snapshots/piml-backup-") and "-k2s1-" in n for n in names), names
     assert sub.run(first, "ls /var/lib/rancher/k3s/server/db/snapshots").stdout.strip() == ""
+
+    # the first server retires: piml reaches the cluster through the next one; the others carry on without it
+    # (servers from their own etcd data, agents from their cached server list, a restart included), and piml up
+    # then points their config at the new first server
+    second = nodes[1]
+    out = sc.piml("node", "remove", "k2s1", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "k2s2: now the first server" in out.stdout, out.stdout
+    removed_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    assert sub.run(first, "test -e /usr/local/bin/k3s && echo left || echo gone").stdout.strip() == "gone"
+    assert "k2s1" not in (sc.root / "inventory/hosts.yml").read_text()
+    ours = yaml.safe_load((sc.root / ".piml/kubeconfig").read_text())
+    assert ours["clusters"][0]["cluster"]["server"] == f"https://{second.address}:6443"
+    members = json.loads(sub.run(second, "cat /var/lib/rancher/k3s/server/standin-members.json").stdout)
+    assert set(members) == {"k2s2", "k2s3"}  # its etcd member went with the Node (k3s's member controller)
+    sub.run(nodes[2], "systemctl restart k3s")
+    sub.run(nodes[3], "systemctl restart k3s-agent")
+    rest = {"k2s2", "k2s3", "k2ag1", "k2ag2"}
+
+    def all_beating_since(since: str) -> bool:  # each node's heartbeat came after `since`: it lives without k2s1
+        listed = cluster_nodes(sub, second)
+        return set(listed) == rest and all(
+            is_ready(n) and n["status"]["conditions"][0]["lastHeartbeatTime"] > since for n in listed.values()
+        )
+
+    def heartbeats() -> dict:
+        return {
+            k: (is_ready(n), n["status"]["conditions"][0]["lastHeartbeatTime"])
+            for k, n in cluster_nodes(sub, second).items()
+        }
+
+    deadline = time.monotonic() + 60
+    while not all_beating_since(removed_at):
+        assert time.monotonic() < deadline, f"not all beating since {removed_at}: {heartbeats()}"
+        time.sleep(2)
+    out, data = sc.up()
+    assert out.returncode == 0, sc.failure(out, data)
+    configs = {n.name: json.loads(sub.run(n, "grep -v '^#' /etc/rancher/k3s/config.yaml").stdout) for n in nodes[1:]}
+    assert configs["k2s2"]["cluster-init"] is True and "server" not in configs["k2s2"]
+    for name in ("k2s3", "k2ag1", "k2ag2"):
+        assert configs[name]["server"] == f"https://{second.address}:6443", name
+    converged_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    deadline = time.monotonic() + 60
+    while not all_beating_since(converged_at):
+        assert time.monotonic() < deadline, f"not all beating since {converged_at}: {heartbeats()}"
+        time.sleep(2)
 
 
 def test_node_lost_mid_run_then_rerun_converges_and_teardown_skips_a_gone_node(

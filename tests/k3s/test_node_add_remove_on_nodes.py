@@ -42,8 +42,8 @@ def test_a_board_joins_and_leaves(node_factory, piml, tmp_path):
         out = sc.piml("node", "add", f"n1ag2={newcomer.address}")
         assert out.returncode == 2 and "in the inventory already" in out.stderr, out.stderr
 
-        # refused, nothing changed: the first server; a name the inventory does not have
-        for name, said in (("n1srv", "is the first server"), ("n9", "is no k3s node")):
+        # refused, nothing changed: the only server; a name the inventory does not have
+        for name, said in (("n1srv", "is the only server"), ("n9", "is no k3s node")):
             out = sc.piml("node", "remove", name, "--yes")
             assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert set(cluster_nodes(sub, server)) == {"n1srv", "n1ag1", "n1ag2"}

@@ -161,9 +161,36 @@ def test_bad_input_is_one_line_exit_2(tmp_path, piml):
         (["node", "add", "x9=10.0.0.9"], "has the address 10.0.0.9"),
         (["node", "add", "s2=10.0.0.2:server"], "SQLite"),
         (["node", "add", "e1=10.0.0.7:external"], "servers and agents"),
-        (["node", "remove", "s1", "--yes"], "first server"),
+        (["node", "remove", "s1", "--yes"], "is the only server"),
         (["node", "remove", "a1", "--yes"], "no kubeconfig"),
     ):
         out = piml(*args, "-C", project)
         assert out.returncode == 2 and said in out.stderr, (args, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_the_first_server_going_points_the_kubeconfig_at_the_next(tmp_path, piml):
+    """Before the first server stops, .piml/kubeconfig is pointed at the next server (same CA and client
+    certificate: k3s servers share them); a kubeconfig piml cannot read is one line, nothing written."""
+    from piml.commands.node import _reach_through_successor
+    from piml.errors import PimlError
+    from piml.k3s import kubeconfig as kc
+
+    cluster = _cluster(tmp_path, piml, servers=3)
+    path = cluster.paths.kubeconfig
+    written = kc.for_project(
+        "clusters: [{cluster: {server: x}}]\nusers: [{user: {token: t}}]\n", "lab", "https://10.0.0.1:6443"
+    )
+    path.write_text(kc.dump(written))
+    s1, s2, _s3, a1 = cluster.inventory.nodes
+    assert _reach_through_successor(cluster, s2) is None and _reach_through_successor(cluster, a1) is None
+    assert yaml.safe_load(path.read_text())["clusters"][0]["cluster"]["server"] == "https://10.0.0.1:6443"
+    assert _reach_through_successor(cluster, s1) == "s2"
+    after = yaml.safe_load(path.read_text())
+    assert after["clusters"][0]["cluster"]["server"] == "https://10.0.0.2:6443"
+    assert after["users"] == written["users"] and path.stat().st_mode & 0o777 == 0o600
+    path.write_text("[not a kubeconfig\n")
+    with pytest.raises(PimlError) as caught:
+        _reach_through_successor(cluster, s1)
+    assert "cannot point it at https://10.0.0.2:6443" in str(caught.value.problems[0])
+    assert path.read_text() == "[not a kubeconfig\n"
