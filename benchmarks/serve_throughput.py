@@ -6,7 +6,9 @@ local SQLite store), to the same closed-loop load: CONCURRENCY clients, each sen
 (`dataframe_split`) and waiting for the answer, for SECONDS, keep-alive connections. The sides run interleaved,
 ROUNDS times, and the medians are compared. Ray Serve runs piml's rendered serveConfigV2 (piml.serve.apps) on a
 local Ray head with the shipped code on PYTHONPATH, as the cluster's pods have it; `mlflow models serve` runs
-with one worker and `--env-manager local`.
+with one worker and `--env-manager local`. A third side, `serve-floor`, is a Serve deployment that does nothing
+(reads the body, answers a constant) behind the same proxy: the most Ray Serve allows on this machine, so the
+ratios say how much of the gap is piml's route and how much is Ray Serve's proxy hop.
 Goals (#12): Ray Serve at 1 replica >= MLflow's throughput; its p99 <= 1.5x MLflow's.
 
     python benchmarks/serve_throughput.py [--seconds 10] [--concurrency 8] [--rounds 3]
@@ -33,6 +35,21 @@ sys.path.insert(0, str(REPO))
 THROUGHPUT_GOAL = 1.0
 P99_GOAL = 1.5
 MODEL = "bench-iris"
+FLOOR_APP = """
+from ray import serve
+from starlette.responses import JSONResponse
+
+
+@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0})
+class Nothing:
+    async def __call__(self, request):
+        await request.body()
+        return JSONResponse({"predictions": [0]})
+
+
+app = Nothing.bind()
+"""
+FLOOR = {"name": "floor", "route_prefix": "/floor", "import_path": "bench_floor:app"}
 TOKEN = os.urandom(16).hex()  # piml's routes need the serving token; both sides get the same header
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
 
@@ -141,6 +158,7 @@ def main() -> int:
     for f in apps.code():
         (code / "piml" / f.path).parent.mkdir(parents=True, exist_ok=True)
         (code / "piml" / f.path).write_text(f.text)
+    (code / "bench_floor.py").write_text(FLOOR_APP)
 
     mlflow_port = free_port()
     mlflow_proc = subprocess.Popen(
@@ -151,7 +169,7 @@ def main() -> int:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    results: dict[str, list[dict]] = {"mlflow": [], "serve-1": [], "serve-2": []}
+    results: dict[str, list[dict]] = {"mlflow": [], "serve-1": [], "serve-2": [], "serve-floor": []}
     try:
         wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, mlflow_proc)
         ray_env = {**apps.POD_ENV, "PYTHONPATH": str(code), "PIML_SERVE_TOKEN": TOKEN}  # as the pods have it
@@ -163,6 +181,7 @@ def main() -> int:
                 route = {"model": f"models:/{MODEL}/1", "min_replicas": replicas, "max_replicas": replicas}
                 config = PimlConfig.model_validate({"serve": {"enabled": True, "pip": [], "routes": {"iris": route}}})
                 rendered = apps.serve_config(config)
+                rendered["applications"].append(FLOOR)
                 head.deploy({**rendered, "http_options": {"host": "127.0.0.1", "port": serve_port}}, timeout=300)
                 wait_http(f"http://127.0.0.1:{serve_port}/serve/iris/", 60)
 
@@ -173,6 +192,9 @@ def main() -> int:
                     load(serve_port, "/serve/iris/predict", body, 2, args.concurrency)  # warm up
                     sample = load(serve_port, "/serve/iris/predict", body, args.seconds, args.concurrency)
                     results[f"serve-{replicas}"].append(sample)
+                    if replicas == 1:
+                        load(serve_port, "/floor", body, 2, args.concurrency)  # warm up
+                        results["serve-floor"].append(load(serve_port, "/floor", body, args.seconds, args.concurrency))
     finally:
         os.killpg(mlflow_proc.pid, signal.SIGTERM)
         mlflow_proc.wait(30)
@@ -185,13 +207,17 @@ def main() -> int:
     print(f"{args.concurrency} clients, {args.seconds:.0f} s each, median of {args.rounds} interleaved rounds:")
     for side, m in median.items():
         print(
-            f"  {side:8} {m['rps']:7.1f} req/s  p50 {m['p50']:6.1f} ms  p99 {m['p99']:6.1f} ms  failed {failed[side]}"
+            f"  {side:11} {m['rps']:7.1f} req/s  p50 {m['p50']:6.1f} ms  p99 {m['p99']:6.1f} ms  failed {failed[side]}"
         )
     base = median["mlflow"]
     ok = True
-    for side in ("serve-1", "serve-2"):
+    for side in ("serve-1", "serve-2", "serve-floor"):
         rps, p99 = median[side]["rps"] / base["rps"], median[side]["p99"] / base["p99"]
         print(f"  {side} / mlflow: throughput {rps:.2f}x, p99 {p99:.2f}x")
+    floor = median["serve-floor"]
+    print(
+        f"  serve-1 / serve-floor: throughput {median['serve-1']['rps'] / floor['rps']:.2f}x (piml's route vs no work)"
+    )
     one = median["serve-1"]
     ok = (
         one["rps"] / base["rps"] >= THROUGHPUT_GOAL
