@@ -100,7 +100,8 @@ def run_node_remove(
         _confirm(name, refusals)
     successor = _reach_through_successor(cluster, node)
     endpoint = cluster.inventory.k3s_vars.api_endpoint
-    if successor:
+    if successor:  # the node is read through the next server from now on
+        kube.close()
         kube = cluster_kube(cluster)
     from piml.k3s.stages import run_playbook_stage
 
