@@ -193,8 +193,15 @@ def test_deep_check_runs_work_through_the_api(piml, lab, runner_env, redis_serve
     """--deep through the API: the Ray job goes in through the dashboard's port-forward, the Dask computation
     through exec into the scheduler's pod, the request through the Redis tunnel; a runner here plays the
     Job KEDA would start."""
-    # The bounds are piml's own (600 s for the deep rows), not the test's: on a busy 2-core CI machine, with a
-    # second plane beside it, the Ray job and the request took over 120 s, though nothing was wrong.
+    # The bounds are piml's own (600 s for the deep rows), not the test's. The Redis behind the tunnel is the
+    # session's, shared with other tests: a request one of them left queued was taken by this `--once` runner
+    # instead of piml's (seen in CI twice: "still queued after 600 s: no runner took it"). It starts empty here,
+    # as a KEDA Job per request would not have been held up by it.
+    from piml.queue import connect
+
+    broker = connect(redis_server.url)
+    broker.r.flushdb()
+    broker.close()
     runner = start_runner(
         {**runner_env, "PIML_QUEUE_URL": redis_server.url, "PIML_NODE_NAME": "node-2"},
         "--once",

@@ -130,7 +130,6 @@ def test_piml_jobs_reaches_the_queue_through_the_api_server(piml, project, redis
     broker.r.flushdb()
     request = make_request("models:/iris/1", "/data/rows.csv")
     broker.submit(request)
-    broker.close()
     try:
         started = time.monotonic()
         out = piml("jobs", "--json", cwd=project.root)
@@ -153,6 +152,8 @@ def test_piml_jobs_reaches_the_queue_through_the_api_server(piml, project, redis
             "the broker does not take the password in its Secret redis: run `piml up` again"
         ), line
     finally:
+        broker.r.flushdb()  # the session's Redis: no request of this test is left for the next one's runner
+        broker.close()
         kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/redis-0")
         kube.request("DELETE", f"/api/v1/namespaces/{namespace}/secrets/redis")
         kube.close()

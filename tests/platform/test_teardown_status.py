@@ -15,7 +15,7 @@ from piml.kube.deploy import DeployError, deploy
 from piml.kube.status import cluster_status
 from piml.kube.teardown import teardown_platform
 from tests.controlplane import faults
-from tests.platform.conftest import FAST, SHORT, api_gone
+from tests.platform.conftest import FAST, SHORT, Project, api_gone
 from tests.platform.test_deploy import project_objects
 
 
@@ -101,12 +101,15 @@ def test_teardown_waits_for_what_the_helm_controller_made_for_the_charts(project
         kube.close()
 
 
-def test_a_chart_whose_uninstall_was_slow_goes_as_soon_as_it_is_done(project, plane):
+def test_a_chart_whose_uninstall_was_slow_goes_as_soon_as_it_is_done(own_plane, tmp_path):
     """k3s's Helm controller retries a HelmChart's removal with a growing delay (lasso's rate limiter: up to 30 s,
     then 2 min after 30 failures), and the success of its own uninstall Job only queues the chart behind that delay.
     A chart deleted moments after it was made, on a busy machine, stayed minutes after its uninstall (seen in CI:
     teardown ran out of time). Here the uninstall pods crash-loop for a minute, then succeed: the charts go within
-    seconds of that, because teardown nudges the controller while it waits."""
+    seconds of that, because teardown nudges the controller while it waits. On a plane of its own: the Helm
+    controller's retry delays for a chart's name outlive the chart, and must not reach the module's other tests."""
+    plane = own_plane()
+    project = Project(tmp_path / "lab", plane)
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
     for chart in ("kuberay-operator", "keda"):
