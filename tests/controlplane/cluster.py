@@ -27,6 +27,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.ports import free_port
+
 HERE = Path(__file__).resolve().parent
 STATE = "controlplane.json"
 MADE = (
@@ -129,12 +131,6 @@ def node_list(nodes: int | None, node_memory: str, arch: str, specs: list[str] |
             raise BadInput(f"--node {spec!r}: architecture {node_arch!r} is unknown: use {' or '.join(NODE_ARCHES)}")
         out.append({"name": name, "memory": memory, "arch": node_arch, "ip": f"127.0.0.{100 + len(out) + 1}"})
     return out
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _b64(path: Path) -> str:

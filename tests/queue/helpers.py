@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,14 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port  # noqa: F401 - the queue tests import it from here
+
 REPO = Path(__file__).resolve().parents[2]
 SECRETS: list[str] = []  # the Redis and MLflow admin passwords: never in anything piml prints
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
