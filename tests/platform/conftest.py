@@ -163,7 +163,22 @@ def purge(project: Project) -> None:
 
     faults.clear(project.plane.dir)
     report = teardown_platform(project.cluster(), project.kubeconfig, purge=True, timeout=120, poll=0.2)
-    assert not report.waiting_for, f"still deleting after the test: {report.waiting_for}"
+    assert not report.waiting_for, (
+        f"still deleting after the test: {report.waiting_for}\n{controller_account(project.plane, report.waiting_for)}"
+    )
+
+
+def controller_account(plane: Plane, waiting_for: dict[str, str]) -> str:
+    """What the plane's controllers and nodes logged about the objects still there (the logs go with the plane, so
+    a failure must carry them): the last lines naming each object's name."""
+    names = {w.split("/")[-1].split()[0] for w in waiting_for}
+    out = []
+    for log in ("helm-controller.log", "kube-controller-manager.log", "nodes.log"):
+        path = plane.dir / "logs" / log
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        hits = [line[:400] for line in lines if any(n in line for n in names)]
+        out += [f"--- {log}: last of {len(hits)} lines naming {sorted(names)}", *hits[-15:]]
+    return "\n".join(out)
 
 
 @pytest.fixture
