@@ -178,7 +178,34 @@ def controller_account(plane: Plane, waiting_for: dict[str, str]) -> str:
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         hits = [line[:400] for line in lines if any(n in line for n in names)]
         out += [f"--- {log}: last of {len(hits)} lines naming {sorted(names)}", *hits[-15:]]
+    out.append("--- the Helm controller's jobs and pods in kube-system")
+    try:
+        kube = plane.kube()
+        try:
+            for kind in ("batch/v1 jobs", "v1 pods"):
+                version, plural = kind.split()
+                base = "/api/v1" if version == "v1" else f"/apis/{version}"
+                for o in (kube.get(f"{base}/namespaces/kube-system/{plural}") or {}).get("items", []):
+                    meta = o["metadata"]
+                    if meta["name"].startswith(("helm-install-", "helm-delete-")):
+                        gone = " deleting" if meta.get("deletionTimestamp") else ""
+                        out.append(f"{plural} {meta['name']}{gone}: {_brief(o.get('status') or {})}")
+        finally:
+            kube.close()
+    except Exception as e:  # noqa: BLE001 - an account of a failure must not hide it
+        out.append(f"(could not list them: {e})")
     return "\n".join(out)
+
+
+def _brief(status: dict) -> str:
+    """A Job's or a pod's status in a line: counts, phase, conditions that hold, containers' waiting reasons."""
+    keys = ("active", "succeeded", "failed", "terminating", "phase")
+    parts = [f"{k}={status[k]}" for k in keys if status.get(k) not in (None, 0)]
+    parts += [c["type"] for c in status.get("conditions") or [] if c.get("status") == "True"]
+    for c in status.get("containerStatuses") or []:
+        waiting = (c.get("state") or {}).get("waiting")
+        parts += [f"{c['name']} waiting: {waiting.get('reason')}"] if waiting else []
+    return ", ".join(parts) or "(no status)"
 
 
 @pytest.fixture
