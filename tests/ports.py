@@ -37,6 +37,8 @@ def _candidates() -> tuple[int, int]:
 def free_port() -> int:
     """A loopback TCP port nobody listens on, outside the range the kernel assigns by itself."""
     first, last = _candidates()
+    if first > last:
+        raise RuntimeError(f"no loopback ports from {LOWEST} up lie outside the kernel's range {_ephemeral_range()}")
     for _ in range(200):
         port = random.randint(first, last)
         with socket.socket() as s:

@@ -11,7 +11,6 @@ kubelet stand-in (tests/controlplane/faults.py); what piml asked, in order, is i
 from __future__ import annotations
 
 import shutil
-import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from piml.secrets import load_or_create
 from tests.controlplane import audit, faults
 from tests.controlplane.test_control_plane import GO, cp
 from tests.health.conftest import dask_cluster, ray_head  # noqa: F401 - real services (test_check_command)
+from tests.ports import free_port
 
 # pi5-3x8gb (tests/render/scenarios) on the plane's nodes; SSH to them fails at once (loopback port 9), so the
 # CLI's node stages and rows fail fast and nothing leaves the machine.
@@ -145,9 +145,7 @@ class Project:
 def api_gone(project: Project):
     """The project's kubeconfig points at a loopback port where nothing listens (the API server down), for the
     block; yields that server URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     text = project.kubeconfig.read_text()
     server = next(line.split("server: ")[1] for line in text.splitlines() if "server: " in line)
     project.kubeconfig.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
@@ -182,9 +180,7 @@ def controller_account(plane: Plane, waiting_for: dict[str, str]) -> str:
     try:
         kube = plane.kube()
         try:
-            for kind in ("batch/v1 jobs", "v1 pods"):
-                version, plural = kind.split()
-                base = "/api/v1" if version == "v1" else f"/apis/{version}"
+            for plural, base in (("jobs", "/apis/batch/v1"), ("pods", "/api/v1")):
                 for o in (kube.get(f"{base}/namespaces/kube-system/{plural}") or {}).get("items", []):
                     meta = o["metadata"]
                     if meta["name"].startswith(("helm-install-", "helm-delete-")):

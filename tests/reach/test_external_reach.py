@@ -19,6 +19,7 @@ from piml.inventory import Node, Role
 from piml.preflight import preflight
 from piml.project import ProjectPaths
 from piml.reach import reach
+from tests.ports import free_port
 
 
 @pytest.fixture
@@ -34,11 +35,7 @@ def silent():
 @pytest.fixture
 def refused():
     """A loopback port nothing listens on: connecting is refused at once."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
+    return free_port()
 
 
 def test_reach_waits_for_a_silent_ray_external_host_only_a_grace(tmp_path, silent, refused):

@@ -21,6 +21,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward
 
 from tests.echo import EchoServer
+from tests.ports import free_port
 from tests.standins.kubeapi import websocket
 from tests.standins.kubeapi.server import FakeKubeAPI
 
@@ -182,9 +183,7 @@ def test_portforward_to_an_unknown_pod_is_a_404_before_the_upgrade(kubeapi, core
 
 def test_portforward_to_a_port_nothing_listens_on_is_refused_on_the_error_channel(kubeapi, core):
     kubeapi.add_pod("default", "web")
-    with socket.socket() as s:  # a registered local port nobody listens on: the same as no registration
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()  # a registered local port nobody listens on: the same as no registration
     kubeapi.forward("default", "web", 8081, dead)
     for port in (8080, 8081):
         forward, sock = open_forward(core, "web", port)
@@ -260,7 +259,7 @@ def redis_server(tmp_path):
         pytest.skip("redis-server is not installed (tests/queue/install-deps.sh)")
     import redis
 
-    from tests.queue.helpers import free_port, stop
+    from tests.queue.helpers import stop
 
     port, password = free_port(), secrets.token_urlsafe(18)
     proc = subprocess.Popen(
