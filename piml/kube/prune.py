@@ -111,10 +111,11 @@ def prune(kube: Kube, discovery: Discovery, project: str, rendered: set[Ref], pr
     return delete_objects(kube, discovery, stale, purge=False, progress=progress)
 
 
-# k3s's Helm controller retries a HelmChart's removal with a growing delay (lasso's workqueue: up to 30 s, then
-# 2 min after 30 failures), and the success of its uninstall Job queues the chart only behind that delay; a change
-# to the HelmChart itself is queued at once. A chart deleted moments after it was made, on a busy board, otherwise
-# stays minutes after its uninstall is done (seen on the real controller: tests/platform/test_teardown_status.py).
+# k3s's Helm controller up to v0.17.3 (embedded by k3s v1.36.0 to v1.36.2) retries a HelmChart's removal with a
+# growing delay (lasso's workqueue: up to 30 s, then 2 min after 30 failures), and the success of its uninstall
+# Job queues the chart only behind that delay; a change to the HelmChart itself is queued at once. A chart deleted
+# moments after it was made, on a busy board, otherwise stays minutes after its uninstall is done. v0.17.4 and
+# later (k3s v1.36.3) wait without an error, so no delay builds up; a nudge costs them one more pass.
 HELM_CHART_FINALIZER = "wrangler.cattle.io/on-helm-chart-remove"
 NUDGE_EVERY = 10.0  # seconds between two nudges of one HelmChart
 
@@ -152,7 +153,7 @@ def _nudge(kube: Kube, path: str) -> None:
             raise
 
 
-# What k3s's Helm controller (v0.17.1) makes for a HelmChart, owned by it: the chart's ServiceAccount, its
+# What k3s's Helm controller makes for a HelmChart, owned by it: the chart's ServiceAccount, its
 # ClusterRoleBinding, the values and content (Secret, ConfigMaps) and the helm-install/-delete Job. Its uninstall
 # handler can run twice for one removal (seen with the real controller: two "Uninstalled" events, two
 # helm-delete pods), and the second run makes them again after the first removed them; the garbage collector

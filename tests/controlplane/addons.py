@@ -36,7 +36,7 @@ except ImportError:  # run as a script (wait-crds)
 HERE = Path(__file__).resolve().parent
 MODULES = HERE / "modules"
 
-HELM_CONTROLLER_VERSION = "v0.17.1"  # what k3s v1.36.0+k3s1 .. v1.36.2+k3s1 embed (their release notes)
+HELM_CONTROLLER_VERSION = "v0.17.7"  # what k3s v1.36.3+k3s1 embeds (see README)
 KUBERAY_VERSION = "v1.6.0"  # the proxy refuses v1.7.0's zip (piml's chart is 1.7.0)
 BINARIES = ("helm-controller", "kuberay-operator", local_path.BINARY)
 # The CRDs the KubeRay operator v1.6.0 watches (RayCronJob only behind a feature gate, off by default).

@@ -102,12 +102,13 @@ def test_teardown_waits_for_what_the_helm_controller_made_for_the_charts(project
 
 
 def test_a_chart_whose_uninstall_was_slow_goes_as_soon_as_it_is_done(own_plane, tmp_path):
-    """k3s's Helm controller retries a HelmChart's removal with a growing delay (lasso's rate limiter: up to 30 s,
-    then 2 min after 30 failures), and the success of its own uninstall Job only queues the chart behind that delay.
-    A chart deleted moments after it was made, on a busy machine, stayed minutes after its uninstall (seen in CI:
-    teardown ran out of time). Here the uninstall pods crash-loop for a minute, then succeed: the charts go within
-    seconds of that, because teardown nudges the controller while it waits. On a plane of its own: the Helm
-    controller's retry delays for a chart's name outlive the chart, and must not reach the module's other tests."""
+    """The Helm controller of k3s v1.36.0 to v1.36.2 (v0.17.1) retries a HelmChart's removal with a growing delay
+    (lasso's rate limiter: up to 30 s, then 2 min after 30 failures), and the success of its own uninstall Job only
+    queues the chart behind that delay: a chart deleted moments after it was made, on a busy machine, stayed minutes
+    after its uninstall (seen in CI: teardown ran out of time). Teardown nudges the controller while it waits. Here
+    the uninstall pods crash-loop for a minute, then succeed: the charts go within seconds of that. The plane runs
+    v0.17.7 (k3s v1.36.3), which waits without piling up delays; on v0.17.1 this test fails without the nudge (45 s).
+    On a plane of its own: retry delays for a chart's name outlive the chart, and must not reach other tests."""
     plane = own_plane()
     project = Project(tmp_path / "lab", plane)
     cluster, rendered = project.render()
