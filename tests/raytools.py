@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.queue.helpers import REPO, free_port, wait_for
+from tests.ports import free_port
+from tests.queue.helpers import REPO, wait_for
 
 VENV_BIN = str(Path(sys.executable).parent)
 MARKER = "PIML_TEST_SERVICE"

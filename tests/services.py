@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.queue.helpers import REPO, SECRETS, free_port, stop, wait_for
+from tests.ports import free_port
+from tests.queue.helpers import REPO, SECRETS, stop, wait_for
 
 MODEL_NAME = "piml-test-iris"
 

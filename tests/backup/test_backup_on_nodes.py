@@ -34,7 +34,8 @@ import pytest
 import yaml
 
 from piml.client import status, submit
-from tests.queue.helpers import SECRETS, free_port, stop, wait_for
+from tests.ports import free_port
+from tests.queue.helpers import SECRETS, stop, wait_for
 from tests.services import mlflow_on
 
 VOLUME = "/var/lib/rancher/k3s/storage/pvc-6f1c2a9e-4b7d-4c1e-9a3f-0d2b8e5c7a11_piml_mlflow-data"

@@ -21,7 +21,8 @@ import pytest
 
 from piml.health.endpoints import Endpoints
 from tests.health.helpers import local_dask_python
-from tests.queue.helpers import free_port, wait_for
+from tests.ports import free_port
+from tests.queue.helpers import wait_for
 from tests.raytools import MARKER, VENV_BIN, end, http_ok, ray_head_running
 
 

@@ -13,7 +13,8 @@ from piml.config import PimlConfig
 from piml.health import probes
 from piml.health.probes import component_checks
 from tests.health.helpers import assert_rows_clean, by_key, rows_text
-from tests.queue.helpers import answering_http, free_port
+from tests.ports import free_port
+from tests.queue.helpers import answering_http
 
 ALL = [
     ("mlflow", "health"),

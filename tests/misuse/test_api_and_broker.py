@@ -20,7 +20,8 @@ import pytest
 
 from tests.misuse import one_error
 from tests.misuse.rack import LoopbackListener
-from tests.queue.helpers import free_port, wait_for
+from tests.ports import free_port
+from tests.queue.helpers import wait_for
 
 REQUEST_BOUND = 15  # piml.kube.client.REQUEST_TIMEOUT; one retry on a dropped connection doubles it
 NO_ANSWER = re.compile(r"no answer within \d+ s")

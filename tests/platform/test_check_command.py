@@ -29,7 +29,8 @@ from piml.fsutil import write_atomic
 from piml.kube.deploy import deploy
 from tests.platform.conftest import FAST, INVENTORY, NODES
 from tests.platform.test_port_forward import behind
-from tests.queue.helpers import assert_no_secrets, free_port, loopback_http, start_runner, stop
+from tests.ports import free_port
+from tests.queue.helpers import assert_no_secrets, loopback_http, start_runner, stop
 
 NAMESPACE = "piml"
 

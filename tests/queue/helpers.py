@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port  # noqa: F401 - the queue tests import it from here
-
 REPO = Path(__file__).resolve().parents[2]
 SECRETS: list[str] = []  # the Redis and MLflow admin passwords: never in anything piml prints
 

@@ -10,7 +10,8 @@ import socket
 
 import pytest
 
-from tests.queue.helpers import SECRETS, free_port
+from tests.ports import free_port
+from tests.queue.helpers import SECRETS
 from tests.services import RabbitServer, rabbit_node
 
 pytestmark = pytest.mark.services

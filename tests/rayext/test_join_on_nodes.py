@@ -31,7 +31,8 @@ import yaml
 
 from piml.config import RAY_VERSION  # piml's pin: what the nodes install and the head runs
 from piml.rayext.nodes import alive_external
-from tests.queue.helpers import free_port, wait_for
+from tests.ports import free_port
+from tests.queue.helpers import wait_for
 from tests.raytools import VENV_BIN, ray_head_running
 
 pytestmark = pytest.mark.nodes

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from tests.platform.conftest import plane  # noqa: F401 - the real control plane (test_app's port-forwards)
-from tests.queue.helpers import free_port, wait_for
+from tests.ports import free_port
+from tests.queue.helpers import wait_for
 from tests.raytools import VENV_BIN, ray_head_running
 from tests.services import log_and_register
 

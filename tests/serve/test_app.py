@@ -201,7 +201,7 @@ def test_cli_needs_the_serving_token(piml, iris_route, tmp_path, monkeypatch, co
 
 
 def test_cli_on_a_dead_address_is_one_line_and_exit_1(piml):
-    from tests.queue.helpers import free_port
+    from tests.ports import free_port
 
     done = piml("serve", "predict", "iris", "-", "--url", f"http://127.0.0.1:{free_port()}", input='{"inputs": [[1]]}')
     assert done.returncode == 1 and done.stderr.startswith("error: route iris: no answer from http://127.0.0.1:"), (
