@@ -16,8 +16,11 @@ from piml.kube.client import Kube, KubeError
 from piml.kube.discovery import Discovery
 from piml.kube.objects import KNOWN_KINDS, Ref, dig, kind_rank, project_selector, ref
 
-# The API groups of the custom resources piml applies (their operators own what they make).
-CUSTOM_GROUPS = ("ray.io", "keda.sh", "traefik.io")
+
+def is_custom(api_version: str) -> bool:
+    """A custom resource's API group has a dot and is not Kubernetes' own (`apps`, `networking.k8s.io` are)."""
+    group = api_version.rpartition("/")[0]
+    return "." in group and not group.endswith(".k8s.io")
 
 
 @dataclass
@@ -52,18 +55,17 @@ def project_objects(kube: Kube, discovery: Discovery, project: str) -> list[dict
 def delete(kube: Kube, discovery: Discovery, target: Ref) -> bool:
     """Delete one object. Built-in kinds go in the foreground: the object stays, being deleted, until its
     ReplicaSets and pods are gone, so waiting for it waits for them. Custom resources go in the background: their
-    operator may still need what they own while its finalizer runs (KubeRay's Redis cleanup Job runs as the
-    RayCluster's ServiceAccount, which a foreground deletion removes first: the Job could never start). False when
-    it was already gone."""
+    controller may still need what they own while its finalizer runs, and a foreground deletion has the garbage
+    collector remove that first (KubeRay's Redis cleanup Job runs as the RayCluster's ServiceAccount, k3s's Helm
+    uninstall Job as the HelmChart's: either Job could never start). False when it was already gone."""
     resource = discovery.resource(target.api_version, target.kind)
     if resource is None:
         return False
     try:
-        custom = target.api_version.partition("/")[0] in CUSTOM_GROUPS
         kube.request(
             "DELETE",
             resource.path(target.namespace or None, target.name),
-            {"propagationPolicy": "Background" if custom else "Foreground"},
+            {"propagationPolicy": "Background" if is_custom(target.api_version) else "Foreground"},
         )
     except KubeError as exc:
         if exc.status == 404:

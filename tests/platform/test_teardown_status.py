@@ -133,6 +133,45 @@ def test_a_chart_whose_uninstall_was_slow_goes_as_soon_as_it_is_done(own_plane, 
     assert done - released[0] < 20, f"the charts went {done - released[0]:.0f} s after their uninstall could run"
 
 
+def test_a_charts_uninstall_keeps_what_it_runs_as_until_it_is_done(own_plane, tmp_path):
+    """k3s's Helm controller uninstalls a chart with a Job that runs as the chart's ServiceAccount, which the chart
+    owns. A HelmChart deleted in the foreground has the garbage collector delete what it owns first: on a busy
+    machine the ServiceAccount went before the Job made its pod, and the Job never could ('serviceaccount
+    "helm-kuberay-operator" not found', seen in CI: the chart stayed for good). Teardown deletes HelmCharts in the
+    background: what they own stays until they are gone. Here the uninstall pods crash-loop while we look.
+    On a plane of its own: the faults are by name, and other tests' charts must not crash."""
+    plane = own_plane()
+    project = Project(tmp_path / "lab", plane)
+    cluster, rendered = project.render()
+    deploy(cluster, project.kubeconfig, rendered, FAST)
+    charts = ("kuberay-operator", "keda")
+    for chart in charts:
+        plane.inject(f"helm-delete-{chart}", "crash")
+    report = teardown_platform(cluster, project.kubeconfig, timeout=20, poll=0.2)
+    assert report.still_going, "the charts went while their uninstall could not run"
+    kube = plane.kube()
+    try:
+        for chart in charts:
+            live = kube.get(f"/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{chart}")
+            assert "foregroundDeletion" not in live["metadata"]["finalizers"], chart
+        # the uninstall Jobs make their pods (crashing here), as the chart's ServiceAccount, still there
+        pending, until = set(charts), time.monotonic() + 60
+        while pending and time.monotonic() < until:
+            for chart in list(pending):
+                account = kube.get(f"/api/v1/namespaces/kube-system/serviceaccounts/helm-{chart}")
+                assert account and not account["metadata"].get("deletionTimestamp"), f"helm-{chart} went first"
+                selector = {"labelSelector": f"job-name=helm-delete-{chart}"}
+                if kube.request("GET", "/api/v1/namespaces/kube-system/pods", selector)["items"]:
+                    pending.discard(chart)
+            time.sleep(0.5)
+        assert not pending, f"no uninstall pod in 60 s for {pending}"
+    finally:
+        kube.close()
+    faults.clear(plane.dir)
+    report = teardown_platform(cluster, project.kubeconfig, timeout=120, poll=0.2)
+    assert not report.still_going, report.waiting_for
+
+
 def test_purge_deletes_the_data(project, plane):
     cluster, rendered = project.render()
     deploy(cluster, project.kubeconfig, rendered, FAST)
