@@ -9,6 +9,7 @@ holds the spec, so a changed pin builds a new one. What each mirror follows upst
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -58,9 +59,17 @@ def venv(name: str, minor: str, packages: list[str]) -> Path:
     done = home / ".piml-complete"
     if done.exists():
         return home / "bin"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder: scripts/test's background prewarm may be at it
+        if not done.exists():
+            _build_venv(home, minor, packages)
+    return home / "bin"
+
+
+def _build_venv(home: Path, minor: str, packages: list[str]) -> None:
     if home.exists():
         shutil.rmtree(home)
-    CACHE.mkdir(parents=True, exist_ok=True)
     base = python(minor)
     uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
     if Path(uv).exists():
@@ -72,9 +81,8 @@ def venv(name: str, minor: str, packages: list[str]) -> Path:
     result = subprocess.run([*install, *packages], capture_output=True, text=True, timeout=1800)
     if result.returncode:
         shutil.rmtree(home, ignore_errors=True)
-        raise NotInstallable(f"installing {packages} for {name} failed:\n{result.stderr[-2000:]}")
-    done.write_text(json.dumps(packages))
-    return home / "bin"
+        raise NotInstallable(f"installing {packages} for {home.name} failed:\n{result.stderr[-2000:]}")
+    (home / ".piml-complete").write_text(json.dumps(packages))
 
 
 class NotInstallable(RuntimeError):

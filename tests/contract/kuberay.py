@@ -10,6 +10,7 @@ is not run: piml names its own Secret.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -43,6 +44,14 @@ def tool() -> Path:
     if binary.exists():
         return binary
     CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".kuberay-pods-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder: scripts/test's background prewarm may be at it
+        if not binary.exists():
+            _build(binary)
+    return binary
+
+
+def _build(binary: Path) -> None:
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
     result = subprocess.run(
         [go(), "build", "-o", str(binary) + ".tmp", "."],
@@ -55,7 +64,6 @@ def tool() -> Path:
     if result.returncode:
         raise RuntimeError(f"building KubeRay's pod builders failed:\n{result.stderr[-3000:]}")
     os.replace(str(binary) + ".tmp", binary)
-    return binary
 
 
 def operator_objects(ray_cluster: dict) -> dict:

@@ -200,18 +200,21 @@ def render(scenario: str, settings: dict, project: Path) -> tuple[Cluster, list[
     return cluster, objects, secrets
 
 
-def start_platform(
-    scenario: str, settings: dict, workdir: Path, network: Network, ray_extra: tuple[str, ...] = ()
-) -> Platform:
-    """`ray_extra`: packages added to the Ray image mirror (a user's own Ray image)."""
-    cluster, objects, secrets = render(scenario, settings, workdir / "project")
-    used = {
+def images_used(objects: list[dict]) -> set[str]:
+    return {
         c["image"]
         for obj in objects
         for spec in pod_specs(obj)
         for c in spec.get("containers", []) + spec.get("initContainers", [])
     }
-    mirrors = images.for_images(used, ray_extra)
+
+
+def start_platform(
+    scenario: str, settings: dict, workdir: Path, network: Network, ray_extra: tuple[str, ...] = ()
+) -> Platform:
+    """`ray_extra`: packages added to the Ray image mirror (a user's own Ray image)."""
+    cluster, objects, secrets = render(scenario, settings, workdir / "project")
+    mirrors = images.for_images(images_used(objects), ray_extra)
     node = cluster.inventory.cluster_nodes[0]
     kubelet = Kubelet(objects, mirrors, workdir / "pods", network, node_name=node.name)
     return Platform(cluster, objects, secrets, kubelet, mirrors)
