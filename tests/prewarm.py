@@ -1,9 +1,9 @@
 """What the one-at-a-time and control-plane phases of scripts/test fetch and build, made ahead: scripts/test runs
-this in the background from its start, at the lowest CPU and I/O priority. In the order the tests need them: the
-test nodes' root filesystem, the contract tests' mirrors of the pinned images (virtualenvs) and KubeRay's pod
-builders, then the control plane, kubectl and kubelet-streams. Each is cached and built under its own lock, so a
-test that needs one meanwhile waits for it. A step that fails is only printed: the test that needs it builds it
-again and says what failed in its own words."""
+this in the background once its first phase is done, at the lowest CPU and I/O priority. In the order the tests
+need them: the test nodes' root filesystem, the contract tests' mirrors of the pinned images (virtualenvs) and
+KubeRay's pod builders, then the control plane, kubectl and kubelet-streams. Each is cached and built under its own
+lock, so a test that needs one meanwhile waits for it. A step that fails is only printed: the test that needs it
+builds it again and says what failed in its own words."""
 
 from __future__ import annotations
 
