@@ -146,7 +146,7 @@ def main() -> int:
 
     from piml.config import PimlConfig
     from piml.serve import apps
-    from tests.queue.helpers import free_port
+    from tests.ports import free_port
     from tests.raytools import VENV_BIN, ray_head_running
     from tests.serve.conftest import ServeHead
 
@@ -164,7 +164,8 @@ def main() -> int:
     mlflow_proc = subprocess.Popen(
         [os.path.join(VENV_BIN, "mlflow"), "models", "serve", "-m", f"models:/{MODEL}/1", "--env-manager", "local"]
         + ["--host", "127.0.0.1", "-p", str(mlflow_port), "-w", "1"],
-        env={**os.environ, **env},
+        # mlflow execs `uvicorn` by name: the virtualenv's, also when the benchmark's PATH lacks it
+        env={**os.environ, **env, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
