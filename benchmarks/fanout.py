@@ -8,7 +8,6 @@ Goals: piml 12/1 <= 1.3; piml / ansible setup <= 0.2.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bound import bound  # noqa: E402
 from tests.nodes.substrate import Substrate  # noqa: E402  (the test-node substrate)
 
 NODES = 12
@@ -41,7 +41,7 @@ def timed(argv: list[str], cwd: Path, env: dict) -> tuple[float, float]:
 
 
 def main() -> int:
-    signal.alarm(900)
+    bound(900)
     with Substrate(instance=INSTANCE) as sub:
         sub.teardown()
         sub.setup()

@@ -10,7 +10,6 @@ and the stand-in's start, which is faster than real k3s: on real Pis the ratio i
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bound import bound  # noqa: E402
 from tests.conftest import run_piml  # noqa: E402
 from tests.k3s.helpers import make_scenario  # noqa: E402
 from tests.nodes.substrate import Substrate  # noqa: E402
@@ -28,7 +28,7 @@ GOAL = 0.25
 
 
 def main() -> int:
-    signal.alarm(1200)  # bounds the whole benchmark
+    bound(1200)
     sub = Substrate(instance=INSTANCE)
     sub.teardown()
     sub.setup()

@@ -17,6 +17,7 @@ Goals (#12): Ray Serve at 1 replica >= MLflow's throughput; its p99 <= 1.5x MLfl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -32,6 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.bound import bound  # noqa: E402
+
 THROUGHPUT_GOAL = 1.0
 P99_GOAL = 1.5
 MODEL = "bench-iris"
@@ -142,7 +146,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    signal.alarm(int(900 + args.rounds * 3 * (args.seconds + 30)))
+    bound(int(900 + args.rounds * 3 * (args.seconds + 30)))
 
     from piml.config import PimlConfig
     from piml.serve import apps
@@ -197,7 +201,8 @@ def main() -> int:
                         load(serve_port, "/floor", body, 2, args.concurrency)  # warm up
                         results["serve-floor"].append(load(serve_port, "/floor", body, args.seconds, args.concurrency))
     finally:
-        os.killpg(mlflow_proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already (the error above says why)
+            os.killpg(mlflow_proc.pid, signal.SIGTERM)
         mlflow_proc.wait(30)
 
     median = {
