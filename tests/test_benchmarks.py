@@ -17,10 +17,14 @@ def defined_names(module: str) -> set[str] | None:
     """The top-level names a module of this repository defines (and its submodules, for a package); None if
     there is no such module."""
     base = REPO.joinpath(*module.split("."))
-    source = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
-    if not source.exists():
+    if base.is_dir():  # a package, or a namespace package (tests/ and benchmarks/ have no __init__.py)
+        names, source = {p.stem for p in base.iterdir()}, base / "__init__.py"
+        if not source.exists():
+            return names
+    elif base.with_suffix(".py").exists():
+        names, source = set(), base.with_suffix(".py")
+    else:
         return None
-    names = {p.stem for p in base.iterdir()} if base.is_dir() else set()
     for node in ast.parse(source.read_text()).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
