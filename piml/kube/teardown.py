@@ -20,6 +20,7 @@ from piml.kube.prune import (
     HELM_CHART_DEPENDENTS,
     PODS,
     delete_objects,
+    is_custom,
     project_objects,
     wait_dependents_gone,
     wait_gone,
@@ -28,8 +29,6 @@ from piml.kube.prune import (
 
 if TYPE_CHECKING:
     from piml.project import Cluster
-
-BUILTIN_GROUPS = ("", "apps", "networking.k8s.io", "helm.cattle.io")
 
 
 @dataclass
@@ -74,8 +73,9 @@ def _teardown(kube, project: str, purge: bool, timeout: float, poll: float, prog
     report = TeardownReport(purge=purge)
     until = time.monotonic() + timeout
     live = project_objects(kube, discovery, project)
-    custom = [o for o in live if o["apiVersion"].rpartition("/")[0] not in BUILTIN_GROUPS]
     charts = [o for o in live if o["kind"] == "HelmChart"]
+    # the operators' resources (the charts' operators, Traefik's): deleted first, while their operators run
+    custom = [o for o in live if is_custom(o["apiVersion"]) and o not in charts]
     others = [o for o in live if o not in custom and o not in charts]
     last = []
     for batch in (custom, others, charts):
