@@ -21,8 +21,8 @@ version there; each replica polls it every second, loads a version it lacks besi
 reports; /reload answers when every live replica reports the version (bounded). A replica started later loads
 the wanted version, not the URI's version of its start.
 
-Requests of plain rows (a DataFrame each) are batched (@serve.batch): one model call for up to batch_size
-requests that arrive together, each answered with its own rows.
+Requests of plain rows (JSON rows, or a DataFrame from CSV) are batched (@serve.batch): one parse and one model
+call for up to batch_size requests that arrive together, each answered with its own rows.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at runtime.
@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from piml.errors import first_line
-from piml.serve.payload import PayloadError, parse, predict
+from piml.serve.payload import PayloadError, Rows, predict, predict_together, read
 
 POLL_SECONDS = 1.0
 LIVE_SECONDS = 5.0  # a replica that has not reported for this long is gone (scaled down, restarted)
@@ -141,14 +141,6 @@ class _NeedsTheToken:
 api.add_middleware(_NeedsTheToken)
 
 
-def _split(whole: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
-    parts, start = [], 0
-    for size in sizes:
-        parts.append({key: value[start : start + size] for key, value in whole.items()})
-        start += size
-    return parts
-
-
 # Everything the class uses is defined above it: Ray Serve may ship the class by value, with the globals it sees.
 @serve.deployment(name="model")
 @serve.ingress(api)
@@ -167,7 +159,7 @@ class ModelRoute:
         self._stop = threading.Event()
         self._loading = threading.Lock()
         threading.Thread(target=self._follow, name="piml-route-follow", daemon=True).start()
-        self.predict_frames.set_max_batch_size(batch_size)  # type: ignore[attr-defined, unused-ignore]  # ray typed or not
+        self.predict_batch.set_max_batch_size(batch_size)  # type: ignore[attr-defined, unused-ignore]  # ray typed or not
 
     def _follow(self) -> None:
         """Every second: report the version this replica serves, and start loading the wanted one if it differs.
@@ -225,40 +217,25 @@ class ModelRoute:
 
         loaded = self.loaded
         try:
-            data, params = parse(await request.body(), request.headers.get("content-type"), self._schema())
-            if isinstance(data, pd.DataFrame) and not params:
-                answer = await self.predict_frames((loaded, data))
-                if isinstance(answer, PayloadError):
-                    raise answer
+            data, params = read(await request.body(), request.headers.get("content-type"), self._schema())
+            if isinstance(data, (Rows, pd.DataFrame)) and not params:  # plain rows: parsed in the batch
+                answer = await self.predict_batch((loaded, data))
             else:
                 answer = predict(loaded.model, data, params)
+            if isinstance(answer, PayloadError):
+                raise answer
         except PayloadError as exc:
             return _error(str(exc))
         return {**answer, "model": loaded.name, "version": loaded.version}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def predict_frames(self, items: list) -> list:
-        """One model call for the frames of requests that came together, (loaded, frame) each: each is answered
-        by the model its request began with. A batch the model refuses is asked again frame by frame, so only
-        the bad request gets its 400."""
-        import pandas as pd
-
-        frames = [frame for _, frame in items]
+    async def predict_batch(self, items: list) -> list:
+        """One parse and one model call for the requests that came together, (loaded, Rows or DataFrame) each:
+        each is answered by the model its request began with (payload.predict_together)."""
         model = items[0][0].model
-        if len(items) > 1 and all(loaded.model is model for loaded, _ in items):
-            try:
-                whole = predict(model, pd.concat(frames, ignore_index=True), None)
-                if all(isinstance(v, list) and len(v) == sum(map(len, frames)) for v in whole.values()):
-                    return _split(whole, [len(f) for f in frames])
-            except PayloadError:
-                pass
-        answers: list = []
-        for loaded, frame in items:
-            try:
-                answers.append(predict(loaded.model, frame, None))
-            except PayloadError as exc:
-                answers.append(exc)
-        return answers
+        if all(loaded.model is model for loaded, _ in items):
+            return predict_together(model, [part for _, part in items])
+        return [predict_together(loaded.model, [part])[0] for loaded, part in items]
 
     @api.post("/reload")
     async def reload(self) -> Any:

@@ -6,11 +6,16 @@ schema, so what `mlflow models serve` accepts is accepted here and means the sam
 (`{"inputs": [[5.1, 3.5, 1.4, 0.2]]}`) for a model whose schema names its columns are given those columns in
 order (MLflow's server refuses them, "Failed to enforce schema", for every scikit-learn model logged from a
 DataFrame). Anything else is a PayloadError whose text is one line for a 400.
+
+Requests that come together are answered together (predict_together): their rows are parsed as one frame and
+asked of the model once. MLflow's parse of a request costs about what the model call for eight of them does
+(py-spy on a replica under benchmarks/serve_throughput.py), so parsing each alone would undo half the batching.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
@@ -56,11 +61,155 @@ def parse(body: bytes, content_type: str | None, input_schema: Any = None) -> tu
     params = document.pop("params", None)
     if params is not None and not isinstance(params, dict):
         raise PayloadError("`params` must be an object of name: value")
+    return parse_document(document, input_schema), params
+
+
+def parse_document(document: dict, input_schema: Any = None) -> Any:
+    """The model input of a JSON document with one format key (and no params), parsed by MLflow."""
+    from mlflow.pyfunc import scoring_server
+
     try:
         data = scoring_server.infer_and_parse_data(document, input_schema)
     except Exception as exc:  # noqa: BLE001 - MlflowException, or pandas' own for a malformed frame
         raise PayloadError(f"the rows do not fit the model: {first_line(exc)}") from None
-    return _named(data, input_schema), params
+    return _named(data, input_schema)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A request's rows as sent (JSON, not yet parsed): flat rows, the same columns (dataframe_split) or keys
+    (dataframe_records) in each. Rows of the same shape are parsed as one document: the same format and
+    columns, and in each column the same kinds of JSON value. pandas infers a column's type from the kinds of
+    value in it (an integer beside a float is read as a float, a null beside a string as NaN), so rows read
+    alongside rows of another shape could reach the model other than they would alone."""
+
+    format: str
+    columns: tuple[str, ...]  # dataframe_split's columns or the records' keys; () for inputs and instances
+    rows: list
+    kinds: tuple[frozenset[str], ...]  # per column: the kinds of JSON value in it
+
+    def document(self) -> dict:
+        if self.format == "dataframe_split":
+            return {self.format: {"columns": list(self.columns), "data": self.rows}}
+        return {self.format: self.rows}
+
+    def shape(self) -> tuple:
+        return self.format, self.columns, self.kinds
+
+
+def read(body: bytes, content_type: str | None, input_schema: Any = None) -> tuple[Any, dict | None]:
+    """As parse(), but a request of plain rows without params (the common one) is left as Rows, to be parsed
+    with the rows of the requests that come with it (predict_together)."""
+    rows = _rows_of(body, content_type)
+    return (rows, None) if rows is not None else parse(body, content_type, input_schema)
+
+
+def _rows_of(body: bytes, content_type: str | None) -> Rows | None:
+    """The request's Rows when it is plain rows without params, else None (parse() reads it, or says what is wrong)."""
+    mime = (content_type or JSON).split(";")[0].strip().lower()
+    if mime != JSON or len(body) > MAX_BODY:
+        return None
+    try:
+        document = json.loads(body.decode("utf-8"))  # as parse() reads it: UTF-8 only
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+        return None
+    if not isinstance(document, dict) or len(document) != 1:
+        return None
+    ((format_, value),) = document.items()
+    columns: tuple[str, ...] = ()
+    if format_ == "dataframe_split":
+        if not isinstance(value, dict) or set(value) != {"columns", "data"} or not isinstance(value["columns"], list):
+            return None
+        columns, table = tuple(value["columns"]), value["data"]
+        if not all(isinstance(c, str) for c in columns):
+            return None
+    elif format_ == "dataframe_records":
+        if not isinstance(value, list) or not value or not all(isinstance(r, dict) for r in value):
+            return None
+        columns = tuple(value[0])
+        if any(tuple(r) != columns for r in value):
+            return None
+        table = [list(r.values()) for r in value]
+    elif format_ in ("inputs", "instances"):
+        table = value
+    else:
+        return None
+    kinds = _kinds(table, len(columns) if format_.startswith("dataframe") else None)
+    return Rows(format_, columns, value if format_ != "dataframe_split" else table, kinds) if kinds else None
+
+
+def _kinds(table: Any, width: int | None) -> tuple[frozenset[str], ...] | None:
+    """Per column, the kinds of JSON value in it; None unless `table` is a non-empty list of lists of scalars, all
+    of one width (`width` when given)."""
+    if not isinstance(table, list) or not table or not isinstance(table[0], list):
+        return None
+    width = len(table[0]) if width is None else width
+    if not width or any(not isinstance(row, list) or len(row) != width for row in table):
+        return None
+    kinds = []
+    for column in zip(*table, strict=True):
+        seen = frozenset(map(_kind, column))
+        if "nested" in seen:
+            return None
+        kinds.append(seen)
+    return tuple(kinds)
+
+
+def _kind(value: Any) -> str:
+    if value is None or isinstance(value, (bool, float, str)):
+        return type(value).__name__
+    if isinstance(value, int):  # beyond int64, pandas reads a column as uint64 or as objects
+        return "int" if -(2**63) <= value < 2**63 else "big int"
+    return "nested"
+
+
+def predict_together(model: Any, parts: list[Any]) -> list[dict[str, Any] | PayloadError]:
+    """The answers to requests that came together for one model, each part a Rows or a parsed DataFrame: one
+    parse and one model call for all of them when they fit together, else each alone, so that a bad request
+    gets its own PayloadError and the others their answers."""
+    schema = model.metadata.get_input_schema()
+    if len(parts) > 1:
+        try:
+            whole, counts = _together(parts, schema)
+            if whole is not None:
+                answer = predict(model, whole, None)
+                if all(isinstance(v, list) and len(v) == sum(counts) for v in answer.values()):
+                    return _split(answer, counts)
+        except PayloadError:
+            pass
+    answers: list[dict[str, Any] | PayloadError] = []
+    for part in parts:
+        try:
+            data = parse_document(part.document(), schema) if isinstance(part, Rows) else part
+            answers.append(predict(model, data, None))
+        except PayloadError as exc:
+            answers.append(exc)
+    return answers
+
+
+def _together(parts: list[Any], schema: Any) -> tuple[Any, list[int]]:
+    """All the parts' rows as one model input, and how many rows each gave; (None, []) when they would not reach
+    the model as they would alone: Rows of one shape are parsed as one document; DataFrames (and Rows of other
+    shapes, parsed each) are put end to end only when their columns and dtypes are the same."""
+    import pandas as pd
+
+    first = parts[0]
+    if all(isinstance(p, Rows) and p.shape() == first.shape() for p in parts):
+        whole = Rows(first.format, first.columns, [row for p in parts for row in p.rows], first.kinds)
+        return parse_document(whole.document(), schema), [len(p.rows) for p in parts]
+    frames = [parse_document(p.document(), schema) if isinstance(p, Rows) else p for p in parts]
+    if not all(isinstance(f, pd.DataFrame) and f.dtypes.equals(frames[0].dtypes) for f in frames):
+        return None, []
+    return pd.concat(frames, ignore_index=True), [len(f) for f in frames]
+
+
+def _split(whole: dict[str, Any], sizes: list[int]) -> list[dict[str, Any] | PayloadError]:
+    parts: list[dict[str, Any] | PayloadError] = []
+    start = 0
+    for size in sizes:
+        parts.append({key: value[start : start + size] for key, value in whole.items()})
+        start += size
+    return parts
 
 
 def _named(data: Any, input_schema: Any) -> Any:

@@ -71,3 +71,107 @@ def test_plain_rows_get_the_columns_a_schema_names():
     tensor = Schema([TensorSpec(np.dtype("float64"), (-1, 2))])
     data, _ = parse(b'{"inputs": [[5.1, 0.2]]}', "application/json", tensor)
     assert isinstance(data, np.ndarray)
+
+
+# -- requests answered together (predict_together): the same answer each would get alone -----------------------
+
+
+class RowsEcho:
+    """A pyfunc model that answers each row with what it was given: every value and its column's dtype. Any
+    difference in how a value was parsed, because other requests' rows were beside it, changes the answer."""
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            return [
+                "|".join(f"{c}={model_input[c].iloc[i]!r}:{model_input[c].dtype}" for c in model_input)
+                for i in range(len(model_input))
+            ]
+        rows = np.asarray(model_input)
+        return [f"{row.tolist()!r}:{rows.dtype}" for row in rows]
+
+
+@pytest.fixture(scope="module", params=["schema", "no-schema"])
+def echo_model(request, tmp_path_factory):
+    """RowsEcho saved and loaded by MLflow: with a signature of a column of each type a JSON value can be cast
+    to, or with none (MLflow then parses without casting)."""
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.pyfunc import PythonModel
+    from mlflow.types import ColSpec, Schema
+
+    echo = type("RowsEcho", (PythonModel,), {"predict": RowsEcho.predict})
+    schema = Schema([ColSpec("double", "x"), ColSpec("long", "n"), ColSpec("string", "s"), ColSpec("boolean", "b")])
+    signature = ModelSignature(schema) if request.param == "schema" else None
+    path = tmp_path_factory.mktemp("echo") / "model"
+    mlflow.pyfunc.save_model(path, python_model=echo(), signature=signature)
+    return mlflow.pyfunc.load_model(str(path))
+
+
+VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.sampled_from([2**63, -(2**63) - 1, 2**64])
+    | st.floats()
+    | st.text(max_size=3)
+)
+ROW = st.fixed_dictionaries({"x": VALUES, "n": VALUES, "s": VALUES, "b": VALUES})
+RIGHT_ROW = st.fixed_dictionaries(
+    {
+        "x": st.floats(-1e6, 1e6) | st.integers(-5, 5),
+        "n": st.integers(-5, 5),
+        "s": st.text(max_size=3),
+        "b": st.booleans(),
+    }
+)
+
+
+@st.composite
+def request_bodies(draw):
+    """(body, content type): rows, mostly right for the echo model's schema, in one of the formats."""
+    rows = draw(st.lists(RIGHT_ROW | ROW, min_size=1, max_size=3))
+    shape = draw(st.sampled_from(["dataframe_split", "dataframe_records", "inputs", "instances", "csv"]))
+    data = [[row[c] for c in "xnsb"] for row in rows]
+    if shape == "csv":
+        import pandas as pd
+
+        return pd.DataFrame(data, columns=list("xnsb")).to_csv(index=False).encode(), "text/csv"
+    if shape == "dataframe_records":
+        document = {shape: rows}
+    elif shape == "dataframe_split":
+        document = {shape: {"columns": list("xnsb"), "data": data}}
+    else:
+        document = {shape: data}
+    return json.dumps(document).encode(), "application/json"
+
+
+def alone(model, body, content_type):
+    """What a request gets on its own: the answer, or its error's text."""
+    from piml.serve.payload import predict
+
+    try:
+        data, params = parse(body, content_type, model.metadata.get_input_schema())
+        return predict(model, data, params)
+    except PayloadError as exc:
+        return f"error: {exc}"
+
+
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests=st.lists(request_bodies(), min_size=2, max_size=5))
+def test_requests_answered_together_get_what_each_gets_alone(echo_model, requests):
+    """What piml's route does with requests that come together (piml/serve/app.py's predict_batch), against
+    MLflow's parse and a model call for each request alone."""
+    from piml.serve.payload import predict_together, read
+
+    schema, parts, expected = echo_model.metadata.get_input_schema(), [], []
+    for body, content_type in requests:
+        try:
+            parts.append(read(body, content_type, schema)[0])
+        except PayloadError:  # a 400 before any batch
+            continue
+        expected.append(alone(echo_model, body, content_type))
+    together = [a if isinstance(a, dict) else f"error: {a}" for a in predict_together(echo_model, parts)]
+    assert together == expected
