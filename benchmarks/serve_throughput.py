@@ -152,7 +152,7 @@ def main() -> int:
     from piml.serve import apps
     from tests.ports import free_port
     from tests.raytools import VENV_BIN, ray_head_running
-    from tests.serve.conftest import ServeHead
+    from tests.serve.conftest import ServeHead, own_haproxy
 
     workdir = Path(tempfile.mkdtemp(prefix="piml-bench-serve-"))
     os.chdir(workdir)
@@ -178,7 +178,10 @@ def main() -> int:
     try:
         wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, mlflow_proc)
         ray_env = {**apps.POD_ENV, "PYTHONPATH": str(code), "PIML_SERVE_TOKEN": TOKEN}  # as the pods have it
-        with ray_head_running(env, num_cpus=2, extra_env=ray_env, resources={apps.SLOT: 2}) as ray:
+        with (
+            own_haproxy() as haproxy,
+            ray_head_running(env, num_cpus=2, extra_env={**ray_env, **haproxy}, resources={apps.SLOT: 2}) as ray,
+        ):
             serve_port = free_port()
             head = ServeHead(ray.dashboard_url, f"http://127.0.0.1:{serve_port}", ray.env, ray.log, ray.temp)
 

@@ -75,7 +75,8 @@ RUNNER_JOB = Size(500, 1024, 1000, 2048)
 MIN_WORKER_MEMORY = 512  # MiB: smaller Dask/Ray workers are not worth having
 MIN_WORKER_CPU = 250  # millicores a Ray worker requests at least
 # A serving replica gets a Ray worker pod of its own: the replica's CPU and memory (piml.yaml serve.routes) plus
-# what Ray runs beside it there (raylet, agents, the HTTP proxy; a small object store, rendered so).
+# what Ray runs beside it there (raylet, agents, Serve's Python proxy, and in HAProxy mode HAProxy and its manager
+# actor: about 400 MB PSS measured beside a replica on a local Ray 2.60; a small object store, rendered so).
 SERVE_POD_OVERHEAD = Size(100, 512, 0, 512)
 SERVE_OBJECT_STORE_BYTES = 100 * 1024 * 1024  # Ray's floor is 75 MiB; a serving node passes rows, not objects
 # What is left after the services and the (always running) Dask workers is split between the Ray workers'

@@ -80,7 +80,10 @@ def test_code_configmap_carries_what_the_pods_import(tmp_path):
         assert container["volumeMounts"] == [{"name": "source", "mountPath": "/app/piml", "readOnly": True}]
         env = {e["name"]: e for e in container["env"]}
         assert env["PYTHONPATH"]["value"] == "/app"
-        assert {n: env[n]["value"] for n in apps.POD_ENV} == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+        assert {n: env[n]["value"] for n in apps.POD_ENV} == {
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        }
         assert env["PIML_SERVE_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "piml-serve", "key": "token"}}
         assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow"
         assert {"name": "serve", "containerPort": apps.SERVE_PORT} in container["ports"]

@@ -5,11 +5,15 @@ the head's dashboard."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +110,25 @@ class ServeHead:
         return {name: app.get("status") for name, app in apps.items()}
 
 
+@contextlib.contextmanager
+def own_haproxy() -> Iterator[dict[str, str]]:
+    """Ray Serve's HAProxy (apps.POD_ENV) keeps its files in /tmp/haproxy-serve and its stats and metrics on ports
+    8404 and 9101: one pod each on the cluster, but two Ray heads on this machine would share them. The env that
+    gives a head's HAProxy a directory and ports of its own. The directory's path is short: Ray adds a 56-character
+    directory to it, and HAProxy refuses a socket path longer than 97 bytes."""
+    directory = Path(tempfile.mkdtemp(prefix="ha-", dir="/tmp"))
+    files = {"CONFIG_FILE_LOC": "haproxy.cfg", "SOCKET_PATH": "admin.sock", "SERVER_STATE_FILE": "server-state"}
+    env = {f"RAY_SERVE_HAPROXY_{name}": str(directory / file) for name, file in files.items()}
+    env["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"] = str(directory / "metrics.sock")
+    env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = str(directory)
+    env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+    env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    try:
+        yield env
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def serve_head(mlflow_server, tmp_path_factory):
     """A Ray head that is a serving pod: PYTHONPATH holds exactly the files piml ships in its ConfigMap (a module
@@ -119,5 +142,8 @@ def serve_head(mlflow_server, tmp_path_factory):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f.text)
     env = {**apps.POD_ENV, "PIML_SERVE_TOKEN": SERVE_TOKEN, "PYTHONPATH": str(app_dir)}  # as the pods have it
-    with ray_head_running(mlflow_server.env, num_cpus=2, extra_env=env, resources={apps.SLOT: 4}) as head:
+    with (
+        own_haproxy() as haproxy,
+        ray_head_running(mlflow_server.env, num_cpus=2, extra_env={**env, **haproxy}, resources={apps.SLOT: 4}) as head,
+    ):
         yield ServeHead(head.dashboard_url, f"http://127.0.0.1:{free_port()}", head.env, head.log, head.temp)

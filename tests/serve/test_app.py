@@ -333,6 +333,25 @@ def test_cli_reload_after_the_switch_says_what_serves(piml, iris_route, served_m
     assert done.stdout.strip() == f"iris: serving {MODEL} version {version} on 2 replica(s)"
 
 
+def test_a_reload_that_cannot_load_is_a_502_with_one_line_and_the_route_keeps_serving(iris_route, served_model):
+    """The alias gone: /reload answers the route's own 502 with MLflow's reason (HAProxy, in front, passes a
+    replica's 502 as it is; only its own errors become Serve's 500), and the version loaded still answers."""
+    import mlflow
+
+    client, version = mlflow.MlflowClient(), max(served_model.versions, key=int)
+    client.delete_registered_model_alias(MODEL, "champion")
+    try:
+        status, answer = call(f"{iris_route}/reload", b"")
+    finally:
+        served_model.alias(version)
+    assert status == 502, answer
+    assert answer["error"].startswith(f"cannot load models:/{MODEL}@champion: ") and "\n" not in answer["error"]
+    status, answer = call(
+        f"{iris_route}/predict", json.dumps({"dataframe_split": sample().to_dict(orient="split")}).encode()
+    )
+    assert status == 200 and answer["version"] == version, answer
+
+
 def test_a_route_scales_from_one_replica_to_two_under_load_and_back(serve_head, iris_route, served_model):
     """Serve's autoscaler on piml's rendered autoscaling_config (min 1, max 2, target from the batch size): steady
     concurrent requests bring a second replica, and it goes once they stop. Only the delays are shortened here
