@@ -159,12 +159,12 @@ def ray(image: str, extra: tuple[str, ...] = ()) -> Mirror:
     version = tag.split("-")[0]
     py = next(part for part in tag.split("-") if part.startswith("py"))[2:]
     minor = f"{py[0]}.{py[1:]}"
-    bin, installed = pinned_venv("ray", minor, "ray", version, ("default",), extra)
-    added = f" plus {', '.join(extra)} (a user's Ray image, for ray.check_pip: [])" if extra else ""
+    bin, installed = pinned_venv("ray", minor, "ray", version, ("default", "serve"), extra)
+    added = f" plus {', '.join(extra)} (a user's Ray image, for ray.check_pip: [] or serve.pip: [])" if extra else ""
     return Mirror(
         image,
         bin,
-        note=f"ray[default]{added} (the image has ray[all]); runs as root, not uid 1000 "
+        note=f"ray[default,serve]{added} (the image has ray[all]); runs as root, not uid 1000 "
         + _differs("ray", version, installed),
     )
 

@@ -55,6 +55,13 @@ class Network:
                 subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
                 shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, timeout=30)
+        # a namespace deleted by name lives on while anything still holds it (the kernel's own clean-up of its
+        # sockets), and with it the host side of its veth, whose name the next run's pod would want
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=30).stdout
+        for line in links.splitlines():
+            name = line.split(": ")[1].split("@")[0] if ": " in line else ""
+            if name.startswith(f"pc{INSTANCE}v") and name.endswith("h"):
+                subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=30)
 
     def add(self, hosts_text: str) -> tuple[str, str]:
         """A new pod namespace: (its name, its address). `hosts_text` becomes its /etc/hosts."""
