@@ -116,15 +116,18 @@ def test_a_route_answers_on_the_heads_serve_port_from_a_replica_in_the_worker_po
         rows = X.iloc[::15].reset_index(drop=True)
         body = json.dumps({"dataframe_split": rows.to_dict(orient="split")}).encode()
         token = platform.secret(apps.NAME, "token")
-        for pod in (head, worker):  # the serve Service selects both; each pod's HAProxy reaches the replica
+        # the serve Service selects both pods, and piml's port-forward goes to the head's serve port: each way
+        # reaches the replica through that pod's HAProxy
+        forward = platform.forward(head, apps.SERVE_PORT)
+        ways = {"head": (head.ip, apps.SERVE_PORT), "worker": (worker.ip, apps.SERVE_PORT)}
+        ways["port-forward"] = ("127.0.0.1", forward.port)
+        for way, (host, port) in ways.items():
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-            ok, answer = http_get(
-                pod.ip, apps.SERVE_PORT, "/serve/iris/predict", headers, 30, method="POST", body=body, limit=5000
-            )
-            assert ok, (pod.name, answer)
+            ok, answer = http_get(host, port, "/serve/iris/predict", headers, 30, method="POST", body=body, limit=5000)
+            assert ok, (way, answer)
             result = json.loads(answer.split(" ", 1)[1])
-            assert result["predictions"] == model.predict(rows).tolist() and result["version"] == "1", result
-            ok, answer = http_get(pod.ip, apps.SERVE_PORT, "/serve/iris/predict", {}, 30, method="POST", body=body)
-            assert not ok and answer.startswith("401 "), answer
+            assert result["predictions"] == model.predict(rows).tolist() and result["version"] == "1", (way, result)
+            ok, answer = http_get(host, port, "/serve/iris/predict", {}, 30, method="POST", body=body)
+            assert not ok and answer.startswith("401 "), (way, answer)
     finally:
         platform.close()
