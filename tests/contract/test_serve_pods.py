@@ -71,16 +71,20 @@ def dashboard(platform: Platform, head, method: str, path: str, body: dict | Non
 
 
 def test_a_route_answers_on_the_heads_serve_port_from_a_replica_in_the_worker_pod(pod_network, tmp_path, monkeypatch):
+    import mlflow
     from sklearn.linear_model import LogisticRegression
 
     mlflow_version = importlib.metadata.version("mlflow")  # the server mirror's (images.mlflow picks the same)
     platform = start_platform("pi5-3x8gb", SETTINGS, tmp_path, pod_network, ray_extra=tuple(model_pip(mlflow_version)))
     try:
-        mlflow = platform.deployment("mlflow")
-        platform.kubelet.wait_probe(mlflow.container(), "readinessProbe", budget=120)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"{platform.forward(mlflow, 5000).url}/mlflow")
+        mlflow_pod = platform.deployment("mlflow")
+        platform.kubelet.wait_probe(mlflow_pod.container(), "readinessProbe", budget=120)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"{platform.forward(mlflow_pod, 5000).url}/mlflow")
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", platform.secret("mlflow", "admin-password"))
+        # an experiment of this MLflow's own: the client keeps the active one process-wide, and an earlier test's
+        # id does not exist in this new server (RESOURCE_DOES_NOT_EXIST)
+        mlflow.set_experiment("piml-contract-serve")
         X, y = iris()
         model = LogisticRegression(max_iter=500).fit(X, y)
         assert log_and_register(model, X, MODEL) == "1"
