@@ -120,36 +120,41 @@ def _rows_of(body: bytes, content_type: str | None) -> Rows | None:
     if format_ == "dataframe_split":
         if not isinstance(value, dict) or set(value) != {"columns", "data"} or not isinstance(value["columns"], list):
             return None
-        columns, table = tuple(value["columns"]), value["data"]
+        columns, rows = tuple(value["columns"]), value["data"]
         if not all(isinstance(c, str) for c in columns):
             return None
+        kinds = _kinds(rows, len(columns))
     elif format_ == "dataframe_records":
         if not isinstance(value, list) or not value or not all(isinstance(r, dict) for r in value):
             return None
-        columns = tuple(value[0])
-        if any(tuple(r) != columns for r in value):
+        columns, rows = tuple(value[0]), value
+        if any(tuple(r) != columns for r in rows):
             return None
-        table = [list(r.values()) for r in value]
+        kinds = _kinds([list(r.values()) for r in rows], len(columns))
     elif format_ in ("inputs", "instances"):
-        table = value
+        rows = value
+        kinds = _kinds(rows, None, tensor=True)
     else:
         return None
-    kinds = _kinds(table, len(columns) if format_.startswith("dataframe") else None)
-    return Rows(format_, columns, value if format_ != "dataframe_split" else table, kinds) if kinds else None
+    return Rows(format_, columns, rows, kinds) if kinds else None
 
 
-def _kinds(table: Any, width: int | None) -> tuple[frozenset[str], ...] | None:
+def _kinds(table: Any, width: int | None, tensor: bool = False) -> tuple[frozenset[str], ...] | None:
     """Per column, the kinds of JSON value in it; None unless `table` is a non-empty list of lists of scalars, all
-    of one width (`width` when given)."""
+    of one width (`width` when given), that reads the same beside rows of the same kinds: no integer beyond int64
+    (pandas and numpy read it as uint64 or as objects depending on its neighbours' signs), and for a `tensor`
+    (inputs, instances: numpy reads the whole table as one array) no string (numpy sizes a string array by its
+    longest string)."""
     if not isinstance(table, list) or not table or not isinstance(table[0], list):
         return None
     width = len(table[0]) if width is None else width
     if not width or any(not isinstance(row, list) or len(row) != width for row in table):
         return None
+    refused = {"other", "big int"} | ({"str"} if tensor else set())
     kinds = []
     for column in zip(*table, strict=True):
         seen = frozenset(map(_kind, column))
-        if "nested" in seen:
+        if seen & refused:
             return None
         kinds.append(seen)
     return tuple(kinds)
@@ -158,9 +163,9 @@ def _kinds(table: Any, width: int | None) -> tuple[frozenset[str], ...] | None:
 def _kind(value: Any) -> str:
     if value is None or isinstance(value, (bool, float, str)):
         return type(value).__name__
-    if isinstance(value, int):  # beyond int64, pandas reads a column as uint64 or as objects
+    if isinstance(value, int):
         return "int" if -(2**63) <= value < 2**63 else "big int"
-    return "nested"
+    return "other"  # a list or an object: nested, not a row of scalars
 
 
 def predict_together(model: Any, parts: list[Any]) -> list[dict[str, Any] | PayloadError]:

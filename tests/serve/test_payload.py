@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from piml.serve.payload import PayloadError, parse
@@ -19,6 +19,7 @@ JSON_VALUES = st.recursive(
 )
 KEYS = st.sampled_from(["inputs", "dataframe_split", "dataframe_records", "instances", "params", "columns", "x"])
 DOCUMENTS = st.dictionaries(KEYS, JSON_VALUES, max_size=3).map(lambda d: json.dumps(d).encode())
+JSON_TYPE = "application/json"
 TYPES = st.sampled_from(["application/json", "text/csv", "application/json; charset=utf-8", "text/plain", None])
 
 
@@ -161,6 +162,17 @@ def alone(model, body, content_type):
 
 @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests=st.lists(request_bodies(), min_size=2, max_size=5))
+# found by Hypothesis: numpy reads [false, 2**63] as uint64 alone, as objects beside -2**63 - 1
+@example(
+    requests=[
+        (b'{"instances": [[false, false, 9223372036854775808, 9223372036854775808]]}', "application/json"),
+        (b'{"instances": [[false, false, 9223372036854775808, -9223372036854775809]]}', "application/json"),
+    ]
+)
+# numpy sizes a string array by its longest string: <U1 alone, <U4 beside "abcd"
+@example(
+    requests=[(b'{"inputs": [["a", "b", "c", "d"]]}', JSON_TYPE), (b'{"inputs": [["abcd", "b", "c", "d"]]}', JSON_TYPE)]
+)
 def test_requests_answered_together_get_what_each_gets_alone(echo_model, requests):
     """What piml's route does with requests that come together (piml/serve/app.py's predict_batch), against
     MLflow's parse and a model call for each request alone."""
