@@ -148,12 +148,13 @@ class Platform:
         }
         return self.kubelet.start(f"{job_name}-x", self.ns, labels, template["spec"])
 
-    def ray_cluster(self, worker_groups: int = 1) -> tuple[Pod, list[Pod]]:
-        """The RayCluster's head and one worker per group, as KubeRay builds their Pods and head Service.
+    def ray_cluster(self, worker_groups: int = 1, kind: str = "RayCluster", name: str = "ray") -> tuple[Pod, list[Pod]]:
+        """The RayCluster's (or a RayService's) head and one worker per group, as KubeRay builds their Pods and
+        head Service.
 
         The head's `autoscaler` sidecar is not started: it is a Kubernetes client of the API server (it
         patches the RayCluster), which these tests do not have."""
-        cluster = self.kubelet.find("RayCluster", "ray", self.ns)
+        cluster = self.kubelet.find(kind, name, self.ns)
         built = self.ray_built = kuberay.operator_objects(cluster)
         self.kubelet.objects.append(built["headService"])
         head_pod = self.ray_head()

@@ -17,15 +17,16 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import yaml
 
 from piml.render.images import model_pip
 from piml.serve import apps
-from tests.contract import kuberay
 from tests.contract.kubelet import http_get
-from tests.contract.platform import Platform, start_platform
+from tests.contract.platform import start_platform
 from tests.serve.conftest import iris
 from tests.services import log_and_register
 
@@ -41,33 +42,19 @@ SETTINGS = {
 }
 
 
-def serving_pods(platform: Platform):
-    """The RayService's head (without the autoscaler sidecar: a Kubernetes API client) and one serving worker, as
-    KubeRay builds them, with its head Service resolvable for the worker's wait-gcs-ready."""
-    service = platform.kubelet.find("RayService", apps.NAME, platform.ns)
-    built = kuberay.operator_objects(service)
-    platform.kubelet.objects.append(built["headService"])
-    head = built["head"]
-    spec = dict(head["spec"])
-    spec["containers"] = [c for c in spec["containers"] if c["name"] != "autoscaler"]
-    head_pod = platform.kubelet.start("serve-head-0", platform.ns, head["metadata"]["labels"], spec)
-    group, worker = next(iter(built["workers"].items()))
-    worker_pod = platform.kubelet.start(f"serve-{group}-0", platform.ns, worker["metadata"]["labels"], worker["spec"])
-    return head_pod, worker_pod
-
-
-def dashboard(platform: Platform, head, method: str, path: str, body: dict | None = None) -> tuple[int, str]:
-    """A request to the head's dashboard with the Ray token, as KubeRay's dashboard client sends it."""
-    import http.client
-
-    forward = platform.forward(head, 8265)
-    conn = http.client.HTTPConnection("127.0.0.1", forward.port, timeout=30)
-    headers = {"Authorization": f"Bearer {platform.secret('ray-auth', 'auth_token')}"}
+def dashboard(url: str, token: str, method: str, path: str, body: dict | None = None) -> tuple[int, str]:
+    """A request to the head's dashboard (through a port-forward) with the Ray token, as KubeRay's dashboard
+    client sends it."""
+    headers = {"Authorization": f"Bearer {token}"}
     if body is not None:
         headers["Content-Type"] = "application/json"
-    conn.request(method, path, body=json.dumps(body).encode() if body is not None else None, headers=headers)
-    response = conn.getresponse()
-    return response.status, response.read().decode(errors="replace")
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
 
 
 def test_a_route_answers_on_the_heads_serve_port_from_a_replica_in_the_worker_pod(pod_network, tmp_path, monkeypatch):
@@ -89,16 +76,17 @@ def test_a_route_answers_on_the_heads_serve_port_from_a_replica_in_the_worker_po
         model = LogisticRegression(max_iter=500).fit(X, y)
         assert log_and_register(model, X, MODEL) == "1"
 
-        head, worker = serving_pods(platform)
+        head, (worker,) = platform.ray_cluster(kind="RayService", name=apps.NAME)
         platform.kubelet.wait_probe(head.container("ray-head"), "readinessProbe", budget=180)
-        (rayservice,) = [o for o in platform.objects if o["kind"] == "RayService"]
+        rayservice = platform.kubelet.find("RayService", apps.NAME, platform.ns)
         config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-        status, text = dashboard(platform, head, "PUT", "/api/serve/applications/", config)
+        ray_dashboard, ray_token = platform.forward(head, 8265).url, platform.secret("ray-auth", "auth_token")
+        status, text = dashboard(ray_dashboard, ray_token, "PUT", "/api/serve/applications/", config)
         assert status == 200, text
 
         deadline, apps_status, details = time.monotonic() + 300, {}, {}
         while time.monotonic() < deadline:
-            status, text = dashboard(platform, head, "GET", "/api/serve/applications/")
+            status, text = dashboard(ray_dashboard, ray_token, "GET", "/api/serve/applications/")
             details = json.loads(text).get("applications", {})
             apps_status = {n: a.get("status") for n, a in details.items()}
             if apps_status.get("iris") == "RUNNING" or "DEPLOY_FAILED" in apps_status.values():
