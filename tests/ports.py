@@ -4,8 +4,15 @@ A port the kernel chose for `bind(("127.0.0.1", 0))` and that was released again
 any later `bind(0)` or outgoing connection (Ray's workers, kubectl's port-forwards, a client's source port) may get
 it before our server binds it. CI saw that: rabbitmq-server's listener failed with eaddrinuse on a port picked
 seconds earlier. Ports below the ephemeral range are only ever taken by someone asking for that number, so a
-random one there that binds now stays ours until the server starts (two tests drawing the same random number
-at the same moment is the one collision left, about one in ten thousand).
+random one there that binds now stays ours until the server starts.
+
+Two more rules, both from CI failures or from Ray's source:
+- A port is handed out once per process. A Ray head takes nine ports at once, and two equal draws among them made
+  `ray start` refuse ("Ray component ... is trying to use a port number ... that is used by other components").
+- Ray Serve's replicas, in the HAProxy mode the serving pods run (apps.POD_ENV), bind their own HTTP and gRPC ports
+  from 30000-31000 and 40000-41000 (`RAY_SERVE_DIRECT_INGRESS_*_PORT` in ray/serve/_private/constants.py); a test's
+  Ray Serve may hold any of them, so they are never drawn.
+Two test processes drawing the same number at the same moment is the one collision left (about one in ten thousand).
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ from pathlib import Path
 
 # Ray's workers take 10002-19999 by default, and well-known servers sit below 10000; the kernel's range is above.
 LOWEST = 20000
+# Ray Serve's replicas' own HTTP and gRPC ports (its defaults, which the pods and the tests keep).
+RAY_SERVE_REPLICA_PORTS = (range(30000, 31001), range(40000, 41001))
+
+_handed_out: set[int] = set()
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -41,10 +52,13 @@ def free_port() -> int:
         raise RuntimeError(f"no loopback ports from {LOWEST} up lie outside the kernel's range {_ephemeral_range()}")
     for _ in range(200):
         port = random.randint(first, last)
+        if port in _handed_out or any(port in taken for taken in RAY_SERVE_REPLICA_PORTS):
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue  # taken: draw again
-            return port
+        _handed_out.add(port)
+        return port
     raise RuntimeError(f"no free loopback port in {first}-{last} after 200 draws")

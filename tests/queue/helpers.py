@@ -30,10 +30,12 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = N
         except Exception:  # noqa: BLE001 - not up yet
             pass
         time.sleep(0.1)
-    tail = log.read_text()[-3000:] if log and log.exists() else ""
-    pytest.fail(
-        f"{what} not ready within {timeout} s{' (exited)' if proc is not None and proc.poll() is not None else ''}\n{tail}"
-    )
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    if proc is not None and proc.poll() is not None:
+        # the last line first: CI's summary keeps a failure's first lines, and a traceback's reason is its last
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        pytest.fail(f"{what} exited with code {proc.returncode} before it was ready: {last}\n{tail}")
+    pytest.fail(f"{what} not ready within {timeout} s\n{tail}")
 
 
 def stop(proc: subprocess.Popen) -> None:
