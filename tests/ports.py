@@ -6,7 +6,7 @@ it before our server binds it. CI saw that: rabbitmq-server's listener failed wi
 seconds earlier. Ports below the ephemeral range are only ever taken by someone asking for that number, so a
 random one there that binds now stays ours until the server starts.
 
-Two more rules, both from CI failures or from Ray's source:
+Two more rules, one from a CI failure and one from Ray's source:
 - A port is handed out once per process. A Ray head takes nine ports at once, and two equal draws among them made
   `ray start` refuse ("Ray component ... is trying to use a port number ... that is used by other components").
 - Ray Serve's replicas, in the HAProxy mode the serving pods run (apps.POD_ENV), bind their own HTTP and gRPC ports

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from piml.project import Cluster, ProjectPaths
 from piml.render import render_platform
 from piml.secrets import load_or_create
 from tests.contract import images, kuberay
-from tests.contract.kubelet import Kubelet, Pod
+from tests.contract.kubelet import Kubelet, Pod, http_get
 from tests.contract.netns import Network, PortForward
 from tests.podspecs import pod_specs
 
@@ -170,6 +171,17 @@ class Platform:
         spec = dict(head["spec"])
         spec["containers"] = [c for c in spec["containers"] if c["name"] != "autoscaler"]
         return self.kubelet.start(name, self.ns, head["metadata"]["labels"], spec)
+
+    def ray_dashboard(self, head: Pod, method: str = "GET", path: str = "/api/jobs/", body: dict | None = None):
+        """The parsed answer (None when empty) of the head's dashboard API, reached at the pod's address with the
+        project's Ray token, as KubeRay's dashboard client reaches it; AssertionError naming the request otherwise."""
+        token = self.secret("ray-auth", "auth_token")
+        headers = {"Host": f"{head.ip}:8265", "Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        data = json.dumps(body).encode() if body is not None else None
+        ok, answer = http_get(head.ip, 8265, path, headers, timeout=30, method=method, body=data, limit=1 << 20)
+        assert ok, f"{method} {path}: {answer[:300]}"
+        text = answer.partition(" ")[2]
+        return json.loads(text) if text.strip() else None
 
     def job_pod_preview(self, scaled_job: str):
         """The scaled Job's main container with its env resolved, not started (what KEDA reads *FromEnv from)."""

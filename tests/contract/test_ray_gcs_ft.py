@@ -4,32 +4,13 @@ head that is replaced comes back with the cluster's state (a finished job is sti
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
-from tests.contract.kubelet import http_get
 from tests.contract.platform import start_platform
 
 pytestmark = pytest.mark.contract
-
-
-def jobs_api(pod, token: str, method: str = "GET", body: dict | None = None, path: str = "/api/jobs/"):
-    headers = {"Host": f"{pod.ip}:8265", "Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    ok, answer = http_get(
-        pod.ip,
-        8265,
-        path,
-        headers,
-        timeout=30,
-        method=method,
-        body=json.dumps(body).encode() if body is not None else None,
-        limit=1 << 20,
-    )
-    status, _, text = answer.partition(" ")
-    assert ok, f"{method} {path}: {answer[:300]}"
-    return json.loads(text)
 
 
 def test_a_replaced_head_keeps_the_clusters_state_in_redis(pod_network, tmp_path):
@@ -41,10 +22,12 @@ def test_a_replaced_head_keeps_the_clusters_state_in_redis(pod_network, tmp_path
         container = head.container("ray-head")
         assert container.env.get("RAY_REDIS_ADDRESS") == "redis:6379", "KubeRay did not pass the Redis address"
         platform.kubelet.wait_probe(container, "readinessProbe", budget=180)
-        token = platform.secret("ray-auth", "auth_token")
-        job = jobs_api(head, token, "POST", {"entrypoint": "echo piml-ft", "submission_id": "piml-ft-check"})
+        job = platform.ray_dashboard(
+            head, "POST", body={"entrypoint": "echo piml-ft", "submission_id": "piml-ft-check"}
+        )
         deadline = time.monotonic() + 120
-        while jobs_api(head, token, path=f"/api/jobs/{job['submission_id']}")["status"] not in ("SUCCEEDED", "FAILED"):
+        job_path = f"/api/jobs/{job['submission_id']}"
+        while platform.ray_dashboard(head, path=job_path)["status"] not in ("SUCCEEDED", "FAILED"):
             assert time.monotonic() < deadline, "the job did not finish"
             time.sleep(1)
         keys = platform.kubelet.exec(redis, ["sh", "-c", 'redis-cli --no-auth-warning -a "$REDIS_PASSWORD" DBSIZE'])
@@ -58,7 +41,7 @@ def test_a_replaced_head_keeps_the_clusters_state_in_redis(pod_network, tmp_path
         deadline = time.monotonic() + 60
         while True:
             try:
-                listed = {j.get("submission_id") for j in jobs_api(again, token)}
+                listed = {j.get("submission_id") for j in platform.ray_dashboard(again)}
                 break
             except AssertionError as exc:
                 if "Connection refused" not in str(exc) or time.monotonic() > deadline:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
@@ -40,21 +38,6 @@ SETTINGS = {
         "routes": {"iris": {"model": f"models:/{MODEL}/1", "min_replicas": 1, "max_replicas": 1}},
     }
 }
-
-
-def dashboard(url: str, token: str, method: str, path: str, body: dict | None = None) -> tuple[int, str]:
-    """A request to the head's dashboard (through a port-forward) with the Ray token, as KubeRay's dashboard
-    client sends it."""
-    headers = {"Authorization": f"Bearer {token}"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}{path}", data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
 
 
 def test_a_route_answers_on_the_heads_serve_port_from_a_replica_in_the_worker_pod(pod_network, tmp_path, monkeypatch):
@@ -80,19 +63,20 @@ def test_a_route_answers_on_the_heads_serve_port_from_a_replica_in_the_worker_po
         platform.kubelet.wait_probe(head.container("ray-head"), "readinessProbe", budget=180)
         rayservice = platform.kubelet.find("RayService", apps.NAME, platform.ns)
         config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-        ray_dashboard, ray_token = platform.forward(head, 8265).url, platform.secret("ray-auth", "auth_token")
-        status, text = dashboard(ray_dashboard, ray_token, "PUT", "/api/serve/applications/", config)
-        assert status == 200, text
+        platform.ray_dashboard(head, "PUT", "/api/serve/applications/", config)
 
         deadline, apps_status, details = time.monotonic() + 300, {}, {}
         while time.monotonic() < deadline:
-            status, text = dashboard(ray_dashboard, ray_token, "GET", "/api/serve/applications/")
-            details = json.loads(text).get("applications", {})
+            details = platform.ray_dashboard(head, path="/api/serve/applications/").get("applications", {})
             apps_status = {n: a.get("status") for n, a in details.items()}
             if apps_status.get("iris") == "RUNNING" or "DEPLOY_FAILED" in apps_status.values():
                 break
             time.sleep(3)
-        assert apps_status.get("iris") == "RUNNING", (apps_status, text[-2000:], worker.container().tail())
+        assert apps_status.get("iris") == "RUNNING", (
+            apps_status,
+            json.dumps(details)[-2000:],
+            worker.container().tail(),
+        )
         replicas = [r.get("node_ip") for d in details["iris"]["deployments"].values() for r in d.get("replicas", [])]
         assert replicas == [worker.ip], replicas  # the worker's slot, not the head (num-cpus 0, no slot)
         for pod in (head, worker):  # HAProxy runs in each pod (its Prometheus frontend is on 9101)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from piml.serve.payload import PayloadError, parse
+from piml.serve.payload import JSON, PayloadError, parse
 from tests.fuzzing import examples
 
 JSON_VALUES = st.recursive(
@@ -19,7 +19,6 @@ JSON_VALUES = st.recursive(
 )
 KEYS = st.sampled_from(["inputs", "dataframe_split", "dataframe_records", "instances", "params", "columns", "x"])
 DOCUMENTS = st.dictionaries(KEYS, JSON_VALUES, max_size=3).map(lambda d: json.dumps(d).encode())
-JSON_TYPE = "application/json"
 TYPES = st.sampled_from(["application/json", "text/csv", "application/json; charset=utf-8", "text/plain", None])
 
 
@@ -165,14 +164,12 @@ def alone(model, body, content_type):
 # found by Hypothesis: numpy reads [false, 2**63] as uint64 alone, as objects beside -2**63 - 1
 @example(
     requests=[
-        (b'{"instances": [[false, false, 9223372036854775808, 9223372036854775808]]}', "application/json"),
-        (b'{"instances": [[false, false, 9223372036854775808, -9223372036854775809]]}', "application/json"),
+        (b'{"instances": [[false, false, 9223372036854775808, 9223372036854775808]]}', JSON),
+        (b'{"instances": [[false, false, 9223372036854775808, -9223372036854775809]]}', JSON),
     ]
 )
 # numpy sizes a string array by its longest string: <U1 alone, <U4 beside "abcd"
-@example(
-    requests=[(b'{"inputs": [["a", "b", "c", "d"]]}', JSON_TYPE), (b'{"inputs": [["abcd", "b", "c", "d"]]}', JSON_TYPE)]
-)
+@example(requests=[(b'{"inputs": [["a", "b", "c", "d"]]}', JSON), (b'{"inputs": [["abcd", "b", "c", "d"]]}', JSON)])
 def test_requests_answered_together_get_what_each_gets_alone(echo_model, requests):
     """What piml's route does with requests that come together (piml/serve/app.py's predict_batch), against
     MLflow's parse and a model call for each request alone."""
